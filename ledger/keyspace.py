@@ -1,0 +1,43 @@
+"""Names of every Redis key meterd uses, in one place.
+
+All keys share one hash tag (`{prefix}`), so the scripts that touch several of them together
+also work on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ledger.periods import period_tag
+
+SCOPE_TAG = {"developer": "dev", "team": "team", "org": "org"}
+
+
+class KeySpace:
+    def __init__(self, prefix: str = "meterd") -> None:
+        self.base = "{" + prefix + "}"
+        self.events = f"{self.base}:events"
+        self.alerts = f"{self.base}:alerts"
+        self.policy_version = f"{self.base}:pol:version"
+        self.policy_hashes = {
+            name: f"{self.base}:pol:{name}" for name in ("keys", "devs", "teams", "budgets", "limits")
+        }
+
+    def counter(self, scope: str, scope_id: str, period: str, now: datetime) -> str:
+        """Spend and token counter of one scope (developer, team, org) in one period."""
+        return f"{self.base}:spend:{SCOPE_TAG[scope]}:{scope_id}:{period_tag(period, now)}"
+
+    @staticmethod
+    def holds(counter: str) -> str:
+        """Reservations of in-flight requests against a counter."""
+        return counter + ":h"
+
+    def window(self, scope: str, scope_id: str, minute: int) -> str:
+        """Rate-limit window of one scope for one UTC minute (epoch minutes)."""
+        return f"{self.base}:rl:{SCOPE_TAG[scope]}:{scope_id}:{minute}"
+
+    def in_flight(self, scope: str, scope_id: str) -> str:
+        return f"{self.base}:conc:{SCOPE_TAG[scope]}:{scope_id}"
+
+    def settled(self, request_id: str) -> str:
+        return f"{self.base}:done:{request_id}"

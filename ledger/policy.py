@@ -1,0 +1,149 @@
+"""Who may call, and under which caps and limits: the policy every proxy holds in memory.
+
+The catalog (DuckDB) is the source of truth and mirrors the policy into a few Redis hashes plus
+a version counter. Each proxy polls the version (one GET every `policy_refresh` seconds, not per
+request) and reloads the whole snapshot when it moves, so a revoked key or a new cap reaches every
+proxy within a second without a Redis round trip on the hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ledger.keyspace import KeySpace
+
+KEY_PREFIX = "mtd_"
+
+
+def hash_key(secret: str) -> str:
+    """Keys are 256-bit random tokens, so one SHA-256 is a safe and fast stored form."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    budget_id: str
+    scope: str  # developer, team, team_member (the per-member default of a team) or org
+    scope_id: str
+    scope_name: str
+    period: str  # daily, weekly, monthly
+    amount: int  # µ$
+    mode: str  # estimate or strict
+
+    @property
+    def counter_scope(self) -> tuple[str, str]:
+        """The spend counter the cap is compared with: a member cap reads the member's own."""
+        return ("developer", self.scope_id) if self.scope == "team_member" else (
+            self.scope, self.scope_id)
+
+    def describe(self) -> str:
+        who = {"developer": "developer", "team": "team", "team_member": "member of team",
+               "org": "organization"}[self.scope]
+        name = "" if self.scope == "org" else f" {self.scope_name}"
+        return f"{who}{name}, {self.period}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    scope: str  # developer or team
+    scope_id: str
+    scope_name: str
+    rpm: int = 0  # 0 = no limit
+    itpm: int = 0
+    otpm: int = 0
+    concurrency: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: the key, its developer and team, and what applies to them."""
+
+    key_id: str
+    developer_id: str
+    developer_name: str
+    team_id: str
+    team_name: str
+    caps: tuple[Cap, ...]
+    limits: tuple[Limits, ...]
+
+
+class KeyRefused(Exception):
+    """The credential is unknown, revoked or expired; the message says which, never the key."""
+
+
+@dataclass
+class Policy:
+    version: int
+    keys: dict[str, dict[str, Any]]
+    developers: dict[str, dict[str, Any]]
+    teams: dict[str, dict[str, Any]]
+    budgets: dict[str, dict[str, Any]]
+    limits: dict[str, dict[str, Any]]
+
+    @classmethod
+    def empty(cls) -> Policy:
+        return cls(-1, {}, {}, {}, {}, {})
+
+    def __post_init__(self) -> None:
+        self._principals: dict[str, Principal] = {}
+
+    def principal(self, secret: str, now: float | None = None) -> Principal:
+        """Resolve a presented key, or raise KeyRefused."""
+        digest = hash_key(secret)
+        key = self.keys.get(digest)
+        if key is None:
+            raise KeyRefused("invalid gateway key")
+        if key.get("revoked"):
+            raise KeyRefused("gateway key has been revoked")
+        expires = key.get("expires_at") or 0
+        if expires and (time.time() if now is None else now) >= expires:
+            raise KeyRefused("gateway key has expired")
+        found = self._principals.get(digest)
+        if found is None:
+            found = self._principals[digest] = self._build(key)
+        return found
+
+    def _build(self, key: dict[str, Any]) -> Principal:
+        dev_id = key["developer_id"]
+        dev = self.developers.get(dev_id)
+        if dev is None or dev.get("disabled"):
+            raise KeyRefused("gateway key belongs to a disabled developer")
+        team_id = dev.get("team_id") or ""
+        team_name = self.teams.get(team_id, {}).get("name", "")
+        applies = {("developer", dev_id), ("team", team_id), ("team_member", team_id), ("org", "")}
+        names = {"developer": dev["name"], "team": team_name, "team_member": team_name, "org": ""}
+        caps = tuple(
+            Cap(bid, b["scope"], b["scope_id"] if b["scope"] != "team_member" else dev_id,
+                names[b["scope"]], b["period"], int(b["amount"]), b.get("mode", "estimate"))
+            for bid, b in sorted(self.budgets.items())
+            if (b["scope"], b.get("scope_id", "")) in applies
+        )
+        limits = tuple(
+            Limits(scope, scope_id, names[scope], **{k: int(v or 0) for k, v in lim.items()})
+            for scope, scope_id in (("developer", dev_id), ("team", team_id))
+            if (lim := self.limits.get(f"{scope}:{scope_id}"))
+        )
+        return Principal(key["id"], dev_id, dev["name"], team_id, team_name, caps, limits)
+
+
+async def load_policy(redis: Any, keyspace: KeySpace, known_version: int) -> Policy | None:
+    """The current policy from Redis, or None when its version has not moved."""
+    version = int(await redis.get(keyspace.policy_version) or 0)
+    if version == known_version:
+        return None
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.get(keyspace.policy_version)
+        for key in keyspace.policy_hashes.values():
+            pipe.hgetall(key)
+        version_raw, *hashes = await pipe.execute()
+    decoded = [{_text(k): orjson.loads(v) for k, v in h.items()} for h in hashes]
+    return Policy(int(version_raw or 0), *decoded)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,90 @@
+-- Settlement: record a finished request once. Adds its cost and tokens to the period counters,
+-- releases its reservations (holds, rate-window estimates, concurrency slot), records soft
+-- threshold crossings once per period, and appends the usage event, all in one atomic step.
+-- Idempotent per request id, so a spooled settlement can be replayed safely.
+--
+-- KEYS: done marker, events stream, alerts stream, then nk period counters (the first nd are
+--       daily ones that also count tokens), then nh holds zsets, nw rate windows, nc concurrency sets.
+-- ARGV: now_ms, req_id, done_ttl, nk, nd, nh, nw, nc,
+--       cost, requests-fields: input, output, cache_write_5m, cache_write_1h, cache_read,
+--       web_search, estimated,
+--       per counter: ttl
+--       per hold: counter index (1-based among counters), reserved amount, cap (0 = none)
+--       per window: d_requests, d_input, d_output, ttl
+--       nt, then nt thresholds (percent)
+--       then the event as field, value pairs
+-- Returns 1, or 0 when this request id was already settled.
+local unpack = unpack or table.unpack  -- Lua 5.1 in Redis, 5.4 in the embedded backend
+local now = ARGV[1]
+local req_id = ARGV[2]
+if not redis.call('SET', KEYS[1], now, 'NX', 'EX', tonumber(ARGV[3])) then
+  return 0
+end
+local nk, nd, nh, nw, nc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+  tonumber(ARGV[7]), tonumber(ARGV[8])
+local cost = tonumber(ARGV[9])
+local token_fields = {'in', 'out', 'cw5', 'cw1', 'cr', 'ws', 'est'}
+local a = 17
+
+local base = 3
+for i = 1, nk do
+  local counter = KEYS[base + i]
+  redis.call('HINCRBY', counter, 'spent', cost)
+  redis.call('HINCRBY', counter, 'n', 1)
+  if i <= nd then
+    for f = 1, 7 do
+      local v = tonumber(ARGV[9 + f])
+      if v ~= 0 then redis.call('HINCRBY', counter, token_fields[f], v) end
+    end
+  end
+  redis.call('EXPIRE', counter, tonumber(ARGV[a]), 'NX')
+  a = a + 1
+end
+
+local holds_at = a
+local tbase = holds_at + 3 * nh + 4 * nw
+local nt = tonumber(ARGV[tbase])
+base = 3 + nk
+for i = 1, nh do
+  local counter = KEYS[3 + tonumber(ARGV[a])]
+  local reserved, cap = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  -- A hold that expired was already released by admission; release only a live one.
+  if reserved > 0 and redis.call('ZREM', KEYS[base + i], req_id .. ':' .. reserved) == 1 then
+    redis.call('HINCRBY', counter, 'held', -reserved)
+  end
+  if cap > 0 then
+    local spent = tonumber(redis.call('HGET', counter, 'spent'))
+    local before = spent - cost
+    for t = 1, nt do
+      local pct = tonumber(ARGV[tbase + t])
+      if before * 100 < pct * cap and spent * 100 >= pct * cap
+        and redis.call('HSETNX', counter, 'w' .. pct, now) == 1 then
+        redis.call('XADD', KEYS[3], '*', 'counter', counter, 'cap', cap, 'threshold', pct,
+          'spent', spent, 'ts_ms', now, 'req_id', req_id)
+      end
+    end
+  end
+  a = a + 3
+end
+
+base = base + nh
+for i = 1, nw do
+  local key = KEYS[base + i]
+  redis.call('HINCRBY', key, 'r', tonumber(ARGV[a]))
+  redis.call('HINCRBY', key, 'i', tonumber(ARGV[a + 1]))
+  redis.call('HINCRBY', key, 'o', tonumber(ARGV[a + 2]))
+  redis.call('EXPIRE', key, tonumber(ARGV[a + 3]), 'NX')
+  a = a + 4
+end
+
+base = base + nw
+for i = 1, nc do
+  redis.call('ZREM', KEYS[base + i], req_id)
+end
+
+local event = {}
+for i = tbase + nt + 1, #ARGV do
+  event[#event + 1] = ARGV[i]
+end
+redis.call('XADD', KEYS[2], '*', unpack(event))
+return 1

@@ -1,0 +1,103 @@
+"""App factories, one per process role, each wiring its resources as cleanup contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from functools import partial
+
+import aiohttp
+from aiohttp import web
+
+from dashboard.api import setup_api
+from dashboard.state import ADMIN, AdminState
+from ledger.catalog import Catalog, connect
+from ledger.gate import Gate
+from ledger.keyspace import KeySpace
+from ledger.pricing import PriceTable
+from ledger.spool import Spool
+from ledger.store import connect_redis
+from meterd.settings import Settings
+from proxy.handlers import setup_routes
+from proxy.state import STATE, ProxyState, stop_task
+from proxy.upstream import AnthropicUpstream
+
+log = logging.getLogger("meterd")
+
+DB_FILE = "meterd.duckdb"
+SOCKET_FILE = "meterd.sock"
+
+
+def create_proxy_app(settings: Settings) -> web.Application:
+    """The proxy role: stateless, any number of them against one Redis."""
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app.cleanup_ctx.append(partial(_proxy_context, settings))
+    setup_routes(app)
+    return app
+
+
+async def _proxy_context(settings: Settings, app: web.Application) -> AsyncIterator[None]:
+    redis = connect_redis(settings.redis_url)
+    keyspace = KeySpace(settings.redis_prefix)
+    spool = Spool(settings.data_path / "spool")
+    gate = Gate(redis, keyspace, spool, fail_open=settings.redis_outage_policy == "fail_open",
+                reservation_ttl=settings.reservation_ttl, thresholds=settings.thresholds)
+    session = aiohttp.ClientSession(
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, connect=settings.upstream_connect_timeout,
+                                      sock_read=settings.upstream_read_timeout),
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+    )
+    state = ProxyState(
+        redis=redis, keyspace=keyspace, gate=gate,
+        prices=PriceTable.load(dict(settings.prices), settings.fallback_input_usd,
+                               settings.fallback_output_usd),
+        upstream=AnthropicUpstream(settings.upstream_url, settings.upstream_key,
+                                   settings.upstream_auth),
+        session=session, models=settings.models,
+        estimate_output_tokens=settings.estimate_output_tokens,
+        policy_refresh=settings.policy_refresh,
+    )
+    try:
+        await state.refresh_policy()
+        await gate.replay_spool()
+    except Exception as exc:  # noqa: BLE001 - start anyway; the maintenance loop retries
+        log.warning("redis not reachable at start (%s); serving per outage policy", exc)
+    app[STATE] = state
+    maintenance = asyncio.create_task(state.maintain())
+    yield
+    await stop_task(maintenance)
+    await state.drain()
+    await session.close()
+    spool.close()
+    await redis.aclose()
+
+
+def create_admin_app(settings: Settings) -> web.Application:
+    """The admin role: dashboard and admin API under /admin; owns the DuckDB file."""
+    admin = web.Application()
+    admin.cleanup_ctx.append(partial(_admin_context, settings))
+    setup_api(admin)
+    return admin
+
+
+async def _admin_context(settings: Settings, app: web.Application) -> AsyncIterator[None]:
+    catalog = Catalog(connect(settings.data_path / DB_FILE))
+    redis = connect_redis(settings.redis_url)
+    state = AdminState(catalog, redis, KeySpace(settings.redis_prefix), settings.proxy_url)
+    # The catalog is the truth: a fresh or flushed Redis gets the whole policy back.
+    await state.publish()
+    app[ADMIN] = state
+    yield
+    state.executor.shutdown(wait=True)
+    catalog.conn.close()
+    await redis.aclose()
+
+
+def create_root_app(settings: Settings, proxy: bool = True, admin: bool = True) -> web.Application:
+    """What one process serves: the proxy at /, the admin side at /admin, or both (`serve`)."""
+    app = create_proxy_app(settings) if proxy else web.Application()
+    if admin:
+        app.add_subapp("/admin", create_admin_app(settings))
+    return app

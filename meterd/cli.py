@@ -1,0 +1,217 @@
+"""The `meterd` command: process roles (serve, proxy, admin, mock-upstream) and management."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from meterd import mock_upstream
+from meterd.apps import SOCKET_FILE, create_root_app
+from meterd.client import ManagementError, call
+from meterd.settings import Settings, SettingsError
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.load(args.config, host=getattr(args, "host", None),
+                         proxy_port=getattr(args, "port", None),
+                         data_dir=getattr(args, "data_dir", None))
+
+
+def _prepare_data_dir(settings: Settings) -> None:
+    # 0700: the admin socket inside trusts whoever can reach it.
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    settings.data_path.chmod(0o700)
+
+
+def _run(app: web.Application, settings: Settings, port: int, unix: bool = False,
+         reuse_port: bool = False) -> None:
+    path = str(settings.data_path / SOCKET_FILE) if unix else None
+    if path and os.path.exists(path):
+        os.unlink(path)  # left by a process that died; a live owner holds the DuckDB lock
+    web.run_app(app, host=settings.host, port=port, path=path, loop=_new_loop(),
+                access_log=None, shutdown_timeout=settings.shutdown_grace,
+                reuse_port=reuse_port or None, print=None)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    if args.demo:
+        from meterd.demo import prepare_demo
+
+        settings = prepare_demo(settings)
+    _prepare_data_dir(settings)
+    _setup_logging(settings.log_level)
+    app = create_root_app(settings)
+    if args.demo:
+        from meterd.demo import announce, with_mock_upstream
+
+        with_mock_upstream(app, settings)
+        app.on_startup.append(lambda _app: announce(settings))
+    else:
+        print(f"meterd serving the proxy on {settings.proxy_url} and the dashboard on "
+              f"{settings.proxy_url}/admin/", flush=True)
+    _run(app, settings, settings.proxy_port, unix=True)
+
+
+def cmd_proxy(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    _prepare_data_dir(settings)
+    _setup_logging(settings.log_level)
+    workers = max(1, args.workers)
+    if workers > 1:
+        # SO_REUSEPORT: the kernel spreads connections over independent worker processes.
+        for _ in range(workers - 1):
+            if os.fork() == 0:
+                break
+    _run(create_root_app(settings, admin=False), settings, settings.proxy_port,
+         reuse_port=workers > 1)
+
+
+def cmd_admin(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    _prepare_data_dir(settings)
+    _setup_logging(settings.log_level)
+    _run(create_root_app(settings, proxy=False), settings, settings.admin_port, unix=True)
+
+
+def cmd_mock(args: argparse.Namespace) -> None:
+    _setup_logging("warning")
+    app = mock_upstream.create_mock_app(mock_upstream.options_from_args(args))
+    print(f"mock upstream on http://{args.host}:{args.port}", flush=True)
+    web.run_app(app, host=args.host, port=args.port, loop=_new_loop(), access_log=None,
+                print=None)
+
+
+def _manage(method: str, path: str, body: Callable[[argparse.Namespace], Any] | None = None,
+            show: Callable[[Any], None] | None = None) -> Callable[[argparse.Namespace], None]:
+    def run(args: argparse.Namespace) -> None:
+        settings = _settings(args)
+        _prepare_data_dir(settings)
+        result = asyncio.run(call(settings, method, path.format(**vars(args)),
+                                  body(args) if body else None))
+        (show or _show)(result)
+    return run
+
+
+def _show(result: Any) -> None:
+    rows = result.get("data") if isinstance(result, dict) and "data" in result else None
+    if rows is None:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+        return
+    if not rows:
+        print("(none)")
+        return
+    names = list(rows[0])
+    widths = [max(len(n), *(len(str(r[n])) for r in rows)) for n in names]
+    print("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
+    for r in rows:
+        print("  ".join(str(r[n]).ljust(w) for n, w in zip(names, widths, strict=True)))
+
+
+def _show_key(result: Any) -> None:
+    print(f"key {result['id']} for {result['developer_id']}"
+          + (f", expires {result['expires_at']}" if result["expires_at"] else ""))
+    print(f"\n    {result['secret']}\n")
+    print("This is the only time the key is shown; meterd stores only its hash.")
+
+
+def _date(text: str) -> str:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-12-31") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meterd", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML config file (default: $MTD_CONFIG)")
+    common.add_argument("--data-dir", help="data directory (default: meterd-data)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], None], help: str,
+            parent: Any = sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("serve", cmd_serve, "run proxy, dashboard and rollup in one process")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int, help="proxy and dashboard port (default 4000)")
+    p.add_argument("--demo", action="store_true",
+                   help="run against a built-in mock upstream with seeded teams and keys")
+    p = add("proxy", cmd_proxy, "run a stateless proxy against a shared Redis")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    p = add("admin", cmd_admin, "run the dashboard, admin API and rollup")
+    p.add_argument("--host")
+    p = sub.add_parser("mock-upstream", help="run a fake Anthropic Messages API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=4010)
+    mock_upstream.configure_parser(p)
+    p.set_defaults(fn=cmd_mock)
+
+    team = sub.add_parser("team", help="teams").add_subparsers(dest="action", required=True)
+    p = add("create", _manage("POST", "teams", lambda a: {"name": a.name}), "create a team", team)
+    p.add_argument("name")
+    add("list", _manage("GET", "teams"), "list teams", team)
+
+    dev = sub.add_parser("dev", help="developers").add_subparsers(dest="action", required=True)
+    p = add("create", _manage("POST", "developers", lambda a: {
+        "name": a.name, "email": a.email, "team": a.team}), "create a developer", dev)
+    p.add_argument("name")
+    p.add_argument("--email", required=True)
+    p.add_argument("--team", required=True)
+    add("list", _manage("GET", "developers"), "list developers", dev)
+
+    key = sub.add_parser("key", help="gateway keys").add_subparsers(dest="action", required=True)
+    p = add("issue", _manage("POST", "keys", lambda a: {
+        "developer": a.developer, "expires_at": a.expires}, _show_key),
+        "issue a key (shown once)", key)
+    p.add_argument("developer", help="developer id, email or name")
+    p.add_argument("--expires", type=_date, help="expiry date (UTC), e.g. 2026-12-31")
+    add("list", _manage("GET", "keys"), "list keys (never their secrets)", key)
+    p = add("revoke", _manage("POST", "keys/{key_id}/revoke"), "revoke a key now", key)
+    p.add_argument("key_id")
+    p = add("expire", _manage("POST", "keys/{key_id}/expire", lambda a: {"expires_at": a.at}),
+            "set a key's expiry", key)
+    p.add_argument("key_id")
+    p.add_argument("--at", type=_date, help="when (default: now)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (SettingsError, ManagementError) as exc:
+        print(f"meterd: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Settings: one table of names, defaults and help; read from TOML, `MTD_*` env vars and flags.
+
+Secrets (provider key, session secret) come only from the environment or from files named in
+the environment; a config file that holds one is rejected, so keys never land in version control.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "127.0.0.1", "Address the proxy and dashboard listen on."),
+    Setting("proxy_port", 4000, "Port of the proxy (what ANTHROPIC_BASE_URL points at)."),
+    Setting("admin_port", 4001, "Port of the dashboard and admin API."),
+    Setting("public_url", "", "Proxy URL as developers reach it (for the rollout page); "
+            "default http://HOST:PROXY_PORT."),
+    Setting("data_dir", "meterd-data", "Directory for the DuckDB file, the spool and the socket."),
+    Setting("redis_url", "", "Redis URL; empty runs an embedded in-process Redis (one process)."),
+    Setting("redis_prefix", "meterd", "Prefix (a Redis Cluster hash tag) of every Redis key."),
+    Setting("upstream_url", "https://api.anthropic.com", "Base URL of the provider API."),
+    Setting("upstream_auth", "x-api-key", "How the provider key is sent: x-api-key or bearer."),
+    Setting("upstream_key", "", "Provider credential (env MTD_UPSTREAM_KEY or "
+            "MTD_UPSTREAM_KEY_FILE only).", secret=True),
+    Setting("upstream_connect_timeout", 10.0, "Seconds to connect to the provider (then 502)."),
+    Setting("upstream_read_timeout", 600.0, "Seconds without a byte from the provider "
+            "before 504."),
+    Setting("max_body_bytes", 32_000_000, "Largest request body accepted (413 above)."),
+    Setting("models", ["claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5"],
+            "Model ids listed by GET /v1/models."),
+    Setting("redis_outage_policy", "fail_open", "Admission when Redis is unreachable: "
+            "fail_open or fail_closed."),
+    Setting("reservation_ttl", 900, "Seconds before an unsettled reservation expires."),
+    Setting("estimate_output_tokens", 4096, "Output tokens reserved per request by default-mode "
+            "budgets and output-token rate limits (capped by max_tokens)."),
+    Setting("thresholds", [75, 95], "Soft budget thresholds in percent."),
+    Setting("fallback_input_usd", "5", "USD per million input tokens for unknown models."),
+    Setting("fallback_output_usd", "25", "USD per million output tokens for unknown models."),
+    Setting("prices", {}, "Price rows that override or extend the shipped table (TOML only)."),
+    Setting("policy_refresh", 0.25, "Seconds between checks for changed keys, budgets, limits."),
+    Setting("shutdown_grace", 30.0, "Seconds open streams may take to finish on shutdown."),
+    Setting("rollup_interval", 5.0, "Seconds between rollups of usage events into DuckDB."),
+    Setting("retention_days", 400, "Days raw request rows are kept (daily rollups are kept)."),
+    Setting("session_secret", "", "Dashboard cookie signing secret (env or file only; "
+            "generated into the data dir when empty).", secret=True),
+    Setting("log_level", "info", "Log level: debug, info, warning, error."),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+_CHOICES = {
+    "upstream_auth": ("x-api-key", "bearer"),
+    "redis_outage_policy": ("fail_open", "fail_closed"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    proxy_port: int = 4000
+    admin_port: int = 4001
+    public_url: str = ""
+    data_dir: str = "meterd-data"
+    redis_url: str = ""
+    redis_prefix: str = "meterd"
+    upstream_url: str = "https://api.anthropic.com"
+    upstream_auth: str = "x-api-key"
+    upstream_key: str = field(default="", repr=False)
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 600.0
+    max_body_bytes: int = 32_000_000
+    models: tuple[str, ...] = ("claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5")
+    redis_outage_policy: str = "fail_open"
+    reservation_ttl: int = 900
+    estimate_output_tokens: int = 4096
+    thresholds: tuple[int, ...] = (75, 95)
+    fallback_input_usd: str = "5"
+    fallback_output_usd: str = "25"
+    prices: Mapping[str, Any] = field(default_factory=dict)
+    policy_refresh: float = 0.25
+    shutdown_grace: float = 30.0
+    rollup_interval: float = 5.0
+    retention_days: int = 400
+    session_secret: str = field(default="", repr=False)
+    log_level: str = "info"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def proxy_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.proxy_port}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return _validated(dataclasses.replace(self, **changes))
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **flags: Any,
+    ) -> Settings:
+        """Defaults, then the TOML file, then `MTD_*` variables, then flags (None = unset)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = config_file or environ.get("MTD_CONFIG")
+        if path:
+            values.update(_from_file(Path(path)))
+        values.update(_from_env(environ))
+        values.update({k: v for k, v in flags.items() if v is not None})
+        return _validated(cls(**{k: _coerce(k, v) for k, v in values.items()}))
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        # Decimals, not floats: prices in the file must stay exact.
+        data = tomllib.loads(path.read_text(), parse_float=Decimal)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path}: {exc}") from None
+    for name in data:
+        if name not in _BY_NAME:
+            raise SettingsError(f"config file {path}: unknown setting {name!r}")
+        if _BY_NAME[name].secret:
+            raise SettingsError(
+                f"config file {path}: {name} is a secret; set MTD_{name.upper()} or "
+                f"MTD_{name.upper()}_FILE in the environment instead"
+            )
+    return data
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        var = f"MTD_{s.name.upper()}"
+        if s.secret and f"{var}_FILE" in environ:
+            file = Path(environ[f"{var}_FILE"])
+            try:
+                values[s.name] = file.read_text().strip()
+            except OSError as exc:
+                raise SettingsError(f"{var}_FILE: cannot read {file}: {exc.strerror}") from None
+        if var in environ and s.name != "prices":
+            values[s.name] = environ[var]
+    if "REDIS_URL" in environ and "redis_url" not in values:
+        values["redis_url"] = environ["REDIS_URL"]
+    return values
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a TOML, env or flag value into the setting's type, naming the setting on failure."""
+    if name not in _BY_NAME:
+        raise SettingsError(f"unknown setting {name!r}")
+    default = _BY_NAME[name].default
+    try:
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            kind = type(default[0]) if default else str
+            return tuple(kind(str(i).strip()) for i in items if str(i).strip())
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise TypeError("expected a table")
+            return value
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"setting {name}: {value!r} is not valid ({exc})") from None
+
+
+def _validated(settings: Settings) -> Settings:
+    for name, allowed in _CHOICES.items():
+        if getattr(settings, name) not in allowed:
+            raise SettingsError(
+                f"setting {name}: {getattr(settings, name)!r} is not one of {', '.join(allowed)}"
+            )
+    for name in ("proxy_port", "admin_port"):
+        if not 0 <= getattr(settings, name) < 65536:
+            raise SettingsError(f"setting {name}: {getattr(settings, name)} is not a port")
+    if settings.max_body_bytes <= 0:
+        raise SettingsError("setting max_body_bytes: must be positive")
+    if not settings.upstream_url.startswith(("http://", "https://")):
+        raise SettingsError(f"setting upstream_url: {settings.upstream_url!r} is not an http(s) URL")
+    return settings

@@ -1,0 +1,240 @@
+"""The proxy's routes: the Messages API that Claude Code calls, and the probes around it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from ledger.gate import Ticket
+from ledger.usage import Usage
+from proxy.errors import ProxyError, UpstreamError, error_middleware
+from proxy.meter import Metered, StreamMeter, meter_body
+from proxy.state import STATE, ProxyState
+from proxy.upstream import response_headers
+
+access_log = logging.getLogger("meterd.access")
+
+_MAX_TEE = 16 * 1024 * 1024  # a non-streaming body larger than this is not parsed for usage
+_CLIENT_HEADERS = {  # recorded on each event: who in Claude Code asked
+    "session_id": "x-claude-code-session-id",
+    "agent_id": "x-claude-code-agent-id",
+    "parent_agent_id": "x-claude-code-parent-agent-id",
+    "request_class": "x-claude-code-request-class",
+    "prompt_id": "x-claude-code-prompt-id",
+}
+
+
+def parse_request(body: bytes) -> tuple[str, bool, int]:
+    """The few fields the gateway needs: model, stream, max_tokens. The bytes go on unchanged."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ProxyError(400, "invalid_request_error", "request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ProxyError(400, "invalid_request_error", "request body must be a JSON object")
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise ProxyError(400, "invalid_request_error", "model: field required")
+    max_tokens = doc.get("max_tokens")
+    return model, doc.get("stream") is True, max_tokens if isinstance(max_tokens, int) else 0
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """POST /v1/messages: authenticate, admit, relay the provider's answer, meter, settle."""
+    state = request.app[STATE]
+    started, t0 = datetime.now(UTC), time.monotonic()
+    principal = state.authenticate(request.headers)
+    body = await request.read()
+    model, stream, max_tokens = parse_request(body)
+    request_id = "mreq_" + secrets.token_hex(12)
+    ticket = await state.gate.admit(principal, request_id,
+                                    state.estimate(model, len(body), max_tokens), started)
+    relay = Relay(state, request, ticket, model, stream, t0)
+    try:
+        return await relay.run(body)
+    finally:
+        # Scheduled, not awaited: a client that went away must not cancel its own settlement.
+        state.background(relay.settle())
+
+
+class Relay:
+    """One request's trip through the provider and back, and what it cost."""
+
+    def __init__(self, state: ProxyState, request: web.Request, ticket: Ticket, model: str,
+                 stream: bool, t0: float) -> None:
+        self.state, self.request, self.ticket = state, request, ticket
+        self.model, self.stream, self.t0 = model, stream, t0
+        self.status = 0
+        self.ttfb: float | None = None
+        self.error_type = ""
+        self.meter: StreamMeter | None = None
+        self.tee: list[bytes] | None = None
+        self.tee_size = 0
+
+    async def run(self, body: bytes) -> web.StreamResponse:
+        state, request = self.state, self.request
+        try:
+            upstream = await state.session.post(
+                state.upstream.url(request.path_qs), data=body,
+                headers=state.upstream.request_headers(request.headers.items()))
+        except asyncio.TimeoutError:
+            self.status, self.error_type = 504, "upstream_timeout"
+            raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            self.status, self.error_type = 502, "upstream_unreachable"
+            raise UpstreamError(502, "api_error",
+                                f"upstream unreachable ({type(exc).__name__})") from None
+        self.status = upstream.status
+        headers = response_headers(upstream.headers.items())
+        headers.update(self.ticket.headers)
+        headers["x-meterd-request-id"] = self.ticket.request_id
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        if upstream.content_type == "text/event-stream":
+            self.meter = StreamMeter()
+        else:
+            self.tee = []
+        try:
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                if self.ttfb is None:
+                    self.ttfb = time.monotonic()
+                self._observe(chunk)
+                await response.write(chunk)
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            self.error_type = "client_disconnected"  # the client left: settle what was used
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            # The provider broke off mid-answer: break the client's stream the same way.
+            self.error_type = "upstream_reset" if not isinstance(exc, asyncio.TimeoutError) \
+                else "upstream_timeout"
+            if request.transport is not None:
+                request.transport.close()
+        finally:
+            upstream.release() if self.error_type == "" else upstream.close()
+        return response
+
+    def _observe(self, chunk: bytes) -> None:
+        if self.meter is not None:
+            self.meter.feed(chunk)
+        elif self.tee is not None:
+            self.tee_size += len(chunk)
+            if self.tee_size <= _MAX_TEE:
+                self.tee.append(chunk)
+
+    def _metered(self) -> Metered:
+        if self.meter is not None:
+            return self.meter.finish()
+        if self.tee is not None and self.status:
+            return meter_body(b"".join(self.tee))
+        return Metered(Usage(), False, self.error_type, "")
+
+    async def settle(self) -> None:
+        state, ticket = self.state, self.ticket
+        metered = self._metered()
+        usage = metered.usage
+        cost = state.prices.cost(self.model, usage)
+        error_type = self.error_type or metered.error_type
+        ended = time.monotonic()
+        p = ticket.principal
+        event: dict[str, Any] = {
+            "id": ticket.request_id, "ts_ms": int(ticket.at.timestamp() * 1000),
+            "developer_id": p.developer_id, "team_id": p.team_id, "key_id": p.key_id,
+            "model": self.model, "provider": state.upstream.name, "status": self.status,
+            "stream": int(self.stream), "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens, "cache_write_5m": usage.cache_write_5m,
+            "cache_write_1h": usage.cache_write_1h, "cache_read": usage.cache_read,
+            "web_search": usage.web_search, "cost_micros": cost.micros,
+            "price_row": cost.row, "price_version": cost.version, "priced": int(cost.known),
+            "latency_ms": int((ended - self.t0) * 1000),
+            "ttfb_ms": int((self.ttfb - self.t0) * 1000) if self.ttfb else -1,
+            "estimated": int(metered.estimated), "error_type": error_type,
+            "service_tier": usage.service_tier, "speed": usage.speed,
+            "inference_geo": usage.inference_geo,
+        }
+        headers = self.request.headers
+        for name, header in _CLIENT_HEADERS.items():
+            event[name] = headers.get(header, "")
+        tokens = {
+            "input": usage.input_tokens, "output": usage.output_tokens,
+            "cache_write_5m": usage.cache_write_5m, "cache_write_1h": usage.cache_write_1h,
+            "cache_read": usage.cache_read, "web_search": usage.web_search,
+            "estimated": int(metered.estimated), "rate_input": usage.rate_input_tokens,
+        }
+        await state.gate.settle(ticket, cost.micros, tokens, event)
+        access_log.info(orjson.dumps({k: event[k] for k in _LOGGED}).decode())
+
+
+_LOGGED = ("id", "developer_id", "key_id", "model", "status", "stream", "input_tokens",
+           "output_tokens", "cache_write_5m", "cache_write_1h", "cache_read", "cost_micros",
+           "latency_ms", "ttfb_ms", "estimated", "error_type", "session_id")
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    """POST /v1/messages/count_tokens: forwarded for any valid key; never metered or blocked."""
+    state = request.app[STATE]
+    state.authenticate(request.headers)
+    body = await request.read()
+    try:
+        async with state.session.post(
+            state.upstream.url(request.path_qs), data=body,
+            headers=state.upstream.request_headers(request.headers.items()),
+        ) as upstream:
+            payload = await upstream.read()
+            return web.Response(status=upstream.status, body=payload,
+                                headers=response_headers(upstream.headers.items()))
+    except asyncio.TimeoutError:
+        raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(502, "api_error",
+                            f"upstream unreachable ({type(exc).__name__})") from None
+
+
+async def models(request: web.Request) -> web.Response:
+    """GET /v1/models: the models this gateway offers, from configuration."""
+    state = request.app[STATE]
+    state.authenticate(request.headers)
+    data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+            for m in state.models]
+    return web.json_response({"data": data, "has_more": False,
+                              "first_id": data[0]["id"] if data else None,
+                              "last_id": data[-1]["id"] if data else None},
+                             dumps=lambda v: orjson.dumps(v).decode())
+
+
+async def hello(request: web.Request) -> web.Response:
+    """HEAD / and /api/hello: Claude Code's startup probe. No credential, no work."""
+    return web.Response(status=200)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when Redis answers; the proxy still serves (per outage policy) when it does not."""
+    state = request.app[STATE]
+    try:
+        await state.redis.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return web.json_response({"status": "unready", "redis": type(exc).__name__}, status=503)
+    return web.json_response({"status": "ready", "policy_version": state.policy.version,
+                              "spool_depth": state.gate.spool.depth})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.middlewares.append(error_middleware)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/", hello)  # add_get answers HEAD too
+    app.router.add_get("/api/hello", hello)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,329 @@
+"""Usage extraction from upstream responses, on the proxy's hot path.
+
+`StreamMeter` is fed the SSE bytes of a streamed response as they are relayed and reads only
+the events that carry usage (`message_start`, `message_delta`, `error`) plus the character
+count of `content_block_delta`s, which prices a stream that is cut before its final usage.
+`meter_body` reads a non-streamed JSON response.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ledger.usage import Usage
+
+__all__ = ["Metered", "StreamMeter", "meter_body"]
+
+# An event larger than this is not buffered: its bytes are dropped as they arrive and, for a
+# content_block_delta, its characters are still counted (approximately, see `_oversized`).
+MAX_EVENT_BYTES = 1 << 20
+
+_START, _DELTA, _USAGE, _ERROR = range(4)
+# Events are dispatched by their `event:` name, as the Anthropic SDKs do. Anything not listed
+# (ping, content_block_start/stop, message_stop, unknown or unnamed events) is skipped unparsed.
+_KINDS: dict[bytes, int] = {
+    b"message_start": _START,
+    b"content_block_delta": _DELTA,
+    b"message_delta": _USAGE,
+    b"error": _ERROR,
+}
+# The delta types whose text is output the client has already received.
+_TEXT_FIELDS = {
+    "text_delta": "text",
+    "input_json_delta": "partial_json",
+    "thinking_delta": "thinking",
+}
+# A text/JSON/thinking delta in the API's layout, preceded by the blank line that ends the event
+# before it; group 1 is the string body (without newlines, so it cannot run into another event).
+# It matches exactly the events that the per-event path would read the same text from.
+_TEXT_DELTA = re.compile(
+    rb'\n\nevent: content_block_delta\ndata: \{"type": ?"content_block_delta", ?'
+    rb'"index": ?(?:0|[1-9][0-9]{0,8}), ?"delta": ?\{"type": ?"(?:text_delta", ?"text'
+    rb'|input_json_delta", ?"partial_json|thinking_delta", ?"thinking)": ?'
+    rb'"([^"\\\n]*(?:\\.[^"\\\n]*)*)"\}\}(?=\n\n)'
+)
+_BOM = b"\xef\xbb\xbf"
+# Every byte except UTF-8 continuation bytes: deleting them leaves one byte per continuation.
+_NOT_CONTINUATION = bytes(b for b in range(256) if not 0x80 <= b < 0xC0)
+_NAME_PEEK = 256
+
+
+@dataclass(slots=True)
+class Metered:
+    usage: Usage
+    estimated: bool  # final usage never arrived; output (if any) was estimated
+    error_type: str  # "" if fine; error.type of an error event/body; "stream_incomplete"; ...
+    model: str  # model reported by the upstream, "" if none
+
+
+class StreamMeter:
+    """Feed SSE bytes as they are relayed; call finish() once at the end (also after an abort)."""
+
+    __slots__ = (
+        "_at_start",
+        "_chars",
+        "_cr",
+        "_drop_chars",
+        "_drop_kind",
+        "_dropping",
+        "_error",
+        "_model",
+        "_pending",
+        "_pending_len",
+        "_start",
+        "_tail_nl",
+        "_usage",
+        "oversized_events",
+    )
+
+    def __init__(self) -> None:
+        self._at_start = True  # no byte seen yet, or fewer than a BOM's worth (held in _pending)
+        self._cr = False  # the previous chunk ended in \r: a \n starting this one is its CRLF
+        self._pending: list[bytes] = []  # bytes of the unfinished event, \n line endings
+        self._pending_len = 0
+        self._tail_nl = False  # the last byte of the unfinished event is \n
+        self._dropping = False  # the unfinished event is oversized and being discarded
+        self._drop_kind: int | None = None
+        self._drop_chars = 0
+        self._start: dict[str, Any] | None = None  # message_start.message.usage
+        self._usage: dict[str, Any] | None = None  # start usage merged with every message_delta
+        self._model = ""
+        self._error = ""
+        self._chars = 0  # characters of text/partial_json/thinking deltas received
+        self.oversized_events = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Account for the next chunk of the stream, split anywhere."""
+        if self._at_start:
+            chunk = self._strip_bom(chunk)
+        if self._cr:
+            self._cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if b"\r" in chunk:
+            # SSE lines end in \r\n, \n or \r; reduce all three to \n. A raw \r cannot occur
+            # inside an event's JSON, so this never changes a payload.
+            self._cr = chunk[-1:] == b"\r"
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if not chunk:
+            return
+        if not (self._pending or self._dropping):
+            self._scan(chunk)
+            return
+        if self._tail_nl and chunk[0] == 10:
+            cut = -1  # the blank line that ends the held event starts in the previous chunk
+        else:
+            cut = chunk.find(b"\n\n")
+            if cut < 0:
+                self._hold(chunk)
+                return
+        if self._dropping:
+            self._drop_chars += _codepoints(chunk[:cut]) if cut > 0 else cut
+            self._end_drop()
+            self._scan(chunk[cut + 2 :])
+        else:
+            pending = self._pending
+            pending.append(chunk)
+            buf = b"".join(pending)
+            pending.clear()
+            self._pending_len = 0
+            self._scan(buf)
+
+    def finish(self) -> Metered:
+        """The usage of the stream so far; estimated if its final usage never arrived."""
+        if self._usage is not None:
+            return Metered(Usage.from_api(self._usage), False, self._error, self._model)
+        error = self._error or "stream_incomplete"
+        if self._start is None:
+            return Metered(Usage(), True, error, self._model)
+        usage = Usage.from_api(self._start)
+        # About 4 characters of text or JSON per token; never less than the start reported.
+        usage.output_tokens = max(usage.output_tokens, -(-self._chars // 4))
+        return Metered(usage, True, error, self._model)
+
+    def _strip_bom(self, chunk: bytes) -> bytes:
+        """Drop a leading UTF-8 BOM, as the SSE spec asks, even when it is split across chunks."""
+        head = b"".join(self._pending) + chunk if self._pending else chunk
+        if len(head) < len(_BOM) and _BOM.startswith(head):
+            self._pending = [head]
+            return b""
+        self._pending = []
+        self._at_start = False
+        return head[len(_BOM) :] if head.startswith(_BOM) else head
+
+    def _scan(self, buf: bytes) -> None:
+        """Handle every complete event in buf (\n line endings) and hold the remainder."""
+        end = buf.rfind(b"\n\n") + 2
+        if end < 2:
+            self._hold(buf)
+            return
+        if end <= MAX_EVENT_BYTES:
+            # Most events are text deltas in the API's exact layout: one regex pass counts and
+            # removes them all, and only the rest is walked event by event.
+            parts = _TEXT_DELTA.split(b"\n\n" + buf[:end])
+            if len(parts) > 1:
+                self._chars += _text_chars(parts[1::2])
+                self._events(b"".join(parts[0::2]))
+            else:
+                self._events(parts[0])
+        else:
+            self._events(buf[:end])
+        if end < len(buf):
+            self._hold(buf[end:])
+
+    def _events(self, buf: bytes) -> None:
+        """Handle the complete events in buf, one at a time."""
+        find = buf.find
+        startswith = buf.startswith
+        pos = 0
+        while (end := find(b"\n\n", pos)) >= 0:
+            if end - pos > MAX_EVENT_BYTES:
+                self._oversized(buf[pos:end])
+            elif startswith(b"event: ", pos):
+                # The shape every Anthropic event has: `event: NAME\ndata: JSON`.
+                nl = find(b"\n", pos, end)
+                if nl > 0 and startswith(b"data: ", nl + 1) and find(b"\n", nl + 1, end) < 0:
+                    kind = _KINDS.get(buf[pos + 7 : nl])
+                    if kind is not None:
+                        self._dispatch(kind, buf[nl + 7 : end])
+                else:
+                    self._parse_block(buf[pos:end])
+            elif pos != end:
+                self._parse_block(buf[pos:end])
+            pos = end + 2
+
+    def _hold(self, piece: bytes) -> None:
+        """Keep part of an unfinished event, or only count it once the event is oversized."""
+        self._tail_nl = piece[-1] == 10
+        if self._dropping:
+            self._drop_chars += _codepoints(piece)
+            return
+        self._pending.append(piece)
+        self._pending_len += len(piece)
+        # A trailing \n may yet turn out to start the blank line that ends the event.
+        if self._pending_len - self._tail_nl > MAX_EVENT_BYTES:
+            held = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_len = 0
+            self._dropping = True
+            self._drop_kind = _name_kind(held)
+            self._drop_chars = _codepoints(held)
+
+    def _end_drop(self) -> None:
+        self._dropping = False
+        self._account_oversized(self._drop_kind, self._drop_chars)
+
+    def _oversized(self, block: bytes) -> None:
+        self._account_oversized(_name_kind(block), _codepoints(block))
+
+    def _account_oversized(self, kind: int | None, chars: int) -> None:
+        # The content is gone; a delta's characters are approximated by those of the whole
+        # event (about 100 more than the text in an event of over a million).
+        self.oversized_events += 1
+        if kind == _DELTA:
+            self._chars += chars
+
+    def _parse_block(self, block: bytes) -> None:
+        """The general SSE field parser, for events not in the usual two-line shape."""
+        name = b""
+        data: list[bytes] = []
+        for line in block.split(b"\n"):
+            if not line or line[0] == 58:  # empty or a `:` comment
+                continue
+            field, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if field == b"data":
+                data.append(value)
+            elif field == b"event":
+                name = value
+        kind = _KINDS.get(name)
+        if kind is not None and data:
+            self._dispatch(kind, b"\n".join(data))
+
+    def _dispatch(self, kind: int, data: bytes) -> None:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(event, dict):
+            return
+        if kind == _DELTA:
+            delta = event.get("delta")
+            if isinstance(delta, dict):
+                dtype = delta.get("type")
+                field = _TEXT_FIELDS.get(dtype) if isinstance(dtype, str) else None
+                text = delta.get(field) if field else None
+                if isinstance(text, str):
+                    self._chars += len(text)
+        elif kind == _USAGE:
+            usage = event.get("usage")
+            if isinstance(usage, dict):
+                # Cumulative: each delta's non-null fields override what came before, nested
+                # objects whole (as the Anthropic SDK folds them into its message snapshot).
+                merged = dict(self._usage if self._usage is not None else self._start or {})
+                merged.update((k, v) for k, v in usage.items() if v is not None)
+                self._usage = merged
+        elif kind == _START:
+            message = event.get("message")
+            if isinstance(message, dict):
+                usage = message.get("usage")
+                if isinstance(usage, dict):
+                    self._start = usage
+                model = message.get("model")
+                if isinstance(model, str):
+                    self._model = model
+        elif not self._error:
+            self._error = _error_type(event)
+
+
+def meter_body(body: bytes) -> Metered:
+    """Usage of a non-streamed JSON response: a message, or an error envelope."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        return Metered(Usage(), True, "unparseable_response", "")
+    model = doc.get("model")
+    model = model if isinstance(model, str) else ""
+    if doc.get("type") == "error" or "error" in doc:
+        return Metered(Usage(), False, _error_type(doc), model)
+    usage = doc.get("usage")
+    if not isinstance(usage, dict):
+        return Metered(Usage(), True, "unparseable_response", model)
+    return Metered(Usage.from_api(usage), False, "", model)
+
+
+def _error_type(envelope: dict[str, Any]) -> str:
+    error = envelope.get("error")
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) and kind else "error"
+
+
+def _text_chars(bodies: list[bytes]) -> int:
+    """Characters in JSON string bodies; one that is not valid JSON counts zero, as its event."""
+    try:
+        return sum(map(len, orjson.loads(b'["' + b'","'.join(bodies) + b'"]')))
+    except orjson.JSONDecodeError:
+        if len(bodies) == 1:
+            return 0
+        return sum(_text_chars([body]) for body in bodies)
+
+
+def _codepoints(data: bytes) -> int:
+    """Characters in UTF-8 bytes; additive, so a character split across chunks counts once."""
+    return len(data) - len(data.translate(None, _NOT_CONTINUATION))
+
+
+def _name_kind(block: bytes) -> int | None:
+    """The kind of an oversized event, from an `event:` first line."""
+    line = block[:_NAME_PEEK].split(b"\n", 1)[0]
+    field, _, value = line.partition(b":")
+    if field != b"event":
+        return None
+    return _KINDS.get(value[1:] if value[:1] == b" " else value)

@@ -1,0 +1,108 @@
+"""What the proxy holds for its life: the policy snapshot, the gate, the upstream session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDictProxy
+from redis.exceptions import RedisError
+
+from ledger.gate import Estimate, Gate
+from ledger.keyspace import KeySpace
+from ledger.policy import KeyRefused, Policy, Principal, load_policy
+from ledger.pricing import PriceTable
+from proxy.upstream import AnthropicUpstream
+
+log = logging.getLogger("meterd.proxy")
+
+
+@dataclass
+class ProxyState:
+    redis: Any
+    keyspace: KeySpace
+    gate: Gate
+    prices: PriceTable
+    upstream: AnthropicUpstream
+    session: aiohttp.ClientSession
+    models: tuple[str, ...]
+    estimate_output_tokens: int = 4096
+    policy_refresh: float = 0.25
+    policy: Policy = field(default_factory=Policy.empty)
+    settling: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
+        """The caller behind `x-api-key` or `Authorization: Bearer` (apiKeyHelper sends both)."""
+        candidates = []
+        if api_key := headers.get("x-api-key"):
+            candidates.append(api_key.strip())
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            candidates.append(auth[7:].strip())
+        if not candidates:
+            raise KeyRefused("no gateway key: send it as x-api-key or Authorization: Bearer")
+        error: KeyRefused | None = None
+        for secret in candidates:
+            try:
+                return self.policy.principal(secret)
+            except KeyRefused as exc:
+                error = error or exc
+        assert error is not None
+        raise error
+
+    def estimate(self, model: str, body_bytes: int, max_tokens: int) -> Estimate:
+        """Reservation sizes before the request runs. A token is at least one byte of the
+        body, so `body_bytes` bounds the prompt for strict caps; ~4 bytes a token is usual."""
+        prompt = -(-body_bytes // 4)
+        output = min(max_tokens, self.estimate_output_tokens) if max_tokens > 0 else \
+            self.estimate_output_tokens
+        return Estimate(prompt, output, self.prices.estimate(model, prompt, output),
+                        self.prices.worst_case(model, body_bytes, max(max_tokens, output)))
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work that must finish even if the client goes away (settlement)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.settling.add(task)
+        task.add_done_callback(self.settling.discard)
+
+    async def refresh_policy(self) -> None:
+        fresh = await load_policy(self.redis, self.keyspace, self.policy.version)
+        if fresh is not None:
+            self.policy = fresh
+
+    async def maintain(self) -> None:
+        """Forever: pick up policy changes and replay spooled settlements when Redis is back."""
+        tick = 0
+        while True:
+            await asyncio.sleep(self.policy_refresh)
+            tick += 1
+            try:
+                await self.refresh_policy()
+            except RedisError as exc:
+                log.warning("cannot refresh policy from redis: %s", exc)
+                continue
+            if tick * self.policy_refresh >= 1.0:
+                tick = 0
+                replayed = await self.gate.replay_spool()
+                if replayed:
+                    log.info("replayed %d spooled settlements", replayed)
+
+    async def drain(self) -> None:
+        """Wait for every pending settlement (shutdown)."""
+        while self.settling:
+            await asyncio.gather(*self.settling, return_exceptions=True)
+
+
+STATE = web.AppKey("proxy_state", ProxyState)
+
+
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

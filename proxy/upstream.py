@@ -1,0 +1,50 @@
+"""The provider the proxy forwards to, and which headers cross the gateway in each direction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict
+
+# RFC 9110 §7.6.1 connection-specific headers, plus what this hop sets itself.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+# The client's credential never leaves the gateway. Bodies are metered in plain text, so ask the
+# provider for identity encoding.
+_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-key",
+                              "accept-encoding"}
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
+
+
+class AnthropicUpstream:
+    """An Anthropic-format Messages API: Anthropic itself, Foundry, another gateway."""
+
+    name = "anthropic"
+
+    def __init__(self, base_url: str, key: str, auth: str = "x-api-key",
+                 extra_headers: dict[str, str] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        credential = ("x-api-key", key) if auth == "x-api-key" else ("authorization",
+                                                                      f"Bearer {key}")
+        self._added = [credential, ("accept-encoding", "identity"),
+                       *(extra_headers or {}).items()] if key else [
+            ("accept-encoding", "identity"), *(extra_headers or {}).items()]
+
+    def url(self, path_qs: str) -> str:
+        return self.base_url + path_qs
+
+    def request_headers(self, incoming: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+        """The client's headers (every anthropic-* one, as an open list) minus hop-by-hop and
+        credentials, plus the provider credential."""
+        out: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in incoming if k.lower() not in _DROP_REQUEST)
+        out.extend(self._added)
+        return out
+
+
+def response_headers(incoming: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """Provider response headers to relay: all but hop-by-hop (status codes and bodies pass
+    through unchanged, and so do retry-after, x-should-retry and request-id)."""
+    return CIMultiDict((k, v) for k, v in incoming if k.lower() not in _DROP_RESPONSE)
