@@ -2,18 +2,22 @@
 -- request and, only if all pass, reserve on each of them. Atomic; a rejection reserves nothing.
 --
 -- KEYS: nb pairs (budget counter hash, its holds zset), then nw rate windows (hash), then nc
---       concurrency sets (zset).
+--       concurrency sets (zset), then the ready marker.
 -- ARGV: now_ms, req_id, hold_expire_ms, nb, nw, nc,
 --       per budget: cap, reserve, counter_ttl
 --       per window: rpm, itpm, otpm, est_in, est_out, ttl   (a limit of 0 means none)
 --       per concurrency set: limit
 -- Returns {1, used per budget..., requests/input/output per window..., in flight per set...}
---      or {0, kind, index (1-based within its kind), used, limit}.
+--      or {0, kind, index (1-based within its kind), used, limit}
+--      or {-1} when the counters are not rebuilt yet (Redis came back empty).
 local now = tonumber(ARGV[1])
 local req_id = ARGV[2]
 local hold_expire = tonumber(ARGV[3])
 local nb, nw, nc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local a = 7
+if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  return {-1}
+end
 
 -- Expired holds belong to requests that never settled (a crashed proxy): drop them first.
 -- This changes no live state, so it is not a mutation a rejection must avoid.

@@ -22,7 +22,6 @@ from ledger.keyspace import KeySpace
 from ledger.periods import PERIODS
 from ledger.policy import KEY_PREFIX, hash_key
 
-SCHEMA = Path(__file__).with_name("schema.sql")
 BUDGET_SCOPES = ("developer", "team", "team_member", "org")
 BUDGET_MODES = ("estimate", "strict")
 LIMIT_FIELDS = ("rpm", "itpm", "otpm", "concurrency")
@@ -50,7 +49,8 @@ def connect(path: Path | str) -> duckdb.DuckDBPyConnection:
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = duckdb.connect(str(path))
-    conn.execute(SCHEMA.read_text())
+    for schema in sorted(Path(__file__).parent.glob("*.sql")):
+        conn.execute(schema.read_text())
     return conn
 
 

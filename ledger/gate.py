@@ -159,10 +159,13 @@ class Gate:
                  *window_args, *(lim.concurrency for lim in flight_limits)]
         if not keys:
             return ticket  # nothing to check: no Redis round trip before forwarding
+        keys.append(self.keyspace.ready)
         try:
             result = await self._admit(keys=keys, args=args)
         except RedisError as exc:
             return self._outage(ticket, exc)
+        if result[0] == -1:
+            return self._outage(ticket, RedisError("counters are being rebuilt"))
         if result[0] == 0:
             self._reject(result, group_caps, window_limits, flight_limits, at, now_ms)
         self._headers(ticket, result, group_caps, window_limits, estimate, now_ms)

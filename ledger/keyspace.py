@@ -19,6 +19,9 @@ class KeySpace:
         self.events = f"{self.base}:events"
         self.alerts = f"{self.base}:alerts"
         self.policy_version = f"{self.base}:pol:version"
+        # Set once the counters of the current periods are known to be complete (after a
+        # rebuild from DuckDB if Redis came back empty); admission waits for it.
+        self.ready = f"{self.base}:ready"
         self.policy_hashes = {
             name: f"{self.base}:pol:{name}" for name in ("keys", "devs", "teams", "budgets", "limits")
         }

@@ -133,8 +133,10 @@ class Policy:
 
 async def load_policy(redis: Any, keyspace: KeySpace, known_version: int) -> Policy | None:
     """The current policy from Redis, or None when its version has not moved."""
-    version = int(await redis.get(keyspace.policy_version) or 0)
-    if version == known_version:
+    raw = await redis.get(keyspace.policy_version)
+    if raw is None or int(raw) == known_version:
+        # No version at all: Redis lost the mirror; keep serving the last snapshot until the
+        # admin process publishes it again.
         return None
     async with redis.pipeline(transaction=True) as pipe:
         pipe.get(keyspace.policy_version)

@@ -88,6 +88,7 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
     state = AdminState(catalog, redis, KeySpace(settings.redis_prefix), settings.proxy_url)
     # The catalog is the truth: a fresh or flushed Redis gets the whole policy back.
     await state.publish()
+    await redis.set(state.keyspace.ready, 1, nx=True)
     app[ADMIN] = state
     yield
     state.executor.shutdown(wait=True)
@@ -95,9 +96,13 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
     await redis.aclose()
 
 
+ADMIN_APP = web.AppKey("admin_app", web.Application)
+
+
 def create_root_app(settings: Settings, proxy: bool = True, admin: bool = True) -> web.Application:
     """What one process serves: the proxy at /, the admin side at /admin, or both (`serve`)."""
     app = create_proxy_app(settings) if proxy else web.Application()
     if admin:
-        app.add_subapp("/admin", create_admin_app(settings))
+        app[ADMIN_APP] = create_admin_app(settings)
+        app.add_subapp("/admin", app[ADMIN_APP])
     return app

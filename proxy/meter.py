@@ -46,6 +46,8 @@ _TEXT_DELTA = re.compile(
     rb'|input_json_delta", ?"partial_json|thinking_delta", ?"thinking)": ?'
     rb'"([^"\\\n]*(?:\\.[^"\\\n]*)*)"\}\}(?=\n\n)'
 )
+# Below this many bytes (two or three events) the regex pass costs more than it saves.
+_BULK_MIN = 400
 _BOM = b"\xef\xbb\xbf"
 # Every byte except UTF-8 continuation bytes: deleting them leaves one byte per continuation.
 _NOT_CONTINUATION = bytes(b for b in range(256) if not 0x80 <= b < 0xC0)
@@ -156,27 +158,15 @@ class StreamMeter:
         return head[len(_BOM) :] if head.startswith(_BOM) else head
 
     def _scan(self, buf: bytes) -> None:
-        """Handle every complete event in buf (\n line endings) and hold the remainder."""
-        end = buf.rfind(b"\n\n") + 2
-        if end < 2:
-            self._hold(buf)
-            return
-        if end <= MAX_EVENT_BYTES:
+        """Handle every complete event in buf (an event start, \n line endings); hold the rest."""
+        if _BULK_MIN < len(buf) <= MAX_EVENT_BYTES:
             # Most events are text deltas in the API's exact layout: one regex pass counts and
-            # removes them all, and only the rest is walked event by event.
-            parts = _TEXT_DELTA.split(b"\n\n" + buf[:end])
+            # removes them all (it never matches the unfinished tail: no blank line follows it),
+            # and only the rest is walked event by event.
+            parts = _TEXT_DELTA.split(b"\n\n" + buf)
             if len(parts) > 1:
                 self._chars += _text_chars(parts[1::2])
-                self._events(b"".join(parts[0::2]))
-            else:
-                self._events(parts[0])
-        else:
-            self._events(buf[:end])
-        if end < len(buf):
-            self._hold(buf[end:])
-
-    def _events(self, buf: bytes) -> None:
-        """Handle the complete events in buf, one at a time."""
+                buf = b"".join(parts[0::2])
         find = buf.find
         startswith = buf.startswith
         pos = 0
@@ -195,6 +185,8 @@ class StreamMeter:
             elif pos != end:
                 self._parse_block(buf[pos:end])
             pos = end + 2
+        if pos < len(buf):
+            self._hold(buf[pos:] if pos else buf)
 
     def _hold(self, piece: bytes) -> None:
         """Keep part of an unfinished event, or only count it once the event is oversized."""
@@ -307,7 +299,11 @@ def _error_type(envelope: dict[str, Any]) -> str:
 
 def _text_chars(bodies: list[bytes]) -> int:
     """Characters in JSON string bodies; one that is not valid JSON counts zero, as its event."""
+    joined = b"".join(bodies)
     try:
+        if len(bodies) == 1 or b"\\u" not in joined:
+            return len(orjson.loads(b'"' + joined + b'"'))
+        # Parsed apart, so that two halves of a surrogate pair cannot meet in the join.
         return sum(map(len, orjson.loads(b'["' + b'","'.join(bodies) + b'"]')))
     except orjson.JSONDecodeError:
         if len(bodies) == 1:
