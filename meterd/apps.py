@@ -20,7 +20,7 @@ from ledger.spool import Spool
 from ledger.store import connect_redis
 from meterd.settings import Settings
 from proxy.handlers import setup_routes
-from proxy.state import STATE, ProxyState, stop_task
+from proxy.state import STATE, ProxyState
 from proxy.upstream import AnthropicUpstream
 
 log = logging.getLogger("meterd")
@@ -67,7 +67,8 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
     app[STATE] = state
     maintenance = asyncio.create_task(state.maintain())
     yield
-    await stop_task(maintenance)
+    state.stopping.set()
+    await maintenance
     await state.drain()
     await session.close()
     spool.close()

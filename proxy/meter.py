@@ -4,6 +4,10 @@
 the events that carry usage (`message_start`, `message_delta`, `error`) plus the character
 count of `content_block_delta`s, which prices a stream that is cut before its final usage.
 `meter_body` reads a non-streamed JSON response.
+
+Speed: text deltas are nearly every event, so those in the API's exact layout are counted and
+removed in one regex pass per chunk (or one match when a chunk is a single delta); the other
+events are found with `bytes.find` and only the four kinds that matter are parsed (orjson).
 """
 
 from __future__ import annotations
@@ -37,17 +41,19 @@ _TEXT_FIELDS = {
     "input_json_delta": "partial_json",
     "thinking_delta": "thinking",
 }
-# A text/JSON/thinking delta in the API's layout, preceded by the blank line that ends the event
-# before it; group 1 is the string body (without newlines, so it cannot run into another event).
-# It matches exactly the events that the per-event path would read the same text from.
-_TEXT_DELTA = re.compile(
-    rb'\n\nevent: content_block_delta\ndata: \{"type": ?"content_block_delta", ?'
-    rb'"index": ?(?:0|[1-9][0-9]{0,8}), ?"delta": ?\{"type": ?"(?:text_delta", ?"text'
-    rb'|input_json_delta", ?"partial_json|thinking_delta", ?"thinking)": ?'
-    rb'"([^"\\\n]*(?:\\.[^"\\\n]*)*)"\}\}(?=\n\n)'
+# A text/JSON/thinking delta in the API's exact (compact) layout, with the blank line that ends
+# the event before it. Group 1 is the JSON string body; it holds no control character, so a match
+# never runs into another event. It matches only events that the per-event path would read the
+# same text from; deltas in any other layout take that path.
+_DELTA_EVENT = (
+    rb'event: content_block_delta\ndata: \{"type":"content_block_delta",'
+    rb'"index":(?:0|[1-9][0-9]{0,8}),"delta":\{"type":"(?:text_delta","text'
+    rb'|input_json_delta","partial_json|thinking_delta","thinking)":'
+    rb'"([^"\\\x00-\x1f]*+(?:\\.[^"\\\x00-\x1f]*+)*+)"\}\}'
 )
-# Below this many bytes (two or three events) the regex pass costs more than it saves.
-_BULK_MIN = 400
+_TEXT_DELTA = re.compile(rb"\n\n" + _DELTA_EVENT + rb"(?=\n\n)")
+# The same, as a whole chunk: an upstream that flushes every event is often read one at a time.
+_ONE_TEXT_DELTA = re.compile(_DELTA_EVENT + rb"\n\n")
 _BOM = b"\xef\xbb\xbf"
 # Every byte except UTF-8 continuation bytes: deleting them leaves one byte per continuation.
 _NOT_CONTINUATION = bytes(b for b in range(256) if not 0x80 <= b < 0xC0)
@@ -56,10 +62,17 @@ _NAME_PEEK = 256
 
 @dataclass(slots=True)
 class Metered:
+    """What one response used, and how sure we are of it."""
+
     usage: Usage
-    estimated: bool  # final usage never arrived; output (if any) was estimated
-    error_type: str  # "" if fine; error.type of an error event/body; "stream_incomplete"; ...
-    model: str  # model reported by the upstream, "" if none
+    # True when the final usage never arrived and output was estimated (or, without even a
+    # message_start or a readable body, is unknown and billed as zero).
+    estimated: bool
+    # "" if fine; the `error.type` of an SSE `error` event or of a JSON error body;
+    # "stream_incomplete" when the stream ended before its final usage;
+    # "unparseable_response" for a body that is not a Messages response.
+    error_type: str
+    model: str  # reported by the upstream (message_start.message.model / body.model), or ""
 
 
 class StreamMeter:
@@ -92,7 +105,7 @@ class StreamMeter:
         self._drop_kind: int | None = None
         self._drop_chars = 0
         self._start: dict[str, Any] | None = None  # message_start.message.usage
-        self._usage: dict[str, Any] | None = None  # start usage merged with every message_delta
+        self._usage: dict[str, Any] | None = None  # the message_delta usages, folded
         self._model = ""
         self._error = ""
         self._chars = 0  # characters of text/partial_json/thinking deltas received
@@ -114,7 +127,11 @@ class StreamMeter:
         if not chunk:
             return
         if not (self._pending or self._dropping):
-            self._scan(chunk)
+            one = _ONE_TEXT_DELTA.fullmatch(chunk)
+            if one is None:
+                self._scan(chunk)
+            else:
+                self._chars += _text_chars([one[1]])
             return
         if self._tail_nl and chunk[0] == 10:
             cut = -1  # the blank line that ends the held event starts in the previous chunk
@@ -138,7 +155,8 @@ class StreamMeter:
     def finish(self) -> Metered:
         """The usage of the stream so far; estimated if its final usage never arrived."""
         if self._usage is not None:
-            return Metered(Usage.from_api(self._usage), False, self._error, self._model)
+            final = {**self._start, **self._usage} if self._start else self._usage
+            return Metered(Usage.from_api(final), False, self._error, self._model)
         error = self._error or "stream_incomplete"
         if self._start is None:
             return Metered(Usage(), True, error, self._model)
@@ -159,7 +177,8 @@ class StreamMeter:
 
     def _scan(self, buf: bytes) -> None:
         """Handle every complete event in buf (an event start, \n line endings); hold the rest."""
-        if _BULK_MIN < len(buf) <= MAX_EVENT_BYTES:
+        pos = 0
+        if len(buf) <= MAX_EVENT_BYTES:
             # Most events are text deltas in the API's exact layout: one regex pass counts and
             # removes them all (it never matches the unfinished tail: no blank line follows it),
             # and only the rest is walked event by event.
@@ -167,9 +186,13 @@ class StreamMeter:
             if len(parts) > 1:
                 self._chars += _text_chars(parts[1::2])
                 buf = b"".join(parts[0::2])
+                if len(buf) == 2:
+                    return
+            else:
+                buf = parts[0]
+            pos = 2  # past the blank line put in front
         find = buf.find
         startswith = buf.startswith
-        pos = 0
         while (end := find(b"\n\n", pos)) >= 0:
             if end - pos > MAX_EVENT_BYTES:
                 self._oversized(buf[pos:end])
@@ -255,11 +278,11 @@ class StreamMeter:
         elif kind == _USAGE:
             usage = event.get("usage")
             if isinstance(usage, dict):
-                # Cumulative: each delta's non-null fields override what came before, nested
-                # objects whole (as the Anthropic SDK folds them into its message snapshot).
-                merged = dict(self._usage if self._usage is not None else self._start or {})
-                merged.update((k, v) for k, v in usage.items() if v is not None)
-                self._usage = merged
+                # Cumulative: each delta's non-null fields override the start values and earlier
+                # deltas, nested objects whole (as the Anthropic SDKs fold them into a message).
+                if self._usage is None:
+                    self._usage = {}
+                self._usage.update((k, v) for k, v in usage.items() if v is not None)
         elif kind == _START:
             message = event.get("message")
             if isinstance(message, dict):
@@ -300,6 +323,8 @@ def _error_type(envelope: dict[str, Any]) -> str:
 def _text_chars(bodies: list[bytes]) -> int:
     """Characters in JSON string bodies; one that is not valid JSON counts zero, as its event."""
     joined = b"".join(bodies)
+    if joined.isascii() and b"\\" not in joined:
+        return len(joined)  # printable ASCII without escapes: one byte, one character
     try:
         if len(bodies) == 1 or b"\\u" not in joined:
             return len(orjson.loads(b'"' + joined + b'"'))

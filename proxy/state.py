@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ class ProxyState:
     policy_refresh: float = 0.25
     policy: Policy = field(default_factory=Policy.empty)
     settling: set[asyncio.Task[None]] = field(default_factory=set)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
         """The caller behind `x-api-key` or `Authorization: Bearer` (apiKeyHelper sends both)."""
@@ -77,11 +77,18 @@ class ProxyState:
             self.policy = fresh
 
     async def maintain(self) -> None:
-        """Forever: pick up policy changes and replay spooled settlements when Redis is back."""
+        """Until `stopping` is set: pick up policy changes, replay spooled settlements.
+
+        Stopped by an event rather than cancellation: redis-py can swallow a CancelledError
+        that lands inside a command, which would leave a cancelled loop running forever.
+        """
         tick = 0
         while True:
-            await asyncio.sleep(self.policy_refresh)
-            tick += 1
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.policy_refresh)
+                return
+            except asyncio.TimeoutError:
+                tick += 1
             try:
                 await self.refresh_policy()
             except RedisError as exc:
@@ -100,9 +107,3 @@ class ProxyState:
 
 
 STATE = web.AppKey("proxy_state", ProxyState)
-
-
-async def stop_task(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -1,0 +1,88 @@
+-- Usage history: one row per request, plus the rollups the reports read.
+--
+-- Written only by the rollup job (ledger/rollup.py), which inserts a batch of requests and adds
+-- the same batch to both rollups in one transaction. All times are UTC (naive TIMESTAMP/DATE).
+--
+-- No secondary indexes: DuckDB answers range and group-by queries from its per-row-group min/max
+-- (zonemaps), and rows arrive in roughly `ts` order, so a time filter skips most of the table.
+-- Dashboard reports read the rollups (thousands of rows, not millions); only the request log and
+-- raw exports scan `requests`.
+
+CREATE TABLE IF NOT EXISTS requests (
+    id VARCHAR PRIMARY KEY,          -- the gateway's request id: settles exactly once
+    ts TIMESTAMP NOT NULL,           -- when the request started: decides its budget periods
+    developer_id VARCHAR NOT NULL,
+    team_id VARCHAR NOT NULL,
+    key_id VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    provider VARCHAR NOT NULL,
+    status INTEGER NOT NULL,         -- HTTP status from the provider (or meterd's 502/504)
+    stream BOOLEAN NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cache_write_5m BIGINT NOT NULL,
+    cache_write_1h BIGINT NOT NULL,
+    cache_read BIGINT NOT NULL,
+    web_search BIGINT NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    -- What the cache reads would have cost at the input rate minus what they cost, priced with
+    -- the admin's price table when the request was rolled up (µ$).
+    cache_saved_micros BIGINT NOT NULL,
+    price_row VARCHAR NOT NULL,
+    price_version VARCHAR NOT NULL,
+    priced BOOLEAN NOT NULL,         -- false: an unknown model priced at the fallback row
+    latency_ms INTEGER NOT NULL,
+    ttfb_ms INTEGER NOT NULL,        -- -1 when no byte came back
+    estimated BOOLEAN NOT NULL,      -- output estimated: the stream ended before its usage
+    error_type VARCHAR NOT NULL,     -- '' when the request succeeded
+    service_tier VARCHAR NOT NULL,
+    speed VARCHAR NOT NULL,
+    inference_geo VARCHAR NOT NULL,
+    session_id VARCHAR NOT NULL,     -- Claude Code headers; '' when absent
+    agent_id VARCHAR NOT NULL,
+    parent_agent_id VARCHAR NOT NULL,
+    request_class VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL
+);
+
+-- day × developer × team × model. Kept when raw rows are purged.
+CREATE TABLE IF NOT EXISTS usage_daily (
+    day DATE NOT NULL,
+    developer_id VARCHAR NOT NULL,
+    team_id VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    requests BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    estimated BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cache_write_5m BIGINT NOT NULL,
+    cache_write_1h BIGINT NOT NULL,
+    cache_read BIGINT NOT NULL,
+    web_search BIGINT NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    cache_saved_micros BIGINT NOT NULL,
+    PRIMARY KEY (day, developer_id, team_id, model)
+);
+
+-- The same per Claude Code session (session '' = requests without the header), so cost per
+-- session stays fast at millions of requests and survives the purge of raw rows.
+CREATE TABLE IF NOT EXISTS usage_sessions (
+    day DATE NOT NULL,
+    session_id VARCHAR NOT NULL,
+    developer_id VARCHAR NOT NULL,
+    team_id VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    requests BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    estimated BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cache_write_5m BIGINT NOT NULL,
+    cache_write_1h BIGINT NOT NULL,
+    cache_read BIGINT NOT NULL,
+    web_search BIGINT NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    cache_saved_micros BIGINT NOT NULL,
+    PRIMARY KEY (day, session_id, developer_id, team_id, model)
+);

@@ -1,0 +1,158 @@
+"""Re-seeding the live spend counters when Redis comes back empty.
+
+Redis restarted without persistence (or was flushed) has lost the period counters that budget
+admission compares with, and the `ready` marker with them; admission refuses to enforce budgets
+until the marker is back. Settlement does not wait: requests that finish meanwhile already land
+in fresh counters and in the (fresh) event stream.
+
+So the rebuild ADDS (HINCRBY) to each counter of the current day, week and month what DuckDB
+holds for that period, and sets the marker in the same MULTI. DuckDB must not yet hold any of the
+events settled since the flush, so this runs before the rollup reads a new stream entry
+(`Rollup.run_once` calls it first, under the rollup lock). One exception is handled exactly: a
+settlement replayed after the flush although it had been rolled up before (its "already
+settled" marker was lost too) is in both; its amounts are subtracted once.
+
+Not rebuilt: threshold markers (`w75`...) and reservations (`held`, none exist yet: admission
+was refused), and counters of periods that already ended.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime
+from typing import Any
+
+import duckdb
+from redis.exceptions import WatchError
+
+from ledger.keyspace import KeySpace
+from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
+
+Db = Callable[..., Awaitable[Any]]
+
+# Counter hash fields as settle.lua writes them: every counter counts spend and requests; daily
+# ones also count tokens (field → usage column, or event field).
+TOKEN_FIELDS = {"in": "input_tokens", "out": "output_tokens", "cw5": "cache_write_5m",
+                "cw1": "cache_write_1h", "cr": "cache_read", "ws": "web_search",
+                "est": "estimated"}
+SCOPES = ("developer", "team", "org")
+Sums = dict[str, int]
+
+
+def _fields(cost: int, requests: int, tokens: dict[str, int], daily: bool) -> Sums:
+    out = {"spent": cost, "n": requests}
+    if daily:
+        out.update({f: tokens[col] for f, col in TOKEN_FIELDS.items()})
+    return out
+
+
+class Counters:
+    """Amounts to add, per counter key and field."""
+
+    def __init__(self, keyspace: KeySpace, now: datetime) -> None:
+        self.keyspace, self.now = keyspace, now
+        self.starts = {p: period_start(p, now).date() for p in PERIODS}
+        self.ends = {p: period_end(p, now).date() for p in PERIODS}
+        self.amounts: dict[str, Sums] = {}
+        self.ttl: dict[str, int] = {}
+
+    def add(self, day: date, developer_id: str, team_id: str, cost: int, requests: int,
+            tokens: dict[str, int], sign: int = 1) -> None:
+        for period in PERIODS:
+            if not self.starts[period] <= day < self.ends[period]:
+                continue
+            fields = _fields(cost, requests, tokens, period == "daily")
+            for scope, scope_id in zip(SCOPES, (developer_id, team_id, ""), strict=True):
+                key = self.keyspace.counter(scope, scope_id, period, self.now)
+                self.ttl[key] = COUNTER_TTL[period]
+                sums = self.amounts.setdefault(key, defaultdict(int))
+                for name, value in fields.items():
+                    sums[name] += sign * value
+
+
+async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyConnection,
+                          db: Db, now: datetime | None = None) -> bool:
+    """Rebuild the current periods' counters if Redis lost them; True if it did.
+
+    `db` runs a sync function on the DuckDB thread (AdminState.db). Call it before anything
+    reads new entries of the event stream into DuckDB (see the module docstring).
+    """
+    if await redis.exists(keyspace.ready):
+        return False
+    at = (now or datetime.now(UTC)).astimezone(UTC)
+    counters = Counters(keyspace, at)
+    first, end = min(counters.starts.values()), max(counters.ends.values())
+    events = await _stream_events(redis, keyspace, first, end)
+    rows, seen = await db(_history, conn, first, end, [e["id"] for e in events])
+    for day, developer_id, team_id, cost, requests, *tokens in rows:
+        counters.add(day, developer_id, team_id, int(cost), int(requests),
+                     dict(zip(TOKEN_FIELDS.values(), map(int, tokens), strict=True)))
+    for event in events:
+        if event["id"] in seen:  # in DuckDB and already in the fresh counters: once only
+            counters.add(event["day"], event["developer_id"], event["team_id"],
+                         event["cost_micros"], 1, event, sign=-1)
+    async with redis.pipeline(transaction=True) as pipe:
+        try:
+            await pipe.watch(keyspace.ready)
+            if await pipe.exists(keyspace.ready):
+                return False  # someone else rebuilt meanwhile
+            pipe.multi()
+            for key, sums in counters.amounts.items():
+                for name, value in sums.items():
+                    if value:  # settle.lua never writes a zero token field
+                        pipe.hincrby(key, name, value)
+                pipe.expire(key, counters.ttl[key], nx=True)
+            pipe.set(keyspace.ready, 1)
+            await pipe.execute()
+        except WatchError:
+            return False
+    return True
+
+
+def _history(conn: duckdb.DuckDBPyConnection, first: date, end: date,
+             stream_ids: list[str]) -> tuple[list[tuple[Any, ...]], set[str]]:
+    """Daily sums per developer and team since `first`, and which stream ids DuckDB holds."""
+    tokens = ", ".join(f"sum({col})" for col in TOKEN_FIELDS.values())
+    rows = conn.execute(
+        "SELECT day, developer_id, team_id, sum(cost_micros), sum(requests), "
+        f"{tokens} FROM usage_daily WHERE day >= ? AND day < ? GROUP BY ALL",
+        [first, end]).fetchall()
+    seen: set[str] = set()
+    if stream_ids:
+        found = conn.execute(
+            "SELECT id FROM requests WHERE ts >= ? AND ts < ? AND id IN "
+            "(SELECT unnest($3::VARCHAR[]))", [first, end, stream_ids]).fetchall()
+        seen = {r[0] for r in found}
+    return rows, seen
+
+
+_INT_FIELDS = ("ts_ms", "cost_micros", *TOKEN_FIELDS.values())
+
+
+async def _stream_events(redis: Any, keyspace: KeySpace, first: date,
+                         end: date) -> list[dict[str, Any]]:
+    """The stream's events that fall in the current periods (only the fields counters use)."""
+    events: list[dict[str, Any]] = []
+    start = "-"
+    while True:
+        chunk = await redis.xrange(keyspace.events, min=start, max="+", count=10_000)
+        for _, fields in chunk:
+            event: dict[str, Any] = {
+                name: _text(fields.get(name.encode(), b""))
+                for name in ("id", "developer_id", "team_id")}
+            for name in _INT_FIELDS:
+                try:
+                    event[name] = int(fields.get(name.encode(), b"0"))
+                except ValueError:
+                    event[name] = 0
+            event["day"] = datetime.fromtimestamp(event["ts_ms"] // 1000, UTC).date()
+            if event["id"] and first <= event["day"] < end:
+                events.append(event)
+        if len(chunk) < 10_000:
+            return events
+        start = "(" + _text(chunk[-1][0])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

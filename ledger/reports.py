@@ -1,0 +1,273 @@
+"""Report queries for the dashboard, `meterd report` and exports: plain functions on a DuckDB
+connection, every amount an integer (µ$ or tokens).
+
+Spend, totals, top spenders, cache savings and forecasts read the rollups (`usage_daily`, and
+`usage_sessions` for the session dimension), which hold one row per day × developer × team ×
+model (× session): fast at any number of requests, and still complete after raw rows are
+purged. Only the request log and the raw export read `requests`.
+
+Dates are UTC days; `end` is exclusive. Weeks start on Monday (ISO), months on the 1st.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ledger.money import MICROS_PER_USD
+from ledger.periods import PERIODS, period_end, period_start
+from ledger.rollup import ERROR_SQL
+
+DIMENSIONS = ("developer", "team", "model", "session")
+GRAINS = ("day", "week", "month")
+MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cache_write_5m",
+            "cache_write_1h", "cache_read", "web_search", "cost_micros")
+STATUSES = ("ok", "error")
+NO_SESSION = "(no session)"
+# Projections divide by the time elapsed in the period; not less than this, so the first
+# minutes of a day do not project absurd amounts.
+MIN_ELAPSED = timedelta(hours=1)
+
+_SUMS = ", ".join(f"CAST(coalesce(sum({m}), 0) AS BIGINT) AS {m}" for m in MEASURES)
+# dimension → (rollup table, key column, label expression over the grouped row `g`, join)
+_DIMENSION_SQL = {
+    "developer": ("usage_daily", "developer_id", "coalesce(d.name, g.key)",
+                  "LEFT JOIN developers d ON d.id = g.key"),
+    "team": ("usage_daily", "team_id", "coalesce(t.name, g.key)",
+             "LEFT JOIN teams t ON t.id = g.key"),
+    "model": ("usage_daily", "model", "g.key", ""),
+    "session": ("usage_sessions", "session_id",
+                f"CASE WHEN g.key = '' THEN '{NO_SESSION}' ELSE g.key END", ""),
+}
+
+
+def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+
+
+def _filters(start: date | None, end: date | None, developer_id: str | None,
+             team_id: str | None, column: str = "day") -> tuple[str, list[Any]]:
+    where, params = ["TRUE"], []
+    for sql, value in ((f"{column} >= ?", start), (f"{column} < ?", end),
+                       ("developer_id = ?", developer_id), ("team_id = ?", team_id)):
+        if value is not None:
+            where.append(sql)
+            params.append(value)
+    return " AND ".join(where), params
+
+
+def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def spend(conn: duckdb.DuckDBPyConnection, *, start: date, end: date, grain: str = "day",
+          dimension: str = "team", developer_id: str | None = None,
+          team_id: str | None = None) -> list[dict[str, Any]]:
+    """Requests, errors, tokens per category and cost per period × dimension value, ordered by
+    period, then cost (highest first). `period` is the first day of the day/week/month."""
+    _check(grain, GRAINS, "grain")
+    _check(dimension, DIMENSIONS, "dimension")
+    table, key, label, join = _DIMENSION_SQL[dimension]
+    where, params = _filters(start, end, developer_id, team_id)
+    sql = (
+        f"WITH g AS (SELECT CAST(date_trunc('{grain}', day) AS DATE) AS period, {key} AS key, "
+        f"{_SUMS} FROM {table} WHERE {where} GROUP BY ALL) "
+        f"SELECT g.period, g.key, {label} AS label, "
+        f"{', '.join('g.' + m for m in MEASURES)} FROM g {join} "
+        "ORDER BY g.period, g.cost_micros DESC, g.key"
+    )
+    return _dicts(conn.execute(sql, params))
+
+
+def totals(conn: duckdb.DuckDBPyConnection, *, start: date, end: date,
+           developer_id: str | None = None, team_id: str | None = None) -> dict[str, int]:
+    """The spend() measures summed over the range."""
+    where, params = _filters(start, end, developer_id, team_id)
+    rows = _dicts(conn.execute(f"SELECT {_SUMS} FROM usage_daily WHERE {where}", params))
+    return {m: int(rows[0][m]) for m in MEASURES}
+
+
+def top_spenders(conn: duckdb.DuckDBPyConnection, *, start: date, end: date,
+                 dimension: str = "developer", limit: int = 10) -> list[dict[str, Any]]:
+    """The `limit` highest-cost developers (teams, models, sessions) in the range."""
+    _check(dimension, DIMENSIONS, "dimension")
+    table, key, label, join = _DIMENSION_SQL[dimension]
+    sql = (
+        f"WITH g AS (SELECT {key} AS key, CAST(sum(cost_micros) AS BIGINT) AS cost_micros, "
+        f"CAST(sum(requests) AS BIGINT) AS requests FROM {table} WHERE day >= ? AND day < ? "
+        "GROUP BY ALL ORDER BY cost_micros DESC, key LIMIT ?) "
+        f"SELECT g.key, {label} AS label, g.cost_micros, g.requests FROM g {join} "
+        "ORDER BY g.cost_micros DESC, g.key"
+    )
+    return _dicts(conn.execute(sql, [start, end, max(0, limit)]))
+
+
+def cache_savings(conn: duckdb.DuckDBPyConnection, *, start: date, end: date,
+                  developer_id: str | None = None, team_id: str | None = None) -> dict[str, int]:
+    """How much of the prompt came from the cache, and the money that saved.
+
+    `prompt_tokens` counts every input-side token (input, cache writes, cache reads);
+    `hit_permille` = cache reads per thousand prompt tokens. `saved_micros` = what the cache
+    reads would have cost at the input rate minus what they cost, priced per request when it
+    was rolled up (see `requests.cache_saved_micros`).
+    """
+    where, params = _filters(start, end, developer_id, team_id)
+    row = conn.execute(
+        "SELECT CAST(coalesce(sum(cache_read), 0) AS BIGINT), CAST(coalesce(sum(input_tokens"
+        " + cache_write_5m + cache_write_1h + cache_read), 0) AS BIGINT), "
+        f"CAST(coalesce(sum(cache_saved_micros), 0) AS BIGINT) FROM usage_daily WHERE {where}",
+        params).fetchone()
+    cache_read, prompt, saved = (int(v) for v in row) if row else (0, 0, 0)
+    return {"cache_read": cache_read, "prompt_tokens": prompt,
+            "hit_permille": cache_read * 1000 // prompt if prompt else 0,
+            "saved_micros": saved}
+
+
+def forecast(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[str, Any]]:
+    """Per budget: spent in the current period and the amount projected at its end.
+
+    The projection is linear: spent × period length ÷ time elapsed (at least MIN_ELAPSED).
+    `percent` is spent as a percentage of the cap, `projected_percent` the same for the
+    projection. A per-member cap (`team_member`) reports its team's highest-spending member.
+    Spend comes from the rollups, so it trails live counters by one rollup interval.
+    """
+    at = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
+    starts = {p: period_start(p, at) for p in PERIODS}
+    ends = {p: period_end(p, at) for p in PERIODS}
+    spent_by = _period_spend(conn, starts, at.date())
+    budgets = _dicts(conn.execute(
+        "SELECT b.id, b.scope, b.scope_id, b.period, b.amount_micros, b.mode, "
+        "d.name AS dev_name, t.name AS team_name FROM budgets b "
+        "LEFT JOIN developers d ON b.scope = 'developer' AND d.id = b.scope_id "
+        "LEFT JOIN teams t ON b.scope IN ('team', 'team_member') AND t.id = b.scope_id "
+        "ORDER BY b.scope, b.scope_id, b.period"))
+    members: dict[str, list[tuple[str, str]]] = {}
+    for dev_id, name, team_id in conn.execute(
+            "SELECT id, name, team_id FROM developers").fetchall():
+        members.setdefault(team_id, []).append((dev_id, name))
+    out = []
+    for b in budgets:
+        period, scope, scope_id = b["period"], b["scope"], b["scope_id"]
+        sums = spent_by[period]
+        if scope == "team_member":
+            spent, top = max(((sums.get(("developer", d), 0), n)
+                              for d, n in members.get(scope_id, [])), default=(0, ""))
+            label = f"each member of {b['team_name'] or scope_id}" + (
+                f" (highest: {top})" if top else "")
+        else:
+            spent = sums.get((scope, scope_id), 0)
+            label = {"developer": b["dev_name"], "team": b["team_name"]}.get(
+                scope) or ("organization" if scope == "org" else scope_id)
+        length = ends[period] - starts[period]
+        elapsed = max(at - starts[period], MIN_ELAPSED)
+        projected = spent * int(length.total_seconds()) // int(elapsed.total_seconds())
+        amount = int(b["amount_micros"])
+        out.append({
+            "budget_id": b["id"], "scope": scope, "scope_id": scope_id, "label": label,
+            "period": period, "amount_micros": amount, "spent_micros": spent,
+            "projected_micros": projected, "percent": _percent(spent, amount),
+            "projected_percent": _percent(projected, amount), "mode": b["mode"],
+            "period_end": ends[period],
+        })
+    return out
+
+
+def _percent(value: int, amount: int) -> int:
+    if amount <= 0:
+        return 100 if value > 0 else 0
+    return value * 100 // amount
+
+
+def _period_spend(conn: duckdb.DuckDBPyConnection, starts: dict[str, datetime],
+                  today: date) -> dict[str, dict[tuple[str, str], int]]:
+    """Spend so far in each current period, per ("developer"|"team"|"org", id)."""
+    days = {p: s.date() for p, s in starts.items()}
+    cols = ", ".join("CAST(coalesce(sum(cost_micros) FILTER (WHERE day >= ?), 0) AS BIGINT)"
+                     for _ in PERIODS)
+    rows = conn.execute(
+        f"SELECT developer_id, team_id, {cols} FROM usage_daily WHERE day >= ? AND day <= ? "
+        "GROUP BY ALL", [*(days[p] for p in PERIODS), min(days.values()), today]).fetchall()
+    out: dict[str, dict[tuple[str, str], int]] = {p: {} for p in PERIODS}
+    for dev_id, team_id, *amounts in rows:
+        for period, amount in zip(PERIODS, amounts, strict=True):
+            sums = out[period]
+            for key in (("developer", dev_id), ("team", team_id), ("org", "")):
+                sums[key] = sums.get(key, 0) + int(amount)
+    return out
+
+
+def _utc(value: datetime) -> datetime:
+    """A naive UTC timestamp, as `requests.ts` holds them."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def requests_page(conn: duckdb.DuckDBPyConnection, *, start: datetime | None = None,
+                  end: datetime | None = None, developer_id: str | None = None,
+                  team_id: str | None = None, model: str | None = None,
+                  status: str | None = None, session_id: str | None = None, limit: int = 50,
+                  offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """One page of the request log, newest first, and how many requests match in total.
+    `status` is "ok", "error" or None (both); times are UTC (naive ones are taken as UTC)."""
+    where, params = _filters(_utc(start) if start else None, _utc(end) if end else None,
+                             developer_id, team_id, column="ts")
+    clauses = [where]
+    for sql, value in (("model = ?", model), ("session_id = ?", session_id)):
+        if value is not None:
+            clauses.append(sql)
+            params.append(value)
+    if status is not None:
+        _check(status, STATUSES, "status")
+        clauses.append(ERROR_SQL if status == "error" else f"NOT {ERROR_SQL}")
+    where = " AND ".join(clauses)
+    rows = _dicts(conn.execute(
+        f"SELECT * FROM requests WHERE {where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
+        [*params, max(0, limit), max(0, offset)]))
+    row = conn.execute(f"SELECT count(*) FROM requests WHERE {where}", params).fetchone()
+    return rows, int(row[0]) if row else 0
+
+
+def export_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV of report rows (e.g. a spend() result): a header, then one line per row. Amounts
+    stay exact: integer µ$, plus a `cost_usd` column with all six decimals."""
+    if not rows:
+        return ""
+    out = io.StringIO()
+    names = list(rows[0])
+    extra = "cost_micros" in names and "cost_usd" not in names
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*names, "cost_usd"] if extra else names)
+    for row in rows:
+        values = [_cell(row.get(n)) for n in names]
+        if extra:
+            micros = int(row["cost_micros"])
+            sign = "-" if micros < 0 else ""
+            values.append(f"{sign}{abs(micros) // MICROS_PER_USD}."
+                          f"{abs(micros) % MICROS_PER_USD:06d}")
+        writer.writerow(values)
+    return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return int(value)
+    return "" if value is None else value
+
+
+def export_parquet(conn: duckdb.DuckDBPyConnection, *, start: date, end: date,
+                   path: str | Path) -> int:
+    """Write the raw request rows of [start, end) to a Parquet file, oldest first (for
+    archiving before the retention purge); returns how many rows were written."""
+    target = str(path).replace("'", "''")
+    row = conn.execute(
+        "COPY (SELECT * FROM requests WHERE ts >= ? AND ts < ? ORDER BY ts, id) "
+        f"TO '{target}' (FORMAT parquet, COMPRESSION zstd)", [start, end]).fetchone()
+    return int(row[0]) if row else 0

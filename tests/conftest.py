@@ -1,0 +1,223 @@
+"""Shared fixtures: Redis (a test-owned real server and the embedded backend), the mock
+upstream, and a gateway built by the real app factory.
+
+A test that needs something this machine lacks (redis-server, Chromium, Claude Code) is skipped
+with the reason printed; under CI (CI=true) it fails instead, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from dashboard.state import ADMIN, AdminState
+from ledger.store import connect_redis
+from meterd.apps import ADMIN_APP, create_root_app
+from meterd.mock_upstream import RECORDED, MockOptions, create_mock_app
+from meterd.settings import Settings
+from proxy.state import STATE, ProxyState
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+MOCK_KEY = "sk-ant-upstream-test"
+
+
+def need(condition: bool, what: str) -> None:
+    """Skip (or, in CI, fail) a test whose prerequisite is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and {what}", pytrace=False)
+    pytest.skip(what)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server owned by the test session, on its own port, so runs never collide.
+    Tests that inject outages stop and restart it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="meterd-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer | None]:
+    if shutil.which("redis-server") is None:
+        yield None
+        return
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["real", "embedded"])
+def redis_url(request: pytest.FixtureRequest, redis_server: RedisServer | None) -> str:
+    """Every Redis-touching test runs on a real server and on the embedded backend."""
+    if request.param == "embedded":
+        return f"embedded://{uuid.uuid4().hex}"
+    need(redis_server is not None, "redis-server is not installed (apt-get install redis-server)")
+    assert redis_server is not None
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Any]:
+    client = connect_redis(redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@dataclass
+class Upstream:
+    server: TestServer
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def recorded(self) -> Any:
+        return self.server.app[RECORDED]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    server = TestServer(create_mock_app(MockOptions(api_key=MOCK_KEY)))
+    await server.start_server()
+    yield Upstream(server)
+    await server.close()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, redis_url: str) -> Callable[..., Settings]:
+    def make(**changes: Any) -> Settings:
+        base = {"data_dir": str(tmp_path / "data"), "redis_url": redis_url,
+                "upstream_key": MOCK_KEY, "policy_refresh": 0.05, "log_level": "warning"}
+        base.update(changes)
+        return Settings(**base).replace()
+    return make
+
+
+@dataclass
+class Gateway:
+    """A running gateway (proxy + admin, as `meterd serve`) and handles on its insides."""
+
+    client: TestClient[Any, Any]
+    app: web.Application
+    upstream: Upstream
+
+    @property
+    def url(self) -> str:
+        return str(self.client.make_url("")).rstrip("/")
+
+    @property
+    def admin(self) -> AdminState:
+        return self.app[ADMIN_APP][ADMIN]
+
+    @property
+    def proxy(self) -> ProxyState:
+        return self.app[STATE]
+
+    async def change(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a catalog change as the admin API does, and wait until the proxy has it."""
+        result = await self.admin.db(fn, *args, **kwargs)
+        await self.admin.publish()
+        await self.proxy.refresh_policy()
+        return result
+
+    async def developer(self, name: str = "Ada", team: str = "platform") -> str:
+        """Create (team and) developer and return a fresh gateway key."""
+        catalog = self.admin.catalog
+        if not any(t["name"] == team for t in await self.admin.db(catalog.teams)):
+            await self.change(catalog.create_team, team)
+        email = f"{name.lower().replace(' ', '.')}@example.com"
+        await self.change(catalog.create_developer, name, email, team)
+        key = await self.change(catalog.issue_key, email)
+        return str(key.secret)
+
+    async def events(self) -> list[dict[str, str]]:
+        """Usage events in the Redis stream, decoded."""
+        redis = self.proxy.redis
+        entries = await redis.xrange(self.proxy.keyspace.events)
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+    async def settled(self, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
+        """Wait until `count` events were settled (settlement runs after the response)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            await self.proxy.drain()
+            events = await self.events()
+            if len(events) >= count or asyncio.get_running_loop().time() > deadline:
+                return events
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def start_gateway(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    upstream: Upstream, make_settings: Callable[..., Settings],
+) -> Callable[..., Awaitable[Gateway]]:
+    async def start(**changes: Any) -> Gateway:
+        settings = make_settings(**{"upstream_url": upstream.url, **changes})
+        fresh = connect_redis(settings.redis_url)
+        await fresh.flushdb()
+        await fresh.aclose()
+        app = create_root_app(settings)
+        client = await aiohttp_client(app)
+        return Gateway(client, app, upstream)
+    return start
+
+
+@pytest.fixture
+async def gateway(start_gateway: Callable[..., Awaitable[Gateway]]) -> Gateway:
+    return await start_gateway()
