@@ -106,7 +106,8 @@ class Catalog:
         return self._rows("SELECT * FROM rate_limits ORDER BY scope, scope_id")
 
     def audit(self, limit: int = 200) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM admin_audit ORDER BY \"at\" DESC, id DESC LIMIT ?", [limit])
+        return self._rows('SELECT * FROM admin_audit ORDER BY "at" DESC, id DESC LIMIT ?',
+                          [limit])
 
     def team_id(self, ref: str) -> str:
         rows = self._rows("SELECT id FROM teams WHERE id = ? OR name = ?", [ref, ref])
@@ -136,7 +137,7 @@ class Catalog:
         with self.lock:
             if self._rows("SELECT 1 FROM teams WHERE name = ?", [name]):
                 raise CatalogError(f"a team named {name!r} already exists")
-            row = {"id": _new_id("team"), "name": name, "created_at": _now()}
+            row: dict[str, Any] = {"id": _new_id("team"), "name": name, "created_at": _now()}
             self.conn.execute("INSERT INTO teams VALUES (?, ?, ?)", list(row.values()))
             self._audit(actor, "team.create", row["id"], None, row)
         return row
@@ -150,8 +151,8 @@ class Catalog:
             team_id = self.team_id(team)
             if self._rows("SELECT 1 FROM developers WHERE email = ?", [email]):
                 raise CatalogError(f"a developer with email {email!r} already exists")
-            row = {"id": _new_id("dev"), "name": name, "email": email, "team_id": team_id,
-                   "disabled": False, "created_at": _now()}
+            row: dict[str, Any] = {"id": _new_id("dev"), "name": name, "email": email,
+                                   "team_id": team_id, "disabled": False, "created_at": _now()}
             self.conn.execute("INSERT INTO developers VALUES (?, ?, ?, ?, ?, ?)",
                               list(row.values()))
             self._audit(actor, "developer.create", row["id"], None, row)

@@ -192,7 +192,8 @@ class Gate:
         if kind == "budget":
             cap = caps[index]
             resets = period_end(cap.period, at)
-            raise BudgetExceeded(cap, resets, max(1, math.ceil(resets.timestamp() - at.timestamp())))
+            wait = math.ceil(resets.timestamp() - at.timestamp())
+            raise BudgetExceeded(cap, resets, max(1, wait))
         if kind == "concurrency":
             raise RateLimited(kind, flights[index], limit, 1)
         retry = max(1, math.ceil((60_000 - now_ms % 60_000) / 1000))

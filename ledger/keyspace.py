@@ -23,7 +23,8 @@ class KeySpace:
         # rebuild from DuckDB if Redis came back empty); admission waits for it.
         self.ready = f"{self.base}:ready"
         self.policy_hashes = {
-            name: f"{self.base}:pol:{name}" for name in ("keys", "devs", "teams", "budgets", "limits")
+            name: f"{self.base}:pol:{name}"
+            for name in ("keys", "devs", "teams", "budgets", "limits")
         }
 
     def counter(self, scope: str, scope_id: str, period: str, now: datetime) -> str:

@@ -62,7 +62,7 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
     try:
         await state.refresh_policy()
         await gate.replay_spool()
-    except Exception as exc:  # noqa: BLE001 - start anyway; the maintenance loop retries
+    except Exception as exc:
         log.warning("redis not reachable at start (%s); serving per outage policy", exc)
     app[STATE] = state
     maintenance = asyncio.create_task(state.maintain())

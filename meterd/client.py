@@ -49,9 +49,9 @@ async def _answers(socket: Path) -> bool:
     if not socket.exists():
         return False
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(str(socket))) as s:
-            async with s.get("http://meterd/admin/api/v1/teams") as r:
-                return r.status == 200
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(str(socket))) as s, \
+                s.get("http://meterd/admin/api/v1/teams") as r:
+            return r.status == 200
     except (aiohttp.ClientError, OSError):
         return False
 

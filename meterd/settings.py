@@ -204,5 +204,6 @@ def _validated(settings: Settings) -> Settings:
     if settings.max_body_bytes <= 0:
         raise SettingsError("setting max_body_bytes: must be positive")
     if not settings.upstream_url.startswith(("http://", "https://")):
-        raise SettingsError(f"setting upstream_url: {settings.upstream_url!r} is not an http(s) URL")
+        raise SettingsError(
+            f"setting upstream_url: {settings.upstream_url!r} is not an http(s) URL")
     return settings

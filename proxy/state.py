@@ -87,7 +87,7 @@ class ProxyState:
             try:
                 await asyncio.wait_for(self.stopping.wait(), self.policy_refresh)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 tick += 1
             try:
                 await self.refresh_policy()
