@@ -143,26 +143,33 @@ _NEW_SQL = (
 )
 
 
-def _upsert(table: str, keys: tuple[str, ...], source: str) -> str:
-    """Add the sums of `source` grouped by `keys` (day = the request's UTC start date)."""
-    select = ", ".join("ts::DATE" if k == "day" else k for k in keys)
-    sums = ", ".join(f"CAST(sum({m}) AS BIGINT)" for m in MEASURES[3:])
-    add = ", ".join(f"{m} = {m} + excluded.{m}" for m in MEASURES)
-    return (f"INSERT INTO {table} ({', '.join(keys)}, {', '.join(MEASURES)}) "
-            f"SELECT {select}, count(*), count(*) FILTER (WHERE {ERROR_SQL}), "
-            f"count(*) FILTER (WHERE estimated), {sums} FROM {source} GROUP BY ALL "
-            f"ON CONFLICT DO UPDATE SET {add}")
+def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
+         source: str) -> None:
+    """Add the sums of `source` grouped by `keys` to `table` (day = the request's UTC start
+    date). UPDATE then INSERT of the missing keys: several times faster in DuckDB than
+    INSERT ... ON CONFLICT DO UPDATE or MERGE on these tables."""
+    select = ", ".join(f"ts::DATE AS {k}" if k == "day" else k for k in keys)
+    sums = ", ".join(f"CAST(sum({m}) AS BIGINT) AS {m}" for m in MEASURES[3:])
+    conn.execute(
+        f"CREATE OR REPLACE TEMP TABLE rollup_sums AS SELECT {select}, count(*) AS requests, "
+        f"count(*) FILTER (WHERE {ERROR_SQL}) AS errors, count(*) FILTER (WHERE estimated) "
+        f"AS estimated, {sums} FROM {source} GROUP BY ALL")
+    match = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    conn.execute(f"UPDATE {table} t SET {', '.join(f'{m} = t.{m} + s.{m}' for m in MEASURES)} "
+                 f"FROM rollup_sums s WHERE {match}")
+    conn.execute(f"INSERT INTO {table} BY NAME SELECT s.* FROM rollup_sums s "
+                 f"ANTI JOIN {table} t ON {match}")
 
 
 def add_to_rollups(conn: duckdb.DuckDBPyConnection, source: str,
                    fault: Fault | None = None) -> None:
     """Add the request rows of `source` (a table or view shaped like `requests`) to the daily
     and per-session rollups. The caller owns the transaction."""
-    conn.execute(_upsert("usage_daily", ("day", "developer_id", "team_id", "model"), source))
+    _add(conn, "usage_daily", ("day", "developer_id", "team_id", "model"), source)
     if fault is not None:
         fault("daily")
-    conn.execute(_upsert("usage_sessions",
-                         ("day", "session_id", "developer_id", "team_id", "model"), source))
+    _add(conn, "usage_sessions", ("day", "session_id", "developer_id", "team_id", "model"),
+         source)
 
 
 class Savings:

@@ -117,8 +117,15 @@ class Relay:
                 else "upstream_timeout"
             if request.transport is not None:
                 request.transport.close()
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler when the client goes away mid-response.
+            self.error_type = "client_disconnected"
+            raise
         finally:
-            upstream.release() if self.error_type == "" else upstream.close()
+            if self.error_type:
+                upstream.close()  # stop the provider generating what nobody will read
+            else:
+                upstream.release()
         return response
 
     def _observe(self, chunk: bytes) -> None:
