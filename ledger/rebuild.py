@@ -28,6 +28,7 @@ from redis.exceptions import WatchError
 
 from ledger.keyspace import KeySpace
 from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
+from ledger.rollup import EVENT_NAMES, event_values
 
 Db = Callable[..., Awaitable[Any]]
 
@@ -138,12 +139,12 @@ async def _stream_events(redis: Any, keyspace: KeySpace, first: date,
     while True:
         chunk = await redis.xrange(keyspace.events, min=start, max="+", count=10_000)
         for _, fields in chunk:
+            values = dict(zip(EVENT_NAMES, event_values(fields), strict=True))
             event: dict[str, Any] = {
-                name: _text(fields.get(name.encode(), b""))
-                for name in ("id", "developer_id", "team_id")}
+                name: _text(values[name]) for name in ("id", "developer_id", "team_id")}
             for name in _INT_FIELDS:
                 try:
-                    event[name] = int(fields.get(name.encode(), b"0"))
+                    event[name] = int(values[name] or 0)
                 except ValueError:
                     event[name] = 0
             event["day"] = datetime.fromtimestamp(event["ts_ms"] // 1000, UTC).date()

@@ -17,10 +17,15 @@ def connect_redis(url: str) -> Any:
     if not url or url.startswith(EMBEDDED):
         name = url[len(EMBEDDED):] if url else "default"
         server = _servers.setdefault(name, fakeredis.FakeServer())
-        return fakeredis.FakeAsyncRedis(server=server)
-    # Short timeouts: during an outage a request should meet the outage policy, not hang.
-    return aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0,
-                                   health_check_interval=10)
+        return fakeredis.FakeAsyncRedis(server=server, max_connections=64,
+                                        connection_pool_class=aioredis.BlockingConnectionPool)
+    # A bounded pool that makes a burst queue for connections (a plain pool fails the excess
+    # with "Too many connections", which would look like an outage). Short timeouts: during a
+    # real outage a request should meet the outage policy, not hang.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=64, timeout=2.0, socket_connect_timeout=1.0, socket_timeout=2.0,
+        health_check_interval=10)
+    return aioredis.Redis.from_pool(pool)
 
 
 def is_embedded(url: str) -> bool:

@@ -201,6 +201,35 @@ def build_parser() -> argparse.ArgumentParser:
             "set a key's expiry", key)
     p.add_argument("key_id")
     p.add_argument("--at", type=_date, help="when (default: now)")
+
+    budget = sub.add_parser("budget", help="spend caps").add_subparsers(dest="action",
+                                                                        required=True)
+    p = add("set", _manage("POST", "budgets", lambda a: {
+        "scope": a.scope, "target": a.target or "", "period": a.period, "amount_usd": a.usd,
+        "mode": a.mode}), "set the cap of a developer, team, team member or the org", budget)
+    p.add_argument("scope", choices=("developer", "team", "team_member", "org"))
+    p.add_argument("target", nargs="?", help="developer or team (not for org)")
+    p.add_argument("--period", choices=("daily", "weekly", "monthly"), default="monthly")
+    p.add_argument("--usd", required=True, help="the cap in dollars, e.g. 250 or 99.50")
+    p.add_argument("--mode", choices=("estimate", "strict"), default="estimate",
+                   help="strict reserves the worst case: spend never passes the cap")
+    add("list", _manage("GET", "budgets"), "list caps", budget)
+    p = add("delete", _manage("DELETE", "budgets/{budget_id}"), "remove a cap", budget)
+    p.add_argument("budget_id")
+
+    limits = sub.add_parser("limits", help="rate limits").add_subparsers(dest="action",
+                                                                         required=True)
+    p = add("set", _manage("PUT", "rate_limits", lambda a: {
+        "scope": a.scope, "target": a.target, **{k: getattr(a, k) for k in (
+            "rpm", "itpm", "otpm", "concurrency") if getattr(a, k) is not None}}),
+        "set rate limits of a developer or team (0 removes one)", limits)
+    p.add_argument("scope", choices=("developer", "team"))
+    p.add_argument("target")
+    p.add_argument("--rpm", type=int, help="requests per minute")
+    p.add_argument("--itpm", type=int, help="input tokens (incl. cache writes) per minute")
+    p.add_argument("--otpm", type=int, help="output tokens per minute")
+    p.add_argument("--concurrency", type=int, help="requests in flight at once")
+    add("list", _manage("GET", "rate_limits"), "list rate limits", limits)
     return parser
 
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -216,6 +218,36 @@ def start_gateway(
         client = await aiohttp_client(app)
         return Gateway(client, app, upstream)
     return start
+
+
+@pytest.fixture
+async def second_proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[str]:
+    """`meterd proxy` in its own process, on the same Redis as the test's gateway."""
+    port = free_port()
+    env = {**os.environ, "MTD_REDIS_URL": _redis_url(gateway),
+           "MTD_UPSTREAM_URL": gateway.upstream.url,
+           "MTD_UPSTREAM_KEY": MOCK_KEY, "MTD_DATA_DIR": str(tmp_path / "proxy2"),
+           "MTD_LOG_LEVEL": "warning"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meterd.cli", "proxy", "--port", str(port), env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(200):
+                try:
+                    async with s.head(url + "/"):
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def _redis_url(gateway: Gateway) -> str:
+    kw = gateway.proxy.redis.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
 
 
 @pytest.fixture

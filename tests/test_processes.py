@@ -5,52 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import MOCK_KEY, Gateway, free_port, need
+from tests.conftest import MOCK_KEY, Gateway, need
 
 REAL_ONLY = pytest.mark.parametrize("redis_url", ["real"], indirect=True)
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64,
                      "messages": [{"role": "user", "content": "Hi"}]})
 CLAUDE = Path(os.environ.get("MTD_CLAUDE_BIN", Path.home() / ".cache/meterd/claude-code/"
                              "node_modules/.bin/claude"))
-
-
-@pytest.fixture
-async def second_proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[str]:
-    """`meterd proxy` in its own process, on the same Redis as the test's gateway."""
-    port = free_port()
-    env = {**os.environ, "MTD_REDIS_URL": _redis_url(gateway),
-           "MTD_UPSTREAM_URL": gateway.upstream.url,
-           "MTD_UPSTREAM_KEY": MOCK_KEY, "MTD_DATA_DIR": str(tmp_path / "proxy2"),
-           "MTD_LOG_LEVEL": "warning"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meterd.cli", "proxy", "--port", str(port), env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(200):
-                try:
-                    async with s.head(url + "/"):
-                        break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        await proc.wait()
-
-
-def _redis_url(gateway: Gateway) -> str:
-    kw = gateway.proxy.redis.connection_pool.connection_kwargs
-    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
 
 
 @REAL_ONLY

@@ -1,0 +1,217 @@
+"""Who may use which route, decided in one place.
+
+Every handler declares its roles with `@allow(...)`; `check_routes` refuses to start an app
+with a route that declares none. The middleware works out the caller's identity (a session
+cookie on the HTML side; an admin API key or the local Unix socket on the JSON API), then:
+anonymous callers of a route they may not use are sent to sign in (HTML) or get 401 (API),
+signed-in callers get 403, and every unsafe HTML request must carry its session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+
+from dashboard import csrf, sessions
+from dashboard.identity import ANONYMOUS, ROLES, Identity
+from dashboard.keys import IDENTITY, SECRET, SESSION, SESSION_SET
+from dashboard.render import error_page, redirect_back
+from dashboard.sessions import Session
+from dashboard.state import ADMIN
+from ledger.accounts import ADMIN_KEY_ROLES, Accounts
+from ledger.catalog import CatalogError, NotFound
+
+log = logging.getLogger("meterd.dashboard")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)
+_ROLES_ATTR = "__meterd_roles__"
+API_PREFIX = "/api/"
+
+READERS = ("admin", "finance")
+ADMINS = ("admin",)
+EVERYONE = ROLES
+
+
+def allow(*roles: str) -> Callable[[H], H]:
+    """Declare the roles that may use a handler (see identity.ROLES)."""
+    unknown = set(roles) - set(ROLES)
+    if unknown or not roles:
+        raise ValueError(f"unknown roles {sorted(unknown)}; expected some of {ROLES}")
+
+    def mark(handler: H) -> H:
+        setattr(handler, _ROLES_ATTR, frozenset(roles))
+        return handler
+    return mark
+
+
+def roles_of(handler: Any) -> frozenset[str] | None:
+    found = getattr(handler, _ROLES_ATTR, None)
+    return found if isinstance(found, frozenset) else None
+
+
+def check_routes(app: web.Application) -> None:
+    """Every route but static files must declare who may use it."""
+    for route in app.router.routes():
+        if isinstance(route.resource, web.StaticResource):
+            continue
+        if roles_of(route.handler) is None:
+            raise RuntimeError(f"route {route.method} {route.resource} declares no roles; "
+                               "decorate its handler with @allow(...)")
+
+
+def is_api(request: web.Request) -> bool:
+    base = str(request.app.router["signin"].url_for().parent).rstrip("/")
+    return request.path.startswith(base + API_PREFIX)
+
+
+def is_local(request: web.Request) -> bool:
+    """Requests over the Unix socket come from this host's operator (the data dir is 0700)."""
+    transport = request.transport
+    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
+
+
+def presented_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+async def api_identity(request: web.Request) -> Identity | None:
+    """The caller of the JSON API, or None when a key was presented and is not valid."""
+    if is_local(request):
+        return Identity("admin", name="cli", actor="cli", via="socket")
+    secret = presented_key(request)
+    if not secret:
+        return ANONYMOUS
+    state = request.app[ADMIN]
+    key = await state.db(Accounts(state.catalog).admin_key_for, secret)
+    if key is None:
+        return None
+    label = key["label"] or key["id"]
+    return Identity(ADMIN_KEY_ROLES[key["role"]], name=label, actor=f"api-key:{key['id']}",
+                    key_id=key["id"], via="api_key")
+
+
+async def session_identity(request: web.Request, session: Session) -> Identity | None:
+    """Who a session names, checked against the catalog; None when it no longer holds."""
+    if session.kind == "anonymous":
+        return ANONYMOUS
+    state = request.app[ADMIN]
+    accounts = Accounts(state.catalog)
+    if session.kind == "user":
+        user = await state.db(accounts.session_user, session.subject)
+        if user is None or user["binding"] != session.binding:
+            return None
+        return Identity(user["role"], name=user["name"], actor=user["name"])
+    if session.kind == "developer":
+        dev = await state.db(accounts.developer_session, session.subject, session.key_id)
+        if dev is None:
+            return None
+        return Identity("developer", name=dev["name"], actor=f"developer:{dev['developer_id']}",
+                        developer_id=dev["developer_id"], team_id=dev["team_id"] or "",
+                        key_id=dev["key_id"])
+    return None
+
+
+def json_error(status: int, message: str) -> web.Response:
+    kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+            405: "invalid_request_error"}.get(status, "invalid_request_error")
+    return web.Response(body=orjson.dumps({"type": "error", "error": {
+        "type": kind, "message": message}}), status=status, content_type="application/json")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if is_api(request):
+        return await _api(request, handler)
+    if isinstance(request.match_info.route.resource, web.StaticResource):
+        return await handler(request)
+    return await _html(request, handler)
+
+
+async def _api(request: web.Request, handler: Handler) -> web.StreamResponse:
+    identity = await api_identity(request)
+    if identity is None:
+        return json_error(401, "invalid admin API key")
+    request[IDENTITY] = identity
+    roles = roles_of(request.match_info.handler)
+    if roles is not None and identity.role not in roles:
+        if identity.role == "anonymous":
+            return json_error(401, "the admin API needs an admin API key "
+                                   "(Authorization: Bearer mtda_… or x-api-key)")
+        return json_error(403, f"an {identity.role} may not {request.method} {request.path}")
+    try:
+        return await handler(request)
+    except NotFound as exc:
+        return json_error(404, str(exc))
+    except CatalogError as exc:
+        return json_error(400, str(exc))
+    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        return json_error(400, f"bad request: {exc}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, exc.text or exc.reason)
+
+
+async def _html(request: web.Request, handler: Handler) -> web.StreamResponse:
+    secret = request.app[SECRET]
+    session = sessions.decode(request.cookies.get(sessions.COOKIE), secret)
+    identity = await session_identity(request, session) if session else None
+    fresh = session is None or identity is None
+    if fresh:
+        session, identity = Session.anonymous(), ANONYMOUS
+    assert session is not None and identity is not None
+    request[SESSION], request[IDENTITY] = session, identity
+    try:
+        response = await _guarded(request, handler, identity, session)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = await error_page(request, exc.status, exc.text or exc.reason)
+    except (CatalogError, ValueError) as exc:
+        if request.method in csrf.SAFE_METHODS:
+            response = await error_page(request, 400, str(exc))
+        else:
+            response = redirect_back(request, str(exc), "error")
+    if fresh and not request.get(SESSION_SET) and not response.prepared:
+        sessions.store(response, request, session, secret)
+    if not response.prepared:
+        _secure_headers(response)
+    return response
+
+
+async def _guarded(request: web.Request, handler: Handler, identity: Identity,
+                   session: Session) -> web.StreamResponse:
+    roles = roles_of(request.match_info.handler)
+    if roles is not None and identity.role not in roles:
+        if identity.role == "anonymous":
+            target = request.app.router["signin"].url_for()
+            if request.method == "GET":
+                target = target.with_query(next=request.path_qs)
+            raise web.HTTPSeeOther(target)
+        return await error_page(request, 403, "Your role does not give access to this page.")
+    if request.method not in csrf.SAFE_METHODS and not await csrf.token_ok(request, session):
+        log.warning("refused %s %s: missing or wrong CSRF token", request.method, request.path)
+        return await error_page(request, 403, "This form has expired or did not come from "
+                                              "this site. Reload the page and try again.")
+    return await handler(request)
+
+
+_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
+
+
+def _secure_headers(response: web.StreamResponse) -> None:
+    response.headers.setdefault("Content-Security-Policy", _CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    # Pages show spend and, once, key secrets: never keep them in a shared cache.
+    response.headers.setdefault("Cache-Control", "no-store")

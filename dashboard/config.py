@@ -1,0 +1,43 @@
+"""What the dashboard needs to know about the deployment it shows (read-only at run time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger.pricing import PriceTable
+from ledger.store import is_embedded
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    data_dir: Path
+    session_secret: str = field(default="", repr=False)  # empty: generated into data_dir
+    proxy_url: str = "http://127.0.0.1:4000"
+    upstream_url: str = "https://api.anthropic.com"
+    upstream_auth: str = "x-api-key"
+    redis_embedded: bool = True
+    redis_outage_policy: str = "fail_open"
+    thresholds: tuple[int, ...] = (75, 95)
+    models: tuple[str, ...] = ()
+    rollup_interval: float = 5.0
+    retention_days: int = 400
+    reservation_ttl: int = 900
+    prices: PriceTable = field(default_factory=PriceTable.load, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DashboardConfig:
+        """From meterd's Settings (read by attribute: the dashboard does not import the
+        wiring package)."""
+        return cls(
+            data_dir=Path(settings.data_dir), session_secret=settings.session_secret,
+            proxy_url=settings.proxy_url, upstream_url=settings.upstream_url,
+            upstream_auth=settings.upstream_auth, redis_embedded=is_embedded(settings.redis_url),
+            redis_outage_policy=settings.redis_outage_policy,
+            thresholds=tuple(settings.thresholds), models=tuple(settings.models),
+            rollup_interval=settings.rollup_interval, retention_days=settings.retention_days,
+            reservation_ttl=settings.reservation_ttl,
+            prices=PriceTable.load(dict(settings.prices), settings.fallback_input_usd,
+                                   settings.fallback_output_usd),
+        )

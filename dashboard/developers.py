@@ -1,0 +1,179 @@
+"""Developers: the list, one developer's usage, caps and keys, and key issue/revoke/expiry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+from typing import Any
+
+from aiohttp import web
+
+from dashboard import charts, live
+from dashboard.auth import ADMINS, READERS, allow
+from dashboard.budgets import LIMIT_WORDS, budget_values, caps_for_developer, limit_values, \
+    limits_of
+from dashboard.render import (
+    admin_state,
+    change,
+    field,
+    fill_days,
+    form,
+    last_days,
+    parse_day,
+    redirect_back,
+    render,
+    report,
+    see_other,
+    today,
+    url,
+)
+from ledger import reports
+from ledger.catalog import NotFound
+from ledger.periods import PERIODS
+
+
+async def find_developer(request: web.Request, developer_id: str) -> dict[str, Any]:
+    state = admin_state(request)
+    for dev in await state.db(state.catalog.developers):
+        if dev["id"] == developer_id:
+            return dev
+    raise NotFound(f"no developer {developer_id!r}")
+
+
+def key_status(key: dict[str, Any], now: datetime) -> str:
+    if key["revoked_at"] is not None:
+        return "revoked"
+    expires = key["expires_at"]
+    if expires is not None and expires <= now.replace(tzinfo=None):
+        return "expired"
+    return "active"
+
+
+@allow(*READERS)
+async def developers(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    now = datetime.now(UTC)
+    rows = await state.db(state.catalog.developers)
+    keys = await state.db(state.catalog.keys)
+    found = await live.spent(state.redis, state.keyspace,
+                             [("developer", d["id"], p) for d in rows
+                              for p in ("daily", "monthly")], now) or {}
+    active: dict[str, int] = {}
+    for key in keys:
+        if key_status(key, now) == "active":
+            active[key["developer_id"]] = active.get(key["developer_id"], 0) + 1
+    for dev in rows:
+        dev["today"] = found.get(("developer", dev["id"], "daily"), 0)
+        dev["month"] = found.get(("developer", dev["id"], "monthly"), 0)
+        dev["keys"] = active.get(dev["id"], 0)
+    teams = await state.db(state.catalog.teams)
+    return await render(request, "developers.html", {
+        "developers": rows, "teams": teams, "team_filter": request.query.get("team", "")})
+
+
+@allow(*ADMINS)
+async def create_developer(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    data = await form(request)
+    dev = await change(request, state.catalog.create_developer, field(data, "name", limit=200),
+                       field(data, "email", limit=320), field(data, "team", limit=100))
+    return see_other(request, url(request, "developer", developer_id=dev["id"]),
+                     f"Developer {dev['name']} created. Issue a key below.")
+
+
+async def usage_context(request: web.Request, developer_id: str) -> dict[str, Any]:
+    """Usage chart, per-model month to date and recent requests of one developer."""
+    start, end = last_days(30)
+    trend = await report(request, reports.spend, start=start, end=end, grain="day",
+                         dimension="developer", developer_id=developer_id)
+    by_model = await report(request, reports.spend, start=today().replace(day=1), end=end,
+                            grain="month", dimension="model", developer_id=developer_id)
+    recent, total = await report(request, reports.requests_page, developer_id=developer_id,
+                                 limit=10)
+    return {
+        "trend": charts.daily_bars(fill_days(trend, start, end), "Spend per day, last 30 days"),
+        "by_model": by_model, "model_peak": max((r["cost_micros"] for r in by_model),
+                                                default=0),
+        "recent": recent, "request_count": total,
+    }
+
+
+@allow(*READERS)
+async def developer(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    dev = await find_developer(request, request.match_info["developer_id"])
+    now = datetime.now(UTC)
+    keys = await state.db(state.catalog.keys, dev["id"])
+    for key in keys:
+        key["status"] = key_status(key, now)
+    found = await live.spent(state.redis, state.keyspace,
+                             [("developer", dev["id"], p) for p in PERIODS], now) or {}
+    limits = await state.db(state.catalog.rate_limits)
+    return await render(request, "developer.html", {
+        "dev": dev, "keys": keys, "periods": PERIODS,
+        "caps": await caps_for_developer(request, dev["id"], dev["team_id"],
+                                         dev["team_name"] or "", now),
+        "spent_today": found.get(("developer", dev["id"], "daily"), 0),
+        "spent_month": found.get(("developer", dev["id"], "monthly"), 0),
+        "limits": limits_of(limits, "developer", dev["id"]), "limit_words": LIMIT_WORDS,
+        **await usage_context(request, dev["id"]),
+    })
+
+
+def _expiry(text: str) -> datetime | None:
+    """A key expiry from a date box: the end of that UTC day; empty = never."""
+    if not text:
+        return None
+    day = parse_day(text, today())
+    if day < today():
+        raise ValueError("an expiry date cannot be in the past")
+    return datetime.combine(day, time(23, 59, 59), UTC)
+
+
+@allow(*ADMINS)
+async def issue_key(request: web.Request) -> web.StreamResponse:
+    """Issue a key and show its secret on this response only: never stored, never again."""
+    state = admin_state(request)
+    dev = await find_developer(request, request.match_info["developer_id"])
+    expires = _expiry(field(await form(request), "expires", ""))
+    key = await change(request, state.catalog.issue_key, dev["id"], expires)
+    return await render(request, "key_issued.html", {
+        "dev": dev, "key": key, "proxy_url": state.proxy_url}, status=201)
+
+
+@allow(*ADMINS)
+async def revoke_key(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    key = await change(request, state.catalog.revoke_key, request.match_info["key_id"])
+    return redirect_back(request, f"Key {key['display']} revoked; the gateway refuses it "
+                                  "within a second.", "ok")
+
+
+@allow(*ADMINS)
+async def expire_key(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    text = field(await form(request), "expires", "")
+    when = _expiry(text) or datetime.now(UTC)
+    key = await change(request, state.catalog.expire_key, request.match_info["key_id"], when)
+    return redirect_back(request, f"Key {key['display']} now expires "
+                                  f"{when:%Y-%m-%d %H:%M} UTC.", "ok")
+
+
+@allow(*ADMINS)
+async def set_developer_budget(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    developer_id = request.match_info["developer_id"]
+    period, amount, mode = budget_values(await form(request))
+    await change(request, state.catalog.set_budget, "developer", developer_id, period, amount,
+                 mode)
+    return see_other(request, url(request, "developer", developer_id=developer_id),
+                     "Personal cap saved.")
+
+
+@allow(*ADMINS)
+async def set_developer_limits(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    developer_id = request.match_info["developer_id"]
+    values = limit_values(await form(request))
+    await change(request, state.catalog.set_limits, "developer", developer_id, **values)
+    return see_other(request, url(request, "developer", developer_id=developer_id),
+                     "Rate limits saved.")

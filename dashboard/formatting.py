@@ -1,0 +1,71 @@
+"""How numbers, money and times read on the dashboard (Jinja filters)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from ledger.money import format_usd
+
+PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
+SCOPE_WORDS = {"developer": "Developer", "team": "Team pool", "team_member": "Each member of",
+               "org": "Organization"}
+
+
+def usd(micros: Any, exact: bool = False) -> str:
+    return format_usd(int(micros or 0), exact=exact)
+
+
+def tokens(value: Any) -> str:
+    """1234 → '1,234'; 1234567 → '1.23M' (whole numbers below ten thousand)."""
+    n = int(value or 0)
+    if abs(n) < 10_000:
+        return f"{n:,}"
+    for size, unit in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "k")):
+        if abs(n) >= size:
+            whole, rest = divmod(abs(n) * 100 // size, 100)
+            sign = "-" if n < 0 else ""
+            return f"{sign}{whole:,}.{rest:02d}{unit}"
+    return f"{n:,}"  # pragma: no cover - unreachable
+
+
+def count(value: Any) -> str:
+    return f"{int(value or 0):,}"
+
+
+def percent(part: Any, whole: Any) -> int:
+    """Whole percent of part in whole (0 when whole is 0), for bars and labels."""
+    p, w = int(part or 0), int(whole or 0)
+    if w <= 0:
+        return 100 if p > 0 else 0
+    return p * 100 // w
+
+
+def when(value: Any, with_seconds: bool = False) -> str:
+    """A UTC time as '2026-11-28 14:03' (naive times are UTC already)."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, datetime):
+        at = value.astimezone(UTC) if value.tzinfo else value
+        return at.strftime("%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def day(value: Any) -> str:
+    if isinstance(value, datetime | date):
+        return value.strftime("%Y-%m-%d")
+    return str(value or "")
+
+
+def millis(value: Any) -> str:
+    ms = int(value or 0)
+    if ms < 0:
+        return "–"
+    return f"{ms:,} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
+
+
+FILTERS = {"usd": usd, "tokens": tokens, "count": count, "when": when, "day": day,
+           "millis": millis}
+GLOBALS = {"percent": percent, "period_words": PERIOD_WORDS, "scope_words": SCOPE_WORDS}

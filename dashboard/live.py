@@ -1,0 +1,79 @@
+"""Spend as the proxies see it right now: the Redis period counters (µ$, field `spent`).
+
+The rollups in DuckDB trail these by one rollup interval, so headline numbers and budget bars
+read Redis, while breakdowns and charts read the rollups. When Redis cannot be reached the
+callers fall back to the rollups.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from ledger.keyspace import KeySpace
+from ledger.periods import period_end, period_start
+from ledger.reports import MIN_ELAPSED
+
+log = logging.getLogger("meterd.dashboard")
+
+Scope = tuple[str, str, str]  # (developer | team | org, id, daily | weekly | monthly)
+
+
+async def spent(redis: Any, keyspace: KeySpace, scopes: Iterable[Scope],
+                now: datetime) -> dict[Scope, int] | None:
+    """µ$ spent per (scope, id, period) in the period holding `now`; None if Redis is down."""
+    wanted = list(dict.fromkeys(scopes))
+    if not wanted:
+        return {}
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for scope, scope_id, period in wanted:
+                pipe.hget(keyspace.counter(scope, scope_id, period, now), "spent")
+            values = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.warning("live counters unavailable (%s); showing rolled-up spend", exc)
+        return None
+    return {s: int(v or 0) for s, v in zip(wanted, values, strict=True)}
+
+
+def project(spent_micros: int, period: str, now: datetime) -> int:
+    """Linear projection of a period's spend to its end (as ledger.reports.forecast)."""
+    at = now.astimezone(UTC)
+    start, end = period_start(period, at), period_end(period, at)
+    elapsed = max(at - start, MIN_ELAPSED)
+    return spent_micros * int((end - start).total_seconds()) // int(elapsed.total_seconds())
+
+
+async def budget_status(redis: Any, keyspace: KeySpace, forecast: list[dict[str, Any]],
+                        members: dict[str, list[str]], now: datetime) -> list[dict[str, Any]]:
+    """The forecast rows with spent, projection and percent taken from the live counters
+    where Redis has them. `members` maps team id → developer ids (for per-member caps)."""
+    scopes: list[Scope] = []
+    for row in forecast:
+        if row["scope"] == "team_member":
+            scopes += [("developer", d, row["period"]) for d in members.get(row["scope_id"], [])]
+        else:
+            scopes.append((row["scope"], row["scope_id"], row["period"]))
+    live = await spent(redis, keyspace, scopes, now)
+    out = []
+    for row in forecast:
+        row = dict(row)
+        if live is not None:
+            if row["scope"] == "team_member":
+                value = max((live[("developer", d, row["period"])]
+                             for d in members.get(row["scope_id"], [])), default=0)
+            else:
+                value = live[(row["scope"], row["scope_id"], row["period"])]
+            amount = int(row["amount_micros"])
+            row["spent_micros"] = value
+            row["projected_micros"] = project(value, row["period"], now)
+            row["percent"] = value * 100 // amount if amount > 0 else (100 if value else 0)
+            row["projected_percent"] = (row["projected_micros"] * 100 // amount if amount > 0
+                                        else row["percent"])
+        out.append(row)
+    out.sort(key=lambda r: (-int(r["percent"]), r["label"]))
+    return out

@@ -1,0 +1,129 @@
+"""Reports: spend and tokens per period × dimension, on screen and as CSV or Parquet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from dashboard import charts
+from dashboard.auth import READERS, allow
+from dashboard.render import admin_state, parse_day, render, report, today, url
+from ledger import reports
+
+GRAIN_WORDS = {"day": "Day", "week": "Week", "month": "Month"}
+DIMENSION_WORDS = {"team": "Team", "developer": "Developer", "model": "Model",
+                   "session": "Claude Code session"}
+MAX_DAYS = 3 * 366
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    start: date
+    last: date  # inclusive, as people say "to the 30th"
+    grain: str
+    dimension: str
+    team_id: str | None
+    developer_id: str | None
+
+    @property
+    def end(self) -> date:
+        return self.last + timedelta(days=1)
+
+    @classmethod
+    def from_query(cls, query: Any) -> ReportQuery:
+        first = today().replace(day=1)
+        start = parse_day(query.get("start"), first)
+        last = parse_day(query.get("end"), today())
+        if last < start:
+            raise ValueError("the report ends before it starts")
+        if (last - start).days > MAX_DAYS:
+            raise ValueError(f"a report covers at most {MAX_DAYS} days")
+        grain = query.get("grain") or "day"
+        dimension = query.get("dimension") or "team"
+        if grain not in reports.GRAINS:
+            raise ValueError(f"grain must be one of {', '.join(reports.GRAINS)}")
+        if dimension not in reports.DIMENSIONS:
+            raise ValueError(f"dimension must be one of {', '.join(reports.DIMENSIONS)}")
+        return cls(start, last, grain, dimension, query.get("team") or None,
+                   query.get("developer") or None)
+
+    def args(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "grain": self.grain,
+                "dimension": self.dimension, "team_id": self.team_id,
+                "developer_id": self.developer_id}
+
+    def params(self) -> dict[str, str]:
+        out = {"start": self.start.isoformat(), "end": self.last.isoformat(),
+               "grain": self.grain, "dimension": self.dimension,
+               "team": self.team_id or "", "developer": self.developer_id or ""}
+        return {k: v for k, v in out.items() if v}
+
+    def filename(self, ext: str) -> str:
+        return f"meterd-{self.dimension}-{self.grain}-{self.start}-{self.last}.{ext}"
+
+
+@allow(*READERS)
+async def reports_page(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    q = ReportQuery.from_query(request.query)
+    rows = await report(request, reports.spend, **q.args())
+    totals = {m: sum(int(r[m]) for r in rows) for m in reports.MEASURES}
+    per_period: dict[date, int] = {}
+    for r in rows:
+        per_period[r["period"]] = per_period.get(r["period"], 0) + int(r["cost_micros"])
+    savings = await report(request, reports.cache_savings, start=q.start, end=q.end,
+                           developer_id=q.developer_id, team_id=q.team_id)
+    return await render(request, "reports.html", {
+        "q": q, "rows": rows, "totals": totals, "savings": savings,
+        "chart": charts.daily_bars(sorted(per_period.items()),
+                                   f"Spend per {q.grain}") if per_period else None,
+        "grains": GRAIN_WORDS, "dimensions": DIMENSION_WORDS,
+        "teams": await state.db(state.catalog.teams),
+        "developers": await state.db(state.catalog.developers),
+        "csv_url": url(request, "reports_csv", q.params()),
+        "parquet_url": url(request, "reports_parquet", {
+            "start": q.start.isoformat(), "end": q.last.isoformat()}),
+    })
+
+
+@allow(*READERS)
+async def reports_csv(request: web.Request) -> web.StreamResponse:
+    q = ReportQuery.from_query(request.query)
+    rows = await report(request, reports.spend, **q.args())
+    body = reports.export_csv(rows) or ",".join(("period", "key", "label",
+                                                 *reports.MEASURES)) + "\n"
+    return web.Response(text=body, content_type="text/csv", charset="utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{q.filename("csv")}"'})
+
+
+@allow(*READERS)
+async def reports_parquet(request: web.Request) -> web.StreamResponse:
+    """Every raw request of the range as Parquet (zstd), streamed from a temporary file."""
+    q = ReportQuery.from_query(request.query)
+    loop = asyncio.get_running_loop()
+    fd, name = tempfile.mkstemp(prefix="meterd-export-", suffix=".parquet")
+    os.close(fd)
+    path = Path(name)
+    try:
+        await report(request, reports.export_parquet, start=q.start, end=q.end, path=path)
+        response = web.StreamResponse(headers={
+            "Content-Type": "application/vnd.apache.parquet",
+            "Content-Disposition": f'attachment; filename="{q.filename("parquet")}"',
+            "Content-Length": str(path.stat().st_size), "Cache-Control": "no-store"})
+        await response.prepare(request)
+        with path.open("rb") as f:
+            while chunk := await loop.run_in_executor(None, f.read, 1 << 20):
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()

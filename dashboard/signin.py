@@ -1,0 +1,113 @@
+"""Signing in and out: accounts with a password, developers with their gateway key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from dashboard import sessions
+from dashboard.auth import EVERYONE, allow
+from dashboard.keys import SECRET, SESSION, SESSION_SET, THROTTLE
+from dashboard.render import admin_state, error_page, field, form, home, render, see_other, url
+from ledger.accounts import Accounts, check_password, hash_password, needs_rehash, session_binding
+
+log = logging.getLogger("meterd.dashboard")
+
+
+def _next(request: web.Request, target: str) -> str | None:
+    """A `next` target only when it is a path on this dashboard (no open redirect)."""
+    base = str(url(request, "signin").parent).rstrip("/") + "/"
+    if target.startswith(base) and not target.startswith("//") and "\\" not in target:
+        return target
+    return None
+
+
+async def _page(request: web.Request, error: str = "", status: int = 200,
+                name: str = "") -> web.Response:
+    state = admin_state(request)
+    has_users = await state.db(Accounts(state.catalog).has_users)
+    return await render(request, "signin.html", {
+        "error": error, "name": name, "has_users": has_users,
+        "next": _next(request, request.query.get("next", "")) or ""}, status=status)
+
+
+@allow(*EVERYONE)
+async def signin_page(request: web.Request) -> web.StreamResponse:
+    if request[SESSION].kind != "anonymous":
+        return see_other(request, home(request))
+    return await _page(request)
+
+
+async def _throttled(request: web.Request, name: str) -> web.Response | None:
+    try:
+        wait = await request.app[THROTTLE].attempt(request.remote or "", name)
+    except (RedisError, OSError) as exc:
+        log.warning("sign-in refused: cannot count attempts (%s)", exc)
+        return await error_page(request, 503, "Sign-in is unavailable while Redis cannot be "
+                                              "reached. Try again in a minute.")
+    if wait:
+        minutes = max(1, -(-wait // 60))
+        return await error_page(request, 429, f"Too many sign-in attempts. Try again in "
+                                              f"{minutes} minute{'s' if minutes > 1 else ''}.")
+    return None
+
+
+def _signed_in(request: web.Request, location: str, session: sessions.Session) -> web.Response:
+    response = see_other(request, location)
+    sessions.store(response, request, session, request.app[SECRET])
+    request[SESSION_SET] = True
+    return response
+
+
+@allow(*EVERYONE)
+async def signin(request: web.Request) -> web.StreamResponse:
+    """POST: an account name and password."""
+    data = await form(request)
+    name, password = field(data, "name", "", 64), str(data.get("password") or "")
+    refused = await _throttled(request, name)
+    if refused is not None:
+        return refused
+    state = admin_state(request)
+    accounts = Accounts(state.catalog)
+    found = await state.db(accounts.credentials, name) if name else None
+    stored = found["password_hash"] if found else None
+    loop = asyncio.get_running_loop()
+    # argon2 costs ~0.2 s of CPU: off the event loop and off the DuckDB thread.
+    if not await loop.run_in_executor(None, check_password, stored, password) or not found:
+        log.info("sign-in failed for account %r from %s", name, request.remote)
+        return await _page(request, "Wrong account name or password.", 401, name)
+    await request.app[THROTTLE].succeeded(name)
+    if needs_rehash(found["password_hash"]):
+        stored = await loop.run_in_executor(None, hash_password, password)
+        await state.db(accounts.rehash, name, stored)
+    session = request[SESSION].signed_in("user", name, binding=session_binding(stored or ""))
+    target = _next(request, str(data.get("next") or "")) or str(url(request, "overview"))
+    return _signed_in(request, target, session)
+
+
+@allow(*EVERYONE)
+async def signin_key(request: web.Request) -> web.StreamResponse:
+    """POST: a developer's gateway key, for the self-service page."""
+    data = await form(request)
+    secret = field(data, "key", "", 200)
+    refused = await _throttled(request, "")
+    if refused is not None:
+        return refused
+    state = admin_state(request)
+    dev = await state.db(Accounts(state.catalog).developer_for_key, secret) if secret else None
+    if dev is None:
+        return await _page(request, "That gateway key is not valid: mistyped, revoked or "
+                                    "expired.", 401)
+    session = request[SESSION].signed_in("developer", dev["developer_id"], key_id=dev["key_id"])
+    return _signed_in(request, str(url(request, "me")), session)
+
+
+@allow(*EVERYONE)
+async def signout(request: web.Request) -> web.StreamResponse:
+    response = see_other(request, url(request, "signin"), "Signed out.")
+    sessions.clear(response, request)
+    request[SESSION_SET] = True
+    return response

@@ -1,0 +1,133 @@
+"""Teams: the list, one team's members and pool, and the forms that set its budgets and limits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from dashboard import charts, live
+from dashboard.auth import ADMINS, READERS, allow
+from dashboard.budgets import LIMIT_WORDS, budget_values, limit_values, limits_of
+from dashboard.render import (
+    admin_state,
+    change,
+    field,
+    fill_days,
+    form,
+    last_days,
+    render,
+    report,
+    see_other,
+    url,
+)
+from ledger import reports
+from ledger.catalog import NotFound
+from ledger.periods import PERIODS, period_end
+
+
+async def find_team(request: web.Request, team_id: str) -> dict[str, Any]:
+    state = admin_state(request)
+    for team in await state.db(state.catalog.teams):
+        if team["id"] == team_id:
+            return team
+    raise NotFound(f"no team {team_id!r}")
+
+
+@allow(*READERS)
+async def teams(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    now = datetime.now(UTC)
+    rows = await state.db(state.catalog.teams)
+    budgets = await state.db(state.catalog.budgets)
+    found = await live.spent(state.redis, state.keyspace,
+                             [("team", t["id"], p) for t in rows for p in PERIODS]
+                             + [("org", "", p) for p in PERIODS], now) or {}
+    pools = {(b["scope_id"], b["period"]): b for b in budgets if b["scope"] == "team"}
+    for team in rows:
+        team["today"] = found.get(("team", team["id"], "daily"), 0)
+        team["month"] = found.get(("team", team["id"], "monthly"), 0)
+        # The pool bar shows the monthly pool if there is one, else the shortest period's.
+        team["pool"] = next((dict(pools[(team["id"], p)], spent=found.get(
+            ("team", team["id"], p), 0)) for p in ("monthly", "weekly", "daily")
+            if (team["id"], p) in pools), None)
+    org = [dict(b, spent=found.get(("org", "", b["period"]), 0)) for b in budgets
+           if b["scope"] == "org"]
+    return await render(request, "teams.html", {"teams": rows, "org_budgets": org,
+                                                "periods": PERIODS})
+
+
+@allow(*ADMINS)
+async def create_team(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    name = field(await form(request), "name", limit=200)
+    team = await change(request, state.catalog.create_team, name)
+    return see_other(request, url(request, "team", team_id=team["id"]),
+                     f"Team {team['name']} created. Add its developers below.")
+
+
+@allow(*READERS)
+async def team(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    row = await find_team(request, request.match_info["team_id"])
+    now = datetime.now(UTC)
+    members = await state.db(state.catalog.developers, row["id"])
+    budgets = [b for b in await state.db(state.catalog.budgets)
+               if b["scope"] in ("team", "team_member") and b["scope_id"] == row["id"]]
+    scopes = [("team", row["id"], p) for p in PERIODS]
+    scopes += [("developer", m["id"], p) for m in members for p in PERIODS]
+    found = await live.spent(state.redis, state.keyspace, scopes, now) or {}
+    for m in members:
+        m["today"] = found.get(("developer", m["id"], "daily"), 0)
+        m["month"] = found.get(("developer", m["id"], "monthly"), 0)
+    for b in budgets:
+        if b["scope"] == "team":
+            b["spent"] = found.get(("team", row["id"], b["period"]), 0)
+        else:
+            b["spent"] = max((found.get(("developer", m["id"], b["period"]), 0)
+                              for m in members), default=0)
+        b["projected"] = live.project(b["spent"], b["period"], now)
+        b["resets"] = period_end(b["period"], now)
+    start, end = last_days(30)
+    trend = await report(request, reports.spend, start=start, end=end, grain="day",
+                         dimension="team", team_id=row["id"])
+    by_model = await report(request, reports.spend, start=now.date().replace(day=1),
+                            end=end, grain="month", dimension="model", team_id=row["id"])
+    limits = await state.db(state.catalog.rate_limits)
+    return await render(request, "team.html", {
+        "team": row, "members": members, "budgets": budgets, "periods": PERIODS,
+        "pool": [b for b in budgets if b["scope"] == "team"],
+        "member_caps": [b for b in budgets if b["scope"] == "team_member"],
+        "limits": limits_of(limits, "team", row["id"]), "limit_words": LIMIT_WORDS,
+        "trend": charts.daily_bars(fill_days(trend, start, end), "Team spend per day"),
+        "by_model": by_model,
+        "model_peak": max((r["cost_micros"] for r in by_model), default=0),
+        "spent_today": found.get(("team", row["id"], "daily"), 0),
+        "spent_month": found.get(("team", row["id"], "monthly"), 0),
+        "since": start,
+    })
+
+
+@allow(*ADMINS)
+async def set_team_budget(request: web.Request) -> web.StreamResponse:
+    """The team pool (`scope=team`) or the per-member default cap (`scope=team_member`)."""
+    state = admin_state(request)
+    team_id = request.match_info["team_id"]
+    data = await form(request)
+    scope = field(data, "scope", "team")
+    if scope not in ("team", "team_member"):
+        raise ValueError("scope must be team or team_member")
+    period, amount, mode = budget_values(data)
+    await change(request, state.catalog.set_budget, scope, team_id, period, amount, mode)
+    what = "Team budget" if scope == "team" else "Per-member cap"
+    return see_other(request, url(request, "team", team_id=team_id), f"{what} saved.")
+
+
+@allow(*ADMINS)
+async def set_team_limits(request: web.Request) -> web.StreamResponse:
+    state = admin_state(request)
+    team_id = request.match_info["team_id"]
+    values = limit_values(await form(request))
+    await change(request, state.catalog.set_limits, "team", team_id, **values)
+    return see_other(request, url(request, "team", team_id=team_id), "Rate limits saved.")

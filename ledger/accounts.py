@@ -1,0 +1,278 @@
+"""Who may use the dashboard and the admin API: local accounts, admin API keys, developers
+signing in with their gateway key, and the throttle on sign-in attempts.
+
+Passwords are hashed with argon2id (argon2-cffi, RFC 9106 low-memory profile). Hashing and
+verifying take a fifth of a second of CPU on purpose, so callers run them off the event loop
+and off the DuckDB thread: `credentials()` reads the stored hash, `check_password()` verifies
+it anywhere. Admin API keys, like gateway keys, are 256-bit random tokens, so one SHA-256 is a
+safe stored form. Every change is written to `admin_audit` through the catalog, never with a
+hash or a secret in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import argon2
+import duckdb
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from ledger.catalog import Catalog, CatalogError, NotFound
+from ledger.policy import hash_key
+
+USER_ROLES = ("admin", "finance")
+# An admin API key acts as: rw → admin, ro → finance.
+ADMIN_KEY_ROLES = {"rw": "admin", "ro": "finance"}
+ADMIN_KEY_PREFIX = "mtda_"
+MIN_PASSWORD = 12
+MAX_PASSWORD = 1024  # argon2 takes any length; refuse absurd ones before spending CPU
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+_hasher = argon2.PasswordHasher()  # argon2id, t=3, m=64 MiB, p=4
+# Verified when the name is unknown, so an unknown name costs as much time as a wrong password.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def hash_password(password: str) -> str:
+    """An argon2id PHC string for a password that meets the length rule."""
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise CatalogError(f"a password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    return _hasher.hash(password)
+
+
+def check_password(stored: str | None, password: str) -> bool:
+    """True when `password` matches the stored hash; takes as long when there is none."""
+    if len(password) > MAX_PASSWORD:
+        return False
+    try:
+        return _hasher.verify(stored or _DUMMY_HASH, password) and stored is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def needs_rehash(stored: str) -> bool:
+    """The hash was made with weaker parameters than today's: store a new one at sign-in."""
+    return _hasher.check_needs_rehash(stored)
+
+
+def session_binding(stored: str) -> str:
+    """A short fingerprint of the password hash: a session carries it, so changing the
+    password ends every session made with the old one."""
+    return hashlib.sha256(stored.encode()).hexdigest()[:16]
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(15)
+
+
+class Accounts:
+    """Account operations on the catalog's connection, under the catalog's lock."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return self.catalog._rows(sql, params)
+
+    # -- dashboard users ---------------------------------------------------------------------
+
+    def users(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT name, role, disabled, created_at, password_changed_at "
+                          "FROM dashboard_users ORDER BY name")
+
+    def has_users(self) -> bool:
+        return bool(self._rows("SELECT 1 FROM dashboard_users LIMIT 1"))
+
+    def credentials(self, name: str) -> dict[str, Any] | None:
+        """The account with its password hash, or None (unknown or disabled)."""
+        rows = self._rows("SELECT name, role, password_hash FROM dashboard_users "
+                          "WHERE name = ? AND NOT disabled", [name])
+        return rows[0] if rows else None
+
+    def create_user(self, name: str, password: str, role: str, actor: str = "cli",
+                    password_hash: str | None = None) -> dict[str, Any]:
+        """A new account. Pass `password_hash` when it was computed off this thread."""
+        if not _NAME.match(name):
+            raise CatalogError("an account name is 1 to 64 letters, digits or . _ @ - "
+                               "(starting with a letter or digit)")
+        if role not in USER_ROLES:
+            raise CatalogError(f"an account role is one of {', '.join(USER_ROLES)}")
+        stored = password_hash or hash_password(password)
+        with self.catalog.lock:
+            if self._rows("SELECT 1 FROM dashboard_users WHERE name = ?", [name]):
+                raise CatalogError(f"an account named {name!r} already exists")
+            now = _now()
+            self.catalog.conn.execute("INSERT INTO dashboard_users VALUES (?, ?, ?, false, ?, ?)",
+                                      [name, role, stored, now, now])
+            row = self._user(name)
+            self.catalog._audit(actor, "user.create", f"user:{name}", None, row)
+        return row
+
+    def _user(self, name: str) -> dict[str, Any]:
+        rows = self._rows("SELECT name, role, disabled FROM dashboard_users WHERE name = ?",
+                          [name])
+        if not rows:
+            raise NotFound(f"no account {name!r}")
+        return rows[0]
+
+    def set_password(self, name: str, password_hash: str, actor: str = "cli") -> None:
+        """Store a new hash (from hash_password); ends the account's other sessions."""
+        with self.catalog.lock:
+            self._user(name)
+            self.catalog.conn.execute(
+                "UPDATE dashboard_users SET password_hash = ?, password_changed_at = ? "
+                "WHERE name = ?", [password_hash, _now(), name])
+            self.catalog._audit(actor, "user.password", f"user:{name}", None, None)
+
+    def rehash(self, name: str, password_hash: str) -> None:
+        """Same password, stronger hash: not a change anyone made, so not audited."""
+        with self.catalog.lock:
+            self.catalog.conn.execute(
+                "UPDATE dashboard_users SET password_hash = ? WHERE name = ?",
+                [password_hash, name])
+
+    def set_disabled(self, name: str, disabled: bool, actor: str = "cli") -> dict[str, Any]:
+        with self.catalog.lock:
+            before = self._user(name)
+            if disabled and before["role"] == "admin" and not before["disabled"]:
+                admins = self._rows("SELECT count(*) AS n FROM dashboard_users "
+                                    "WHERE role = 'admin' AND NOT disabled")[0]["n"]
+                if admins <= 1:
+                    raise CatalogError("this is the last enabled admin account")
+            self.catalog.conn.execute("UPDATE dashboard_users SET disabled = ? WHERE name = ?",
+                                      [disabled, name])
+            after = self._user(name)
+            self.catalog._audit(actor, "user.disable" if disabled else "user.enable",
+                                f"user:{name}", before, after)
+        return after
+
+    def session_user(self, name: str) -> dict[str, Any] | None:
+        """What a signed-in session needs each request: role and the password binding."""
+        found = self.credentials(name)
+        if found is None:
+            return None
+        return {"name": found["name"], "role": found["role"],
+                "binding": session_binding(found["password_hash"])}
+
+    # -- developers, signing in with a gateway key ------------------------------------------
+
+    _DEVELOPER_KEY_SQL = (
+        "SELECT k.id AS key_id, k.display, d.id AS developer_id, d.name, d.email, d.team_id, "
+        "t.name AS team_name FROM api_keys k JOIN developers d ON d.id = k.developer_id "
+        "LEFT JOIN teams t ON t.id = d.team_id WHERE k.revoked_at IS NULL AND NOT d.disabled "
+        "AND (k.expires_at IS NULL OR k.expires_at > ?) AND "
+    )
+
+    def developer_for_key(self, secret: str) -> dict[str, Any] | None:
+        """The developer a live gateway key belongs to, or None."""
+        rows = self._rows(self._DEVELOPER_KEY_SQL + "k.hash = ?", [_now(), hash_key(secret)])
+        return rows[0] if rows else None
+
+    def developer_session(self, developer_id: str, key_id: str) -> dict[str, Any] | None:
+        """The developer of a self-service session while its key is still live."""
+        rows = self._rows(self._DEVELOPER_KEY_SQL + "k.id = ? AND d.id = ?",
+                          [_now(), key_id, developer_id])
+        return rows[0] if rows else None
+
+    # -- admin API keys ----------------------------------------------------------------------
+
+    def admin_keys(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT id, role, label, display, created_by, created_at, revoked_at "
+                          "FROM admin_api_keys ORDER BY created_at")
+
+    def issue_admin_key(self, role: str, label: str = "",
+                        actor: str = "cli") -> tuple[dict[str, Any], str]:
+        """A new admin API key: (its row, the secret). The secret is shown once, never stored."""
+        if role not in ADMIN_KEY_ROLES:
+            raise CatalogError(f"an admin API key role is one of {', '.join(ADMIN_KEY_ROLES)}")
+        label = label.strip()
+        if len(label) > 200:
+            raise CatalogError("a key label has at most 200 characters")
+        secret = ADMIN_KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = f"akey_{secrets.token_hex(5)}"
+        with self.catalog.lock:
+            self.catalog.conn.execute(
+                "INSERT INTO admin_api_keys VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                [key_id, hash_key(secret), role, label, secret[:9] + "…" + secret[-4:], actor,
+                 _now()])
+            row = self._admin_key(key_id)
+            self.catalog._audit(actor, "admin_key.issue", key_id, None, row)
+        return row, secret
+
+    def _admin_key(self, key_id: str) -> dict[str, Any]:
+        rows = self._rows("SELECT id, role, label, display, created_by, created_at, revoked_at "
+                          "FROM admin_api_keys WHERE id = ?", [key_id])
+        if not rows:
+            raise NotFound(f"no admin API key {key_id!r}")
+        return rows[0]
+
+    def revoke_admin_key(self, key_id: str, actor: str = "cli") -> dict[str, Any]:
+        with self.catalog.lock:
+            before = self._admin_key(key_id)
+            if before["revoked_at"] is None:
+                self.catalog.conn.execute(
+                    "UPDATE admin_api_keys SET revoked_at = ? WHERE id = ?", [_now(), key_id])
+            after = self._admin_key(key_id)
+            self.catalog._audit(actor, "admin_key.revoke", key_id, before, after)
+        return after
+
+    def admin_key_for(self, secret: str) -> dict[str, Any] | None:
+        """The live admin API key presented, or None."""
+        if not secret.startswith(ADMIN_KEY_PREFIX):
+            return None
+        rows = self._rows("SELECT id, role, label FROM admin_api_keys WHERE hash = ? "
+                          "AND revoked_at IS NULL", [hash_key(secret)])
+        return rows[0] if rows else None
+
+
+def create_demo_admin(conn: duckdb.DuckDBPyConnection) -> tuple[str, str]:
+    """For `meterd serve --demo`: an admin account with a fresh random password."""
+    password = new_password()
+    Accounts(Catalog(conn)).create_user("admin", password, "admin", actor="demo")
+    return "admin", password
+
+
+class SignInThrottle:
+    """Sign-in attempts per account name and per client address, in fixed Redis windows.
+
+    Every attempt counts (a refused one too), so a locked-out guesser stays locked out until
+    the window ends; a successful sign-in clears its name's counter.
+    """
+
+    def __init__(self, redis: Any, base: str, per_name: int = 5, per_address: int = 30,
+                 window: int = 900) -> None:
+        self.redis, self.base = redis, base
+        self.per_name, self.per_address, self.window = per_name, per_address, window
+
+    def _key(self, kind: str, value: str) -> str:
+        digest = hashlib.sha256(value.strip().lower().encode()).hexdigest()[:24]
+        return f"{self.base}:signin:{kind}:{digest}"
+
+    async def attempt(self, address: str, name: str) -> int:
+        """Count one attempt; returns 0 to go ahead, else the seconds until it may retry."""
+        keys = [(self._key("addr", address), self.per_address)]
+        if name:
+            keys.append((self._key("name", name), self.per_name))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key, _ in keys:
+                pipe.incr(key)
+                pipe.expire(key, self.window, nx=True)
+                pipe.ttl(key)
+            replies = await pipe.execute()
+        wait = 0
+        for i, (_, limit) in enumerate(keys):
+            count, ttl = int(replies[3 * i]), int(replies[3 * i + 2])
+            if count > limit:
+                wait = max(wait, ttl if ttl > 0 else self.window)
+        return wait
+
+    async def succeeded(self, name: str) -> None:
+        await self.redis.delete(self._key("name", name))

@@ -1,0 +1,26 @@
+-- Who may use the dashboard and the admin API. Written by ledger/accounts.py only.
+
+-- Local dashboard accounts. `password_hash` is an argon2id PHC string; the password itself is
+-- never stored. role: admin (everything) | finance (reads everything, changes nothing).
+CREATE TABLE IF NOT EXISTS dashboard_users (
+    name VARCHAR PRIMARY KEY,
+    role VARCHAR NOT NULL,
+    password_hash VARCHAR NOT NULL,
+    disabled BOOLEAN NOT NULL DEFAULT false,
+    created_at TIMESTAMP NOT NULL,
+    password_changed_at TIMESTAMP NOT NULL
+);
+
+-- Keys for automation against the admin JSON API. Only the SHA-256 of a key is kept (keys are
+-- 256-bit random tokens); `display` is its first and last characters.
+-- role: rw (acts as an admin) | ro (reads, like finance).
+CREATE TABLE IF NOT EXISTS admin_api_keys (
+    id VARCHAR PRIMARY KEY,
+    hash VARCHAR NOT NULL UNIQUE,
+    role VARCHAR NOT NULL,
+    label VARCHAR NOT NULL,
+    display VARCHAR NOT NULL,
+    created_by VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    revoked_at TIMESTAMP
+);
