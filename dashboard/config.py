@@ -24,6 +24,8 @@ class DashboardConfig:
     rollup_interval: float = 5.0
     retention_days: int = 400
     reservation_ttl: int = 900
+    fallback_input_usd: str = "5"
+    fallback_output_usd: str = "25"
     prices: PriceTable = field(default_factory=PriceTable.load, repr=False)
 
     @classmethod
@@ -38,6 +40,8 @@ class DashboardConfig:
             thresholds=tuple(settings.thresholds), models=tuple(settings.models),
             rollup_interval=settings.rollup_interval, retention_days=settings.retention_days,
             reservation_ttl=settings.reservation_ttl,
+            fallback_input_usd=settings.fallback_input_usd,
+            fallback_output_usd=settings.fallback_output_usd,
             prices=PriceTable.load(dict(settings.prices), settings.fallback_input_usd,
                                    settings.fallback_output_usd),
         )

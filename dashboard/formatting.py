@@ -16,6 +16,14 @@ def usd(micros: Any, exact: bool = False) -> str:
     return format_usd(int(micros or 0), exact=exact)
 
 
+def rate(micros_per_mtok: Any) -> str:
+    """A price in µ$ per million tokens as dollars, with as many decimals as it needs
+    (at least two): 3000000 → '$3.00', 80000 → '$0.08', 75000 → '$0.075'."""
+    text = format_usd(int(micros_per_mtok or 0), exact=True)
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
 def tokens(value: Any) -> str:
     """1234 → '1,234'; 1234567 → '1.23M' (whole numbers below ten thousand)."""
     n = int(value or 0)
@@ -66,6 +74,6 @@ def millis(value: Any) -> str:
     return f"{ms:,} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
 
-FILTERS = {"usd": usd, "tokens": tokens, "count": count, "when": when, "day": day,
+FILTERS = {"usd": usd, "rate": rate, "tokens": tokens, "count": count, "when": when, "day": day,
            "millis": millis}
 GLOBALS = {"percent": percent, "period_words": PERIOD_WORDS, "scope_words": SCOPE_WORDS}

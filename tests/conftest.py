@@ -81,11 +81,18 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
-    def stop(self) -> None:
-        if self.proc is not None:
+    def stop(self, save: bool = False) -> None:
+        """Stop the server; with `save`, write its data first so a restart brings it back."""
+        if self.proc is None:
+            return
+        if save:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                s.sendall(b"SHUTDOWN SAVE\r\n")
+                s.recv(64)
+        else:
             self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
+        self.proc.wait(10)
+        self.proc = None
 
 
 @pytest.fixture(scope="session")

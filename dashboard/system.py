@@ -1,0 +1,30 @@
+"""Settings: the prices, the provider and the policies this deployment runs with (read-only:
+they come from the configuration file and environment, not from the dashboard)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from dashboard.auth import READERS, allow
+from dashboard.keys import CONFIG
+from dashboard.render import render
+from ledger.usage import Usage
+
+OUTAGE_WORDS = {
+    "fail_open": "Let requests through unmetered by budgets (logged) and spool their usage; "
+                 "it is replayed when Redis is back.",
+    "fail_closed": "Refuse requests with a clear message until Redis is back.",
+}
+
+
+@allow(*READERS)
+async def settings_page(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    prices = config.prices
+    rows = sorted(prices.rows, key=lambda r: r.name)
+    web_search = prices.cost(rows[0].name, Usage(web_search=1000)).micros if rows else 0
+    return await render(request, "settings.html", {
+        "rows": rows, "price_version": prices.version, "web_search_per_1k": web_search,
+        "outage_words": OUTAGE_WORDS.get(config.redis_outage_policy, ""),
+        "secret_source": "configured" if config.session_secret else "generated",
+    })

@@ -1,0 +1,116 @@
+"""Admission and settlement scripts, driven directly (no HTTP), on both Redis backends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.gate import BudgetExceeded, Estimate, Gate, RateLimited
+from ledger.keyspace import KeySpace
+from ledger.periods import period_end, period_tag
+from ledger.policy import Cap, Limits, Principal
+from ledger.spool import Spool
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+EST = Estimate(prompt_tokens=100, output_tokens=50, default_micros=1000, strict_micros=5000)
+TOKENS = {"input": 100, "output": 50, "cache_write_5m": 0, "cache_write_1h": 0,
+          "cache_read": 0, "web_search": 0, "estimated": 0, "rate_input": 100}
+
+
+def principal(cap: int = 10_000, mode: str = "estimate", rpm: int = 0,
+              concurrency: int = 0) -> Principal:
+    caps = (Cap("b1", "developer", "d1", "Ada", "monthly", cap, mode),)
+    limits = (Limits("developer", "d1", "Ada", rpm=rpm, concurrency=concurrency),) if (
+        rpm or concurrency) else ()
+    return Principal("k1", "d1", "Ada", "t1", "platform", caps, limits)
+
+
+@pytest.fixture
+async def gate(redis: Any, tmp_path: Path) -> AsyncIterator[Gate]:
+    ks = KeySpace("test")
+    await redis.set(ks.ready, 1)
+    spool = Spool(tmp_path / "spool")
+    yield Gate(redis, ks, spool, reservation_ttl=60)
+    spool.close()
+
+
+async def state(gate: Gate, scope: str = "developer", scope_id: str = "d1") -> dict[str, int]:
+    raw = await gate.redis.hgetall(gate.keyspace.counter(scope, scope_id, "monthly", NOW))
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def test_admission_reserves_and_settlement_replaces_the_reservation(gate: Gate) -> None:
+    ticket = await gate.admit(principal(), "r1", EST, NOW)
+    assert (await state(gate))["held"] == 1000
+    await gate.settle(ticket, 1234, TOKENS, {"id": "r1"})
+    assert await state(gate) == {"held": 0, "spent": 1234, "n": 1}
+    daily = await gate.redis.hgetall(gate.keyspace.counter("developer", "d1", "daily", NOW))
+    assert int(daily[b"in"]) == 100 and int(daily[b"out"]) == 50
+    for scope, scope_id in (("team", "t1"), ("org", "")):
+        assert (await state(gate, scope, scope_id))["spent"] == 1234
+
+
+async def test_settling_the_same_request_twice_counts_it_once(gate: Gate) -> None:
+    ticket = await gate.admit(principal(), "r1", EST, NOW)
+    await gate.settle(ticket, 700, TOKENS, {"id": "r1"})
+    await gate.settle(ticket, 700, TOKENS, {"id": "r1"})
+    assert (await state(gate))["spent"] == 700
+    assert await gate.redis.xlen(gate.keyspace.events) == 1
+
+
+async def test_a_rejection_reserves_nothing(gate: Gate) -> None:
+    await gate.admit(principal(cap=1500), "r1", EST, NOW)
+    before = await state(gate)
+    with pytest.raises(BudgetExceeded):
+        await gate.admit(principal(cap=1500), "r2", EST, NOW)
+    assert await state(gate) == before
+
+
+async def test_strict_mode_reserves_the_worst_case(gate: Gate) -> None:
+    await gate.admit(principal(cap=9_999, mode="strict"), "r1", EST, NOW)
+    assert (await state(gate))["held"] == 5000
+    with pytest.raises(BudgetExceeded) as err:
+        await gate.admit(principal(cap=9_999, mode="strict"), "r2", EST, NOW)
+    assert err.value.resets_at == datetime(2026, 12, 1, tzinfo=UTC)
+    assert err.value.retry_after == 3 * 86400 - 12 * 3600  # to Dec 1 00:00 UTC
+
+
+async def test_unsettled_reservations_expire(gate: Gate) -> None:
+    gate.reservation_ttl = 30
+    await gate.admit(principal(cap=1500), "crashed", EST, NOW)  # never settled
+    with pytest.raises(BudgetExceeded):
+        await gate.admit(principal(cap=1500), "r2", EST, NOW)
+    later = datetime.fromtimestamp(NOW.timestamp() + 31, UTC)
+    await gate.admit(principal(cap=1500), "r3", EST, later)  # the dead hold is gone
+    assert (await state(gate))["held"] == 1000
+
+
+async def test_expired_concurrency_slots_are_freed(gate: Gate) -> None:
+    gate.reservation_ttl = 30
+    p = principal(concurrency=1)
+    await gate.admit(p, "crashed", EST, NOW)
+    with pytest.raises(RateLimited):
+        await gate.admit(p, "r2", EST, NOW)
+    await gate.admit(p, "r3", EST, datetime.fromtimestamp(NOW.timestamp() + 31, UTC))
+
+
+async def test_counters_are_not_enforced_before_they_are_rebuilt(gate: Gate) -> None:
+    await gate.redis.delete(gate.keyspace.ready)
+    ticket = await gate.admit(principal(cap=0), "r1", EST, NOW)  # cap 0, yet admitted
+    assert not ticket.admitted  # as if Redis were down: fail_open
+
+
+@pytest.mark.parametrize(("period", "tag", "end"), [
+    ("daily", "d:2026-11-28", datetime(2026, 11, 29, tzinfo=UTC)),
+    ("weekly", "w:2026-11-23", datetime(2026, 11, 30, tzinfo=UTC)),  # Monday to Monday
+    ("monthly", "m:2026-11-01", datetime(2026, 12, 1, tzinfo=UTC)),
+])
+def test_periods_follow_utc_calendar_boundaries(period: str, tag: str, end: datetime) -> None:
+    assert period_tag(period, NOW) == tag
+    assert period_end(period, NOW) == end
+    assert period_end("monthly", datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == datetime(
+        2027, 1, 1, tzinfo=UTC)

@@ -1,0 +1,93 @@
+"""Redis goes away mid-run: admission follows the policy, and no usage is lost or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import aiohttp
+import orjson
+import pytest
+
+from ledger.money import parse_usd
+from tests.conftest import Gateway, RedisServer, need
+
+BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
+                     "messages": [{"role": "user", "content": "Hello"}]})
+COST = 4500  # 1200 × $3 + 60 × $15, in µ$
+# These tests run their own redis-server; the embedded backend has no outage to inject.
+pytestmark = pytest.mark.parametrize("redis_url", ["real"], indirect=True)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server only this test uses, so stopping it disturbs nobody."""
+    need(shutil.which("redis-server") is not None, "redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+async def send(gw: Gateway, key: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.post(
+            gw.url + "/v1/messages", data=BODY, headers={"x-api-key": key}) as resp:
+        raw = await resp.read()
+        return resp.status, orjson.loads(raw) if resp.status != 200 else {}
+
+
+async def test_fail_open_admits_during_outage_and_spool_replays_exactly_once(
+        start_gateway, own_redis: RedisServer) -> None:
+    gw = await start_gateway(redis_url=own_redis.url, redis_outage_policy="fail_open")
+    key = await gw.developer()
+    await gw.change(gw.admin.catalog.set_budget, "developer", "Ada", "monthly", parse_usd("10"))
+    assert (await send(gw, key))[0] == 200
+    await gw.settled(1)
+
+    own_redis.stop(save=True)
+    statuses = [(await send(gw, key))[0] for _ in range(3)]
+    await gw.proxy.drain()
+    assert statuses == [200, 200, 200]  # fail_open: served, and metered later
+    assert gw.proxy.gate.spool.depth == 3
+    spooled = [orjson.loads(line) for line in gw.proxy.gate.spool.path.read_bytes().split()]
+
+    own_redis.start()
+    for _ in range(100):  # the maintenance loop replays about once a second
+        if gw.proxy.gate.spool.depth == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert gw.proxy.gate.spool.depth == 0
+    events = await gw.events()
+    assert len(events) == 4 and len({e["id"] for e in events}) == 4
+    dev_id = events[0]["developer_id"]
+    counter = gw.proxy.keyspace.counter("developer", dev_id, "monthly", datetime.now(UTC))
+    spent = int(await gw.proxy.redis.hget(counter, "spent"))
+    assert spent == 4 * COST
+
+    # A second replay of the same settlements (a crash during replay) changes nothing.
+    assert [await gw.proxy.gate.apply(entry) for entry in spooled] == [0, 0, 0]
+    assert int(await gw.proxy.redis.hget(counter, "spent")) == 4 * COST
+    assert len(await gw.events()) == 4
+
+
+async def test_fail_closed_refuses_during_outage_with_a_clear_message(
+        start_gateway, own_redis: RedisServer) -> None:
+    gw = await start_gateway(redis_url=own_redis.url, redis_outage_policy="fail_closed")
+    key = await gw.developer()
+    await gw.change(gw.admin.catalog.set_limits, "developer", "Ada", rpm=1000)
+    assert (await send(gw, key))[0] == 200
+
+    own_redis.stop(save=True)
+    status, doc = await send(gw, key)
+    assert status == 429
+    assert doc["error"]["type"] == "billing_error"
+    assert "cannot reach Redis" in doc["error"]["message"]
+    assert "fail_closed" in doc["error"]["message"]
+    assert len(gw.upstream.recorded) == 1  # the refused request never reached the provider
+
+    own_redis.start()
+    await asyncio.sleep(0.2)
+    assert (await send(gw, key))[0] == 200
