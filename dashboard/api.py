@@ -1,98 +1,74 @@
-"""The admin JSON API: teams, developers, keys, budgets and rate limits, for automation and
-for the `meterd` CLI (which reaches it over the data directory's Unix socket)."""
+"""The admin JSON API: teams, developers, keys, budgets, rate limits and accounts, for
+automation (admin API keys: `rw` acts as an admin, `ro` reads like finance) and for the
+`meterd` CLI (which reaches it over the data directory's Unix socket). Usage reports are in
+api_reports.py, the Anthropic-shaped spend limits in spend_limits.py; who may call what is
+declared on each handler and enforced by dashboard.auth."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from dashboard.auth import ADMINS, READERS, allow
+from dashboard.jsonio import json_response, read_json
+from dashboard.keys import IDENTITY
+from dashboard.spend_limits import meterd_scope
 from dashboard.state import ADMIN, AdminState
-from ledger.catalog import CatalogError, NotFound
+from ledger.accounts import Accounts, hash_password
 from ledger.money import parse_cents, parse_usd
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data, default=str), status=status,
-                        content_type="application/json")
-
-
-def _error(status: int, message: str) -> web.Response:
-    kind = {401: "authentication_error", 404: "not_found_error"}.get(status,
-                                                                     "invalid_request_error")
-    return _json({"type": "error", "error": {"type": kind, "message": message}}, status)
-
-
-def is_local(request: web.Request) -> bool:
-    """Requests over the Unix socket come from this host's operator (the socket is 0600)."""
-    transport = request.transport
-    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
-
-
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/admin/api/"):
-        return await handler(request)
-    if not is_local(request):
-        return _error(401, "the admin API needs an admin API key")
-    try:
-        return await handler(request)
-    except NotFound as exc:
-        return _error(404, str(exc))
-    except CatalogError as exc:
-        return _error(400, str(exc))
-    except (ValueError, KeyError, orjson.JSONDecodeError) as exc:
-        return _error(400, f"bad request: {exc}")
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    doc = orjson.loads(await request.read() or b"{}")
-    if not isinstance(doc, dict):
-        raise ValueError("expected a JSON object")
-    return doc
+def _state(request: web.Request) -> AdminState:
+    return request.app[ADMIN]
 
 
 def _actor(request: web.Request) -> str:
-    return "cli" if is_local(request) else "api"
+    return request[IDENTITY].actor
 
 
-async def _change(state: AdminState, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-    result = await state.db(fn, *args, **kw)
+async def _change(request: web.Request, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    state = _state(request)
+    result = await state.db(fn, *args, actor=_actor(request), **kw)
     await state.publish()
     return result
 
 
+@allow(*READERS)
 async def list_teams(request: web.Request) -> web.Response:
-    state = request.app[ADMIN]
-    return _json({"data": await state.db(state.catalog.teams)})
+    state = _state(request)
+    return json_response({"data": await state.db(state.catalog.teams)})
 
 
+@allow(*ADMINS)
 async def create_team(request: web.Request) -> web.Response:
-    state, doc = request.app[ADMIN], await _body(request)
-    return _json(await _change(state, state.catalog.create_team, str(doc["name"]),
-                               actor=_actor(request)), 201)
+    state, doc = _state(request), await read_json(request)
+    return json_response(await _change(request, state.catalog.create_team, str(doc["name"])), 201)
 
 
+@allow(*READERS)
 async def list_developers(request: web.Request) -> web.Response:
-    state = request.app[ADMIN]
-    return _json({"data": await state.db(state.catalog.developers,
-                                         request.query.get("team"))})
+    state = _state(request)
+    return json_response({"data": await state.db(state.catalog.developers,
+                                                 request.query.get("team"))})
 
 
+@allow(*ADMINS)
 async def create_developer(request: web.Request) -> web.Response:
-    state, doc = request.app[ADMIN], await _body(request)
-    return _json(await _change(state, state.catalog.create_developer, str(doc["name"]),
-                               str(doc["email"]), str(doc["team"]), actor=_actor(request)), 201)
+    state, doc = _state(request), await read_json(request)
+    return json_response(await _change(request, state.catalog.create_developer,
+                                       str(doc["name"]), str(doc["email"]), str(doc["team"])),
+                         201)
 
 
+@allow(*READERS)
 async def list_keys(request: web.Request) -> web.Response:
-    state = request.app[ADMIN]
-    return _json({"data": await state.db(state.catalog.keys, request.query.get("developer"))})
+    state = _state(request)
+    return json_response({"data": await state.db(state.catalog.keys,
+                                                 request.query.get("developer"))})
 
 
 def _when(value: Any) -> datetime | None:
@@ -102,31 +78,35 @@ def _when(value: Any) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+@allow(*ADMINS)
 async def issue_key(request: web.Request) -> web.Response:
     """The secret is in this response and nowhere else, ever."""
-    state, doc = request.app[ADMIN], await _body(request)
-    key = await _change(state, state.catalog.issue_key, str(doc["developer"]),
-                        _when(doc.get("expires_at")), actor=_actor(request))
-    return _json({"id": key.id, "developer_id": key.developer_id, "secret": key.secret,
-                  "display": key.display, "expires_at": key.expires_at}, 201)
+    state, doc = _state(request), await read_json(request)
+    key = await _change(request, state.catalog.issue_key, str(doc["developer"]),
+                        _when(doc.get("expires_at")))
+    return json_response({"id": key.id, "developer_id": key.developer_id, "secret": key.secret,
+                          "display": key.display, "expires_at": key.expires_at}, 201)
 
 
+@allow(*ADMINS)
 async def revoke_key(request: web.Request) -> web.Response:
-    state = request.app[ADMIN]
-    return _json(await _change(state, state.catalog.revoke_key, request.match_info["key_id"],
-                               actor=_actor(request)))
+    state = _state(request)
+    return json_response(await _change(request, state.catalog.revoke_key,
+                                       request.match_info["key_id"]))
 
 
+@allow(*ADMINS)
 async def expire_key(request: web.Request) -> web.Response:
-    state, doc = request.app[ADMIN], await _body(request)
+    state, doc = _state(request), await read_json(request)
     when = _when(doc.get("expires_at")) or datetime.now(UTC)
-    return _json(await _change(state, state.catalog.expire_key, request.match_info["key_id"],
-                               when, actor=_actor(request)))
+    return json_response(await _change(request, state.catalog.expire_key,
+                                       request.match_info["key_id"], when))
 
 
+@allow(*READERS)
 async def list_budgets(request: web.Request) -> web.Response:
-    state = request.app[ADMIN]
-    return _json({"data": await state.db(state.catalog.budgets)})
+    state = _state(request)
+    return json_response({"data": await state.db(state.catalog.budgets)})
 
 
 def _amount(doc: dict[str, Any]) -> int:
@@ -139,46 +119,110 @@ def _amount(doc: dict[str, Any]) -> int:
     return parse_cents(doc["amount"])
 
 
+@allow(*ADMINS)
 async def set_budget(request: web.Request) -> web.Response:
-    state, doc = request.app[ADMIN], await _body(request)
-    return _json(await _change(
-        state, state.catalog.set_budget, str(doc["scope"]), str(doc.get("target", "")),
-        str(doc.get("period", "monthly")), _amount(doc), str(doc.get("mode", "estimate")),
-        actor=_actor(request)), 201)
+    """meterd's shape ({scope: "team", target: "platform", period, amount_usd, mode}) or the
+    Admin API spend-limit shape ({scope: {type: "workspace", workspace_id}, amount, period})."""
+    state, doc = _state(request), await read_json(request)
+    if isinstance(doc.get("scope"), dict):
+        scope, target = await state.db(meterd_scope, state.catalog, doc["scope"])
+    else:
+        scope, target = str(doc["scope"]), str(doc.get("target", ""))
+    return json_response(await _change(
+        request, state.catalog.set_budget, scope, target, str(doc.get("period", "monthly")),
+        _amount(doc), str(doc.get("mode", "estimate"))), 201)
 
 
+@allow(*ADMINS)
 async def delete_budget(request: web.Request) -> web.Response:
-    state = request.app[ADMIN]
-    await _change(state, state.catalog.delete_budget, request.match_info["budget_id"],
-                  actor=_actor(request))
-    return _json({"deleted": request.match_info["budget_id"]})
+    state = _state(request)
+    await _change(request, state.catalog.delete_budget, request.match_info["budget_id"])
+    return json_response({"deleted": request.match_info["budget_id"]})
 
 
+@allow(*READERS)
 async def list_limits(request: web.Request) -> web.Response:
-    state = request.app[ADMIN]
-    return _json({"data": await state.db(state.catalog.rate_limits)})
+    state = _state(request)
+    return json_response({"data": await state.db(state.catalog.rate_limits)})
 
 
+@allow(*ADMINS)
 async def set_limits(request: web.Request) -> web.Response:
-    state, doc = request.app[ADMIN], await _body(request)
+    state, doc = _state(request), await read_json(request)
     values = {k: int(doc[k]) for k in ("rpm", "itpm", "otpm", "concurrency") if k in doc}
-    return _json(await _change(state, state.catalog.set_limits, str(doc["scope"]),
-                               str(doc["target"]), actor=_actor(request), **values))
+    return json_response(await _change(request, state.catalog.set_limits, str(doc["scope"]),
+                                       str(doc["target"]), **values))
 
 
-def setup_api(app: web.Application) -> None:
-    app.middlewares.append(api_middleware)
-    r = app.router
-    r.add_get("/api/v1/teams", list_teams)
-    r.add_post("/api/v1/teams", create_team)
-    r.add_get("/api/v1/developers", list_developers)
-    r.add_post("/api/v1/developers", create_developer)
-    r.add_get("/api/v1/keys", list_keys)
-    r.add_post("/api/v1/keys", issue_key)
-    r.add_post("/api/v1/keys/{key_id}/revoke", revoke_key)
-    r.add_post("/api/v1/keys/{key_id}/expire", expire_key)
-    r.add_get("/api/v1/budgets", list_budgets)
-    r.add_post("/api/v1/budgets", set_budget)
-    r.add_delete("/api/v1/budgets/{budget_id}", delete_budget)
-    r.add_get("/api/v1/rate_limits", list_limits)
-    r.add_put("/api/v1/rate_limits", set_limits)
+@allow(*READERS)
+async def list_audit(request: web.Request) -> web.Response:
+    state = _state(request)
+    limit = min(int(request.query.get("limit", "200")), 5000)
+    return json_response({"data": await state.db(state.catalog.audit, limit)})
+
+
+# -- accounts and admin API keys ------------------------------------------------------------
+
+
+def _accounts(request: web.Request) -> Accounts:
+    return Accounts(_state(request).catalog)
+
+
+async def _hash(password: str) -> str:
+    # argon2 costs ~0.2 s of CPU: off the event loop and off the DuckDB thread.
+    return await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
+
+
+@allow(*READERS)
+async def list_users(request: web.Request) -> web.Response:
+    return json_response({"data": await _state(request).db(_accounts(request).users)})
+
+
+@allow(*ADMINS)
+async def create_user(request: web.Request) -> web.Response:
+    doc = await read_json(request)
+    stored = await _hash(str(doc["password"]))
+    return json_response(await _change(request, _accounts(request).create_user,
+                                       str(doc["name"]), "", str(doc["role"]),
+                                       password_hash=stored), 201)
+
+
+@allow(*ADMINS)
+async def set_password(request: web.Request) -> web.Response:
+    doc = await read_json(request)
+    name = request.match_info["name"]
+    await _change(request, _accounts(request).set_password, name,
+                  await _hash(str(doc["password"])))
+    return json_response({"name": name, "password_changed": True})
+
+
+@allow(*ADMINS)
+async def disable_user(request: web.Request) -> web.Response:
+    return json_response(await _change(request, _accounts(request).set_disabled,
+                                       request.match_info["name"], True))
+
+
+@allow(*ADMINS)
+async def enable_user(request: web.Request) -> web.Response:
+    return json_response(await _change(request, _accounts(request).set_disabled,
+                                       request.match_info["name"], False))
+
+
+@allow(*READERS)
+async def list_admin_keys(request: web.Request) -> web.Response:
+    return json_response({"data": await _state(request).db(_accounts(request).admin_keys)})
+
+
+@allow(*ADMINS)
+async def issue_admin_key(request: web.Request) -> web.Response:
+    """The secret is in this response and nowhere else, ever."""
+    doc = await read_json(request)
+    row, secret = await _change(request, _accounts(request).issue_admin_key,
+                                str(doc.get("role", "ro")), str(doc.get("label", "")))
+    return json_response({**row, "secret": secret}, 201)
+
+
+@allow(*ADMINS)
+async def revoke_admin_key(request: web.Request) -> web.Response:
+    return json_response(await _change(request, _accounts(request).revoke_admin_key,
+                                       request.match_info["key_id"]))

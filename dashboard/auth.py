@@ -18,8 +18,9 @@ from aiohttp import web
 
 from dashboard import csrf, sessions
 from dashboard.identity import ANONYMOUS, ROLES, Identity
-from dashboard.keys import IDENTITY, SECRET, SESSION, SESSION_SET
-from dashboard.render import error_page, redirect_back
+from dashboard.jsonio import json_error
+from dashboard.keys import BASE, IDENTITY, PAGES, SECRET, SESSION, SESSION_SET
+from dashboard.render import cookie_path, error_page, redirect_back
 from dashboard.sessions import Session
 from dashboard.state import ADMIN
 from ledger.accounts import ADMIN_KEY_ROLES, Accounts
@@ -65,8 +66,7 @@ def check_routes(app: web.Application) -> None:
 
 
 def is_api(request: web.Request) -> bool:
-    base = str(request.app.router["signin"].url_for().parent).rstrip("/")
-    return request.path.startswith(base + API_PREFIX)
+    return request.path.startswith(request.app[BASE] + API_PREFIX)
 
 
 def is_local(request: web.Request) -> bool:
@@ -119,18 +119,12 @@ async def session_identity(request: web.Request, session: Session) -> Identity |
     return None
 
 
-def json_error(status: int, message: str) -> web.Response:
-    kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-            405: "invalid_request_error"}.get(status, "invalid_request_error")
-    return web.Response(body=orjson.dumps({"type": "error", "error": {
-        "type": kind, "message": message}}), status=status, content_type="application/json")
-
-
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if is_api(request):
         return await _api(request, handler)
-    if isinstance(request.match_info.route.resource, web.StaticResource):
+    if not request.app.get(PAGES, False) or isinstance(request.match_info.route.resource,
+                                                          web.StaticResource):
         return await handler(request)
     return await _html(request, handler)
 
@@ -181,7 +175,7 @@ async def _html(request: web.Request, handler: Handler) -> web.StreamResponse:
         else:
             response = redirect_back(request, str(exc), "error")
     if fresh and not request.get(SESSION_SET) and not response.prepared:
-        sessions.store(response, request, session, secret)
+        sessions.store(response, request, session, secret, cookie_path(request))
     if not response.prepared:
         _secure_headers(response)
     return response

@@ -9,9 +9,12 @@ from dashboard.identity import Identity
 from dashboard.sessions import Session
 from ledger.accounts import SignInThrottle
 
+# Path the admin app is mounted at ("/admin" under `meterd serve`, "" when standalone).
+BASE = web.AppKey("dashboard_base", str)
 CONFIG = web.AppKey("dashboard_config", DashboardConfig)
 SECRET = web.AppKey("dashboard_secret", bytes)
 THROTTLE = web.AppKey("dashboard_throttle", SignInThrottle)
+PAGES = web.AppKey("dashboard_pages", bool)  # the HTML side is set up (not only the API)
 
 IDENTITY = web.RequestKey("dashboard_identity", Identity)
 SESSION = web.RequestKey("dashboard_session", Session)

@@ -14,7 +14,7 @@ from yarl import URL
 
 from dashboard import sessions
 from dashboard.identity import Identity
-from dashboard.keys import CONFIG, IDENTITY, SECRET, SESSION
+from dashboard.keys import BASE, CONFIG, IDENTITY, SECRET, SESSION
 from dashboard.state import ADMIN, AdminState
 
 T = TypeVar("T")
@@ -32,6 +32,10 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("audit", "Audit", ("admin", "finance")),
     ("access", "Access", ("admin", "finance")),
 )
+
+# Pages that belong to a navigation entry other than their own name.
+SECTION = {"team": "teams", "developer": "developers", "issue_key": "developers",
+           "create_user": "access", "reset_password": "access", "create_admin_key": "access"}
 
 
 def admin_state(request: web.Request) -> AdminState:
@@ -68,17 +72,18 @@ async def render(request: web.Request, template: str, context: dict[str, Any],
     base = {
         "me": me, "csrf_token": session.csrf if session else "", "flash": flash,
         "nav": [(name, label) for name, label, roles in NAV if role in roles],
-        "current": route, "config": request.app[CONFIG],
+        "section": SECTION.get(route or "", route), "config": request.app[CONFIG],
     }
     response = aiohttp_jinja2.render_template(template, request, {**base, **context},
                                               status=status)
     if flash is not None:
-        response.del_cookie(sessions.FLASH_COOKIE, path=_base_path(request))
+        response.del_cookie(sessions.FLASH_COOKIE, path=cookie_path(request))
     return response
 
 
-def _base_path(request: web.Request) -> str:
-    return str(request.app.router["signin"].url_for().parent)
+def cookie_path(request: web.Request) -> str:
+    """Dashboard cookies are scoped to where the admin app is mounted."""
+    return request.app[BASE] + "/"
 
 
 async def error_page(request: web.Request, status: int, message: str) -> web.Response:
@@ -94,7 +99,8 @@ def see_other(request: web.Request, location: URL | str, message: str | None = N
     """A 303 to `location`, with a message shown once on the page it leads to."""
     response = web.Response(status=303, headers={"Location": str(location)})
     if message:
-        sessions.set_flash(response, request, request.app[SECRET], message, kind)
+        sessions.set_flash(response, request, request.app[SECRET], cookie_path(request),
+                           message, kind)
     return response
 
 

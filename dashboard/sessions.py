@@ -120,29 +120,24 @@ def decode(value: str | None, secret: bytes) -> Session | None:
     return None if session.expired() else session
 
 
-def _cookie_path(request: web.Request) -> str:
-    # The dashboard lives under the admin subapp's prefix (/admin when mounted in `serve`).
-    return str(request.app.router["signin"].url_for().parent)
-
-
 def store(response: web.StreamResponse, request: web.Request, session: Session,
-          secret: bytes) -> None:
-    """Set the session cookie on a response."""
+          secret: bytes, path: str) -> None:
+    """Set the session cookie on a response (scoped to the dashboard's path)."""
     response.set_cookie(
-        COOKIE, encode(session, secret), path=_cookie_path(request), httponly=True,
+        COOKIE, encode(session, secret), path=path, httponly=True,
         samesite="Lax", secure=request.secure,
         max_age=ANONYMOUS_MAX_AGE if session.kind == "anonymous" else MAX_AGE)
 
 
-def clear(response: web.StreamResponse, request: web.Request) -> None:
-    response.del_cookie(COOKIE, path=_cookie_path(request))
+def clear(response: web.StreamResponse, path: str) -> None:
+    response.del_cookie(COOKIE, path=path)
 
 
-def set_flash(response: web.StreamResponse, request: web.Request, secret: bytes,
+def set_flash(response: web.StreamResponse, request: web.Request, secret: bytes, path: str,
               message: str, kind: str = "ok") -> None:
     """A one-time message for the next page (after a redirect): 'saved', or what went wrong."""
     value = sign(orjson.dumps({"m": message[:500], "k": kind}), secret, FLASH_COOKIE)
-    response.set_cookie(FLASH_COOKIE, value, path=_cookie_path(request), httponly=True,
+    response.set_cookie(FLASH_COOKIE, value, path=path, httponly=True,
                         samesite="Lax", secure=request.secure, max_age=60)
 
 

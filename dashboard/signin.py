@@ -11,7 +11,17 @@ from redis.exceptions import RedisError
 from dashboard import sessions
 from dashboard.auth import EVERYONE, allow
 from dashboard.keys import SECRET, SESSION, SESSION_SET, THROTTLE
-from dashboard.render import admin_state, error_page, field, form, home, render, see_other, url
+from dashboard.render import (
+    admin_state,
+    cookie_path,
+    error_page,
+    field,
+    form,
+    home,
+    render,
+    see_other,
+    url,
+)
 from ledger.accounts import Accounts, check_password, hash_password, needs_rehash, session_binding
 
 log = logging.getLogger("meterd.dashboard")
@@ -19,7 +29,7 @@ log = logging.getLogger("meterd.dashboard")
 
 def _next(request: web.Request, target: str) -> str | None:
     """A `next` target only when it is a path on this dashboard (no open redirect)."""
-    base = str(url(request, "signin").parent).rstrip("/") + "/"
+    base = cookie_path(request)
     if target.startswith(base) and not target.startswith("//") and "\\" not in target:
         return target
     return None
@@ -57,7 +67,7 @@ async def _throttled(request: web.Request, name: str) -> web.Response | None:
 
 def _signed_in(request: web.Request, location: str, session: sessions.Session) -> web.Response:
     response = see_other(request, location)
-    sessions.store(response, request, session, request.app[SECRET])
+    sessions.store(response, request, session, request.app[SECRET], cookie_path(request))
     request[SESSION_SET] = True
     return response
 
@@ -108,6 +118,6 @@ async def signin_key(request: web.Request) -> web.StreamResponse:
 @allow(*EVERYONE)
 async def signout(request: web.Request) -> web.StreamResponse:
     response = see_other(request, url(request, "signin"), "Signed out.")
-    sessions.clear(response, request)
+    sessions.clear(response, cookie_path(request))
     request[SESSION_SET] = True
     return response

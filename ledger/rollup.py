@@ -6,7 +6,7 @@ One pass over a batch of events:
    acknowledged, i.e. a batch whose run died; then new ones);
 2. in ONE DuckDB transaction: insert the requests that are not in `requests` yet (the request id
    is the primary key), and add exactly those rows to `usage_daily` and `usage_sessions`;
-3. commit; then XACK and XDEL the entries (so the stream stays short).
+3. commit; then XACK the entries and trim the stream up to them (so it stays short).
 
 A crash before the commit rolls the transaction back and the entries stay pending: the rerun
 reads them again. A crash after the commit and before the acknowledgement leaves entries pending
@@ -117,8 +117,11 @@ def _batch_sql() -> str:
     # f[1] is the stream entry id, for events without a request id or time.
     cols = [_typed(i, n, k, d) for i, (n, k, d) in enumerate(EVENT_COLUMNS, 2)]
     cols[0] = "CASE WHEN coalesce(f[2], '') = '' THEN 'stream:' || f[1] ELSE f[2] END AS id"
-    cols[1] = ("epoch_ms(coalesce(TRY_CAST(f[3] AS BIGINT), "
-               "TRY_CAST(split_part(f[1], '-', 1) AS BIGINT))) AS ts")
+    cols[1] = ("epoch_ms(CASE WHEN TRY_CAST(f[3] AS BIGINT) BETWEEN 1 AND 32503680000000 "
+               "THEN TRY_CAST(f[3] AS BIGINT) ELSE TRY_CAST(split_part(f[1], '-', 1) AS BIGINT) "
+               "END) AS ts")
+    # In the column order of `requests`; the saving is priced afterwards.
+    cols.insert(REQUEST_COLUMNS.index("cache_saved_micros"), "0::BIGINT AS cache_saved_micros")
     return (
         "CREATE OR REPLACE TEMP TABLE rollup_batch AS "
         f"SELECT * FROM (SELECT {', '.join(cols)} FROM "
@@ -128,19 +131,12 @@ def _batch_sql() -> str:
 
 _BATCH_SQL = _batch_sql()
 # Saved by caching: cache reads × (input rate − cache-read rate) × multiplier, half up (µ$).
-_SAVED_SQL = (
-    "CASE WHEN b.cache_read = 0 OR r.model IS NULL THEN 0 ELSE CAST((2 * b.cache_read::HUGEINT"
-    " * (CASE WHEN r.threshold > 0 AND b.input_tokens + b.cache_write_5m + b.cache_write_1h"
+_SAVE_SQL = (
+    "UPDATE rollup_batch b SET cache_saved_micros = CAST((2 * b.cache_read::HUGEINT * (CASE"
+    " WHEN r.threshold > 0 AND b.input_tokens + b.cache_write_5m + b.cache_write_1h"
     " + b.cache_read > r.threshold THEN r.diff_long ELSE r.diff END) * r.num + r.den)"
-    " // (2 * r.den) AS BIGINT) END"
-)
-_NEW_SQL = (
-    "CREATE OR REPLACE TEMP TABLE rollup_new AS SELECT "
-    + ", ".join(_SAVED_SQL + " AS cache_saved_micros" if c == "cache_saved_micros" else f"b.{c}"
-                for c in REQUEST_COLUMNS)
-    + " FROM rollup_batch b LEFT JOIN rollup_rates r ON r.model = b.model AND r.speed = b.speed"
-    " AND r.geo = b.inference_geo"
-    " WHERE b.id NOT IN (SELECT id FROM requests WHERE ts BETWEEN $1 AND $2)"
+    " // (2 * r.den) AS BIGINT) FROM rollup_rates r WHERE b.cache_read > 0"
+    " AND r.model = b.model AND r.speed = b.speed AND r.geo = b.inference_geo"
 )
 
 
@@ -268,25 +264,27 @@ def write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings,
         if repeats:  # the same request twice in one batch (a replayed settlement): keep one
             conn.execute("DELETE FROM rollup_batch WHERE rowid NOT IN "
                          "(SELECT min(rowid) FROM rollup_batch GROUP BY id)")
+        # Requests already rolled up (a rerun after a crash): same request, same start time,
+        # so only that time range is searched and DuckDB skips every other row group.
+        conn.execute("DELETE FROM rollup_batch WHERE id IN "
+                     "(SELECT id FROM requests WHERE ts BETWEEN ? AND ?)", [lo, hi])
         keys = conn.execute("SELECT DISTINCT model, speed, inference_geo FROM rollup_batch "
                             "WHERE cache_read > 0").fetchall()
-        rates = [(m, s, g, *savings.rates(m, s, g)) for m, s, g in keys]
-        conn.execute(
-            "CREATE OR REPLACE TEMP TABLE rollup_rates AS SELECT unnest($1::VARCHAR[]) AS model,"
-            " unnest($2::VARCHAR[]) AS speed, unnest($3::VARCHAR[]) AS geo,"
-            " unnest($4::BIGINT[]) AS threshold, unnest($5::BIGINT[]) AS diff,"
-            " unnest($6::BIGINT[]) AS diff_long, unnest($7::BIGINT[]) AS num,"
-            " unnest($8::BIGINT[]) AS den",
-            [list(column) for column in zip(*rates, strict=True)] if rates else [[]] * 8)
-        # Same request, same start time: looking for repeats in that time range only lets
-        # DuckDB skip every row group outside it.
-        conn.execute(_NEW_SQL, [lo, hi])
+        if keys:
+            rates = [(m, s, g, *savings.rates(m, s, g)) for m, s, g in keys]
+            conn.execute(
+                "CREATE OR REPLACE TEMP TABLE rollup_rates AS SELECT unnest($1::VARCHAR[]) AS "
+                "model, unnest($2::VARCHAR[]) AS speed, unnest($3::VARCHAR[]) AS geo, "
+                "unnest($4::BIGINT[]) AS threshold, unnest($5::BIGINT[]) AS diff, "
+                "unnest($6::BIGINT[]) AS diff_long, unnest($7::BIGINT[]) AS num, "
+                "unnest($8::BIGINT[]) AS den", [list(c) for c in zip(*rates, strict=True)])
+            conn.execute(_SAVE_SQL)
         conn.execute(f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
-                     "SELECT * FROM rollup_new")
+                     "SELECT * FROM rollup_batch")
         if fault is not None:
             fault("inserted")
-        add_to_rollups(conn, "rollup_new", fault)
-        row = conn.execute("SELECT count(*) FROM rollup_new").fetchone()
+        add_to_rollups(conn, "rollup_batch", fault)
+        row = conn.execute("SELECT count(*) FROM rollup_batch").fetchone()
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

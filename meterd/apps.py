@@ -10,7 +10,7 @@ from functools import partial
 import aiohttp
 from aiohttp import web
 
-from dashboard.api import setup_api
+from dashboard.site import setup_api
 from dashboard.state import ADMIN, AdminState
 from ledger.catalog import Catalog, connect
 from ledger.gate import Gate
@@ -20,6 +20,7 @@ from ledger.spool import Spool
 from ledger.store import connect_redis
 from meterd.settings import Settings
 from proxy.handlers import setup_routes
+from proxy.metrics import ProxyMetrics
 from proxy.state import STATE, ProxyState
 from proxy.upstream import AnthropicUpstream
 
@@ -56,6 +57,7 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
         upstream=AnthropicUpstream(settings.upstream_url, settings.upstream_key,
                                    settings.upstream_auth),
         session=session, models=settings.models,
+        metrics=ProxyMetrics(lambda: gate.redis_errors, lambda: spool.depth),
         estimate_output_tokens=settings.estimate_output_tokens,
         policy_refresh=settings.policy_refresh,
     )

@@ -9,11 +9,12 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from meterd import mock_upstream
+from meterd import doctor, mock_upstream
 from meterd.apps import SOCKET_FILE, create_root_app
 from meterd.client import ManagementError, call
 from meterd.settings import Settings, SettingsError
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=4010)
     mock_upstream.configure_parser(p)
     p.set_defaults(fn=cmd_mock)
+
+    p = sub.add_parser("doctor", help="check this machine's Claude Code gateway setup")
+    p.set_defaults(fn=lambda a: sys.exit(doctor.run(os.environ, Path.home())))
 
     team = sub.add_parser("team", help="teams").add_subparsers(dest="action", required=True)
     p = add("create", _manage("POST", "teams", lambda a: {"name": a.name}), "create a team", team)

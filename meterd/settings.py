@@ -31,7 +31,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", "127.0.0.1", "Address the proxy and dashboard listen on."),
     Setting("proxy_port", 4000, "Port of the proxy (what ANTHROPIC_BASE_URL points at)."),
-    Setting("admin_port", 4001, "Port of the dashboard and admin API."),
+    Setting("admin_port", 4001, "Port of `meterd admin` (`serve` puts the dashboard on the "
+            "proxy port under /admin)."),
     Setting("public_url", "", "Proxy URL as developers reach it (for the rollout page); "
             "default http://HOST:PROXY_PORT."),
     Setting("data_dir", "meterd-data", "Directory for the DuckDB file, the spool and the socket."),

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ledger.gate import BudgetExceeded, MeteringUnavailable, RateLimited
 from ledger.policy import KeyRefused
+from proxy.state import STATE
 
 log = logging.getLogger("meterd.proxy")
 
@@ -60,16 +61,18 @@ async def error_middleware(
     try:
         return await handler(request)
     except ProxyError as exc:
-        return envelope(exc.status, exc.kind, exc.message, exc.headers)
+        err = exc
     except (KeyRefused, BudgetExceeded, RateLimited, MeteringUnavailable) as exc:
         err = to_proxy_error(exc)
-        return envelope(err.status, err.kind, err.message, err.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        kind = _HTTP_KINDS.get(exc.status, "invalid_request_error")
         message = {404: f"not found: {request.method} {request.path}",
                    405: f"method {request.method} not allowed on {request.path}",
                    413: "request body is larger than this gateway accepts"}.get(
             exc.status, exc.text or exc.reason)
-        return envelope(exc.status, kind, message)
+        err = ProxyError(exc.status, _HTTP_KINDS.get(exc.status, "invalid_request_error"),
+                         message)
+    if STATE in request.app:
+        request.app[STATE].metrics.rejections.labels(err.kind).inc()
+    return envelope(err.status, err.kind, err.message, err.headers)

@@ -14,9 +14,11 @@ import orjson
 from aiohttp import web
 
 from ledger.gate import Ticket
+from ledger.status import budget_status
 from ledger.usage import Usage
 from proxy.errors import ProxyError, UpstreamError, error_middleware
 from proxy.meter import Metered, StreamMeter, meter_body
+from proxy.metrics import TOKEN_CATEGORIES
 from proxy.state import STATE, ProxyState
 from proxy.upstream import response_headers
 
@@ -57,6 +59,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     request_id = "mreq_" + secrets.token_hex(12)
     ticket = await state.gate.admit(principal, request_id,
                                     state.estimate(model, len(body), max_tokens), started)
+    state.metrics.overhead.observe(time.monotonic() - t0)
     relay = Relay(state, request, ticket, model, stream, t0)
     try:
         return await relay.run(body)
@@ -177,6 +180,14 @@ class Relay:
         }
         await state.gate.settle(ticket, cost.micros, tokens, event)
         access_log.info(orjson.dumps({k: event[k] for k in _LOGGED}).decode())
+        m = state.metrics
+        m.requests.labels(str(self.status), str(event["stream"])).inc()
+        m.latency.observe(ended - self.t0)
+        for category in TOKEN_CATEGORIES:
+            m.tokens.labels(category).inc(tokens[category])
+        m.cost.inc(cost.micros)
+        if metered.estimated:
+            m.estimated.inc()
 
 
 _LOGGED = ("id", "developer_id", "key_id", "model", "status", "stream", "input_tokens",
@@ -221,8 +232,24 @@ async def hello(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def me(request: web.Request) -> web.Response:
+    """GET /meterd/v1/me: who the gateway thinks the caller is, and their budgets (doctor)."""
+    state = request.app[STATE]
+    p = state.authenticate(request.headers)
+    budgets = await budget_status(state.redis, state.keyspace, p)
+    limits = [{"scope": lim.scope, "name": lim.scope_name, "rpm": lim.rpm, "itpm": lim.itpm,
+               "otpm": lim.otpm, "concurrency": lim.concurrency} for lim in p.limits]
+    return web.json_response({
+        "key_id": p.key_id, "developer": {"id": p.developer_id, "name": p.developer_name},
+        "team": {"id": p.team_id, "name": p.team_name}, "budgets": budgets, "limits": limits})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return await request.app[STATE].metrics.handle(request)
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -245,3 +272,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/hello", hello)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/meterd/v1/me", me)
+    app.router.add_get("/metrics", metrics)

@@ -17,6 +17,7 @@ from ledger.gate import Estimate, Gate
 from ledger.keyspace import KeySpace
 from ledger.policy import KeyRefused, Policy, Principal, load_policy
 from ledger.pricing import PriceTable
+from proxy.metrics import ProxyMetrics
 from proxy.upstream import AnthropicUpstream
 
 log = logging.getLogger("meterd.proxy")
@@ -30,6 +31,7 @@ class ProxyState:
     prices: PriceTable
     upstream: AnthropicUpstream
     session: aiohttp.ClientSession
+    metrics: ProxyMetrics
     models: tuple[str, ...]
     estimate_output_tokens: int = 4096
     policy_refresh: float = 0.25

@@ -1,0 +1,69 @@
+"""Assembly of the admin app's web side: the JSON API, and the dashboard pages around it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from dashboard import auth, charts, formatting
+from dashboard.config import DashboardConfig
+from dashboard.keys import BASE, CONFIG, PAGES, SECRET, THROTTLE
+from dashboard.routes import API_ROUTES, PAGE_ROUTES, add_routes
+from dashboard.sessions import load_secret
+from dashboard.state import ADMIN
+from ledger.accounts import SignInThrottle
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+STATIC = ROOT / "static"
+
+
+def setup_api(app: web.Application) -> None:
+    """The admin JSON API only (what `meterd admin` needs for the CLI and automation)."""
+    if BASE in app:
+        return
+    app[BASE] = ""
+    app.middlewares.append(auth.auth_middleware)
+    add_routes(app, API_ROUTES)
+    auth.check_routes(app)
+    app.on_startup.append(_find_base)
+
+
+async def _find_base(app: web.Application) -> None:
+    # Known once the app is mounted: "/admin" under `meterd serve`, "" standalone.
+    teams = str(app.router["api.teams"].url_for())
+    app[BASE] = teams[: -len("/api/v1/teams")]
+
+
+def setup_dashboard(app: web.Application, settings: Any) -> None:
+    """The dashboard pages, their sessions and templates, and the JSON API.
+
+    `settings` is meterd's Settings (read by attribute). Call once, on the admin app, after
+    its cleanup context that stores the AdminState."""
+    config = settings if isinstance(settings, DashboardConfig) else \
+        DashboardConfig.from_settings(settings)
+    setup_api(app)
+    app[CONFIG] = config
+    app[PAGES] = True
+    env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES),
+                               autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(formatting.FILTERS)
+    env.globals.update(formatting.GLOBALS)
+    env.globals.update({"meter": charts.meter, "share_bar": charts.share_bar,
+                        "level": charts.level,
+                        "asset": lambda name: app.router["static"].url_for(filename=name)})
+    add_routes(app, PAGE_ROUTES)
+    app.router.add_static("/static", STATIC, name="static", append_version=True)
+    auth.check_routes(app)
+    app.on_startup.append(_start)
+
+
+async def _start(app: web.Application) -> None:
+    config = app[CONFIG]
+    app[SECRET] = load_secret(config.session_secret, config.data_dir)
+    state = app[ADMIN]
+    app[THROTTLE] = SignInThrottle(state.redis, state.keyspace.base)

@@ -1,0 +1,32 @@
+"""Where a developer stands against each cap that applies to them, read live from Redis."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.keyspace import KeySpace
+from ledger.periods import period_end
+from ledger.policy import Principal
+
+
+async def budget_status(redis: Any, keyspace: KeySpace, principal: Principal,
+                        now: datetime | None = None) -> list[dict[str, Any]]:
+    """One entry per cap: spent (settled), held (in flight), remaining, and the reset time."""
+    now = now or datetime.now(UTC)
+    counters = [keyspace.counter(*cap.counter_scope, cap.period, now) for cap in principal.caps]
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in counters:
+            pipe.hmget(key, "spent", "held")
+        values = await pipe.execute() if counters else []
+    status = []
+    for cap, (spent, held) in zip(principal.caps, values, strict=True):
+        spent_micros, held_micros = int(spent or 0), int(held or 0)
+        status.append({
+            "cap": cap.describe(), "scope": cap.scope, "period": cap.period, "mode": cap.mode,
+            "amount_micros": cap.amount, "spent_micros": spent_micros,
+            "held_micros": held_micros,
+            "remaining_micros": max(0, cap.amount - spent_micros - held_micros),
+            "resets_at": period_end(cap.period, now).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        })
+    return status

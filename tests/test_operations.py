@@ -1,0 +1,136 @@
+"""Operating the gateway: health, metrics, identity checks, settings, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from ledger.money import parse_usd
+from meterd.settings import SETTINGS, Settings, SettingsError
+from tests.conftest import MOCK_KEY, Gateway, free_port
+
+BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
+                     "messages": [{"role": "user", "content": "Hello"}]})
+README = Path(__file__).parent.parent / "README.md"
+
+
+async def test_health_and_readiness(gateway: Gateway) -> None:
+    assert (await gateway.client.get("/healthz")).status == 200
+    ready = await gateway.client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["status"] == "ready"
+
+
+async def test_metrics_count_requests_tokens_cost_and_rejections(gateway: Gateway) -> None:
+    key = await gateway.developer()
+    await (await gateway.client.post("/v1/messages", data=BODY,
+                                     headers={"x-api-key": key})).read()
+    await gateway.settled(1)
+    await (await gateway.client.post("/v1/messages", data=BODY,
+                                     headers={"x-api-key": "mtd_nope"})).read()
+    text = await (await gateway.client.get("/metrics")).text()
+    lines = set(text.splitlines())
+    assert 'meterd_requests_total{status="200",stream="1"} 1.0' in lines
+    assert 'meterd_tokens_total{category="input"} 1200.0' in lines
+    assert "meterd_cost_micros_total 4500.0" in lines
+    assert 'meterd_rejections_total{reason="authentication_error"} 1.0' in lines
+    assert "meterd_spool_depth 0.0" in lines
+    assert any(line.startswith("meterd_gateway_overhead_seconds_count 1.0") for line in lines)
+
+
+async def test_me_reports_identity_and_remaining_budget(gateway: Gateway) -> None:
+    key = await gateway.developer("Ada", "platform")
+    await gateway.change(gateway.admin.catalog.set_budget, "team", "platform", "monthly",
+                         parse_usd("100"))
+    await (await gateway.client.post("/v1/messages", data=BODY,
+                                     headers={"x-api-key": key})).read()
+    await gateway.settled(1)
+    doc = await (await gateway.client.get("/meterd/v1/me",
+                                          headers={"authorization": f"Bearer {key}"})).json()
+    assert doc["developer"]["name"] == "Ada" and doc["team"]["name"] == "platform"
+    (budget,) = doc["budgets"]
+    assert budget["cap"] == "team platform, monthly"
+    assert budget["spent_micros"] == 4500
+    assert budget["remaining_micros"] == 100_000_000 - 4500
+    assert key not in orjson.dumps(doc).decode()
+
+
+def test_settings_reject_secrets_in_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "meterd.toml"
+    config.write_text('upstream_key = "sk-ant-oops"\n')
+    with pytest.raises(SettingsError, match="upstream_key is a secret"):
+        Settings.load(config, environ={})
+
+
+def test_settings_layer_file_then_environment_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "meterd.toml"
+    config.write_text('proxy_port = 5000\nredis_outage_policy = "fail_closed"\n'
+                      '[prices.my-model]\ninput = 1.25\noutput = 5\ncache_write_5m = 1.5\n'
+                      'cache_write_1h = 2.5\ncache_read = 0.125\n')
+    secret = tmp_path / "key"
+    secret.write_text("sk-ant-from-file\n")
+    s = Settings.load(config, environ={"MTD_PROXY_PORT": "5001",
+                                       "MTD_UPSTREAM_KEY_FILE": str(secret)}, host="0.0.0.0")
+    assert (s.proxy_port, s.redis_outage_policy, s.host) == (5001, "fail_closed", "0.0.0.0")
+    assert s.upstream_key == "sk-ant-from-file"
+    assert "sk-ant-from-file" not in repr(s)
+    with pytest.raises(SettingsError, match="redis_outage_policy"):
+        Settings.load(environ={"MTD_REDIS_OUTAGE_POLICY": "sometimes"})
+    with pytest.raises(SettingsError, match="proxy_port"):
+        Settings.load(environ={"MTD_PROXY_PORT": "many"})
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = README.read_text()
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert not missing, f"README lacks settings: {missing}"
+
+
+@pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
+async def test_shutdown_lets_open_streams_finish_and_settles_them(
+        tmp_path: Path, upstream, redis_url: str) -> None:
+    """SIGTERM mid-stream: the stream completes, then the process settles and exits."""
+    port = free_port()
+    env = {**os.environ, "MTD_UPSTREAM_URL": upstream.url, "MTD_UPSTREAM_KEY": MOCK_KEY,
+           "MTD_LOG_LEVEL": "info", "MTD_SHUTDOWN_GRACE": "10"}
+    data = tmp_path / "data"
+    # Create the developer with the CLI while no server runs (direct mode).
+    def cli(*args: str) -> bytes:
+        import subprocess
+        return subprocess.run([sys.executable, "-m", "meterd.cli", *args, "--data-dir",
+                               str(data)], env=env, check=True, capture_output=True).stdout
+    cli("team", "create", "platform")
+    cli("dev", "create", "Ada", "--email", "ada@example.com", "--team", "platform")
+    key = next(w for w in cli("key", "issue", "ada@example.com").decode().split()
+               if w.startswith("mtd_"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meterd.cli", "serve", "--port", str(port), "--data-dir",
+        str(data), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as s:
+        for _ in range(200):
+            try:
+                async with s.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the policy reaches the proxy side
+        resp = await s.post(url + "/v1/messages", data=BODY, headers={
+            "x-api-key": key, "x-mock-text-chunks": "20", "x-mock-event-delay-ms": "50"})
+        assert resp.status == 200
+        first = await resp.content.readany()
+        proc.send_signal(signal.SIGTERM)
+        body = first + await resp.read()
+    assert body.rstrip().endswith(b'data: {"type":"message_stop"}')
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b'"status":200' in err and b'"output_tokens":60' in err  # settled before exit
