@@ -31,6 +31,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The access log is already one JSON object per request: print it bare, for log shippers.
+    access = logging.getLogger("meterd.access")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
 
 
 def _settings(args: argparse.Namespace) -> Settings:

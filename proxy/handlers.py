@@ -190,7 +190,7 @@ class Relay:
             m.estimated.inc()
 
 
-_LOGGED = ("id", "developer_id", "key_id", "model", "status", "stream", "input_tokens",
+_LOGGED = ("ts_ms", "id", "developer_id", "key_id", "model", "status", "stream", "input_tokens",
            "output_tokens", "cache_write_5m", "cache_write_1h", "cache_read", "cost_micros",
            "latency_ms", "ttfb_ms", "estimated", "error_type", "session_id")
 

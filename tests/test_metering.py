@@ -83,3 +83,23 @@ async def test_pings_are_relayed_during_a_slow_stream(gateway: Gateway) -> None:
     assert body.count(b"event: ping") >= 4
     (event,) = await gateway.settled(1)
     assert event["estimated"] == "0" and event["output_tokens"] == "60"
+
+
+async def test_one_access_log_line_per_request_without_prompt_or_key(
+        gateway: Gateway, caplog) -> None:
+    import logging
+    key = await gateway.developer()
+    caplog.set_level(logging.INFO, logger="meterd.access")
+    secret_prompt = b"my-secret-prompt-text"
+    body = BODY.replace(b"Hello", secret_prompt)
+    for _ in range(2):
+        await (await gateway.client.post("/v1/messages", data=body,
+                                         headers={"x-api-key": key})).read()
+    await gateway.settled(2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "meterd.access"]
+    assert len(lines) == 2
+    for line in lines:
+        record = orjson.loads(line)
+        assert record["status"] == 200 and record["input_tokens"] == 1200
+        assert record["cost_micros"] == 4500 and record["ts_ms"] > 0
+    assert secret_prompt.decode() not in caplog.text and key not in caplog.text

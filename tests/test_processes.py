@@ -78,3 +78,28 @@ async def test_claude_code_request_is_forwarded_and_metered_to_its_developer(
     assert forwarded and all(
         dict((k.lower(), v) for k, v in r["headers"])["x-api-key"] == MOCK_KEY
         for r in forwarded)
+
+
+@REAL_ONLY
+async def test_lowered_cap_is_enforced_by_another_process_within_one_second(
+        gateway: Gateway, second_proxy: str) -> None:
+    key = await gateway.developer()
+    async with aiohttp.ClientSession() as s:
+        async def status() -> int:
+            async with s.post(second_proxy + "/v1/messages", data=BODY,
+                              headers={"x-api-key": key}) as r:
+                await r.read()
+                return r.status
+
+        deadline = time.monotonic() + 5
+        while await status() != 200:
+            assert time.monotonic() < deadline, "key never accepted by the second proxy"
+            await asyncio.sleep(0.05)
+        await gateway.admin.db(gateway.admin.catalog.set_budget, "team", "platform", "daily", 0)
+        await gateway.admin.publish()
+        changed_at = time.monotonic()
+        while (code := await status()) == 200:
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - changed_at
+    assert code == 429
+    assert elapsed < 1.0, f"the new cap took {elapsed:.2f}s to reach the second process"
