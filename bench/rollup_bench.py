@@ -117,10 +117,12 @@ async def run(args: argparse.Namespace, url: str, db_path: Path) -> None:
     rollup._read = timed(totals, "redis read", rollup._read)  # type: ignore[method-assign]
     rollup.db = timed(totals, "duckdb write", db)
     # Reads overlap writes, so the two shares can add up to more than 100%.
+    await redis.config_resetstat()
     t0 = time.perf_counter()
     done = await rollup.run_once()
     elapsed = time.perf_counter() - t0
     after = conn.execute("SELECT count(*) FROM requests").fetchone()
+    stats = (await redis.info("commandstats")).get("cmdstat_xreadgroup", {})
     await rollup.close()
     await redis.aclose()
     executor.shutdown()
@@ -130,7 +132,8 @@ async def run(args: argparse.Namespace, url: str, db_path: Path) -> None:
           f"(batch {args.batch:,}, {args.format} entries)")
     for name, seconds in totals.items():
         print(f"  {name:<13} {seconds:6.2f} s  ({seconds / elapsed:4.0%})")
-    print(f"  redis parser: {'hiredis' if HIREDIS_AVAILABLE else 'pure Python (no hiredis)'}")
+    print(f"  redis parser: {'hiredis' if HIREDIS_AVAILABLE else 'pure Python (no hiredis)'}; "
+          f"redis-server busy {stats.get('usec_per_call', 0) / 1000:.1f} ms per XREADGROUP")
 
 
 def main() -> None:

@@ -226,3 +226,4 @@ async def issue_admin_key(request: web.Request) -> web.Response:
 async def revoke_admin_key(request: web.Request) -> web.Response:
     return json_response(await _change(request, _accounts(request).revoke_admin_key,
                                        request.match_info["key_id"]))
+

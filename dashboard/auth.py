@@ -134,6 +134,8 @@ async def _api(request: web.Request, handler: Handler) -> web.StreamResponse:
     if identity is None:
         return json_error(401, "invalid admin API key")
     request[IDENTITY] = identity
+    if request.match_info.http_exception is not None:
+        return await handler(request)  # no such route or method: 404 / 405
     roles = roles_of(request.match_info.handler)
     if roles is not None and identity.role not in roles:
         if identity.role == "anonymous":
@@ -171,7 +173,8 @@ async def _html(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await error_page(request, exc.status, exc.text or exc.reason)
     except (CatalogError, ValueError) as exc:
         if request.method in csrf.SAFE_METHODS:
-            response = await error_page(request, 400, str(exc))
+            status = 404 if isinstance(exc, NotFound) else 400
+            response = await error_page(request, status, str(exc))
         else:
             response = redirect_back(request, str(exc), "error")
     if fresh and not request.get(SESSION_SET) and not response.prepared:
@@ -183,6 +186,8 @@ async def _html(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _guarded(request: web.Request, handler: Handler, identity: Identity,
                    session: Session) -> web.StreamResponse:
+    if request.match_info.http_exception is not None:
+        return await handler(request)  # no such route or method: 404 / 405
     roles = roles_of(request.match_info.handler)
     if roles is not None and identity.role not in roles:
         if identity.role == "anonymous":

@@ -32,7 +32,7 @@ def _axis_label(micros: int) -> str:
 
 def daily_bars(points: Sequence[tuple[date, int]], title: str = "Spend per day") -> Markup:
     """A bar per day (µ$), with a money axis and the first, middle and last dates."""
-    width, height, left, bottom, top_pad = 640, 220, 64, 28, 12
+    width, height, left, bottom, top_pad = 900, 240, 64, 28, 12
     plot_w, plot_h = width - left - 8, height - bottom - top_pad
     peak = max((v for _, v in points), default=0)
     step = nice_step(peak)
@@ -49,10 +49,10 @@ def daily_bars(points: Sequence[tuple[date, int]], title: str = "Spend per day")
     slot = plot_w / n
     gap = min(2.0, slot * 0.2)
     for i, (day, value) in enumerate(points):
-        h = plot_h * value / ceiling if ceiling else 0
+        h = plot_h * value / ceiling if ceiling else 0.0
         x = left + i * slot + gap / 2
-        y = top_pad + plot_h - h
-        parts.append(f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{slot - gap:.1f}" '
+        top = top_pad + plot_h - h
+        parts.append(f'<rect class="bar" x="{x:.1f}" y="{top:.1f}" width="{slot - gap:.1f}" '
                      f'height="{max(h, 0.0):.1f}"><title>{escape(day.isoformat())}: '
                      f"{escape(format_usd(value))}</title></rect>")
     labelled = {0, n // 2, n - 1} if points else set()

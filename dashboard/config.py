@@ -27,6 +27,9 @@ class DashboardConfig:
     fallback_input_usd: str = "5"
     fallback_output_usd: str = "25"
     prices: PriceTable = field(default_factory=PriceTable.load, repr=False)
+    # [providers.NAME] tables (their non-secret keys) and [[routes]], when configured.
+    providers: tuple[tuple[str, dict[str, str]], ...] = ()
+    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any) -> DashboardConfig:
@@ -44,4 +47,23 @@ class DashboardConfig:
             fallback_output_usd=settings.fallback_output_usd,
             prices=PriceTable.load(dict(settings.prices), settings.fallback_input_usd,
                                    settings.fallback_output_usd),
+            providers=_providers(getattr(settings, "providers", None) or {}),
+            routes=tuple((str(r.get("match", "*")), tuple(str(p) for p in r.get("providers", ())))
+                         for r in getattr(settings, "routes", None) or () if isinstance(r, dict)),
         )
+
+
+# What the settings page may show of a provider table (secrets never come from the file, but
+# show only what is known to be harmless anyway).
+SHOWN_PROVIDER_KEYS = ("kind", "base_url", "region", "project", "profile", "inference_profile",
+                       "auth", "multiplier", "models")
+
+
+def _providers(tables: Any) -> tuple[tuple[str, dict[str, str]], ...]:
+    out = []
+    for name, table in dict(tables).items():
+        if isinstance(table, dict):
+            out.append((str(name), {k: ", ".join(map(str, v)) if isinstance(v, list | tuple)
+                                    else str(v) for k, v in table.items()
+                                    if k in SHOWN_PROVIDER_KEYS}))
+    return tuple(out)

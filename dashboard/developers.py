@@ -9,8 +9,13 @@ from aiohttp import web
 
 from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, allow
-from dashboard.budgets import LIMIT_WORDS, budget_values, caps_for_developer, limit_values, \
-    limits_of
+from dashboard.budgets import (
+    LIMIT_WORDS,
+    budget_values,
+    caps_for_developer,
+    limit_values,
+    limits_of,
+)
 from dashboard.render import (
     admin_state,
     change,

@@ -40,6 +40,17 @@ async def spent(redis: Any, keyspace: KeySpace, scopes: Iterable[Scope],
     return {s: int(v or 0) for s, v in zip(wanted, values, strict=True)}
 
 
+def title(scope: str, label: str) -> str:
+    """How a budget is named in a list: 'Team platform (pool)', 'Developer Ada'…"""
+    if scope == "team":
+        return f"Team {label} (pool)"
+    if scope == "developer":
+        return f"Developer {label}"
+    if scope == "team_member":
+        return label[:1].upper() + label[1:]
+    return "Organization"
+
+
 def project(spent_micros: int, period: str, now: datetime) -> int:
     """Linear projection of a period's spend to its end (as ledger.reports.forecast)."""
     at = now.astimezone(UTC)
@@ -61,7 +72,7 @@ async def budget_status(redis: Any, keyspace: KeySpace, forecast: list[dict[str,
     live = await spent(redis, keyspace, scopes, now)
     out = []
     for row in forecast:
-        row = dict(row)
+        row = dict(row, title=title(row["scope"], row["label"]))
         if live is not None:
             if row["scope"] == "team_member":
                 value = max((live[("developer", d, row["period"])]

@@ -99,6 +99,7 @@ API_ROUTES: tuple[Route, ...] = (
     ("GET", f"{_V1}/usage/cache", api_reports.cache, "api.usage_cache"),
     ("GET", f"{_V1}/usage/forecast", api_reports.forecast, "api.usage_forecast"),
     ("GET", f"{_V1}/requests", api_reports.requests_log, "api.requests"),
+    ("GET", f"{_V1}/requests.parquet", reports_view.reports_parquet, "api.requests_parquet"),
     ("GET", f"{_V1}/organizations/spend_limits", spend_limits.list_spend_limits,
      "api.spend_limits"),
     ("POST", f"{_V1}/organizations/spend_limits", spend_limits.set_spend_limit,
@@ -112,4 +113,7 @@ API_ROUTES: tuple[Route, ...] = (
 
 def add_routes(app: web.Application, routes: tuple[Route, ...]) -> None:
     for method, path, handler, name in routes:
-        app.router.add_route(method, path, handler, name=name)
+        if method == "GET":
+            app.router.add_get(path, handler, name=name)  # answers HEAD too
+        else:
+            app.router.add_route(method, path, handler, name=name)

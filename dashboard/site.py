@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,18 @@ from dashboard.sessions import load_secret
 from dashboard.state import ADMIN
 from ledger.accounts import SignInThrottle
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "templates"
-STATIC = ROOT / "static"
+
+def _asset_dir(name: str) -> Path:
+    """templates/ and static/ beside the packages (a checkout, an editable install), or where
+    a wheel's data files put them."""
+    for base in (Path(__file__).resolve().parent.parent, Path(sys.prefix) / "share" / "meterd"):
+        if (base / name).is_dir():
+            return base / name
+    raise RuntimeError(f"the dashboard's {name}/ directory is missing from this install")
+
+
+TEMPLATES = _asset_dir("templates")
+STATIC = _asset_dir("static")
 
 
 def setup_api(app: web.Application) -> None:

@@ -22,7 +22,6 @@ from dashboard.identity import Identity
 from dashboard.jsonio import json_response, read_json
 from dashboard.keys import IDENTITY
 from dashboard.render import admin_state
-from dashboard.state import AdminState
 from ledger.catalog import Catalog, NotFound
 from ledger.money import MICROS_PER_CENT, parse_cents
 from ledger.periods import PERIODS
@@ -77,21 +76,21 @@ def apply_spend_limit(catalog: Catalog, doc: dict[str, Any], actor: str) -> dict
         found = [b for b in catalog.budgets() if b["scope"] == scope
                  and b["scope_id"] == scope_id and b["period"] == period]
         if doc.get("amount") is None:
+            # No cap for this scope and period (the other periods' caps still apply).
             if found:
                 catalog.delete_budget(found[0]["id"], actor=actor)
+            now = _stamp(datetime.now(UTC).replace(tzinfo=None))
             return {"type": "spend_limit", "id": found[0]["id"] if found else "",
                     "amount": None, "currency": "USD", "is_enabled": True, "period": period,
-                    "scope": doc["scope"], "created_at": _stamp(datetime.now(UTC)
-                                                                .replace(tzinfo=None)),
-                    "updated_at": _stamp(datetime.now(UTC).replace(tzinfo=None))}
+                    "scope": doc["scope"], "created_at": now, "updated_at": now}
         mode = found[0]["mode"] if found else "estimate"
         row = catalog.set_budget(scope, scope_id, period, parse_cents(doc["amount"]), mode,
                                  actor=actor)
     return as_spend_limit(row)
 
 
-def _listed(state: AdminState) -> Any:
-    return [as_spend_limit(b) for b in state.catalog.budgets() if b["scope"] in _FROM_METERD]
+def _listed(catalog: Catalog) -> list[dict[str, Any]]:
+    return [as_spend_limit(b) for b in catalog.budgets() if b["scope"] in _FROM_METERD]
 
 
 def _who(request: web.Request) -> Identity:
@@ -101,7 +100,7 @@ def _who(request: web.Request) -> Identity:
 @allow(*READERS)
 async def list_spend_limits(request: web.Request) -> web.StreamResponse:
     state = admin_state(request)
-    rows = await state.db(_listed, state)
+    rows = await state.db(_listed, state.catalog)
     kinds = request.query.getall("scope_type", []) or request.query.getall("scope_type[]", [])
     if kinds:
         rows = [r for r in rows if r["scope"]["type"] in kinds]
@@ -112,7 +111,7 @@ async def list_spend_limits(request: web.Request) -> web.StreamResponse:
 async def get_spend_limit(request: web.Request) -> web.StreamResponse:
     state = admin_state(request)
     wanted = request.match_info["spend_limit_id"]
-    for row in await state.db(_listed, state):
+    for row in await state.db(_listed, state.catalog):
         if row["id"] == wanted:
             return json_response(row)
     raise NotFound(f"no spend limit {wanted!r}")

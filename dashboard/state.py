@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ledger.catalog import Catalog, queue_publish
 from ledger.keyspace import KeySpace
+from ledger.rollup import Rollup
 
 T = TypeVar("T")
 
@@ -22,6 +23,7 @@ class AdminState:
     redis: Any
     keyspace: KeySpace
     proxy_url: str
+    rollup: Rollup | None = None  # set once Redis and DuckDB are open
     # DuckDB work runs off the event loop, one statement at a time.
     executor: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, "duckdb"))

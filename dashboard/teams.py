@@ -52,8 +52,11 @@ async def teams(request: web.Request) -> web.StreamResponse:
         team["pool"] = next((dict(pools[(team["id"], p)], spent=found.get(
             ("team", team["id"], p), 0)) for p in ("monthly", "weekly", "daily")
             if (team["id"], p) in pools), None)
-    org = [dict(b, spent=found.get(("org", "", b["period"]), 0)) for b in budgets
-           if b["scope"] == "org"]
+    org = []
+    for b in budgets:
+        if b["scope"] == "org":
+            spent = found.get(("org", "", b["period"]), 0)
+            org.append(dict(b, spent=spent, projected=live.project(spent, b["period"], now)))
     return await render(request, "teams.html", {"teams": rows, "org_budgets": org,
                                                 "periods": PERIODS})
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from importlib import resources
+from itertools import chain
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -27,6 +28,8 @@ log = logging.getLogger("meterd.gate")
 SETTLED_TTL = 14 * 86400  # how long a request id is remembered against double settlement
 WINDOW_TTL = 120
 COUNTER_SCOPES = ("developer", "team", "org")
+_COUNTER_TTLS = tuple(COUNTER_TTL[p] for p in PERIODS for _ in COUNTER_SCOPES)
+_CACHE_LIMIT = 4096  # principals and (developer, day) pairs remembered
 
 
 def _script(name: str) -> str:
@@ -76,6 +79,19 @@ class Ticket:
 
 
 @dataclass(frozen=True, slots=True)
+class _Plan:
+    """A principal's caps and limits, arranged the way admission sends them."""
+
+    principal: Principal
+    groups: list[tuple[int, Cap, bool, bool]]  # counter index, tightest cap, any strict/estimate
+    caps: list[Cap]  # the tightest cap of each group
+    windows: list[Limits]  # limits with a per-minute window
+    flights: list[Limits]  # limits on concurrent requests
+    flight_keys: list[str]
+    concurrency: list[int]
+
+
+@dataclass(frozen=True, slots=True)
 class Estimate:
     """What a request may cost, known before it runs."""
 
@@ -98,17 +114,28 @@ class Gate:
         self._admit = redis.register_script(_script("admit.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
         self.redis_errors = 0
+        self._plans: dict[int, _Plan] = {}
+        self._counter_names: dict[tuple[str, str, date], list[str]] = {}
+        self._reset_minute = (-1, "")  # the rate-window reset header of the current minute
 
     # -- admission -------------------------------------------------------------------------
 
     def counters(self, principal: Principal, at: datetime) -> list[str]:
         """The nine period counters a request lands on: (day, week, month) × (dev, team, org).
 
-        Daily ones come first: the settlement script counts tokens on those.
+        Daily ones come first: the settlement script counts tokens on those. The names change
+        once a day, so they are remembered per developer, team and UTC day.
         """
-        ids = {"developer": principal.developer_id, "team": principal.team_id, "org": ""}
-        return [self.keyspace.counter(scope, ids[scope], period, at)
+        cache_key = (principal.developer_id, principal.team_id, at.astimezone(UTC).date())
+        found = self._counter_names.get(cache_key)
+        if found is None:
+            if len(self._counter_names) >= _CACHE_LIMIT:
+                self._counter_names.clear()
+            ids = {"developer": principal.developer_id, "team": principal.team_id, "org": ""}
+            found = self._counter_names[cache_key] = [
+                self.keyspace.counter(scope, ids[scope], period, at)
                 for period in PERIODS for scope in COUNTER_SCOPES]
+        return found
 
     def _groups(self, principal: Principal, at: datetime) -> dict[int, list[Cap]]:
         """Caps grouped by the counter they compare with (a member cap shares the developer's)."""
@@ -119,46 +146,61 @@ class Gate:
             groups.setdefault(index, []).append(cap)
         return groups
 
+    def _plan(self, principal: Principal) -> _Plan:
+        """What admission checks for this principal; kept until the policy is reloaded (a new
+        policy makes new Principal objects)."""
+        entry = self._plans.get(id(principal))
+        if entry is not None and entry.principal is principal:
+            return entry
+        if len(self._plans) >= _CACHE_LIMIT:
+            self._plans.clear()
+        groups = [(index, min(caps, key=lambda c: c.amount),
+                   any(c.mode == "strict" for c in caps), any(c.mode != "strict" for c in caps))
+                  for index, caps in sorted(self._groups(principal, datetime.now(UTC)).items())]
+        windows = [lim for lim in principal.limits if lim.rpm or lim.itpm or lim.otpm]
+        flights = [lim for lim in principal.limits if lim.concurrency]
+        plan = self._plans[id(principal)] = _Plan(
+            principal, groups, [g[1] for g in groups], windows, flights,
+            [self.keyspace.in_flight(lim.scope, lim.scope_id) for lim in flights],
+            [lim.concurrency for lim in flights])
+        return plan
+
     async def admit(self, principal: Principal, request_id: str, estimate: Estimate,
                     now: datetime | None = None) -> Ticket:
         """Reserve for one request or raise BudgetExceeded, RateLimited, MeteringUnavailable."""
         at = now or datetime.now(UTC)
         now_ms = int(at.timestamp() * 1000)
         ticket = Ticket(request_id, principal, at)
-        counters = self.counters(principal, at)
-        groups = self._groups(principal, at)
-        keys: list[str] = []
-        args: list[Any] = [now_ms, request_id, now_ms + self.reservation_ttl * 1000]
-        group_caps: list[Cap] = []
-        budget_args: list[Any] = []
-        for index, caps in sorted(groups.items()):
-            tightest = min(caps, key=lambda c: c.amount)
-            reserve = max(estimate.strict_micros if c.mode == "strict" else
-                          estimate.default_micros for c in caps)
-            counter = counters[index - 1]
-            keys += [counter, self.keyspace.holds(counter)]
-            budget_args += [tightest.amount, reserve, COUNTER_TTL[tightest.period]]
-            group_caps.append(tightest)
-            ticket.holds.append(Hold(index, self.keyspace.holds(counter), reserve,
-                                     tightest.amount))
-        minute = now_ms // 60000
-        window_limits = [lim for lim in principal.limits if lim.rpm or lim.itpm or lim.otpm]
-        window_args: list[Any] = []
-        for lim in window_limits:
-            key = self.keyspace.window(lim.scope, lim.scope_id, minute)
-            keys.append(key)
-            window_args += [lim.rpm, lim.itpm, lim.otpm, estimate.prompt_tokens,
-                            estimate.output_tokens, WINDOW_TTL]
-            ticket.windows.append((key, estimate.prompt_tokens, estimate.output_tokens))
-        flight_limits = [lim for lim in principal.limits if lim.concurrency]
-        for lim in flight_limits:
-            key = self.keyspace.in_flight(lim.scope, lim.scope_id)
-            keys.append(key)
-            ticket.flights.append(key)
-        args += [len(group_caps), len(window_limits), len(flight_limits), *budget_args,
-                 *window_args, *(lim.concurrency for lim in flight_limits)]
-        if not keys:
+        plan = self._plan(principal)
+        if not (plan.groups or plan.windows or plan.flights):
             return ticket  # nothing to check: no Redis round trip before forwarding
+        keys: list[str] = []
+        args: list[Any] = [now_ms, request_id, now_ms + self.reservation_ttl * 1000,
+                           len(plan.groups), len(plan.windows), len(plan.flights)]
+        if plan.groups:
+            counters = self.counters(principal, at)
+            for index, tightest, strict, default in plan.groups:
+                if strict and default:
+                    reserve = max(estimate.strict_micros, estimate.default_micros)
+                else:
+                    reserve = estimate.strict_micros if strict else estimate.default_micros
+                counter = counters[index - 1]
+                holds = self.keyspace.holds(counter)
+                keys += (counter, holds)
+                args += (tightest.amount, reserve, COUNTER_TTL[tightest.period])
+                ticket.holds.append(Hold(index, holds, reserve, tightest.amount))
+        if plan.windows:
+            minute = now_ms // 60000
+            for lim in plan.windows:
+                key = self.keyspace.window(lim.scope, lim.scope_id, minute)
+                keys.append(key)
+                args += (lim.rpm, lim.itpm, lim.otpm, estimate.prompt_tokens,
+                         estimate.output_tokens, WINDOW_TTL)
+                ticket.windows.append((key, estimate.prompt_tokens, estimate.output_tokens))
+        if plan.flights:
+            keys += plan.flight_keys
+            args += plan.concurrency
+            ticket.flights = list(plan.flight_keys)
         keys.append(self.keyspace.ready)
         try:
             result = await self._admit(keys=keys, args=args)
@@ -167,8 +209,8 @@ class Gate:
         if result[0] == -1:
             return self._outage(ticket, RedisError("counters are being rebuilt"))
         if result[0] == 0:
-            self._reject(result, group_caps, window_limits, flight_limits, at, now_ms)
-        self._headers(ticket, result, group_caps, window_limits, estimate, now_ms)
+            self._reject(result, plan.caps, plan.windows, plan.flights, at, now_ms)
+        self._headers(ticket, result, plan.caps, plan.windows, estimate, now_ms)
         return ticket
 
     def _outage(self, ticket: Ticket, exc: Exception) -> Ticket:
@@ -202,8 +244,11 @@ class Gate:
     def _headers(self, ticket: Ticket, result: list[Any], caps: list[Cap],
                  windows: list[Limits], estimate: Estimate, now_ms: int) -> None:
         """Tell the client where it stands: meterd's own rate limits and budget use."""
-        reset = datetime.fromtimestamp((now_ms // 60000 + 1) * 60, UTC).strftime(
-            "%Y-%m-%dT%H:%M:%SZ")
+        minute = now_ms // 60000
+        if self._reset_minute[0] != minute:
+            self._reset_minute = (minute, datetime.fromtimestamp((minute + 1) * 60, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"))
+        reset = self._reset_minute[1]
         pos = 1 + len(caps)
         best: dict[str, tuple[int, int]] = {}  # header family → (limit, remaining), tightest
         for lim in windows:
@@ -264,15 +309,15 @@ class Gate:
             len(ticket.flights), cost_micros,
             *(tokens[f] for f in ("input", "output", "cache_write_5m", "cache_write_1h",
                                   "cache_read", "web_search", "estimated")),
-            *(COUNTER_TTL[p] for p in PERIODS for _ in COUNTER_SCOPES),
+            *_COUNTER_TTLS,
         ]
         for h in holds:
-            args += [h.counter_index, h.reserved, h.cap]
+            args += (h.counter_index, h.reserved, h.cap)
         for _, d_requests, d_in, d_out in windows:
-            args += [d_requests, d_in, d_out, WINDOW_TTL]
-        args += [len(self.thresholds), *self.thresholds]
-        for name, value in event.items():
-            args += [name, value]
+            args += (d_requests, d_in, d_out, WINDOW_TTL)
+        args.append(len(self.thresholds))
+        args += self.thresholds
+        args += chain.from_iterable(event.items())
         entry = {"keys": keys, "args": args}
         try:
             await self.apply(entry)

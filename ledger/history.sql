@@ -65,14 +65,14 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     PRIMARY KEY (day, developer_id, team_id, model)
 );
 
--- The same per Claude Code session (session '' = requests without the header), so cost per
--- session stays fast at millions of requests and survives the purge of raw rows.
+-- day × Claude Code session (× its developer and team; session '' = requests without the
+-- header), so cost per session stays fast at millions of requests and survives the purge of
+-- raw rows. No model: a session's model mix is in `requests`.
 CREATE TABLE IF NOT EXISTS usage_sessions (
     day DATE NOT NULL,
     session_id VARCHAR NOT NULL,
     developer_id VARCHAR NOT NULL,
     team_id VARCHAR NOT NULL,
-    model VARCHAR NOT NULL,
     requests BIGINT NOT NULL,
     errors BIGINT NOT NULL,
     estimated BIGINT NOT NULL,
@@ -84,5 +84,5 @@ CREATE TABLE IF NOT EXISTS usage_sessions (
     web_search BIGINT NOT NULL,
     cost_micros BIGINT NOT NULL,
     cache_saved_micros BIGINT NOT NULL,
-    PRIMARY KEY (day, session_id, developer_id, team_id, model)
+    PRIMARY KEY (day, session_id, developer_id, team_id)
 );

@@ -225,7 +225,7 @@ class PriceTable:
         and the US-geography 1.1x apply to the token categories; web searches are a flat
         per-request charge.
         """
-        factor = _check_multiplier(multiplier)
+        num, den = _ratio(multiplier)
         row = self.row_for(model)
         known = row is not None
         if row is None:
@@ -239,10 +239,12 @@ class PriceTable:
             + usage.cache_read * r.cache_read
         )
         if row.us_geo_multiplier and usage.inference_geo.lower() == "us":
-            factor *= US_GEO_MULTIPLIER
-        searches = Fraction(usage.web_search * self._search_per_1k, 1000)
-        total = Fraction(units, MTOK) * factor + searches
-        return Cost(_round_half_up(total), row.name, known, self.version)
+            num *= US_GEO_MULTIPLIER.numerator
+            den *= US_GEO_MULTIPLIER.denominator
+        # Exactly units / MTOK × num / den + web_search × per_1k / 1000, over one integer
+        # denominator (Fractions cost more than the rest of the request's pricing).
+        total = units * num + usage.web_search * self._search_per_1k * (MTOK // 1000) * den
+        return Cost(_div_half_up(total, MTOK * den), row.name, known, self.version)
 
     def worst_case(
         self, model: str, prompt_tokens: int, max_tokens: int, multiplier: Fraction = ONE
@@ -253,16 +255,14 @@ class PriceTable:
         output token at its highest output rate, with the US-geography multiplier if the row
         has one. Web searches are not included. Rounded up.
         """
-        factor = _check_multiplier(multiplier)
+        num, den = _ratio(multiplier)
         row = self.row_for(model) or self._fallback
-        tiers = [t for t in (row.rates, row.long_rates, row.fast_rates) if t is not None]
-        units = prompt_tokens * max(t.max_input_side for t in tiers) + max_tokens * max(
-            t.output for t in tiers
-        )
+        input_rate, output_rate = _worst_rates(row)
+        units = prompt_tokens * input_rate + max_tokens * output_rate
         if row.us_geo_multiplier:
-            factor *= US_GEO_MULTIPLIER
-        total = Fraction(units, MTOK) * factor
-        return -(-total.numerator // total.denominator)
+            num *= US_GEO_MULTIPLIER.numerator
+            den *= US_GEO_MULTIPLIER.denominator
+        return -(-(units * num) // (MTOK * den))
 
     def estimate(
         self, model: str, prompt_tokens: int, output_tokens: int, multiplier: Fraction = ONE
@@ -371,6 +371,20 @@ def _fallback_row(input_usd: object, output_usd: object) -> PriceRow:
     return PriceRow(FALLBACK_ROW, rates, None, 0, None, True)
 
 
+def _ratio(multiplier: object) -> tuple[int, int]:
+    """A valid multiplier as (numerator, denominator) of ints."""
+    if multiplier is ONE or (type(multiplier) is int and multiplier == 1):
+        return 1, 1
+    factor = _check_multiplier(multiplier)
+    return factor.numerator, factor.denominator
+
+
+def _worst_rates(row: PriceRow) -> tuple[int, int]:
+    """The highest input-side and output rates over all of a row's tiers."""
+    tiers = [t for t in (row.rates, row.long_rates, row.fast_rates) if t is not None]
+    return max(t.max_input_side for t in tiers), max(t.output for t in tiers)
+
+
 def _check_multiplier(multiplier: object) -> Fraction:
     if isinstance(multiplier, bool) or not isinstance(multiplier, Rational):
         raise TypeError(f"multiplier must be an int or Fraction, not {multiplier!r}")
@@ -380,7 +394,7 @@ def _check_multiplier(multiplier: object) -> Fraction:
     return factor
 
 
-def _round_half_up(amount: Fraction) -> int:
-    """Whole µ$ nearest a non-negative amount, halves rounded up."""
-    q, r = divmod(amount.numerator, amount.denominator)
-    return q + (2 * r >= amount.denominator)
+def _div_half_up(numerator: int, denominator: int) -> int:
+    """Whole µ$ nearest numerator / denominator (both non-negative), halves rounded up."""
+    q, r = divmod(numerator, denominator)
+    return q + (2 * r >= denominator)

@@ -18,6 +18,7 @@ was refused), and counters of periods that already ended.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
@@ -30,6 +31,7 @@ from ledger.keyspace import KeySpace
 from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
 from ledger.rollup import EVENT_NAMES, event_values
 
+log = logging.getLogger("meterd.rebuild")
 Db = Callable[..., Awaitable[Any]]
 
 # Counter hash fields as settle.lua writes them: every counter counts spend and requests; daily
@@ -108,6 +110,12 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
             await pipe.execute()
         except WatchError:
             return False
+    if counters.amounts:
+        log.warning("redis had lost the spend counters: rebuilt %d counters of the current "
+                    "periods from DuckDB (%d events settled since were already in them)",
+                    len(counters.amounts), len(events))
+    else:
+        log.info("spend counters marked complete (nothing in DuckDB for the current periods)")
     return True
 
 

@@ -1,10 +1,10 @@
 """Report queries for the dashboard, `meterd report` and exports: plain functions on a DuckDB
 connection, every amount an integer (µ$ or tokens).
 
-Spend, totals, top spenders, cache savings and forecasts read the rollups (`usage_daily`, and
-`usage_sessions` for the session dimension), which hold one row per day × developer × team ×
-model (× session): fast at any number of requests, and still complete after raw rows are
-purged. Only the request log and the raw export read `requests`.
+Spend, totals, top spenders, cache savings and forecasts read the rollups: `usage_daily` (one
+row per day × developer × team × model) and, for the session dimension, `usage_sessions` (day ×
+session × developer × team). They stay small at any number of requests and complete after raw
+rows are purged. Only the request log and the raw export read `requests`.
 
 Dates are UTC days; `end` is exclusive. Weeks start on Monday (ISO), months on the 1st.
 """
@@ -69,16 +69,29 @@ def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 def spend(conn: duckdb.DuckDBPyConnection, *, start: date, end: date, grain: str = "day",
           dimension: str = "team", developer_id: str | None = None,
-          team_id: str | None = None) -> list[dict[str, Any]]:
+          team_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Requests, errors, tokens per category and cost per period × dimension value, ordered by
-    period, then cost (highest first). `period` is the first day of the day/week/month."""
+    period, then cost (highest first). `period` is the first day of the day/week/month.
+
+    `limit` keeps the highest-cost keys of each period only: pass one for sessions, which
+    number in the tens of thousands a month in a large organization.
+    """
     _check(grain, GRAINS, "grain")
     _check(dimension, DIMENSIONS, "dimension")
     table, key, label, join = _DIMENSION_SQL[dimension]
     where, params = _filters(start, end, developer_id, team_id)
+    top = "g AS (SELECT * FROM a)"
+    if limit is not None:
+        # Only keys at or above each period's limit-th highest cost reach the (costly)
+        # window; it then breaks ties by key.
+        top = ("cut AS (SELECT period, list_min(max(cost_micros, ?)) AS floor FROM a "
+               "GROUP BY period), g AS (SELECT a.* FROM a JOIN cut USING (period) "
+               "WHERE a.cost_micros >= cut.floor QUALIFY row_number() OVER (PARTITION BY "
+               "a.period ORDER BY a.cost_micros DESC, a.key) <= ?)")
+        params += [max(0, limit)] * 2
     sql = (
-        f"WITH g AS (SELECT CAST(date_trunc('{grain}', day) AS DATE) AS period, {key} AS key, "
-        f"{_SUMS} FROM {table} WHERE {where} GROUP BY ALL) "
+        f"WITH a AS (SELECT CAST(date_trunc('{grain}', day) AS DATE) AS period, {key} AS key, "
+        f"{_SUMS} FROM {table} WHERE {where} GROUP BY ALL), {top} "
         f"SELECT g.period, g.key, {label} AS label, "
         f"{', '.join('g.' + m for m in MEASURES)} FROM g {join} "
         "ORDER BY g.period, g.cost_micros DESC, g.key"

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC
 from functools import partial
 
 import aiohttp
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from redis.exceptions import RedisError
 
-from dashboard.site import setup_api
+from dashboard.site import setup_dashboard
 from dashboard.state import ADMIN, AdminState
 from ledger.catalog import Catalog, connect
 from ledger.gate import Gate
 from ledger.keyspace import KeySpace
 from ledger.pricing import PriceTable
+from ledger.rollup import Rollup, schedule, schedule_purge
 from ledger.spool import Spool
 from ledger.store import connect_redis
+from meterd.providers_config import providers_context
 from meterd.settings import Settings
 from proxy.handlers import setup_routes
 from proxy.metrics import ProxyMetrics
+from proxy.providers.passthrough import setup_provider_routes
 from proxy.state import STATE, ProxyState
 from proxy.upstream import AnthropicUpstream
 
@@ -30,11 +36,15 @@ DB_FILE = "meterd.duckdb"
 SOCKET_FILE = "meterd.sock"
 
 
-def create_proxy_app(settings: Settings) -> web.Application:
-    """The proxy role: stateless, any number of them against one Redis."""
+def create_proxy_app(settings: Settings,
+                     reload_settings: Callable[[], Settings] | None = None) -> web.Application:
+    """The proxy role: stateless, any number of them against one Redis. `reload_settings`
+    re-reads configuration for a providers reload on SIGHUP (the CLI passes it)."""
     app = web.Application(client_max_size=settings.max_body_bytes)
     app.cleanup_ctx.append(partial(_proxy_context, settings))
+    app.cleanup_ctx.append(partial(providers_context, settings, reload_settings))
     setup_routes(app)
+    setup_provider_routes(app)
     return app
 
 
@@ -81,7 +91,7 @@ def create_admin_app(settings: Settings) -> web.Application:
     """The admin role: dashboard and admin API under /admin; owns the DuckDB file."""
     admin = web.Application()
     admin.cleanup_ctx.append(partial(_admin_context, settings))
-    setup_api(admin)
+    setup_dashboard(admin, settings)
     return admin
 
 
@@ -91,9 +101,28 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
     state = AdminState(catalog, redis, KeySpace(settings.redis_prefix), settings.proxy_url)
     # The catalog is the truth: a fresh or flushed Redis gets the whole policy back.
     await state.publish()
-    await redis.set(state.keyspace.ready, 1, nx=True)
+    state.rollup = Rollup(redis, state.keyspace, catalog.conn, state.db,
+                          prices=PriceTable.load(dict(settings.prices),
+                                                 settings.fallback_input_usd,
+                                                 settings.fallback_output_usd),
+                          lock_ttl_ms=max(30_000, int(settings.rollup_interval * 6_000)))
+    try:
+        await state.rollup.run_once()  # rebuilds lost counters before budgets are enforced
+    except RedisError as exc:
+        log.warning("first rollup failed; the scheduler retries: %s", exc)
+
+    async def republish_if_lost() -> None:  # a flushed Redis also lost the policy mirror
+        if not await redis.exists(state.keyspace.policy_version):
+            await state.publish()
+
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    schedule(scheduler, state.rollup, settings.rollup_interval, republish_if_lost)
+    schedule_purge(scheduler, catalog.conn, state.db, settings.retention_days)
+    scheduler.start()
     app[ADMIN] = state
     yield
+    scheduler.shutdown(wait=False)
+    await state.rollup.final_run()  # what is left, then the lock goes to a standby
     state.executor.shutdown(wait=True)
     catalog.conn.close()
     await redis.aclose()
@@ -102,9 +131,10 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
 ADMIN_APP = web.AppKey("admin_app", web.Application)
 
 
-def create_root_app(settings: Settings, proxy: bool = True, admin: bool = True) -> web.Application:
+def create_root_app(settings: Settings, proxy: bool = True, admin: bool = True,
+                    reload_settings: Callable[[], Settings] | None = None) -> web.Application:
     """What one process serves: the proxy at /, the admin side at /admin, or both (`serve`)."""
-    app = create_proxy_app(settings) if proxy else web.Application()
+    app = create_proxy_app(settings, reload_settings) if proxy else web.Application()
     if admin:
         app[ADMIN_APP] = create_admin_app(settings)
         app.add_subapp("/admin", app[ADMIN_APP])

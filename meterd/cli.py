@@ -11,12 +11,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import orjson
 from aiohttp import web
 
+from dashboard.commands import add_account_commands
+from ledger.money import format_usd
 from meterd import doctor, mock_upstream
 from meterd.apps import SOCKET_FILE, create_root_app
-from meterd.client import ManagementError, call
+from meterd.client import ManagementError, call, fetch
 from meterd.settings import Settings, SettingsError
 
 
@@ -69,11 +73,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         settings = prepare_demo(settings)
     _prepare_data_dir(settings)
     _setup_logging(settings.log_level)
-    app = create_root_app(settings)
+    # SIGHUP re-reads the configuration and swaps in its providers and routes.
+    app = create_root_app(settings, reload_settings=None if args.demo else lambda: _settings(args))
     if args.demo:
-        from meterd.demo import announce, with_mock_upstream
+        from meterd.demo import announce, populate, with_mock_upstream
 
         with_mock_upstream(app, settings)
+        app.on_startup.append(populate)
         app.on_startup.append(lambda _app: announce(settings))
     else:
         print(f"meterd serving the proxy on {settings.proxy_url} and the dashboard on "
@@ -91,8 +97,8 @@ def cmd_proxy(args: argparse.Namespace) -> None:
         for _ in range(workers - 1):
             if os.fork() == 0:
                 break
-    _run(create_root_app(settings, admin=False), settings, settings.proxy_port,
-         reuse_port=workers > 1)
+    _run(create_root_app(settings, admin=False, reload_settings=lambda: _settings(args)),
+         settings, settings.proxy_port, reuse_port=workers > 1)
 
 
 def cmd_admin(args: argparse.Namespace) -> None:
@@ -119,6 +125,34 @@ def _manage(method: str, path: str, body: Callable[[argparse.Namespace], Any] | 
                                   body(args) if body else None))
         (show or _show)(result)
     return run
+
+
+def _query(**params: str | None) -> str:
+    return urlencode({k: v for k, v in params.items() if v})
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    query = _query(grain=args.grain, dimension=args.by, start=args.start, end=args.end,
+                   team=args.team, developer=args.developer,
+                   format="csv" if args.csv else None)
+    raw = asyncio.run(fetch(settings, "GET", f"usage?{query}"))
+    if args.csv:
+        sys.stdout.write(raw.decode())
+        return
+    rows = orjson.loads(raw)["data"]
+    _show({"data": [{"period": r["period"], args.by: r["label"], "requests": r["requests"],
+                     "input": r["input_tokens"], "output": r["output_tokens"],
+                     "cache read": r["cache_read"], "cost": format_usd(r["cost_micros"])}
+                    for r in rows]})
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    raw = asyncio.run(fetch(settings, "GET", "requests.parquet?" + _query(
+        start=args.start, end=args.end)))
+    Path(args.out).write_bytes(raw)
+    print(f"wrote {len(raw):,} bytes to {args.out}")
 
 
 def _show(result: Any) -> None:
@@ -240,6 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--otpm", type=int, help="output tokens per minute")
     p.add_argument("--concurrency", type=int, help="requests in flight at once")
     add("list", _manage("GET", "rate_limits"), "list rate limits", limits)
+    add_account_commands(sub, add, _manage)
+
+    p = add("report", cmd_report, "spend and tokens per period and dimension")
+    p.add_argument("--grain", choices=("day", "week", "month"), default="day")
+    p.add_argument("--by", choices=("team", "developer", "model", "session"), default="team")
+    p.add_argument("--start", help="first day (default: the 1st of this month)")
+    p.add_argument("--end", help="day after the last (default: tomorrow)")
+    p.add_argument("--team", help="only this team (id)")
+    p.add_argument("--developer", help="only this developer (id)")
+    p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    p = add("export", cmd_export, "raw request rows of a date range as Parquet (archiving)")
+    p.add_argument("--start", required=True, help="first day, e.g. 2026-10-01")
+    p.add_argument("--end", required=True, help="day after the last, e.g. 2026-11-01")
+    p.add_argument("--out", required=True, help="file to write")
     return parser
 
 

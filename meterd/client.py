@@ -58,13 +58,21 @@ async def _answers(socket: Path) -> bool:
 
 async def call(settings: Settings, method: str, path: str, body: Any = None) -> Any:
     """One admin API call; raises ManagementError with the API's message on failure."""
+    raw = await fetch(settings, method, path, None if body is None else orjson.dumps(body))
+    return orjson.loads(raw)
+
+
+async def fetch(settings: Settings, method: str, path: str, data: bytes | None = None) -> bytes:
+    """The raw body of one admin API call (JSON, CSV or Parquet)."""
     async with admin_socket(settings) as socket, aiohttp.ClientSession(
         connector=aiohttp.UnixConnector(socket)
-    ) as session:
-        data = None if body is None else orjson.dumps(body)
-        async with session.request(method, f"http://meterd/admin/api/v1/{path}", data=data,
-                                   headers={"content-type": "application/json"}) as resp:
-            doc = orjson.loads(await resp.read())
-            if resp.status >= 400:
-                raise ManagementError(doc.get("error", {}).get("message", f"HTTP {resp.status}"))
-            return doc
+    ) as session, session.request(method, f"http://meterd/admin/api/v1/{path}", data=data,
+                                  headers={"content-type": "application/json"}) as resp:
+        raw = await resp.read()
+        if resp.status >= 400:
+            try:
+                message = orjson.loads(raw)["error"]["message"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                message = f"HTTP {resp.status}"
+            raise ManagementError(message)
+        return raw

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import random
+import secrets
 import shutil
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
 
+from dashboard.state import ADMIN
+from ledger.gate import Gate, Ticket
+from ledger.policy import Principal
+from ledger.pricing import PriceTable
+from ledger.usage import Usage
+
+from ledger.accounts import create_demo_admin
 from ledger.catalog import Catalog, connect
 from ledger.money import parse_usd
-from meterd.apps import DB_FILE
+from meterd.apps import ADMIN_APP, DB_FILE
 from meterd.mock_upstream import MockOptions, create_mock_app
 from meterd.settings import Settings
+from proxy.state import STATE
 
 DEMO_DIR = "meterd-demo"
 MARKER = ".meterd-demo"
@@ -24,6 +35,7 @@ TEAMS = {
     "data": [("Edsger Dijkstra", "edsger@example.com")],
 }
 _demo_key: list[str] = []
+_demo_admin: list[str] = []
 
 
 def free_port() -> int:
@@ -52,6 +64,7 @@ def prepare_demo(settings: Settings) -> Settings:
             _demo_key.append(key.secret)
     catalog.set_budget("team_member", "platform", "daily", parse_usd("25"), actor="demo")
     catalog.set_limits("team", "mobile", rpm=600, concurrency=20, actor="demo")
+    _demo_admin[:] = create_demo_admin(catalog.conn)
     catalog.conn.close()
     return settings.replace(data_dir=str(data), upstream_url=f"http://127.0.0.1:{free_port()}",
                             upstream_key=MOCK_KEY)
@@ -71,6 +84,64 @@ def with_mock_upstream(app: web.Application, settings: Settings) -> None:
     app.cleanup_ctx.insert(0, mock)
 
 
+MODELS = (("claude-sonnet-4-6", 6), ("claude-opus-4-8", 2), ("claude-haiku-4-5", 3))
+
+
+async def seed_history(gate: Gate, prices: PriceTable, principals: list[Principal],
+                       days: int = 21, seed: int = 7) -> int:
+    """Weeks of plausible Claude Code usage, settled as real requests are (same counters, same
+    events), so the dashboard has something to show. Returns how many requests."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    count = 0
+    for principal in principals:
+        appetite = rng.uniform(0.4, 1.5)
+        for back in range(days, 0, -1):
+            day = now - timedelta(days=back)
+            busy = 1.0 if day.weekday() < 5 else 0.15
+            for _ in range(int(rng.randint(4, 14) * appetite * busy)):
+                model = rng.choices([m for m, _ in MODELS], [w for _, w in MODELS])[0]
+                usage = Usage(input_tokens=rng.randint(50, 3000),
+                              output_tokens=rng.randint(200, 5000),
+                              cache_write_5m=rng.choice((0, 0, rng.randint(2000, 20000))),
+                              cache_read=rng.randint(20000, 80000))
+                at = day.replace(hour=rng.randint(7, 19), minute=rng.randint(0, 59))
+                ticket = Ticket("mreq_demo_" + secrets.token_hex(8), principal, at)
+                cost = prices.cost(model, usage)
+                await gate.settle(ticket, cost.micros, {
+                    "input": usage.input_tokens, "output": usage.output_tokens,
+                    "cache_write_5m": usage.cache_write_5m, "cache_write_1h": 0,
+                    "cache_read": usage.cache_read, "web_search": 0, "estimated": 0,
+                    "rate_input": usage.rate_input_tokens}, {
+                    "id": ticket.request_id, "ts_ms": int(at.timestamp() * 1000),
+                    "developer_id": principal.developer_id, "team_id": principal.team_id,
+                    "key_id": principal.key_id, "model": model, "provider": "anthropic",
+                    "status": 200, "stream": 1, "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "cache_write_5m": usage.cache_write_5m, "cache_write_1h": 0,
+                    "cache_read": usage.cache_read, "web_search": 0,
+                    "cost_micros": cost.micros, "price_row": cost.row,
+                    "price_version": cost.version, "priced": 1,
+                    "latency_ms": rng.randint(2000, 40000), "ttfb_ms": rng.randint(400, 1500),
+                    "estimated": 0, "error_type": "", "service_tier": "standard", "speed": "",
+                    "inference_geo": "", "session_id": f"demo-{rng.getrandbits(48):012x}",
+                    "agent_id": "", "parent_agent_id": "", "request_class": "",
+                    "prompt_id": ""})
+                count += 1
+    return count
+
+
+async def populate(app: web.Application) -> None:
+    """Past usage for the seeded developers, rolled up into DuckDB before anyone looks."""
+    proxy = app[STATE]
+    await proxy.refresh_policy()
+    principals = [proxy.policy.principal(secret) for secret in _demo_key]
+    await seed_history(proxy.gate, proxy.prices, principals)
+    rollup = app[ADMIN_APP][ADMIN].rollup
+    assert rollup is not None
+    await rollup.run_once()
+
+
 async def announce(settings: Settings) -> None:
     url = settings.proxy_url
     print(f"""
@@ -78,6 +149,7 @@ meterd demo is running.
 
   proxy       {url}
   dashboard   {url}/admin/
+  admin       {_demo_admin[0]} / {_demo_admin[1]}   (sign in at {url}/admin/)
   developer   Ada Lovelace (team platform), key {_demo_key[0]}
 
 Point Claude Code at it:

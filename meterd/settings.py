@@ -57,6 +57,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fallback_input_usd", "5", "USD per million input tokens for unknown models."),
     Setting("fallback_output_usd", "25", "USD per million output tokens for unknown models."),
     Setting("prices", {}, "Price rows that override or extend the shipped table (TOML only)."),
+    Setting("providers", {}, "Provider tables [providers.NAME] (kind anthropic, bedrock or "
+            "vertex); none: one upstream from upstream_url (TOML only; reloaded on SIGHUP)."),
+    Setting("routes", [], "Routes [[routes]] match = model pattern, providers = names in "
+            "fallback order (TOML only; reloaded on SIGHUP)."),
     Setting("policy_refresh", 0.25, "Seconds between checks for changed keys, budgets, limits."),
     Setting("shutdown_grace", 30.0, "Seconds open streams may take to finish on shutdown."),
     Setting("rollup_interval", 5.0, "Seconds between rollups of usage events into DuckDB."),
@@ -66,6 +70,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "info", "Log level: debug, info, warning, error."),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
+_TOML_ONLY = frozenset({"prices", "providers", "routes"})
 _CHOICES = {
     "upstream_auth": ("x-api-key", "bearer"),
     "redis_outage_policy": ("fail_open", "fail_closed"),
@@ -96,6 +101,8 @@ class Settings:
     fallback_input_usd: str = "5"
     fallback_output_usd: str = "25"
     prices: Mapping[str, Any] = field(default_factory=dict)
+    providers: Mapping[str, Any] = field(default_factory=dict)
+    routes: tuple[Mapping[str, Any], ...] = ()
     policy_refresh: float = 0.25
     shutdown_grace: float = 30.0
     rollup_interval: float = 5.0
@@ -161,7 +168,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[s.name] = file.read_text().strip()
             except OSError as exc:
                 raise SettingsError(f"{var}_FILE: cannot read {file}: {exc.strerror}") from None
-        if var in environ and s.name != "prices":
+        if var in environ and s.name not in _TOML_ONLY:
             values[s.name] = environ[var]
     if "REDIS_URL" in environ and "redis_url" not in values:
         values["redis_url"] = environ["REDIS_URL"]
@@ -181,6 +188,8 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(default, float):
             return float(value)
         if isinstance(default, list):
+            if isinstance(value, list | tuple) and any(isinstance(i, dict) for i in value):
+                return tuple(value)  # an array of tables ([[routes]]) stays tables
             items = value.split(",") if isinstance(value, str) else list(value)
             kind = type(default[0]) if default else str
             return tuple(kind(str(i).strip()) for i in items if str(i).strip())

@@ -61,6 +61,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
                                     state.estimate(model, len(body), max_tokens), started)
     state.metrics.overhead.observe(time.monotonic() - t0)
     relay = Relay(state, request, ticket, model, stream, t0)
+    if state.router is not None:  # providers configured: route, translate, fall back
+        relay.route = state.router
     try:
         return await relay.run(body)
     finally:
@@ -70,6 +72,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 class Relay:
     """One request's trip through the provider and back, and what it cost."""
+
+    # Left alone on the default path (one Anthropic-format upstream, `state.upstream`). A
+    # route (proxy.providers) opens the provider's answer itself and records in `served`
+    # the provider that gave it, which prices and attributes the request.
+    route: Any = None
+    served: Any = None
+    stream_type = "text/event-stream"  # the answer metered as a stream, by stream_meter
+    stream_meter: Any = StreamMeter
 
     def __init__(self, state: ProxyState, request: web.Request, ticket: Ticket, model: str,
                  stream: bool, t0: float) -> None:
@@ -85,9 +95,12 @@ class Relay:
     async def run(self, body: bytes) -> web.StreamResponse:
         state, request = self.state, self.request
         try:
-            upstream = await state.session.post(
-                state.upstream.url(request.path_qs), data=body,
-                headers=state.upstream.request_headers(request.headers.items()))
+            if self.route is None:
+                upstream = await state.session.post(
+                    state.upstream.url(request.path_qs), data=body,
+                    headers=state.upstream.request_headers(request.headers.items()))
+            else:
+                upstream = await self.route.open(self, body)
         except TimeoutError:
             self.status, self.error_type = 504, "upstream_timeout"
             raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
@@ -100,8 +113,8 @@ class Relay:
         headers.update(self.ticket.headers)
         headers["x-meterd-request-id"] = self.ticket.request_id
         response = web.StreamResponse(status=upstream.status, headers=headers)
-        if upstream.content_type == "text/event-stream":
-            self.meter = StreamMeter()
+        if upstream.content_type == self.stream_type:
+            self.meter = self.stream_meter()
         else:
             self.tee = []
         try:
@@ -150,14 +163,18 @@ class Relay:
         state, ticket = self.state, self.ticket
         metered = self._metered()
         usage = metered.usage
-        cost = state.prices.cost(self.model, usage)
+        served = self.served
+        if served is None:
+            cost, provider = state.prices.cost(self.model, usage), state.upstream.name
+        else:
+            cost, provider = served.cost(state.prices, self.model, usage), served.name
         error_type = self.error_type or metered.error_type
         ended = time.monotonic()
         p = ticket.principal
         event: dict[str, Any] = {
             "id": ticket.request_id, "ts_ms": int(ticket.at.timestamp() * 1000),
             "developer_id": p.developer_id, "team_id": p.team_id, "key_id": p.key_id,
-            "model": self.model, "provider": state.upstream.name, "status": self.status,
+            "model": self.model, "provider": provider, "status": self.status,
             "stream": int(self.stream), "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens, "cache_write_5m": usage.cache_write_5m,
             "cache_write_1h": usage.cache_write_1h, "cache_read": usage.cache_read,
@@ -179,12 +196,14 @@ class Relay:
             "estimated": int(metered.estimated), "rate_input": usage.rate_input_tokens,
         }
         await state.gate.settle(ticket, cost.micros, tokens, event)
-        access_log.info(orjson.dumps({k: event[k] for k in _LOGGED}).decode())
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(orjson.dumps({k: event[k] for k in _LOGGED}).decode())
         m = state.metrics
-        m.requests.labels(str(self.status), str(event["stream"])).inc()
+        m.count_request(self.status, event["stream"])
         m.latency.observe(ended - self.t0)
-        for category in TOKEN_CATEGORIES:
-            m.tokens.labels(category).inc(tokens[category])
+        for category, counter in zip(TOKEN_CATEGORIES, m.token_counters, strict=True):
+            if tokens[category]:
+                counter.inc(tokens[category])
         m.cost.inc(cost.micros)
         if metered.estimated:
             m.estimated.inc()
@@ -201,6 +220,9 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     state.authenticate(request.headers)
     body = await request.read()
     try:
+        if state.router is not None:
+            return await state.router.count_tokens(state.session, request, body,
+                                                   parse_request(body)[0])
         async with state.session.post(
             state.upstream.url(request.path_qs), data=body,
             headers=state.upstream.request_headers(request.headers.items()),

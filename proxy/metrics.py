@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -38,6 +39,18 @@ class ProxyMetrics:
               registry=r).set_function(redis_errors)
         Gauge("meterd_spool_depth", "Settlements waiting in the local spool for Redis.",
               registry=r).set_function(spool_depth)
+        # Label children looked up once, not per request (labels() takes a lock and builds
+        # a tuple each time).
+        self.token_counters = tuple(self.tokens.labels(c) for c in TOKEN_CATEGORIES)
+        self._request_counters: dict[tuple[int, int], Any] = {}
+
+    def count_request(self, status: int, stream: int) -> None:
+        """One more metered request with this upstream status."""
+        child = self._request_counters.get((status, stream))
+        if child is None:
+            child = self._request_counters[(status, stream)] = self.requests.labels(
+                str(status), str(stream))
+        child.inc()
 
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),

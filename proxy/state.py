@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -19,6 +19,9 @@ from ledger.policy import KeyRefused, Policy, Principal, load_policy
 from ledger.pricing import PriceTable
 from proxy.metrics import ProxyMetrics
 from proxy.upstream import AnthropicUpstream
+
+if TYPE_CHECKING:
+    from proxy.providers.routing import Router
 
 log = logging.getLogger("meterd.proxy")
 
@@ -38,6 +41,8 @@ class ProxyState:
     policy: Policy = field(default_factory=Policy.empty)
     settling: set[asyncio.Task[None]] = field(default_factory=set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Providers and routes when configured (swapped whole on reload); None: `upstream` only.
+    router: Router | None = None
 
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
         """The caller behind `x-api-key` or `Authorization: Bearer` (apiKeyHelper sends both)."""

@@ -150,8 +150,11 @@ async def upstream() -> AsyncIterator[Upstream]:
 @pytest.fixture
 def make_settings(tmp_path: Path, redis_url: str) -> Callable[..., Settings]:
     def make(**changes: Any) -> Settings:
+        # Rollups run when a test asks (gateway.admin.rollup.run_once()), not on a timer, so a
+        # test can read the usage events in the stream before they are rolled up.
         base = {"data_dir": str(tmp_path / "data"), "redis_url": redis_url,
-                "upstream_key": MOCK_KEY, "policy_refresh": 0.05, "log_level": "warning"}
+                "upstream_key": MOCK_KEY, "policy_refresh": 0.05, "log_level": "warning",
+                "rollup_interval": 3600.0}
         base.update(changes)
         return Settings(**base).replace()
     return make

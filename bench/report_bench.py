@@ -1,0 +1,129 @@
+"""Latency of every report query on a large ledger (make one with gen_requests.py).
+
+    python bench/report_bench.py [--db PATH] [--repeat 5]
+
+Runs each dashboard query `--repeat` times on one connection (as the admin process does, on
+its DuckDB thread) after one warm-up run, and prints the median and worst time, the rows
+returned, and whether it meets the 300 ms budget. The Parquet export (archiving, not a dashboard
+query) is timed once, for information. Dates are relative to the newest request in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ledger import reports
+
+DEFAULT_DB = Path(tempfile.gettempdir()) / "meterd-bench" / "requests.duckdb"
+BUDGET_MS = 300
+
+
+def queries(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, Callable[[], Any]]]:
+    row = conn.execute("SELECT max(ts), min(ts), count(*) FROM requests").fetchone()
+    assert row and row[0], "no requests in this file: run bench/gen_requests.py first"
+    newest, oldest, count = row
+    print(f"{count:,} requests from {oldest:%Y-%m-%d} to {newest:%Y-%m-%d %H:%M}")
+    end = newest.date() + timedelta(days=1)
+    month, week, quarter = end - timedelta(days=30), end - timedelta(days=7), oldest.date()
+    dev = conn.execute("SELECT developer_id FROM requests LIMIT 1").fetchone()
+    team = conn.execute("SELECT team_id FROM requests LIMIT 1").fetchone()
+    session = conn.execute("SELECT session_id FROM requests ORDER BY ts DESC LIMIT 1"
+                           ).fetchone()
+    assert dev and team and session
+    now = datetime.combine(newest.date(), dtime(15), UTC)
+    day_start = datetime.combine(newest.date(), dtime(0), UTC)
+    c = conn
+    spend = partial(reports.spend, c, end=end)
+    page = partial(reports.requests_page, c)
+    out: list[tuple[str, Callable[[], Any]]] = []
+    for grain, start in (("day", month), ("week", quarter), ("month", quarter)):
+        days = f"({(end - start).days} d)"
+        for dim in reports.DIMENSIONS:
+            out.append((f"spend {grain} x {dim} {days}",
+                        partial(spend, start=start, grain=grain, dimension=dim)))
+        out.append((f"spend {grain} x session, top 100 {days}",
+                    partial(spend, start=start, grain=grain, dimension="session", limit=100)))
+    out += [
+        ("spend week x model, one developer", partial(
+            spend, start=quarter, grain="week", dimension="model", developer_id=dev[0])),
+        ("spend day x developer, one team", partial(
+            spend, start=month, dimension="developer", team_id=team[0])),
+        ("totals (30 d)", partial(reports.totals, c, start=month, end=end)),
+        ("totals, one team (30 d)", partial(reports.totals, c, start=month, end=end,
+                                            team_id=team[0])),
+        *((f"top spenders by {d} (30 d)", partial(reports.top_spenders, c, start=month,
+                                                  end=end, dimension=d))
+          for d in reports.DIMENSIONS),
+        ("cache savings (30 d)", partial(reports.cache_savings, c, start=month, end=end)),
+        ("cache savings, one developer (90 d)", partial(
+            reports.cache_savings, c, start=quarter, end=end, developer_id=dev[0])),
+        ("forecast (all budgets)", partial(reports.forecast, c, now=now)),
+        ("requests page 1", page),
+        ("requests page 200 (offset 10,000)", partial(page, offset=10_000)),
+        ("requests, one developer", partial(page, developer_id=dev[0])),
+        ("requests, one team, errors", partial(page, team_id=team[0], status="error")),
+        ("requests, one model, today", partial(page, model="claude-opus-4-8",
+                                               start=day_start)),
+        ("requests, one session", partial(page, session_id=session[0])),
+        ("requests, last 7 days, ok, page 3", partial(
+            page, start=datetime.combine(week, dtime(0), UTC), status="ok", offset=100)),
+        ("CSV export of spend day x team (30 d)",
+         lambda: reports.export_csv(spend(start=month))),
+    ]
+    return out
+
+
+def rows_of(result: Any) -> int:
+    if isinstance(result, tuple):  # requests_page: (page, total)
+        return len(result[0])
+    if isinstance(result, list | str):
+        return len(result) if isinstance(result, list) else result.count("\n")
+    return 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    conn = duckdb.connect(str(args.db), read_only=True)
+    slow = 0
+    todo = queries(conn)
+    print(f"{'query':<44} {'median ms':>10} {'worst ms':>9} {'rows':>6}")
+    for name, run in todo:
+        result = run()  # warm-up
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            result = run()
+            times.append((time.perf_counter() - t0) * 1000)
+        worst = max(times)
+        slow += worst >= BUDGET_MS
+        flag = "" if worst < BUDGET_MS else f"  over {BUDGET_MS} ms"
+        print(f"{name:<44} {statistics.median(times):>10.1f} {worst:>9.1f} "
+              f"{rows_of(result):>6}{flag}")
+    with tempfile.TemporaryDirectory() as tmp:
+        newest = conn.execute("SELECT max(ts)::DATE FROM requests").fetchone()
+        assert newest
+        t0 = time.perf_counter()
+        n = reports.export_parquet(conn, start=newest[0] - timedelta(days=6),
+                                   end=newest[0] + timedelta(days=1), path=Path(tmp) / "a.pq")
+        print(f"(archive) Parquet export of 7 days: {n:,} rows in "
+              f"{(time.perf_counter() - t0) * 1000:,.0f} ms")
+    print(f"{'all dashboard queries under' if not slow else f'{slow} queries not under'} "
+          f"{BUDGET_MS} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,533 @@
+"""The meterd benchmark: meterd next to a bare pass-through proxy, same load, one table.
+
+    python bench/run.py [--duration S] [--quick] [--smoke] [--json FILE]
+
+Starts, on free ports and in a temporary directory:
+
+- a throwaway `redis-server --save ''`;
+- the mock upstream (`meterd mock-upstream`: precomputed streaming answers);
+- the floor, `bench/bare_proxy.py`: aiohttp pass-through, no auth, no metering;
+- `meterd proxy` (one process) with full metering on that Redis: a team, a developer, a
+  gateway key, a monthly budget and rate limits (requests, input and output tokens per minute,
+  concurrency) are created with the `meterd` CLI in direct mode, so every request runs
+  admission (admit.lua) and settlement (settle.lua). The admission script waits for the
+  `{meterd}:ready` marker, which the admin process sets when it starts; no admin process runs
+  here, so the benchmark sets the marker itself.
+
+Then it drives each with wrk (`bench/wrk/messages.lua`: `POST /v1/messages`, `stream: true`,
+Claude Code's headers) with a ~400 B body and a ~60 KB Claude Code-like body:
+
+1. saturation, closed loop, 64 connections: the mock directly, the bare proxy, meterd, and
+   `meterd proxy --workers 2` (SO_REUSEPORT);
+2. open loop at half of meterd's saturation rate: the bare proxy and meterd (latency when
+   not overloaded).
+
+Every request sent through meterd must show up as exactly one usage event in the Redis stream
+`{meterd}:events`; the run checks this after each wrk run (wrk stops sending before it stops,
+so nothing is in flight at the end) and exits 1 if any request went unmetered or failed.
+
+`--duration S` seconds per run (default 10; `--quick` 3 s and no warm-up runs; `--smoke` 1 s,
+bare and meterd only, for CI). Needs `wrk` and `redis-server` on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import orjson
+import redis
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from bodies import HEADERS, large_body, small_body  # noqa: E402
+
+MOCK_KEY = "sk-ant-mock"
+EVENTS = "{meterd}:events"
+READY = "{meterd}:ready"
+CONNECTIONS = 64
+DRAIN_S = 1  # wrk runs this much longer than it sends, so every answer arrives
+BIG = 10**12  # rate limits that apply (the scripts run) but never refuse
+TARGET_PROCESS = {"direct to mock": "mock-upstream", "bare proxy": "bare-proxy",
+                  "meterd": "meterd", "meterd --workers 2": "meterd-2w"}
+BUSY = 0.15  # CPUs' worth of other work during a run that makes its numbers suspect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
+
+
+def _cpu_ticks() -> int:
+    """Busy CPU time of the whole machine, in clock ticks."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    return sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+
+
+def _session_ticks(sessions: set[int]) -> int:
+    """CPU time (user + system) of every live process in these sessions, in clock ticks."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) in sessions:  # field 6 of stat: session id
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+class LoadMeter:
+    """How much CPU a run used: the target's, and other processes' (a busy machine makes
+    numbers unreliable, so the table says when that happened)."""
+
+    def __init__(self, target_sessions: set[int], own_sessions: set[int]) -> None:
+        self.target, self.own = target_sessions, own_sessions
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> LoadMeter:
+        self.t0 = time.monotonic()
+        self.machine0 = _cpu_ticks()
+        self.target0 = _session_ticks(self.target)
+        self.own0 = _session_ticks(self.own)
+        self.children0 = _children_ticks()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        seconds = time.monotonic() - self.t0
+        machine = _cpu_ticks() - self.machine0
+        self.target_cpu_s = (_session_ticks(self.target) - self.target0) / self.hz
+        ours = _session_ticks(self.own) - self.own0 + _children_ticks() - self.children0
+        self.foreign_cpus = max(0.0, (machine - ours) / self.hz / seconds)
+
+
+def _children_ticks() -> int:
+    """CPU time of finished child processes (wrk, the CLI), in clock ticks."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return int((usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK"))
+
+
+@dataclass
+class WrkResult:
+    target: str
+    body: str
+    rate: float  # 0 = closed loop
+    requests: int  # completed
+    sent: int
+    non_2xx: int
+    errors: dict[str, int]
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    events: int | None = None  # usage events meterd wrote for this run (meterd targets)
+    cpu_us: float = 0  # CPU time of the target (all its processes) per completed request
+    foreign_cpus: float = 0  # CPUs' worth of work by processes outside the benchmark
+
+    @property
+    def ok_2xx(self) -> int:
+        return self.requests - self.non_2xx
+
+
+def run_wrk(url: str, body_file: Path, key: str, duration: int, *, rate: float = 0,
+            connections: int = CONNECTIONS, headers_file: Path | None = None,
+            target: str = "", body: str = "") -> WrkResult:
+    """One wrk run: send for `duration` s (closed loop, or open loop at `rate` req/s)."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration + DRAIN_S}s", "--timeout", "10s",
+           "-s", str(HERE / "wrk" / "messages.lua"), url, "--", str(body_file), key,
+           str(rate), str(duration), str(headers_file or "")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"^BENCH (\{.*\})$", out, re.M)
+    if match is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    r = orjson.loads(match.group(1))
+    window_s = r["window_ms"] / 1000 if r["window_ms"] > 0 else duration
+    return WrkResult(
+        target=target, body=body, rate=rate, requests=r["requests"], sent=r["sent"],
+        non_2xx=r["non_2xx"], errors=r["errors"], rps=r["requests"] / window_s,
+        p50_ms=r["p50_us"] / 1000, p90_ms=r["p90_us"] / 1000, p99_ms=r["p99_us"] / 1000,
+        p999_ms=r["p99.9_us"] / 1000)
+
+
+@dataclass
+class Stack:
+    """The processes of one benchmark run, each on its own free port, all stopped at exit."""
+
+    workdir: Path
+    log_level: str = "info"
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sessions: dict[str, int] = field(default_factory=dict)  # process name -> its session id
+    redis_port: int = 0
+    mock_port: int = 0
+    bare_port: int = 0
+    meterd_port: int = 0
+    key: str = ""
+    meterd_pid: int = 0
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def url(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    def spawn(self, cmd: Sequence[str], what: str, port: int, env: dict[str, str] | None = None,
+              log: str = "") -> subprocess.Popen[bytes]:
+        out = open(self.workdir / (log or f"{what}.log"), "ab")  # noqa: SIM115
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, cwd=ROOT,
+                                start_new_session=True)  # own group: workers stop with it
+        out.close()
+        self.procs.append(proc)
+        self.sessions[what] = proc.pid
+        wait_port(port, proc, what)
+        return proc
+
+    def meterd_env(self, data_dir: str, upstream: str = "") -> dict[str, str]:
+        return {"MTD_REDIS_URL": self.redis_url, "MTD_DATA_DIR": str(self.workdir / data_dir),
+                "MTD_UPSTREAM_URL": upstream or self.url(self.mock_port),
+                "MTD_UPSTREAM_KEY": MOCK_KEY, "MTD_LOG_LEVEL": self.log_level}
+
+    def meterd_cli(self, *commands: Sequence[str]) -> str:
+        """Management commands in direct mode (no admin process runs), run by the `meterd`
+        command's own entry point in one interpreter (one start-up instead of one each)."""
+        script = ("import sys\nfrom meterd.cli import main\n"
+                  f"for argv in {[list(c) for c in commands]!r}:\n"
+                  "    print('$ meterd', *argv, flush=True)\n    main(argv)\n")
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                              env={**os.environ, **self.meterd_env("admin")},
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"meterd management commands failed:\n{done.stdout}"
+                               f"{done.stderr.strip()}")
+        return done.stdout
+
+    def start(self) -> None:
+        self.redis_port = free_port()
+        self.spawn(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+                   "redis-server", self.redis_port)
+        self.setup_identity()
+        self.mock_port = free_port()
+        self.spawn([sys.executable, "-m", "meterd.cli", "mock-upstream", "--port",
+                    str(self.mock_port)], "mock-upstream", self.mock_port)
+        self.bare_port = free_port()
+        self.spawn([sys.executable, str(HERE / "bare_proxy.py"), "--port", str(self.bare_port),
+                    "--upstream", self.url(self.mock_port), "--key", MOCK_KEY],
+                   "bare-proxy", self.bare_port)
+        self.meterd_port = free_port()
+        self.meterd_pid = self.start_meterd(self.meterd_port).pid
+
+    def setup_identity(self) -> None:
+        """A developer with a key, a monthly budget and rate limits, all via the CLI."""
+        limit = str(BIG)
+        out = self.meterd_cli(
+            ["team", "create", "bench"],
+            ["dev", "create", "Bench Dev", "--email", "bench@example.com", "--team", "bench"],
+            ["key", "issue", "bench@example.com"],
+            ["budget", "set", "developer", "bench@example.com", "--usd", "1000000",
+             "--period", "monthly"],
+            ["limits", "set", "developer", "bench@example.com", "--rpm", limit, "--itpm", limit,
+             "--otpm", limit, "--concurrency", "100000"])
+        match = re.search(r"\bmtd_\S+", out)
+        if match is None:
+            raise RuntimeError(f"no key in the output of `meterd key issue`:\n{out}")
+        self.key = match.group(0)
+        # Normally `meterd admin` sets this once the counters are known complete.
+        self.redis().set(READY, 1)
+
+    def start_meterd(self, port: int, workers: int = 1, upstream: str = "",
+                     name: str = "") -> subprocess.Popen[bytes]:
+        """`meterd proxy` on `port` (against the mock unless `upstream` is given)."""
+        name = name or ("meterd" if workers == 1 else f"meterd-{workers}w")
+        proc = self.spawn([sys.executable, "-m", "meterd.cli", "proxy", "--port", str(port),
+                           "--workers", str(workers)], name, port,
+                          env=self.meterd_env(f"proxy-{port}", upstream))
+        time.sleep(0.5 if workers > 1 else 0.1)  # let every worker bind and load the policy
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # the group: forked workers too
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+        self.sessions = {k: v for k, v in self.sessions.items() if v != proc.pid}
+
+    def close(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(port=self.redis_port)
+
+    def events(self) -> int:
+        return int(self.redis().xlen(EVENTS))
+
+    def wait_events(self, expected: int, timeout: float = 15) -> int:
+        """The stream length once it reaches `expected` (settlement runs after the answer),
+        or whatever it is at the timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            n = self.events()
+            if n >= expected or time.monotonic() > deadline:
+                time.sleep(0.2)  # anything beyond `expected` would be a double count
+                return self.events()
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def stack(log_level: str = "info") -> Iterator[Stack]:
+    for tool in ("wrk", "redis-server"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: {tool} is not installed (apt-get install {tool})")
+    with tempfile.TemporaryDirectory(prefix="meterd-bench-") as tmp:
+        s = Stack(Path(tmp), log_level)
+        try:
+            s.start()
+            yield s
+        finally:
+            s.close()
+
+
+@dataclass
+class Bench:
+    """Runs wrk against the stack's targets and checks metering after each meterd run."""
+
+    s: Stack
+    duration: int
+    warmup: int
+    files: dict[str, Path]
+    headers_file: Path
+    results: list[WrkResult] = field(default_factory=list)
+    unmetered: list[str] = field(default_factory=list)
+
+    def run(self, target: str, port: int, body: str, *, rate: float = 0, metered: bool = True,
+            key: str | None = None, record: bool = True, duration: int | None = None
+            ) -> WrkResult:
+        before = self.s.events() if metered else 0
+        with LoadMeter({self.s.sessions[TARGET_PROCESS[target]]},
+                       set(self.s.sessions.values())) as load:
+            result = run_wrk(self.s.url(port), self.files[body], key or self.s.key,
+                             duration or self.duration, rate=rate,
+                             headers_file=self.headers_file, target=target, body=body)
+        result.cpu_us = load.target_cpu_s * 1e6 / max(result.requests, 1)
+        result.foreign_cpus = load.foreign_cpus
+        if metered:
+            result.events = self.s.wait_events(before + result.ok_2xx) - before
+            if result.events != result.ok_2xx or result.sent != result.requests:
+                self.unmetered.append(
+                    f"{target} ({body}{', warm-up' if not record else ''}): {result.sent} sent, "
+                    f"{result.requests} completed, {result.ok_2xx} 2xx, "
+                    f"{result.events} usage events")
+        if result.non_2xx or any(result.errors.values()):
+            self.unmetered.append(f"{target} ({body}): {result.non_2xx} non-2xx answers, "
+                                  f"socket errors {result.errors}")
+        if record:
+            self.results.append(result)
+        return result
+
+    def saturate(self, target: str, port: int, body: str, metered: bool = True,
+                 key: str | None = None) -> WrkResult:
+        if self.warmup:
+            self.run(target, port, body, metered=metered, key=key, record=False,
+                     duration=self.warmup)
+        return self.run(target, port, body, metered=metered, key=key)
+
+
+def _row(body: str, name: str, r: WrkResult, note: str) -> str:
+    busy = f"{r.foreign_cpus:5.2f}" + ("!" if r.foreign_cpus > BUSY else " ")
+    return (f"{body:<7}{name:<20}{r.rps:>9,.0f}{r.p50_ms:>8.2f}{r.p90_ms:>8.2f}{r.p99_ms:>8.2f}"
+            f"{r.cpu_us:>9,.0f}{busy:>8}  {note}")
+
+
+def render(results: list[WrkResult], title: str) -> str:
+    """The one table: saturation per body, then latency at half of meterd's rate."""
+    by = {(r.target, r.body, r.rate > 0): r for r in results}
+    head = (f"{'body':<7}{'target':<20}{'req/s':>9}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
+            f"{'CPU us':>9}{'other':>8}  ")
+    lines = [title, "", "saturation (closed loop, 64 connections)", head + "vs bare",
+             "-" * (len(head) + 18)]
+    for body in ("small", "large"):
+        bare = by.get(("bare proxy", body, False))
+        one = by.get(("meterd", body, False))
+        for name in ("direct to mock", "bare proxy", "meterd", "meterd --workers 2"):
+            r = by.get((name, body, False))
+            if r is None:
+                continue
+            note = ""
+            if name == "meterd" and bare:
+                note = f"{r.rps / bare.rps:.0%}"
+            elif name == "meterd --workers 2" and one:
+                note = f"{r.rps / one.rps:.2f}x one meterd"
+            lines.append(_row(body, name, r, note))
+    if any(r.rate > 0 for r in results):
+        lines += ["", "open loop at half of meterd's saturation rate, 64 connections",
+                  head + "meterd - bare", "-" * (len(head) + 18)]
+        for body in ("small", "large"):
+            bare = by.get(("bare proxy", body, True))
+            for name in ("bare proxy", "meterd"):
+                r = by.get((name, body, True))
+                if r is None:
+                    continue
+                note = ""
+                if name == "meterd" and bare:
+                    note = (f"p50 {r.p50_ms - bare.p50_ms:+.2f} ms, "
+                            f"p99 {r.p99_ms - bare.p99_ms:+.2f} ms")
+                lines.append(_row(body, name, r, note))
+    lines += ["", "CPU us: CPU time of the target's processes per request. other: CPUs' worth "
+              f"of work by processes outside the benchmark during the run ('!' above {BUSY}: "
+              "the machine was busy, numbers are suspect)."]
+    return "\n".join(lines)
+
+
+def verdicts(results: list[WrkResult]) -> list[str]:
+    """The issue's targets, each PASS or MISS, from this run's numbers."""
+    by = {(r.target, r.body, r.rate > 0): r for r in results}
+    out = []
+    for body in ("small", "large"):
+        bare, one = by.get(("bare proxy", body, False)), by.get(("meterd", body, False))
+        if bare and one:
+            ratio = one.rps / bare.rps
+            out.append(f"{'PASS' if ratio >= 0.6 else 'MISS'}  {body}: meterd at {ratio:.0%} "
+                       "of the bare proxy's req/s (target >= 60%)")
+        two = by.get(("meterd --workers 2", body, False))
+        if two and one:
+            ratio = two.rps / one.rps
+            out.append(f"{'PASS' if ratio >= 1.6 else 'MISS'}  {body}: --workers 2 at "
+                       f"{ratio:.2f}x one worker (target >= 1.6x)")
+        hb, hm = by.get(("bare proxy", body, True)), by.get(("meterd", body, True))
+        if hb and hm:
+            d50, d99 = hm.p50_ms - hb.p50_ms, hm.p99_ms - hb.p99_ms
+            ok = d50 <= 1 and d99 <= 5
+            out.append(f"{'PASS' if ok else 'MISS'}  {body}: at half rate meterd's p50 "
+                       f"{d50:+.2f} ms and p99 {d99:+.2f} ms vs bare (targets <= 1 ms, <= 5 ms)")
+    return out
+
+
+def serve(log_level: str) -> int:
+    with stack(log_level) as s:
+        s.workdir.joinpath("small.json").write_bytes(small_body())
+        s.workdir.joinpath("large.json").write_bytes(large_body())
+        s.workdir.joinpath("headers.txt").write_text(
+            "".join(f"{k}: {v}\n" for k, v in HEADERS.items()))
+        print(f"workdir {s.workdir}\nredis  {s.redis_url}\nmock   {s.url(s.mock_port)}\n"
+              f"bare   {s.url(s.bare_port)}\nmeterd {s.url(s.meterd_port)} "
+              f"(pid {s.meterd_pid})\nkey    {s.key}", flush=True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, help="seconds per run (default 10; quick 3)")
+    parser.add_argument("--quick", action="store_true", help="3 s runs, no warm-up runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 s runs of the bare proxy and meterd only (CI)")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--log-level", default="info",
+                        help="meterd's log level (info writes the access log; default info)")
+    parser.add_argument("--serve", action="store_true",
+                        help="start the stack, print its URLs and key, wait for Ctrl-C "
+                             "(for profiling by hand)")
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(args.log_level)
+    duration = args.duration or (1 if args.smoke else 3 if args.quick else 10)
+    warmup = 0 if (args.quick or args.smoke) else 2
+
+    with stack(args.log_level) as s:
+        files = {"small": s.workdir / "small.json", "large": s.workdir / "large.json"}
+        files["small"].write_bytes(small_body())
+        files["large"].write_bytes(large_body())
+        headers_file = s.workdir / "headers.txt"
+        headers_file.write_text("".join(f"{k}: {v}\n" for k, v in HEADERS.items()))
+        b = Bench(s, duration, warmup, files, headers_file)
+        sizes = {name: path.stat().st_size for name, path in files.items()}
+        print(f"bench: {os.cpu_count()} CPUs, {duration} s per run, wrk -t1 -c{CONNECTIONS}, "
+              f"bodies {sizes['small']:,} B and {sizes['large']:,} B", file=sys.stderr)
+
+        for body in ("small", "large"):
+            if not args.smoke:
+                b.saturate("direct to mock", s.mock_port, body, metered=False, key=MOCK_KEY)
+            b.saturate("bare proxy", s.bare_port, body, metered=False)
+            b.saturate("meterd", s.meterd_port, body)
+            if not args.smoke:
+                port = free_port()
+                workers = s.start_meterd(port, workers=2)
+                try:
+                    b.saturate("meterd --workers 2", port, body)
+                finally:
+                    s.stop(workers)
+        if not args.smoke:
+            for body in ("small", "large"):
+                meterd = next(r for r in b.results if r.target == "meterd" and r.body == body)
+                rate = round(meterd.rps / 2)
+                b.run("bare proxy", s.bare_port, body, rate=rate, metered=False)
+                b.run("meterd", s.meterd_port, body, rate=rate)
+
+        total = sum(r.requests for r in b.results if r.events is not None)
+        events = sum(r.events or 0 for r in b.results)
+        title = (f"meterd benchmark: {os.cpu_count()} CPUs, {duration} s per run, "
+                 f"bodies {sizes['small']:,} B / {sizes['large']:,} B, "
+                 "stream: true, mock upstream")
+        print(render(b.results, title))
+        print()
+        for line in verdicts(b.results):
+            print(line)
+        if b.unmetered:
+            print("\nFAILED: not every request was answered and metered:")
+            for line in b.unmetered:
+                print("  " + line)
+        else:
+            print(f"\nmetering: every request through meterd was answered 2xx and metered "
+                  f"({total:,} requests in the table, {events:,} usage events in "
+                  f"{EVENTS}; warm-up runs checked too)")
+        if args.json:
+            args.json.write_bytes(orjson.dumps({
+                "duration": duration, "results": [asdict(r) for r in b.results],
+                "unmetered": b.unmetered}, option=orjson.OPT_INDENT_2))
+    return 1 if b.unmetered else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Anthropic-format endpoints: the Anthropic API, Foundry, Claude Platform on AWS, other gateways.
+
+Requests and answers pass unchanged (the body byte-for-byte), with the client's credential
+replaced by the provider's; `proxy.upstream.AnthropicUpstream` holds the header rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from fractions import Fraction
+
+import orjson
+from multidict import CIMultiDictProxy
+
+from ledger.pricing import ONE, PriceTable, normalise_model_id
+from proxy.providers.base import Outbound, Provider, load_json
+from proxy.upstream import AnthropicUpstream
+
+
+class AnthropicProvider(Provider):
+    """An Anthropic Messages API at `base_url`, with a key sent as x-api-key or Bearer."""
+
+    kind = "anthropic"
+
+    def __init__(self, name: str, base_url: str, key: str, auth: str = "x-api-key",
+                 extra_headers: Mapping[str, str] | None = None,
+                 models: Mapping[str, str] | None = None, multiplier: Fraction = ONE,
+                 prices: PriceTable | None = None) -> None:
+        super().__init__(name, multiplier, prices)
+        self.upstream = AnthropicUpstream(base_url, key, auth, dict(extra_headers or {}))
+        self.models = dict(models or {})  # e.g. a Foundry deployment name per model
+
+    async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
+                       model: str, stream: bool) -> Outbound:
+        return self._outbound(path_qs, headers, body, model)
+
+    async def count_tokens(self, path_qs: str, headers: CIMultiDictProxy[str],
+                           body: bytes, model: str) -> Outbound:
+        return self._outbound(path_qs, headers, body, model)
+
+    def _outbound(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
+                  model: str) -> Outbound:
+        upstream = self.upstream
+        if self.models:
+            mapped = self.models.get(model) or self.models.get(normalise_model_id(model))
+            if mapped and mapped != model:
+                # Only a configured rename re-serializes the body; otherwise it goes unchanged.
+                doc = load_json(body)
+                doc["model"] = mapped
+                body = orjson.dumps(doc)
+        return Outbound(upstream.url(path_qs), upstream.request_headers(headers.items()), body)

@@ -1,0 +1,154 @@
+"""The one interface every provider implements, and the response shape the relay reads.
+
+A provider turns the client's Anthropic-format request into its own (URL, headers, body) and
+its answer back into Anthropic-format bytes. For Anthropic-format endpoints both directions are
+the identity and the body goes on byte-for-byte; Bedrock and Vertex re-serialize the body.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from ledger.pricing import ONE, Cost, PriceTable
+from ledger.usage import Usage
+from proxy.upstream import response_headers
+
+
+class ProviderUnavailable(aiohttp.ClientError):
+    """The provider cannot be called at all (no credential, token refresh failed). A subclass
+    of ClientError so the relay and the router treat it like an unreachable provider."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One request to a provider, ready to send on the shared session."""
+
+    url: str | URL
+    headers: CIMultiDict[str] | dict[str, str]
+    body: bytes
+
+
+class Provider(ABC):
+    """A place Messages requests can be served: its name (recorded on every event it served),
+    the route multiplier and optional price overrides it is priced with."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, multiplier: Fraction = ONE,
+                 prices: PriceTable | None = None) -> None:
+        self.name = name
+        self.multiplier = multiplier
+        self.prices = prices  # None: the gateway's table
+
+    def cost(self, prices: PriceTable, model: str, usage: Usage) -> Cost:
+        """What a request this provider served cost."""
+        return (self.prices or prices).cost(model, usage, self.multiplier)
+
+    @abstractmethod
+    async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
+                       model: str, stream: bool) -> Outbound:
+        """The provider request for a client's `POST /v1/messages`."""
+
+    @abstractmethod
+    async def count_tokens(self, path_qs: str, headers: CIMultiDictProxy[str],
+                           body: bytes, model: str) -> Outbound:
+        """The provider request for `POST /v1/messages/count_tokens`."""
+
+    def respond(self, response: aiohttp.ClientResponse, stream: bool,
+                first: bytes = b"") -> Relayed:
+        """The provider's answer as the client sees it (`first`: bytes already read from it)."""
+        return Relayed(response, replay(first, response))
+
+    async def count_tokens_answer(self, response: aiohttp.ClientResponse,
+                                  payload: bytes) -> tuple[int, bytes]:
+        """Status and Anthropic-format body of a count_tokens answer."""
+        return response.status, payload
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class Relayed:
+    """An upstream response as the client is to see it, with the surface of aiohttp's
+    ClientResponse that the relay reads (status, headers, content_type, content.iter_any(),
+    close(), release())."""
+
+    __slots__ = ("_chunks", "_response", "content", "content_type", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, chunks: AsyncIterator[bytes],
+                 status: int | None = None, headers: CIMultiDict[str] | None = None,
+                 content_type: str | None = None) -> None:
+        self._response = response
+        self._chunks = chunks
+        self.status = response.status if status is None else status
+        self.headers = response_headers(response.headers.items()) if headers is None \
+            else headers
+        self.content_type = response.content_type if content_type is None else content_type
+        self.content = self
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        closer = getattr(self._chunks, "cancel", None)
+        if closer is not None:
+            closer()
+        self._response.close()
+
+    def release(self) -> None:
+        self._response.release()
+
+
+async def replay(first: bytes, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body unchanged, starting with what was already read of it."""
+    if first:
+        yield first
+    async for chunk in response.content.iter_any():
+        yield chunk
+
+
+def envelope(kind: str, message: str) -> bytes:
+    """An Anthropic error body."""
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def error_kind(status: int) -> str:
+    """The Anthropic error type that goes with an HTTP status."""
+    return _KINDS.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+
+
+_KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
+          429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error",
+          529: "overloaded_error"}
+
+
+def merge_betas(header: str | None, body_betas: Any, drop: Iterable[str] = ()) -> list[str]:
+    """Beta values from the `anthropic-beta` header and a body `anthropic_beta` list, in
+    order, without repeats, minus `drop`. An open list: everything else passes."""
+    dropped = set(drop)
+    out: list[str] = []
+    values: list[Any] = list(body_betas) if isinstance(body_betas, list) else []
+    if header:
+        values.extend(header.split(","))
+    for value in values:
+        beta = str(value).strip()
+        if beta and beta not in dropped and beta not in out:
+            out.append(beta)
+    return out
+
+
+def load_json(body: bytes) -> dict[str, Any]:
+    """The request body as a dict; the handler already checked it is a JSON object."""
+    doc = orjson.loads(body)
+    assert isinstance(doc, dict)
+    return doc

@@ -1,0 +1,410 @@
+"""Amazon Bedrock: Messages requests as InvokeModel / InvokeModelWithResponseStream.
+
+The body moves to Bedrock's form (model in the path, `stream` dropped, `anthropic_version`
+and the `anthropic-beta` header's values in the body), the request is signed with SigV4 by
+botocore (or carries a Bedrock API key as Bearer), and the binary event stream that comes
+back is decoded into the Anthropic SSE events it wraps: each `chunk` event's base64 `bytes`
+field holds one Anthropic event's JSON, the last one with `amazon-bedrock-invocationMetrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from fractions import Fraction
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from ledger.pricing import ONE, PriceTable, normalise_model_id
+from proxy.meter import Metered, StreamMeter
+from proxy.providers.base import (
+    Outbound,
+    Provider,
+    ProviderUnavailable,
+    Relayed,
+    envelope,
+    error_kind,
+    load_json,
+    merge_betas,
+    replay,
+)
+from proxy.upstream import response_headers
+
+log = logging.getLogger("meterd.providers")
+
+ANTHROPIC_VERSION = "bedrock-2023-05-31"
+EVENT_STREAM = "application/vnd.amazon.eventstream"
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+# Bare model id -> Bedrock base model id (the route's inference profile prefix, e.g. "us.",
+# is put in front). From Claude Code's own model catalog; configuration extends or overrides.
+DEFAULT_MODELS: Mapping[str, str] = {
+    "claude-3-haiku": "anthropic.claude-3-haiku-20240307-v1:0",
+    "claude-3-5-haiku": "anthropic.claude-3-5-haiku-20241022-v1:0",
+    "claude-3-5-sonnet": "anthropic.claude-3-5-sonnet-20241022-v2:0",
+    "claude-3-7-sonnet": "anthropic.claude-3-7-sonnet-20250219-v1:0",
+    "claude-haiku-4-5": "anthropic.claude-haiku-4-5-20251001-v1:0",
+    "claude-haiku-5-5": "anthropic.claude-haiku-5-5",
+    "claude-sonnet-4": "anthropic.claude-sonnet-4-20250514-v1:0",
+    "claude-sonnet-4-0": "anthropic.claude-sonnet-4-20250514-v1:0",
+    "claude-sonnet-4-5": "anthropic.claude-sonnet-4-5-20250929-v1:0",
+    "claude-sonnet-4-6": "anthropic.claude-sonnet-4-6",
+    "claude-sonnet-5": "anthropic.claude-sonnet-5",
+    "claude-sonnet-5-5": "anthropic.claude-sonnet-5-5",
+    "claude-opus-4": "anthropic.claude-opus-4-20250514-v1:0",
+    "claude-opus-4-0": "anthropic.claude-opus-4-20250514-v1:0",
+    "claude-opus-4-1": "anthropic.claude-opus-4-1-20250805-v1:0",
+    "claude-opus-4-5": "anthropic.claude-opus-4-5-20251101-v1:0",
+    "claude-opus-4-6": "anthropic.claude-opus-4-6-v1",
+    "claude-opus-4-7": "anthropic.claude-opus-4-7",
+    "claude-opus-4-8": "anthropic.claude-opus-4-8",
+    "claude-opus-5": "anthropic.claude-opus-5",
+    "claude-opus-5-5": "anthropic.claude-opus-5-5",
+    "claude-fable-5": "anthropic.claude-fable-5",
+    "claude-fable-5-1": "anthropic.claude-fable-5-1",
+    "claude-fable-5-2": "anthropic.claude-fable-5-2",
+}
+# Beta values Bedrock answers with 400 "invalid beta flag": features of Anthropic's own API
+# (files, MCP connector, OAuth, server-side web tools, environments) and the request-tags beta
+# that Claude Code's own gateway strips for Bedrock and Vertex. Everything else passes: the
+# list is a denylist, and configuration (`drop_betas`) replaces it.
+DEFAULT_DROP_BETAS: tuple[str, ...] = (
+    "oauth-2025-04-20", "files-api-2025-04-14", "mcp-client-2025-04-04",
+    "mcp-servers-2025-12-04", "environments-2025-11-01", "ccr-byoc-2025-07-29",
+    "web-search-2025-03-05", "web-fetch-2025-09-10", "code-execution-2025-08-25",
+    "skills-2025-10-02", "advanced-tool-use-2025-11-20", "prompt-caching-scope-2026-01-05",
+    "request-tags-2026-08-21",
+)
+DEFAULT_DROP_FIELDS: tuple[str, ...] = ("tags",)  # gated by the request-tags beta
+
+# Bedrock's error and stream-exception names -> Anthropic error types.
+_ERROR_KINDS = {
+    "validationexception": "invalid_request_error",
+    "accessdeniedexception": "permission_error",
+    "unrecognizedclientexception": "authentication_error",
+    "resourcenotfoundexception": "not_found_error",
+    "throttlingexception": "rate_limit_error",
+    "servicequotaexceededexception": "rate_limit_error",
+    "serviceunavailableexception": "overloaded_error",
+    "modeltimeoutexception": "timeout_error",
+    "modelnotreadyexception": "overloaded_error",
+    "modelerrorexception": "api_error",
+    "modelstreamerrorexception": "api_error",
+    "internalserverexception": "api_error",
+}
+_SIGNED_AS = {"content-type": "application/json", "accept": "application/json"}
+
+Credentials = Any  # botocore Credentials / RefreshableCredentials
+CredentialSource = Callable[[], Credentials | None]
+
+
+class BedrockProvider(Provider):
+    """Bedrock Runtime in one region, with the organization's AWS credentials."""
+
+    kind = "bedrock"
+
+    def __init__(self, name: str, region: str, credentials: CredentialSource | None = None,
+                 api_key: str = "", base_url: str = "", inference_profile: str = "us",
+                 models: Mapping[str, str] | None = None,
+                 anthropic_version: str = ANTHROPIC_VERSION,
+                 drop_betas: Iterable[str] = DEFAULT_DROP_BETAS,
+                 drop_fields: Iterable[str] = DEFAULT_DROP_FIELDS, ping_interval: float = 5.0,
+                 multiplier: Fraction = ONE, prices: PriceTable | None = None) -> None:
+        super().__init__(name, multiplier, prices)
+        self.region = region
+        self.base_url = (base_url or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
+        self.models = {**DEFAULT_MODELS, **(models or {})}
+        self.prefix = f"{inference_profile}." if inference_profile else ""
+        self.anthropic_version = anthropic_version
+        self.drop_betas = frozenset(drop_betas)
+        self.drop_fields = tuple(drop_fields)
+        self.ping_interval = ping_interval
+        self._source = credentials
+        self._credentials: Credentials | None = None
+        self._resolving: asyncio.Lock | None = None
+        self._bearer = f"Bearer {api_key}" if api_key else ""
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def model_id(self, model: str) -> str:
+        """The Bedrock model id (or inference profile) for a client's model name: a Bedrock id
+        or ARN as given, else the model table's entry (base ids `anthropic.*` get this
+        provider's inference profile prefix, e.g. `us.`), else the name unchanged."""
+        if "anthropic." in model or model.startswith("arn:"):
+            return model
+        mapped = self.models.get(model) or self.models.get(normalise_model_id(model))
+        if mapped is None:
+            return model
+        return self.prefix + mapped if mapped.startswith("anthropic.") else mapped
+
+    def body(self, body: bytes, headers: CIMultiDictProxy[str]) -> tuple[dict[str, Any], bool]:
+        """Bedrock's form of an Anthropic Messages body (model and `stream` out, version and
+        the header's betas in), and whether it streams."""
+        doc = load_json(body)
+        doc.pop("model", None)
+        stream = doc.pop("stream", False) is True
+        doc.setdefault("anthropic_version", self.anthropic_version)
+        betas = merge_betas(headers.get("anthropic-beta"), doc.get("anthropic_beta"),
+                            self.drop_betas)
+        if betas:
+            doc["anthropic_beta"] = betas
+        else:
+            doc.pop("anthropic_beta", None)
+        for name in self.drop_fields:
+            doc.pop(name, None)
+        return doc, stream
+
+    async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
+                       model: str, stream: bool) -> Outbound:
+        doc, stream = self.body(body, headers)
+        action = "invoke-with-response-stream" if stream else "invoke"
+        return await self.signed(self._model_path(self.model_id(model), action), orjson.dumps(doc))
+
+    async def count_tokens(self, path_qs: str, headers: CIMultiDictProxy[str],
+                           body: bytes, model: str) -> Outbound:
+        doc, _ = self.body(body, headers)
+        doc.setdefault("max_tokens", 1)  # InvokeModel's body requires it; counting ignores it
+        wrapped = {"input": {"invokeModel": {"body": base64.b64encode(orjson.dumps(doc)).decode()}}}
+        return await self.signed(self._model_path(self.model_id(model), "count-tokens"),
+                                 orjson.dumps(wrapped))
+
+    async def passthrough(self, model_id: str, action: str, body: bytes) -> Outbound:
+        """A Bedrock-format client's request, body unchanged, signed for this endpoint."""
+        return await self.signed(self._model_path(model_id, action), body)
+
+    def _model_path(self, model_id: str, action: str) -> str:
+        # ":" and "/" (ARNs) are percent-encoded, as botocore does; SigV4 encodes once more.
+        return f"{self.base_url}/model/{quote(model_id, safe='')}/{action}"
+
+    async def signed(self, url: str, body: bytes) -> Outbound:
+        headers = dict(_SIGNED_AS)
+        if self._bearer:
+            headers["authorization"] = self._bearer
+        else:
+            credentials = await self._frozen_credentials()
+            request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+            SigV4Auth(credentials, "bedrock", self.region).add_auth(request)
+            headers = dict(request.headers.items())
+        headers["accept-encoding"] = "identity"  # unsigned: metering reads plain bytes
+        return Outbound(URL(url, encoded=True), headers, body)
+
+    async def _frozen_credentials(self) -> Any:
+        credentials = self._credentials
+        if credentials is None:
+            if self._source is None:
+                raise ProviderUnavailable(f"provider {self.name}: no AWS credentials")
+            if self._resolving is None:
+                self._resolving = asyncio.Lock()
+            async with self._resolving:
+                if self._credentials is None:
+                    # The default chain may ask the instance metadata service: not on the loop.
+                    self._credentials = await asyncio.to_thread(self._source)
+            credentials = self._credentials
+            if credentials is None:
+                log.warning("provider %s: botocore found no AWS credentials", self.name)
+                raise ProviderUnavailable(f"provider {self.name}: no AWS credentials found")
+        refresh = getattr(credentials, "refresh_needed", None)
+        if refresh is not None and refresh():
+            return await asyncio.to_thread(credentials.get_frozen_credentials)
+        return credentials.get_frozen_credentials()
+
+    # -- answers ----------------------------------------------------------------------------
+
+    def respond(self, response: aiohttp.ClientResponse, stream: bool,
+                first: bytes = b"") -> Relayed:
+        if response.status >= 400:
+            headers = _error_headers(response)
+            return Relayed(response, _translated_error(response, first), headers=headers,
+                           content_type="application/json")
+        if response.content_type == EVENT_STREAM:
+            headers = response_headers(response.headers.items())
+            headers.popall("content-type", None)
+            headers["content-type"] = "text/event-stream; charset=utf-8"
+            headers["cache-control"] = "no-cache"
+            _request_id(response, headers)
+            return Relayed(response, EventStreamToSSE(response, first, self.ping_interval),
+                           headers=headers, content_type="text/event-stream")
+        # InvokeModel's body is an Anthropic Messages response already.
+        headers = response_headers(response.headers.items())
+        _request_id(response, headers)
+        return Relayed(response, replay(first, response), headers=headers)
+
+    async def count_tokens_answer(self, response: aiohttp.ClientResponse,
+                                  payload: bytes) -> tuple[int, bytes]:
+        if response.status >= 400:
+            return response.status, _error_body(response, payload)
+        try:
+            count = orjson.loads(payload)["inputTokens"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return 502, envelope("api_error", "Bedrock count-tokens answered without a count")
+        return 200, orjson.dumps({"input_tokens": count})
+
+
+class EventStreamToSSE:
+    """Bedrock's event stream, decoded into the Anthropic SSE events it carries, with a `ping`
+    event whenever the provider stays silent for `interval` seconds (Claude Code gives up on
+    a stream that sends nothing for minutes). An async iterator of bytes."""
+
+    def __init__(self, response: aiohttp.ClientResponse, first: bytes, interval: float) -> None:
+        self._reader = response.content
+        self._buffer = EventStreamBuffer()
+        self._interval = interval if interval > 0 else None
+        self._pending: asyncio.Future[bytes] | None = None
+        self._ready = self._translate(first) if first else b""
+        self._done = False
+
+    def __aiter__(self) -> EventStreamToSSE:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._ready:
+            ready, self._ready = self._ready, b""
+            return ready
+        while not self._done:
+            task = self._pending
+            if task is None:
+                task = self._pending = asyncio.ensure_future(self._reader.readany())
+            done, _ = await asyncio.wait((task,), timeout=self._interval)
+            if not done:
+                return PING
+            self._pending = None
+            chunk = task.result()
+            if not chunk:
+                self._done = True
+                break
+            out = self._translate(chunk)
+            if out:
+                return out
+        raise StopAsyncIteration
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+
+    def _translate(self, chunk: bytes) -> bytes:
+        self._buffer.add_data(chunk)
+        try:
+            return b"".join(frame_sse(message) for message in self._buffer)
+        except ParserError as exc:
+            raise aiohttp.ClientPayloadError(f"corrupt Bedrock event stream: {exc}") from None
+
+
+class EventStreamMeter:
+    """Usage of a Bedrock event stream relayed unchanged: a decoded copy goes through the
+    Anthropic SSE meter. Same surface as StreamMeter (feed, finish)."""
+
+    __slots__ = ("_broken", "_buffer", "_meter")
+
+    def __init__(self) -> None:
+        self._buffer = EventStreamBuffer()
+        self._meter = StreamMeter()
+        self._broken = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self._broken:
+            return
+        self._buffer.add_data(chunk)
+        try:
+            for message in self._buffer:
+                sse = frame_sse(message)
+                if sse:
+                    self._meter.feed(sse)
+        except ParserError:
+            self._broken = True  # the client gets the bytes anyway; bill what was seen
+
+    def finish(self) -> Metered:
+        return self._meter.finish()
+
+
+def frame_sse(message: EventStreamMessage) -> bytes:
+    """One event-stream message as Anthropic SSE bytes ("" for frames that carry none)."""
+    headers = message.headers
+    kind = headers.get(":message-type")
+    if kind == "event":
+        if headers.get(":event-type") != "chunk":
+            return b""
+        try:
+            event = base64.b64decode(orjson.loads(message.payload)["bytes"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return b""
+        return b"event: " + _event_name(event) + b"\ndata: " + event + b"\n\n"
+    if kind == "exception":
+        name = str(headers.get(":exception-type", ""))
+        text = _message(message.payload) or name
+    elif kind == "error":
+        name = str(headers.get(":error-code", ""))
+        text = str(headers.get(":error-message", "")) or name
+    else:
+        return b""
+    body = envelope(_ERROR_KINDS.get(name.lower(), "api_error"), text)
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+def _event_name(event: bytes) -> bytes:
+    if event.startswith(b'{"type":"'):
+        end = event.find(b'"', 9)
+        if end > 9:
+            return event[9:end]
+    try:
+        doc = orjson.loads(event)
+    except orjson.JSONDecodeError:
+        return b"message"
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    return kind.encode() if isinstance(kind, str) else b"message"
+
+
+def _message(payload: bytes) -> str:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload.decode("utf-8", "replace")[:500]
+    if isinstance(doc, dict):
+        text = doc.get("message") or doc.get("Message")
+        if isinstance(text, str):
+            return text
+    return ""
+
+
+def _error_body(response: aiohttp.ClientResponse, payload: bytes) -> bytes:
+    name = response.headers.get("x-amzn-errortype", "").split(":", 1)[0]
+    if not name:
+        try:
+            doc = orjson.loads(payload)
+            name = str(doc.get("__type", "")).rsplit("#", 1)[-1] if isinstance(doc, dict) else ""
+        except orjson.JSONDecodeError:
+            name = ""
+    kind = _ERROR_KINDS.get(name.lower()) or error_kind(response.status)
+    return envelope(kind, _message(payload) or name or f"Bedrock answered {response.status}")
+
+
+async def _translated_error(response: aiohttp.ClientResponse,
+                            first: bytes) -> AsyncIterator[bytes]:
+    payload = first + await response.read()
+    yield _error_body(response, payload)
+
+
+def _error_headers(response: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    headers = response_headers(response.headers.items())
+    headers.popall("content-type", None)
+    headers["content-type"] = "application/json"
+    if response.status in (429, 500, 503):
+        headers.setdefault("x-should-retry", "true")
+    _request_id(response, headers)
+    return headers
+
+
+def _request_id(response: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> None:
+    rid = response.headers.get("x-amzn-requestid")
+    if rid and "request-id" not in headers:
+        headers["request-id"] = rid

@@ -1,0 +1,184 @@
+"""Clients that speak a provider's own format: Claude Code with CLAUDE_CODE_USE_BEDROCK=1 and
+ANTHROPIC_BEDROCK_BASE_URL=<meterd>/bedrock (or CLAUDE_CODE_USE_VERTEX=1 and
+ANTHROPIC_VERTEX_BASE_URL=<meterd>/vertex/v1), with CLAUDE_CODE_SKIP_*_AUTH=1 so it sends its
+gateway key as `Authorization: Bearer` (from ANTHROPIC_AUTH_TOKEN or AWS_BEARER_TOKEN_BEDROCK).
+
+meterd authenticates the key, admits, forwards the body unchanged to a configured provider of
+that kind (signed with the organization's credential), relays the answer unchanged (Bedrock's
+event stream included) and meters a decoded copy of it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from ledger.policy import Principal
+from proxy.errors import ProxyError, UpstreamError
+from proxy.handlers import Relay
+from proxy.providers.base import Outbound, Provider, Relayed
+from proxy.providers.bedrock import EVENT_STREAM, BedrockProvider, EventStreamMeter
+from proxy.providers.routing import first_answer
+from proxy.providers.vertex import VertexProvider
+from proxy.state import STATE, ProxyState
+
+_BEDROCK_ACTIONS = {"invoke": False, "invoke-with-response-stream": True}
+
+
+class EventStreamRelay(Relay):
+    """A relay whose streamed answer is Bedrock's event stream, metered by decoding a copy."""
+
+    stream_type = EVENT_STREAM
+    stream_meter = EventStreamMeter
+
+
+class Passthrough:
+    """The route of a provider-format request: the configured providers of that kind, in
+    route order with the same fallback, each sent the client's body unchanged."""
+
+    def __init__(self, chain: Sequence[Provider],
+                 build: Callable[[Provider], Awaitable[Outbound]]) -> None:
+        self.chain, self.build = chain, build
+
+    async def open(self, relay: Relay, body: bytes) -> Relayed:
+        relay.served, response = await first_answer(
+            relay.state.session, self.chain, self.build, relay.stream, translate=False)
+        return response  # type: ignore[no-any-return]
+
+
+def _chain(state: ProxyState, kind: str, model: str) -> tuple[Provider, ...]:
+    router = state.router
+    chain = router.table.chain_of_kind(kind, model) if router is not None else ()
+    if not chain:
+        raise ProxyError(404, "not_found_error",
+                         f"this gateway has no {kind} provider configured; use "
+                         "ANTHROPIC_BASE_URL instead")
+    return chain
+
+
+def _max_tokens(body: bytes) -> int:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ProxyError(400, "invalid_request_error", "request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ProxyError(400, "invalid_request_error", "request body must be a JSON object")
+    max_tokens = doc.get("max_tokens")
+    return max_tokens if isinstance(max_tokens, int) else 0
+
+
+async def _serve(request: web.Request, state: ProxyState, principal: Principal, body: bytes,
+                 model: str, stream: bool, relay_class: type[Relay], route: Passthrough,
+                 started: datetime, t0: float) -> web.StreamResponse:
+    """Admit, relay and settle, as `proxy.handlers.messages` does for /v1/messages."""
+    request_id = "mreq_" + secrets.token_hex(12)
+    ticket = await state.gate.admit(principal, request_id,
+                                    state.estimate(model, len(body), _max_tokens(body)), started)
+    state.metrics.overhead.observe(time.monotonic() - t0)
+    relay = relay_class(state, request, ticket, model, stream, t0)
+    relay.route = route
+    try:
+        return await relay.run(body)
+    finally:
+        state.background(relay.settle())
+
+
+async def bedrock_invoke(request: web.Request) -> web.StreamResponse:
+    """POST /bedrock/model/{model}/invoke[-with-response-stream]."""
+    state = request.app[STATE]
+    started, t0 = datetime.now(UTC), time.monotonic()
+    principal = state.authenticate(request.headers)
+    stream = _BEDROCK_ACTIONS.get(request.match_info["action"])
+    if stream is None:
+        raise ProxyError(404, "not_found_error", f"not found: POST {request.path}")
+    model = request.match_info["model"]
+    body = await request.read()
+    chain = _chain(state, "bedrock", model)
+    action = request.match_info["action"]
+
+    def build(provider: Provider) -> Awaitable[Outbound]:
+        assert isinstance(provider, BedrockProvider)
+        return provider.passthrough(model, action, body)
+
+    return await _serve(request, state, principal, body, model, stream, EventStreamRelay,
+                        Passthrough(chain, build), started, t0)
+
+
+async def bedrock_count_tokens(request: web.Request) -> web.StreamResponse:
+    """POST /bedrock/model/{model}/count-tokens: forwarded for any valid key, never metered."""
+    state = request.app[STATE]
+    state.authenticate(request.headers)
+    model = request.match_info["model"]
+    body = await request.read()
+
+    def build(provider: Provider) -> Awaitable[Outbound]:
+        assert isinstance(provider, BedrockProvider)
+        return provider.passthrough(model, "count-tokens", body)
+
+    return await _forward(state, _chain(state, "bedrock", model), build)
+
+
+async def bedrock_inference_profiles(request: web.Request) -> web.Response:
+    """GET /bedrock/inference-profiles: Claude Code asks (without a credential) at start;
+    the gateway names none, so it uses the model ids it was configured with."""
+    return web.json_response({"inferenceProfileSummaries": []})
+
+
+async def vertex_predict(request: web.Request) -> web.StreamResponse:
+    """POST /vertex/v1/projects/{p}/locations/{r}/publishers/anthropic/models/{model}:{method}
+    (rawPredict, streamRawPredict, and count-tokens:rawPredict)."""
+    state = request.app[STATE]
+    started, t0 = datetime.now(UTC), time.monotonic()
+    principal = state.authenticate(request.headers)
+    tail = request.match_info["tail"]
+    model, _, method = tail.partition(":")
+    body = await request.read()
+    chain = _chain(state, "vertex", model)
+    headers = request.headers
+
+    def build(provider: Provider) -> Awaitable[Outbound]:
+        assert isinstance(provider, VertexProvider)
+        return provider.passthrough(tail, headers, body)
+
+    if model == "count-tokens":
+        return await _forward(state, chain, build)
+    if method not in ("rawPredict", "streamRawPredict"):
+        raise ProxyError(404, "not_found_error", f"not found: POST {request.path}")
+    try:
+        stream = orjson.loads(body).get("stream") is True
+    except (orjson.JSONDecodeError, AttributeError):
+        raise ProxyError(400, "invalid_request_error", "request body must be a JSON object") \
+            from None
+    return await _serve(request, state, principal, body, model, stream, Relay,
+                        Passthrough(chain, build), started, t0)
+
+
+async def _forward(state: ProxyState, chain: Sequence[Provider],
+                   build: Callable[[Provider], Awaitable[Outbound]]) -> web.Response:
+    """Forward an unmetered request (count-tokens) along the chain; answer it unchanged."""
+    try:
+        _, response = await first_answer(state.session, chain, build, False, translate=False)
+        payload = b"".join([chunk async for chunk in response.iter_any()])
+    except TimeoutError:
+        raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(502, "api_error",
+                            f"upstream unreachable ({type(exc).__name__})") from None
+    response.release()
+    return web.Response(status=response.status, body=payload, headers=response.headers)
+
+
+def setup_provider_routes(app: web.Application) -> None:
+    """The Bedrock- and Vertex-format paths (Claude Code's CLAUDE_CODE_USE_BEDROCK/VERTEX)."""
+    app.router.add_post("/bedrock/model/{model}/count-tokens", bedrock_count_tokens)
+    app.router.add_post("/bedrock/model/{model}/{action}", bedrock_invoke)
+    app.router.add_get("/bedrock/inference-profiles", bedrock_inference_profiles)
+    app.router.add_post(
+        "/vertex/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{tail}",
+        vertex_predict)

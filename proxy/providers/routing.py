@@ -1,0 +1,163 @@
+"""Which provider serves a request: per-model routes, and an ordered fallback.
+
+A route is a model pattern and a list of providers. A request goes to the first provider of
+the first route that matches its model; if that provider cannot be reached, answers 5xx
+(529 included), or breaks off before its first byte, the next one is tried. Nothing has
+reached the client by then, so the client sees one answer, metered once and attributed to
+the provider that gave it. A table is immutable: a reload swaps in a new one, and requests
+in flight keep the providers they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ledger.pricing import normalise_model_id
+from proxy.providers.base import Outbound, Provider, Relayed, replay
+from proxy.upstream import response_headers
+
+log = logging.getLogger("meterd.providers")
+
+_CACHE_LIMIT = 1024  # distinct model strings remembered; clients choose them, so bound it
+
+
+@dataclass(frozen=True)
+class Route:
+    """Requests whose model matches `match` (a glob, e.g. `claude-opus-*`) go to `providers`,
+    in order."""
+
+    match: str
+    providers: tuple[Provider, ...]
+
+    def matches(self, model: str) -> bool:
+        pattern = self.match.lower()
+        lowered = model.lower()
+        return fnmatchcase(lowered, pattern) or fnmatchcase(normalise_model_id(lowered), pattern)
+
+
+class RoutingTable:
+    """The configured providers by name and the routes over them. A model no route matches
+    goes to every provider in the order they were configured."""
+
+    def __init__(self, providers: Mapping[str, Provider], routes: Sequence[Route] = ()) -> None:
+        if not providers:
+            raise ValueError("a routing table needs at least one provider")
+        self.providers = dict(providers)
+        self.routes = tuple(routes)
+        self.default = tuple(self.providers.values())
+        self._chains: dict[str, tuple[Provider, ...]] = {}
+
+    def chain(self, model: str) -> tuple[Provider, ...]:
+        """The providers to try for a model, in order."""
+        chain = self._chains.get(model)
+        if chain is None:
+            chain = next((r.providers for r in self.routes if r.matches(model)), self.default)
+            if len(self._chains) >= _CACHE_LIMIT:
+                self._chains.clear()
+            self._chains[model] = chain
+        return chain
+
+    def chain_of_kind(self, kind: str, model: str) -> tuple[Provider, ...]:
+        """The providers of one kind for a model (Bedrock- or Vertex-format clients): those
+        its route names, else every provider of that kind."""
+        routed = tuple(p for p in self.chain(model) if p.kind == kind)
+        return routed or tuple(p for p in self.default if p.kind == kind)
+
+
+Build = Callable[[Provider], Awaitable[Outbound]]
+
+
+async def first_answer(session: aiohttp.ClientSession, chain: Sequence[Provider], build: Build,
+                       stream: bool, translate: bool = True) -> tuple[Provider, Any]:
+    """Send to each provider of `chain` in turn until one answers; return it and its answer.
+
+    A provider is passed over (unless it is the last) when it cannot be reached, answers 5xx,
+    or answers 2xx but closes before the first byte of the body. The last provider's failure
+    is the caller's: its exception propagates, or its answer is returned as it is.
+    """
+    last = len(chain) - 1
+    for i, provider in enumerate(chain):
+        try:
+            out = await build(provider)
+            response = await session.post(out.url, data=out.body, headers=out.headers)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            if i == last:
+                raise
+            _passed_over(provider, chain[i + 1], type(exc).__name__)
+            continue
+        first = b""
+        if i < last:
+            if response.status >= 500:
+                response.close()
+                _passed_over(provider, chain[i + 1], f"status {response.status}")
+                continue
+            if response.status < 300:
+                try:
+                    first = await response.content.readany()
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    response.close()
+                    _passed_over(provider, chain[i + 1], type(exc).__name__)
+                    continue
+                if not first:
+                    response.close()
+                    _passed_over(provider, chain[i + 1], "empty answer")
+                    continue
+        if not translate:
+            return provider, Relayed(response, replay(first, response))
+        return provider, provider.respond(response, stream, first)
+    raise AssertionError("empty provider chain")
+
+
+def _passed_over(provider: Provider, next_provider: Provider, why: str) -> None:
+    log.warning("provider %s failed before answering (%s); trying %s", provider.name, why,
+                next_provider.name)
+
+
+class Router:
+    """The routing table in force; `open` serves a relay's request through it."""
+
+    def __init__(self, table: RoutingTable) -> None:
+        self.table = table
+
+    async def open(self, relay: Any, body: bytes) -> Relayed:
+        """Send the relay's Messages request to its route; record who served it on the relay
+        (`served`), which prices and attributes the request by that provider."""
+        request, model, stream = relay.request, relay.model, relay.stream
+        path_qs, headers = request.path_qs, request.headers
+
+        def build(provider: Provider) -> Awaitable[Outbound]:
+            return provider.messages(path_qs, headers, body, model, stream)
+
+        relay.served, response = await first_answer(
+            relay.state.session, self.table.chain(model), build, stream)
+        return response  # type: ignore[no-any-return]
+
+    async def count_tokens(self, session: aiohttp.ClientSession, request: web.Request,
+                           body: bytes, model: str) -> web.Response:
+        """Forward a count_tokens request along the model's route (same fallback)."""
+        chain = self.table.chain(model)
+        last = len(chain) - 1
+        for i, provider in enumerate(chain):
+            try:
+                out = await provider.count_tokens(request.path_qs, request.headers, body, model)
+                async with session.post(out.url, data=out.body, headers=out.headers) as upstream:
+                    payload = await upstream.read()
+                    if upstream.status >= 500 and i < last:
+                        _passed_over(provider, chain[i + 1], f"status {upstream.status}")
+                        continue
+                    status, answer = await provider.count_tokens_answer(upstream, payload)
+                    headers = response_headers(upstream.headers.items())
+                    headers["content-type"] = "application/json"
+                    return web.Response(status=status, body=answer, headers=headers)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if i == last:
+                    raise
+                _passed_over(provider, chain[i + 1], type(exc).__name__)
+        raise AssertionError("empty provider chain")

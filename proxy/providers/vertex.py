@@ -1,0 +1,228 @@
+"""Google Vertex AI: Messages requests as `:rawPredict` / `:streamRawPredict`.
+
+The model moves into the path and `anthropic_version` into the body; betas stay in the
+`anthropic-beta` header. Answers are Anthropic JSON and SSE already, so they pass unchanged,
+except Google-format error bodies, which become the Anthropic envelope. The bearer token comes
+from a service account (google-auth), cached until shortly before it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from fractions import Fraction
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ledger.pricing import ONE, PriceTable, normalise_model_id
+from proxy.providers.base import (
+    Outbound,
+    Provider,
+    ProviderUnavailable,
+    Relayed,
+    envelope,
+    error_kind,
+    load_json,
+    merge_betas,
+    replay,
+)
+from proxy.upstream import AnthropicUpstream, response_headers
+
+log = logging.getLogger("meterd.providers")
+
+ANTHROPIC_VERSION = "vertex-2023-10-16"
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+# Bare model id -> Vertex model id, from Claude Code's model catalog; newer models use the
+# bare id. Configuration extends or overrides.
+DEFAULT_MODELS: Mapping[str, str] = {
+    "claude-3-haiku": "claude-3-haiku@20240307",
+    "claude-3-5-haiku": "claude-3-5-haiku@20241022",
+    "claude-3-5-sonnet": "claude-3-5-sonnet-v2@20241022",
+    "claude-3-7-sonnet": "claude-3-7-sonnet@20250219",
+    "claude-haiku-4-5": "claude-haiku-4-5@20251001",
+    "claude-sonnet-4": "claude-sonnet-4@20250514",
+    "claude-sonnet-4-0": "claude-sonnet-4@20250514",
+    "claude-sonnet-4-5": "claude-sonnet-4-5@20250929",
+    "claude-opus-4": "claude-opus-4@20250514",
+    "claude-opus-4-0": "claude-opus-4@20250514",
+    "claude-opus-4-1": "claude-opus-4-1@20250805",
+    "claude-opus-4-5": "claude-opus-4-5@20251101",
+}
+DEFAULT_DROP_BETAS: tuple[str, ...] = ("request-tags-2026-08-21",)
+DEFAULT_DROP_FIELDS: tuple[str, ...] = ("tags",)
+_GOOGLE_KINDS = {
+    "INVALID_ARGUMENT": "invalid_request_error", "FAILED_PRECONDITION": "invalid_request_error",
+    "UNAUTHENTICATED": "authentication_error", "PERMISSION_DENIED": "permission_error",
+    "NOT_FOUND": "not_found_error", "RESOURCE_EXHAUSTED": "rate_limit_error",
+    "UNAVAILABLE": "overloaded_error", "DEADLINE_EXCEEDED": "timeout_error",
+    "INTERNAL": "api_error",
+}
+
+
+class TokenSource:
+    """OAuth access tokens from google-auth credentials (a service account, or the
+    environment's default credentials), made on first use and refreshed when missing or
+    about to expire, in a thread (both may do network I/O), one refresh at a time."""
+
+    def __init__(self, credentials: Callable[[], Any]) -> None:
+        self._make = credentials
+        self.credentials: Any = None
+        self._lock: asyncio.Lock | None = None
+        self._request: Any = None
+
+    async def token(self) -> str:
+        credentials = self.credentials
+        if credentials is None or not credentials.valid:  # near expiry counts as invalid
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self.credentials is None or not self.credentials.valid:
+                    await asyncio.to_thread(self._refresh)
+            credentials = self.credentials
+        return str(credentials.token)
+
+    def _refresh(self) -> None:
+        import google.auth.exceptions
+        import urllib3
+        from google.auth.transport.urllib3 import Request
+
+        if self._request is None:
+            self._request = Request(urllib3.PoolManager())
+        try:
+            if self.credentials is None:
+                self.credentials = self._make()
+            self.credentials.refresh(self._request)
+        except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
+            log.warning("Vertex token refresh failed: %s", exc)
+            raise ProviderUnavailable(f"Vertex token refresh failed: {exc}") from None
+
+
+class StaticToken:
+    """A fixed bearer token (e.g. for a Vertex-format gateway in front of Vertex)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def token(self) -> str:
+        return self._token
+
+
+def default_base_url(region: str) -> str:
+    if region == "global":
+        return "https://aiplatform.googleapis.com/v1"
+    if region in ("us", "eu"):
+        return f"https://aiplatform.{region}.rep.googleapis.com/v1"
+    return f"https://{region}-aiplatform.googleapis.com/v1"
+
+
+class VertexProvider(Provider):
+    """Claude on Vertex AI in one project and region."""
+
+    kind = "vertex"
+
+    def __init__(self, name: str, project: str, tokens: TokenSource | StaticToken,
+                 region: str = "global", base_url: str = "",
+                 models: Mapping[str, str] | None = None,
+                 anthropic_version: str = ANTHROPIC_VERSION,
+                 drop_betas: Iterable[str] = DEFAULT_DROP_BETAS,
+                 drop_fields: Iterable[str] = DEFAULT_DROP_FIELDS,
+                 multiplier: Fraction = ONE, prices: PriceTable | None = None) -> None:
+        super().__init__(name, multiplier, prices)
+        self.project, self.region = project, region
+        self.base_url = (base_url or default_base_url(region)).rstrip("/")
+        self.models = {**DEFAULT_MODELS, **(models or {})}
+        self.anthropic_version = anthropic_version
+        self.drop_betas = frozenset(drop_betas)
+        self.drop_fields = tuple(drop_fields)
+        self.tokens = tokens
+        self._headers = AnthropicUpstream(self.base_url, "")  # the header rules, no key
+        self._models_url = (f"{self.base_url}/projects/{quote(project, safe='')}/locations/"
+                            f"{quote(region, safe='')}/publishers/anthropic/models/")
+
+    def model_id(self, model: str) -> str:
+        """The Vertex model id for a client's model name (ids with `@` pass as given)."""
+        if "@" in model:
+            return model
+        return self.models.get(model) or self.models.get(normalise_model_id(model)) or model
+
+    async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
+                       model: str, stream: bool) -> Outbound:
+        doc = self._body(body)
+        doc.pop("model", None)
+        method = "streamRawPredict" if stream else "rawPredict"
+        url = f"{self._models_url}{quote(self.model_id(model), safe='@')}:{method}"
+        return Outbound(url, await self._request_headers(headers), orjson.dumps(doc))
+
+    async def count_tokens(self, path_qs: str, headers: CIMultiDictProxy[str],
+                           body: bytes, model: str) -> Outbound:
+        doc = self._body(body)
+        doc["model"] = self.model_id(model)
+        url = f"{self._models_url}count-tokens:rawPredict"
+        return Outbound(url, await self._request_headers(headers), orjson.dumps(doc))
+
+    async def passthrough(self, tail: str, headers: CIMultiDictProxy[str],
+                          body: bytes) -> Outbound:
+        """A Vertex-format client's request (`{model}:{method}` after `.../models/`), body
+        unchanged, sent to this provider's project and region."""
+        return Outbound(self._models_url + quote(tail, safe="@:"),
+                        await self._request_headers(headers), body)
+
+    def _body(self, body: bytes) -> dict[str, Any]:
+        doc = load_json(body)
+        doc.setdefault("anthropic_version", self.anthropic_version)
+        for name in self.drop_fields:
+            doc.pop(name, None)
+        return doc
+
+    async def _request_headers(self, incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+        headers = self._headers.request_headers(incoming.items())
+        if self.drop_betas and "anthropic-beta" in headers:
+            betas = merge_betas(headers.popone("anthropic-beta"), None, self.drop_betas)
+            if betas:
+                headers["anthropic-beta"] = ",".join(betas)
+        headers["authorization"] = f"Bearer {await self.tokens.token()}"
+        return headers
+
+    def respond(self, response: aiohttp.ClientResponse, stream: bool,
+                first: bytes = b"") -> Relayed:
+        if response.status < 400:
+            return Relayed(response, replay(first, response))
+        headers = response_headers(response.headers.items())
+        headers.popall("content-type", None)
+        headers["content-type"] = "application/json"
+        return Relayed(response, _translated_error(response, first), headers=headers,
+                       content_type="application/json")
+
+    async def count_tokens_answer(self, response: aiohttp.ClientResponse,
+                                  payload: bytes) -> tuple[int, bytes]:
+        if response.status >= 400:
+            return response.status, error_body(response.status, payload)
+        return response.status, payload
+
+
+def error_body(status: int, payload: bytes) -> bytes:
+    """An Anthropic error envelope for a Vertex error body (unchanged if it is one already)."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return envelope(error_kind(status), payload.decode("utf-8", "replace")[:500]
+                        or f"Vertex answered {status}")
+    if isinstance(doc, dict) and doc.get("type") == "error":
+        return payload
+    if isinstance(doc, list) and doc:
+        doc = doc[0]
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):
+        kind = _GOOGLE_KINDS.get(str(error.get("status", ""))) or error_kind(status)
+        return envelope(kind, str(error.get("message") or f"Vertex answered {status}"))
+    return envelope(error_kind(status), f"Vertex answered {status}")
+
+
+async def _translated_error(response: aiohttp.ClientResponse,
+                            first: bytes) -> AsyncIterator[bytes]:
+    yield error_body(response.status, first + await response.read())

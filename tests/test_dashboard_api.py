@@ -1,0 +1,229 @@
+"""The admin JSON API: admin API keys and their roles, usage reports, Anthropic-shaped spend
+limits (through the real anthropic SDK), and the account commands of the CLI."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from dashboard.commands import add_account_commands
+from ledger.accounts import Accounts
+from meterd.client import call
+from meterd.settings import Settings
+from tests.dashboard_fixtures import *  # noqa: F403
+from tests.dashboard_fixtures import Dashboard
+
+
+async def _team(dash: Dashboard) -> str:
+    await dash.gateway.developer("Ada", "platform")
+    return str((await dash.gateway.admin.db(dash.gateway.admin.catalog.teams))[0]["id"])
+
+
+async def test_rw_key_changes_and_is_audited_under_its_id(dashboard: Dashboard) -> None:
+    key = await dashboard.admin_key("rw", "terraform")
+    async with dashboard.client.post("/admin/api/v1/teams", json={"name": "infra"},
+                                     headers={"Authorization": f"Bearer {key}"}) as r:
+        assert r.status == 201
+        team = await r.json()
+    admin = dashboard.gateway.admin
+    row = (await admin.db(admin.catalog.audit))[0]
+    key_id = (await admin.db(Accounts(admin.catalog).admin_keys))[0]["id"]
+    assert (row["action"], row["target"], row["actor"]) == (
+        "team.create", team["id"], f"api-key:{key_id}")
+
+
+async def test_ro_key_reads_but_cannot_change(dashboard: Dashboard) -> None:
+    key = {"x-api-key": await dashboard.admin_key("ro")}
+    async with dashboard.client.get("/admin/api/v1/teams", headers=key) as r:
+        assert r.status == 200
+    async with dashboard.client.post("/admin/api/v1/teams", json={"name": "x"},
+                                     headers=key) as r:
+        assert r.status == 403
+        assert (await r.json())["error"]["type"] == "permission_error"
+
+
+async def test_unknown_or_revoked_admin_key_is_401(dashboard: Dashboard) -> None:
+    key = await dashboard.admin_key("rw")
+    admin = dashboard.gateway.admin
+    accounts = Accounts(admin.catalog)
+    for bad in ("mtda_nope", "mtd_a-gateway-key-is-not-an-admin-key"):
+        async with dashboard.client.get("/admin/api/v1/teams",
+                                        headers={"Authorization": f"Bearer {bad}"}) as r:
+            assert r.status == 401
+    key_id = (await admin.db(accounts.admin_keys))[0]["id"]
+    await admin.db(accounts.revoke_admin_key, key_id)
+    async with dashboard.client.get("/admin/api/v1/teams", headers={"x-api-key": key}) as r:
+        assert r.status == 401
+        assert (await r.json())["error"]["type"] == "authentication_error"
+
+
+async def test_budgets_accept_the_admin_api_spend_limit_shape(dashboard: Dashboard) -> None:
+    team = await _team(dashboard)
+    key = {"x-api-key": await dashboard.admin_key("rw")}
+    async with dashboard.client.post("/admin/api/v1/budgets", headers=key, json={
+            "scope": {"type": "user", "user_id": "ada@example.com"}, "amount": "2550",
+            "period": "daily"}) as r:
+        assert r.status == 201
+        row = await r.json()
+    assert (row["scope"], row["period"], row["amount_micros"]) == ("developer", "daily",
+                                                                   25_500_000)
+    async with dashboard.client.post("/admin/api/v1/budgets", headers=key, json={
+            "scope": {"type": "workspace", "workspace_id": "platform"}, "amount": "50000",
+            "period": "monthly"}) as r:
+        row = await r.json()
+    assert (row["scope"], row["scope_id"], row["amount_micros"]) == ("team", team,
+                                                                     500_000_000)
+    async with dashboard.client.post("/admin/api/v1/budgets", headers=key, json={
+            "scope": {"type": "user", "user_id": "ada@example.com"}, "amount": "12.50"}) as r:
+        assert r.status == 400  # whole cents only
+
+
+async def test_anthropic_sdk_manages_spend_limits(dashboard: Dashboard) -> None:
+    team = await _team(dashboard)
+    client = anthropic.AsyncAnthropic(api_key=await dashboard.admin_key("rw"),
+                                      base_url=dashboard.gateway.url + "/admin/api",
+                                      max_retries=0)
+    limits = client.beta.organization.spend_limits
+    async with client:
+        made = await limits.set(amount="50000", period="monthly",
+                                scope={"type": "workspace", "workspace_id": team})
+        assert (made.amount, made.period, made.currency) == ("50000", "monthly", "USD")
+        assert made.scope.type == "workspace"
+        assert getattr(made.scope, "workspace_id", None) == team
+        await limits.set(amount="1000", period="daily", scope={"type": "organization"})
+        listed = [s async for s in limits.list()]
+        assert {(s.scope.type, s.amount) for s in listed} == {("workspace", "50000"),
+                                                              ("organization", "1000")}
+        again = await limits.retrieve(made.id)
+        assert again.id == made.id and again.amount == "50000"
+        await limits.set(amount="60000", period="monthly",
+                         scope={"type": "workspace", "workspace_id": team})
+        assert (await limits.retrieve(made.id)).amount == "60000"  # upsert keeps the id
+        gone = await limits.delete(made.id)
+        assert (gone.id, gone.type) == (made.id, "spend_limit_deleted")
+        cleared = await limits.set(amount=None, period="daily", scope={"type": "organization"})
+        assert cleared.amount is None
+    admin = dashboard.gateway.admin
+    assert await admin.db(admin.catalog.budgets) == []
+    actions = [r["action"] for r in await admin.db(admin.catalog.audit)]
+    assert actions[:5] == ["budget.delete", "budget.delete", "budget.set", "budget.set",
+                           "budget.set"]
+
+
+async def test_spend_limit_budget_is_enforced_by_the_proxy(dashboard: Dashboard) -> None:
+    team = await _team(dashboard)
+    key = await dashboard.gateway.developer("Bob", "platform")
+    async with dashboard.client.post(
+            "/admin/api/v1/organizations/spend_limits",
+            headers={"x-api-key": await dashboard.admin_key("rw")},
+            json={"scope": {"type": "workspace", "workspace_id": team}, "amount": "0",
+                  "period": "daily"}) as r:
+        assert r.status == 200
+    await dashboard.gateway.proxy.refresh_policy()
+    async with dashboard.client.post("/v1/messages", headers={"x-api-key": key}, json={
+            "model": "claude-sonnet-4-6", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]}) as r:
+        assert r.status == 429
+        assert (await r.json())["error"]["type"] == "billing_error"
+
+
+async def test_usage_reports_after_a_rollup(dashboard: Dashboard) -> None:
+    key = await dashboard.gateway.developer("Ada", "platform")
+    for _ in range(3):
+        async with dashboard.client.post("/v1/messages", headers={"x-api-key": key}, json={
+                "model": "claude-sonnet-4-6", "max_tokens": 10,
+                "messages": [{"role": "user", "content": "hi"}]}) as r:
+            assert r.status == 200
+    events = await dashboard.gateway.settled(3)
+    await dashboard.roll_up()
+    cost = sum(int(e["cost_micros"]) for e in events)
+    headers = {"x-api-key": await dashboard.admin_key("ro")}
+    async with dashboard.client.get("/admin/api/v1/usage/totals", headers=headers) as r:
+        totals = await r.json()
+    assert (totals["requests"], totals["cost_micros"]) == (3, cost)
+    async with dashboard.client.get("/admin/api/v1/usage?dimension=developer&grain=month",
+                                    headers=headers) as r:
+        rows = (await r.json())["data"]
+    assert [(row["label"], row["cost_micros"]) for row in rows] == [("Ada", cost)]
+    async with dashboard.client.get("/admin/api/v1/usage?format=csv", headers=headers) as r:
+        assert r.content_type == "text/csv"
+        assert (await r.text()).splitlines()[0].startswith("period,key,label,requests")
+    async with dashboard.client.get("/admin/api/v1/requests?limit=2", headers=headers) as r:
+        page = await r.json()
+    assert (page["total"], len(page["data"])) == (3, 2)
+    async with dashboard.client.get("/admin/api/v1/usage/top", headers=headers) as r:
+        assert (await r.json())["data"][0]["label"] == "Ada"
+
+
+async def test_first_admin_created_over_the_cli_socket_can_sign_in(
+        make_settings: Callable[..., Settings], start_dashboard: Any) -> None:
+    settings = make_settings()
+    result = await call(settings, "POST", "users", {"name": "root", "role": "admin",
+                                                    "password": "a strong first password"})
+    assert result == {"name": "root", "role": "admin", "disabled": False}
+    # The same data directory, now served: the account signs in.
+    dash = await start_dashboard()
+    browser = dash.browser()
+    assert await browser.sign_in("root", "a strong first password") == 303
+    audit = await dash.gateway.admin.db(dash.gateway.admin.catalog.audit)
+    assert (audit[0]["action"], audit[0]["actor"]) == ("user.create", "cli")
+
+
+def _parser(calls: list[tuple[str, str, Any]]) -> argparse.ArgumentParser:
+    """The account commands on a parser shaped like meterd's, with a manage() that records."""
+    parser = argparse.ArgumentParser(prog="meterd")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], None], help: str,
+            parent: Any = sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    def manage(method: str, path: str, body: Callable[[argparse.Namespace], Any] | None = None,
+               show: Callable[[Any], None] | None = None) -> Callable[[argparse.Namespace], None]:
+        def run(args: argparse.Namespace) -> None:
+            calls.append((method, path.format(**vars(args)), body(args) if body else None))
+        return run
+
+    add_account_commands(sub, add, manage)
+    return parser
+
+
+def test_cli_user_create_reads_the_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("from a file, long enough\n")
+    calls: list[tuple[str, str, Any]] = []
+    args = _parser(calls).parse_args(["user", "create", "alice", "--role", "admin",
+                                      "--password-file", str(secret)])
+    args.fn(args)
+    assert calls == [("POST", "users", {"name": "alice", "role": "admin",
+                                        "password": "from a file, long enough"})]
+
+
+def test_cli_refuses_a_short_password(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("short")
+    calls: list[tuple[str, str, Any]] = []
+    args = _parser(calls).parse_args(["user", "create", "bob", "--role", "finance",
+                                      "--password-file", str(secret)])
+    with pytest.raises(SystemExit, match="at least 12"):
+        args.fn(args)
+
+
+def test_cli_admin_key_commands(tmp_path: Path) -> None:
+    calls: list[tuple[str, str, Any]] = []
+    parser = _parser(calls)
+    for argv in (["admin-key", "create", "--role", "ro", "--label", "exports"],
+                 ["admin-key", "revoke", "akey_1"], ["admin-key", "list"]):
+        args = parser.parse_args(argv)
+        args.fn(args)
+    assert calls == [("POST", "admin_keys", {"role": "ro", "label": "exports"}),
+                     ("POST", "admin_keys/akey_1/revoke", None), ("GET", "admin_keys", None)]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["admin-key", "create", "--role", "owner"])

@@ -1,0 +1,239 @@
+"""The route table: every route of the admin app, called by every role, gets the status it
+should; finance (and everyone but an admin) changes nothing.
+
+The expectations are written out here, not derived from the handlers' @allow declarations, so
+a handler that declares the wrong roles fails this test. A route added to the app without a row
+here fails it too.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from dashboard.routes import API_ROUTES, PAGE_ROUTES
+from ledger.accounts import Accounts, hash_password
+from ledger.money import parse_usd
+from tests.dashboard_fixtures import *  # noqa: F403
+from tests.dashboard_fixtures import Browser, Dashboard
+
+ROLES = ("anonymous", "developer", "finance", "admin")
+TOMORROW = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+
+
+def read(admin: int = 200, finance: int = 200) -> dict[str, int]:
+    """A page anyone on staff may read: anonymous goes to sign in, a developer is refused."""
+    return {"anonymous": 303, "developer": 403, "finance": finance, "admin": admin}
+
+
+def change(admin: int = 303) -> dict[str, int]:
+    """A form only an admin may submit."""
+    return {"anonymous": 303, "developer": 403, "finance": 403, "admin": admin}
+
+
+def api_read() -> dict[str, int]:
+    return {"anonymous": 401, "developer": 401, "finance": 200, "admin": 200}
+
+
+def api_change(admin: int = 200) -> dict[str, int]:
+    return {"anonymous": 401, "developer": 401, "finance": 403, "admin": admin}
+
+
+EVERYONE_SIGNIN = {"anonymous": 200, "developer": 303, "finance": 303, "admin": 303}
+ROLLOUT = {"anonymous": 303, "developer": 200, "finance": 200, "admin": 200}
+SELF = {"anonymous": 303, "developer": 200, "finance": 403, "admin": 403}
+
+# route name → (path with {ids} from the seed, form or JSON body, expected status per role)
+PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
+    "overview": ("/", None, read()),
+    "signin": ("/signin", None, EVERYONE_SIGNIN),
+    "signin_account": ("/signin", {"name": "nobody-{role}", "password": "not the password"},
+                       dict.fromkeys(ROLES, 401)),
+    "signin_key": ("/signin/key", {"key": "mtd_not-a-key"}, dict.fromkeys(ROLES, 401)),
+    "me": ("/me", None, SELF),
+    "teams": ("/teams", None, read()),
+    "create_team": ("/teams", {"name": "made-by-admin"}, change()),
+    "team": ("/teams/{team}", None, read()),
+    "set_team_budget": ("/teams/{team}/budget",
+                        {"scope": "team", "period": "monthly", "amount": "500"}, change()),
+    "set_team_limits": ("/teams/{team}/limits", {"rpm": "60"}, change()),
+    "set_org_budget": ("/org/budget", {"period": "monthly", "amount": "10000"}, change()),
+    "delete_budget": ("/budgets/{budget_html}/delete", {}, change()),
+    "developers": ("/developers", None, read()),
+    "create_developer": ("/developers", {"name": "New Dev", "email": "new.dev@example.com",
+                                         "team": "{team}"}, change()),
+    "developer": ("/developers/{dev}", None, read()),
+    "issue_key": ("/developers/{dev}/keys", {"expires": ""}, change(201)),
+    "set_developer_budget": ("/developers/{dev}/budget", {"amount": "50"}, change()),
+    "set_developer_limits": ("/developers/{dev}/limits", {"concurrency": "3"}, change()),
+    "revoke_key": ("/keys/{key_html}/revoke", {}, change()),
+    "expire_key": ("/keys/{key_expire}/expire", {"expires": TOMORROW}, change()),
+    "requests": ("/requests", None, read()),
+    "reports": ("/reports", None, read()),
+    "reports_csv": ("/reports.csv", None, read()),
+    "reports_parquet": ("/reports.parquet", None, read()),
+    "rollout": ("/rollout", None, ROLLOUT),
+    "managed_settings": ("/rollout/managed-settings.json", None, ROLLOUT),
+    "settings": ("/settings", None, read()),
+    "audit": ("/audit", None, read()),
+    "access": ("/access", None, read()),
+    "create_user": ("/access/users", {"name": "new-finance", "role": "finance",
+                                      "password": "a long enough password"}, change()),
+    "reset_password": ("/access/users/victim1/password", {}, change(200)),
+    "set_user_disabled": ("/access/users/victim2/disabled", {"disabled": "1"}, change()),
+    "create_admin_key": ("/access/keys", {"role": "ro", "label": "made in the browser"},
+                         change(201)),
+    "revoke_admin_key": ("/access/keys/{admin_key_html}/revoke", {}, change()),
+    "signout": ("/signout", {}, dict.fromkeys(ROLES, 303)),
+}
+
+V1 = "/api/v1"
+APIS: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
+    "api.teams": (f"{V1}/teams", None, api_read()),
+    "api.create_team": (f"{V1}/teams", {"name": "made-by-api"}, api_change(201)),
+    "api.developers": (f"{V1}/developers", None, api_read()),
+    "api.create_developer": (f"{V1}/developers", {"name": "API Dev", "email": "api.dev@example.com",
+                                                   "team": "{team}"}, api_change(201)),
+    "api.keys": (f"{V1}/keys", None, api_read()),
+    "api.issue_key": (f"{V1}/keys", {"developer": "{dev}"}, api_change(201)),
+    "api.revoke_key": (f"{V1}/keys/{{key_api}}/revoke", {}, api_change()),
+    "api.expire_key": (f"{V1}/keys/{{key_expire}}/expire", {"expires_at": TOMORROW},
+                       api_change()),
+    "api.budgets": (f"{V1}/budgets", None, api_read()),
+    "api.set_budget": (f"{V1}/budgets", {"scope": "developer", "target": "{dev}",
+                                         "period": "weekly", "amount_usd": "20"},
+                       api_change(201)),
+    "api.delete_budget": (f"{V1}/budgets/{{budget_api}}", None, api_change()),
+    "api.rate_limits": (f"{V1}/rate_limits", None, api_read()),
+    "api.set_limits": (f"{V1}/rate_limits", {"scope": "team", "target": "{team}", "rpm": 100},
+                       api_change()),
+    "api.audit": (f"{V1}/audit", None, api_read()),
+    "api.users": (f"{V1}/users", None, api_read()),
+    "api.create_user": (f"{V1}/users", {"name": "api-finance", "role": "finance",
+                                        "password": "another long password"}, api_change(201)),
+    "api.set_password": (f"{V1}/users/victim3/password",
+                         {"password": "a brand new password"}, api_change()),
+    "api.disable_user": (f"{V1}/users/victim4/disable", {}, api_change()),
+    "api.enable_user": (f"{V1}/users/victim5/enable", {}, api_change()),
+    "api.admin_keys": (f"{V1}/admin_keys", None, api_read()),
+    "api.issue_admin_key": (f"{V1}/admin_keys", {"role": "ro"}, api_change(201)),
+    "api.revoke_admin_key": (f"{V1}/admin_keys/{{admin_key_api}}/revoke", {}, api_change()),
+    "api.usage": (f"{V1}/usage", None, api_read()),
+    "api.usage_totals": (f"{V1}/usage/totals", None, api_read()),
+    "api.usage_top": (f"{V1}/usage/top", None, api_read()),
+    "api.usage_cache": (f"{V1}/usage/cache", None, api_read()),
+    "api.usage_forecast": (f"{V1}/usage/forecast", None, api_read()),
+    "api.requests": (f"{V1}/requests", None, api_read()),
+    "api.spend_limits": (f"{V1}/organizations/spend_limits", None, api_read()),
+    "api.set_spend_limit": (f"{V1}/organizations/spend_limits", {
+        "scope": {"type": "workspace", "workspace_id": "{team}"}, "amount": "12345",
+        "period": "weekly"}, api_change()),
+    "api.spend_limit": (f"{V1}/organizations/spend_limits/{{budget_read}}", None, api_read()),
+    "api.delete_spend_limit": (f"{V1}/organizations/spend_limits/{{budget_limit}}", None,
+                               api_change()),
+}
+
+
+async def _seed(dash: Dashboard) -> dict[str, str]:
+    """Something for every route to act on; each destructive route gets its own target."""
+    gw = dash.gateway
+    catalog, accounts = gw.admin.catalog, Accounts(gw.admin.catalog)
+    await gw.developer("Route Victim", "platform")
+    team = (await gw.admin.db(catalog.teams))[0]["id"]
+    dev = next(d["id"] for d in await gw.admin.db(catalog.developers) if d["name"] ==
+               "Route Victim")
+    ids = {"team": team, "dev": dev}
+    for name in ("key_html", "key_api", "key_expire"):
+        ids[name] = (await gw.admin.db(catalog.issue_key, dev)).id
+    for name, (scope, ref, period) in {
+            "budget_html": ("team", team, "monthly"), "budget_api": ("team", team, "weekly"),
+            "budget_limit": ("team", team, "daily"),
+            "budget_read": ("developer", dev, "monthly")}.items():
+        ids[name] = (await gw.admin.db(catalog.set_budget, scope, ref, period,
+                                       parse_usd("100")))["id"]
+    for n in range(1, 6):
+        await gw.admin.db(accounts.create_user, f"victim{n}", "", "finance",
+                          password_hash=hash_password("victim's password"))
+    for name in ("admin_key_html", "admin_key_api"):
+        row, _ = await gw.admin.db(accounts.issue_admin_key, "ro", name)
+        ids[name] = row["id"]
+    await gw.admin.publish()
+    return ids
+
+
+def _fill(value: Any, ids: dict[str, str], role: str) -> Any:
+    if isinstance(value, str):
+        return value.format(role=role, **ids)
+    if isinstance(value, dict):
+        return {k: _fill(v, ids, role) for k, v in value.items()}
+    return value
+
+
+async def _snapshot(dash: Dashboard) -> tuple[Any, ...]:
+    """Everything an admin can change (and the audit trail of it)."""
+    admin = dash.gateway.admin
+    catalog, accounts = admin.catalog, Accounts(admin.catalog)
+    return tuple([await admin.db(fn) for fn in (
+        catalog.teams, catalog.developers, catalog.keys, catalog.budgets, catalog.rate_limits,
+        accounts.users, accounts.admin_keys, lambda: catalog.audit(10_000))])
+
+
+def test_every_route_has_a_row_in_this_table() -> None:
+    named = {name for _, _, _, name in PAGE_ROUTES + API_ROUTES}
+    assert named == set(PAGES) | set(APIS)
+
+
+async def _call_page(browser: Browser, method: str, path: str, body: Any) -> tuple[int, Any]:
+    if method == "GET":
+        status, _ = await browser.get("/admin" + path)
+        return status, None
+    status, _, headers = await browser.post("/admin" + path, body)
+    return status, headers
+
+
+async def test_every_route_gives_each_role_the_expected_status(dashboard: Dashboard) -> None:
+    ids = await _seed(dashboard)
+    browsers = {role: await dashboard.signed_in(role) for role in ROLES}
+    dev_key = await dashboard.gateway.developer("Key Holder", "platform")
+    api_headers = {"anonymous": {}, "developer": {"Authorization": f"Bearer {dev_key}"},
+                   "finance": {"x-api-key": await dashboard.admin_key("ro")},
+                   "admin": {"Authorization": f"Bearer {await dashboard.admin_key('rw')}"}}
+    methods = {name: method for method, _, _, name in PAGE_ROUTES + API_ROUTES}
+    got: dict[tuple[str, str], int] = {}
+    before = await _snapshot(dashboard)
+
+    async def run(role: str) -> None:
+        for name, (path, body, _) in PAGES.items():
+            if name == "signout":
+                continue  # last, or the role's session would end here
+            got[(name, role)], _ = await _call_page(browsers[role], methods[name],
+                                                    _fill(path, ids, role),
+                                                    _fill(body, ids, role))
+        for name, (path, body, _) in APIS.items():
+            async with dashboard.client.request(
+                    methods[name], "/admin" + _fill(path, ids, role),
+                    json=_fill(body, ids, role) if body is not None else None,
+                    headers=api_headers[role]) as r:
+                got[(name, role)] = r.status
+
+    for role in ("anonymous", "developer", "finance"):
+        await run(role)
+    # Nobody but an admin changed anything: not the catalog, not the accounts, not the audit.
+    assert await _snapshot(dashboard) == before
+    await run("admin")
+    for role in ROLES:
+        got[("signout", role)], _ = await _call_page(browsers[role], "POST", "/signout", {})
+
+    expected = {(name, role): want[role] for table in (PAGES, APIS)
+                for name, (_, _, want) in table.items() for role in ROLES}
+    wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+    assert not wrong, f"(route, role): (got, expected): {wrong}"
+
+
+@pytest.mark.parametrize("role", ["anonymous", "developer", "finance", "admin"])
+async def test_static_files_are_public(dashboard: Dashboard, role: str) -> None:
+    browser = await dashboard.signed_in(role)
+    status, text = await browser.get("/admin/static/app.css")
+    assert status == 200 and ":root" in text

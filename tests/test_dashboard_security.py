@@ -1,0 +1,211 @@
+"""Sign-in, sessions, CSRF and escaping on the dashboard."""
+
+from __future__ import annotations
+
+from http.cookies import SimpleCookie
+
+from dashboard import sessions
+from tests.dashboard_fixtures import *  # noqa: F403
+from tests.dashboard_fixtures import PASSWORDS, Dashboard, one, parse
+
+XSS = "<script>alert(1)</script>"
+
+
+async def _audit_rows(dash: Dashboard) -> int:
+    admin = dash.gateway.admin
+    return len(await admin.db(admin.catalog.audit, 10_000))
+
+
+async def test_post_without_csrf_token_is_refused_and_changes_nothing(
+        dashboard: Dashboard) -> None:
+    admin = await dashboard.signed_in("admin")
+    before = await _audit_rows(dashboard)
+    status, text, _ = await admin.post("/admin/teams", {"name": "sneaky"}, csrf=False)
+    assert status == 403
+    assert "expired" in one(parse(text), "main").get_text()
+    status, _, _ = await admin.post("/admin/teams", {"name": "sneaky", "csrf": "forged"})
+    assert status == 403
+    assert await _audit_rows(dashboard) == before
+    teams = await dashboard.gateway.admin.db(dashboard.gateway.admin.catalog.teams)
+    assert "sneaky" not in {t["name"] for t in teams}
+
+
+async def test_csrf_token_of_another_session_is_refused(dashboard: Dashboard) -> None:
+    admin = await dashboard.signed_in("admin")
+    other = await dashboard.signed_in("admin")
+    status, _, _ = await admin.post("/admin/teams", {"name": "cross", "csrf": other.csrf})
+    assert status == 403
+    status, _, _ = await admin.post("/admin/teams", {"name": "same"})
+    assert status == 303
+
+
+async def test_csrf_header_is_accepted_for_scripts(dashboard: Dashboard) -> None:
+    admin = await dashboard.signed_in("admin")
+    status, _, _ = await admin.post("/admin/teams", {"name": "scripted"}, csrf=False,
+                                    headers={"X-CSRF-Token": admin.csrf})
+    assert status == 303
+
+
+async def test_developer_name_with_html_shows_as_text(dashboard: Dashboard) -> None:
+    admin = await dashboard.signed_in("admin")
+    await dashboard.gateway.developer("Someone", "platform")  # the team
+    team = (await dashboard.gateway.admin.db(dashboard.gateway.admin.catalog.teams))[0]["id"]
+    status, _, headers = await admin.post("/admin/developers", {
+        "name": XSS, "email": "xss@example.com", "team": team})
+    assert status == 303
+    page = await admin.page(headers["Location"])
+    assert one(page, "#developer-name").get_text(strip=True) == XSS
+    # The one-time message naming it ("Developer <script>… created") is text as well.
+    assert XSS in one(page, ".flash").get_text()
+    for path in ("/admin/developers", "/admin/teams/" + team, "/admin/audit"):
+        page = await admin.page(path)
+        scripts = [s for s in page.find_all("script") if "alert" in (s.string or "")]
+        assert not scripts, path
+        assert XSS in page.get_text(), path
+
+
+async def test_session_cookie_is_httponly_samesite_signed_and_scoped(
+        dashboard: Dashboard) -> None:
+    browser = dashboard.browser()
+    await browser.get("/admin/signin")
+    await dashboard.account("boss", "admin")
+    async with browser.session.post("/admin/signin", data={
+            "name": "boss", "password": PASSWORDS["admin"], "csrf": browser.csrf},
+            allow_redirects=False) as r:
+        assert r.status == 303
+        raw = [v for k, v in r.headers.items() if k.lower() == "set-cookie"
+               and v.startswith(sessions.COOKIE)]
+    assert raw
+    cookie = SimpleCookie(raw[0])[sessions.COOKIE]
+    assert cookie["httponly"] is True
+    assert cookie["samesite"].lower() == "lax"
+    assert cookie["path"] == "/admin/"
+    # The value alone is the session; tampering with it makes it worthless.
+    jar, where = browser.session.cookie_jar, dashboard.client.make_url("/admin/")
+    jar.clear()
+    jar.update_cookies({sessions.COOKIE: cookie.value}, where)
+    assert (await browser.get("/admin/teams"))[0] == 200
+    forged = cookie.value[:-3] + ("AAA" if not cookie.value.endswith("AAA") else "BBB")
+    jar.clear()
+    jar.update_cookies({sessions.COOKIE: forged}, where)
+    assert (await browser.get("/admin/teams"))[0] == 303
+
+
+async def test_anonymous_is_sent_to_sign_in_and_back(dashboard: Dashboard) -> None:
+    browser = dashboard.browser()
+    async with browser.session.get("/admin/teams?x=1", allow_redirects=False) as r:
+        assert r.status == 303
+        assert r.headers["Location"] == "/admin/signin?next=/admin/teams?x%3D1"
+    await browser.get(r.headers["Location"])
+    await dashboard.account("boss", "admin")
+    status, _, headers = await browser.post("/admin/signin", {
+        "name": "boss", "password": PASSWORDS["admin"], "next": "/admin/teams?x=1"})
+    assert (status, headers["Location"]) == (303, "/admin/teams?x=1")
+
+
+async def test_next_cannot_leave_the_dashboard(dashboard: Dashboard) -> None:
+    browser = dashboard.browser()
+    await browser.get("/admin/signin")
+    await dashboard.account("boss", "admin")
+    status, _, headers = await browser.post("/admin/signin", {
+        "name": "boss", "password": PASSWORDS["admin"], "next": "//evil.example.com/admin/"})
+    assert (status, headers["Location"]) == (303, "/admin/")
+
+
+async def test_wrong_password_is_refused(dashboard: Dashboard) -> None:
+    await dashboard.account("boss", "admin")
+    browser = dashboard.browser()
+    await browser.get("/admin/signin")
+    status, text, _ = await browser.post("/admin/signin", {"name": "boss",
+                                                           "password": "wrong password"})
+    assert status == 401
+    assert "Wrong account name or password" in parse(text).get_text()
+    assert (await browser.get("/admin/"))[0] == 303
+
+
+async def test_sign_in_attempts_are_rate_limited(dashboard: Dashboard) -> None:
+    await dashboard.account("boss", "admin")
+    browser = dashboard.browser()
+    await browser.get("/admin/signin")
+    statuses = []
+    for _ in range(6):
+        status, _, _ = await browser.post("/admin/signin", {"name": "boss",
+                                                            "password": "guess guess guess"})
+        statuses.append(status)
+    assert statuses == [401] * 5 + [429]
+    # Locked out: even the right password waits for the window to end.
+    status, text, _ = await browser.post("/admin/signin", {"name": "boss",
+                                                           "password": PASSWORDS["admin"]})
+    assert status == 429
+    assert "Too many sign-in attempts" in parse(text).get_text()
+
+
+async def test_password_change_ends_existing_sessions(dashboard: Dashboard) -> None:
+    admin = await dashboard.signed_in("admin")
+    status, _ = await admin.get("/admin/teams")
+    assert status == 200
+    accounts = dashboard.gateway.admin
+    from ledger.accounts import Accounts, hash_password
+
+    name = next(u["name"] for u in await accounts.db(Accounts(accounts.catalog).users))
+    await accounts.db(Accounts(accounts.catalog).set_password, name,
+                      hash_password("the new password here"))
+    assert (await admin.get("/admin/teams"))[0] == 303
+
+
+async def test_disabled_account_loses_its_session(dashboard: Dashboard) -> None:
+    finance = await dashboard.signed_in("finance")
+    admin = await dashboard.signed_in("admin")
+    users = await admin.page("/admin/access")
+    name = next(td.get_text(strip=True) for td in users.select("#users tbody td:first-child")
+                if td.get_text(strip=True).startswith("finance"))
+    status, _, _ = await admin.post(f"/admin/access/users/{name}/disabled", {"disabled": "1"})
+    assert status == 303
+    assert (await finance.get("/admin/"))[0] == 303
+
+
+async def test_developer_signs_in_with_key_and_sees_only_their_own(
+        dashboard: Dashboard) -> None:
+    gw = dashboard.gateway
+    mine = await gw.developer("Mine", "platform")
+    await gw.developer("Theirs", "platform")
+    browser = dashboard.browser()
+    assert await browser.sign_in_key(mine) == 303
+    page = await browser.page("/admin/me")
+    assert "Mine" in one(page, "h1").get_text()
+    assert "Theirs" not in page.get_text()
+    assert mine not in str(page)  # the secret itself is never shown again
+    theirs = next(d["id"] for d in await gw.admin.db(gw.admin.catalog.developers)
+                  if d["name"] == "Theirs")
+    assert (await browser.get(f"/admin/developers/{theirs}"))[0] == 403
+    assert (await browser.get("/admin/requests"))[0] == 403
+    # Revoking the key ends the self-service session too.
+    key_id = next(k["id"] for k in await gw.admin.db(gw.admin.catalog.keys)
+                  if k["developer_name"] == "Mine")
+    await gw.change(gw.admin.catalog.revoke_key, key_id)
+    assert (await browser.get("/admin/me"))[0] == 303
+
+
+async def test_revoked_key_cannot_sign_in(dashboard: Dashboard) -> None:
+    gw = dashboard.gateway
+    key = await gw.developer("Gone", "platform")
+    key_id = (await gw.admin.db(gw.admin.catalog.keys))[0]["id"]
+    await gw.change(gw.admin.catalog.revoke_key, key_id)
+    browser = dashboard.browser()
+    assert await browser.sign_in_key(key) == 401
+
+
+async def test_pages_carry_security_headers(dashboard: Dashboard) -> None:
+    browser = await dashboard.signed_in("admin")
+    async with browser.session.get("/admin/") as r:
+        assert r.status == 200
+        assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+        assert r.headers["X-Frame-Options"] == "DENY"
+        assert r.headers["Cache-Control"] == "no-store"
+
+
+async def test_signing_out_ends_the_session(dashboard: Dashboard) -> None:
+    browser = await dashboard.signed_in("admin")
+    status, _, headers = await browser.post("/admin/signout", {})
+    assert (status, headers["Location"]) == (303, "/admin/signin")
+    assert (await browser.get("/admin/"))[0] == 303

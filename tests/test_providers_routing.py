@@ -1,0 +1,229 @@
+"""Routing: per-model routes, ordered fallback before the first byte, attribution, config."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from meterd.providers_config import build_routing
+from meterd.settings import Settings, SettingsError
+from tests.conftest import Upstream, free_port
+from tests.fakes.gateways import (
+    Served,
+    StartGateway,
+    anthropic_provider,
+    bedrock_provider,
+)
+from tests.test_sdk import assert_recorded, client
+
+pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
+
+BODY = {"model": "claude-sonnet-4-6", "max_tokens": 1024,
+        "messages": [{"role": "user", "content": "Hello"}]}
+OVERLOADED = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+
+
+class Failing:
+    """An Anthropic-format upstream that fails every request in one way."""
+
+    def __init__(self, how: str) -> None:
+        self.how, self.calls = how, 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.calls += 1
+        await request.read()
+        if self.how == "529":
+            return web.Response(status=529, body=OVERLOADED, content_type="application/json")
+        if self.how == "500":
+            return web.Response(status=500, body=b'{"type":"error","error":{"type":"api_error",'
+                                b'"message":"Internal server error"}}')
+        if self.how == "drop-after-headers":
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+        assert request.transport is not None
+        request.transport.close()  # "drop": before any byte of the answer
+        return web.Response()
+
+
+@pytest.fixture
+async def failing(aiohttp_server: Callable[..., Awaitable[TestServer]]
+                  ) -> Callable[[str], Awaitable[tuple[Failing, str]]]:
+    async def make(how: str) -> tuple[Failing, str]:
+        if how == "refused":
+            return Failing(how), f"http://127.0.0.1:{free_port()}"
+        fake = Failing(how)
+        app = web.Application()
+        app.router.add_post("/v1/messages", fake.handle)
+        app.router.add_post("/v1/messages/count_tokens", fake.handle)
+        server = await aiohttp_server(app)
+        return fake, str(server.make_url("")).rstrip("/")
+    return make
+
+
+@pytest.mark.parametrize("how", ["529", "500", "drop", "drop-after-headers", "refused"])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_failing_first_provider_is_replaced_by_the_second_metered_once(
+        start_gateway: StartGateway, upstream: Upstream, monkeypatch: pytest.MonkeyPatch,
+        failing: Callable[[str], Awaitable[tuple[Failing, str]]], how: str,
+        stream: bool) -> None:
+    fake, url = await failing(how)
+    monkeypatch.setenv("MTD_PROVIDER_FLAKY_KEY", "sk-flaky")
+    gw = await start_gateway(
+        providers={"flaky": {"kind": "anthropic", "base_url": url},
+                   "anthropic": anthropic_provider(upstream, monkeypatch)},
+        routes=[{"match": "claude-*", "providers": ["flaky", "anthropic"]}])
+    key = await gw.developer()
+    async with client(gw, key, "x-api-key") as sdk:
+        if stream:
+            async with sdk.messages.stream(**BODY) as s:
+                text = "".join([t async for t in s.text_stream])
+        else:
+            message = await sdk.messages.create(**BODY)
+            text = message.content[0].text  # type: ignore[union-attr]
+    assert text.startswith("Hello from")
+    assert fake.calls == (0 if how == "refused" else 1)
+    events = await gw.settled(1)
+    await asyncio.sleep(0.1)
+    assert len(await gw.events()) == 1  # metered once
+    (event,) = events
+    assert event["provider"] == "anthropic"  # attributed to the one that served it
+    assert_recorded(event, stream=stream)  # priced at that provider's row
+
+
+async def test_when_every_provider_fails_the_last_answer_passes_through(
+        start_gateway: StartGateway, upstream: Upstream, monkeypatch: pytest.MonkeyPatch,
+        failing: Callable[[str], Awaitable[tuple[Failing, str]]]) -> None:
+    first, url1 = await failing("drop")
+    last, url2 = await failing("529")
+    monkeypatch.setenv("MTD_PROVIDER_ONE_KEY", "k1")
+    monkeypatch.setenv("MTD_PROVIDER_TWO_KEY", "k2")
+    gw = await start_gateway(providers={"one": {"kind": "anthropic", "base_url": url1},
+                                        "two": {"kind": "anthropic", "base_url": url2}})
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages", data=orjson.dumps(BODY),
+                                headers={"x-api-key": key})
+    assert resp.status == 529 and await resp.read() == OVERLOADED  # unmodified
+    (event,) = await gw.settled(1)
+    assert (event["provider"], event["status"], event["error_type"]) == (
+        "two", "529", "overloaded_error")
+    assert (first.calls, last.calls) == (1, 1)
+
+
+async def test_a_4xx_is_the_answer_not_a_reason_to_fall_back(
+        start_gateway: StartGateway, upstream: Upstream, bedrock: Served,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = await start_gateway(providers={"bedrock": bedrock_provider(bedrock),
+                                        "anthropic": anthropic_provider(upstream, monkeypatch)})
+    bedrock.fake.behaviour.status = 429
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages", data=orjson.dumps(BODY),
+                                headers={"x-api-key": key})
+    assert resp.status == 429
+    assert not [r for r in upstream.recorded if r["path_qs"] == "/v1/messages"]
+
+
+async def test_bedrock_unavailable_falls_back_to_anthropic(
+        start_gateway: StartGateway, upstream: Upstream, bedrock: Served,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = await start_gateway(providers={"bedrock": bedrock_provider(bedrock),
+                                        "anthropic": anthropic_provider(upstream, monkeypatch)})
+    bedrock.fake.behaviour.status = 503
+    key = await gw.developer()
+    async with client(gw, key, "bearer") as sdk:
+        message = await sdk.messages.create(**BODY)
+    assert message.usage.output_tokens == 567
+    (event,) = await gw.settled(1)
+    assert event["provider"] == "anthropic"
+    assert_recorded(event, stream=False)
+
+
+async def test_models_follow_their_routes(start_gateway: StartGateway, upstream: Upstream,
+                                          bedrock: Served,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = await start_gateway(
+        providers={"anthropic": anthropic_provider(upstream, monkeypatch),
+                   "bedrock": bedrock_provider(bedrock)},
+        routes=[{"match": "claude-opus-*", "providers": ["anthropic"]},
+                {"match": "claude-haiku-*", "providers": ["bedrock"]}])
+    key = await gw.developer()
+    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
+        for model in ("claude-opus-4-8", "claude-haiku-4-5-20251001", "claude-sonnet-4-6"):
+            await sdk.messages.create(**{**BODY, "model": model})
+    events = await gw.settled(3)
+    assert {e["model"]: e["provider"] for e in events} == {
+        "claude-opus-4-8": "anthropic", "claude-haiku-4-5-20251001": "bedrock",
+        "claude-sonnet-4-6": "anthropic"}  # no route: every provider, configured order
+    assert bedrock.fake.recorded[0]["path"] == (
+        "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/invoke")
+    assert not bedrock.fake.rejected
+
+
+async def test_count_tokens_falls_back_too(
+        start_gateway: StartGateway, upstream: Upstream, monkeypatch: pytest.MonkeyPatch,
+        failing: Callable[[str], Awaitable[tuple[Failing, str]]]) -> None:
+    fake, url = await failing("500")
+    monkeypatch.setenv("MTD_PROVIDER_FLAKY_KEY", "k")
+    gw = await start_gateway(providers={"flaky": {"kind": "anthropic", "base_url": url},
+                                        "anthropic": anthropic_provider(upstream, monkeypatch)})
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages/count_tokens", data=orjson.dumps(BODY),
+                                headers={"x-api-key": key})
+    assert resp.status == 200 and "input_tokens" in await resp.json()
+    assert fake.calls == 1
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_providers_and_routes_load_from_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "meterd.toml"
+    config.write_text('''
+[providers.anthropic]
+kind = "anthropic"
+
+[providers.bedrock-us]
+kind = "bedrock"
+region = "us-east-1"
+multiplier = "1.1"
+models = { claude-sonnet-4-6 = "global.anthropic.claude-sonnet-4-6" }
+
+[[routes]]
+match = "claude-opus-*"
+providers = ["anthropic", "bedrock-us"]
+''')
+    settings = Settings.load(config, environ={"MTD_PROVIDER_ANTHROPIC_KEY": "sk-1"})
+    table = build_routing(settings, {"MTD_PROVIDER_ANTHROPIC_KEY": "sk-1"})
+    assert table is not None
+    assert [p.name for p in table.chain("claude-opus-4-8")] == ["anthropic", "bedrock-us"]
+    assert [p.name for p in table.chain("claude-haiku-4-5")] == ["anthropic", "bedrock-us"]
+    bedrock = table.providers["bedrock-us"]
+    assert str(bedrock.multiplier) == "11/10"
+    assert bedrock.model_id("claude-sonnet-4-6") == "global.anthropic.claude-sonnet-4-6"  # type: ignore[attr-defined]
+    assert bedrock.model_id("claude-opus-4-8") == "us.anthropic.claude-opus-4-8"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("providers", "routes", "message"), [
+    ({"a": {"kind": "anthropic", "key": "sk-in-the-file"}}, [], "MTD_PROVIDER_A_KEY"),
+    ({"a": {"kind": "openai"}}, [], "providers.a.kind"),
+    ({"a": {"kind": "anthropic", "region": "x"}}, [], "providers.a.region"),
+    ({"a": {"kind": "anthropic", "multiplier": 1.1}}, [], "as a string"),
+    ({"a": {"kind": "anthropic"}}, [{"match": "*", "providers": ["b"]}], "no provider named b"),
+    ({}, [{"match": "*", "providers": ["a"]}], "setting routes"),
+    ({"v": {"kind": "vertex"}}, [], "providers.v.project"),
+])
+def test_bad_provider_configuration_is_refused_naming_the_setting(
+        providers: dict[str, Any], routes: list[Any], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        build_routing(Settings(providers=providers, routes=tuple(routes)), {})
+
+
+def test_without_providers_the_single_upstream_stays(tmp_path: Path) -> None:
+    assert build_routing(Settings(), {}) is None

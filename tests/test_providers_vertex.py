@@ -1,0 +1,130 @@
+"""Google Vertex behind meterd: rawPredict / streamRawPredict with a service-account token,
+and Vertex-format clients (Claude Code with CLAUDE_CODE_USE_VERTEX) relayed unchanged."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anthropic
+import orjson
+import pytest
+
+from tests.conftest import Gateway
+from tests.fakes.gateways import (
+    VERTEX_PROJECT,
+    VERTEX_REGION,
+    Served,
+    StartGateway,
+    vertex_provider,
+)
+from tests.test_sdk import USAGE, assert_recorded
+
+pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
+
+BODY = {"model": "claude-sonnet-4-6", "max_tokens": 1024,
+        "messages": [{"role": "user", "content": "Hello"}]}
+MODELS = f"/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_REGION}/publishers/anthropic/models/"
+
+
+async def vertex_gateway(start_gateway: StartGateway, vertex: Served, **extra: Any) -> Gateway:
+    return await start_gateway(providers={"vertex": vertex_provider(vertex, **extra)})
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_sdk_through_meterd_to_vertex_sees_a_normal_message_and_is_metered_exactly(
+        start_gateway: StartGateway, vertex: Served, stream: bool) -> None:
+    gw = await vertex_gateway(start_gateway, vertex)
+    vertex.fake.behaviour.usage = USAGE
+    key = await gw.developer()
+    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
+        if stream:
+            async with sdk.messages.stream(**BODY) as s:
+                text = "".join([t async for t in s.text_stream])
+                final = await s.get_final_message()
+        else:
+            final = await sdk.messages.create(**BODY)
+            text = final.content[0].text  # type: ignore[union-attr]
+    assert text.startswith("Hello from the fake provider")
+    assert final.usage.output_tokens == 567
+    (event,) = await gw.settled(1)
+    assert event["provider"] == "vertex"
+    assert_recorded(event, stream=stream)
+    (sent,) = vertex.fake.recorded
+    method = "streamRawPredict" if stream else "rawPredict"
+    assert sent["path"] == f"{MODELS}claude-sonnet-4-6:{method}"
+    body = orjson.loads(sent["body"])
+    assert body["anthropic_version"] == "vertex-2023-10-16" and "model" not in body
+    assert not vertex.fake.rejected
+
+
+async def test_the_service_account_token_is_cached_and_refreshed_before_expiry(
+        start_gateway: StartGateway, vertex: Served) -> None:
+    gw = await vertex_gateway(start_gateway, vertex)
+    key = await gw.developer()
+    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
+        for _ in range(3):
+            await sdk.messages.create(**BODY)
+        assert vertex.fake.token_requests == 1  # one token serves them all
+        # An hour later the token has expired; and tokens that live shorter than google-auth's
+        # refresh margin (3m45s) are renewed on every use.
+        assert gw.proxy.router is not None
+        tokens = gw.proxy.router.table.providers["vertex"].tokens  # type: ignore[attr-defined]
+        tokens.credentials.expiry = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
+        vertex.fake.behaviour.token_lifetime = 120
+        for _ in range(2):
+            await sdk.messages.create(**BODY)
+    assert vertex.fake.token_requests == 3
+    assert not vertex.fake.rejected
+
+
+async def test_vertex_errors_reach_the_client_as_anthropic_errors(
+        start_gateway: StartGateway, vertex: Served) -> None:
+    gw = await vertex_gateway(start_gateway, vertex)
+    vertex.fake.behaviour.status = 429
+    key = await gw.developer()
+    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
+        with pytest.raises(anthropic.RateLimitError) as err:
+            await sdk.messages.create(**BODY)
+    assert err.value.body == {"type": "error", "error": {
+        "type": "rate_limit_error", "message": "Vertex could not serve the request."}}
+
+
+async def test_count_tokens_goes_to_vertex_count_tokens(start_gateway: StartGateway,
+                                                        vertex: Served) -> None:
+    gw = await vertex_gateway(start_gateway, vertex)
+    key = await gw.developer()
+    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
+        counted = await sdk.messages.count_tokens(model="claude-sonnet-4-6",
+                                                  messages=BODY["messages"])
+    assert counted.input_tokens > 0
+    (sent,) = vertex.fake.recorded
+    assert sent["path"] == f"{MODELS}count-tokens:rawPredict"
+    assert orjson.loads(sent["body"])["model"] == "claude-sonnet-4-6"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_vertex_format_client_is_served_from_the_gateways_project_and_metered(
+        start_gateway: StartGateway, vertex: Served, stream: bool) -> None:
+    gw = await vertex_gateway(start_gateway, vertex)
+    vertex.fake.behaviour.usage = USAGE
+    key = await gw.developer()
+    # The developer's machine names some project and region; the gateway's provider decides.
+    async with anthropic.AsyncAnthropicVertex(base_url=gw.url + "/vertex/v1", region="us-east5",
+                                              project_id="laptop-project", access_token=key,
+                                              max_retries=0) as sdk:
+        body = {**BODY, "extra_body": {"anthropic_version": "vertex-2023-10-16"}}
+        if stream:
+            async with sdk.messages.stream(**body) as s:
+                text = "".join([t async for t in s.text_stream])
+        else:
+            message = await sdk.messages.create(**body)
+            text = message.content[0].text  # type: ignore[union-attr]
+    assert text.startswith("Hello from the fake provider")
+    (event,) = await gw.settled(1)
+    assert event["provider"] == "vertex"
+    assert_recorded(event, stream=stream)
+    (sent,) = vertex.fake.recorded
+    assert sent["path"].startswith(MODELS + "claude-sonnet-4-6:")
+    assert key not in str(sent["headers"])
+    assert not vertex.fake.rejected

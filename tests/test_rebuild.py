@@ -1,0 +1,220 @@
+"""Redis comes back empty: the current periods' counters are rebuilt from DuckDB plus the
+events settled since, before budgets are enforced again.
+
+Requests go through the real admission and settlement scripts (`ledger.gate.Gate`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.gate import BudgetExceeded, Estimate, Gate, MeteringUnavailable, Ticket
+from ledger.keyspace import KeySpace
+from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
+from ledger.policy import Cap, Principal
+from ledger.rebuild import ensure_counters
+from ledger.rollup import Rollup
+from ledger.spool import Spool
+from tests.test_rollup import assert_rolled_up_once, fresh_db, inline_db, make_events, send
+
+KS = KeySpace()
+NOW = datetime(2026, 3, 18, 15, 30, tzinfo=UTC)  # a Wednesday: the week began on the 16th
+SMALL = Estimate(prompt_tokens=100, output_tokens=100, default_micros=10, strict_micros=10)
+# Counter fields settle.lua writes: every counter, then daily ones only.
+ALL_FIELDS = ("spent", "n")
+DAILY_FIELDS = ("in", "out", "cw5", "cw1", "cr", "ws", "est")
+EVENT_FOR_FIELD = {"in": "input_tokens", "out": "output_tokens", "cw5": "cache_write_5m",
+                   "cw1": "cache_write_1h", "cr": "cache_read", "ws": "web_search",
+                   "est": "estimated"}
+TEAMS = {"dev_a": "team_x", "dev_b": "team_x", "dev_c": "team_y"}
+
+
+def principal(dev: str, caps: tuple[Cap, ...] = ()) -> Principal:
+    return Principal(f"key_{dev}", dev, dev.title(), TEAMS[dev], TEAMS[dev].title(), caps, ())
+
+
+async def settle(gate: Gate, event: dict[str, Any], caps: tuple[Cap, ...] = ()) -> Ticket:
+    """Admit and settle one request as the proxy does, at the event's start time."""
+    at = datetime.fromtimestamp(event["ts_ms"] / 1000, UTC)
+    ticket = await gate.admit(principal(event["developer_id"], caps), event["id"], SMALL, at)
+    tokens = {"input": event["input_tokens"], "output": event["output_tokens"],
+              "cache_write_5m": event["cache_write_5m"],
+              "cache_write_1h": event["cache_write_1h"], "cache_read": event["cache_read"],
+              "web_search": event["web_search"], "estimated": event["estimated"],
+              "rate_input": event["input_tokens"] + event["cache_write_5m"]
+              + event["cache_write_1h"]}
+    await gate.settle(ticket, event["cost_micros"], tokens, event)
+    return ticket
+
+
+def current_counter_keys(events: list[dict[str, Any]]) -> set[str]:
+    keys = set()
+    for e in events:
+        for period in PERIODS:
+            for scope, sid in (("developer", e["developer_id"]), ("team", e["team_id"]),
+                               ("org", "")):
+                keys.add(KS.counter(scope, sid, period, NOW))
+    return keys
+
+
+def expected_counters(events: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Plain-Python counters of the current periods: each distinct request once."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for e in {e["id"]: e for e in events}.values():
+        at = datetime.fromtimestamp(e["ts_ms"] / 1000, UTC)
+        for period in PERIODS:
+            if not period_start(period, NOW) <= at < period_end(period, NOW):
+                continue
+            for scope, sid in (("developer", e["developer_id"]), ("team", e["team_id"]),
+                               ("org", "")):
+                fields = out[KS.counter(scope, sid, period, NOW)]
+                fields["spent"] += e["cost_micros"]
+                fields["n"] += 1
+                if period == "daily":
+                    for f in DAILY_FIELDS:
+                        fields[f] += int(e[EVENT_FOR_FIELD[f]])
+    return {k: {f: v for f, v in d.items() if v} for k, d in out.items()}
+
+
+async def read_counters(redis: Any, keys: set[str]) -> dict[str, dict[str, int]]:
+    """The spend fields of these counters (reservations and threshold marks left out)."""
+    out = {}
+    for key in keys:
+        raw = await redis.hgetall(key)
+        fields = {k.decode(): int(v) for k, v in raw.items()
+                  if k.decode() in ALL_FIELDS + DAILY_FIELDS and int(v)}
+        if fields:
+            out[key] = fields
+    return out
+
+
+def this_period_events(n: int, seed: int, prefix: str) -> list[dict[str, Any]]:
+    """Events from the 1st of the month (some last month) to just before NOW."""
+    start = datetime(2026, 2, 26, tzinfo=UTC)
+    events = make_events(n, seed=seed, start=start, days=21, prefix=prefix,
+                         developers=TEAMS.items())
+    last = int(NOW.timestamp() * 1000) - 1
+    for e in events:
+        e["ts_ms"] = min(e["ts_ms"], last)
+    today = int(datetime(2026, 3, 18, tzinfo=UTC).timestamp() * 1000)
+    for i, e in enumerate(events[:n // 5]):  # plenty today, for the daily counters
+        e["ts_ms"] = today + i * 1000
+    return events
+
+
+@pytest.fixture
+def gate(redis: Any, tmp_path: Path) -> Iterator[Gate]:
+    spool = Spool(tmp_path / "spool")
+    yield Gate(redis, KS, spool)
+    spool.close()
+
+
+async def test_counters_rebuilt_after_a_flush_equal_the_counters_before_it(
+        redis: Any, gate: Gate) -> None:
+    conn = fresh_db()
+    rollup = Rollup(redis, KS, conn, inline_db, clock=lambda: NOW)
+    assert await rollup.run_once() == 0  # empty DuckDB, fresh Redis: ready at once
+    applied: list[dict[str, Any]] = []
+    apply = gate.apply
+
+    async def recording(entry: dict[str, Any]) -> int:
+        applied.append(entry)
+        return await apply(entry)
+
+    gate.apply = recording  # type: ignore[method-assign]
+    before = this_period_events(240, seed=1, prefix="pre_")
+    for e in before:
+        await settle(gate, e)
+    assert await rollup.run_once() == 240
+    keys = current_counter_keys(before)
+    snapshot = await read_counters(redis, keys)
+    assert snapshot == expected_counters(before)
+
+    await redis.flushall()  # Redis restarts without persistence
+    after = this_period_events(30, seed=2, prefix="post_")
+    for e in after:  # settled while the counters are gone
+        await settle(gate, e)
+    # A spooled settlement replayed after the flush, although it had been rolled up before.
+    assert await gate.apply(applied[0]) == 1
+
+    assert await rollup.run_once() == 30
+    assert await redis.exists(KS.ready)
+    keys |= current_counter_keys(after)
+    assert await read_counters(redis, keys) == expected_counters(before + after)
+    assert_rolled_up_once(conn, before + after)
+    for key in keys:
+        ttl = await redis.ttl(key)
+        assert 0 < ttl <= max(COUNTER_TTL.values())
+
+
+@pytest.mark.parametrize(("scope", "period"), [("developer", "daily"), ("team", "weekly"),
+                                               ("org", "monthly")])
+async def test_an_exhausted_budget_stays_exhausted_after_a_flush(
+        redis: Any, gate: Gate, scope: str, period: str) -> None:
+    scope_id = {"developer": "dev_a", "team": "team_x", "org": ""}[scope]
+    caps = (Cap("bud_1", scope, scope_id, "cap", period, 1_000_000, "estimate"),)
+    conn = fresh_db()
+    rollup = Rollup(redis, KS, conn, inline_db, clock=lambda: NOW)
+    await rollup.run_once()
+    spend = this_period_events(12, seed=3, prefix="spend_")
+    today = int(datetime(2026, 3, 18, 9, tzinfo=UTC).timestamp() * 1000)
+    for i, e in enumerate(spend):
+        e.update(developer_id="dev_a", team_id="team_x", cost_micros=100_000,
+                 ts_ms=today + i)
+    for e in spend[:10]:
+        await settle(gate, e, caps)  # the whole 1 $
+    with pytest.raises(BudgetExceeded):
+        await gate.admit(principal("dev_a", caps), "next", SMALL, NOW)
+    await rollup.run_once()
+
+    await redis.flushall()
+    strict = Gate(redis, KS, gate.spool, fail_open=False)
+    with pytest.raises(MeteringUnavailable):  # not enforced before the rebuild ...
+        await strict.admit(principal("dev_a", caps), "early", SMALL, NOW)
+    await rollup.run_once()
+    with pytest.raises(BudgetExceeded) as refused:  # ... and exhausted again after it
+        await gate.admit(principal("dev_a", caps), "later", SMALL, NOW)
+    assert refused.value.cap.period == period
+    assert refused.value.resets_at == period_end(period, NOW)
+
+
+async def test_nothing_is_rebuilt_while_the_counters_are_intact(redis: Any,
+                                                               gate: Gate) -> None:
+    conn = fresh_db()
+    rollup = Rollup(redis, KS, conn, inline_db, clock=lambda: NOW)
+    await rollup.run_once()
+    events = this_period_events(40, seed=4, prefix="x_")
+    for e in events:
+        await settle(gate, e)
+    await rollup.run_once()
+    keys = current_counter_keys(events)
+    snapshot = await read_counters(redis, keys)
+    assert not await ensure_counters(redis, KS, conn, inline_db, NOW)
+    await rollup.run_once()
+    assert await read_counters(redis, keys) == snapshot
+
+
+async def test_a_fresh_redis_for_an_existing_ledger_gets_its_counters(redis: Any) -> None:
+    """The admin host keeps its DuckDB; Redis is new (first start against it)."""
+    conn = fresh_db()
+    events = this_period_events(60, seed=5, prefix="old_")
+    other = await _stream_then_roll_up(redis, conn, events)
+    assert await ensure_counters(redis, KS, conn, inline_db, NOW)
+    assert await read_counters(redis, current_counter_keys(events)) == expected_counters(events)
+    assert not await ensure_counters(redis, KS, conn, inline_db, NOW + timedelta(seconds=1))
+    await other.close()
+
+
+async def _stream_then_roll_up(redis: Any, conn: Any, events: list[dict[str, Any]]) -> Rollup:
+    """Roll events into DuckDB without touching the counters, then forget Redis."""
+    rollup = Rollup(redis, KS, conn, inline_db, rebuild=False)
+    await send(redis, events)
+    await rollup.run_once()
+    await redis.flushall()
+    return rollup

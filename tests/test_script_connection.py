@@ -1,0 +1,187 @@
+"""The pipelined script connection the hot path uses on a real Redis (ledger/store.py).
+
+It replaces redis-py only for EVALSHA, so it must behave like redis-py where the gate can tell:
+same encoding of arguments, same replies, same exceptions on refusal, reset and silence, and
+recovery on the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ledger.store import (
+    FastScript,
+    MeterdRedis,
+    ScriptConnection,
+    _Protocol,
+    connect_redis,
+    encode_command,
+)
+from tests.conftest import RedisServer, free_port, need
+
+ECHO = "return {#KEYS, ARGV[1], tonumber(ARGV[2]) + 1, {'nested', 7}}"
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server only this test uses, so stopping it disturbs nobody."""
+    need(shutil.which("redis-server") is not None, "redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def client(own_redis: RedisServer) -> AsyncIterator[Any]:
+    redis = connect_redis(own_redis.url)
+    yield redis
+    await redis.aclose()
+
+
+_args = st.lists(st.one_of(
+    st.text(max_size=20), st.integers(-(2**70), 2**70), st.binary(max_size=20),
+    st.floats(allow_nan=False, allow_infinity=False)), max_size=12)
+
+
+@given(_args)
+def test_commands_are_encoded_exactly_as_redis_py_encodes_them(args: list[Any]) -> None:
+    assert encode_command(["EVALSHA", *args]) == b"".join(
+        Connection().pack_command("EVALSHA", *args))
+
+
+def test_replies_split_anywhere_resolve_their_commands_in_order() -> None:
+    class Owner:
+        pending: Any = None
+
+    loop = asyncio.new_event_loop()
+    try:
+        wire = (b"*4\r\n:2\r\n$5\r\nhello\r\n:42\r\n*2\r\n$6\r\nnested\r\n:7\r\n"
+                b"$-1\r\n+OK\r\n-NOSCRIPT No matching script.\r\n:-3\r\n")
+        for size in (1, 2, 3, 7, len(wire)):
+            from collections import deque
+
+            owner = Owner()
+            owner.pending = deque((loop.create_future(), 0.0) for _ in range(5))
+            futures = [f for f, _ in owner.pending]
+            protocol = _Protocol(owner)  # type: ignore[arg-type]
+            for i in range(0, len(wire), size):
+                protocol.data_received(wire[i:i + size])
+            assert [f.result() for f in futures[:3]] == [
+                [2, b"hello", 42, [b"nested", 7]], None, b"OK"]
+            assert isinstance(futures[3].exception(), ResponseError)
+            assert futures[4].result() == -3
+            assert not owner.pending and not protocol.buf
+    finally:
+        loop.close()
+
+
+async def test_scripts_run_pipelined_with_the_replies_redis_py_gives(client: Any) -> None:
+    script = client.register_script(ECHO)
+    assert isinstance(script, FastScript)
+    results = await asyncio.gather(*(script(keys=["a", "b"], args=[f"r{i}", i])
+                                     for i in range(200)))
+    assert results == [[2, f"r{i}".encode(), i + 1, [b"nested", 7]] for i in range(200)]
+    plain = await client.evalsha(script.sha, 2, "a", "b", "r0", 0)
+    assert plain == results[0]
+
+
+async def test_a_redis_that_lost_its_scripts_gets_them_again(client: Any) -> None:
+    script = client.register_script(ECHO)
+    assert (await script(keys=["k"], args=["x", 1]))[0] == 1
+    await client.script_flush()
+    assert (await script(keys=["k"], args=["x", 1]))[0] == 1
+    assert await client.script_exists(script.sha) == [True]
+
+
+async def test_script_errors_are_response_errors(client: Any) -> None:
+    script = client.register_script("return redis.call('INCR', KEYS[1])")
+    await client.set("text", "not a number")
+    with pytest.raises(ResponseError):
+        await script(keys=["text"])
+    assert await script(keys=["n"]) == 1  # the connection carries on
+
+
+async def test_a_stopped_redis_fails_calls_fast_and_a_restarted_one_serves_again(
+        own_redis: RedisServer, client: Any) -> None:
+    script = client.register_script(ECHO)
+    assert (await script(keys=["k"], args=["x", 1]))[0] == 1
+    own_redis.stop()
+    for _ in range(3):
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(script(keys=["k"], args=["x", 1]), 3)
+    own_redis.start()
+    assert (await script(keys=["k"], args=["x", 1]))[0] == 1
+
+
+async def test_a_silent_redis_times_out_every_waiting_call() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read(1 << 20)  # and never answer
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", free_port())
+    port = server.sockets[0].getsockname()[1]
+    connection = ScriptConnection(("127.0.0.1", port), timeout=0.3)
+    started = asyncio.get_running_loop().time()
+    results = await asyncio.gather(*(connection.execute(["PING"]) for _ in range(5)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, RedisTimeoutError) for r in results)
+    assert asyncio.get_running_loop().time() - started < 1.5
+    connection.close()
+    for writer in writers:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_the_connection_selects_the_database_and_authenticates(
+        tmp_path: Any) -> None:
+    need(shutil.which("redis-server") is not None, "redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--requirepass", "s3cret", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        redis = connect_redis(f"redis://:s3cret@127.0.0.1:{port}/3")
+        script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+        await script(keys=["where"], args=["db3"])
+        assert await redis.get("where") == b"db3"
+        await redis.aclose()
+        wrong = connect_redis(f"redis://:nope@127.0.0.1:{port}/3")
+        with pytest.raises(RedisConnectionError):
+            await wrong.register_script("return 1")()
+        await wrong.aclose()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_the_embedded_backend_keeps_redis_py_scripts() -> None:
+    redis = connect_redis("embedded://scripts")
+    assert not isinstance(redis, MeterdRedis)
+    script = redis.register_script(ECHO)
+    assert not isinstance(script, FastScript)
+    assert (await script(keys=["k"], args=["x", 1]))[2] == 2
+    await redis.aclose()
