@@ -1,7 +1,6 @@
 """Rollup throughput: usage events per second from a real Redis stream into DuckDB.
 
-    python bench/rollup_bench.py [--events 500000] [--batch 10000] [--db PATH]
-                                 [--format fields|packed]
+    python bench/rollup_bench.py [--events 500000] [--batch 20000] [--db PATH]
 
 Starts a throwaway `redis-server --port <free> --save ''`, fills the stream with realistic
 events (the fields the proxy settles, Claude Code-like token counts and headers), then times
@@ -30,8 +29,9 @@ import redis.asyncio as aioredis
 from redis.utils import HIREDIS_AVAILABLE
 
 from ledger.catalog import connect
+from ledger.events import pack_event
 from ledger.keyspace import KeySpace
-from ledger.rollup import Rollup, pack_event
+from ledger.rollup import Rollup
 
 MODELS = ("claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5", "claude-sonnet-4-5")
 
@@ -76,7 +76,7 @@ def event(i: int, run: str, now_ms: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-async def fill(redis: Any, keyspace: KeySpace, events: int, packed: bool) -> None:
+async def fill(redis: Any, keyspace: KeySpace, events: int) -> None:
     rng = random.Random(7)
     run = f"{random.randrange(16**6):06x}"
     now_ms = int(time.time() * 1000)
@@ -84,7 +84,7 @@ async def fill(redis: Any, keyspace: KeySpace, events: int, packed: bool) -> Non
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(start, min(events, start + 2000)):
                 fields = event(i, run, now_ms, rng)
-                pipe.xadd(keyspace.events, {"e": pack_event(fields)} if packed else fields)
+                pipe.xadd(keyspace.events, {"e": pack_event(fields)})
             await pipe.execute()
 
 
@@ -111,7 +111,7 @@ async def run(args: argparse.Namespace, url: str, db_path: Path) -> None:
     rollup = Rollup(redis, keyspace, conn, db, batch=args.batch)
     await rollup.run_once()  # an empty stream: creates the group, rebuilds (no) counters
     t0 = time.perf_counter()
-    await fill(redis, keyspace, args.events, args.format == "packed")
+    await fill(redis, keyspace, args.events)
     print(f"filled the stream with {args.events:,} events in {time.perf_counter() - t0:.1f} s")
     totals: dict[str, float] = {}
     rollup._read = timed(totals, "redis read", rollup._read)  # type: ignore[method-assign]
@@ -129,7 +129,7 @@ async def run(args: argparse.Namespace, url: str, db_path: Path) -> None:
     assert before and after and after[0] - before[0] == done == args.events, (done, before, after)
     print(f"rows in requests before: {before[0]:,}, after: {after[0]:,}")
     print(f"rolled up {done:,} events in {elapsed:.2f} s: {done / elapsed:,.0f} events/s "
-          f"(batch {args.batch:,}, {args.format} entries)")
+          f"(batch {args.batch:,})")
     for name, seconds in totals.items():
         print(f"  {name:<13} {seconds:6.2f} s  ({seconds / elapsed:4.0%})")
     print(f"  redis parser: {'hiredis' if HIREDIS_AVAILABLE else 'pure Python (no hiredis)'}; "
@@ -139,11 +139,8 @@ async def run(args: argparse.Namespace, url: str, db_path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=500_000)
-    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--db", type=Path, help="DuckDB file to roll up into (default: fresh)")
-    parser.add_argument("--format", choices=("fields", "packed"), default="fields",
-                        help="stream entries as settle.lua writes them today (one field per "
-                        "value) or packed into one field (ledger.rollup.pack_event)")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed")

@@ -15,25 +15,19 @@ import argparse
 import asyncio
 import json
 import random
-import secrets
 import socket
 import tempfile
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from dashboard.keys import PAGES
-from dashboard.site import setup_dashboard
 from dashboard.state import ADMIN
 from ledger.accounts import Accounts
 from ledger.money import parse_usd
-from ledger.pricing import PriceTable
-from ledger.rollup import Rollup
-from ledger.usage import Usage
-from meterd.apps import ADMIN_APP, create_admin_app, create_proxy_app
+from meterd.apps import ADMIN_APP, create_root_app
+from meterd.demo import seed_history
 from meterd.mock_upstream import MockOptions, create_mock_app
 from meterd.settings import Settings
 from proxy.state import STATE
@@ -67,16 +61,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def build_app(settings: Settings) -> web.Application:
-    app = create_proxy_app(settings)
-    admin = create_admin_app(settings)
-    if not admin.get(PAGES, False):  # older factories set up the API only
-        setup_dashboard(admin, settings)
-    app[ADMIN_APP] = admin
-    app.add_subapp("/admin", admin)
-    return app
-
-
 async def seed(app: web.Application) -> dict[str, Any]:
     """Teams, developers, keys, budgets and an admin account; returns names and secrets."""
     state = app[ADMIN_APP][ADMIN]
@@ -103,49 +87,6 @@ async def seed(app: web.Application) -> dict[str, Any]:
                    actor="setup")
     await state.publish()
     return {"keys": keys, "devs": devs}
-
-
-async def seed_history(app: web.Application, devs: dict[str, tuple[str, str]],
-                       days: int = 35) -> int:
-    """Past usage as settled events in the Redis stream, then one rollup into DuckDB."""
-    state = app[ADMIN_APP][ADMIN]
-    prices = PriceTable.load()
-    rng = random.Random(7)
-    now = datetime.now(UTC)
-    count = 0
-    weight = {d: rng.uniform(0.3, 1.6) for d in devs}
-    async with state.redis.pipeline(transaction=False) as pipe:
-        for back in range(days, 0, -1):
-            day = now - timedelta(days=back)
-            weekday = day.weekday() < 5
-            for dev_id, (team_id, _) in devs.items():
-                for _ in range(int(rng.randint(8, 30) * weight[dev_id] * (1 if weekday else 0.2))):
-                    model = rng.choices([m for m, _ in MODELS], [w for _, w in MODELS])[0]
-                    usage = Usage(input_tokens=rng.randint(50, 4000),
-                                  output_tokens=rng.randint(200, 6000),
-                                  cache_write_5m=rng.choice((0, 0, rng.randint(2000, 30000))),
-                                  cache_read=rng.randint(20000, 90000))
-                    cost = prices.cost(model, usage)
-                    at = day.replace(hour=rng.randint(7, 19), minute=rng.randint(0, 59))
-                    status = 200 if rng.random() > 0.02 else 529
-                    pipe.xadd(state.keyspace.events, {
-                        "id": "seed_" + secrets.token_hex(8), "ts_ms": int(at.timestamp() * 1000),
-                        "developer_id": dev_id, "team_id": team_id, "key_id": "",
-                        "model": model, "provider": "anthropic", "status": status,
-                        "stream": 1, "input_tokens": usage.input_tokens,
-                        "output_tokens": usage.output_tokens,
-                        "cache_write_5m": usage.cache_write_5m, "cache_write_1h": 0,
-                        "cache_read": usage.cache_read, "web_search": 0,
-                        "cost_micros": cost.micros if status == 200 else 0,
-                        "price_row": cost.row, "price_version": cost.version,
-                        "priced": 1, "latency_ms": rng.randint(900, 40000),
-                        "ttfb_ms": rng.randint(300, 1500), "estimated": 0,
-                        "error_type": "" if status == 200 else "overloaded_error",
-                        "session_id": f"{rng.getrandbits(64):016x}-seed",
-                        "agent_id": "", "request_class": "", "prompt_id": ""})
-                    count += 1
-        await pipe.execute()
-    return count
 
 
 async def traffic_today(url: str, keys: dict[str, str], rounds: int = 3) -> None:
@@ -224,7 +165,7 @@ async def main(out: Path, chromium: str) -> None:
                             upstream_url=f"http://127.0.0.1:{mock_port}", upstream_key=MOCK_KEY,
                             proxy_port=port, public_url="https://llm.example.com",
                             log_level="warning", rollup_interval=3600.0).replace()
-        app = build_app(settings)
+        app = create_root_app(settings)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -233,22 +174,14 @@ async def main(out: Path, chromium: str) -> None:
             seeded = await seed(app)
             admin = app[ADMIN_APP][ADMIN]
             await app[STATE].refresh_policy()  # the proxy has the new keys at once
-            events = await seed_history(app, seeded["devs"])
-            rollup = Rollup(admin.redis, admin.keyspace, admin.catalog.conn, admin.db,
-                            rebuild=False)
-            done = await rollup.run_once()
-            # The history went straight into the stream, not through the live counters:
-            # rebuild them from DuckDB as after a Redis restart, then add today's traffic.
-            async for key in admin.redis.scan_iter(f"{admin.keyspace.base}:spend:*"):
-                await admin.redis.delete(key)
-            await admin.redis.delete(admin.keyspace.ready)
-            rollup.rebuild = True
-            await rollup.run_once()
+            proxy = app[STATE]
+            principals = [proxy.policy.principal(k) for k in seeded["keys"].values()]
+            events = await seed_history(proxy.gate, proxy.prices, principals, days=35)
             await traffic_today(url, seeded["keys"])
-            await app[STATE].drain()
-            done += await rollup.run_once()
+            await proxy.drain()
+            assert admin.rollup is not None
+            done = await admin.rollup.run_once()
             print(f"seeded {events} past requests; rolled up {done}")
-            await rollup.close()
             first_dev = next(iter(seeded["devs"]))
             files = await shoot(url, out, chromium, seeded["devs"][first_dev][0], first_dev)
             for f in files:

@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from importlib import resources
-from itertools import chain
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from ledger.events import EVENT_FIELD, pack_event
 from ledger.keyspace import KeySpace
 from ledger.periods import COUNTER_TTL, PERIODS, period_end
 from ledger.policy import Cap, Limits, Principal
@@ -317,7 +317,7 @@ class Gate:
             args += (d_requests, d_in, d_out, WINDOW_TTL)
         args.append(len(self.thresholds))
         args += self.thresholds
-        args += chain.from_iterable(event.items())
+        args += (EVENT_FIELD, pack_event(event))
         entry = {"keys": keys, "args": args}
         try:
             await self.apply(entry)

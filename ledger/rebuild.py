@@ -27,9 +27,9 @@ from typing import Any
 import duckdb
 from redis.exceptions import WatchError
 
+from ledger.events import EVENT_NAMES, event_values
 from ledger.keyspace import KeySpace
 from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
-from ledger.rollup import EVENT_NAMES, event_values
 
 log = logging.getLogger("meterd.rebuild")
 Db = Callable[..., Awaitable[Any]]

@@ -22,10 +22,8 @@ new holder picks up what a dead one left pending.
 Before reading any new entry, a run makes sure the live counters are complete
 (`ledger.rebuild.ensure_counters`): if Redis came back empty they are rebuilt from DuckDB first.
 
-Stream entries are read in either form: one field per event value (what settlement writes
-today) or the whole event packed into one field by `pack_event`, which is several times cheaper
-to read back (see bench/rollup_bench.py). Reading is the rollup's bottleneck; with redis-py's
-pure-Python parser (no `hiredis`) it is slower still.
+Each event is one packed stream field (ledger.events), which keeps reading, the rollup's
+bottleneck, cheap; `hiredis` (a dependency) parses the replies.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
@@ -42,6 +40,7 @@ import duckdb
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError, ResponseError, WatchError
 
+from ledger.events import EVENT_COLUMNS, RS, US, event_values
 from ledger.keyspace import KeySpace
 from ledger.pricing import MTOK, US_GEO_MULTIPLIER, PriceTable
 from ledger.usage import Usage
@@ -61,45 +60,6 @@ PURGE_JOB_ID = "meterd-purge"
 # event after a 200, a reset, a client that left before the end).
 ERROR_SQL = "(status < 200 OR status >= 300 OR error_type <> '')"
 
-# Event fields in column order: name, DuckDB type, value when missing or malformed.
-# The types marked BOOLEAN arrive as 0/1.
-EVENT_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("id", "VARCHAR", "''"),
-    ("ts_ms", "BIGINT", "0"),
-    ("developer_id", "VARCHAR", "''"),
-    ("team_id", "VARCHAR", "''"),
-    ("key_id", "VARCHAR", "''"),
-    ("model", "VARCHAR", "''"),
-    ("provider", "VARCHAR", "''"),
-    ("status", "INTEGER", "0"),
-    ("stream", "BOOLEAN", "0"),
-    ("input_tokens", "BIGINT", "0"),
-    ("output_tokens", "BIGINT", "0"),
-    ("cache_write_5m", "BIGINT", "0"),
-    ("cache_write_1h", "BIGINT", "0"),
-    ("cache_read", "BIGINT", "0"),
-    ("web_search", "BIGINT", "0"),
-    ("cost_micros", "BIGINT", "0"),
-    ("price_row", "VARCHAR", "''"),
-    ("price_version", "VARCHAR", "''"),
-    ("priced", "BOOLEAN", "1"),
-    ("latency_ms", "INTEGER", "0"),
-    ("ttfb_ms", "INTEGER", "-1"),
-    ("estimated", "BOOLEAN", "0"),
-    ("error_type", "VARCHAR", "''"),
-    ("service_tier", "VARCHAR", "''"),
-    ("speed", "VARCHAR", "''"),
-    ("inference_geo", "VARCHAR", "''"),
-    ("session_id", "VARCHAR", "''"),
-    ("agent_id", "VARCHAR", "''"),
-    ("parent_agent_id", "VARCHAR", "''"),
-    ("request_class", "VARCHAR", "''"),
-    ("prompt_id", "VARCHAR", "''"),
-)
-EVENT_NAMES = tuple(name for name, _, _ in EVENT_COLUMNS)
-EVENT_FIELD = b"e"  # a packed event (pack_event); otherwise one field per value
-_EVENT_KEYS = tuple(name.encode() for name in EVENT_NAMES)
-_EVENT_KEY_LIST = list(_EVENT_KEYS)
 REQUEST_COLUMNS = ("id", "ts", *(n for n, _, _ in EVENT_COLUMNS[2:16]), "cache_saved_micros",
                    *(n for n, _, _ in EVENT_COLUMNS[16:]))
 MEASURES = ("requests", "errors", "estimated", "input_tokens", "output_tokens", "cache_write_5m",
@@ -107,7 +67,6 @@ MEASURES = ("requests", "errors", "estimated", "input_tokens", "output_tokens", 
 
 # A batch travels to DuckDB as one string: fields joined by US (0x1f), entries by RS (0x1e),
 # split in SQL. That is several times faster than binding one list per column.
-_US, _RS = b"\x1f", b"\x1e"
 
 
 def _typed(i: int, name: str, kind: str, default: str) -> str:
@@ -214,46 +173,13 @@ class Savings:
                 factor.denominator * MTOK)
 
 
-def pack_event(event: Mapping[str, object]) -> str:
-    """A usage event as one stream field value (EVENT_FIELD): its EVENT_COLUMNS values in
-    order, joined by US. Reading one field per event back is many times cheaper for the rollup
-    than one field per value; separators inside values become spaces."""
-    text = "\x1f".join(str(event.get(name, "")) for name in EVENT_NAMES)
-    if text.count("\x1f") != len(EVENT_NAMES) - 1 or "\x1e" in text:
-        text = "\x1f".join(str(event.get(name, "")).replace("\x1f", " ").replace("\x1e", " ")
-                           for name in EVENT_NAMES)
-    return text
-
-
-def event_values(fields: Mapping[bytes, bytes]) -> list[bytes]:
-    """The EVENT_COLUMNS values of a stream entry, packed or one field per value."""
-    packed = fields.get(EVENT_FIELD)
-    if packed is not None:
-        values = packed.split(_US)[:len(EVENT_NAMES)]
-        return values + [b""] * (len(EVENT_NAMES) - len(values))
-    if list(fields) == _EVENT_KEY_LIST:  # the settlement's own order: the fast path
-        return list(fields.values())
-    return [fields.get(k, b"") for k in _EVENT_KEYS]
-
-
 def _encode(entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> str:
     """The batch as one US/RS-separated string (see _BATCH_SQL), stream entry id first."""
-    rows = []
-    want = len(EVENT_NAMES) - 1
-    for entry_id, fields in entries:
-        if not fields:
-            continue  # deleted while pending: nothing to insert, only to acknowledge
-        packed = fields.get(EVENT_FIELD)
-        if packed is not None and packed.count(_US) == want and _RS not in packed:
-            rows.append(entry_id + _US + packed)
-            continue
-        values = event_values(fields)
-        row = _US.join(values)
-        if row.count(_US) != want or _RS in row:
-            # A separator inside a value (a model name is client input): drop it, keep the row.
-            row = _US.join(v.replace(_US, b" ").replace(_RS, b" ") for v in values)
-        rows.append(entry_id + _US + row)
-    return _RS.join(rows).decode("utf-8", "replace")
+    us = US.encode()
+    rows = [entry_id + us + us.join(event_values(fields))
+            for entry_id, fields in entries
+            if fields]  # an entry deleted while pending: nothing to insert, only to acknowledge
+    return RS.encode().join(rows).decode("utf-8", "replace")
 
 
 def write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings,

@@ -101,7 +101,7 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
     state = AdminState(catalog, redis, KeySpace(settings.redis_prefix), settings.proxy_url)
     # The catalog is the truth: a fresh or flushed Redis gets the whole policy back.
     await state.publish()
-    state.rollup = Rollup(redis, state.keyspace, catalog.conn, state.db,
+    state.rollup = Rollup(redis, state.keyspace, catalog.conn, state.db, batch=20_000,
                           prices=PriceTable.load(dict(settings.prices),
                                                  settings.fallback_input_usd,
                                                  settings.fallback_output_usd),

@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from dashboard.state import ADMIN, AdminState
+from ledger.events import unpack_event
 from ledger.store import connect_redis
 from meterd.apps import ADMIN_APP, create_root_app
 from meterd.mock_upstream import RECORDED, MockOptions, create_mock_app
@@ -201,7 +202,7 @@ class Gateway:
         """Usage events in the Redis stream, decoded."""
         redis = self.proxy.redis
         entries = await redis.xrange(self.proxy.keyspace.events)
-        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+        return [unpack_event(fields) for _, fields in entries]
 
     async def settled(self, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
         """Wait until `count` events were settled (settlement runs after the response)."""

@@ -57,7 +57,7 @@ async def ledger(redis: Any) -> Ledger:
     # Someone who has since left the catalog: labelled by id.
     events += make_events(40, seed=22, start=FIRST, days=DAYS, prefix="gone_",
                           developers=[("dev_gone", "team_gone")])
-    await send(redis, events, packed=True)  # both formats: test_rollup.py; this is faster
+    await send(redis, events)
     rollup = Rollup(redis, KS, conn, inline_db)
     assert await rollup.run_once() == len(events)
     await rollup.close()

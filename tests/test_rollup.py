@@ -18,16 +18,15 @@ import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ledger.catalog import connect
+from ledger.events import EVENT_NAMES, pack_event
 from ledger.keyspace import KeySpace
 from ledger.pricing import MTOK, PriceTable
 from ledger.rollup import (
-    EVENT_NAMES,
     GROUP,
     JOB_ID,
     STEPS,
     Rollup,
     lock_key,
-    pack_event,
     purge,
     schedule,
     schedule_purge,
@@ -101,11 +100,11 @@ def make_events(n: int, *, seed: int = 1, start: datetime | None = None, days: i
     return events
 
 
-async def send(redis: Any, events: Iterable[dict[str, Any]], packed: bool = False) -> None:
-    """Append events to the stream as settlement does (one field per value, or packed)."""
+async def send(redis: Any, events: Iterable[dict[str, Any]]) -> None:
+    """Append events to the stream as settlement does (one packed field)."""
     async with redis.pipeline(transaction=False) as pipe:
         for e in events:
-            pipe.xadd(KS.events, {"e": pack_event(e)} if packed else e)
+            pipe.xadd(KS.events, {"e": pack_event(e)})
         await pipe.execute()
 
 
@@ -168,11 +167,9 @@ async def backlog(redis: Any) -> tuple[int, int]:
 # --- one run ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["fields", "packed"])
-async def test_rollup_commits_every_event_once_and_empties_the_stream(
-        redis: Any, packed: bool) -> None:
+async def test_rollup_commits_every_event_once_and_empties_the_stream(redis: Any) -> None:
     events = make_events(250)
-    await send(redis, events, packed)
+    await send(redis, events)
     conn = fresh_db()
     rollup = Rollup(redis, KS, conn, inline_db, batch=60)
     assert await rollup.run_once() == 250
@@ -180,20 +177,6 @@ async def test_rollup_commits_every_event_once_and_empties_the_stream(
     assert await backlog(redis) == (0, 0)
     assert await rollup.run_once() == 0
     assert_rolled_up_once(conn, events)
-
-
-async def test_packed_and_field_events_store_identical_rows(redis: Any) -> None:
-    events = make_events(40)
-    rows = []
-    for packed in (False, True):
-        await send(redis, events, packed)
-        conn = fresh_db()
-        rollup = Rollup(redis, KS, conn, inline_db)
-        await rollup.run_once()
-        await rollup.close()
-        rows.append(conn.execute("SELECT * FROM requests ORDER BY id").fetchall())
-    assert rows[0] == rows[1]
-    assert len(rows[0]) == 40
 
 
 async def test_every_event_field_lands_in_its_column(redis: Any) -> None:
@@ -245,8 +228,7 @@ async def test_separators_inside_values_cannot_shift_columns(redis: Any) -> None
     (event,) = make_events(1)
     event["model"] = "evil\x1fdev_z\x1eother\x1f"
     event["session_id"] = "s\x1e1"
-    await send(redis, [event])
-    await send(redis, [{**event, "id": event["id"] + "-packed"}], packed=True)
+    await send(redis, [event, {**event, "id": event["id"] + "-again"}])
     conn = fresh_db()
     await Rollup(redis, KS, conn, inline_db).run_once()
     rows = conn.execute("SELECT model, session_id, developer_id, cost_micros FROM requests"
@@ -257,16 +239,16 @@ async def test_separators_inside_values_cannot_shift_columns(redis: Any) -> None
 
 async def test_malformed_event_fields_get_defaults_instead_of_blocking_the_stream(
         redis: Any) -> None:
-    await redis.xadd(KS.events, {"id": "odd-1", "ts_ms": "soon", "input_tokens": "many",
-                                 "developer_id": "dev_a"})
-    await redis.xadd(KS.events, {"developer_id": "dev_b", "cost_micros": "17"})
+    await redis.xadd(KS.events, {"e": pack_event({
+        "id": "odd-1", "ts_ms": "soon", "input_tokens": "many", "developer_id": "dev_a"})})
+    await redis.xadd(KS.events, {"e": pack_event({"developer_id": "dev_b", "cost_micros": "17"})})
     conn = fresh_db()
     rollup = Rollup(redis, KS, conn, inline_db)
     assert await rollup.run_once() == 2
     await asyncio.sleep(0.002)
     # The same timeless event again: its copy gets a later time, and is still not new.
-    await redis.xadd(KS.events, {"id": "odd-1", "ts_ms": "soon", "input_tokens": "many",
-                                 "developer_id": "dev_a"})
+    await redis.xadd(KS.events, {"e": pack_event({
+        "id": "odd-1", "ts_ms": "soon", "input_tokens": "many", "developer_id": "dev_a"})})
     assert await rollup.run_once() == 0
     rows = conn.execute("SELECT id, developer_id, input_tokens, cost_micros, ttfb_ms, priced, "
                         "ts > TIMESTAMP '2020-01-01' FROM requests ORDER BY developer_id"
