@@ -13,14 +13,13 @@ from pathlib import Path
 from aiohttp import web
 
 from dashboard.state import ADMIN
+from ledger.accounts import create_demo_admin
+from ledger.catalog import Catalog, connect
 from ledger.gate import Gate, Ticket
+from ledger.money import parse_usd
 from ledger.policy import Principal
 from ledger.pricing import PriceTable
 from ledger.usage import Usage
-
-from ledger.accounts import create_demo_admin
-from ledger.catalog import Catalog, connect
-from ledger.money import parse_usd
 from meterd.apps import ADMIN_APP, DB_FILE
 from meterd.mock_upstream import MockOptions, create_mock_app
 from meterd.settings import Settings
