@@ -59,6 +59,7 @@ PAGE_ROUTES: tuple[Route, ...] = (
     ("GET", "/rollout/managed-settings.json", rollout.managed_settings_file,
      "managed_settings"),
     ("GET", "/settings", system.settings_page, "settings"),
+    ("POST", "/settings/reload-providers", system.reload_providers, "reload_providers"),
     ("GET", "/audit", activity.audit, "audit"),
     ("GET", "/access", access.access, "access"),
     ("POST", "/access/users", access.create_user, "create_user"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dashboard.auth import READERS, allow
-from dashboard.keys import CONFIG
-from dashboard.render import render
+from dashboard.auth import ADMINS, READERS, allow
+from dashboard.keys import CONFIG, IDENTITY
+from dashboard.render import admin_state, render, see_other, url
 from ledger.usage import Usage
 
 OUTAGE_WORDS = {
@@ -28,3 +28,14 @@ async def settings_page(request: web.Request) -> web.StreamResponse:
         "outage_words": OUTAGE_WORDS.get(config.redis_outage_policy, ""),
         "secret_source": "configured" if config.session_secret else "generated",
     })
+
+
+@allow(*ADMINS)
+async def reload_providers(request: web.Request) -> web.StreamResponse:
+    """Ask every proxy to re-read its providers and routes (as SIGHUP does to one)."""
+    state = admin_state(request)
+    generation = await state.redis.incr(state.keyspace.providers_reload)
+    await state.db(state.catalog.record, request[IDENTITY].actor, "providers.reload",
+                   "proxies", {"generation": generation})
+    return see_other(request, url(request, "settings"),
+                     "Every proxy reloads its providers and routes within a second.")

@@ -132,6 +132,11 @@ class Catalog:
             [_now(), actor, action, target, _json(before), _json(after)],
         )
 
+    def record(self, actor: str, action: str, target: str, after: Any = None) -> None:
+        """Audit an admin action that changes no catalog row (e.g. a providers reload)."""
+        with self.lock:
+            self._audit(actor, action, target, None, after)
+
     def create_team(self, name: str, actor: str = "cli") -> dict[str, Any]:
         name = _name(name, "team")
         with self.lock:

@@ -22,6 +22,8 @@ class KeySpace:
         # Set once the counters of the current periods are known to be complete (after a
         # rebuild from DuckDB if Redis came back empty); admission waits for it.
         self.ready = f"{self.base}:ready"
+        # Bumped by the dashboard: every proxy reloads its providers and routes when it moves.
+        self.providers_reload = f"{self.base}:providers:reload"
         self.policy_hashes = {
             name: f"{self.base}:pol:{name}"
             for name in ("keys", "devs", "teams", "budgets", "limits")

@@ -152,6 +152,8 @@ class PriceTable:
         self._fallback = fallback
         self._search_per_1k = web_search_micros_per_1k
         self._cache: dict[str, PriceRow | None] = {}
+        # Per row: the highest input-side and output rates over its tiers (worst_case).
+        self._worst = {row.name: _worst_rates(row) for row in (*rows, fallback)}
         self.version = self._hash()
 
     @classmethod
@@ -257,7 +259,7 @@ class PriceTable:
         """
         num, den = _ratio(multiplier)
         row = self.row_for(model) or self._fallback
-        input_rate, output_rate = _worst_rates(row)
+        input_rate, output_rate = self._worst[row.name]
         units = prompt_tokens * input_rate + max_tokens * output_rate
         if row.us_geo_multiplier:
             num *= US_GEO_MULTIPLIER.numerator
@@ -272,8 +274,15 @@ class PriceTable:
         The prompt-size tier still applies (it is known from `prompt_tokens`); fast mode and
         US geography do not.
         """
-        usage = Usage(input_tokens=prompt_tokens, output_tokens=output_tokens)
-        return self.cost(model, usage, multiplier).micros
+        # What cost() gives for Usage(input_tokens=prompt, output_tokens=output), without
+        # building one on every request.
+        num, den = _ratio(multiplier)
+        row = self.row_for(model) or self._fallback
+        r = row.rates
+        if row.long_rates is not None and prompt_tokens > row.long_threshold:
+            r = row.long_rates
+        units = prompt_tokens * r.input + output_tokens * r.output
+        return _div_half_up(units * num, MTOK * den)
 
     def _hash(self) -> str:
         """A short hash of everything that decides a price, to record with each cost."""

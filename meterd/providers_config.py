@@ -273,6 +273,7 @@ async def providers_context(settings: Settings, load: Callable[[], Settings] | N
     config = ProviderConfig(app[STATE], load or (lambda: settings))
     config.reload(settings)
     app[PROVIDERS] = config
+    app[STATE].reload_providers = config.reload_logged
     loop = asyncio.get_running_loop()
     hangup = False
     if load is not None and hasattr(signal, "SIGHUP"):

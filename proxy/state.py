@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,9 @@ class ProxyState:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Providers and routes when configured (swapped whole on reload); None: `upstream` only.
     router: Router | None = None
+    # Re-reads providers and routes; run when the dashboard asks every proxy to reload.
+    reload_providers: Callable[[], None] | None = None
+    reload_seen: bytes | None = None  # the counter when we last looked (None: not yet)
 
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
         """The caller behind `x-api-key` or `Authorization: Bearer` (apiKeyHelper sends both)."""
@@ -98,6 +101,7 @@ class ProxyState:
                 tick += 1
             try:
                 await self.refresh_policy()
+                await self.follow_reloads()
             except RedisError as exc:
                 log.warning("cannot refresh policy from redis: %s", exc)
                 continue
@@ -106,6 +110,13 @@ class ProxyState:
                 replayed = await self.gate.replay_spool()
                 if replayed:
                     log.info("replayed %d spooled settlements", replayed)
+
+    async def follow_reloads(self) -> None:
+        """Reload providers when the dashboard's reload counter moved since we last looked."""
+        seen = await self.redis.get(self.keyspace.providers_reload) or b"0"
+        if self.reload_seen not in (None, seen) and self.reload_providers is not None:
+            self.reload_providers()
+        self.reload_seen = seen
 
     async def drain(self) -> None:
         """Wait for every pending settlement (shutdown)."""

@@ -18,6 +18,26 @@ _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
+class _Verdicts(dict[str, bool]):
+    """Whether a header name (as sent, any case) crosses the gateway, decided once per name:
+    clients send the same few dozen names on every request. Bounded, since clients choose
+    the names."""
+
+    def __init__(self, drop: frozenset[str]) -> None:
+        super().__init__()
+        self.drop = drop
+
+    def __missing__(self, name: str) -> bool:
+        if len(self) >= 4096:
+            self.clear()
+        keep = self[name] = name.lower() not in self.drop
+        return keep
+
+
+_KEEP_REQUEST = _Verdicts(_DROP_REQUEST)
+_KEEP_RESPONSE = _Verdicts(_DROP_RESPONSE)
+
+
 class AnthropicUpstream:
     """An Anthropic-format Messages API: Anthropic itself, Foundry, another gateway."""
 
@@ -38,8 +58,8 @@ class AnthropicUpstream:
     def request_headers(self, incoming: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
         """The client's headers (every anthropic-* one, as an open list) minus hop-by-hop and
         credentials, plus the provider credential."""
-        out: CIMultiDict[str] = CIMultiDict(
-            (k, v) for k, v in incoming if k.lower() not in _DROP_REQUEST)
+        keep = _KEEP_REQUEST
+        out: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in incoming if keep[k]])
         out.extend(self._added)
         return out
 
@@ -47,4 +67,5 @@ class AnthropicUpstream:
 def response_headers(incoming: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     """Provider response headers to relay: all but hop-by-hop (status codes and bodies pass
     through unchanged, and so do retry-after, x-should-retry and request-id)."""
-    return CIMultiDict((k, v) for k, v in incoming if k.lower() not in _DROP_RESPONSE)
+    keep = _KEEP_RESPONSE
+    return CIMultiDict([(k, v) for k, v in incoming if keep[k]])

@@ -77,6 +77,7 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "rollout": ("/rollout", None, ROLLOUT),
     "managed_settings": ("/rollout/managed-settings.json", None, ROLLOUT),
     "settings": ("/settings", None, read()),
+    "reload_providers": ("/settings/reload-providers", {}, change()),
     "audit": ("/audit", None, read()),
     "access": ("/access", None, read()),
     "create_user": ("/access/users", {"name": "new-finance", "role": "finance",
@@ -126,6 +127,7 @@ APIS: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "api.usage_cache": (f"{V1}/usage/cache", None, api_read()),
     "api.usage_forecast": (f"{V1}/usage/forecast", None, api_read()),
     "api.requests": (f"{V1}/requests", None, api_read()),
+    "api.requests_parquet": (f"{V1}/requests.parquet", None, api_read()),
     "api.spend_limits": (f"{V1}/organizations/spend_limits", None, api_read()),
     "api.set_spend_limit": (f"{V1}/organizations/spend_limits", {
         "scope": {"type": "workspace", "workspace_id": "{team}"}, "amount": "12345",
