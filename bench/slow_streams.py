@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bodies import HEADERS, large_body, small_body
 from run import EVENTS, stack
 
+from ledger.events import unpack_event
+
 
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current, peak) resident memory of a process, in MiB."""
@@ -110,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         metered = s.wait_events(events0 + args.streams) - events0
         entries: list[tuple[bytes, dict[bytes, bytes]]] = (
             s.redis().xrevrange(EVENTS, count=metered) if metered else [])  # type: ignore[assignment]
-        full = sum(e[b"status"] == b"200" and e[b"estimated"] == b"0" and e[b"error_type"] == b""
-                   and int(e[b"input_tokens"]) > 0 for _, e in entries)
+        events = [unpack_event(fields) for _, fields in entries]
+        full = sum(e["status"] == "200" and e["estimated"] == "0" and e["error_type"] == ""
+                   and int(e["input_tokens"]) > 0 for e in events)
         after, high_water = rss_mb(s.meterd_pid)
     peak = max(*samples, high_water)
 
