@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -21,13 +22,13 @@ CLAUDE = Path(os.environ.get("MTD_CLAUDE_BIN", Path.home() / ".cache/meterd/clau
                              "node_modules/.bin/claude"))
 
 
-@REAL_ONLY
-async def test_revoked_key_is_refused_by_another_process_within_one_second(
-        gateway: Gateway, second_proxy: str) -> None:
-    key = await gateway.developer()
+async def seconds_until_refused(gateway: Gateway, proxy_url: str, key: str,
+                                change: Callable[[], Awaitable[object]]) -> tuple[int, float]:
+    """Wait until `proxy_url` (another process) serves `key`, make `change` in the catalog,
+    and time how long until that process refuses the key: (status, seconds)."""
     async with aiohttp.ClientSession() as s:
         async def status() -> int:
-            async with s.post(second_proxy + "/v1/messages", data=BODY,
+            async with s.post(proxy_url + "/v1/messages", data=BODY,
                               headers={"x-api-key": key}) as r:
                 await r.read()
                 return r.status
@@ -36,13 +37,25 @@ async def test_revoked_key_is_refused_by_another_process_within_one_second(
         while await status() != 200:  # the new key reaches the other process too
             assert time.monotonic() < deadline, "key never accepted by the second proxy"
             await asyncio.sleep(0.05)
-        key_id = (await gateway.admin.db(gateway.admin.catalog.keys))[0]["id"]
-        await gateway.admin.db(gateway.admin.catalog.revoke_key, key_id)
+        await change()
         await gateway.admin.publish()
-        revoked_at = time.monotonic()
+        changed_at = time.monotonic()
         while (code := await status()) == 200:
             await asyncio.sleep(0.02)
-        elapsed = time.monotonic() - revoked_at
+        return code, time.monotonic() - changed_at
+
+
+@REAL_ONLY
+async def test_revoked_key_is_refused_by_another_process_within_one_second(
+        gateway: Gateway, second_proxy: str) -> None:
+    key = await gateway.developer()
+    catalog = gateway.admin.catalog
+
+    async def revoke() -> None:
+        key_id = (await gateway.admin.db(catalog.keys))[0]["id"]
+        await gateway.admin.db(catalog.revoke_key, key_id)
+
+    code, elapsed = await seconds_until_refused(gateway, second_proxy, key, revoke)
     assert code == 401
     assert elapsed < 1.0, f"revocation took {elapsed:.2f}s to reach the second process"
 
@@ -84,22 +97,10 @@ async def test_claude_code_request_is_forwarded_and_metered_to_its_developer(
 async def test_lowered_cap_is_enforced_by_another_process_within_one_second(
         gateway: Gateway, second_proxy: str) -> None:
     key = await gateway.developer()
-    async with aiohttp.ClientSession() as s:
-        async def status() -> int:
-            async with s.post(second_proxy + "/v1/messages", data=BODY,
-                              headers={"x-api-key": key}) as r:
-                await r.read()
-                return r.status
 
-        deadline = time.monotonic() + 5
-        while await status() != 200:
-            assert time.monotonic() < deadline, "key never accepted by the second proxy"
-            await asyncio.sleep(0.05)
+    async def lower_cap() -> None:
         await gateway.admin.db(gateway.admin.catalog.set_budget, "team", "platform", "daily", 0)
-        await gateway.admin.publish()
-        changed_at = time.monotonic()
-        while (code := await status()) == 200:
-            await asyncio.sleep(0.02)
-        elapsed = time.monotonic() - changed_at
+
+    code, elapsed = await seconds_until_refused(gateway, second_proxy, key, lower_cap)
     assert code == 429
     assert elapsed < 1.0, f"the new cap took {elapsed:.2f}s to reach the second process"
