@@ -35,7 +35,8 @@ def create_app(upstream: str, key: str) -> web.Application:
         app[SESSION] = aiohttp.ClientSession(
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=600),
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            cookie_jar=aiohttp.DummyCookieJar())
         yield
         await app[SESSION].close()
 

@@ -124,11 +124,15 @@ class LoadMeter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        seconds = time.monotonic() - self.t0
-        machine = _cpu_ticks() - self.machine0
+        self.machine_s = (_cpu_ticks() - self.machine0) / self.hz
         self.target_cpu_s = (_session_ticks(self.target) - self.target0) / self.hz
-        ours = _session_ticks(self.own) - self.own0 + _children_ticks() - self.children0
-        self.foreign_cpus = max(0.0, (machine - ours) / self.hz / seconds)
+        self.ours_s = (_session_ticks(self.own) - self.own0 + _children_ticks()
+                       - self.children0) / self.hz
+
+    def busy(self, seconds: float) -> tuple[float, float]:
+        """(CPUs busy on the machine, CPUs busy outside the benchmark) over `seconds` (the
+        sending window: the run's last second only lets answers arrive)."""
+        return self.machine_s / seconds, max(0.0, (self.machine_s - self.ours_s) / seconds)
 
 
 def _children_ticks() -> int:
@@ -146,6 +150,7 @@ class WrkResult:
     rate: float  # 0 = closed loop
     requests: int  # completed
     sent: int
+    window_s: float  # from the first request sent to the last answer
     non_2xx: int
     errors: dict[str, int]
     rps: float
@@ -156,6 +161,7 @@ class WrkResult:
     events: int | None = None  # usage events meterd wrote for this run (meterd targets)
     cpu_us: float = 0  # CPU time of the target (all its processes) per completed request
     foreign_cpus: float = 0  # CPUs' worth of work by processes outside the benchmark
+    machine_cpus: float = 0  # CPUs' worth of work by every process (of os.cpu_count())
 
     @property
     def ok_2xx(self) -> int:
@@ -177,6 +183,7 @@ def run_wrk(url: str, body_file: Path, key: str, duration: int, *, rate: float =
     window_s = r["window_ms"] / 1000 if r["window_ms"] > 0 else duration
     return WrkResult(
         target=target, body=body, rate=rate, requests=r["requests"], sent=r["sent"],
+        window_s=window_s,
         non_2xx=r["non_2xx"], errors=r["errors"], rps=r["requests"] / window_s,
         p50_ms=r["p50_us"] / 1000, p90_ms=r["p90_us"] / 1000, p99_ms=r["p99_us"] / 1000,
         p999_ms=r["p99.9_us"] / 1000)
@@ -350,7 +357,7 @@ class Bench:
                              duration or self.duration, rate=rate,
                              headers_file=self.headers_file, target=target, body=body)
         result.cpu_us = load.target_cpu_s * 1e6 / max(result.requests, 1)
-        result.foreign_cpus = load.foreign_cpus
+        result.machine_cpus, result.foreign_cpus = load.busy(result.window_s)
         if metered:
             result.events = self.s.wait_events(before + result.ok_2xx) - before
             if result.events != result.ok_2xx or result.sent != result.requests:
@@ -376,14 +383,14 @@ class Bench:
 def _row(body: str, name: str, r: WrkResult, note: str) -> str:
     busy = f"{r.foreign_cpus:5.2f}" + ("!" if r.foreign_cpus > BUSY else " ")
     return (f"{body:<7}{name:<20}{r.rps:>9,.0f}{r.p50_ms:>8.2f}{r.p90_ms:>8.2f}{r.p99_ms:>8.2f}"
-            f"{r.cpu_us:>9,.0f}{busy:>8}  {note}")
+            f"{r.cpu_us:>9,.0f}{r.machine_cpus:>6.2f}{busy:>8}  {note}")
 
 
 def render(results: list[WrkResult], title: str) -> str:
     """The one table: saturation per body, then latency at half of meterd's rate."""
     by = {(r.target, r.body, r.rate > 0): r for r in results}
     head = (f"{'body':<7}{'target':<20}{'req/s':>9}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
-            f"{'CPU us':>9}{'other':>8}  ")
+            f"{'CPU us':>9}{'busy':>6}{'other':>8}  ")
     lines = [title, "", "saturation (closed loop, 64 connections)", head + "vs bare",
              "-" * (len(head) + 18)]
     for body in ("small", "large"):
@@ -397,7 +404,7 @@ def render(results: list[WrkResult], title: str) -> str:
             if name == "meterd" and bare:
                 note = f"{r.rps / bare.rps:.0%}"
             elif name == "meterd --workers 2" and one:
-                note = f"{r.rps / one.rps:.2f}x one meterd"
+                note = f"{r.rps / one.rps:.2f}x one meterd (ceiling {_ceiling(one):.2f}x)"
             lines.append(_row(body, name, r, note))
     if any(r.rate > 0 for r in results):
         lines += ["", "open loop at half of meterd's saturation rate, 64 connections",
@@ -413,10 +420,20 @@ def render(results: list[WrkResult], title: str) -> str:
                     note = (f"p50 {r.p50_ms - bare.p50_ms:+.2f} ms, "
                             f"p99 {r.p99_ms - bare.p99_ms:+.2f} ms")
                 lines.append(_row(body, name, r, note))
-    lines += ["", "CPU us: CPU time of the target's processes per request. other: CPUs' worth "
-              f"of work by processes outside the benchmark during the run ('!' above {BUSY}: "
-              "the machine was busy, numbers are suspect)."]
+    lines += ["", "CPU us: CPU time of the target's processes per request. busy: CPUs' worth of "
+              f"work on the whole machine (of {os.cpu_count()}; the mock upstream, Redis and wrk "
+              "share them). other: the part of it done by processes outside the benchmark "
+              f"('!' above {BUSY}: the machine was busy, numbers are suspect). ceiling: the most "
+              "--workers 2 can reach here, all CPUs busy at one meterd's work per request "
+              "(CPUs / one meterd's busy)."]
     return "\n".join(lines)
+
+
+def _ceiling(one: WrkResult) -> float:
+    """How many times one meterd's req/s the machine could carry with every CPU busy, if each
+    request cost the whole machine what it did with one meterd (wrk, the mock upstream and
+    Redis share the CPUs with the workers)."""
+    return (os.cpu_count() or 1) / one.machine_cpus if one.machine_cpus else 0.0
 
 
 def verdicts(results: list[WrkResult]) -> list[str]:
@@ -433,7 +450,8 @@ def verdicts(results: list[WrkResult]) -> list[str]:
         if two and one:
             ratio = two.rps / one.rps
             out.append(f"{'PASS' if ratio >= 1.6 else 'MISS'}  {body}: --workers 2 at "
-                       f"{ratio:.2f}x one worker (target >= 1.6x)")
+                       f"{ratio:.2f}x one worker (target >= 1.6x; this machine's ceiling "
+                       f"{_ceiling(one):.2f}x)")
         hb, hm = by.get(("bare proxy", body, True)), by.get(("meterd", body, True))
         if hb and hm:
             d50, d99 = hm.p50_ms - hb.p50_ms, hm.p99_ms - hb.p99_ms

@@ -3,7 +3,8 @@
     python bench/slow_streams.py [--streams 1000] [--duration 60] [--quick]
 
 Starts the same stack as `bench/run.py` (throwaway Redis, mock upstream, `meterd proxy` with a
-budget and rate limits), then opens `--streams` streaming requests through meterd at once. The
+budget and rate limits), then opens `--streams` streaming requests through meterd (over 2 s)
+that all run at once. The
 mock answers each with `message_start`, then a `ping` every second for `--duration` seconds
 (`x-mock-ping-interval-ms`, `x-mock-duration-ms`), then the rest of the answer, like a long
 extended-thinking turn. While they run, it samples the resident memory (RSS) of the meterd
@@ -21,7 +22,8 @@ import asyncio
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -51,6 +53,7 @@ class Outcome:
     complete: int = 0  # streams that ended with message_stop
     failed: int = 0
     pings: int = 0
+    failures: Counter[str] = field(default_factory=Counter)  # what failed streams saw
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
@@ -65,20 +68,28 @@ async def one_stream(session: aiohttp.ClientSession, url: str, headers: dict[str
                 outcome.complete += 1
             else:
                 outcome.failed += 1
-    except aiohttp.ClientError:
+                outcome.failures[f"{r.status} {tail[-200:].decode(errors='replace')}"] += 1
+    except aiohttp.ClientError as exc:
         outcome.failed += 1
+        outcome.failures[repr(exc)] += 1
 
 
 async def drive(url: str, key: str, streams: int, duration_s: int, pid: int,
-                body: bytes) -> tuple[Outcome, list[float]]:
+                body: bytes, ramp_s: float = 2.0) -> tuple[Outcome, list[float]]:
     headers = {**HEADERS, "x-api-key": key, "x-mock-ping-interval-ms": "1000",
                "x-mock-duration-ms": str(duration_s * 1000)}
     outcome, samples = Outcome(), []
     timeout = aiohttp.ClientTimeout(total=None, sock_read=duration_s + 60)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=timeout) as session:
-        tasks = [asyncio.create_task(one_stream(session, url + "/v1/messages", headers, body,
-                                                outcome)) for _ in range(streams)]
+        tasks = []
+        for _ in range(streams):
+            tasks.append(asyncio.create_task(one_stream(session, url + "/v1/messages", headers,
+                                                        body, outcome)))
+            # Developers do not all connect in the same millisecond: 1,000 streams open over
+            # about 2 s. (Opened all at once, they overflow the mock upstream's listen backlog
+            # of 128 and some upstream connections are reset: a flaw of the test rig.)
+            await asyncio.sleep(ramp_s / streams)
         while not all(t.done() for t in tasks):
             samples.append(rss_mb(pid)[0])
             await asyncio.sleep(0.5)
@@ -115,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         events = [unpack_event(fields) for _, fields in entries]
         full = sum(e["status"] == "200" and e["estimated"] == "0" and e["error_type"] == ""
                    and int(e["input_tokens"]) > 0 for e in events)
+        errors = Counter(e["error_type"] for e in events if e["error_type"])
         after, high_water = rss_mb(s.meterd_pid)
     peak = max(*samples, high_water)
 
@@ -124,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  meterd RSS: {before:.1f} MiB idle, peak {peak:.1f} MiB, {after:.1f} MiB after")
     print(f"  streams complete: {outcome.complete}/{args.streams} "
           f"({outcome.failed} failed), pings relayed: {outcome.pings:,}")
-    print(f"  usage events: {metered} (of {args.streams}), with full usage: {full}")
+    for failure, count in outcome.failures.most_common(3):
+        print(f"    {count} x {failure}")
+    print(f"  usage events: {metered} (of {args.streams}), with full usage: {full}"
+          + (f"; errors: {dict(errors)}" if errors else ""))
     ok = (outcome.complete == args.streams and metered == args.streams
           and full == args.streams and peak < args.limit_mb)
     print(("PASS" if ok else "FAIL") + f"  RSS < {args.limit_mb:.0f} MiB and every stream "

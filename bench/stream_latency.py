@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                 "stamped-upstream", stamped_port)
         via_port = free_port()
         s.start_meterd(via_port, upstream=s.url(stamped_port), name="meterd-stamped")
+        bare_port = free_port()  # the floor for the stamped upstream: any proxy adds a hop
+        s.spawn([sys.executable, str(Path(__file__).parent / "bare_proxy.py"), "--port",
+                 str(bare_port), "--upstream", s.url(stamped_port)], "bare-stamped", bare_port)
         events0 = s.events()
         stamp_headers = {**HEADERS, "x-stamp-events": str(args.events),
                          "x-stamp-gap-ms": str(args.gap_ms)}
@@ -177,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for name, url, key, headers in (
             ("stamped direct", s.url(stamped_port), MOCK_KEY, stamp_headers),
+            ("stamped bare", s.url(bare_port), MOCK_KEY, stamp_headers),
             ("stamped meterd", s.url(via_port), s.key, stamp_headers),
             ("mock direct", s.url(s.mock_port), MOCK_KEY, mock_headers),
+            ("mock bare", s.url(s.bare_port), MOCK_KEY, mock_headers),
             ("mock meterd", s.url(s.meterd_port), s.key, mock_headers),
         ):
             results[name] = asyncio.run(measure(url, {**headers, "x-api-key": key},
@@ -189,33 +194,33 @@ def main(argv: list[str] | None = None) -> int:
     per_stream = args.rounds * args.streams
     print(f"streaming latency: {per_stream} streams per path ({args.streams} at a time), "
           f"{args.events} text deltas each, one every {args.gap_ms} ms")
-    print(f"{'':38}{'direct':>10}{'meterd':>10}{'added':>10}")
+    print(f"{'':34}{'direct':>9}{'bare':>9}{'meterd':>9}{'added':>9}{'vs bare':>9}")
 
-    def row(label: str, a: list[float], b: list[float], p: float) -> float:
-        x, y = pct(a, p), pct(b, p)
-        print(f"{label:38}{x:>10.3f}{y:>10.3f}{y - x:>+10.3f}")
-        return y - x
+    def row(label: str, path: str, what: str, p: float) -> float:
+        d, b, m = (pct(getattr(results[f"{path} {via}"], what), p)
+                   for via in ("direct", "bare", "meterd"))
+        print(f"{label:34}{d:>9.3f}{b:>9.3f}{m:>9.3f}{m - d:>+9.3f}{m - b:>+9.3f}")
+        return m - d
 
-    sd, sm = results["stamped direct"], results["stamped meterd"]
-    md, mm = results["mock direct"], results["mock meterd"]
-    print("stamped upstream (ms)")
-    row("  per-event delay p50", sd.delay_ms, sm.delay_ms, 50)
-    row("  per-event delay p90", sd.delay_ms, sm.delay_ms, 90)
-    added_p99 = row("  per-event delay p99", sd.delay_ms, sm.delay_ms, 99)
-    row("  per-event delay max", sd.delay_ms, sm.delay_ms, 100)
-    row("  time to first byte p50", sd.ttfb_ms, sm.ttfb_ms, 50)
-    row("  time to first byte p99", sd.ttfb_ms, sm.ttfb_ms, 99)
+    print("stamped upstream (ms; added = meterd - direct)")
+    row("  per-event delay p50", "stamped", "delay_ms", 50)
+    row("  per-event delay p90", "stamped", "delay_ms", 90)
+    added_p99 = row("  per-event delay p99", "stamped", "delay_ms", 99)
+    row("  per-event delay max", "stamped", "delay_ms", 100)
+    row("  time to first byte p50", "stamped", "ttfb_ms", 50)
+    row("  time to first byte p99", "stamped", "ttfb_ms", 99)
     print(f"mock upstream (ms; events paced {args.gap_ms} ms apart)")
-    row("  time to first byte p50", md.ttfb_ms, mm.ttfb_ms, 50)
-    row("  time to first byte p99", md.ttfb_ms, mm.ttfb_ms, 99)
-    row("  inter-event gap p1", md.gap_ms, mm.gap_ms, 1)
-    row("  inter-event gap p50", md.gap_ms, mm.gap_ms, 50)
-    row("  inter-event gap p99", md.gap_ms, mm.gap_ms, 99)
+    row("  time to first byte p50", "mock", "ttfb_ms", 50)
+    row("  time to first byte p99", "mock", "ttfb_ms", 99)
+    row("  inter-event gap p1", "mock", "gap_ms", 1)
+    row("  inter-event gap p50", "mock", "gap_ms", 50)
+    row("  inter-event gap p99", "mock", "gap_ms", 99)
+    sd, mm = results["stamped direct"], results["mock meterd"]
     merged = {n: sum(1 for g in r.gap_ms if g < args.gap_ms / 4) for n, r in results.items()
               if n.startswith("mock")}
     print(f"  events merged with the previous one (gap < {args.gap_ms / 4:g} ms): "
-          f"direct {merged['mock direct']}, meterd {merged['mock meterd']} of "
-          f"{mm.deltas} each way")
+          f"direct {merged['mock direct']}, bare {merged['mock bare']}, meterd "
+          f"{merged['mock meterd']} of {mm.deltas} each way")
     failed = sum(r.failed for r in results.values())
     complete = all(r.deltas == per_stream * args.events for r in results.values())
     print(f"streams failed: {failed}; every event arrived: {complete}; usage events for the "

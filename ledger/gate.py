@@ -8,6 +8,7 @@ goes to the local spool, replayed exactly once when Redis is back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from datetime import UTC, date, datetime
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from ledger.events import EVENT_FIELD, pack_event
 from ledger.keyspace import KeySpace
@@ -284,6 +285,47 @@ class Gate:
         `tokens`: input, output, cache_write_5m, cache_write_1h, cache_read, web_search,
         estimated (0/1), and rate_input (input + cache writes, as rate limits count it).
         """
+        await self.settle_soon(ticket, cost_micros, tokens, event)
+
+    def settle_soon(self, ticket: Ticket, cost_micros: int, tokens: dict[str, int],
+                    event: dict[str, Any]) -> asyncio.Future[None]:
+        """`settle`, sent now without a task of its own (the proxy settles every request this
+        way): the future resolves once the settlement is recorded or spooled. Cancelling the
+        future does not stop the settlement."""
+        entry = self._settlement(ticket, cost_micros, tokens, event)
+        start = getattr(self._settle, "start", None)
+        if start is None:  # redis-py's scripts (the embedded backend): a task
+            return asyncio.ensure_future(self._record(entry, ticket.request_id))
+        try:
+            reply = start(entry["keys"], entry["args"])
+        except RedisError as exc:
+            self._spool(entry, ticket.request_id, exc)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        # The reply's loop, not get_running_loop(): on 3.11 that makes a getpid() system call.
+        done = reply.get_loop().create_future()
+
+        def finished(_: object = None) -> None:
+            if not done.done():  # a waiter that gave up may have cancelled it
+                done.set_result(None)
+
+        def landed(reply: asyncio.Future[Any]) -> None:
+            exc = reply.exception() if not reply.cancelled() else RedisError("cancelled")
+            if isinstance(exc, NoScriptError):  # Redis lost the script: send its source
+                asyncio.ensure_future(self._record(entry, ticket.request_id)
+                                      ).add_done_callback(finished)
+                return
+            if exc is not None:
+                self._spool(entry, ticket.request_id, exc)
+            finished()
+
+        reply.add_done_callback(landed)
+        return done
+
+    def _settlement(self, ticket: Ticket, cost_micros: int, tokens: dict[str, int],
+                    event: dict[str, Any]) -> dict[str, Any]:
+        """The settlement script's keys and arguments (also what the spool stores)."""
         at = ticket.at
         now_ms = int(at.timestamp() * 1000)
         counters = self.counters(ticket.principal, at)
@@ -318,14 +360,18 @@ class Gate:
         args.append(len(self.thresholds))
         args += self.thresholds
         args += (EVENT_FIELD, pack_event(event))
-        entry = {"keys": keys, "args": args}
+        return {"keys": keys, "args": args}
+
+    async def _record(self, entry: dict[str, Any], request_id: str) -> None:
         try:
             await self.apply(entry)
         except RedisError as exc:
-            self.redis_errors += 1
-            log.warning("redis unreachable at settlement of %s; spooled: %s",
-                        ticket.request_id, exc)
-            self.spool.append(entry)
+            self._spool(entry, request_id, exc)
+
+    def _spool(self, entry: dict[str, Any], request_id: str, exc: BaseException) -> None:
+        self.redis_errors += 1
+        log.warning("redis unreachable at settlement of %s; spooled: %s", request_id, exc)
+        self.spool.append(entry)
 
     async def apply(self, entry: dict[str, Any]) -> int:
         """Run one settlement (fresh or spooled). 0 means it had already been applied."""

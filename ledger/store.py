@@ -1,10 +1,11 @@
 """Connections to the two stores: Redis (real, or embedded in-process) and the DuckDB file.
 
-The hot path sends two Lua scripts per request (admission, settlement). redis-py spends about
-100 µs of CPU on each command (connection pool, retries, observability hooks, pure-Python
-parsing), more than the rest of the request. So on a real Redis, `register_script` returns a
-`FastScript` that runs over one pipelined connection per process (`ScriptConnection`): the
-commands of one event-loop turn go out in one write, replies resolve their callers in order.
+The hot path sends two Lua scripts per request (admission, settlement). redis-py spends
+75-100 µs of CPU on each command (connection pool, retries, timeouts, observability hooks,
+response parsing), more than the rest of the request. So on a real Redis, `register_script`
+returns a `FastScript` that runs over one pipelined connection per process
+(`ScriptConnection`): the commands of one event-loop turn go out in one write, and replies
+resolve their callers in order.
 Everything else (policy reloads, reports, rollup) uses the ordinary redis-py client.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import fakeredis
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -99,16 +101,22 @@ class FastScript:
     async def __call__(self, keys: Sequence[Any] = (), args: Iterable[Any] = ()) -> Any:
         tail = [len(keys), *keys, *args]
         try:
-            return await self.connection.execute(["EVALSHA", self.sha, *tail])
+            return await self.connection.submit(["EVALSHA", self.sha, *tail])
         except NoScriptError:
-            return await self.connection.execute(["EVAL", self.script, *tail])
+            return await self.connection.submit(["EVAL", self.script, *tail])
+
+    def start(self, keys: Sequence[Any], args: Iterable[Any]) -> asyncio.Future[Any]:
+        """Send the script now, without a task: the future resolves with the reply. A
+        NoScriptError is the caller's to handle (call the script again: it sends the source)."""
+        return self.connection.submit(["EVALSHA", self.sha, len(keys), *keys, *args])
 
 
-# Encoded arguments seen before. Most of a settlement's arguments repeat from request to
-# request (key names, TTLs, event field names, ids of the same developer), and a dict lookup
-# is several times cheaper than formatting. Bounded: cleared when full.
+# Encoded arguments seen before. Most arguments of admission and settlement repeat from
+# request to request (key names, TTLs, limits, thresholds), and a dict lookup is several times
+# cheaper than formatting. Bounded: cleared when full.
 _FRAGMENTS: dict[Any, str] = {}
 _FRAGMENTS_LIMIT = 16384
+_FRAGMENT_MAX = 128  # characters
 
 
 def encode_command(args: Sequence[Any]) -> bytes:
@@ -125,9 +133,10 @@ def encode_command(args: Sequence[Any]) -> bytes:
             if not text.isascii():
                 return _encode_bytes(args)
             fragment = f"${len(text)}\r\n{text}\r\n"
-            if len(fragments) >= _FRAGMENTS_LIMIT:
-                fragments.clear()
-            fragments[arg] = fragment
+            if len(text) <= _FRAGMENT_MAX:  # long ones are unique (an event): not worth it
+                if len(fragments) >= _FRAGMENTS_LIMIT:
+                    fragments.clear()
+                fragments[arg] = fragment
         out.append(fragment)
     return "".join(out).encode()
 
@@ -152,77 +161,33 @@ def _to_bytes(arg: Any) -> bytes:
     raise DataError(f"invalid input of type {type(arg).__name__}: {arg!r}")
 
 
-class _Incomplete(Exception):
-    pass
-
-
-_INCOMPLETE = _Incomplete()
-
-
-def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
-    """One RESP2 reply from `buf` at `pos`: (value, next position); _Incomplete if cut short.
-    Errors come back as ResponseError instances (raised to the caller, not here)."""
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        raise _INCOMPLETE
-    kind, line = buf[pos], bytes(buf[pos + 1:end])
-    pos = end + 2
-    if kind == 58:  # ':' integer
-        return int(line), pos
-    if kind == 36:  # '$' bulk string
-        n = int(line)
-        if n < 0:
-            return None, pos
-        if len(buf) < pos + n + 2:
-            raise _INCOMPLETE
-        return bytes(buf[pos:pos + n]), pos + n + 2
-    if kind == 42:  # '*' array
-        n = int(line)
-        if n < 0:
-            return None, pos
-        items = []
-        for _ in range(n):
-            item, pos = _parse(buf, pos)
-            items.append(item)
-        return items, pos
-    if kind == 43:  # '+' simple string
-        return line, pos
-    if kind == 45:  # '-' error
-        text = line.decode(errors="replace")
-        cls = NoScriptError if text.startswith("NOSCRIPT") else ResponseError
-        return cls(text), pos
-    raise RedisConnectionError(f"protocol error: unexpected reply type {chr(kind)!r}")
-
-
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: ScriptConnection) -> None:
         self.owner = owner
-        self.buf = bytearray()
+        self.reader = hiredis.Reader(replyError=ResponseError,  # C, from redis[hiredis]
+                                     protocolError=RedisConnectionError)
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
+        reader = self.reader
+        reader.feed(data)
         pending = self.owner.pending
-        pos = 0
         try:
-            while pos < len(buf):
-                value, pos = _parse(buf, pos)
+            while (value := reader.gets()) is not False:
                 future, _ = pending.popleft()
-                if not future.done():
-                    if isinstance(value, RedisError):
-                        future.set_exception(value)
-                    else:
-                        future.set_result(value)
-        except _Incomplete:
-            pass
+                if future.done():
+                    continue
+                if isinstance(value, RedisError):
+                    if str(value).startswith("NOSCRIPT"):
+                        value = NoScriptError(str(value))
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
         except (RedisError, IndexError, ValueError) as exc:  # garbage or unsolicited reply
             self.owner.abort(RedisConnectionError(f"bad reply from redis: {exc!r}"))
-            return
-        del buf[:pos]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.lost(self, exc)
@@ -249,15 +214,28 @@ class ScriptConnection:
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop  # the connection's, set when it opens
 
     async def execute(self, args: Sequence[Any]) -> Any:
         """Send one command and wait for its reply (raised if it is an error)."""
-        payload = encode_command(args)
+        return await self.submit(args)
+
+    def submit(self, args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Queue one command; the future resolves with its reply (or its error). Connected,
+        this is a plain future (no task); otherwise a task that connects first."""
+        payload = encode_command(args)  # raises DataError here, to the caller
         if self._protocol is None:
-            await self._connect()
-            if self._protocol is None:
-                raise RedisConnectionError("connection to redis lost")
-        loop = asyncio.get_running_loop()
+            return asyncio.ensure_future(self._connect_and_send(payload))
+        return self._send(payload)
+
+    async def _connect_and_send(self, payload: bytes) -> Any:
+        await self._connect()
+        if self._protocol is None:
+            raise RedisConnectionError("connection to redis lost")
+        return await self._send(payload)
+
+    def _send(self, payload: bytes) -> asyncio.Future[Any]:
+        loop = self._loop  # not get_running_loop(): on 3.11 that is a getpid() system call
         future: asyncio.Future[Any] = loop.create_future()
         self.pending.append((future, loop.time()))
         self._out.append(payload)
@@ -266,7 +244,7 @@ class ScriptConnection:
             loop.call_soon(self._flush)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout / 2, self._check)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -279,7 +257,7 @@ class ScriptConnection:
         self._watchdog = None
         if not self.pending:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() - self.pending[0][1] > self.timeout:
             self.abort(RedisTimeoutError("timeout reading from redis"))
         else:
@@ -309,6 +287,7 @@ class ScriptConnection:
             raise RedisConnectionError(
                 f"cannot connect to redis at {self.address}: {exc or 'timed out'}") from None
         self._protocol = protocol
+        self._loop = loop
         setup: list[list[Any]] = []
         if self.password:
             setup.append(["AUTH", *([self.username] if self.username else []), self.password])
@@ -316,7 +295,7 @@ class ScriptConnection:
             setup.append(["SELECT", self.db])
         try:
             for command in setup:
-                await self.execute(command)
+                await self._send(encode_command(command))
         except RedisError as exc:
             refused = RedisConnectionError(f"redis refused the connection setup: {exc}")
             self.abort(refused)

@@ -24,6 +24,7 @@ from ledger.spool import Spool
 from ledger.store import connect_redis
 from meterd.providers_config import providers_context
 from meterd.settings import Settings
+from proxy.access_log import AccessLog
 from proxy.handlers import setup_routes
 from proxy.metrics import ProxyMetrics
 from proxy.providers.passthrough import setup_provider_routes
@@ -59,6 +60,9 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
         timeout=aiohttp.ClientTimeout(total=None, connect=settings.upstream_connect_timeout,
                                       sock_read=settings.upstream_read_timeout),
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        # One session serves every developer: a cookie a provider sets (e.g. a CDN's) must
+        # not be stored and sent on with other people's requests. (Also skips the jar's work.)
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
     state = ProxyState(
         redis=redis, keyspace=keyspace, gate=gate,
@@ -70,6 +74,7 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
         metrics=ProxyMetrics(lambda: gate.redis_errors, lambda: spool.depth),
         estimate_output_tokens=settings.estimate_output_tokens,
         policy_refresh=settings.policy_refresh,
+        access_log=AccessLog() if settings.log_level in ("debug", "info") else None,
     )
     try:
         await state.refresh_policy()
@@ -82,6 +87,8 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
     state.stopping.set()
     await maintenance
     await state.drain()
+    if state.access_log is not None:
+        state.access_log.flush()
     await session.close()
     spool.close()
     await redis.aclose()

@@ -36,12 +36,6 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # The access log is already one JSON object per request: print it bare, for log shippers.
-    access = logging.getLogger("meterd.access")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.propagate = False
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -76,9 +70,12 @@ def _run(app: web.Application, settings: Settings, port: int, unix: bool = False
     if path and os.path.exists(path):
         os.unlink(path)  # left by a process that died; a live owner holds the DuckDB lock
     app.on_startup.append(_tune_gc)  # after the cleanup contexts: their state is loaded
+    # backlog: a fleet of Claude Code sessions reconnecting at once (after a deploy) must
+    # queue for accept(), not be reset; the default, 128, overflows under a burst of about a
+    # thousand connections (seen on the mock upstream in bench/slow_streams.py).
     web.run_app(app, host=settings.host, port=port, path=path, loop=_new_loop(),
                 access_log=None, shutdown_timeout=settings.shutdown_grace,
-                reuse_port=reuse_port or None, print=None)
+                reuse_port=reuse_port or None, print=None, backlog=1024)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

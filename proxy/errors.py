@@ -74,5 +74,5 @@ async def error_middleware(
         err = ProxyError(exc.status, _HTTP_KINDS.get(exc.status, "invalid_request_error"),
                          message)
     if STATE in request.app:
-        request.app[STATE].metrics.rejections.labels(err.kind).inc()
+        request.app[STATE].metrics.rejections[err.kind] += 1
     return envelope(err.status, err.kind, err.message, err.headers)

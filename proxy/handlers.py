@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -16,13 +15,14 @@ from aiohttp import web
 from ledger.gate import Ticket
 from ledger.status import budget_status
 from ledger.usage import Usage
-from proxy.errors import ProxyError, UpstreamError, error_middleware
+from proxy.errors import UpstreamError, error_middleware
 from proxy.meter import Metered, StreamMeter, meter_body
 from proxy.metrics import TOKEN_CATEGORIES
+from proxy.request_fields import parse_request
 from proxy.state import STATE, ProxyState
 from proxy.upstream import response_headers
 
-access_log = logging.getLogger("meterd.access")
+log = logging.getLogger("meterd.proxy")
 
 _MAX_TEE = 16 * 1024 * 1024  # a non-streaming body larger than this is not parsed for usage
 _CLIENT_HEADERS = {  # recorded on each event: who in Claude Code asked
@@ -34,21 +34,6 @@ _CLIENT_HEADERS = {  # recorded on each event: who in Claude Code asked
 }
 
 
-def parse_request(body: bytes) -> tuple[str, bool, int]:
-    """The few fields the gateway needs: model, stream, max_tokens. The bytes go on unchanged."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ProxyError(400, "invalid_request_error", "request body is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise ProxyError(400, "invalid_request_error", "request body must be a JSON object")
-    model = doc.get("model")
-    if not isinstance(model, str) or not model:
-        raise ProxyError(400, "invalid_request_error", "model: field required")
-    max_tokens = doc.get("max_tokens")
-    return model, doc.get("stream") is True, max_tokens if isinstance(max_tokens, int) else 0
-
-
 async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages: authenticate, admit, relay the provider's answer, meter, settle."""
     state = request.app[STATE]
@@ -56,7 +41,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     principal = state.authenticate(request.headers)
     body = await request.read()
     model, stream, max_tokens = parse_request(body)
-    request_id = "mreq_" + secrets.token_hex(12)
+    request_id = state.request_ids()
     ticket = await state.gate.admit(principal, request_id,
                                     state.estimate(model, len(body), max_tokens), started)
     state.metrics.overhead.observe(time.monotonic() - t0)
@@ -66,8 +51,16 @@ async def messages(request: web.Request) -> web.StreamResponse:
     try:
         return await relay.run(body)
     finally:
-        # Scheduled, not awaited: a client that went away must not cancel its own settlement.
-        state.background(relay.settle())
+        settle(relay)
+
+
+def settle(relay: Relay) -> None:
+    """Price a relayed request and send its settlement now, not awaited: a client that went
+    away (cancelling the handler) must not cancel it. `drain` waits for it at shutdown."""
+    try:
+        relay.state.track(relay.finish())
+    except Exception:  # never turn an answered request into an error
+        log.exception("cannot settle %s", relay.ticket.request_id)
 
 
 class Relay:
@@ -119,12 +112,19 @@ class Relay:
             self.tee = []
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
+            content = upstream.content
+            at_eof = getattr(content, "at_eof", None)  # a provider's translated stream: none
+            async for chunk in content.iter_any():
                 if self.ttfb is None:
                     self.ttfb = time.monotonic()
                 self._observe(chunk)
+                if at_eof is not None and at_eof():
+                    # The answer's end came with its last bytes: relay both in one write.
+                    await response.write_eof(chunk)
+                    break
                 await response.write(chunk)
-            await response.write_eof()
+            else:
+                await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self.error_type = "client_disconnected"  # the client left: settle what was used
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -159,7 +159,10 @@ class Relay:
             return meter_body(b"".join(self.tee))
         return Metered(Usage(), False, self.error_type, "")
 
-    async def settle(self) -> None:
+    def finish(self) -> asyncio.Future[None]:
+        """Price the request and start its settlement (no task: one fewer per request); the
+        future resolves once it is recorded in Redis or spooled, and cannot be cancelled by
+        the client going away."""
         state, ticket = self.state, self.ticket
         metered = self._metered()
         usage = metered.usage
@@ -195,23 +198,17 @@ class Relay:
             "cache_read": usage.cache_read, "web_search": usage.web_search,
             "estimated": int(metered.estimated), "rate_input": usage.rate_input_tokens,
         }
-        await state.gate.settle(ticket, cost.micros, tokens, event)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(orjson.dumps({k: event[k] for k in _LOGGED}).decode())
+        settled = state.gate.settle_soon(ticket, cost.micros, tokens, event)
+        if state.access_log is not None:
+            state.access_log.write(event)
         m = state.metrics
-        m.count_request(self.status, event["stream"])
+        m.requests[self.status, event["stream"]] += 1
         m.latency.observe(ended - self.t0)
-        for category, counter in zip(TOKEN_CATEGORIES, m.token_counters, strict=True):
-            if tokens[category]:
-                counter.inc(tokens[category])
-        m.cost.inc(cost.micros)
-        if metered.estimated:
-            m.estimated.inc()
-
-
-_LOGGED = ("ts_ms", "id", "developer_id", "key_id", "model", "status", "stream", "input_tokens",
-           "output_tokens", "cache_write_5m", "cache_write_1h", "cache_read", "cost_micros",
-           "latency_ms", "ttfb_ms", "estimated", "error_type", "session_id")
+        for category in TOKEN_CATEGORIES:
+            m.tokens[category] += tokens[category]
+        m.cost_micros += cost.micros
+        m.estimated += metered.estimated
+        return settled
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:

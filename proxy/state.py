@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from ledger.gate import Estimate, Gate
 from ledger.keyspace import KeySpace
 from ledger.policy import KeyRefused, Policy, Principal, load_policy
 from ledger.pricing import PriceTable
+from proxy.access_log import AccessLog
 from proxy.metrics import ProxyMetrics
 from proxy.upstream import AnthropicUpstream
 
@@ -24,6 +26,22 @@ if TYPE_CHECKING:
     from proxy.providers.routing import Router
 
 log = logging.getLogger("meterd.proxy")
+
+
+class RequestIds:
+    """Request ids ("mreq_" and 24 hex digits) without a system call each, as secrets.token_hex
+    makes: 96 random bits drawn once per proxy (after `--workers` forks), then counted up.
+    Two proxies' runs of ids overlap with a chance of about n / 2**95 for n requests."""
+
+    def __init__(self) -> None:
+        self._next = int.from_bytes(os.urandom(12))
+
+    def __call__(self) -> str:
+        n = self._next = (self._next + 1) & _ID_MASK
+        return f"mreq_{n:024x}"
+
+
+_ID_MASK = 2**96 - 1
 
 
 @dataclass
@@ -39,13 +57,16 @@ class ProxyState:
     estimate_output_tokens: int = 4096
     policy_refresh: float = 0.25
     policy: Policy = field(default_factory=Policy.empty)
-    settling: set[asyncio.Task[None]] = field(default_factory=set)
+    settling: set[asyncio.Future[None]] = field(default_factory=set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Providers and routes when configured (swapped whole on reload); None: `upstream` only.
     router: Router | None = None
     # Re-reads providers and routes; run when the dashboard asks every proxy to reload.
     reload_providers: Callable[[], None] | None = None
     reload_seen: bytes | None = None  # the counter when we last looked (None: not yet)
+    request_ids: RequestIds = field(default_factory=RequestIds)
+    access_log: AccessLog | None = None  # None: no access log (log level above info)
+
 
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
         """The caller behind `x-api-key` or `Authorization: Bearer` (apiKeyHelper sends both)."""
@@ -75,11 +96,11 @@ class ProxyState:
         return Estimate(prompt, output, self.prices.estimate(model, prompt, output),
                         self.prices.worst_case(model, body_bytes, max(max_tokens, output)))
 
-    def background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run work that must finish even if the client goes away (settlement)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self.settling.add(task)
-        task.add_done_callback(self.settling.discard)
+    def track(self, pending: asyncio.Future[None]) -> None:
+        """Keep work that is already under way (a settlement) until it is done; `drain`
+        waits for it."""
+        self.settling.add(pending)
+        pending.add_done_callback(self.settling.discard)
 
     async def refresh_policy(self) -> None:
         fresh = await load_policy(self.redis, self.keyspace, self.policy.version)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import aiohttp
 import orjson
 
+from proxy.access_log import AccessLog
 from tests.conftest import Gateway
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 512, "stream": True,
@@ -85,21 +87,26 @@ async def test_pings_are_relayed_during_a_slow_stream(gateway: Gateway) -> None:
     assert event["estimated"] == "0" and event["output_tokens"] == "60"
 
 
-async def test_one_access_log_line_per_request_without_prompt_or_key(
-        gateway: Gateway, caplog) -> None:
-    import logging
+async def test_one_access_log_line_per_request_without_prompt_or_key(start_gateway,
+                                                                    tmp_path) -> None:
+    quiet = await start_gateway(data_dir=str(tmp_path / "quiet"))  # log level warning
+    assert quiet.proxy.access_log is None
+    gateway = await start_gateway(log_level="info")
+    assert isinstance(gateway.proxy.access_log, AccessLog)
+    log = io.StringIO()
+    gateway.proxy.access_log.stream = log
     key = await gateway.developer()
-    caplog.set_level(logging.INFO, logger="meterd.access")
     secret_prompt = b"my-secret-prompt-text"
     body = BODY.replace(b"Hello", secret_prompt)
     for _ in range(2):
         await (await gateway.client.post("/v1/messages", data=body,
                                          headers={"x-api-key": key})).read()
     await gateway.settled(2)
-    lines = [r.getMessage() for r in caplog.records if r.name == "meterd.access"]
+    gateway.proxy.access_log.flush()
+    lines = log.getvalue().splitlines()
     assert len(lines) == 2
     for line in lines:
         record = orjson.loads(line)
         assert record["status"] == 200 and record["input_tokens"] == 1200
         assert record["cost_micros"] == 4500 and record["ts_ms"] > 0
-    assert secret_prompt.decode() not in caplog.text and key not in caplog.text
+    assert secret_prompt.decode() not in log.getvalue() and key not in log.getvalue()

@@ -120,14 +120,14 @@ async def test_counters_rebuilt_after_a_flush_equal_the_counters_before_it(
     conn = fresh_db()
     rollup = Rollup(redis, KS, conn, inline_db, clock=lambda: NOW)
     assert await rollup.run_once() == 0  # empty DuckDB, fresh Redis: ready at once
-    applied: list[dict[str, Any]] = []
-    apply = gate.apply
+    applied: list[dict[str, Any]] = []  # what settlement sent (what the spool would hold)
+    build = gate._settlement
 
-    async def recording(entry: dict[str, Any]) -> int:
-        applied.append(entry)
-        return await apply(entry)
+    def recording(*args: Any) -> dict[str, Any]:
+        applied.append(build(*args))
+        return applied[-1]
 
-    gate.apply = recording  # type: ignore[method-assign]
+    gate._settlement = recording  # type: ignore[method-assign]
     before = this_period_events(240, seed=1, prefix="pre_")
     for e in before:
         await settle(gate, e)

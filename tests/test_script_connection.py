@@ -8,8 +8,10 @@ recovery on the next call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,9 +20,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ledger.events import pack_event
+from ledger.gate import Estimate, Gate
+from ledger.keyspace import KeySpace
+from ledger.policy import Cap, Principal
+from ledger.spool import Spool
 from ledger.store import (
     FastScript,
     MeterdRedis,
@@ -65,26 +72,25 @@ def test_commands_are_encoded_exactly_as_redis_py_encodes_them(args: list[Any]) 
 
 def test_replies_split_anywhere_resolve_their_commands_in_order() -> None:
     class Owner:
-        pending: Any = None
+        pending: deque[tuple[asyncio.Future[Any], float]]
 
     loop = asyncio.new_event_loop()
     try:
         wire = (b"*4\r\n:2\r\n$5\r\nhello\r\n:42\r\n*2\r\n$6\r\nnested\r\n:7\r\n"
-                b"$-1\r\n+OK\r\n-NOSCRIPT No matching script.\r\n:-3\r\n")
+                b"$-1\r\n+OK\r\n-NOSCRIPT No matching script.\r\n-ERR wrong\r\n:-3\r\n")
         for size in (1, 2, 3, 7, len(wire)):
-            from collections import deque
-
             owner = Owner()
-            owner.pending = deque((loop.create_future(), 0.0) for _ in range(5))
+            owner.pending = deque((loop.create_future(), 0.0) for _ in range(6))
             futures = [f for f, _ in owner.pending]
             protocol = _Protocol(owner)  # type: ignore[arg-type]
             for i in range(0, len(wire), size):
                 protocol.data_received(wire[i:i + size])
             assert [f.result() for f in futures[:3]] == [
                 [2, b"hello", 42, [b"nested", 7]], None, b"OK"]
-            assert isinstance(futures[3].exception(), ResponseError)
-            assert futures[4].result() == -3
-            assert not owner.pending and not protocol.buf
+            assert isinstance(futures[3].exception(), NoScriptError)
+            assert type(futures[4].exception()) is ResponseError
+            assert futures[5].result() == -3
+            assert not owner.pending and protocol.reader.gets() is False
     finally:
         loop.close()
 
@@ -185,3 +191,34 @@ async def test_the_embedded_backend_keeps_redis_py_scripts() -> None:
     assert not isinstance(script, FastScript)
     assert (await script(keys=["k"], args=["x", 1]))[2] == 2
     await redis.aclose()
+
+
+async def test_settlements_sent_without_a_task_land_or_spool(
+        own_redis: RedisServer, client: Any, tmp_path: Any) -> None:
+    """The proxy's settlement path (Gate.settle_soon): recorded even when Redis lost its
+    scripts, spooled when Redis is gone, and never both."""
+    keyspace = KeySpace("t")
+    spool = Spool(tmp_path / "spool")
+    gate = Gate(client, keyspace, spool)
+    await client.set(keyspace.ready, 1)
+    ada = Principal("k1", "d1", "Ada", "t1", "platform",
+                    (Cap("b1", "developer", "d1", "Ada", "monthly", 10**9, "estimate"),), ())
+    tokens = {"input": 100, "output": 50, "cache_write_5m": 0, "cache_write_1h": 0,
+              "cache_read": 0, "web_search": 0, "estimated": 0, "rate_input": 100}
+    estimate = Estimate(100, 50, 1000, 5000)
+    first = await gate.admit(ada, "r1", estimate)
+    await client.script_flush()
+    await gate.settle_soon(first, 700, tokens, {"id": "r1"})
+    assert await client.xlen(keyspace.events) == 1 and spool.depth == 0
+    second = await gate.admit(ada, "r2", estimate)
+    own_redis.stop()
+    await asyncio.wait_for(gate.settle_soon(second, 700, tokens, {"id": "r2"}), 5)
+    assert spool.depth == 1
+    own_redis.start()  # empty: this server keeps nothing across restarts
+    assert await gate.replay_spool() == 1
+    assert spool.depth == 0
+    with contextlib.suppress(RedisConnectionError):  # redis-py's pooled connection was cut
+        await client.ping()
+    assert [e for _, e in await client.xrange(keyspace.events)] == [
+        {b"e": pack_event({"id": "r2"}).encode()}]
+    spool.close()

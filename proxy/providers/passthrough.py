@@ -10,7 +10,6 @@ event stream included) and meters a decoded copy of it.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from aiohttp import web
 
 from ledger.policy import Principal
 from proxy.errors import ProxyError, UpstreamError
-from proxy.handlers import Relay
+from proxy.handlers import Relay, settle
 from proxy.providers.base import Outbound, Provider, Relayed
 from proxy.providers.bedrock import EVENT_STREAM, BedrockProvider, EventStreamMeter
 from proxy.providers.routing import first_answer
@@ -77,8 +76,7 @@ async def _serve(request: web.Request, state: ProxyState, principal: Principal, 
                  model: str, stream: bool, relay_class: type[Relay], route: Passthrough,
                  started: datetime, t0: float) -> web.StreamResponse:
     """Admit, relay and settle, as `proxy.handlers.messages` does for /v1/messages."""
-    request_id = "mreq_" + secrets.token_hex(12)
-    ticket = await state.gate.admit(principal, request_id,
+    ticket = await state.gate.admit(principal, state.request_ids(),
                                     state.estimate(model, len(body), _max_tokens(body)), started)
     state.metrics.overhead.observe(time.monotonic() - t0)
     relay = relay_class(state, request, ticket, model, stream, t0)
@@ -86,7 +84,7 @@ async def _serve(request: web.Request, state: ProxyState, principal: Principal, 
     try:
         return await relay.run(body)
     finally:
-        state.background(relay.settle())
+        settle(relay)
 
 
 async def bedrock_invoke(request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,46 @@
+"""The access log: one JSON line per finished request, on stderr, a batch at a time.
+
+Not a `logging` logger: a LogRecord per request, with its clock, thread and process lookups
+and a write and flush of its own, cost as much as metering the answer (bench/, issue 6). The
+lines one event-loop turn finishes go out in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any, TextIO
+
+import orjson
+
+# What a line holds: who, what, how much, how long. Never a credential or prompt text.
+FIELDS = ("ts_ms", "id", "developer_id", "key_id", "model", "status", "stream", "input_tokens",
+          "output_tokens", "cache_write_5m", "cache_write_1h", "cache_read", "cost_micros",
+          "latency_ms", "ttfb_ms", "estimated", "error_type", "session_id")
+_MAX_LINES = 1024  # written at once when this many pile up within one turn
+
+
+class AccessLog:
+    """Lines for `stream`, or for whatever sys.stderr is when they are written."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self._lines: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, event: dict[str, Any]) -> None:
+        """Queue the line of one usage event (written at the end of this loop turn)."""
+        self._lines.append(orjson.dumps({name: event[name] for name in FIELDS}))
+        if len(self._lines) >= _MAX_LINES:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._lines:
+            lines, self._lines = self._lines, []
+            stream = self.stream or sys.stderr
+            stream.write(b"\n".join(lines).decode() + "\n")
+            stream.flush()
