@@ -114,6 +114,8 @@ class Gate:
         self.thresholds = thresholds
         self._admit = redis.register_script(_script("admit.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
+        self._release = redis.register_script(_script("release.lua"))
+        self._releasing: set[asyncio.Task[None]] = set()
         self.redis_errors = 0
         self._plans: dict[int, _Plan] = {}
         self._counter_names: dict[tuple[str, str, date], list[str]] = {}
@@ -207,12 +209,36 @@ class Gate:
             result = await self._admit(keys=keys, args=args)
         except RedisError as exc:
             return self._outage(ticket, exc)
+        except asyncio.CancelledError:
+            # The caller left (its client disconnected) with the script on its way: Redis may
+            # still reserve, and nobody would settle. Release it rather than hold the budget
+            # and the concurrency slot until reservation_ttl.
+            self._abandon(ticket)
+            raise
         if result[0] == -1:
             return self._outage(ticket, RedisError("counters are being rebuilt"))
         if result[0] == 0:
             self._reject(result, plan.caps, plan.windows, plan.flights, at, now_ms)
         self._headers(ticket, result, plan.caps, plan.windows, estimate, now_ms)
         return ticket
+
+    def _abandon(self, ticket: Ticket) -> None:
+        """Release what admission may have reserved for `ticket`. Sent after the admission
+        on the same pipelined connection, so Redis runs it after the admission."""
+        counters = self.counters(ticket.principal, ticket.at)
+        keys = [key for h in ticket.holds for key in (counters[h.counter_index - 1], h.key)]
+        keys += ticket.flights
+        args = [ticket.request_id, len(ticket.holds), *(h.reserved for h in ticket.holds)]
+
+        async def release() -> None:
+            try:
+                await self._release(keys=keys, args=args)
+            except RedisError as exc:  # the holds expire after reservation_ttl instead
+                log.warning("cannot release the reservation of %s: %s", ticket.request_id, exc)
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def _outage(self, ticket: Ticket, exc: Exception) -> Ticket:
         self.redis_errors += 1

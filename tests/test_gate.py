@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from ledger.keyspace import KeySpace
 from ledger.periods import period_end, period_tag
 from ledger.policy import Cap, Limits, Principal
 from ledger.spool import Spool
+from ledger.store import FastScript
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 EST = Estimate(prompt_tokens=100, output_tokens=50, default_micros=1000, strict_micros=5000)
@@ -96,6 +98,32 @@ async def test_expired_concurrency_slots_are_freed(gate: Gate) -> None:
     with pytest.raises(RateLimited):
         await gate.admit(p, "r2", EST, NOW)
     await gate.admit(p, "r3", EST, datetime.fromtimestamp(NOW.timestamp() + 31, UTC))
+
+
+async def test_a_caller_that_leaves_during_admission_keeps_nothing_reserved(gate: Gate) -> None:
+    p = principal(cap=1500, concurrency=1)
+    await gate.settle(await gate.admit(p, "warm", EST, NOW), 0, TOKENS, {"id": "warm"})
+    # Cancelled (a client that disconnects) once the script is on its way: Redis still runs
+    # it, so without a release the hold and the only slot would stay for reservation_ttl.
+    admission = asyncio.create_task(gate.admit(p, "left", EST, NOW))
+    await asyncio.sleep(0)
+    admission.cancel()
+    try:
+        ticket = await admission
+    except asyncio.CancelledError:
+        pass
+    else:  # redis-py (embedded) may finish a command it was cancelled in: settled as usual
+        assert not isinstance(gate._admit, FastScript)
+        await gate.settle(ticket, 0, TOKENS, {"id": "left"})
+    for _ in range(100):
+        if not gate._releasing:
+            break
+        await asyncio.sleep(0.01)
+    assert (await state(gate))["held"] == 0
+    assert await gate.redis.zcard(gate.keyspace.in_flight("developer", "d1")) == 0
+    ticket = await gate.admit(p, "next", EST, NOW)  # neither the cap nor the slot is taken
+    assert (await state(gate))["held"] == 1000
+    await gate.settle(ticket, 0, TOKENS, {"id": "next"})
 
 
 async def test_counters_are_not_enforced_before_they_are_rebuilt(gate: Gate) -> None:
