@@ -79,10 +79,10 @@ async def _serve(request: web.Request, state: ProxyState, principal: Principal, 
     ticket = await state.gate.admit(principal, state.request_ids(),
                                     state.estimate(model, len(body), _max_tokens(body)), started)
     state.metrics.overhead.observe(time.monotonic() - t0)
-    relay = relay_class(state, request, ticket, model, stream, t0)
+    relay = relay_class(state, request, ticket, model, stream, t0, body)
     relay.route = route
     try:
-        return await relay.run(body)
+        return await relay.run()
     finally:
         settle(relay)
 
