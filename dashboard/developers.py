@@ -9,13 +9,8 @@ from aiohttp import web
 
 from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, allow
-from dashboard.budgets import (
-    LIMIT_WORDS,
-    budget_values,
-    caps_for_developer,
-    limit_values,
-    limits_of,
-)
+from dashboard.budgets import LIMIT_WORDS, budget_values, caps_for_developer, limits_of
+from dashboard.limits_form import save_limits
 from dashboard.render import (
     admin_state,
     change,
@@ -176,9 +171,6 @@ async def set_developer_budget(request: web.Request) -> web.StreamResponse:
 
 @allow(*ADMINS)
 async def set_developer_limits(request: web.Request) -> web.StreamResponse:
-    state = admin_state(request)
     developer_id = request.match_info["developer_id"]
-    values = limit_values(await form(request))
-    await change(request, state.catalog.set_limits, "developer", developer_id, **values)
-    return see_other(request, url(request, "developer", developer_id=developer_id),
-                     "Rate limits saved.")
+    return await save_limits(request, "developer", developer_id,
+                             url(request, "developer", developer_id=developer_id))

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, allow
-from dashboard.budgets import LIMIT_WORDS, budget_values, limit_values, limits_of
+from dashboard.budgets import LIMIT_WORDS, budget_values, limits_of
+from dashboard.limits_form import save_limits
 from dashboard.render import (
     admin_state,
     change,
@@ -129,8 +130,5 @@ async def set_team_budget(request: web.Request) -> web.StreamResponse:
 
 @allow(*ADMINS)
 async def set_team_limits(request: web.Request) -> web.StreamResponse:
-    state = admin_state(request)
     team_id = request.match_info["team_id"]
-    values = limit_values(await form(request))
-    await change(request, state.catalog.set_limits, "team", team_id, **values)
-    return see_other(request, url(request, "team", team_id=team_id), "Rate limits saved.")
+    return await save_limits(request, "team", team_id, url(request, "team", team_id=team_id))

@@ -264,3 +264,14 @@ def _redis_url(gateway: Gateway) -> str:
 @pytest.fixture
 async def gateway(start_gateway: Callable[..., Awaitable[Gateway]]) -> Gateway:
     return await start_gateway()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server only this test uses, so stopping it disturbs nobody."""
+    need(shutil.which("redis-server") is not None, "redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)

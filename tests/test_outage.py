@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import aiohttp
@@ -12,24 +10,13 @@ import orjson
 import pytest
 
 from ledger.money import parse_usd
-from tests.conftest import Gateway, RedisServer, need
+from tests.conftest import Gateway, RedisServer
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
                      "messages": [{"role": "user", "content": "Hello"}]})
 COST = 4500  # 1200 × $3 + 60 × $15, in µ$
 # These tests run their own redis-server; the embedded backend has no outage to inject.
 pytestmark = pytest.mark.parametrize("redis_url", ["real"], indirect=True)
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server only this test uses, so stopping it disturbs nobody."""
-    need(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
 
 
 async def send(gw: Gateway, key: str) -> tuple[int, dict]:

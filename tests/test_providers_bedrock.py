@@ -27,13 +27,12 @@ from tests.fakes.gateways import (
     StartGateway,
     bedrock_provider,
 )
+from tests.provider_requests import BODY, ask, counted_tokens, rate_limit_error, sdk_for
 from tests.test_sdk import USAGE
 
 pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
 
 REGIONAL = Fraction(11, 10)
-BODY = {"model": "claude-sonnet-4-6", "max_tokens": 512,
-        "messages": [{"role": "user", "content": "Hello"}]}
 
 
 def expected_cost(multiplier: Fraction = REGIONAL) -> int:
@@ -75,14 +74,8 @@ async def test_sdk_through_meterd_to_bedrock_sees_a_normal_message_and_is_metere
     gw = await bedrock_gateway(start_gateway, bedrock)
     bedrock.fake.behaviour.usage = USAGE
     key = await gw.developer()
-    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
-        if stream:
-            async with sdk.messages.stream(**BODY) as s:
-                text = "".join([t async for t in s.text_stream])
-                final = await s.get_final_message()
-        else:
-            final = await sdk.messages.create(**BODY)
-            text = final.content[0].text  # type: ignore[union-attr]
+    async with sdk_for(gw, key) as sdk:
+        text, final = await ask(sdk.messages, BODY, stream)
     assert text.startswith("Hello from the fake provider")
     assert final.usage.output_tokens == 567 and final.usage.cache_read_input_tokens == 40000
     (event,) = await gw.settled(1)
@@ -113,7 +106,7 @@ async def test_betas_move_into_the_body_and_the_ones_bedrock_rejects_are_dropped
     assert sent["anthropic_beta"] == ["context-1m-2025-08-07", "claude-code-20250219",
                                       "effort-2025-11-24"]
     assert "model" not in sent and "stream" not in sent
-    assert sent["messages"] == BODY["messages"] and sent["max_tokens"] == 512
+    assert sent["messages"] == BODY["messages"] and sent["max_tokens"] == BODY["max_tokens"]
     headers = {k.lower() for k in bedrock.fake.recorded[0]["headers"]}
     assert "x-api-key" not in headers and "anthropic-beta" not in headers
 
@@ -138,11 +131,7 @@ async def test_bedrock_errors_reach_the_client_as_anthropic_errors(
         start_gateway: StartGateway, bedrock: Served) -> None:
     gw = await bedrock_gateway(start_gateway, bedrock)
     bedrock.fake.behaviour.status = 429
-    key = await gw.developer()
-    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
-        with pytest.raises(anthropic.RateLimitError) as err:
-            await sdk.messages.create(**BODY)
-    assert err.value.body == {"type": "error", "error": {
+    assert await rate_limit_error(gw) == {"type": "error", "error": {
         "type": "rate_limit_error", "message": "Bedrock is unavailable right now."}}
     (event,) = await gw.settled(1)
     assert event["status"] == "429" and event["cost_micros"] == "0"
@@ -166,11 +155,7 @@ async def test_a_stream_exception_becomes_an_error_event_and_is_billed(
 async def test_count_tokens_goes_to_bedrock_count_tokens(start_gateway: StartGateway,
                                                          bedrock: Served) -> None:
     gw = await bedrock_gateway(start_gateway, bedrock)
-    key = await gw.developer()
-    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
-        counted = await sdk.messages.count_tokens(model="claude-sonnet-4-6",
-                                                  messages=BODY["messages"])
-    assert counted.input_tokens > 0
+    assert await counted_tokens(gw) > 0
     assert bedrock.fake.recorded[0]["path"] == "/model/us.anthropic.claude-sonnet-4-6/count-tokens"
     assert not bedrock.fake.rejected and await gw.events() == []  # never metered
 
@@ -187,13 +172,7 @@ async def test_bedrock_format_client_gets_bedrocks_answer_unchanged_and_is_meter
     async with anthropic.AsyncAnthropicBedrock(base_url=gw.url + "/bedrock", api_key=key,
                                                aws_region="us-east-1", max_retries=0) as sdk:
         body = {**BODY, "model": "us.anthropic.claude-sonnet-4-6"}
-        if stream:
-            async with sdk.messages.stream(**body) as s:
-                text = "".join([t async for t in s.text_stream])
-                final = await s.get_final_message()
-        else:
-            final = await sdk.messages.create(**body)
-            text = final.content[0].text  # type: ignore[union-attr]
+        text, final = await ask(sdk.messages, body, stream)
     assert text.startswith("Hello from the fake provider")
     assert final.usage.output_tokens == 567
     (event,) = await gw.settled(1)

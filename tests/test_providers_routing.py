@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import orjson
 import pytest
 from aiohttp import web
@@ -22,12 +21,11 @@ from tests.fakes.gateways import (
     anthropic_provider,
     bedrock_provider,
 )
+from tests.provider_requests import BODY, ask, sdk_for
 from tests.test_sdk import assert_recorded, client
 
 pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
 
-BODY = {"model": "claude-sonnet-4-6", "max_tokens": 1024,
-        "messages": [{"role": "user", "content": "Hello"}]}
 OVERLOADED = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
 
 
@@ -82,12 +80,7 @@ async def test_a_failing_first_provider_is_replaced_by_the_second_metered_once(
         routes=[{"match": "claude-*", "providers": ["flaky", "anthropic"]}])
     key = await gw.developer()
     async with client(gw, key, "x-api-key") as sdk:
-        if stream:
-            async with sdk.messages.stream(**BODY) as s:
-                text = "".join([t async for t in s.text_stream])
-        else:
-            message = await sdk.messages.create(**BODY)
-            text = message.content[0].text  # type: ignore[union-attr]
+        text, _ = await ask(sdk.messages, BODY, stream)
     assert text.startswith("Hello from")
     assert fake.calls == (0 if how == "refused" else 1)
     events = await gw.settled(1)
@@ -154,7 +147,7 @@ async def test_models_follow_their_routes(start_gateway: StartGateway, upstream:
         routes=[{"match": "claude-opus-*", "providers": ["anthropic"]},
                 {"match": "claude-haiku-*", "providers": ["bedrock"]}])
     key = await gw.developer()
-    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
+    async with sdk_for(gw, key) as sdk:
         for model in ("claude-opus-4-8", "claude-haiku-4-5-20251001", "claude-sonnet-4-6"):
             await sdk.messages.create(**{**BODY, "model": model})
     events = await gw.settled(3)

@@ -18,12 +18,11 @@ from tests.fakes.gateways import (
     StartGateway,
     vertex_provider,
 )
+from tests.provider_requests import BODY, ask, counted_tokens, rate_limit_error, sdk_for
 from tests.test_sdk import USAGE, assert_recorded
 
 pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
 
-BODY = {"model": "claude-sonnet-4-6", "max_tokens": 1024,
-        "messages": [{"role": "user", "content": "Hello"}]}
 MODELS = f"/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_REGION}/publishers/anthropic/models/"
 
 
@@ -37,14 +36,8 @@ async def test_sdk_through_meterd_to_vertex_sees_a_normal_message_and_is_metered
     gw = await vertex_gateway(start_gateway, vertex)
     vertex.fake.behaviour.usage = USAGE
     key = await gw.developer()
-    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
-        if stream:
-            async with sdk.messages.stream(**BODY) as s:
-                text = "".join([t async for t in s.text_stream])
-                final = await s.get_final_message()
-        else:
-            final = await sdk.messages.create(**BODY)
-            text = final.content[0].text  # type: ignore[union-attr]
+    async with sdk_for(gw, key) as sdk:
+        text, final = await ask(sdk.messages, BODY, stream)
     assert text.startswith("Hello from the fake provider")
     assert final.usage.output_tokens == 567
     (event,) = await gw.settled(1)
@@ -62,7 +55,7 @@ async def test_the_service_account_token_is_cached_and_refreshed_before_expiry(
         start_gateway: StartGateway, vertex: Served) -> None:
     gw = await vertex_gateway(start_gateway, vertex)
     key = await gw.developer()
-    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
+    async with sdk_for(gw, key) as sdk:
         for _ in range(3):
             await sdk.messages.create(**BODY)
         assert vertex.fake.token_requests == 1  # one token serves them all
@@ -82,22 +75,14 @@ async def test_vertex_errors_reach_the_client_as_anthropic_errors(
         start_gateway: StartGateway, vertex: Served) -> None:
     gw = await vertex_gateway(start_gateway, vertex)
     vertex.fake.behaviour.status = 429
-    key = await gw.developer()
-    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
-        with pytest.raises(anthropic.RateLimitError) as err:
-            await sdk.messages.create(**BODY)
-    assert err.value.body == {"type": "error", "error": {
+    assert await rate_limit_error(gw) == {"type": "error", "error": {
         "type": "rate_limit_error", "message": "Vertex could not serve the request."}}
 
 
 async def test_count_tokens_goes_to_vertex_count_tokens(start_gateway: StartGateway,
                                                         vertex: Served) -> None:
     gw = await vertex_gateway(start_gateway, vertex)
-    key = await gw.developer()
-    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as sdk:
-        counted = await sdk.messages.count_tokens(model="claude-sonnet-4-6",
-                                                  messages=BODY["messages"])
-    assert counted.input_tokens > 0
+    assert await counted_tokens(gw) > 0
     (sent,) = vertex.fake.recorded
     assert sent["path"] == f"{MODELS}count-tokens:rawPredict"
     assert orjson.loads(sent["body"])["model"] == "claude-sonnet-4-6"
@@ -114,12 +99,7 @@ async def test_vertex_format_client_is_served_from_the_gateways_project_and_mete
                                               project_id="laptop-project", access_token=key,
                                               max_retries=0) as sdk:
         body = {**BODY, "extra_body": {"anthropic_version": "vertex-2023-10-16"}}
-        if stream:
-            async with sdk.messages.stream(**body) as s:
-                text = "".join([t async for t in s.text_stream])
-        else:
-            message = await sdk.messages.create(**body)
-            text = message.content[0].text  # type: ignore[union-attr]
+        text, _ = await ask(sdk.messages, body, stream)
     assert text.startswith("Hello from the fake provider")
     (event,) = await gw.settled(1)
     assert event["provider"] == "vertex"
