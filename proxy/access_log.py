@@ -1,8 +1,8 @@
 """The access log: one JSON line per finished request, on stderr, a batch at a time.
 
-Not a `logging` logger: a LogRecord per request, with its clock, thread and process lookups
-and a write and flush of its own, cost as much as metering the answer (bench/, issue 6). The
-lines one event-loop turn finishes go out in one write.
+Not a `logging` logger, and not a write per line: a LogRecord and a write system call per
+request cost as much as metering the answer (bench/, issue 6). Lines wait up to
+FLUSH_INTERVAL and go out together; the proxy flushes what is left when it stops.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import orjson
 FIELDS = ("ts_ms", "id", "developer_id", "key_id", "model", "status", "stream", "input_tokens",
           "output_tokens", "cache_write_5m", "cache_write_1h", "cache_read", "cost_micros",
           "latency_ms", "ttfb_ms", "estimated", "error_type", "session_id")
-_MAX_LINES = 1024  # written at once when this many pile up within one turn
+FLUSH_INTERVAL = 0.1  # seconds a line may wait for the write that carries it
+_MAX_LINES = 1024  # written at once when this many are waiting
 
 
 class AccessLog:
@@ -29,13 +30,13 @@ class AccessLog:
         self._scheduled = False
 
     def write(self, event: dict[str, Any]) -> None:
-        """Queue the line of one usage event (written at the end of this loop turn)."""
+        """Queue the line of one usage event (written within FLUSH_INTERVAL)."""
         self._lines.append(orjson.dumps({name: event[name] for name in FIELDS}))
         if len(self._lines) >= _MAX_LINES:
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self.flush)
 
     def flush(self) -> None:
         self._scheduled = False

@@ -1,5 +1,5 @@
 """The access log (proxy/access_log.py): one JSON line per request with exactly the fields
-it lists, in order, one write per event-loop turn."""
+it lists, in order, the lines of a flush interval in one write."""
 
 from __future__ import annotations
 
@@ -26,32 +26,38 @@ def event(n: int) -> dict[str, object]:
     return {**{name: f"{name}-{n}" for name in FIELDS}, "n": n, "price_row": "x"}
 
 
-async def test_lines_finished_in_one_loop_turn_are_written_together() -> None:
+@pytest.fixture(autouse=True)
+def quick_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(access_log, "FLUSH_INTERVAL", 0.01)
+
+
+async def test_lines_finished_within_the_interval_are_written_together() -> None:
     stream = CountingStream()
     log = AccessLog(stream)
     for i in range(5):
         log.write(event(i))
-    assert stream.getvalue() == ""  # not yet: at the end of this turn
-    await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    assert stream.getvalue() == ""  # not yet: when the interval is up
+    await asyncio.sleep(0.05)
     lines = stream.getvalue().splitlines()
     assert [orjson.loads(line) for line in lines] == [
         {name: f"{name}-{i}" for name in FIELDS} for i in range(5)]
     assert stream.writes == 1
     log.write(event(5))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
     assert orjson.loads(stream.getvalue().splitlines()[-1])["id"] == "id-5"
     assert stream.writes == 2
 
 
-async def test_a_turn_that_finishes_a_flood_writes_in_bounded_batches(
+async def test_a_flood_is_written_in_bounded_batches(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(access_log, "_MAX_LINES", 3)
     stream = CountingStream()
     log = AccessLog(stream)
     for i in range(7):
         log.write(event(i))
-    assert stream.writes == 2  # lines 0-2 and 3-5, before the turn ends
-    await asyncio.sleep(0)
+    assert stream.writes == 2  # lines 0-2 and 3-5, before the interval is up
+    await asyncio.sleep(0.05)
     assert [orjson.loads(line)["id"] for line in stream.getvalue().splitlines()] == [
         f"id-{i}" for i in range(7)]
     assert stream.writes == 3
@@ -63,5 +69,5 @@ async def test_flush_writes_what_is_queued_and_stderr_is_the_default(
     log.write(event(1))
     log.flush()  # what the proxy does at shutdown, after the last settlement
     assert orjson.loads(capsys.readouterr().err) == {name: f"{name}-1" for name in FIELDS}
-    await asyncio.sleep(0)  # the scheduled flush finds nothing more to write
+    await asyncio.sleep(0.05)  # the scheduled flush finds nothing more to write
     assert capsys.readouterr().err == ""
