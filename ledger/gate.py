@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -115,7 +116,7 @@ class Gate:
         self._admit = redis.register_script(_script("admit.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
         self._release = redis.register_script(_script("release.lua"))
-        self._releasing: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Future[Any]] = set()  # settlements and releases
         self.redis_errors = 0
         self._plans: dict[int, _Plan] = {}
         self._counter_names: dict[tuple[str, str, date], list[str]] = {}
@@ -236,9 +237,7 @@ class Gate:
             except RedisError as exc:  # the holds expire after reservation_ttl instead
                 log.warning("cannot release the reservation of %s: %s", ticket.request_id, exc)
 
-        task = asyncio.get_running_loop().create_task(release())
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
+        self._keep(asyncio.ensure_future(release()))
 
     def _outage(self, ticket: Ticket, exc: Exception) -> Ticket:
         self.redis_errors += 1
@@ -311,43 +310,45 @@ class Gate:
         `tokens`: input, output, cache_write_5m, cache_write_1h, cache_read, web_search,
         estimated (0/1), and rate_input (input + cache writes, as rate limits count it).
         """
-        await self.settle_soon(ticket, cost_micros, tokens, event)
+        self.settle_soon(ticket, cost_micros, tokens, event)
+        await self.drain()
 
     def settle_soon(self, ticket: Ticket, cost_micros: int, tokens: dict[str, int],
-                    event: dict[str, Any]) -> asyncio.Future[None]:
-        """`settle`, sent now without a task of its own (the proxy settles every request this
-        way): the future resolves once the settlement is recorded or spooled. Cancelling the
-        future does not stop the settlement."""
+                    event: dict[str, Any]) -> None:
+        """`settle`, sent now and not awaited (the proxy settles every request this way: a
+        client that goes away must not cancel it). `drain` waits until it is recorded or
+        spooled."""
         entry = self._settlement(ticket, cost_micros, tokens, event)
         start = getattr(self._settle, "start", None)
         if start is None:  # redis-py's scripts (the embedded backend): a task
-            return asyncio.ensure_future(self._record(entry, ticket.request_id))
-        try:
+            self._keep(asyncio.ensure_future(self._record(entry, ticket.request_id)))
+            return
+        try:  # the pipelined connection: a reply future, no task (one fewer per request)
             reply = start(entry["keys"], entry["args"])
         except RedisError as exc:
             self._spool(entry, ticket.request_id, exc)
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
-        # The reply's loop, not get_running_loop(): on 3.11 that makes a getpid() system call.
-        done = reply.get_loop().create_future()
+            return
+        self._in_flight.add(reply)
+        reply.add_done_callback(partial(self._landed, entry, ticket.request_id))
 
-        def finished(_: object = None) -> None:
-            if not done.done():  # a waiter that gave up may have cancelled it
-                done.set_result(None)
+    def _landed(self, entry: dict[str, Any], request_id: str, reply: asyncio.Future[Any]) -> None:
+        self._in_flight.discard(reply)
+        exc = reply.exception() if not reply.cancelled() else RedisError("cancelled")
+        if isinstance(exc, NoScriptError):  # Redis lost the script: send its source
+            self._keep(asyncio.ensure_future(self._record(entry, request_id)))
+        elif exc is not None:
+            self._spool(entry, request_id, exc)
 
-        def landed(reply: asyncio.Future[Any]) -> None:
-            exc = reply.exception() if not reply.cancelled() else RedisError("cancelled")
-            if isinstance(exc, NoScriptError):  # Redis lost the script: send its source
-                asyncio.ensure_future(self._record(entry, ticket.request_id)
-                                      ).add_done_callback(finished)
-                return
-            if exc is not None:
-                self._spool(entry, ticket.request_id, exc)
-            finished()
+    def _keep(self, pending: asyncio.Future[Any]) -> None:
+        """Hold on to work under way (a task is otherwise only weakly referenced) until done."""
+        self._in_flight.add(pending)
+        pending.add_done_callback(self._in_flight.discard)
 
-        reply.add_done_callback(landed)
-        return done
+    async def drain(self) -> None:
+        """Wait until every settlement and release sent so far is recorded, spooled or given
+        up (shutdown; tests)."""
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
 
     def _settlement(self, ticket: Ticket, cost_micros: int, tokens: dict[str, int],
                     event: dict[str, Any]) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def settle(relay: Relay) -> None:
     """Price a relayed request and send its settlement now, not awaited: a client that went
     away (cancelling the handler) must not cancel it. `drain` waits for it at shutdown."""
     try:
-        relay.state.track(relay.finish())
+        relay.finish()
     except Exception:  # never turn an answered request into an error
         log.exception("cannot settle %s", relay.ticket.request_id)
 
@@ -166,10 +166,8 @@ class Relay:
             return meter_body(b"".join(self.tee))
         return Metered(Usage(), False, self.error_type, "")
 
-    def finish(self) -> asyncio.Future[None]:
-        """Price the request and start its settlement (no task: one fewer per request); the
-        future resolves once it is recorded in Redis or spooled, and cannot be cancelled by
-        the client going away."""
+    def finish(self) -> None:
+        """Price the request and send its settlement (Gate.settle_soon)."""
         state, ticket = self.state, self.ticket
         metered = self._metered()
         usage = metered.usage
@@ -205,7 +203,7 @@ class Relay:
             "cache_read": usage.cache_read, "web_search": usage.web_search,
             "estimated": int(metered.estimated), "rate_input": usage.rate_input_tokens,
         }
-        settled = state.gate.settle_soon(ticket, cost.micros, tokens, event)
+        state.gate.settle_soon(ticket, cost.micros, tokens, event)
         if state.access_log is not None:
             state.access_log.write(event)
         m = state.metrics
@@ -215,7 +213,6 @@ class Relay:
             m.tokens[category] += tokens[category]
         m.cost_micros += cost.micros
         m.estimated += metered.estimated
-        return settled
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:

@@ -57,7 +57,6 @@ class ProxyState:
     estimate_output_tokens: int = 4096
     policy_refresh: float = 0.25
     policy: Policy = field(default_factory=Policy.empty)
-    settling: set[asyncio.Future[None]] = field(default_factory=set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Providers and routes when configured (swapped whole on reload); None: `upstream` only.
     router: Router | None = None
@@ -95,12 +94,6 @@ class ProxyState:
             self.estimate_output_tokens
         return Estimate(prompt, output, self.prices.estimate(model, prompt, output),
                         self.prices.worst_case(model, body_bytes, max(max_tokens, output)))
-
-    def track(self, pending: asyncio.Future[None]) -> None:
-        """Keep work that is already under way (a settlement) until it is done; `drain`
-        waits for it."""
-        self.settling.add(pending)
-        pending.add_done_callback(self.settling.discard)
 
     async def refresh_policy(self) -> None:
         fresh = await load_policy(self.redis, self.keyspace, self.policy.version)
@@ -141,8 +134,7 @@ class ProxyState:
 
     async def drain(self) -> None:
         """Wait for every pending settlement (shutdown)."""
-        while self.settling:
-            await asyncio.gather(*self.settling, return_exceptions=True)
+        await self.gate.drain()
 
 
 STATE = web.AppKey("proxy_state", ProxyState)

@@ -197,11 +197,13 @@ async def test_settlements_sent_without_a_task_land_or_spool(
     estimate = Estimate(100, 50, 1000, 5000)
     first = await gate.admit(ada, "r1", estimate)
     await client.script_flush()
-    await gate.settle_soon(first, 700, tokens, {"id": "r1"})
+    gate.settle_soon(first, 700, tokens, {"id": "r1"})
+    await gate.drain()
     assert await client.xlen(keyspace.events) == 1 and spool.depth == 0
     second = await gate.admit(ada, "r2", estimate)
     own_redis.stop()
-    await asyncio.wait_for(gate.settle_soon(second, 700, tokens, {"id": "r2"}), 5)
+    gate.settle_soon(second, 700, tokens, {"id": "r2"})
+    await asyncio.wait_for(gate.drain(), 5)
     assert spool.depth == 1
     own_redis.start()  # empty: this server keeps nothing across restarts
     assert await gate.replay_spool() == 1
