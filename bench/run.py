@@ -402,7 +402,7 @@ def render(results: list[WrkResult], title: str) -> str:
                 continue
             note = ""
             if name == "meterd" and bare:
-                note = f"{r.rps / bare.rps:.0%}"
+                note = f"{r.rps / bare.rps:.1%}"
             elif name == "meterd --workers 2" and one:
                 note = f"{r.rps / one.rps:.2f}x one meterd (ceiling {_ceiling(one):.2f}x)"
             lines.append(_row(body, name, r, note))
@@ -444,7 +444,7 @@ def verdicts(results: list[WrkResult]) -> list[str]:
         bare, one = by.get(("bare proxy", body, False)), by.get(("meterd", body, False))
         if bare and one:
             ratio = one.rps / bare.rps
-            out.append(f"{'PASS' if ratio >= 0.6 else 'MISS'}  {body}: meterd at {ratio:.0%} "
+            out.append(f"{'PASS' if ratio >= 0.6 else 'MISS'}  {body}: meterd at {ratio:.1%} "
                        "of the bare proxy's req/s (target >= 60%)")
         two = by.get(("meterd --workers 2", body, False))
         if two and one:
