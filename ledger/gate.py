@@ -29,6 +29,9 @@ log = logging.getLogger("meterd.gate")
 
 SETTLED_TTL = 14 * 86400  # how long a request id is remembered against double settlement
 WINDOW_TTL = 120
+_RATE_HEADERS = {family: tuple(f"anthropic-ratelimit-{family}-{part}"
+                               for part in ("limit", "remaining", "reset"))
+                 for family in ("requests", "input-tokens", "output-tokens")}
 COUNTER_SCOPES = ("developer", "team", "org")
 _COUNTER_TTLS = tuple(COUNTER_TTL[p] for p in PERIODS for _ in COUNTER_SCOPES)
 _CACHE_LIMIT = 4096  # principals and (developer, day) pairs remembered
@@ -286,9 +289,10 @@ class Gate:
                 if limit and (family not in best or limit - value < best[family][1]):
                     best[family] = (limit, max(0, limit - value))
         for family, (limit, remaining) in best.items():
-            ticket.headers[f"anthropic-ratelimit-{family}-limit"] = str(limit)
-            ticket.headers[f"anthropic-ratelimit-{family}-remaining"] = str(remaining)
-            ticket.headers[f"anthropic-ratelimit-{family}-reset"] = reset
+            names = _RATE_HEADERS[family]
+            ticket.headers[names[0]] = str(limit)
+            ticket.headers[names[1]] = str(remaining)
+            ticket.headers[names[2]] = reset
         worst = None
         for i, cap in enumerate(caps):
             used_pct = (int(result[1 + i]) + ticket.holds[i].reserved) * 100 // max(cap.amount, 1)

@@ -6,8 +6,9 @@ count of `content_block_delta`s, which prices a stream that is cut before its fi
 `meter_body` reads a non-streamed JSON response.
 
 Speed: text deltas are nearly every event, so those in the API's exact layout are counted and
-removed in one regex pass per chunk (or one match when a chunk is a single delta); the other
-events are found with `bytes.find` and only the four kinds that matter are parsed (orjson).
+removed in one regex pass per chunk (or one match when a chunk is a single delta), with the
+pings and block starts and stops that carry nothing; the other events are found with
+`bytes.find` and only the four kinds that matter are parsed (orjson).
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ _DELTA_EVENT = (
     rb'|input_json_delta","partial_json|thinking_delta","thinking)":'
     rb'"([^"\\\x00-\x1f]*+(?:\\.[^"\\\x00-\x1f]*+)*+)"\}\}'
 )
-_TEXT_DELTA = re.compile(rb"\n\n" + _DELTA_EVENT + rb"(?=\n\n)")
+# An event of a kind that carries nothing to meter, in the same exact layout (one data line of
+# a bounded size): skipped in the same pass. Group 1 does not take part: None in a split.
+_SKIPPED_EVENT = (
+    rb"event: (?:ping|content_block_start|content_block_stop|message_stop)\ndata: [^\n]{0,4096}"
+)
+_TEXT_DELTA = re.compile(rb"\n\n(?:" + _DELTA_EVENT + rb"|" + _SKIPPED_EVENT + rb")(?=\n\n)")
 # The same, as a whole chunk: an upstream that flushes every event is often read one at a time.
 _ONE_TEXT_DELTA = re.compile(_DELTA_EVENT + rb"\n\n")
 _BOM = b"\xef\xbb\xbf"
@@ -180,11 +186,12 @@ class StreamMeter:
         pos = 0
         if len(buf) <= MAX_EVENT_BYTES:
             # Most events are text deltas in the API's exact layout: one regex pass counts and
-            # removes them all (it never matches the unfinished tail: no blank line follows it),
-            # and only the rest is walked event by event.
+            # removes them all, and the pings and block starts and stops that carry nothing
+            # (it never matches the unfinished tail: no blank line follows it). Only the rest
+            # is walked event by event.
             parts = _TEXT_DELTA.split(b"\n\n" + buf)
             if len(parts) > 1:
-                self._chars += _text_chars(parts[1::2])
+                self._chars += _text_chars([text for text in parts[1::2] if text])
                 buf = b"".join(parts[0::2])
                 if len(buf) == 2:
                     return
