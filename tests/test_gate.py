@@ -40,8 +40,9 @@ async def gate(redis: Any, tmp_path: Path) -> AsyncIterator[Gate]:
     spool.close()
 
 
-async def state(gate: Gate, scope: str = "developer", scope_id: str = "d1") -> dict[str, int]:
-    raw = await gate.redis.hgetall(gate.keyspace.counter(scope, scope_id, "monthly", NOW))
+async def state(gate: Gate, scope: str = "developer", scope_id: str = "d1",
+                at: datetime = NOW) -> dict[str, int]:
+    raw = await gate.redis.hgetall(gate.keyspace.counter(scope, scope_id, "monthly", at))
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
@@ -94,18 +95,22 @@ async def test_unsettled_reservations_expire(gate: Gate) -> None:
 async def test_expired_concurrency_slots_are_freed(gate: Gate) -> None:
     gate.reservation_ttl = 30
     p = principal(concurrency=1)
-    await gate.admit(p, "crashed", EST, NOW)
+    # The slot set expires at the last slot's expiry on Redis's clock: a time in the past
+    # would drop it at once, so this test runs at the real time.
+    now = datetime.now(UTC)
+    await gate.admit(p, "crashed", EST, now)
     with pytest.raises(RateLimited):
-        await gate.admit(p, "r2", EST, NOW)
-    await gate.admit(p, "r3", EST, datetime.fromtimestamp(NOW.timestamp() + 31, UTC))
+        await gate.admit(p, "r2", EST, now)
+    await gate.admit(p, "r3", EST, datetime.fromtimestamp(now.timestamp() + 31, UTC))
 
 
 async def test_a_caller_that_leaves_during_admission_keeps_nothing_reserved(gate: Gate) -> None:
     p = principal(cap=1500, concurrency=1)
-    await gate.settle(await gate.admit(p, "warm", EST, NOW), 0, TOKENS, {"id": "warm"})
+    now = datetime.now(UTC)  # the slot set expires on Redis's clock, as above
+    await gate.settle(await gate.admit(p, "warm", EST, now), 0, TOKENS, {"id": "warm"})
     # Cancelled (a client that disconnects) once the script is on its way: Redis still runs
     # it, so without a release the hold and the only slot would stay for reservation_ttl.
-    admission = asyncio.create_task(gate.admit(p, "left", EST, NOW))
+    admission = asyncio.create_task(gate.admit(p, "left", EST, now))
     await asyncio.sleep(0)
     admission.cancel()
     try:
@@ -116,10 +121,10 @@ async def test_a_caller_that_leaves_during_admission_keeps_nothing_reserved(gate
         assert not isinstance(gate._admit, FastScript)
         await gate.settle(ticket, 0, TOKENS, {"id": "left"})
     await gate.drain()  # the release, sent after the admission
-    assert (await state(gate))["held"] == 0
+    assert (await state(gate, at=now))["held"] == 0
     assert await gate.redis.zcard(gate.keyspace.in_flight("developer", "d1")) == 0
-    ticket = await gate.admit(p, "next", EST, NOW)  # neither the cap nor the slot is taken
-    assert (await state(gate))["held"] == 1000
+    ticket = await gate.admit(p, "next", EST, now)  # neither the cap nor the slot is taken
+    assert (await state(gate, at=now))["held"] == 1000
     await gate.settle(ticket, 0, TOKENS, {"id": "next"})
 
 
