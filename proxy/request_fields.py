@@ -33,29 +33,37 @@ _decode = msgspec.json.Decoder(_Fields).decode
 def parse_request(body: bytes) -> tuple[str, bool, int]:
     """model, stream, max_tokens of a Messages request (the bytes go on unchanged), or a
     400 ProxyError saying what is wrong with the body."""
+    model, stream, max_tokens = read_fields(body)
+    if not isinstance(model, str) or not model:
+        raise ProxyError(400, "invalid_request_error", "model: field required")
+    return model, stream, max_tokens
+
+
+def read_fields(body: bytes) -> tuple[Any, bool, int]:
+    """model (as sent: a provider-format body names it in the URL instead), stream and
+    max_tokens (0 unless an integer), or a 400 ProxyError for a body that is not a JSON
+    object."""
     try:
         fields = _decode(body)
         if not body.isascii():
             body.decode()  # msgspec does not check the UTF-8 of strings it skips
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        return _parse_slowly(body)
+        return _read_slowly(body)
     max_tokens = fields.max_tokens
     if isinstance(max_tokens, int) and not _I64 <= max_tokens <= _U64:
         max_tokens = None  # a float to orjson
-    return _checked(fields.model, fields.stream, max_tokens)
+    return _typed(fields.model, fields.stream, max_tokens)
 
 
-def _parse_slowly(body: bytes) -> tuple[str, bool, int]:
+def _read_slowly(body: bytes) -> tuple[Any, bool, int]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ProxyError(400, "invalid_request_error", "request body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise ProxyError(400, "invalid_request_error", "request body must be a JSON object")
-    return _checked(doc.get("model"), doc.get("stream"), doc.get("max_tokens"))
+    return _typed(doc.get("model"), doc.get("stream"), doc.get("max_tokens"))
 
 
-def _checked(model: Any, stream: Any, max_tokens: Any) -> tuple[str, bool, int]:
-    if not isinstance(model, str) or not model:
-        raise ProxyError(400, "invalid_request_error", "model: field required")
+def _typed(model: Any, stream: Any, max_tokens: Any) -> tuple[Any, bool, int]:
     return model, stream is True, max_tokens if isinstance(max_tokens, int) else 0

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import aiohttp
-import orjson
 from aiohttp import web
 
 from ledger.policy import Principal
@@ -25,6 +24,7 @@ from proxy.providers.base import Outbound, Provider, Relayed
 from proxy.providers.bedrock import EVENT_STREAM, BedrockProvider, EventStreamMeter
 from proxy.providers.routing import first_answer
 from proxy.providers.vertex import VertexProvider
+from proxy.request_fields import read_fields
 from proxy.state import STATE, ProxyState
 
 _BEDROCK_ACTIONS = {"invoke": False, "invoke-with-response-stream": True}
@@ -61,23 +61,12 @@ def _chain(state: ProxyState, kind: str, model: str) -> tuple[Provider, ...]:
     return chain
 
 
-def _max_tokens(body: bytes) -> int:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ProxyError(400, "invalid_request_error", "request body is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise ProxyError(400, "invalid_request_error", "request body must be a JSON object")
-    max_tokens = doc.get("max_tokens")
-    return max_tokens if isinstance(max_tokens, int) else 0
-
-
 async def _serve(request: web.Request, state: ProxyState, principal: Principal, body: bytes,
-                 model: str, stream: bool, relay_class: type[Relay], route: Passthrough,
-                 started: datetime, t0: float) -> web.StreamResponse:
+                 model: str, stream: bool, max_tokens: int, relay_class: type[Relay],
+                 route: Passthrough, started: datetime, t0: float) -> web.StreamResponse:
     """Admit, relay and settle, as `proxy.handlers.messages` does for /v1/messages."""
     ticket = await state.gate.admit(principal, state.request_ids(),
-                                    state.estimate(model, len(body), _max_tokens(body)), started)
+                                    state.estimate(model, len(body), max_tokens), started)
     state.metrics.overhead.observe(time.monotonic() - t0)
     relay = relay_class(state, request, ticket, model, stream, t0, body)
     relay.route = route
@@ -104,8 +93,9 @@ async def bedrock_invoke(request: web.Request) -> web.StreamResponse:
         assert isinstance(provider, BedrockProvider)
         return provider.passthrough(model, action, body)
 
-    return await _serve(request, state, principal, body, model, stream, EventStreamRelay,
-                        Passthrough(chain, build), started, t0)
+    max_tokens = read_fields(body)[2]  # the stream flag is in the URL
+    return await _serve(request, state, principal, body, model, stream, max_tokens,
+                        EventStreamRelay, Passthrough(chain, build), started, t0)
 
 
 async def bedrock_count_tokens(request: web.Request) -> web.StreamResponse:
@@ -148,12 +138,8 @@ async def vertex_predict(request: web.Request) -> web.StreamResponse:
         return await _forward(state, chain, build)
     if method not in ("rawPredict", "streamRawPredict"):
         raise ProxyError(404, "not_found_error", f"not found: POST {request.path}")
-    try:
-        stream = orjson.loads(body).get("stream") is True
-    except (orjson.JSONDecodeError, AttributeError):
-        raise ProxyError(400, "invalid_request_error", "request body must be a JSON object") \
-            from None
-    return await _serve(request, state, principal, body, model, stream, Relay,
+    _, stream, max_tokens = read_fields(body)
+    return await _serve(request, state, principal, body, model, stream, max_tokens, Relay,
                         Passthrough(chain, build), started, t0)
 
 
