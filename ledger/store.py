@@ -89,14 +89,15 @@ class MeterdRedis(aioredis.Redis):
 class FastScript:
     """A Lua script called like redis-py's: `await script(keys=[...], args=[...])`.
 
-    Runs by SHA; a Redis that does not know the script (restarted, flushed) gets the
-    source once with EVAL, which also caches it there.
+    Runs by SHA. The connection loads it whenever it connects; a Redis that lost it while
+    connected (SCRIPT FLUSH) gets the source once with EVAL, which also caches it there.
     """
 
     def __init__(self, connection: ScriptConnection, script: str | bytes) -> None:
         self.connection = connection
         self.script = script.encode() if isinstance(script, str) else script
         self.sha = hashlib.sha1(self.script).hexdigest()
+        connection.scripts[self.sha] = self.script
 
     async def __call__(self, keys: Sequence[Any] = (), args: Iterable[Any] = ()) -> Any:
         tail = [len(keys), *keys, *args]
@@ -200,6 +201,10 @@ class ScriptConnection:
     system call, and Redis answers in order. Any failure (refused, reset, no answer within
     `timeout`) fails every waiting command with a redis-py `ConnectionError`/`TimeoutError`,
     so callers see the same exceptions as with redis-py; the next command reconnects.
+
+    Each connection starts by loading the scripts (a restarted Redis has none). A call by SHA
+    that Redis refuses has to be sent again, after commands sent since: a settlement would land
+    after the same client's next admission, which would then find both reservations.
     """
 
     def __init__(self, address: tuple[str, int] | str, *, db: int = 0,
@@ -209,6 +214,7 @@ class ScriptConnection:
         self.username, self.password = username, password
         self.connect_timeout, self.timeout = connect_timeout, timeout
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.scripts: dict[str, bytes] = {}  # SHA: source, loaded on connecting
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self._out: list[bytes] = []
@@ -293,9 +299,9 @@ class ScriptConnection:
             setup.append(["AUTH", *([self.username] if self.username else []), self.password])
         if self.db:
             setup.append(["SELECT", self.db])
+        setup.extend(["SCRIPT", "LOAD", source] for source in self.scripts.values())
         try:
-            for command in setup:
-                await self._send(encode_command(command))
+            await asyncio.gather(*(self._send(encode_command(command)) for command in setup))
         except RedisError as exc:
             refused = RedisConnectionError(f"redis refused the connection setup: {exc}")
             self.abort(refused)

@@ -274,8 +274,9 @@ async def test_team_pool_holds_across_developers_and_two_proxy_processes(
                          "strict")
     await asyncio.sleep(0.5)  # the second process polls the policy every 0.25 s
     reserve = gateway.proxy.estimate(MODEL, len(BODY), 100).strict_micros
-    accepted, _ = await until_refused([gateway.url, second_proxy],
-                                      lambda i: keys[i % 4], 200)
+    accepted, refusals = await until_refused([gateway.url, second_proxy],
+                                             lambda i: keys[i % 4], 200)
+    assert set(refusals) == {429}  # the cap refused them, nothing else
     _, team_id = await ids(gateway)
     deadline = time.monotonic() + 5
     while (spent := (await counter(gateway, "team", team_id))["spent"]) < accepted * COST:
