@@ -78,21 +78,26 @@ a = 7
 for i = 1, nb do
   local counter, holds = KEYS[2 * i - 1], KEYS[2 * i]
   local reserve, ttl = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  -- Keys get their TTL when made, not on every call (each call is Redis CPU on the hot
+  -- path). `held` equal to this reserve means no other live hold: the holds zset (deleted
+  -- when it empties) is new, and so may be the counter. The TTLs outlast the period.
   if reserve > 0 then
-    redis.call('HINCRBY', counter, 'held', reserve)
     redis.call('ZADD', holds, hold_expire, req_id .. ':' .. reserve)
-    redis.call('EXPIRE', holds, ttl)
+    if redis.call('HINCRBY', counter, 'held', reserve) == reserve then
+      redis.call('EXPIRE', holds, ttl)
+      redis.call('EXPIRE', counter, ttl, 'NX')
+    end
   end
-  redis.call('EXPIRE', counter, ttl, 'NX')
   out[#out + 1] = used[i]
   a = a + 3
 end
 for i = 1, nw do
   local key = KEYS[wbase + i]
-  redis.call('HINCRBY', key, 'r', 1)
+  if redis.call('HINCRBY', key, 'r', 1) == 1 then  -- this minute's first request
+    redis.call('EXPIRE', key, tonumber(ARGV[a + 5]), 'NX')
+  end
   redis.call('HINCRBY', key, 'i', tonumber(ARGV[a + 3]))
   redis.call('HINCRBY', key, 'o', tonumber(ARGV[a + 4]))
-  redis.call('EXPIRE', key, tonumber(ARGV[a + 5]), 'NX')
   out[#out + 1] = windows[i][1]
   out[#out + 1] = windows[i][2]
   out[#out + 1] = windows[i][3]

@@ -24,20 +24,29 @@ local nk, nd, nh, nw, nc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6
   tonumber(ARGV[7]), tonumber(ARGV[8])
 local cost = tonumber(ARGV[9])
 local token_fields = {'in', 'out', 'cw5', 'cw1', 'cr', 'ws', 'est'}
+local window_fields = {'r', 'i', 'o'}
 local a = 17
 
+-- Every redis.call costs Redis CPU on the hot path, so a key gets its TTL only when this
+-- call made it (HINCRBY answered the amount it added), and a zero is never added.
+local function add(key, field, amount, ttl)
+  if redis.call('HINCRBY', key, field, amount) == amount then
+    redis.call('EXPIRE', key, ttl, 'NX')
+  end
+end
+
 local base = 3
+local spent_after = {}
 for i = 1, nk do
   local counter = KEYS[base + i]
-  redis.call('HINCRBY', counter, 'spent', cost)
-  redis.call('HINCRBY', counter, 'n', 1)
+  spent_after[i] = redis.call('HINCRBY', counter, 'spent', cost)
+  add(counter, 'n', 1, tonumber(ARGV[a]))
   if i <= nd then
     for f = 1, 7 do
       local v = tonumber(ARGV[9 + f])
       if v ~= 0 then redis.call('HINCRBY', counter, token_fields[f], v) end
     end
   end
-  redis.call('EXPIRE', counter, tonumber(ARGV[a]), 'NX')
   a = a + 1
 end
 
@@ -46,14 +55,15 @@ local tbase = holds_at + 3 * nh + 4 * nw
 local nt = tonumber(ARGV[tbase])
 base = 3 + nk
 for i = 1, nh do
-  local counter = KEYS[3 + tonumber(ARGV[a])]
+  local index = tonumber(ARGV[a])
+  local counter = KEYS[3 + index]
   local reserved, cap = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   -- A hold that expired was already released by admission; release only a live one.
   if reserved > 0 and redis.call('ZREM', KEYS[base + i], req_id .. ':' .. reserved) == 1 then
     redis.call('HINCRBY', counter, 'held', -reserved)
   end
   if cap > 0 then
-    local spent = tonumber(redis.call('HGET', counter, 'spent'))
+    local spent = spent_after[index]
     local before = spent - cost
     for t = 1, nt do
       local pct = tonumber(ARGV[tbase + t])
@@ -69,11 +79,12 @@ end
 
 base = base + nh
 for i = 1, nw do
-  local key = KEYS[base + i]
-  redis.call('HINCRBY', key, 'r', tonumber(ARGV[a]))
-  redis.call('HINCRBY', key, 'i', tonumber(ARGV[a + 1]))
-  redis.call('HINCRBY', key, 'o', tonumber(ARGV[a + 2]))
-  redis.call('EXPIRE', key, tonumber(ARGV[a + 3]), 'NX')
+  -- A window outlived by its request is made again by the correction: it expires again.
+  local key, ttl = KEYS[base + i], tonumber(ARGV[a + 3])
+  for f, field in ipairs(window_fields) do
+    local amount = tonumber(ARGV[a + f - 1])
+    if amount ~= 0 then add(key, field, amount, ttl) end
+  end
   a = a + 4
 end
 

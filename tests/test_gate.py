@@ -128,6 +128,34 @@ async def test_a_caller_that_leaves_during_admission_keeps_nothing_reserved(gate
     await gate.settle(ticket, 0, TOKENS, {"id": "next"})
 
 
+async def test_every_key_the_scripts_make_expires(gate: Gate) -> None:
+    """Scripts set a key's TTL only when they make the key, so check each way one is made:
+    admission, settlement, a correction to a rate window its request outlived, and a
+    settlement whose admission never reached Redis."""
+    p = principal(cap=10**9, rpm=100, concurrency=5)
+    now = datetime.now(UTC)  # the slot set expires on Redis's clock
+    first = await gate.admit(p, "r1", EST, now)
+    second = await gate.admit(p, "r2", EST, now)  # not the first hold: its call sets no TTL
+    assert await gate.redis.ttl(second.holds[0].key) > 0  # holds are settled, so check now
+    await gate.settle(first, 700, TOKENS, {"id": "r1"})
+    await gate.redis.delete(*(key for key, _, _ in second.windows))
+    await gate.settle(second, 700, {**TOKENS, "output": 70}, {"id": "r2"})  # corrects by 20
+    await gate.redis.delete(gate.keyspace.ready)  # admitted unmetered, as in an outage
+    other = Principal("k2", "d2", "Bo", "t2", "infra", (Cap(
+        "b2", "developer", "d2", "Bo", "monthly", 10**9, "estimate"),),
+        (Limits("developer", "d2", "Bo", rpm=100),))
+    unmetered = await gate.admit(other, "r3", EST, now)
+    assert not unmetered.admitted
+    await gate.settle(unmetered, 700, TOKENS, {"id": "r3"})
+    streams = {gate.keyspace.events, gate.keyspace.alerts}
+    keys = [k.decode() for k in await gate.redis.keys("*")]
+    made = {*gate.counters(p, now), *gate.counters(other, now),
+            *(key for key, _, _ in second.windows)}
+    assert made <= set(keys)
+    assert {k: await gate.redis.ttl(k) for k in keys if k not in streams
+            and await gate.redis.ttl(k) < 1} == {}
+
+
 async def test_counters_are_not_enforced_before_they_are_rebuilt(gate: Gate) -> None:
     await gate.redis.delete(gate.keyspace.ready)
     ticket = await gate.admit(principal(cap=0), "r1", EST, NOW)  # cap 0, yet admitted
