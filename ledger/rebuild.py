@@ -34,7 +34,7 @@ from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
 log = logging.getLogger("meterd.rebuild")
 Db = Callable[..., Awaitable[Any]]
 
-# Counter hash fields as settle.lua writes them: every counter counts spend and requests; daily
+# Counter hash fields as settle.lua writes them: every counter counts spend; daily
 # ones also count tokens (field → usage column, or event field).
 TOKEN_FIELDS = {"in": "input_tokens", "out": "output_tokens", "cw5": "cache_write_5m",
                 "cw1": "cache_write_1h", "cr": "cache_read", "ws": "web_search",
@@ -43,8 +43,8 @@ SCOPES = ("developer", "team", "org")
 Sums = dict[str, int]
 
 
-def _fields(cost: int, requests: int, tokens: dict[str, int], daily: bool) -> Sums:
-    out = {"spent": cost, "n": requests}
+def _fields(cost: int, tokens: dict[str, int], daily: bool) -> Sums:
+    out = {"spent": cost}
     if daily:
         out.update({f: tokens[col] for f, col in TOKEN_FIELDS.items()})
     return out
@@ -60,12 +60,12 @@ class Counters:
         self.amounts: dict[str, Sums] = {}
         self.ttl: dict[str, int] = {}
 
-    def add(self, day: date, developer_id: str, team_id: str, cost: int, requests: int,
+    def add(self, day: date, developer_id: str, team_id: str, cost: int,
             tokens: dict[str, int], sign: int = 1) -> None:
         for period in PERIODS:
             if not self.starts[period] <= day < self.ends[period]:
                 continue
-            fields = _fields(cost, requests, tokens, period == "daily")
+            fields = _fields(cost, tokens, period == "daily")
             for scope, scope_id in zip(SCOPES, (developer_id, team_id, ""), strict=True):
                 key = self.keyspace.counter(scope, scope_id, period, self.now)
                 self.ttl[key] = COUNTER_TTL[period]
@@ -88,13 +88,13 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
     first, end = min(counters.starts.values()), max(counters.ends.values())
     events = await _stream_events(redis, keyspace, first, end)
     rows, seen = await db(_history, conn, first, end, [e["id"] for e in events])
-    for day, developer_id, team_id, cost, requests, *tokens in rows:
-        counters.add(day, developer_id, team_id, int(cost), int(requests),
+    for day, developer_id, team_id, cost, *tokens in rows:
+        counters.add(day, developer_id, team_id, int(cost),
                      dict(zip(TOKEN_FIELDS.values(), map(int, tokens), strict=True)))
     for event in events:
         if event["id"] in seen:  # in DuckDB and already in the fresh counters: once only
             counters.add(event["day"], event["developer_id"], event["team_id"],
-                         event["cost_micros"], 1, event, sign=-1)
+                         event["cost_micros"], event, sign=-1)
     async with redis.pipeline(transaction=True) as pipe:
         try:
             await pipe.watch(keyspace.ready)
@@ -124,7 +124,7 @@ def _history(conn: duckdb.DuckDBPyConnection, first: date, end: date,
     """Daily sums per developer and team since `first`, and which stream ids DuckDB holds."""
     tokens = ", ".join(f"sum({col})" for col in TOKEN_FIELDS.values())
     rows = conn.execute(
-        "SELECT day, developer_id, team_id, sum(cost_micros), sum(requests), "
+        "SELECT day, developer_id, team_id, sum(cost_micros), "
         f"{tokens} FROM usage_daily WHERE day >= ? AND day < ? GROUP BY ALL",
         [first, end]).fetchall()
     seen: set[str] = set()

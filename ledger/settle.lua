@@ -28,19 +28,18 @@ local window_fields = {'r', 'i', 'o'}
 local a = 17
 
 -- Every redis.call costs Redis CPU on the hot path, so a key gets its TTL only when this
--- call made it (HINCRBY answered the amount it added), and a zero is never added.
+-- call made it (HINCRBY answered the amount it added).
 local function add(key, field, amount, ttl)
-  if redis.call('HINCRBY', key, field, amount) == amount then
-    redis.call('EXPIRE', key, ttl, 'NX')
-  end
+  local total = redis.call('HINCRBY', key, field, amount)
+  if total == amount then redis.call('EXPIRE', key, ttl, 'NX') end
+  return total
 end
 
 local base = 3
 local spent_after = {}
 for i = 1, nk do
   local counter = KEYS[base + i]
-  spent_after[i] = redis.call('HINCRBY', counter, 'spent', cost)
-  add(counter, 'n', 1, tonumber(ARGV[a]))
+  spent_after[i] = add(counter, 'spent', cost, tonumber(ARGV[a]))
   if i <= nd then
     for f = 1, 7 do
       local v = tonumber(ARGV[9 + f])
@@ -79,7 +78,8 @@ end
 
 base = base + nh
 for i = 1, nw do
-  -- A window outlived by its request is made again by the correction: it expires again.
+  -- Only corrections that change something. A window outlived by its request is made
+  -- again by its correction, and expires again.
   local key, ttl = KEYS[base + i], tonumber(ARGV[a + 3])
   for f, field in ipairs(window_fields) do
     local amount = tonumber(ARGV[a + f - 1])
