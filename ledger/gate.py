@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger.events import EVENT_FIELD, pack_event
 from ledger.keyspace import KeySpace
@@ -211,6 +212,11 @@ class Gate:
         keys.append(self.keyspace.ready)
         try:
             result = await self._admit(keys=keys, args=args)
+        except RedisTimeoutError as exc:
+            # Redis may have run it and answered too late: a request served (fail_open) or
+            # refused (fail_closed) now must not leave it holding budget and slot.
+            self._abandon(ticket)
+            return self._outage(ticket, exc)
         except RedisError as exc:
             return self._outage(ticket, exc)
         except asyncio.CancelledError:
@@ -227,8 +233,9 @@ class Gate:
         return ticket
 
     def _abandon(self, ticket: Ticket) -> None:
-        """Release what admission may have reserved for `ticket`. Sent after the admission
-        on the same pipelined connection, so Redis runs it after the admission."""
+        """Release what admission may have reserved for `ticket`. Sent after the admission:
+        on the same pipelined connection when its caller left, so Redis runs it second; on a
+        new one when the admission timed out, after Redis had it."""
         counters = self.counters(ticket.principal, ticket.at)
         keys = [key for h in ticket.holds for key in (counters[h.counter_index - 1], h.key)]
         keys += ticket.flights

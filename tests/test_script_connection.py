@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ledger.events import pack_event
 from ledger.gate import Estimate, Gate
 from ledger.keyspace import KeySpace
-from ledger.policy import Cap, Principal
+from ledger.policy import Cap, Limits, Principal
 from ledger.spool import Spool
 from ledger.store import (
     FastScript,
@@ -39,6 +39,8 @@ from ledger.store import (
 from tests.conftest import RedisServer, free_port, need
 
 ECHO = "return {#KEYS, ARGV[1], tonumber(ARGV[2]) + 1, {'nested', 7}}"
+TOKENS = {"input": 100, "output": 50, "cache_write_5m": 0, "cache_write_1h": 0,
+          "cache_read": 0, "web_search": 0, "estimated": 0, "rate_input": 100}
 
 
 @pytest.fixture
@@ -182,6 +184,59 @@ async def test_the_embedded_backend_keeps_redis_py_scripts() -> None:
     await redis.aclose()
 
 
+async def test_an_admission_answered_too_late_keeps_nothing_reserved(
+        own_redis: RedisServer, tmp_path: Any) -> None:
+    """Redis runs the admission but its answer comes after the timeout (a stalled network):
+    the request goes on unmetered (fail_open), and its hold and slot are released."""
+    late: set[int] = set()  # connections (numbered from 1) whose answers are held back 1 s
+    relays: list[tuple[asyncio.Task[Any] | None, asyncio.StreamWriter]] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = len(relays) + 1
+        relays.append((asyncio.current_task(), writer))
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", own_redis.port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       answers: bool) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    if answers and number in late:
+                        await asyncio.sleep(1.0)
+                    dst.write(data)
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", free_port())
+    port = server.sockets[0].getsockname()[1]
+    slow = MeterdRedis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+    direct = connect_redis(own_redis.url)
+    keyspace, spool = KeySpace("t"), Spool(tmp_path / "spool")
+    await direct.set(keyspace.ready, 1)
+    ada = Principal("k1", "d1", "Ada", "t1", "platform",
+                    (Cap("b1", "developer", "d1", "Ada", "monthly", 10**9, "estimate"),),
+                    (Limits("developer", "d1", "Ada", concurrency=1),))
+    gate = Gate(slow, keyspace, spool)
+    estimate = Estimate(100, 50, 1000, 5000)
+    try:
+        await gate.settle(await gate.admit(ada, "warm", estimate), 0, TOKENS, {"id": "warm"})
+        late.add(1)  # the script connection, open now with its scripts loaded
+        ticket = await gate.admit(ada, "r1", estimate)
+        assert not ticket.admitted  # timed out: served unmetered, settled later
+        await asyncio.wait_for(gate.drain(), 5)  # the release, on a new connection
+        counter = keyspace.counter("developer", "d1", "monthly", ticket.at)
+        assert await direct.hget(counter, "held") == b"0"  # Redis had reserved, and released
+        assert await direct.zcard(keyspace.in_flight("developer", "d1")) == 0
+    finally:
+        await slow.aclose()
+        await direct.aclose()
+        server.close()
+        for _, writer in relays:
+            writer.close()
+        await asyncio.wait([task for task, _ in relays if task is not None], timeout=3)
+        spool.close()
+
+
 async def test_settlements_sent_without_a_task_land_or_spool(
         own_redis: RedisServer, client: Any, tmp_path: Any) -> None:
     """The proxy's settlement path (Gate.settle_soon): recorded even when Redis lost its
@@ -192,17 +247,15 @@ async def test_settlements_sent_without_a_task_land_or_spool(
     await client.set(keyspace.ready, 1)
     ada = Principal("k1", "d1", "Ada", "t1", "platform",
                     (Cap("b1", "developer", "d1", "Ada", "monthly", 10**9, "estimate"),), ())
-    tokens = {"input": 100, "output": 50, "cache_write_5m": 0, "cache_write_1h": 0,
-              "cache_read": 0, "web_search": 0, "estimated": 0, "rate_input": 100}
     estimate = Estimate(100, 50, 1000, 5000)
     first = await gate.admit(ada, "r1", estimate)
     await client.script_flush()
-    gate.settle_soon(first, 700, tokens, {"id": "r1"})
+    gate.settle_soon(first, 700, TOKENS, {"id": "r1"})
     await gate.drain()
     assert await client.xlen(keyspace.events) == 1 and spool.depth == 0
     second = await gate.admit(ada, "r2", estimate)
     own_redis.stop()
-    gate.settle_soon(second, 700, tokens, {"id": "r2"})
+    gate.settle_soon(second, 700, TOKENS, {"id": "r2"})
     await asyncio.wait_for(gate.drain(), 5)
     assert spool.depth == 1
     own_redis.start()  # empty: this server keeps nothing across restarts
