@@ -56,6 +56,20 @@ async def until_refused(urls: list[str], key_for: Any, workers: int,
     return accepted, refusals
 
 
+async def knows_cap(url: str, keys: list[str], scope: str) -> None:
+    """Wait until the proxy at `url` (another process) applies a `scope` cap to every key."""
+    deadline = time.monotonic() + 10
+    async with new_session() as s:
+        for key in keys:
+            while True:
+                async with s.get(url + "/meterd/v1/me", headers={"x-api-key": key}) as r:
+                    me = await r.json() if r.status == 200 else {"budgets": []}
+                if any(b["scope"] == scope for b in me["budgets"]):
+                    break
+                assert time.monotonic() < deadline, f"{url} never applied the {scope} cap"
+                await asyncio.sleep(0.05)
+
+
 async def counter(gw: Gateway, scope: str, scope_id: str, period: str = "monthly") -> dict:
     key = gw.proxy.keyspace.counter(scope, scope_id, period, datetime.now(UTC))
     raw = await gw.proxy.redis.hgetall(key)
@@ -272,7 +286,7 @@ async def test_team_pool_holds_across_developers_and_two_proxy_processes(
     cap = parse_usd("0.20")
     await gateway.change(gateway.admin.catalog.set_budget, "team", "platform", "monthly", cap,
                          "strict")
-    await asyncio.sleep(0.5)  # the second process polls the policy every 0.25 s
+    await knows_cap(second_proxy, keys, "team")  # it polls the policy every 0.25 s
     reserve = gateway.proxy.estimate(MODEL, len(BODY), 100).strict_micros
     _, team_id = await ids(gateway)
 
