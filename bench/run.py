@@ -28,6 +28,12 @@ so nothing is in flight at the end) and exits 1 if any request went unmetered or
 
 `--duration S` seconds per run (default 10; `--quick` 3 s and no warm-up runs; `--smoke` 1 s,
 bare and meterd only, for CI). Needs `wrk` and `redis-server` on PATH.
+
+`--against TREE` compares two versions of meterd instead (A/B): it also starts `meterd proxy`
+from another checkout (`git worktree add /tmp/base main`) on the same stack, and alternates
+saturated small-body runs of the two (`--rounds`, default 5). This machine's speed drifts by
+10 % within a minute, so only runs that close together compare; the median of the paired
+differences in CPU per request is the verdict.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,7 +70,8 @@ CONNECTIONS = 64
 DRAIN_S = 1  # wrk runs this much longer than it sends, so every answer arrives
 BIG = 10**12  # rate limits that apply (the scripts run) but never refuse
 TARGET_PROCESS = {"direct to mock": "mock-upstream", "bare proxy": "bare-proxy",
-                  "meterd": "meterd", "meterd --workers 2": "meterd-2w"}
+                  "meterd": "meterd", "meterd --workers 2": "meterd-2w",
+                  "meterd (against)": "meterd-against"}
 BUSY = 0.15  # CPUs' worth of other work during a run that makes its numbers suspect
 
 
@@ -212,10 +220,10 @@ class Stack:
         return f"http://127.0.0.1:{port}"
 
     def spawn(self, cmd: Sequence[str], what: str, port: int, env: dict[str, str] | None = None,
-              log: str = "") -> subprocess.Popen[bytes]:
+              log: str = "", cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         out = open(self.workdir / (log or f"{what}.log"), "ab")  # noqa: SIM115
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, cwd=ROOT,
+                                env={**os.environ, **(env or {})}, cwd=cwd,
                                 start_new_session=True)  # own group: workers stop with it
         out.close()
         self.procs.append(proc)
@@ -277,12 +285,13 @@ class Stack:
         self.redis().set(READY, 1)
 
     def start_meterd(self, port: int, workers: int = 1, upstream: str = "",
-                     name: str = "") -> subprocess.Popen[bytes]:
-        """`meterd proxy` on `port` (against the mock unless `upstream` is given)."""
+                     name: str = "", tree: Path = ROOT) -> subprocess.Popen[bytes]:
+        """`meterd proxy` on `port` (against the mock unless `upstream` is given), run from
+        the checkout `tree`."""
         name = name or ("meterd" if workers == 1 else f"meterd-{workers}w")
         proc = self.spawn([sys.executable, "-m", "meterd.cli", "proxy", "--port", str(port),
                            "--workers", str(workers)], name, port,
-                          env=self.meterd_env(f"proxy-{port}", upstream))
+                          env=self.meterd_env(f"proxy-{port}", upstream), cwd=tree)
         time.sleep(0.5 if workers > 1 else 0.1)  # let every worker bind and load the policy
         return proc
 
@@ -461,6 +470,51 @@ def verdicts(results: list[WrkResult]) -> list[str]:
     return out
 
 
+def compare(b: Bench, tree: Path, rounds: int) -> list[str]:
+    """A/B: this checkout's meterd and `tree`'s on one stack, saturated small-body runs
+    alternated, one line per round and the median of the paired differences."""
+    port = free_port()
+    b.s.start_meterd(port, name=TARGET_PROCESS["meterd (against)"], tree=tree)
+    pairs = []
+    for _ in range(rounds):
+        pairs.append((b.saturate("meterd", b.s.meterd_port, "small"),
+                      b.saturate("meterd (against)", port, "small")))
+    head = f"{'round':<7}{'this: req/s':>12}{'CPU us':>8}{'against: req/s':>16}{'CPU us':>8}"
+    lines = [f"A/B, small body, saturated: this checkout ({ROOT}) against {tree}", "",
+             head + "    CPU us, this - against", "-" * (len(head) + 26)]
+    for i, (this, other) in enumerate(pairs, 1):
+        lines.append(f"{i:<7}{this.rps:>12,.0f}{this.cpu_us:>8.1f}{other.rps:>16,.0f}"
+                     f"{other.cpu_us:>8.1f}    {this.cpu_us - other.cpu_us:+.1f}")
+    diffs = sorted(this.cpu_us - other.cpu_us for this, other in pairs)
+    lines += ["", f"median difference: {statistics.median(diffs):+.1f} µs of CPU per request "
+              f"({statistics.median(diffs) / statistics.median(p[1].cpu_us for p in pairs):+.1%})"]
+    return lines
+
+
+def run_suite(b: Bench, smoke: bool) -> None:
+    """Saturation per body (the mock, the bare proxy, meterd, two workers), then the bare
+    proxy and meterd at half of meterd's rate (`smoke`: bare and meterd saturated only)."""
+    s = b.s
+    for body in ("small", "large"):
+        if not smoke:
+            b.saturate("direct to mock", s.mock_port, body, metered=False, key=MOCK_KEY)
+        b.saturate("bare proxy", s.bare_port, body, metered=False)
+        b.saturate("meterd", s.meterd_port, body)
+        if not smoke:
+            port = free_port()
+            workers = s.start_meterd(port, workers=2)
+            try:
+                b.saturate("meterd --workers 2", port, body)
+            finally:
+                s.stop(workers)
+    if not smoke:
+        for body in ("small", "large"):
+            meterd = next(r for r in b.results if r.target == "meterd" and r.body == body)
+            rate = round(meterd.rps / 2)
+            b.run("bare proxy", s.bare_port, body, rate=rate, metered=False)
+            b.run("meterd", s.meterd_port, body, rate=rate)
+
+
 def serve(log_level: str) -> int:
     with stack(log_level) as s:
         s.workdir.joinpath("small.json").write_bytes(small_body())
@@ -484,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--log-level", default="info",
                         help="meterd's log level (info writes the access log; default info)")
+    parser.add_argument("--against", type=Path, metavar="TREE",
+                        help="A/B: compare with meterd run from this other checkout")
+    parser.add_argument("--rounds", type=int, default=5, help="A/B rounds (default 5)")
     parser.add_argument("--serve", action="store_true",
                         help="start the stack, print its URLs and key, wait for Ctrl-C "
                              "(for profiling by hand)")
@@ -503,35 +560,19 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {name: path.stat().st_size for name, path in files.items()}
         print(f"bench: {os.cpu_count()} CPUs, {duration} s per run, wrk -t1 -c{CONNECTIONS}, "
               f"bodies {sizes['small']:,} B and {sizes['large']:,} B", file=sys.stderr)
-
-        for body in ("small", "large"):
-            if not args.smoke:
-                b.saturate("direct to mock", s.mock_port, body, metered=False, key=MOCK_KEY)
-            b.saturate("bare proxy", s.bare_port, body, metered=False)
-            b.saturate("meterd", s.meterd_port, body)
-            if not args.smoke:
-                port = free_port()
-                workers = s.start_meterd(port, workers=2)
-                try:
-                    b.saturate("meterd --workers 2", port, body)
-                finally:
-                    s.stop(workers)
-        if not args.smoke:
-            for body in ("small", "large"):
-                meterd = next(r for r in b.results if r.target == "meterd" and r.body == body)
-                rate = round(meterd.rps / 2)
-                b.run("bare proxy", s.bare_port, body, rate=rate, metered=False)
-                b.run("meterd", s.meterd_port, body, rate=rate)
-
+        if args.against:
+            print("\n".join(compare(b, args.against.resolve(), args.rounds)))
+        else:
+            run_suite(b, smoke=args.smoke)
+            title = (f"meterd benchmark: {os.cpu_count()} CPUs, {duration} s per run, "
+                     f"bodies {sizes['small']:,} B / {sizes['large']:,} B, "
+                     "stream: true, mock upstream")
+            print(render(b.results, title))
+            print()
+            for line in verdicts(b.results):
+                print(line)
         total = sum(r.requests for r in b.results if r.events is not None)
         events = sum(r.events or 0 for r in b.results)
-        title = (f"meterd benchmark: {os.cpu_count()} CPUs, {duration} s per run, "
-                 f"bodies {sizes['small']:,} B / {sizes['large']:,} B, "
-                 "stream: true, mock upstream")
-        print(render(b.results, title))
-        print()
-        for line in verdicts(b.results):
-            print(line)
         if b.unmetered:
             print("\nFAILED: not every request was answered and metered:")
             for line in b.unmetered:

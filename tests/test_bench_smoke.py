@@ -45,6 +45,16 @@ def test_bench_run_meters_every_request_it_sends(tmp_path: Path) -> None:
         assert r["events"] == r["requests"]
 
 
+def test_bench_ab_alternates_two_meterds_and_meters_both(tmp_path: Path) -> None:
+    root = BENCH.parent  # against itself: the same code, from a second process
+    result = _run("run.py", "--smoke", "--against", str(root), "--rounds", "2",
+                  out=tmp_path / "ab.json")
+    assert result["unmetered"] == []
+    assert [r["target"] for r in result["results"]] == ["meterd", "meterd (against)"] * 2
+    for r in result["results"]:
+        assert r["requests"] > 0 and r["events"] == r["requests"] and r["cpu_us"] > 0
+
+
 def test_bench_slow_streams_are_all_complete_and_metered(tmp_path: Path) -> None:
     result = _run("slow_streams.py", "--streams", "50", "--duration", "2",
                   out=tmp_path / "slow.json")
