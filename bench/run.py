@@ -29,11 +29,12 @@ so nothing is in flight at the end) and exits 1 if any request went unmetered or
 `--duration S` seconds per run (default 10; `--quick` 3 s and no warm-up runs; `--smoke` 1 s,
 bare and meterd only, for CI). Needs `wrk` and `redis-server` on PATH.
 
-`--against TREE` compares two versions of meterd instead (A/B): it also starts `meterd proxy`
-from another checkout (`git worktree add /tmp/base main`) on the same stack, and alternates
-saturated small-body runs of the two (`--rounds`, default 5). This machine's speed drifts by
-10 % within a minute, so only runs that close together compare; the median of the paired
-differences in CPU per request is the verdict.
+`--against TREE` compares two versions of meterd instead (A/B): it starts `meterd proxy` from
+this checkout and from another (`git worktree add /tmp/base main`) on the same stack, and
+alternates saturated small-body runs of the two (`--rounds`, default 10; both started afresh
+each round, each first in every other one). This machine's speed drifts by 10 % within a
+minute, so only runs that close together compare; the median of the paired differences in CPU
+per request is the verdict, once an A/A run (a checkout against itself) has shown the noise.
 """
 
 from __future__ import annotations
@@ -472,13 +473,22 @@ def verdicts(results: list[WrkResult]) -> list[str]:
 
 def compare(b: Bench, tree: Path, rounds: int) -> list[str]:
     """A/B: this checkout's meterd and `tree`'s on one stack, saturated small-body runs
-    alternated, one line per round and the median of the paired differences."""
-    port = free_port()
-    b.s.start_meterd(port, name=TARGET_PROCESS["meterd (against)"], tree=tree)
-    pairs = []
-    for _ in range(rounds):
-        pairs.append((b.saturate("meterd", b.s.meterd_port, "small"),
-                      b.saturate("meterd (against)", port, "small")))
+    alternated, one line per round and the median of the paired differences.
+
+    Each round starts both afresh: two processes of the same code can differ by a few percent
+    for their whole lives, so one pair of processes would measure itself. And each goes first
+    every other round, so drift within a round cancels out."""
+    s, pairs = b.s, []
+    for i in range(rounds):
+        started = {"meterd": ROOT, "meterd (against)": tree}
+        ports = {target: free_port() for target in started}
+        procs = [s.start_meterd(ports[target], name=TARGET_PROCESS[target], tree=checkout)
+                 for target, checkout in started.items()]
+        order = list(started) if i % 2 == 0 else list(started)[::-1]
+        done = {target: b.saturate(target, ports[target], "small") for target in order}
+        pairs.append((done["meterd"], done["meterd (against)"]))
+        for proc in procs:
+            s.stop(proc)
     head = f"{'round':<7}{'this: req/s':>12}{'CPU us':>8}{'against: req/s':>16}{'CPU us':>8}"
     lines = [f"A/B, small body, saturated: this checkout ({ROOT}) against {tree}", "",
              head + "    CPU us, this - against", "-" * (len(head) + 26)]
@@ -486,8 +496,11 @@ def compare(b: Bench, tree: Path, rounds: int) -> list[str]:
         lines.append(f"{i:<7}{this.rps:>12,.0f}{this.cpu_us:>8.1f}{other.rps:>16,.0f}"
                      f"{other.cpu_us:>8.1f}    {this.cpu_us - other.cpu_us:+.1f}")
     diffs = sorted(this.cpu_us - other.cpu_us for this, other in pairs)
-    lines += ["", f"median difference: {statistics.median(diffs):+.1f} µs of CPU per request "
-              f"({statistics.median(diffs) / statistics.median(p[1].cpu_us for p in pairs):+.1%})"]
+    median = statistics.median(diffs)
+    lines += ["", f"median difference: {median:+.1f} µs of CPU per request "
+              f"({median / statistics.median(p[1].cpu_us for p in pairs):+.1%}; rounds from "
+              f"{diffs[0]:+.1f} to {diffs[-1]:+.1f}). Compare with an A/A run (a checkout "
+              "against itself) before believing a few percent."]
     return lines
 
 
@@ -540,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="meterd's log level (info writes the access log; default info)")
     parser.add_argument("--against", type=Path, metavar="TREE",
                         help="A/B: compare with meterd run from this other checkout")
-    parser.add_argument("--rounds", type=int, default=5, help="A/B rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=10, help="A/B rounds (default 10)")
     parser.add_argument("--serve", action="store_true",
                         help="start the stack, print its URLs and key, wait for Ctrl-C "
                              "(for profiling by hand)")
