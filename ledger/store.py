@@ -202,9 +202,10 @@ class ScriptConnection:
     `timeout`) fails every waiting command with a redis-py `ConnectionError`/`TimeoutError`,
     so callers see the same exceptions as with redis-py; the next command reconnects.
 
-    Each connection starts by loading the scripts (a restarted Redis has none). A call by SHA
-    that Redis refuses has to be sent again, after commands sent since: a settlement would land
-    after the same client's next admission, which would then find both reservations.
+    Redis runs commands in the order they were submitted, connected or not: while the
+    connection opens and is set up (AUTH, SELECT, and loading the scripts, which a restarted
+    Redis has lost), commands wait in the queue. A settlement must reach Redis before the
+    same client's next admission, or that admission finds both reservations.
     """
 
     def __init__(self, address: tuple[str, int] | str, *, db: int = 0,
@@ -215,8 +216,9 @@ class ScriptConnection:
         self.connect_timeout, self.timeout = connect_timeout, timeout
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
         self.scripts: dict[str, bytes] = {}  # SHA: source, loaded on connecting
-        self._protocol: _Protocol | None = None
-        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._protocol: _Protocol | None = None  # set up and ready for commands
+        self._opening: _Protocol | None = None  # connected, being set up
+        self._connecting: asyncio.Task[None] | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
@@ -227,25 +229,19 @@ class ScriptConnection:
         return await self.submit(args)
 
     def submit(self, args: Sequence[Any]) -> asyncio.Future[Any]:
-        """Queue one command; the future resolves with its reply (or its error). Connected,
-        this is a plain future (no task); otherwise a task that connects first."""
+        """Queue one command; the future resolves with its reply (or its error)."""
         payload = encode_command(args)  # raises DataError here, to the caller
-        if self._protocol is None:
-            return asyncio.ensure_future(self._connect_and_send(payload))
+        if self._protocol is None and self._connecting is None:
+            self._loop = asyncio.get_running_loop()
+            self._connecting = self._loop.create_task(self._open())
         return self._send(payload)
-
-    async def _connect_and_send(self, payload: bytes) -> Any:
-        await self._connect()
-        if self._protocol is None:
-            raise RedisConnectionError("connection to redis lost")
-        return await self._send(payload)
 
     def _send(self, payload: bytes) -> asyncio.Future[Any]:
         loop = self._loop  # not get_running_loop(): on 3.11 that is a getpid() system call
         future: asyncio.Future[Any] = loop.create_future()
         self.pending.append((future, loop.time()))
         self._out.append(payload)
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and self._protocol is not None:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         if self._watchdog is None:
@@ -254,9 +250,10 @@ class ScriptConnection:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._protocol is None or self._protocol.transport is None or not self._out:
+            return  # not set up yet: the queue waits for `_open`
         out, self._out = self._out, []
-        if self._protocol is not None and self._protocol.transport is not None and out:
-            self._protocol.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._protocol.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _check(self) -> None:
         """Give up on a Redis that stopped answering: fail everything waiting, reconnect."""
@@ -269,55 +266,60 @@ class ScriptConnection:
         else:
             self._watchdog = loop.call_later(self.timeout / 2, self._check)
 
-    async def _connect(self) -> _Protocol:
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
-        connecting = self._connecting
+    async def _open(self) -> None:
+        """Connect, set the connection up ahead of everything queued, then send the queue."""
+        loop = self._loop
         try:
-            return await asyncio.shield(connecting)
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    if isinstance(self.address, str):
+                        _, protocol = await loop.create_unix_connection(
+                            lambda: _Protocol(self), self.address)
+                    else:
+                        _, protocol = await loop.create_connection(
+                            lambda: _Protocol(self), *self.address)
+            except (OSError, TimeoutError) as exc:
+                self._fail(RedisConnectionError(
+                    f"cannot connect to redis at {self.address}: {exc or 'timed out'}"))
+                return
+            setup: list[list[Any]] = []
+            if self.password:
+                setup.append(["AUTH", *([self.username] if self.username else []),
+                              self.password])
+            if self.db:
+                setup.append(["SELECT", self.db])
+            setup.extend(["SCRIPT", "LOAD", source] for source in self.scripts.values())
+            if setup:
+                now = loop.time()
+                replies = [loop.create_future() for _ in setup]
+                self.pending.extendleft((reply, now) for reply in reversed(replies))
+                self._opening = protocol
+                assert protocol.transport is not None
+                protocol.transport.write(b"".join(encode_command(c) for c in setup))
+                try:
+                    await asyncio.gather(*replies)
+                except RedisError as exc:
+                    if self._opening is protocol:  # refused (a lost connection failed it all)
+                        self.abort(RedisConnectionError(
+                            f"redis refused the connection setup: {exc}"))
+                    return
+                finally:
+                    self._opening = None
+            self._protocol = protocol
+            self._flush()
         finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
-
-    async def _open(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                if isinstance(self.address, str):
-                    _, protocol = await loop.create_unix_connection(
-                        lambda: _Protocol(self), self.address)
-                else:
-                    _, protocol = await loop.create_connection(
-                        lambda: _Protocol(self), *self.address)
-        except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(
-                f"cannot connect to redis at {self.address}: {exc or 'timed out'}") from None
-        self._protocol = protocol
-        self._loop = loop
-        setup: list[list[Any]] = []
-        if self.password:
-            setup.append(["AUTH", *([self.username] if self.username else []), self.password])
-        if self.db:
-            setup.append(["SELECT", self.db])
-        setup.extend(["SCRIPT", "LOAD", source] for source in self.scripts.values())
-        try:
-            await asyncio.gather(*(self._send(encode_command(command)) for command in setup))
-        except RedisError as exc:
-            refused = RedisConnectionError(f"redis refused the connection setup: {exc}")
-            self.abort(refused)
-            raise refused from None
-        return protocol
+            self._connecting = None
 
     def abort(self, exc: RedisError) -> None:
-        protocol = self._protocol
-        self._protocol = None
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.abort()
+        for protocol in (self._protocol, self._opening):
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.abort()
+        self._protocol = self._opening = None
         self._fail(exc)
 
     def lost(self, protocol: _Protocol, exc: Exception | None) -> None:
-        if protocol is self._protocol:
-            self._protocol = None
+        if protocol is self._protocol or protocol is self._opening:
+            self._protocol = self._opening = None
             self._fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed'}"))
 
     def _fail(self, exc: RedisError) -> None:
@@ -332,4 +334,6 @@ class ScriptConnection:
 
     def close(self) -> None:
         """Drop the connection; anything still waiting fails."""
+        if self._connecting is not None:
+            self._connecting.cancel()
         self.abort(RedisConnectionError("connection closed"))

@@ -104,6 +104,22 @@ async def test_a_redis_that_lost_its_scripts_gets_them_again(client: Any) -> Non
     assert await client.script_exists(script.sha) == [True]
 
 
+async def test_commands_sent_while_the_connection_is_set_up_keep_their_order(
+        own_redis: RedisServer) -> None:
+    """Connecting loads the scripts first (a round trip). Commands submitted meanwhile (a
+    settlement, then the same client's next admission) still reach Redis in their order."""
+    client = connect_redis(own_redis.url)
+    push = client.register_script("return redis.call('RPUSH', KEYS[1], ARGV[1])")
+    replies = [push.start(["order"], [0])]  # this one connects
+    while not replies[0].done():
+        replies.append(push.start(["order"], [len(replies)]))
+        await asyncio.sleep(0)
+    await asyncio.gather(*replies)
+    assert len(replies) > 3  # the set-up took several loop turns
+    assert await client.lrange("order", 0, -1) == [b"%d" % i for i in range(len(replies))]
+    await client.aclose()
+
+
 async def test_script_errors_are_response_errors(client: Any) -> None:
     script = client.register_script("return redis.call('INCR', KEYS[1])")
     await client.set("text", "not a number")
