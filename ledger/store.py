@@ -224,10 +224,6 @@ class ScriptConnection:
         self._watchdog: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop  # the connection's, set when it opens
 
-    async def execute(self, args: Sequence[Any]) -> Any:
-        """Send one command and wait for its reply (raised if it is an error)."""
-        return await self.submit(args)
-
     def submit(self, args: Sequence[Any]) -> asyncio.Future[Any]:
         """Queue one command; the future resolves with its reply (or its error)."""
         payload = encode_command(args)  # raises DataError here, to the caller
@@ -282,6 +278,7 @@ class ScriptConnection:
                 self._fail(RedisConnectionError(
                     f"cannot connect to redis at {self.address}: {exc or 'timed out'}"))
                 return
+            self._opening = protocol  # until it is set up: `lost` and `abort` see it
             setup: list[list[Any]] = []
             if self.password:
                 setup.append(["AUTH", *([self.username] if self.username else []),
@@ -293,7 +290,6 @@ class ScriptConnection:
                 now = loop.time()
                 replies = [loop.create_future() for _ in setup]
                 self.pending.extendleft((reply, now) for reply in reversed(replies))
-                self._opening = protocol
                 assert protocol.transport is not None
                 protocol.transport.write(b"".join(encode_command(c) for c in setup))
                 try:
@@ -303,9 +299,9 @@ class ScriptConnection:
                         self.abort(RedisConnectionError(
                             f"redis refused the connection setup: {exc}"))
                     return
-                finally:
-                    self._opening = None
-            self._protocol = protocol
+            if self._opening is not protocol:  # lost or closed meanwhile: the queue failed
+                return
+            self._opening, self._protocol = None, protocol
             self._flush()
         finally:
             self._connecting = None

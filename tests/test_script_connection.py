@@ -151,7 +151,7 @@ async def test_a_silent_redis_times_out_every_waiting_call() -> None:
     port = server.sockets[0].getsockname()[1]
     connection = ScriptConnection(("127.0.0.1", port), timeout=0.3)
     started = asyncio.get_running_loop().time()
-    results = await asyncio.gather(*(connection.execute(["PING"]) for _ in range(5)),
+    results = await asyncio.gather(*(connection.submit(["PING"]) for _ in range(5)),
                                    return_exceptions=True)
     assert all(isinstance(r, RedisTimeoutError) for r in results)
     assert asyncio.get_running_loop().time() - started < 1.5
