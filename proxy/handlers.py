@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from ledger.gate import Ticket
+from ledger.policy import Principal
 from ledger.status import budget_status
 from ledger.usage import Usage
 from proxy.errors import UpstreamError, error_middleware
@@ -41,27 +42,11 @@ async def messages(request: web.Request) -> web.StreamResponse:
     principal = state.authenticate(request.headers)
     body = await request.read()
     model, stream, max_tokens = parse_request(body)
-    request_id = state.request_ids()
-    ticket = await state.gate.admit(principal, request_id,
-                                    state.estimate(model, len(body), max_tokens), started)
-    state.metrics.overhead.observe(time.monotonic() - t0)
-    relay = Relay(state, request, ticket, model, stream, t0, body)
+    relay = Relay(state, request, model, stream, t0, body)
     del body  # the relay lets go of it once the provider has it
     if state.router is not None:  # providers configured: route, translate, fall back
         relay.route = state.router
-    try:
-        return await relay.run()
-    finally:
-        settle(relay)
-
-
-def settle(relay: Relay) -> None:
-    """Price a relayed request and send its settlement now, not awaited: a client that went
-    away (cancelling the handler) must not cancel it. `drain` waits for it at shutdown."""
-    try:
-        relay.finish()
-    except Exception:  # never turn an answered request into an error
-        log.exception("cannot settle %s", relay.ticket.request_id)
+    return await relay.serve(principal, max_tokens, started)
 
 
 class Relay:
@@ -75,9 +60,11 @@ class Relay:
     stream_type = "text/event-stream"  # the answer metered as a stream, by stream_meter
     stream_meter: Any = StreamMeter
 
-    def __init__(self, state: ProxyState, request: web.Request, ticket: Ticket, model: str,
-                 stream: bool, t0: float, body: bytes) -> None:
-        self.state, self.request, self.ticket, self.body = state, request, ticket, body
+    ticket: Ticket  # what admission reserved (`serve`)
+
+    def __init__(self, state: ProxyState, request: web.Request, model: str, stream: bool,
+                 t0: float, body: bytes) -> None:
+        self.state, self.request, self.body = state, request, body
         self.model, self.stream, self.t0 = model, stream, t0
         self.status = 0
         self.ttfb: float | None = None
@@ -85,6 +72,20 @@ class Relay:
         self.meter: StreamMeter | None = None
         self.tee: list[bytes] | None = None
         self.tee_size = 0
+
+    async def serve(self, principal: Principal, max_tokens: int,
+                    started: datetime) -> web.StreamResponse:
+        """Admit, relay and settle: a metered request once its fields are read. The caller
+        hands the body over in the relay and keeps no reference to it (see `run`)."""
+        state = self.state
+        self.ticket = await state.gate.admit(
+            principal, state.request_ids(),
+            state.estimate(self.model, len(self.body), max_tokens), started)
+        state.metrics.overhead.observe(time.monotonic() - self.t0)
+        try:
+            return await self.run()
+        finally:
+            self.settle()
 
     async def run(self) -> web.StreamResponse:
         state, request = self.state, self.request
@@ -165,6 +166,14 @@ class Relay:
         if self.tee is not None and self.status:
             return meter_body(b"".join(self.tee))
         return Metered(Usage(), False, self.error_type, "")
+
+    def settle(self) -> None:
+        """Price the request and send its settlement now, not awaited: a client that went away
+        (cancelling the handler) must not cancel it. `drain` waits for it at shutdown."""
+        try:
+            self.finish()
+        except Exception:  # never turn an answered request into an error
+            log.exception("cannot settle %s", self.ticket.request_id)
 
     def finish(self) -> None:
         """Price the request and send its settlement (Gate.settle_soon)."""

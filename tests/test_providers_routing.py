@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,16 @@ from aiohttp.test_utils import TestServer
 
 from meterd.providers_config import build_routing
 from meterd.settings import Settings, SettingsError
+from proxy.handlers import Relay
 from tests.conftest import Upstream, free_port
 from tests.fakes.gateways import (
+    VERTEX_PROJECT,
+    VERTEX_REGION,
     Served,
     StartGateway,
     anthropic_provider,
     bedrock_provider,
+    vertex_provider,
 )
 from tests.provider_requests import BODY, ask, sdk_for
 from tests.test_sdk import assert_recorded, client
@@ -201,6 +206,57 @@ providers = ["anthropic", "bedrock-us"]
     assert str(bedrock.multiplier) == "11/10"
     assert bedrock.model_id("claude-sonnet-4-6") == "global.anthropic.claude-sonnet-4-6"  # type: ignore[attr-defined]
     assert bedrock.model_id("claude-opus-4-8") == "us.anthropic.claude-opus-4-8"  # type: ignore[attr-defined]
+
+
+# An answer can stream for minutes, and Claude Code's bodies run to hundreds of KB: nothing
+# may hold the request body once the provider has it (bench/slow_streams.py).
+RELAYS = {
+    "messages": ("/v1/messages", BODY | {"stream": True}),
+    "bedrock": ("/bedrock/model/us.anthropic.claude-sonnet-4-6/invoke-with-response-stream",
+                {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
+                 "messages": BODY["messages"]}),
+    "vertex": (f"/vertex/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_REGION}/publishers/"
+               "anthropic/models/claude-sonnet-4-6:streamRawPredict",
+               {"anthropic_version": "vertex-2023-10-16", "max_tokens": 64, "stream": True,
+                "messages": BODY["messages"]}),
+}
+
+
+@pytest.mark.parametrize("path", RELAYS)
+async def test_nothing_holds_the_request_body_while_the_answer_streams(
+        start_gateway: StartGateway, bedrock: Served, vertex: Served,
+        monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    gw = await start_gateway(providers={"bedrock-us": bedrock_provider(bedrock),
+                                        "vertex": vertex_provider(vertex)})
+    bedrock.fake.behaviour.gap_ms = vertex.fake.behaviour.gap_ms = 100  # after message_start
+    read: list[bytes] = []  # the body the handler read: the test's own reference
+    holders: list[list[str]] = []  # what else held it while the answer was paused
+    original_read, original_observe = web.BaseRequest.read, Relay._observe
+
+    async def remember(request: web.BaseRequest) -> bytes:
+        body = await original_read(request)
+        read.append(body)
+        return body
+
+    def look() -> None:  # the handler is suspended, its frames visible to the collector
+        holders.append([type(r).__name__ for r in gc.get_referrers(read[0]) if r is not read])
+
+    def observe(relay: Relay, chunk: bytes) -> None:
+        if not holders:
+            asyncio.get_running_loop().call_later(0.05, look)
+        original_observe(relay, chunk)
+
+    monkeypatch.setattr(web.BaseRequest, "read", remember)
+    monkeypatch.setattr(Relay, "_observe", observe)
+    url, body = RELAYS[path]
+    key = await gw.developer()
+    resp = await gw.client.post(url, data=orjson.dumps(body), headers={
+        "authorization": f"Bearer {key}", "x-mock-event-delay-ms": "100"})
+    assert resp.status == 200, await resp.text()
+    await resp.read()
+    assert holders == [[]]
+    (event,) = await gw.settled(1)
+    assert event["status"] == "200" and event["estimated"] == "0"
 
 
 @pytest.mark.parametrize(("providers", "routes", "message"), [

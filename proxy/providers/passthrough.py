@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp import web
 
-from ledger.policy import Principal
 from proxy.errors import ProxyError, UpstreamError
-from proxy.handlers import Relay, settle
+from proxy.handlers import Relay
 from proxy.providers.base import Outbound, Provider, Relayed
 from proxy.providers.bedrock import EVENT_STREAM, BedrockProvider, EventStreamMeter
 from proxy.providers.routing import first_answer
@@ -28,6 +27,9 @@ from proxy.request_fields import read_fields
 from proxy.state import STATE, ProxyState
 
 _BEDROCK_ACTIONS = {"invoke": False, "invoke-with-response-stream": True}
+# The request to one provider of the chain, for the client's body. The body is an argument,
+# not captured: the handler hands it over in the relay, which lets go of it once sent.
+Build = Callable[[Provider, bytes], Awaitable[Outbound]]
 
 
 class EventStreamRelay(Relay):
@@ -41,13 +43,13 @@ class Passthrough:
     """The route of a provider-format request: the configured providers of that kind, in
     route order with the same fallback, each sent the client's body unchanged."""
 
-    def __init__(self, chain: Sequence[Provider],
-                 build: Callable[[Provider], Awaitable[Outbound]]) -> None:
+    def __init__(self, chain: Sequence[Provider], build: Build) -> None:
         self.chain, self.build = chain, build
 
     async def open(self, relay: Relay, body: bytes) -> Relayed:
         relay.served, response = await first_answer(
-            relay.state.session, self.chain, self.build, relay.stream, translate=False)
+            relay.state.session, self.chain, lambda provider: self.build(provider, body),
+            relay.stream, translate=False)
         return response  # type: ignore[no-any-return]
 
 
@@ -59,21 +61,6 @@ def _chain(state: ProxyState, kind: str, model: str) -> tuple[Provider, ...]:
                          f"this gateway has no {kind} provider configured; use "
                          "ANTHROPIC_BASE_URL instead")
     return chain
-
-
-async def _serve(request: web.Request, state: ProxyState, principal: Principal, body: bytes,
-                 model: str, stream: bool, max_tokens: int, relay_class: type[Relay],
-                 route: Passthrough, started: datetime, t0: float) -> web.StreamResponse:
-    """Admit, relay and settle, as `proxy.handlers.messages` does for /v1/messages."""
-    ticket = await state.gate.admit(principal, state.request_ids(),
-                                    state.estimate(model, len(body), max_tokens), started)
-    state.metrics.overhead.observe(time.monotonic() - t0)
-    relay = relay_class(state, request, ticket, model, stream, t0, body)
-    relay.route = route
-    try:
-        return await relay.run()
-    finally:
-        settle(relay)
 
 
 async def bedrock_invoke(request: web.Request) -> web.StreamResponse:
@@ -89,13 +76,15 @@ async def bedrock_invoke(request: web.Request) -> web.StreamResponse:
     chain = _chain(state, "bedrock", model)
     action = request.match_info["action"]
 
-    def build(provider: Provider) -> Awaitable[Outbound]:
+    def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
         assert isinstance(provider, BedrockProvider)
         return provider.passthrough(model, action, body)
 
     max_tokens = read_fields(body)[2]  # the stream flag is in the URL
-    return await _serve(request, state, principal, body, model, stream, max_tokens,
-                        EventStreamRelay, Passthrough(chain, build), started, t0)
+    relay = EventStreamRelay(state, request, model, stream, t0, body)
+    del body  # the relay lets go of it once the provider has it
+    relay.route = Passthrough(chain, build)
+    return await relay.serve(principal, max_tokens, started)
 
 
 async def bedrock_count_tokens(request: web.Request) -> web.StreamResponse:
@@ -105,11 +94,11 @@ async def bedrock_count_tokens(request: web.Request) -> web.StreamResponse:
     model = request.match_info["model"]
     body = await request.read()
 
-    def build(provider: Provider) -> Awaitable[Outbound]:
+    def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
         assert isinstance(provider, BedrockProvider)
         return provider.passthrough(model, "count-tokens", body)
 
-    return await _forward(state, _chain(state, "bedrock", model), build)
+    return await _forward(state, _chain(state, "bedrock", model), build, body)
 
 
 async def bedrock_inference_profiles(request: web.Request) -> web.Response:
@@ -130,24 +119,28 @@ async def vertex_predict(request: web.Request) -> web.StreamResponse:
     chain = _chain(state, "vertex", model)
     headers = request.headers
 
-    def build(provider: Provider) -> Awaitable[Outbound]:
+    def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
         assert isinstance(provider, VertexProvider)
         return provider.passthrough(tail, headers, body)
 
     if model == "count-tokens":
-        return await _forward(state, chain, build)
+        return await _forward(state, chain, build, body)
     if method not in ("rawPredict", "streamRawPredict"):
         raise ProxyError(404, "not_found_error", f"not found: POST {request.path}")
     _, stream, max_tokens = read_fields(body)
-    return await _serve(request, state, principal, body, model, stream, max_tokens, Relay,
-                        Passthrough(chain, build), started, t0)
+    relay = Relay(state, request, model, stream, t0, body)
+    del body  # the relay lets go of it once the provider has it
+    relay.route = Passthrough(chain, build)
+    return await relay.serve(principal, max_tokens, started)
 
 
-async def _forward(state: ProxyState, chain: Sequence[Provider],
-                   build: Callable[[Provider], Awaitable[Outbound]]) -> web.Response:
+async def _forward(state: ProxyState, chain: Sequence[Provider], build: Build,
+                   body: bytes) -> web.Response:
     """Forward an unmetered request (count-tokens) along the chain; answer it unchanged."""
     try:
-        _, response = await first_answer(state.session, chain, build, False, translate=False)
+        _, response = await first_answer(state.session, chain,
+                                         lambda provider: build(provider, body), False,
+                                         translate=False)
         payload = b"".join([chunk async for chunk in response.iter_any()])
     except TimeoutError:
         raise UpstreamError(504, "api_error", "upstream did not answer in time") from None

@@ -8,6 +8,7 @@ bodies in Vertex's form (`anthropic_version` "vertex-2023-10-16", model in the p
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -46,6 +47,7 @@ def make_service_account(path: Path, token_uri: str, project: str) -> rsa.RSAPub
 class Behaviour:
     usage: dict[str, Any] = field(default_factory=dict)
     text_chunks: int = 6
+    gap_ms: int = 0  # silence after message_start
     status: int = 0  # answer model calls with this error (Google error format)
     token_lifetime: int = 3600
 
@@ -146,9 +148,11 @@ class FakeVertex:
             return web.json_response(message(msg_id, model, b.usage, b.text_chunks))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for event in stream_events(msg_id, model, b.usage, b.text_chunks):
+        for i, event in enumerate(stream_events(msg_id, model, b.usage, b.text_chunks)):
             await response.write(b"event: " + event["type"].encode() + b"\ndata: "
                                  + orjson.dumps(event) + b"\n\n")
+            if i == 0 and b.gap_ms:
+                await asyncio.sleep(b.gap_ms / 1000)
         await response.write_eof()
         return response
 
