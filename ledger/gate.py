@@ -17,7 +17,7 @@ from functools import partial
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger.events import EVENT_FIELD, pack_event
@@ -345,9 +345,7 @@ class Gate:
     def _landed(self, entry: dict[str, Any], request_id: str, reply: asyncio.Future[Any]) -> None:
         self._in_flight.discard(reply)
         exc = reply.exception() if not reply.cancelled() else RedisError("cancelled")
-        if isinstance(exc, NoScriptError):  # Redis lost the script: send its source
-            self._keep(asyncio.ensure_future(self._record(entry, request_id)))
-        elif exc is not None:
+        if exc is not None:
             self._spool(entry, request_id, exc)
 
     def _keep(self, pending: asyncio.Future[Any]) -> None:

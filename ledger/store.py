@@ -22,7 +22,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import DataError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 EMBEDDED = "embedded://"
@@ -90,7 +90,7 @@ class FastScript:
     """A Lua script called like redis-py's: `await script(keys=[...], args=[...])`.
 
     Runs by SHA. The connection loads it whenever it connects; a Redis that lost it while
-    connected (SCRIPT FLUSH) gets the source once with EVAL, which also caches it there.
+    connected (SCRIPT FLUSH) is sent the source instead, in the same place in the order.
     """
 
     def __init__(self, connection: ScriptConnection, script: str | bytes) -> None:
@@ -100,16 +100,12 @@ class FastScript:
         connection.scripts[self.sha] = self.script
 
     async def __call__(self, keys: Sequence[Any] = (), args: Iterable[Any] = ()) -> Any:
-        tail = [len(keys), *keys, *args]
-        try:
-            return await self.connection.submit(["EVALSHA", self.sha, *tail])
-        except NoScriptError:
-            return await self.connection.submit(["EVAL", self.script, *tail])
+        return await self.start(keys, args)
 
     def start(self, keys: Sequence[Any], args: Iterable[Any]) -> asyncio.Future[Any]:
-        """Send the script now, without a task: the future resolves with the reply. A
-        NoScriptError is the caller's to handle (call the script again: it sends the source)."""
-        return self.connection.submit(["EVALSHA", self.sha, len(keys), *keys, *args])
+        """Send the script now, without a task: the future resolves with the reply."""
+        return self.connection.submit(["EVALSHA", self.sha, len(keys), *keys, *args],
+                                      self.script)
 
 
 # Encoded arguments seen before. Most arguments of admission and settlement repeat from
@@ -178,13 +174,16 @@ class _Protocol(asyncio.Protocol):
         pending = self.owner.pending
         try:
             while (value := reader.gets()) is not False:
-                future, _ = pending.popleft()
+                future, _, command, source = pending.popleft()
                 if future.done():
                     continue
                 if isinstance(value, RedisError):
-                    if str(value).startswith("NOSCRIPT"):
-                        value = NoScriptError(str(value))
-                    future.set_exception(value)
+                    if source is not None and str(value).startswith("NOSCRIPT"):
+                        # Redis lost the script (SCRIPT FLUSH): send its source, now, so it
+                        # runs before anything submitted after this reply came.
+                        self.owner.resend(future, ["EVAL", source, *command[2:]])
+                    else:
+                        future.set_exception(value)
                 else:
                     future.set_result(value)
         except (RedisError, IndexError, ValueError) as exc:  # garbage or unsolicited reply
@@ -214,7 +213,10 @@ class ScriptConnection:
         self.address, self.db = address, db
         self.username, self.password = username, password
         self.connect_timeout, self.timeout = connect_timeout, timeout
-        self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # Waiting for a reply: its future, when it was sent, and for a script called by SHA
+        # the command and the script's source (sent instead if Redis answers NOSCRIPT).
+        self.pending: deque[tuple[asyncio.Future[Any], float, Sequence[Any], bytes | None]] = \
+            deque()
         self.scripts: dict[str, bytes] = {}  # SHA: source, loaded on connecting
         self._protocol: _Protocol | None = None  # set up and ready for commands
         self._opening: _Protocol | None = None  # connected, being set up
@@ -224,25 +226,31 @@ class ScriptConnection:
         self._watchdog: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop  # the connection's, set when it opens
 
-    def submit(self, args: Sequence[Any]) -> asyncio.Future[Any]:
-        """Queue one command; the future resolves with its reply (or its error)."""
+    def submit(self, args: Sequence[Any], source: bytes | None = None) -> asyncio.Future[Any]:
+        """Queue one command; the future resolves with its reply (or its error). `source`:
+        the script an EVALSHA runs, sent instead if Redis no longer has it."""
         payload = encode_command(args)  # raises DataError here, to the caller
         if self._protocol is None and self._connecting is None:
             self._loop = asyncio.get_running_loop()
             self._connecting = self._loop.create_task(self._open())
-        return self._send(payload)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._send(future, payload, args, source)
+        return future
 
-    def _send(self, payload: bytes) -> asyncio.Future[Any]:
+    def resend(self, future: asyncio.Future[Any], args: Sequence[Any]) -> None:
+        """Send `args` for a command whose reply `future` still waits for."""
+        self._send(future, encode_command(args), args, None)
+
+    def _send(self, future: asyncio.Future[Any], payload: bytes, args: Sequence[Any],
+              source: bytes | None) -> None:
         loop = self._loop  # not get_running_loop(): on 3.11 that is a getpid() system call
-        future: asyncio.Future[Any] = loop.create_future()
-        self.pending.append((future, loop.time()))
+        self.pending.append((future, loop.time(), args, source))
         self._out.append(payload)
         if not self._flush_scheduled and self._protocol is not None:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout / 2, self._check)
-        return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -288,12 +296,12 @@ class ScriptConnection:
             setup.extend(["SCRIPT", "LOAD", source] for source in self.scripts.values())
             if setup:
                 now = loop.time()
-                replies = [loop.create_future() for _ in setup]
-                self.pending.extendleft((reply, now) for reply in reversed(replies))
+                waiting = [(loop.create_future(), now, command, None) for command in setup]
+                self.pending.extendleft(reversed(waiting))  # ahead of the queue
                 assert protocol.transport is not None
                 protocol.transport.write(b"".join(encode_command(c) for c in setup))
                 try:
-                    await asyncio.gather(*replies)
+                    await asyncio.gather(*(reply for reply, *_ in waiting))
                 except RedisError as exc:
                     if self._opening is protocol:  # refused (a lost connection failed it all)
                         self.abort(RedisConnectionError(
@@ -321,7 +329,7 @@ class ScriptConnection:
     def _fail(self, exc: RedisError) -> None:
         self._out.clear()
         pending, self.pending = self.pending, deque()
-        for future, _ in pending:
+        for future, *_ in pending:
             if not future.done():
                 future.set_exception(exc)
         if self._watchdog is not None:

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger.events import pack_event
@@ -63,24 +63,38 @@ def test_commands_are_encoded_exactly_as_redis_py_encodes_them(args: list[Any]) 
 
 def test_replies_split_anywhere_resolve_their_commands_in_order() -> None:
     class Owner:
-        pending: deque[tuple[asyncio.Future[Any], float]]
+        pending: deque[tuple[asyncio.Future[Any], float, list[Any], bytes | None]]
+        resent: list[tuple[asyncio.Future[Any], list[Any]]]
+
+        def resend(self, future: asyncio.Future[Any], args: list[Any]) -> None:
+            self.resent.append((future, args))
 
     loop = asyncio.new_event_loop()
     try:
         wire = (b"*4\r\n:2\r\n$5\r\nhello\r\n:42\r\n*2\r\n$6\r\nnested\r\n:7\r\n"
-                b"$-1\r\n+OK\r\n-NOSCRIPT No matching script.\r\n-ERR wrong\r\n:-3\r\n")
+                b"$-1\r\n+OK\r\n-NOSCRIPT No matching script.\r\n-NOSCRIPT No matching script.\r\n"
+                b"-ERR wrong\r\n:-3\r\n")
+        by_sha = ["EVALSHA", "f00", 1, "k", 5]
+        sent = [([], None), ([], None), ([], None), (by_sha, b"return 1"), (by_sha, None),
+                ([], None), ([], None)]
         for size in (1, 2, 3, 7, len(wire)):
             owner = Owner()
-            owner.pending = deque((loop.create_future(), 0.0) for _ in range(6))
-            futures = [f for f, _ in owner.pending]
+            owner.pending = deque((loop.create_future(), 0.0, command, source)
+                                  for command, source in sent)
+            owner.resent = []
+            futures = [f for f, *_ in owner.pending]
             protocol = _Protocol(owner)  # type: ignore[arg-type]
             for i in range(0, len(wire), size):
                 protocol.data_received(wire[i:i + size])
             assert [f.result() for f in futures[:3]] == [
                 [2, b"hello", 42, [b"nested", 7]], None, b"OK"]
-            assert isinstance(futures[3].exception(), NoScriptError)
+            # A script called by SHA is sent again with its source; anything else fails.
+            assert owner.resent == [(futures[3], ["EVAL", b"return 1", 1, "k", 5])]
+            assert not futures[3].done()
             assert type(futures[4].exception()) is ResponseError
-            assert futures[5].result() == -3
+            assert "NOSCRIPT" in str(futures[4].exception())
+            assert type(futures[5].exception()) is ResponseError
+            assert futures[6].result() == -3
             assert not owner.pending and protocol.reader.gets() is False
     finally:
         loop.close()
@@ -118,6 +132,45 @@ async def test_commands_sent_while_the_connection_is_set_up_keep_their_order(
     assert len(replies) > 3  # the set-up took several loop turns
     assert await client.lrange("order", 0, -1) == [b"%d" % i for i in range(len(replies))]
     await client.aclose()
+
+
+async def test_scripts_redis_lost_while_connected_still_run_in_the_order_sent(
+        client: Any) -> None:
+    """After SCRIPT FLUSH, Redis answers every call by SHA with NOSCRIPT. Each is sent again
+    with its source in its place, ahead of anything submitted after that answer came."""
+    first = client.register_script("return redis.call('RPUSH', KEYS[1], 'a' .. ARGV[1])")
+    second = client.register_script("return redis.call('RPUSH', KEYS[1], 'b' .. ARGV[1])")
+    await first(keys=["warm"], args=[0])  # connected, both scripts loaded
+    await client.script_flush()
+    replies = []
+    for batch in range(5):  # the NOSCRIPT answers of one batch arrive before the next is sent
+        replies += [script.start(["order"], [f"{batch}.{i}"])
+                    for i in range(4) for script in (first, second)]
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*replies)
+    assert await client.lrange("order", 0, -1) == [
+        f"{name}{batch}.{i}".encode() for batch in range(5) for i in range(4) for name in "ab"]
+
+
+async def test_a_settlement_lands_before_the_next_admission_after_redis_lost_its_scripts(
+        own_redis: RedisServer, client: Any, tmp_path: Any) -> None:
+    """The gate's view of the order above: a settlement sent before the same developer's next
+    admission releases its reservation first, or a cap with room for one request refuses."""
+    keyspace = KeySpace("t")
+    spool = Spool(tmp_path / "spool")
+    gate = Gate(client, keyspace, spool)
+    await client.set(keyspace.ready, 1)
+    ada = Principal("k1", "d1", "Ada", "t1", "platform",
+                    (Cap("b1", "developer", "d1", "Ada", "monthly", 1500, "estimate"),), ())
+    estimate = Estimate(100, 50, 1000, 5000)  # reserves 1,000 of the 1,500
+    first = await gate.admit(ada, "r1", estimate)
+    await client.script_flush()
+    gate.settle_soon(first, 100, TOKENS, {"id": "r1"})
+    second = await gate.admit(ada, "r2", estimate)  # 100 spent + 1,000 held: room
+    gate.settle_soon(second, 100, TOKENS, {"id": "r2"})
+    await gate.drain()
+    assert await client.xlen(keyspace.events) == 2 and spool.depth == 0
+    spool.close()
 
 
 async def test_script_errors_are_response_errors(client: Any) -> None:
