@@ -190,6 +190,7 @@ class _Protocol(asyncio.Protocol):
             self.owner.abort(RedisConnectionError(f"bad reply from redis: {exc!r}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
         self.owner.lost(self, exc)
 
 
@@ -285,6 +286,9 @@ class ScriptConnection:
             except (OSError, TimeoutError) as exc:
                 self._fail(RedisConnectionError(
                     f"cannot connect to redis at {self.address}: {exc or 'timed out'}"))
+                return
+            if protocol.transport is None:  # lost before this task resumed: `lost` ignored it
+                self._fail(RedisConnectionError("connection to redis lost while connecting"))
                 return
             self._opening = protocol  # until it is set up: `lost` and `abort` see it
             setup: list[list[Any]] = []

@@ -173,6 +173,29 @@ async def test_a_settlement_lands_before_the_next_admission_after_redis_lost_its
     spool.close()
 
 
+async def test_a_connection_lost_before_it_is_set_up_fails_its_commands_at_once(
+        own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis can close a new connection before the task that made it resumes. Its commands
+    fail then, not when the watchdog gives up on them (2 s), and the next call reconnects."""
+    loop = asyncio.get_running_loop()
+    connect = loop.create_connection
+
+    async def cut(*args: Any, **kwargs: Any) -> Any:
+        transport, protocol = await connect(*args, **kwargs)
+        transport.abort()
+        await asyncio.sleep(0)  # connection_lost has run
+        return transport, protocol
+
+    monkeypatch.setattr(loop, "create_connection", cut)
+    client = connect_redis(own_redis.url)
+    script = client.register_script("return 1")
+    with pytest.raises(RedisConnectionError, match="lost while connecting"):
+        await asyncio.wait_for(script(), 1.0)
+    monkeypatch.undo()
+    assert await script() == 1
+    await client.aclose()
+
+
 async def test_script_errors_are_response_errors(client: Any) -> None:
     script = client.register_script("return redis.call('INCR', KEYS[1])")
     await client.set("text", "not a number")
