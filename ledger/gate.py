@@ -25,6 +25,7 @@ from ledger.keyspace import KeySpace
 from ledger.periods import COUNTER_TTL, PERIODS, period_end
 from ledger.policy import Cap, Limits, Principal
 from ledger.spool import Spool
+from ledger.store import FastScript
 
 log = logging.getLogger("meterd.gate")
 
@@ -330,12 +331,11 @@ class Gate:
         client that goes away must not cancel it). `drain` waits until it is recorded or
         spooled."""
         entry = self._settlement(ticket, cost_micros, tokens, event)
-        start = getattr(self._settle, "start", None)
-        if start is None:  # redis-py's scripts (the embedded backend): a task
+        if not isinstance(self._settle, FastScript):  # redis-py's (TLS, embedded): a task
             self._keep(asyncio.ensure_future(self._record(entry, ticket.request_id)))
             return
         try:  # the pipelined connection: a reply future, no task (one fewer per request)
-            reply = start(entry["keys"], entry["args"])
+            reply = self._settle(entry["keys"], entry["args"])
         except RedisError as exc:
             self._spool(entry, ticket.request_id, exc)
             return

@@ -89,8 +89,9 @@ class MeterdRedis(aioredis.Redis):
 class FastScript:
     """A Lua script called like redis-py's: `await script(keys=[...], args=[...])`.
 
-    Runs by SHA. The connection loads it whenever it connects; a Redis that lost it while
-    connected (SCRIPT FLUSH) is sent the source instead, in the same place in the order.
+    Sent when called, without a task: the call returns the future of the reply. Runs by SHA.
+    The connection loads it whenever it connects; a Redis that lost it while connected
+    (SCRIPT FLUSH) is sent the source instead, in the same place in the order.
     """
 
     def __init__(self, connection: ScriptConnection, script: str | bytes) -> None:
@@ -99,11 +100,7 @@ class FastScript:
         self.sha = hashlib.sha1(self.script).hexdigest()
         connection.scripts[self.sha] = self.script
 
-    async def __call__(self, keys: Sequence[Any] = (), args: Iterable[Any] = ()) -> Any:
-        return await self.start(keys, args)
-
-    def start(self, keys: Sequence[Any], args: Iterable[Any]) -> asyncio.Future[Any]:
-        """Send the script now, without a task: the future resolves with the reply."""
+    def __call__(self, keys: Sequence[Any] = (), args: Iterable[Any] = ()) -> asyncio.Future[Any]:
         return self.connection.submit(["EVALSHA", self.sha, len(keys), *keys, *args],
                                       self.script)
 
@@ -158,6 +155,12 @@ def _to_bytes(arg: Any) -> bytes:
     raise DataError(f"invalid input of type {type(arg).__name__}: {arg!r}")
 
 
+# A command on its way: the future of its reply, when it was submitted, its arguments, for a
+# script called by SHA the script's source (sent instead if Redis answers NOSCRIPT), and its
+# bytes on the wire.
+_Command = tuple[asyncio.Future[Any], float, Sequence[Any], bytes | None, bytes]
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: ScriptConnection) -> None:
         self.owner = owner
@@ -171,23 +174,25 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self.reader
         reader.feed(data)
-        pending = self.owner.pending
+        owner = self.owner
+        pending = owner.pending
         try:
             while (value := reader.gets()) is not False:
-                future, _, command, source = pending.popleft()
+                future, _, args, source, _ = pending.popleft()
                 if future.done():
-                    continue
-                if isinstance(value, RedisError):
+                    pass
+                elif isinstance(value, RedisError):
                     if source is not None and str(value).startswith("NOSCRIPT"):
-                        # Redis lost the script (SCRIPT FLUSH): send its source, now, so it
-                        # runs before anything submitted after this reply came.
-                        self.owner.resend(future, ["EVAL", source, *command[2:]])
+                        owner.retry(future, ["EVAL", source, *args[2:]])
                     else:
                         future.set_exception(value)
                 else:
                     future.set_result(value)
+                if future is owner.barrier:
+                    owner.barrier = None
+                    owner.wake()
         except (RedisError, IndexError, ValueError) as exc:  # garbage or unsolicited reply
-            self.owner.abort(RedisConnectionError(f"bad reply from redis: {exc!r}"))
+            owner.abort(RedisConnectionError(f"bad reply from redis: {exc!r}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -214,15 +219,14 @@ class ScriptConnection:
         self.address, self.db = address, db
         self.username, self.password = username, password
         self.connect_timeout, self.timeout = connect_timeout, timeout
-        # Waiting for a reply: its future, when it was sent, and for a script called by SHA
-        # the command and the script's source (sent instead if Redis answers NOSCRIPT).
-        self.pending: deque[tuple[asyncio.Future[Any], float, Sequence[Any], bytes | None]] = \
-            deque()
+        self.pending: deque[_Command] = deque()  # written, waiting for replies, in that order
+        self._queue: list[_Command] = []  # not written yet (or waiting for the connection)
+        self._retries: list[_Command] = []  # calls Redis answered NOSCRIPT, with their source
+        self.barrier: asyncio.Future[Any] | None = None  # the queue waits for its reply
         self.scripts: dict[str, bytes] = {}  # SHA: source, loaded on connecting
         self._protocol: _Protocol | None = None  # set up and ready for commands
         self._opening: _Protocol | None = None  # connected, being set up
         self._connecting: asyncio.Task[None] | None = None
-        self._out: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop  # the connection's, set when it opens
@@ -234,19 +238,28 @@ class ScriptConnection:
         if self._protocol is None and self._connecting is None:
             self._loop = asyncio.get_running_loop()
             self._connecting = self._loop.create_task(self._open())
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._send(future, payload, args, source)
+        loop = self._loop  # not get_running_loop(): on 3.11 that is a getpid() system call
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((future, loop.time(), args, source, payload))
+        self.wake()
         return future
 
-    def resend(self, future: asyncio.Future[Any], args: Sequence[Any]) -> None:
-        """Send `args` for a command whose reply `future` still waits for."""
-        self._send(future, encode_command(args), args, None)
+    def retry(self, future: asyncio.Future[Any], args: Sequence[Any]) -> None:
+        """Write `args` (EVAL and the source) for a script Redis answered NOSCRIPT to.
 
-    def _send(self, future: asyncio.Future[Any], payload: bytes, args: Sequence[Any],
-              source: bytes | None) -> None:
-        loop = self._loop  # not get_running_loop(): on 3.11 that is a getpid() system call
-        self.pending.append((future, loop.time(), args, source))
-        self._out.append(payload)
+        It lost every script (SCRIPT FLUSH), so the commands written after this one and not
+        answered yet may come back NOSCRIPT too, each then retried in turn. Until the last of
+        them is answered, new commands wait: one written now could run before a retry, and
+        everything must reach Redis in the order it was submitted.
+        """
+        if self.barrier is None and self.pending:
+            self.barrier = self.pending[-1][0]
+        self._retries.append((future, self._loop.time(), args, None, encode_command(args)))
+        self.wake()
+
+    def wake(self) -> None:
+        """Write what is waiting at the end of this event-loop turn, and watch for a reply."""
+        loop = self._loop
         if not self._flush_scheduled and self._protocol is not None:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -255,18 +268,26 @@ class ScriptConnection:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._protocol is None or self._protocol.transport is None or not self._out:
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
             return  # not set up yet: the queue waits for `_open`
-        out, self._out = self._out, []
-        self._protocol.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        batch, self._retries = self._retries, []
+        if self.barrier is None:
+            batch += self._queue
+            self._queue = []
+        if batch:
+            self.pending.extend(batch)
+            protocol.transport.write(
+                batch[0][4] if len(batch) == 1 else b"".join([c[4] for c in batch]))
 
     def _check(self) -> None:
         """Give up on a Redis that stopped answering: fail everything waiting, reconnect."""
         self._watchdog = None
-        if not self.pending:
+        oldest = self.pending or self._retries or self._queue
+        if not oldest:
             return
         loop = self._loop
-        if loop.time() - self.pending[0][1] > self.timeout:
+        if loop.time() - oldest[0][1] > self.timeout:
             self.abort(RedisTimeoutError("timeout reading from redis"))
         else:
             self._watchdog = loop.call_later(self.timeout / 2, self._check)
@@ -300,10 +321,11 @@ class ScriptConnection:
             setup.extend(["SCRIPT", "LOAD", source] for source in self.scripts.values())
             if setup:
                 now = loop.time()
-                waiting = [(loop.create_future(), now, command, None) for command in setup]
-                self.pending.extendleft(reversed(waiting))  # ahead of the queue
+                waiting = [(loop.create_future(), now, command, None, encode_command(command))
+                           for command in setup]
+                self.pending.extend(waiting)  # the first written: the queue waits meanwhile
                 assert protocol.transport is not None
-                protocol.transport.write(b"".join(encode_command(c) for c in setup))
+                protocol.transport.write(b"".join([c[4] for c in waiting]))
                 try:
                     await asyncio.gather(*(reply for reply, *_ in waiting))
                 except RedisError as exc:
@@ -331,9 +353,9 @@ class ScriptConnection:
             self._fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed'}"))
 
     def _fail(self, exc: RedisError) -> None:
-        self._out.clear()
-        pending, self.pending = self.pending, deque()
-        for future, *_ in pending:
+        failed = [*self.pending, *self._retries, *self._queue]
+        self.pending, self._retries, self._queue, self.barrier = deque(), [], [], None
+        for future, *_ in failed:
             if not future.done():
                 future.set_exception(exc)
         if self._watchdog is not None:

@@ -12,7 +12,7 @@ import contextlib
 import shutil
 import subprocess
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -50,6 +50,42 @@ async def client(own_redis: RedisServer) -> AsyncIterator[Any]:
     await redis.aclose()
 
 
+@contextlib.asynccontextmanager
+async def relay(redis_port: int, answer: Callable[[int, bytes, asyncio.StreamWriter],
+                                                  Awaitable[None]]) -> AsyncIterator[int]:
+    """A TCP relay in front of Redis, at the port it yields. Redis's answers on connection
+    number n (from 1) reach the client through `answer(n, data, client)`."""
+    relays: list[tuple[asyncio.Task[Any] | None, asyncio.StreamWriter]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = len(relays) + 1
+        relays.append((asyncio.current_task(), writer))
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", redis_port)
+
+        async def requests() -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    up_writer.write(data)
+            up_writer.close()
+
+        async def answers() -> None:
+            with contextlib.suppress(OSError):
+                while data := await up_reader.read(65536):
+                    await answer(number, data, writer)
+            writer.close()
+
+        await asyncio.gather(requests(), answers())
+
+    server = await asyncio.start_server(serve, "127.0.0.1", free_port())
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for _, writer in relays:
+            writer.close()
+        await asyncio.wait([task for task, _ in relays if task is not None], timeout=3)
+
+
 _args = st.lists(st.one_of(
     st.text(max_size=20), st.integers(-(2**70), 2**70), st.binary(max_size=20),
     st.floats(allow_nan=False, allow_infinity=False)), max_size=12)
@@ -63,25 +99,26 @@ def test_commands_are_encoded_exactly_as_redis_py_encodes_them(args: list[Any]) 
 
 def test_replies_split_anywhere_resolve_their_commands_in_order() -> None:
     class Owner:
-        pending: deque[tuple[asyncio.Future[Any], float, list[Any], bytes | None]]
-        resent: list[tuple[asyncio.Future[Any], list[Any]]]
+        pending: deque[Any]
+        retried: list[tuple[asyncio.Future[Any], list[Any]]]
+        barrier = None
 
-        def resend(self, future: asyncio.Future[Any], args: list[Any]) -> None:
-            self.resent.append((future, args))
+        def retry(self, future: asyncio.Future[Any], args: list[Any]) -> None:
+            self.retried.append((future, args))
 
     loop = asyncio.new_event_loop()
     try:
         wire = (b"*4\r\n:2\r\n$5\r\nhello\r\n:42\r\n*2\r\n$6\r\nnested\r\n:7\r\n"
-                b"$-1\r\n+OK\r\n-NOSCRIPT No matching script.\r\n-NOSCRIPT No matching script.\r\n"
-                b"-ERR wrong\r\n:-3\r\n")
+                b"$-1\r\n+OK\r\n-NOSCRIPT No matching script.\r\n"
+                b"-NOSCRIPT No matching script.\r\n-ERR wrong\r\n:-3\r\n")
         by_sha = ["EVALSHA", "f00", 1, "k", 5]
         sent = [([], None), ([], None), ([], None), (by_sha, b"return 1"), (by_sha, None),
                 ([], None), ([], None)]
         for size in (1, 2, 3, 7, len(wire)):
             owner = Owner()
-            owner.pending = deque((loop.create_future(), 0.0, command, source)
+            owner.pending = deque((loop.create_future(), 0.0, command, source, b"")
                                   for command, source in sent)
-            owner.resent = []
+            owner.retried = []
             futures = [f for f, *_ in owner.pending]
             protocol = _Protocol(owner)  # type: ignore[arg-type]
             for i in range(0, len(wire), size):
@@ -89,7 +126,7 @@ def test_replies_split_anywhere_resolve_their_commands_in_order() -> None:
             assert [f.result() for f in futures[:3]] == [
                 [2, b"hello", 42, [b"nested", 7]], None, b"OK"]
             # A script called by SHA is sent again with its source; anything else fails.
-            assert owner.resent == [(futures[3], ["EVAL", b"return 1", 1, "k", 5])]
+            assert owner.retried == [(futures[3], ["EVAL", b"return 1", 1, "k", 5])]
             assert not futures[3].done()
             assert type(futures[4].exception()) is ResponseError
             assert "NOSCRIPT" in str(futures[4].exception())
@@ -124,9 +161,9 @@ async def test_commands_sent_while_the_connection_is_set_up_keep_their_order(
     settlement, then the same client's next admission) still reach Redis in their order."""
     client = connect_redis(own_redis.url)
     push = client.register_script("return redis.call('RPUSH', KEYS[1], ARGV[1])")
-    replies = [push.start(["order"], [0])]  # this one connects
+    replies = [push(["order"], [0])]  # this one connects
     while not replies[0].done():
-        replies.append(push.start(["order"], [len(replies)]))
+        replies.append(push(["order"], [len(replies)]))
         await asyncio.sleep(0)
     await asyncio.gather(*replies)
     assert len(replies) > 3  # the set-up took several loop turns
@@ -144,12 +181,38 @@ async def test_scripts_redis_lost_while_connected_still_run_in_the_order_sent(
     await client.script_flush()
     replies = []
     for batch in range(5):  # the NOSCRIPT answers of one batch arrive before the next is sent
-        replies += [script.start(["order"], [f"{batch}.{i}"])
+        replies += [script(["order"], [f"{batch}.{i}"])
                     for i in range(4) for script in (first, second)]
         await asyncio.sleep(0.01)
     await asyncio.gather(*replies)
     assert await client.lrange("order", 0, -1) == [
         f"{name}{batch}.{i}".encode() for batch in range(5) for i in range(4) for name in "ab"]
+
+
+async def test_scripts_redis_lost_run_in_order_when_its_answers_come_one_at_a_time(
+        own_redis: RedisServer) -> None:
+    """The NOSCRIPT answers of a burst arrive in separate reads, and commands are submitted
+    in between. Those wait until the burst's retries are written (ScriptConnection.retry)."""
+    async def trickle(_: int, data: bytes, client: asyncio.StreamWriter) -> None:
+        for i in range(0, len(data), 16):
+            client.write(data[i:i + 16])
+            await asyncio.sleep(0.002)
+
+    async with relay(own_redis.port, trickle) as port:
+        client = MeterdRedis.from_url(f"redis://127.0.0.1:{port}/0")
+        direct = connect_redis(own_redis.url)
+        push = client.register_script("return redis.call('RPUSH', KEYS[1], ARGV[1])")
+        await push(["warm"], [0])  # connected, the script loaded
+        await direct.script_flush()
+        replies = [push(["order"], [i]) for i in range(10)]  # one burst
+        while not replies[9].done():
+            replies.append(push(["order"], [len(replies)]))
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*replies)
+        assert len(replies) > 20  # many submitted while the burst's answers trickled in
+        assert await direct.lrange("order", 0, -1) == [b"%d" % i for i in range(len(replies))]
+        await client.aclose()
+        await direct.aclose()
 
 
 async def test_a_settlement_lands_before_the_next_admission_after_redis_lost_its_scripts(
@@ -212,8 +275,11 @@ async def test_a_stopped_redis_fails_calls_fast_and_a_restarted_one_serves_again
     for _ in range(3):
         with pytest.raises(RedisConnectionError):
             await asyncio.wait_for(script(keys=["k"], args=["x", 1]), 3)
-    own_redis.start()  # with no scripts: reconnecting loads them, so a call by SHA works
-    assert (await script.start(["k"], ["x", 1]))[0] == 1
+    own_redis.start()  # with no scripts: reconnecting loads them before any call by SHA
+    assert (await script(keys=["k"], args=["x", 1]))[0] == 1
+    with contextlib.suppress(RedisConnectionError):  # redis-py's pooled connection was cut
+        await client.ping()
+    assert "errorstat_NOSCRIPT" not in await client.info("errorstats")
 
 
 async def test_a_silent_redis_times_out_every_waiting_call() -> None:
@@ -281,52 +347,35 @@ async def test_an_admission_answered_too_late_keeps_nothing_reserved(
     """Redis runs the admission but its answer comes after the timeout (a stalled network):
     the request goes on unmetered (fail_open), and its hold and slot are released."""
     late: set[int] = set()  # connections (numbered from 1) whose answers are held back 1 s
-    relays: list[tuple[asyncio.Task[Any] | None, asyncio.StreamWriter]] = []
 
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        number = len(relays) + 1
-        relays.append((asyncio.current_task(), writer))
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", own_redis.port)
+    async def answer(number: int, data: bytes, client: asyncio.StreamWriter) -> None:
+        if number in late:
+            await asyncio.sleep(1.0)
+        client.write(data)
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                       answers: bool) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    if answers and number in late:
-                        await asyncio.sleep(1.0)
-                    dst.write(data)
-            dst.close()
-
-        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
-
-    server = await asyncio.start_server(relay, "127.0.0.1", free_port())
-    port = server.sockets[0].getsockname()[1]
-    slow = MeterdRedis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
-    direct = connect_redis(own_redis.url)
     keyspace, spool = KeySpace("t"), Spool(tmp_path / "spool")
-    await direct.set(keyspace.ready, 1)
     ada = Principal("k1", "d1", "Ada", "t1", "platform",
                     (Cap("b1", "developer", "d1", "Ada", "monthly", 10**9, "estimate"),),
                     (Limits("developer", "d1", "Ada", concurrency=1),))
-    gate = Gate(slow, keyspace, spool)
     estimate = Estimate(100, 50, 1000, 5000)
-    try:
-        await gate.settle(await gate.admit(ada, "warm", estimate), 0, TOKENS, {"id": "warm"})
-        late.add(1)  # the script connection, open now with its scripts loaded
-        ticket = await gate.admit(ada, "r1", estimate)
-        assert not ticket.admitted  # timed out: served unmetered, settled later
-        await asyncio.wait_for(gate.drain(), 5)  # the release, on a new connection
-        counter = keyspace.counter("developer", "d1", "monthly", ticket.at)
-        assert await direct.hget(counter, "held") == b"0"  # Redis had reserved, and released
-        assert await direct.zcard(keyspace.in_flight("developer", "d1")) == 0
-    finally:
-        await slow.aclose()
-        await direct.aclose()
-        server.close()
-        for _, writer in relays:
-            writer.close()
-        await asyncio.wait([task for task, _ in relays if task is not None], timeout=3)
-        spool.close()
+    async with relay(own_redis.port, answer) as port:
+        slow = MeterdRedis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+        direct = connect_redis(own_redis.url)
+        await direct.set(keyspace.ready, 1)
+        gate = Gate(slow, keyspace, spool)
+        try:
+            await gate.settle(await gate.admit(ada, "warm", estimate), 0, TOKENS, {"id": "warm"})
+            late.add(1)  # the script connection, open now with its scripts loaded
+            ticket = await gate.admit(ada, "r1", estimate)
+            assert not ticket.admitted  # timed out: served unmetered, settled later
+            await asyncio.wait_for(gate.drain(), 5)  # the release, on a new connection
+            counter = keyspace.counter("developer", "d1", "monthly", ticket.at)
+            assert await direct.hget(counter, "held") == b"0"  # Redis had reserved, released
+            assert await direct.zcard(keyspace.in_flight("developer", "d1")) == 0
+        finally:
+            await slow.aclose()
+            await direct.aclose()
+            spool.close()
 
 
 async def test_settlements_sent_without_a_task_land_or_spool(
