@@ -85,7 +85,7 @@ def presented_key(request: web.Request) -> str:
 async def api_identity(request: web.Request) -> Identity | None:
     """The caller of the JSON API, or None when a key was presented and is not valid."""
     if is_local(request):
-        return Identity("admin", name="cli", actor="cli", via="socket")
+        return Identity("admin", name="cli", actor="cli")
     secret = presented_key(request)
     if not secret:
         return ANONYMOUS
@@ -95,7 +95,7 @@ async def api_identity(request: web.Request) -> Identity | None:
         return None
     label = key["label"] or key["id"]
     return Identity(ADMIN_KEY_ROLES[key["role"]], name=label, actor=f"api-key:{key['id']}",
-                    key_id=key["id"], via="api_key")
+                    key_id=key["id"])
 
 
 async def session_identity(request: web.Request, session: Session) -> Identity | None:

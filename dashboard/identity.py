@@ -17,7 +17,6 @@ class Identity:
     developer_id: str = ""  # developer sessions only
     team_id: str = ""
     key_id: str = ""  # the gateway key (developer) or admin API key used
-    via: str = "session"  # session | api_key | socket
 
     @property
     def can_change(self) -> bool:

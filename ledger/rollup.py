@@ -260,8 +260,6 @@ class Rollup:
         self.lock = lock_key(keyspace)
         self.token = secrets.token_hex(16)
         self.leader = False  # held the lock at the last run
-        self.rolled_up = 0  # requests committed since start
-        self.last_run: datetime | None = None  # end of the last successful run as leader
         self._group_ready = False
         self._running = asyncio.Lock()
 
@@ -276,29 +274,25 @@ class Rollup:
             if not self._group_ready:
                 await self._create_group()
             done = 0
-            try:
-                # Our unacknowledged entries first (a run that died), then new ones. The next
-                # batch is read from Redis while DuckDB writes the current one.
-                for pending in (True, False):
-                    entries = await self._read("0" if pending else ">")
-                    while entries:
-                        writing = asyncio.create_task(self._commit(entries))
-                        try:
-                            more = pending or len(entries) == self.batch
-                            after = _text(entries[-1][0]) if pending else ">"
-                            following = await self._read(after) if more else []
-                        finally:
-                            done += await writing
-                        entries = following
-                        if entries and not await self._hold():
-                            # Lost the lock mid-run; what we read stays pending for the
-                            # next holder.
-                            self.leader = False
-                            return done
-                self.last_run = self.clock()
-                return done
-            finally:
-                self.rolled_up += done
+            # Our unacknowledged entries first (a run that died), then new ones. The next
+            # batch is read from Redis while DuckDB writes the current one.
+            for pending in (True, False):
+                entries = await self._read("0" if pending else ">")
+                while entries:
+                    writing = asyncio.create_task(self._commit(entries))
+                    try:
+                        more = pending or len(entries) == self.batch
+                        after = _text(entries[-1][0]) if pending else ">"
+                        following = await self._read(after) if more else []
+                    finally:
+                        done += await writing
+                    entries = following
+                    if entries and not await self._hold():
+                        # Lost the lock mid-run; what we read stays pending for the
+                        # next holder.
+                        self.leader = False
+                        return done
+            return done
 
     async def final_run(self) -> int:
         """The run at shutdown: roll up what is left, then release the lock."""
@@ -318,10 +312,6 @@ class Rollup:
             except RedisError as exc:
                 log.warning("could not release the rollup lock (it expires): %s", exc)
             self.leader = False
-
-    async def backlog(self) -> int:
-        """Events in the stream not rolled up yet (rolled-up entries are deleted)."""
-        return int(await self.redis.xlen(self.keyspace.events))
 
     # -- steps -----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -60,9 +60,6 @@ class Usage:
     def rate_input_tokens(self) -> int:
         """Input tokens as input-tokens-per-minute limits count them: input plus cache writes."""
         return self.input_tokens + self.cache_write_5m + self.cache_write_1h
-
-    def as_fields(self) -> dict[str, int | str]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _str(value: Any) -> str:
