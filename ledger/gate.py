@@ -365,7 +365,7 @@ class Gate:
         at = ticket.at
         now_ms = int(at.timestamp() * 1000)
         counters = self.counters(ticket.principal, at)
-        keys = [self.keyspace.settled(ticket.request_id), self.keyspace.events,
+        keys = [self.keyspace.settled(now_ms // 60000), self.keyspace.events,
                 self.keyspace.alerts, *counters]
         holds = ticket.holds
         if not ticket.admitted:

@@ -45,5 +45,8 @@ class KeySpace:
     def in_flight(self, scope: str, scope_id: str) -> str:
         return f"{self.base}:conc:{SCOPE_TAG[scope]}:{scope_id}"
 
-    def settled(self, request_id: str) -> str:
-        return f"{self.base}:done:{request_id}"
+    def settled(self, minute: int) -> str:
+        """The ids of the requests made in one UTC minute (epoch minutes) that are settled,
+        against settling one twice. A field per request in a set per minute takes about half
+        the memory of a key per request, and each set stays small enough to expire at once."""
+        return f"{self.base}:settled:{minute}"

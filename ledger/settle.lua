@@ -3,9 +3,10 @@
 -- threshold crossings once per period, and appends the usage event, all in one atomic step.
 -- Idempotent per request id, so a spooled settlement can be replayed safely.
 --
--- KEYS: done marker, events stream, alerts stream, then nk period counters (the first nd are
---       daily ones that also count tokens), then nh holds zsets, nw rate windows, nc concurrency sets.
--- ARGV: now_ms, req_id, done_ttl, nk, nd, nh, nw, nc,
+-- KEYS: the settled set of the request's minute, events stream, alerts stream, then nk period
+--       counters (the first nd are daily ones that also count tokens), then nh holds zsets,
+--       nw rate windows, nc concurrency sets.
+-- ARGV: now_ms, req_id, settled_ttl, nk, nd, nh, nw, nc,
 --       cost, requests-fields: input, output, cache_write_5m, cache_write_1h, cache_read,
 --       web_search, estimated,
 --       per counter: ttl
@@ -17,7 +18,14 @@
 local unpack = unpack or table.unpack  -- Lua 5.1 in Redis, 5.4 in the embedded backend
 local now = ARGV[1]
 local req_id = ARGV[2]
-if not redis.call('SET', KEYS[1], now, 'NX', 'EX', tonumber(ARGV[3])) then
+if string.find(KEYS[1], ':done:', 1, true) then
+  -- Spooled by a meterd that kept a key per request id (before the sets per minute).
+  if not redis.call('SET', KEYS[1], now, 'NX', 'EX', tonumber(ARGV[3])) then
+    return 0
+  end
+elseif redis.call('HSETNX', KEYS[1], req_id, 1) == 1 then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]), 'NX')
+else
   return 0
 end
 local nk, nd, nh, nw, nc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),

@@ -65,6 +65,33 @@ async def test_settling_the_same_request_twice_counts_it_once(gate: Gate) -> Non
     assert await gate.redis.xlen(gate.keyspace.events) == 1
 
 
+async def test_requests_of_one_minute_share_a_settled_set_that_expires(gate: Gate) -> None:
+    for request_id in ("r1", "r2"):
+        await gate.settle(await gate.admit(principal(), request_id, EST, NOW), 700, TOKENS,
+                          {"id": request_id})
+    settled = gate.keyspace.settled(int(NOW.timestamp()) // 60)
+    assert sorted(await gate.redis.hkeys(settled)) == [b"r1", b"r2"]
+    assert 13 * 86400 < await gate.redis.ttl(settled) <= 14 * 86400
+
+
+async def test_a_settlement_spooled_with_a_key_per_request_still_lands_once(gate: Gate) -> None:
+    """Spooled by the meterd before the sets per minute, and replayed after an upgrade:
+    whether or not that meterd had settled it already (it then left its own marker)."""
+    def spooled_before(entry: dict[str, Any], request_id: str) -> dict[str, Any]:
+        return {**entry, "keys": [f"{gate.keyspace.base}:done:{request_id}", *entry["keys"][1:]]}
+
+    first = spooled_before(gate._settlement(await gate.admit(principal(), "r1", EST, NOW), 700,
+                                            TOKENS, {"id": "r1"}), "r1")
+    assert [await gate.apply(first), await gate.apply(first)] == [1, 0]
+    assert 13 * 86400 < await gate.redis.ttl(first["keys"][0]) <= 14 * 86400
+    second = spooled_before(gate._settlement(await gate.admit(principal(), "r2", EST, NOW), 700,
+                                             TOKENS, {"id": "r2"}), "r2")
+    await gate.redis.set(second["keys"][0], 1, ex=14 * 86400)  # that meterd's marker
+    assert await gate.apply(second) == 0
+    assert (await state(gate))["spent"] == 700
+    assert await gate.redis.xlen(gate.keyspace.events) == 1
+
+
 async def test_a_rejection_reserves_nothing(gate: Gate) -> None:
     await gate.admit(principal(cap=1500), "r1", EST, NOW)
     before = await state(gate)
