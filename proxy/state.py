@@ -116,14 +116,15 @@ class ProxyState:
             try:
                 await self.refresh_policy()
                 await self.follow_reloads()
+                if tick * self.policy_refresh >= 1.0:
+                    tick = 0
+                    replayed = await self.gate.replay_spool()
+                    if replayed:
+                        log.info("replayed %d spooled settlements", replayed)
             except RedisError as exc:
                 log.warning("cannot refresh policy from redis: %s", exc)
-                continue
-            if tick * self.policy_refresh >= 1.0:
-                tick = 0
-                replayed = await self.gate.replay_spool()
-                if replayed:
-                    log.info("replayed %d spooled settlements", replayed)
+            except Exception:  # a bad file or a bug: this loop must outlive it, or revocations stop
+                log.exception("proxy maintenance failed; trying again")
 
     async def follow_reloads(self) -> None:
         """Reload providers when the dashboard's reload counter moved since we last looked."""
