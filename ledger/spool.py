@@ -35,8 +35,9 @@ class Spool:
         self.path = directory / f"{socket.gethostname()}-{os.getpid()}.jsonl"
         self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the process's life
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.depth = self._count(self.path)
-        if self.depth and not self.path.read_bytes().endswith(b"\n"):
+        spooled = self.path.read_bytes()  # left by an earlier process with our name, if any
+        self.depth = len(spooled.splitlines())
+        if spooled and not spooled.endswith(b"\n"):
             # An earlier process with our name (a reused pid) died mid-line: start a new one,
             # or the next settlement would be glued to the torn line and lost with it.
             self._file.write(b"\n")
@@ -117,8 +118,3 @@ class Spool:
         if self.depth == 0:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-
-    @staticmethod
-    def _count(path: Path) -> int:
-        with open(path, "rb") as f:
-            return sum(1 for _ in f)
