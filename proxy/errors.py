@@ -71,8 +71,9 @@ async def error_middleware(
                    405: f"method {request.method} not allowed on {request.path}",
                    413: "request body is larger than this gateway accepts"}.get(
             exc.status, exc.text or exc.reason)
+        allow = exc.headers.get("Allow")  # a 405's: the methods the path takes
         err = ProxyError(exc.status, _HTTP_KINDS.get(exc.status, "invalid_request_error"),
-                         message)
+                         message, {"allow": allow} if allow else None)
     if STATE in request.app:
         request.app[STATE].metrics.rejections[err.kind] += 1
     return envelope(err.status, err.kind, err.message, err.headers)

@@ -6,6 +6,7 @@ import logging
 
 import orjson
 import pytest
+from aiohttp import web
 
 from tests.conftest import MOCK_KEY, Gateway
 
@@ -119,6 +120,39 @@ async def test_unknown_path_is_not_found_error(gateway: Gateway) -> None:
     resp = await gateway.client.get("/v1/nothing-here")
     assert resp.status == 404
     assert (await resp.json())["error"]["type"] == "not_found_error"
+
+
+async def test_a_method_the_path_does_not_take_is_405_naming_those_it_does(
+        gateway: Gateway) -> None:
+    resp = await gateway.client.get("/v1/messages")
+    assert resp.status == 405
+    assert resp.headers["Allow"] == "POST"
+    assert await resp.json() == {"type": "error", "error": {
+        "type": "invalid_request_error", "message": "method GET not allowed on /v1/messages"}}
+
+
+async def test_every_route_answers_its_errors_in_the_envelope(gateway: Gateway) -> None:
+    """Each route of the proxy, called without a key: a probe answers, anything else refuses
+    in the Anthropic envelope, never in aiohttp's plain text."""
+    answered: dict[str, int] = {}
+    for resource in gateway.app.router.resources():
+        if isinstance(resource, web.PrefixedSubAppResource):  # /admin: the dashboard's own
+            continue
+        info = resource.get_info()
+        path = info.get("path") or info["formatter"].format_map(
+            {name: "x" for name in ("model", "action", "project", "region", "tail")})
+        for route in resource:
+            if route.method == "HEAD":
+                continue
+            resp = await gateway.client.request(route.method, path, data=b"{}")
+            answered[f"{route.method} {path}"] = resp.status
+            if resp.status >= 400:
+                body = await resp.json()
+                assert body["type"] == "error" and body["error"]["type"], (path, body)
+    assert answered["POST /v1/messages"] == 401
+    assert answered["POST /bedrock/model/x/x"] == 401
+    assert answered["GET /healthz"] == 200
+    assert len(answered) >= 13
 
 
 async def test_upstream_unreachable_is_502(start_gateway) -> None:
