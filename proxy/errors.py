@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -11,8 +10,6 @@ from aiohttp import web
 from ledger.gate import BudgetExceeded, MeteringUnavailable, RateLimited
 from ledger.policy import KeyRefused
 from proxy.state import STATE
-
-log = logging.getLogger("meterd.proxy")
 
 
 class ProxyError(Exception):
