@@ -92,6 +92,29 @@ async def test_a_settlement_spooled_with_a_key_per_request_still_lands_once(gate
     assert await gate.redis.xlen(gate.keyspace.events) == 1
 
 
+async def test_rate_headers_show_the_tightest_window_of_each_kind(gate: Gate) -> None:
+    """Developer and team windows both apply; each header family reports the one with the
+    least left after this request's reservation (estimate: 100 in, 50 out), and budget use
+    counts the request's own reservation (1,000 of 10,000 µ$ per request)."""
+    limits = (Limits("developer", "d1", "Ada", rpm=10, itpm=1000),
+              Limits("team", "t1", "platform", rpm=5, itpm=5000, otpm=300))
+    p = Principal("k1", "d1", "Ada", "t1", "platform",
+                  (Cap("b1", "developer", "d1", "Ada", "monthly", 10_000, "estimate"),), limits)
+    expected = [  # per request: requests, input tokens, output tokens (limit, left); budget %
+        (("5", "4"), ("1000", "900"), ("300", "250"), "10"),
+        (("5", "3"), ("1000", "800"), ("300", "200"), "20"),
+    ]
+    for n, (requests, input_tokens, output_tokens, used) in enumerate(expected):
+        headers = (await gate.admit(p, f"r{n}", EST, NOW)).headers
+        for family, (limit, left) in (("requests", requests), ("input-tokens", input_tokens),
+                                      ("output-tokens", output_tokens)):
+            assert headers[f"anthropic-ratelimit-{family}-limit"] == limit
+            assert headers[f"anthropic-ratelimit-{family}-remaining"] == left
+            assert headers[f"anthropic-ratelimit-{family}-reset"] == "2026-11-28T12:01:00Z"
+        assert headers["x-meterd-budget-used-percent"] == used
+        assert "x-meterd-budget-warning" not in headers
+
+
 async def test_a_rejection_reserves_nothing(gate: Gate) -> None:
     await gate.admit(principal(cap=1500), "r1", EST, NOW)
     before = await state(gate)
