@@ -37,7 +37,8 @@ async def usage(request: web.Request) -> web.StreamResponse:
                         grain=q.get("grain", "day"), dimension=q.get("dimension", "team"),
                         **_scope(q))
     if q.get("format") == "csv":
-        return web.Response(text=reports.export_csv(rows), content_type="text/csv")
+        return web.Response(text=reports.export_csv(rows, reports.SPEND_COLUMNS),
+                            content_type="text/csv")
     return json_response({"data": rows, "start": start, "end": end})
 
 

@@ -105,8 +105,7 @@ async def reports_page(request: web.Request) -> web.StreamResponse:
 async def reports_csv(request: web.Request) -> web.StreamResponse:
     q = ReportQuery.from_query(request.query)
     rows = await report(request, reports.spend, **q.args())
-    body = reports.export_csv(rows) or ",".join(("period", "key", "label",
-                                                 *reports.MEASURES)) + "\n"
+    body = reports.export_csv(rows, reports.SPEND_COLUMNS)
     return web.Response(text=body, content_type="text/csv", charset="utf-8", headers={
         "Content-Disposition": f'attachment; filename="{q.filename("csv")}"'})
 

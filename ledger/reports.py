@@ -14,12 +14,12 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from ledger.money import MICROS_PER_USD
 from ledger.periods import PERIODS, period_end, period_start
 from ledger.rollup import ERROR_SQL
 
@@ -28,6 +28,7 @@ GRAINS = ("day", "week", "month")
 MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cache_write_5m",
             "cache_write_1h", "cache_read", "web_search", "cost_micros")
 STATUSES = ("ok", "error")
+SPEND_COLUMNS = ("period", "key", "label", *MEASURES)  # of a spend() row
 NO_SESSION = "(no session)"
 # Projections divide by the time elapsed in the period; not less than this, so the first
 # minutes of a day do not project absurd amounts.
@@ -246,25 +247,47 @@ def requests_page(conn: duckdb.DuckDBPyConnection, *, start: datetime | None = N
     return rows, int(row[0]) if row else 0
 
 
-def export_csv(rows: list[dict[str, Any]]) -> str:
+def export_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = ()) -> str:
     """CSV of report rows (e.g. a spend() result): a header, then one line per row. Amounts
-    stay exact: integer µ$, plus a `cost_usd` column with all six decimals."""
-    if not rows:
+    stay exact: integer µ$, plus a `cost_usd` column with all six decimals. With no rows,
+    the header of `columns` alone (or nothing).
+
+    Every CSV meterd hands out is made here: the dashboard's download, the admin API's
+    `format=csv` and `meterd report --csv` (which prints the API's). Text that a developer
+    chose (a model name, a session id) must not become a spreadsheet formula: see safe_cell.
+    """
+    names = list(rows[0]) if rows else list(columns)
+    if not names:
         return ""
     out = io.StringIO()
-    names = list(rows[0])
     extra = "cost_micros" in names and "cost_usd" not in names
-    writer = csv.writer(out, lineterminator="\n")
+    # RFC 4180: lines end in CRLF, and a cell holding the separator, a quote, a CR or an LF is
+    # quoted, so no value can start a cell or a line of its own. (The csv module quotes only
+    # the characters of its line terminator: with "\n" alone, a bare CR went out unquoted and
+    # a spreadsheet started a new row, and a formula, there.)
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow([*names, "cost_usd"] if extra else names)
     for row in rows:
         values = [_cell(row.get(n)) for n in names]
         if extra:
-            micros = int(row["cost_micros"])
-            sign = "-" if micros < 0 else ""
-            values.append(f"{sign}{abs(micros) // MICROS_PER_USD}."
-                          f"{abs(micros) % MICROS_PER_USD:06d}")
+            values.append(Decimal(int(row["cost_micros"])).scaleb(-6))
         writer.writerow(values)
     return out.getvalue()
+
+
+# What makes a spreadsheet read a cell as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one that would start a formula gets a leading
+    single quote (OWASP's advice; spreadsheets hide the quote).
+
+    Only text is escaped. Numbers are written by meterd's own arithmetic (int µ$, tokens,
+    Decimal dollars) and cannot hold a formula; a minus sign there is a negative number, and
+    escaping it would turn the column into text a spreadsheet no longer sums.
+    """
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _cell(value: Any) -> Any:
@@ -272,6 +295,8 @@ def _cell(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, str):
+        return safe_cell(value)
     return "" if value is None else value
 
 

@@ -341,6 +341,25 @@ async def test_csv_export_round_trips_a_spend_report(ledger: Ledger) -> None:
     assert reports.export_csv([]) == ""
 
 
+@pytest.mark.parametrize(("text", "cell"), [
+    ("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@SUM(A1)", "'@SUM(A1)"),
+    ("\t=1+1", "'\t=1+1"), ("\r=1+1", "'\r=1+1"), ("x\r=1+1", "x\r=1+1"),
+    ("claude-sonnet-4-6", "claude-sonnet-4-6"), ("a=b", "a=b"), ("", ""),
+])
+def test_csv_cells_that_would_be_formulas_are_escaped_and_numbers_stay_numbers(
+        text: str, cell: str) -> None:
+    # A negative amount, should one ever occur, must stay a number a spreadsheet sums.
+    rows = [{"period": date(2026, 1, 5), "key": text, "label": text, "requests": -3,
+             "cost_micros": -1500}]
+    lines = list(csv.reader(io.StringIO(reports.export_csv(rows), newline="")))
+    assert lines == [["period", "key", "label", "requests", "cost_micros", "cost_usd"],
+                     ["2026-01-05", cell, cell, "-3", "-1500", "-0.001500"]]
+
+
+def test_csv_of_no_rows_is_the_header_of_the_columns_asked_for() -> None:
+    assert reports.export_csv([], ("period", "label")) == "period,label\r\n"
+
+
 async def test_parquet_export_archives_the_raw_rows_of_a_date_range(ledger: Ledger,
                                                                     tmp_path: Path) -> None:
     path = tmp_path / "it's archived.parquet"
