@@ -260,6 +260,7 @@ class Rollup:
         self.lock = lock_key(keyspace)
         self.token = secrets.token_hex(16)
         self.leader = False  # held the lock at the last run
+        self.redis_down = False  # the last run could not reach Redis
         self._group_ready = False
         self._running = asyncio.Lock()
 
@@ -312,6 +313,18 @@ class Rollup:
             except RedisError as exc:
                 log.warning("could not release the rollup lock (it expires): %s", exc)
             self.leader = False
+
+    def redis_failed(self, exc: RedisError) -> None:
+        """Note a run that could not reach Redis. Logged when Redis goes away, not on every
+        tick of an outage (the next runs retry)."""
+        if not self.redis_down:
+            log.warning("redis unavailable, rollups wait until it answers: %s", exc)
+        self.redis_down = True
+
+    def redis_answered(self) -> None:
+        if self.redis_down:
+            log.info("redis answers again, rollups resume")
+        self.redis_down = False
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -391,16 +404,19 @@ def schedule(scheduler: AsyncIOScheduler, rollup: Rollup, interval: float,
     """Run the rollup every `interval` seconds, never two at a time (the caller runs the
     first one at start, before budgets are enforced).
 
-    `on_tick` runs after every run (leader or not), e.g. to export metrics. The scheduler does
-    not run jobs at shutdown: after `scheduler.shutdown()`, await `rollup.final_run()`.
+    `on_tick` runs after every run (leader or not) that reached Redis. A Redis outage is
+    logged when it starts and when it ends, not on every tick. The scheduler does not run
+    jobs at shutdown: after `scheduler.shutdown()`, await `rollup.final_run()`.
     """
     async def tick() -> None:
         try:
             await rollup.run_once()
+            if on_tick is not None:
+                await on_tick()
         except RedisError as exc:
-            log.warning("rollup skipped, redis unavailable: %s", exc)
-        if on_tick is not None:
-            await on_tick()
+            rollup.redis_failed(exc)
+        else:
+            rollup.redis_answered()
 
     scheduler.add_job(tick, "interval", seconds=interval, id=JOB_ID, name="rollup",
                       max_instances=1, coalesce=True, replace_existing=True,

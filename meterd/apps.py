@@ -116,13 +116,16 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
     try:
         await state.rollup.run_once()  # rebuilds lost counters before budgets are enforced
     except RedisError as exc:
-        log.warning("first rollup failed; the scheduler retries: %s", exc)
+        state.rollup.redis_failed(exc)  # the scheduler retries
 
     async def republish_if_lost() -> None:  # a flushed Redis also lost the policy mirror
         if not await redis.exists(state.keyspace.policy_version):
             await state.publish()
 
     scheduler = AsyncIOScheduler(timezone=UTC)
+    # APScheduler logs two info lines per job run: a rollup every few seconds would fill the
+    # log. Its warnings and errors still show.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     schedule(scheduler, state.rollup, settings.rollup_interval, republish_if_lost)
     schedule_purge(scheduler, catalog.conn, state.db, settings.retention_days)
     scheduler.start()

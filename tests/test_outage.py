@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 
 import aiohttp
 import orjson
 import pytest
 
+from dashboard.state import ADMIN
 from ledger.money import parse_usd
+from meterd.apps import ADMIN_APP, create_root_app
 from tests.conftest import Gateway, RedisServer
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
@@ -78,3 +81,53 @@ async def test_fail_closed_refuses_during_outage_with_a_clear_message(
     own_redis.start()
     await asyncio.sleep(0.2)
     assert (await send(gw, key))[0] == 200
+
+
+
+async def test_admin_logs_one_line_when_redis_goes_down_and_one_when_it_returns(
+        own_redis: RedisServer, aiohttp_client, make_settings,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The rollup ticks many times while Redis is stopped: the log says so once, without a
+    traceback, and once more when Redis answers again."""
+    app = create_root_app(make_settings(redis_url=own_redis.url, rollup_interval=0.05),
+                          proxy=False)
+    await aiohttp_client(app)
+    rollup = app[ADMIN_APP][ADMIN].rollup
+    runs = 0
+    run_once = rollup.run_once
+
+    async def counted() -> int:  # the scheduler's job calls through this
+        nonlocal runs
+        runs += 1
+        return await run_once()
+    rollup.run_once = counted  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO)
+
+    def lines() -> list[logging.LogRecord]:
+        # meterd's lines, and the scheduler's errors (a job that raised, with its traceback)
+        return [r for r in caplog.records
+                if (r.name.startswith("meterd") and r.levelno >= logging.INFO)
+                or (r.name.startswith("apscheduler") and r.levelno >= logging.ERROR)]
+
+    caplog.clear()
+    own_redis.stop()
+    runs_before = runs
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if runs - runs_before >= 10:
+            break
+    assert runs - runs_before >= 10  # ten rollups tried while Redis was down
+    during = lines()
+    assert [r.levelno for r in during] == [logging.WARNING], [r.getMessage() for r in during]
+    assert "redis" in during[0].getMessage().lower()
+
+    own_redis.start()  # empty: the rollup also rebuilds the counters, and says so
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if not rollup.redis_down:
+            break
+    await asyncio.sleep(0.5)  # more rollups, with Redis back
+    after = [r.getMessage() for r in lines()[1:]]
+    assert [m for m in after if "redis" in m.lower()] == ["redis answers again, rollups resume"]
+    assert not [r for r in lines()[1:] if r.levelno >= logging.WARNING], after
+    assert not any(r.exc_info for r in lines())  # no traceback at any point
