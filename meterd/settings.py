@@ -7,6 +7,7 @@ the environment; a config file that holds one is rejected, so keys never land in
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -68,9 +70,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("session_secret", "", "Dashboard cookie signing secret (env or file only; "
             "generated into the data dir when empty).", secret=True),
     Setting("log_level", "info", "Log level: debug, info, warning, error."),
+    Setting("oidc_issuer", "", "Issuer URL of the organization's OpenID Connect provider "
+            "(https); empty: no single sign-on."),
+    Setting("oidc_client_id", "", "Client id meterd is registered under at the provider."),
+    Setting("oidc_client_secret", "", "Client secret at the provider (env or file only).",
+            secret=True),
+    Setting("oidc_allowed_domains", [], "Email domains that may sign in (empty: any the "
+            "provider vouches for)."),
+    Setting("oidc_default_team", "", "Team of a developer no group rule maps (empty: refuse "
+            "them)."),
+    Setting("oidc_allow_loopback", False, "Allow an http issuer on a loopback address "
+            "(development and tests)."),
+    Setting("oidc_groups_claim", "groups", "ID token or userinfo claim that lists the "
+            "user's groups."),
+    Setting("oidc_scopes", ["openid", "email", "profile", "offline_access"], "Scopes asked "
+            "of the provider (add groups where the provider needs it)."),
+    Setting("oidc_group_rules", [], "Rules [[oidc_group_rules]] group = IdP group, team = "
+            "team name, role = admin, finance or team_lead; first match wins (TOML only)."),
+    Setting("access_token_ttl", 900, "Seconds a signed-in developer's bearer token lives "
+            "(refresh renews it)."),
+    Setting("refresh_token_ttl", 30 * 86400, "Seconds a sign-in may be refreshed without "
+            "signing in again."),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
-_TOML_ONLY = frozenset({"prices", "providers", "routes"})
+_TOML_ONLY = frozenset({"prices", "providers", "routes", "oidc_group_rules"})
 _CHOICES = {
     "upstream_auth": ("x-api-key", "bearer"),
     "redis_outage_policy": ("fail_open", "fail_closed"),
@@ -109,6 +132,17 @@ class Settings:
     retention_days: int = 400
     session_secret: str = field(default="", repr=False)
     log_level: str = "info"
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = field(default="", repr=False)
+    oidc_allowed_domains: tuple[str, ...] = ()
+    oidc_default_team: str = ""
+    oidc_allow_loopback: bool = False
+    oidc_groups_claim: str = "groups"
+    oidc_scopes: tuple[str, ...] = ("openid", "email", "profile", "offline_access")
+    oidc_group_rules: tuple[Mapping[str, Any], ...] = ()
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 30 * 86400
 
     @property
     def data_path(self) -> Path:
@@ -216,4 +250,54 @@ def _validated(settings: Settings) -> Settings:
     if not settings.upstream_url.startswith(("http://", "https://")):
         raise SettingsError(
             f"setting upstream_url: {settings.upstream_url!r} is not an http(s) URL")
+    _validate_oidc(settings)
     return settings
+
+
+GROUP_RULE_ROLES = ("admin", "finance", "team_lead")
+
+
+def _validate_oidc(settings: Settings) -> None:
+    if settings.oidc_issuer:
+        check_issuer(settings.oidc_issuer, settings.oidc_allow_loopback)
+        if not settings.oidc_client_id:
+            raise SettingsError("setting oidc_client_id: needed with oidc_issuer")
+    for name in ("access_token_ttl", "refresh_token_ttl"):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"setting {name}: must be positive")
+    for i, rule in enumerate(settings.oidc_group_rules):
+        where = f"setting oidc_group_rules[{i}]"
+        if not isinstance(rule, Mapping) or set(rule) - {"group", "team", "role"}:
+            raise SettingsError(f"{where}: a rule has group, team and role only")
+        if not isinstance(rule.get("group"), str) or not rule["group"]:
+            raise SettingsError(f"{where}: names no group")
+        if not rule.get("team") and not rule.get("role"):
+            raise SettingsError(f"{where}: names neither a team nor a role")
+        if not isinstance(rule.get("team", ""), str):
+            raise SettingsError(f"{where}: team is a team's name")
+        if "role" in rule and rule["role"] not in GROUP_RULE_ROLES:
+            raise SettingsError(f"{where}: role is one of {', '.join(GROUP_RULE_ROLES)}")
+
+
+def check_issuer(url: str, allow_loopback: bool) -> None:
+    """An identity provider URL must be https; http only on loopback and only when allowed
+    (as Claude Code and Anthropic's gateway do), since tokens and codes travel over it."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        if allow_loopback:
+            return
+        raise SettingsError(f"setting oidc_issuer: {url!r} is plain http; set "
+                            "oidc_allow_loopback (MTD_OIDC_ALLOW_LOOPBACK=1) to allow it on "
+                            "loopback")
+    raise SettingsError(f"setting oidc_issuer: {url!r} is not an https URL")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
