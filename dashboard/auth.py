@@ -105,12 +105,13 @@ async def session_identity(request: web.Request, session: Session) -> Identity |
     state = request.app[ADMIN]
     accounts = Accounts(state.catalog)
     if session.kind == "user":
-        user = await state.db(accounts.session_user, session.subject)
-        if user is None or user["binding"] != session.binding:
+        user = await state.db(accounts.session_user, session.sid, session.subject)
+        if user is None:
             return None
         return Identity(user["role"], name=user["name"], actor=user["name"])
     if session.kind == "developer":
-        dev = await state.db(accounts.developer_session, session.subject, session.key_id)
+        dev = await state.db(accounts.developer_session, session.sid, session.subject,
+                             session.key_id)
         if dev is None:
             return None
         return Identity("developer", name=dev["name"], actor=f"developer:{dev['developer_id']}",

@@ -3,9 +3,10 @@
 The cookie holds a small JSON document and an HMAC-SHA256 over it; nothing in it is secret,
 but nothing in it can be changed without the key. It carries the CSRF token of the session
 (anonymous visitors get one too, so the sign-in form is protected), when it was issued, and
-for accounts a fingerprint of the password hash, so a password change ends old sessions. Who
-the session names is re-checked against the catalog on every request (a disabled account or
-a revoked key ends it at once).
+once signed in the id of its server-side record (ledger.accounts): signing out, disabling the
+account or changing its password deletes the record, so a copied cookie stops working too.
+Who the session names is re-checked against the catalog on every request (a disabled account
+or a revoked key ends it at once).
 """
 
 from __future__ import annotations
@@ -58,17 +59,15 @@ class Session:
     kind: str = "anonymous"
     subject: str = ""  # account name or developer id
     key_id: str = ""  # developer sessions: the key used to sign in
-    binding: str = ""  # user sessions: password-hash fingerprint
+    sid: str = ""  # signed-in sessions: the id of their row in dashboard_sessions
 
     @classmethod
     def anonymous(cls) -> Session:
         return cls(csrf=secrets.token_urlsafe(24), issued=int(time.time()))
 
-    def signed_in(self, kind: str, subject: str, key_id: str = "",
-                  binding: str = "") -> Session:
+    def signed_in(self, kind: str, subject: str, key_id: str = "", sid: str = "") -> Session:
         """A new session for whoever just signed in: fresh CSRF token, fresh clock."""
-        return replace(Session.anonymous(), kind=kind, subject=subject, key_id=key_id,
-                       binding=binding)
+        return replace(Session.anonymous(), kind=kind, subject=subject, key_id=key_id, sid=sid)
 
     def expired(self, now: float | None = None) -> bool:
         limit = ANONYMOUS_MAX_AGE if self.kind == "anonymous" else MAX_AGE

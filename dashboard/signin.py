@@ -22,7 +22,7 @@ from dashboard.render import (
     see_other,
     url,
 )
-from ledger.accounts import Accounts, check_password, hash_password, needs_rehash, session_binding
+from ledger.accounts import Accounts, check_password, hash_password, needs_rehash
 
 log = logging.getLogger("meterd.dashboard")
 
@@ -65,7 +65,15 @@ async def _throttled(request: web.Request, name: str) -> web.Response | None:
     return None
 
 
-def _signed_in(request: web.Request, location: str, session: sessions.Session) -> web.Response:
+async def _signed_in(request: web.Request, location: str, kind: str, subject: str,
+                     key_id: str = "") -> web.Response:
+    """Record the new session (ending the one this browser had) and set its cookie."""
+    state = admin_state(request)
+    accounts = Accounts(state.catalog)
+    if request[SESSION].sid:
+        await state.db(accounts.end_session, request[SESSION].sid)
+    sid = await state.db(accounts.start_session, kind, subject, key_id, sessions.MAX_AGE)
+    session = request[SESSION].signed_in(kind, subject, key_id=key_id, sid=sid)
     response = see_other(request, location)
     sessions.store(response, request, session, request.app[SECRET], cookie_path(request))
     request[SESSION_SET] = True
@@ -93,9 +101,8 @@ async def signin(request: web.Request) -> web.StreamResponse:
     if needs_rehash(found["password_hash"]):
         stored = await loop.run_in_executor(None, hash_password, password)
         await state.db(accounts.rehash, name, stored)
-    session = request[SESSION].signed_in("user", name, binding=session_binding(stored or ""))
     target = _next(request, str(data.get("next") or "")) or str(url(request, "overview"))
-    return _signed_in(request, target, session)
+    return await _signed_in(request, target, "user", name)
 
 
 @allow(*EVERYONE)
@@ -111,12 +118,16 @@ async def signin_key(request: web.Request) -> web.StreamResponse:
     if dev is None:
         return await _page(request, "That gateway key is not valid: mistyped, revoked or "
                                     "expired.", 401)
-    session = request[SESSION].signed_in("developer", dev["developer_id"], key_id=dev["key_id"])
-    return _signed_in(request, str(url(request, "me")), session)
+    return await _signed_in(request, str(url(request, "me")), "developer", dev["developer_id"],
+                            dev["key_id"])
 
 
 @allow(*EVERYONE)
 async def signout(request: web.Request) -> web.StreamResponse:
+    """Ends the session on the server, so a copy of its cookie is refused too."""
+    if request[SESSION].sid:
+        state = admin_state(request)
+        await state.db(Accounts(state.catalog).end_session, request[SESSION].sid)
     response = see_other(request, url(request, "signin"), "Signed out.")
     sessions.clear(response, cookie_path(request))
     request[SESSION_SET] = True

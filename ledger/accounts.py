@@ -1,6 +1,9 @@
 """Who may use the dashboard and the admin API: local accounts, admin API keys, developers
 signing in with their gateway key, and the throttle on sign-in attempts.
 
+Signed-in sessions have a row in `dashboard_sessions` that their cookie names: ending a session
+deletes its row, so it ends for every process that serves this DuckDB file at once.
+
 Passwords are hashed with argon2id (argon2-cffi, RFC 9106 low-memory profile). Hashing and
 verifying take a fifth of a second of CPU on purpose, so callers run them off the event loop
 and off the DuckDB thread: `credentials()` reads the stored hash, `check_password()` verifies
@@ -14,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import argon2
 import duckdb
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from ledger.catalog import Catalog, CatalogError, NotFound
+from ledger.catalog import Catalog, CatalogError, NotFound, check_name
 from ledger.policy import hash_key
 
 USER_ROLES = ("admin", "finance")
@@ -63,12 +66,6 @@ def needs_rehash(stored: str) -> bool:
     return _hasher.check_needs_rehash(stored)
 
 
-def session_binding(stored: str) -> str:
-    """A short fingerprint of the password hash: a session carries it, so changing the
-    password ends every session made with the old one."""
-    return hashlib.sha256(stored.encode()).hexdigest()[:16]
-
-
 def new_password() -> str:
     return secrets.token_urlsafe(15)
 
@@ -100,6 +97,7 @@ class Accounts:
     def create_user(self, name: str, password: str, role: str, actor: str = "cli",
                     password_hash: str | None = None) -> dict[str, Any]:
         """A new account. Pass `password_hash` when it was computed off this thread."""
+        name = check_name(name, "account name", limit=64)
         if not _NAME.match(name):
             raise CatalogError("an account name is 1 to 64 letters, digits or . _ @ - "
                                "(starting with a letter or digit)")
@@ -124,12 +122,13 @@ class Accounts:
         return rows[0]
 
     def set_password(self, name: str, password_hash: str, actor: str = "cli") -> None:
-        """Store a new hash (from hash_password); ends the account's other sessions."""
+        """Store a new hash (from hash_password); ends every session of the account."""
         with self.catalog.lock:
             self._user(name)
             self.catalog.conn.execute(
                 "UPDATE dashboard_users SET password_hash = ?, password_changed_at = ? "
                 "WHERE name = ?", [password_hash, _now(), name])
+            self._end_sessions_of(name)
             self.catalog._audit(actor, "user.password", f"user:{name}", None, None)
 
     def rehash(self, name: str, password_hash: str) -> None:
@@ -149,18 +148,46 @@ class Accounts:
                     raise CatalogError("this is the last enabled admin account")
             self.catalog.conn.execute("UPDATE dashboard_users SET disabled = ? WHERE name = ?",
                                       [disabled, name])
+            if disabled:
+                self._end_sessions_of(name)
             after = self._user(name)
             self.catalog._audit(actor, "user.disable" if disabled else "user.enable",
                                 f"user:{name}", before, after)
         return after
 
-    def session_user(self, name: str) -> dict[str, Any] | None:
-        """What a signed-in session needs each request: role and the password binding."""
-        found = self.credentials(name)
-        if found is None:
-            return None
-        return {"name": found["name"], "role": found["role"],
-                "binding": session_binding(found["password_hash"])}
+    # -- signed-in sessions ------------------------------------------------------------------
+
+    def start_session(self, kind: str, subject: str, key_id: str = "",
+                      max_age: int = 12 * 3600) -> str:
+        """Record a signed-in session (user or developer) and return its id for the cookie.
+        Rows older than `max_age` seconds (the longest session) are pruned here."""
+        session_id = secrets.token_urlsafe(24)
+        with self.catalog.lock:
+            now = _now()
+            self.catalog.conn.execute("DELETE FROM dashboard_sessions WHERE created_at < ?",
+                                      [now - timedelta(seconds=max_age)])
+            self.catalog.conn.execute("INSERT INTO dashboard_sessions VALUES (?, ?, ?, ?, ?)",
+                                      [session_id, kind, subject, key_id, now])
+        return session_id
+
+    def end_session(self, session_id: str) -> None:
+        """Sign-out: the cookie is refused from now on, wherever it was copied."""
+        with self.catalog.lock:
+            self.catalog.conn.execute("DELETE FROM dashboard_sessions WHERE id = ?",
+                                      [session_id])
+
+    def _end_sessions_of(self, name: str) -> None:
+        self.catalog.conn.execute(
+            "DELETE FROM dashboard_sessions WHERE kind = 'user' AND subject = ?", [name])
+
+    def session_user(self, session_id: str, name: str) -> dict[str, Any] | None:
+        """The enabled account a live session names (its name and role), or None. One
+        point query per request, no cache: an ended session is refused at once."""
+        rows = self._rows(
+            "SELECT u.name, u.role FROM dashboard_sessions s JOIN dashboard_users u "
+            "ON u.name = s.subject WHERE s.id = ? AND s.kind = 'user' AND s.subject = ? "
+            "AND NOT u.disabled", [session_id, name])
+        return rows[0] if rows else None
 
     # -- developers, signing in with a gateway key ------------------------------------------
 
@@ -176,10 +203,13 @@ class Accounts:
         rows = self._rows(self._DEVELOPER_KEY_SQL + "k.hash = ?", [_now(), hash_key(secret)])
         return rows[0] if rows else None
 
-    def developer_session(self, developer_id: str, key_id: str) -> dict[str, Any] | None:
-        """The developer of a self-service session while its key is still live."""
-        rows = self._rows(self._DEVELOPER_KEY_SQL + "k.id = ? AND d.id = ?",
-                          [_now(), key_id, developer_id])
+    def developer_session(self, session_id: str, developer_id: str,
+                          key_id: str) -> dict[str, Any] | None:
+        """The developer of a live self-service session while its key is still live."""
+        rows = self._rows(
+            self._DEVELOPER_KEY_SQL + "k.id = ? AND d.id = ? AND EXISTS (SELECT 1 FROM "
+            "dashboard_sessions s WHERE s.id = ? AND s.kind = 'developer' AND s.subject = d.id "
+            "AND s.key_id = k.id)", [_now(), key_id, developer_id, session_id])
         return rows[0] if rows else None
 
     # -- admin API keys ----------------------------------------------------------------------
@@ -193,9 +223,7 @@ class Accounts:
         """A new admin API key: (its row, the secret). The secret is shown once, never stored."""
         if role not in ADMIN_KEY_ROLES:
             raise CatalogError(f"an admin API key role is one of {', '.join(ADMIN_KEY_ROLES)}")
-        label = label.strip()
-        if len(label) > 200:
-            raise CatalogError("a key label has at most 200 characters")
+        label = check_name(label, "key label", required=False)
         secret = ADMIN_KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = f"akey_{secrets.token_hex(5)}"
         with self.catalog.lock:

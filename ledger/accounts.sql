@@ -24,3 +24,17 @@ CREATE TABLE IF NOT EXISTS admin_api_keys (
     created_at TIMESTAMP NOT NULL,
     revoked_at TIMESTAMP
 );
+
+-- Signed-in dashboard sessions. The session cookie names a row here; signing out deletes the
+-- row, and disabling an account or changing its password deletes all of its rows, so a copied
+-- cookie stops working at once on every process that serves this file (re-enabling the
+-- account does not bring them back). Rows older than the longest session are pruned.
+-- kind: user (an account; subject = its name) | developer (subject = developer id, key_id =
+-- the gateway key signed in with).
+CREATE TABLE IF NOT EXISTS dashboard_sessions (
+    id VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    subject VARCHAR NOT NULL,
+    key_id VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);

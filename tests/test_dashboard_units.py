@@ -21,7 +21,6 @@ from ledger.accounts import (
     check_password,
     create_demo_admin,
     hash_password,
-    session_binding,
 )
 from ledger.catalog import Catalog, CatalogError, connect
 from ledger.store import connect_redis
@@ -40,7 +39,7 @@ def test_signed_values_round_trip_and_reject_tampering() -> None:
 
 def test_sessions_expire() -> None:
     secret = b"s" * 32
-    fresh = sessions.Session.anonymous().signed_in("user", "ada", binding="b")
+    fresh = sessions.Session.anonymous().signed_in("user", "ada", sid="s")
     assert sessions.decode(sessions.encode(fresh, secret), secret) == fresh
     old = sessions.Session(csrf="t", issued=int(time.time()) - sessions.MAX_AGE - 1,
                            kind="user", subject="ada")
@@ -154,14 +153,12 @@ def test_account_rules(accounts: Accounts) -> None:
         accounts.set_disabled("ada", True)
 
 
-def test_session_binding_changes_with_the_password(accounts: Accounts) -> None:
+def test_password_change_ends_the_accounts_sessions(accounts: Accounts) -> None:
     accounts.create_user("ada", "a good long password", "admin")
-    before = accounts.session_user("ada")
+    session = accounts.start_session("user", "ada")
+    assert accounts.session_user(session, "ada") == {"name": "ada", "role": "admin"}
     accounts.set_password("ada", hash_password("another long password"))
-    after = accounts.session_user("ada")
-    assert before and after and before["binding"] != after["binding"]
-    stored = accounts.credentials("ada")
-    assert stored and after["binding"] == session_binding(stored["password_hash"])
+    assert accounts.session_user(session, "ada") is None
 
 
 def test_admin_keys_are_hashed_and_revocable(accounts: Accounts) -> None:
