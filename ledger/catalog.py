@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,7 +139,7 @@ class Catalog:
             self._audit(actor, action, target, None, after)
 
     def create_team(self, name: str, actor: str = "cli") -> dict[str, Any]:
-        name = _name(name, "team")
+        name = check_name(name, "team name")
         with self.lock:
             if self._rows("SELECT 1 FROM teams WHERE name = ?", [name]):
                 raise CatalogError(f"a team named {name!r} already exists")
@@ -149,7 +150,8 @@ class Catalog:
 
     def create_developer(self, name: str, email: str, team: str,
                          actor: str = "cli") -> dict[str, Any]:
-        name, email = _name(name, "developer"), email.strip().lower()
+        name = check_name(name, "developer name")
+        email = check_name(email, "developer email", limit=320).lower()
         if "@" not in email:
             raise CatalogError(f"{email!r} is not an email address")
         with self.lock:
@@ -302,10 +304,24 @@ def queue_publish(pipe: Any, keyspace: KeySpace, docs: dict[str, dict[str, bytes
     pipe.incr(keyspace.policy_version)
 
 
-def _name(value: str, what: str) -> str:
+# Control characters (Unicode Cc: C0, DEL, C1 with NEL) and the line and paragraph
+# separators: what can end a header line, a log line or a CSV row early.
+_FORBIDDEN_CATEGORIES = ("Cc", "Zl", "Zp")
+
+
+def check_name(value: str, what: str, limit: int = 200, required: bool = True) -> str:
+    """A name (of a team, developer, account, key label…) as it is stored: trimmed, at most
+    `limit` characters (at least one when `required`), and no control character or line
+    break, which would break the headers, logs and exports it is written into. Every path
+    that creates a name (dashboard form, admin API, CLI) comes through here; CatalogError
+    (a 400, or the form's error) says what is wrong."""
     value = value.strip()
-    if not value or len(value) > 200:
-        raise CatalogError(f"a {what} needs a name of 1 to 200 characters")
+    if len(value) > limit or (required and not value):
+        raise CatalogError(f"a {what} has {1 if required else 0} to {limit} characters")
+    bad = next((c for c in value if unicodedata.category(c) in _FORBIDDEN_CATEGORIES), None)
+    if bad is not None:
+        raise CatalogError(f"a {what} cannot hold control characters or line breaks "
+                           f"(U+{ord(bad):04X})")
     return value
 
 
