@@ -19,7 +19,7 @@ from ledger.usage import Usage
 from proxy.errors import UpstreamError, error_middleware
 from proxy.meter import Metered, StreamMeter, meter_body
 from proxy.metrics import TOKEN_CATEGORIES
-from proxy.request_fields import parse_request
+from proxy.request_fields import parse_request, request_model
 from proxy.state import STATE, ProxyState
 from proxy.upstream import response_headers
 
@@ -232,7 +232,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     try:
         if state.router is not None:
             return await state.router.count_tokens(state.session, request, body,
-                                                   parse_request(body)[0])
+                                                   request_model(body))
         async with state.session.post(
             state.upstream.url(request.path_qs), data=body,
             headers=state.upstream.request_headers(request.headers.items()),

@@ -11,59 +11,88 @@ msgspec lets through.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import orjson
 
 from proxy.errors import ProxyError
 
-_U64, _I64 = 2**64 - 1, -(2**63)  # orjson reads integers outside this range as floats
+# The most output any Claude model writes in one Messages response (Opus 4.6 and later: 128k;
+# the others less). A larger max_tokens is refused by every model, so it is refused here, and a
+# request without one (which the provider refuses) is reserved as if it asked for this much.
+MAX_OUTPUT_TOKENS = 128_000
+_MAX_TOKENS = f"max_tokens: expected an integer from 1 to {MAX_OUTPUT_TOKENS}"
 
 
 class _Fields(msgspec.Struct):
     model: Any = None
     stream: Any = None
-    max_tokens: Any = None
+    max_tokens: Any = msgspec.UNSET
 
 
 _decode = msgspec.json.Decoder(_Fields).decode
 
 
-def parse_request(body: bytes) -> tuple[str, bool, int]:
-    """model, stream, max_tokens of a Messages request (the bytes go on unchanged), or a
-    400 ProxyError saying what is wrong with the body."""
-    model, stream, max_tokens = read_fields(body)
-    if not isinstance(model, str) or not model:
-        raise ProxyError(400, "invalid_request_error", "model: field required")
-    return model, stream, max_tokens
+class Fields(NamedTuple):
+    model: Any  # as sent: a provider-format body names it in the URL instead
+    stream: bool
+    max_tokens: int  # the request's, else MAX_OUTPUT_TOKENS
 
 
-def read_fields(body: bytes) -> tuple[Any, bool, int]:
-    """model (as sent: a provider-format body names it in the URL instead), stream and
-    max_tokens (0 unless an integer), or a 400 ProxyError for a body that is not a JSON
-    object."""
+def parse_request(body: bytes) -> Fields:
+    """The fields of a Messages request (the bytes go on unchanged), or a 400 ProxyError
+    saying what is wrong with the body."""
+    fields = read_fields(body)
+    _check_model(fields.model)
+    return fields
+
+
+def read_fields(body: bytes) -> Fields:
+    """The fields of a Messages body whose model may be elsewhere (a provider-format URL), or a
+    400 ProxyError for a body that is not a JSON object or a max_tokens out of range."""
+    model, stream, max_tokens = _read(body)
+    return Fields(model, stream is True, _max_tokens(max_tokens))
+
+
+def request_model(body: bytes) -> str:
+    """The model of a request that has no max_tokens (count_tokens), or a 400 ProxyError."""
+    model = _read(body)[0]
+    _check_model(model)
+    return model  # type: ignore[no-any-return]
+
+
+def _read(body: bytes) -> tuple[Any, Any, Any]:
     try:
         fields = _decode(body)
         if not body.isascii():
             body.decode()  # msgspec does not check the UTF-8 of strings it skips
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return _read_slowly(body)
-    max_tokens = fields.max_tokens
-    if isinstance(max_tokens, int) and not _I64 <= max_tokens <= _U64:
-        max_tokens = None  # a float to orjson
-    return _typed(fields.model, fields.stream, max_tokens)
+    return fields.model, fields.stream, fields.max_tokens
 
 
-def _read_slowly(body: bytes) -> tuple[Any, bool, int]:
+def _read_slowly(body: bytes) -> tuple[Any, Any, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ProxyError(400, "invalid_request_error", "request body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise ProxyError(400, "invalid_request_error", "request body must be a JSON object")
-    return _typed(doc.get("model"), doc.get("stream"), doc.get("max_tokens"))
+    return doc.get("model"), doc.get("stream"), doc.get("max_tokens", msgspec.UNSET)
 
 
-def _typed(model: Any, stream: Any, max_tokens: Any) -> tuple[Any, bool, int]:
-    return model, stream is True, max_tokens if isinstance(max_tokens, int) else 0
+def _check_model(model: Any) -> None:
+    if not isinstance(model, str) or not model:
+        raise ProxyError(400, "invalid_request_error", "model: field required")
+
+
+def _max_tokens(value: Any) -> int:
+    """max_tokens as admission reserves it. A float, a string or an integer out of range is
+    refused: the provider may read it as a number (and generate that much) while a reservation
+    taken as some default would let a strict cap be passed."""
+    if value is msgspec.UNSET:
+        return MAX_OUTPUT_TOKENS  # the provider refuses it; if not, this is the most it costs
+    if type(value) is not int or not 1 <= value <= MAX_OUTPUT_TOKENS:
+        raise ProxyError(400, "invalid_request_error", _MAX_TOKENS)
+    return value

@@ -88,12 +88,12 @@ class ProxyState:
 
     def estimate(self, model: str, body_bytes: int, max_tokens: int) -> Estimate:
         """Reservation sizes before the request runs. A token is at least one byte of the
-        body, so `body_bytes` bounds the prompt for strict caps; ~4 bytes a token is usual."""
+        body, so `body_bytes` bounds the prompt for strict caps; ~4 bytes a token is usual.
+        `max_tokens` is the request's (proxy.request_fields: never below 1)."""
         prompt = -(-body_bytes // 4)
-        output = min(max_tokens, self.estimate_output_tokens) if max_tokens > 0 else \
-            self.estimate_output_tokens
+        output = min(max_tokens, self.estimate_output_tokens)
         return Estimate(prompt, output, self.prices.estimate(model, prompt, output),
-                        self.prices.worst_case(model, body_bytes, max(max_tokens, output)))
+                        self.prices.worst_case(model, body_bytes, max_tokens))
 
     async def refresh_policy(self) -> None:
         fresh = await load_policy(self.redis, self.keyspace, self.policy.version)

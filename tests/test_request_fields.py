@@ -8,12 +8,24 @@ import json
 from typing import Any
 
 import msgspec
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy import request_fields
 from proxy.errors import ProxyError
+from tests.conftest import Gateway
+from tests.fakes.gateways import (
+    VERTEX_PROJECT,
+    VERTEX_REGION,
+    Served,
+    StartGateway,
+    bedrock_provider,
+    vertex_provider,
+)
+
+pytest_plugins = ("tests.fakes.fixtures",)  # the provider fakes, for provider-format routes
 
 BODIES = [
     b'{"model":"claude-sonnet-4-6","max_tokens":1024,"stream":true,"messages":[]}',
@@ -74,3 +86,113 @@ def test_any_document_gives_the_same_fields_both_ways(doc: dict[str, Any], extra
     text = json.dumps({**doc, "messages": extra}, ensure_ascii=ascii_only)
     body = text.encode("utf-8", "surrogatepass")  # lone surrogates: invalid UTF-8 bytes
     assert outcome(request_fields.parse_request, body) == orjson_only(body)
+
+
+# --- max_tokens: an integer in range, or refused ----------------------------------------------
+
+MAX = 128_000  # the most output any Claude model writes in one response (Opus 4.6+)
+REFUSED_MAX_TOKENS = [b"1.5", b"1024.0", b"1e3", b'"1024"', b"true", b"null", b"0", b"-1",
+                      str(MAX + 1).encode(), b"18446744073709551616", b"[]", b"{}"]
+
+
+@pytest.mark.parametrize("value", REFUSED_MAX_TOKENS)
+def test_max_tokens_that_is_not_an_integer_in_range_is_refused_naming_the_field(
+        value: bytes) -> None:
+    body = b'{"model":"claude-sonnet-4-6","max_tokens":' + value + b',"messages":[]}'
+    with pytest.raises(ProxyError) as refused:
+        request_fields.parse_request(body)
+    assert (refused.value.status, refused.value.kind) == (400, "invalid_request_error")
+    assert refused.value.message.startswith("max_tokens: ")
+    assert orjson_only(body) == outcome(request_fields.parse_request, body)
+
+
+@pytest.mark.parametrize(("value", "reserved"), [(b"1", 1), (b"4096", 4096),
+                                                 (str(MAX).encode(), MAX)])
+def test_max_tokens_in_range_is_read_as_given(value: bytes, reserved: int) -> None:
+    body = b'{"model":"m","max_tokens":' + value + b"}"
+    assert request_fields.parse_request(body).max_tokens == reserved
+
+
+def test_missing_max_tokens_is_read_as_the_most_any_model_writes() -> None:
+    # The provider refuses it; until then it is not reserved as a cheap request.
+    assert request_fields.parse_request(b'{"model":"m"}').max_tokens == MAX
+    assert request_fields.MAX_OUTPUT_TOKENS == MAX
+
+
+def test_count_tokens_reads_only_the_model() -> None:
+    assert request_fields.request_model(b'{"model":"m","messages":[]}') == "m"
+    assert request_fields.request_model(b'{"model":"m","max_tokens":"x"}') == "m"
+    with pytest.raises(ProxyError, match="model: field required"):
+        request_fields.request_model(b'{"max_tokens":5}')
+
+
+# --- through the gateway ----------------------------------------------------------------------
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.mark.parametrize("value", ["1024", 1.5, 10**9, 0, True])
+async def test_gateway_refuses_a_bad_max_tokens_before_the_provider_sees_it(
+        gateway: Gateway, value: Any) -> None:
+    key = await gateway.developer()
+    body = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": value, "stream": True,
+                         "messages": MESSAGES})
+    resp = await gateway.client.post("/v1/messages", data=body, headers={"x-api-key": key})
+    assert resp.status == 400
+    doc = await resp.json()
+    assert doc["type"] == "error" and doc["error"]["type"] == "invalid_request_error"
+    assert doc["error"]["message"].startswith("max_tokens: ")
+    assert len(gateway.upstream.recorded) == 0
+
+
+async def test_strict_cap_reserves_a_request_without_max_tokens_at_the_most_output(
+        gateway: Gateway) -> None:
+    key = await gateway.developer("Ada", "platform")
+    body = orjson.dumps({"model": "claude-sonnet-4-6", "messages": MESSAGES})
+    # Room for the request as if it asked for 4,096 tokens (what it was reserved as), not for
+    # the 128,000 it may be given.
+    room = gateway.proxy.prices.worst_case("claude-sonnet-4-6", len(body), 4096)
+    assert room < gateway.proxy.prices.worst_case("claude-sonnet-4-6", len(body), MAX)
+    await gateway.change(gateway.admin.catalog.set_budget, "developer", "Ada", "monthly",
+                         room, "strict")
+    resp = await gateway.client.post("/v1/messages", data=body, headers={"x-api-key": key})
+    assert resp.status == 429
+    assert (await resp.json())["error"]["type"] == "billing_error"
+    assert len(gateway.upstream.recorded) == 0
+
+
+async def test_count_tokens_through_routes_is_not_checked_for_max_tokens(
+        start_gateway: StartGateway, bedrock: Served) -> None:
+    gw = await start_gateway(providers={"bedrock-us": bedrock_provider(bedrock)})
+    key = await gw.developer()
+    body = orjson.dumps({"model": "claude-sonnet-4-6", "messages": MESSAGES})
+    resp = await gw.client.post("/v1/messages/count_tokens", data=body,
+                                headers={"x-api-key": key})
+    assert resp.status == 200, await resp.text()
+    assert "input_tokens" in await resp.json()
+
+
+PROVIDER_ROUTES = {
+    "bedrock": "/bedrock/model/us.anthropic.claude-sonnet-4-6/invoke",
+    "vertex": f"/vertex/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_REGION}/publishers/"
+              "anthropic/models/claude-sonnet-4-6:rawPredict",
+}
+
+
+@pytest.mark.parametrize("route", PROVIDER_ROUTES)
+@pytest.mark.parametrize("value", ["1024", 2.5])
+async def test_provider_format_routes_refuse_a_bad_max_tokens_the_same_way(
+        start_gateway: StartGateway, bedrock: Served, vertex: Served, route: str,
+        value: Any) -> None:
+    gw = await start_gateway(providers={"bedrock-us": bedrock_provider(bedrock),
+                                        "vertex": vertex_provider(vertex)})
+    key = await gw.developer()
+    body = orjson.dumps({"anthropic_version": f"{route}-2023-05-31", "max_tokens": value,
+                         "messages": MESSAGES})
+    resp = await gw.client.post(PROVIDER_ROUTES[route], data=body,
+                                headers={"authorization": f"Bearer {key}"})
+    assert resp.status == 400
+    doc = await resp.json()
+    assert doc["error"]["type"] == "invalid_request_error"
+    assert doc["error"]["message"].startswith("max_tokens: ")
+    assert bedrock.fake.recorded == [] and vertex.fake.recorded == []
