@@ -14,6 +14,7 @@ from ledger.store import is_embedded
 class DashboardConfig:
     data_dir: Path
     session_secret: str = field(default="", repr=False)  # empty: generated into data_dir
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-* headers are believed
     proxy_url: str = "http://127.0.0.1:4000"
     upstream_url: str = "https://api.anthropic.com"
     upstream_auth: str = "x-api-key"
@@ -37,6 +38,7 @@ class DashboardConfig:
         wiring package)."""
         return cls(
             data_dir=Path(settings.data_dir), session_secret=settings.session_secret,
+            trusted_proxies=tuple(settings.trusted_proxies),
             proxy_url=settings.proxy_url, upstream_url=settings.upstream_url,
             upstream_auth=settings.upstream_auth, redis_embedded=is_embedded(settings.redis_url),
             redis_outage_policy=settings.redis_outage_policy,

@@ -51,7 +51,16 @@ async def signin_page(request: web.Request) -> web.StreamResponse:
     return await _page(request)
 
 
+def _in(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds > 1 else ''}"
+    minutes = -(-seconds // 60)
+    return f"{minutes} minute{'s' if minutes > 1 else ''}"
+
+
 async def _throttled(request: web.Request, name: str) -> web.Response | None:
+    """Count this attempt (request.remote is the client's address, see forwarded.py); an
+    answer when it must wait."""
     try:
         wait = await request.app[THROTTLE].attempt(request.remote or "", name)
     except (RedisError, OSError) as exc:
@@ -59,10 +68,19 @@ async def _throttled(request: web.Request, name: str) -> web.Response | None:
         return await error_page(request, 503, "Sign-in is unavailable while Redis cannot be "
                                               "reached. Try again in a minute.")
     if wait:
-        minutes = max(1, -(-wait // 60))
-        return await error_page(request, 429, f"Too many sign-in attempts. Try again in "
-                                              f"{minutes} minute{'s' if minutes > 1 else ''}.")
+        response = await error_page(request, 429, "Too many sign-in attempts. Try again in "
+                                                  f"{_in(wait)}.")
+        response.headers["Retry-After"] = str(wait)
+        return response
     return None
+
+
+async def _succeeded(request: web.Request, name: str) -> None:
+    """Hand back the attempt _throttled counted: a right password uses up nothing."""
+    try:
+        await request.app[THROTTLE].succeeded(request.remote or "", name)
+    except (RedisError, OSError) as exc:  # only the count is lost, the sign-in stands
+        log.warning("sign-in attempt not handed back (%s)", exc)
 
 
 async def _signed_in(request: web.Request, location: str, kind: str, subject: str,
@@ -97,7 +115,7 @@ async def signin(request: web.Request) -> web.StreamResponse:
     if not await loop.run_in_executor(None, check_password, stored, password) or not found:
         log.info("sign-in failed for account %r from %s", name, request.remote)
         return await _page(request, "Wrong account name or password.", 401, name)
-    await request.app[THROTTLE].succeeded(name)
+    await _succeeded(request, name)
     if needs_rehash(found["password_hash"]):
         stored = await loop.run_in_executor(None, hash_password, password)
         await state.db(accounts.rehash, name, stored)
@@ -118,6 +136,7 @@ async def signin_key(request: web.Request) -> web.StreamResponse:
     if dev is None:
         return await _page(request, "That gateway key is not valid: mistyped, revoked or "
                                     "expired.", 401)
+    await _succeeded(request, "")
     return await _signed_in(request, str(url(request, "me")), "developer", dev["developer_id"],
                             dev["key_id"])
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from dashboard import auth, charts, formatting
 from dashboard.config import DashboardConfig
+from dashboard.forwarded import Forwarding, forwarded_middleware
 from dashboard.keys import BASE, CONFIG, PAGES, SECRET, THROTTLE
 from dashboard.routes import API_ROUTES, PAGE_ROUTES, add_routes
 from dashboard.sessions import load_secret
@@ -32,11 +33,13 @@ TEMPLATES = _asset_dir("templates")
 STATIC = _asset_dir("static")
 
 
-def setup_api(app: web.Application) -> None:
+def setup_api(app: web.Application, config: DashboardConfig) -> None:
     """The admin JSON API only (what `meterd admin` needs for the CLI and automation)."""
     if BASE in app:
         return
     app[BASE] = ""
+    # First: everything after it sees the client's address, not a trusted proxy's.
+    app.middlewares.append(forwarded_middleware(Forwarding(config.trusted_proxies)))
     app.middlewares.append(auth.auth_middleware)
     add_routes(app, API_ROUTES)
     auth.check_routes(app)
@@ -56,7 +59,7 @@ def setup_dashboard(app: web.Application, settings: Any) -> None:
     its cleanup context that stores the AdminState."""
     config = settings if isinstance(settings, DashboardConfig) else \
         DashboardConfig.from_settings(settings)
-    setup_api(app)
+    setup_api(app, config)
     app[CONFIG] = config
     app[PAGES] = True
     env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES),

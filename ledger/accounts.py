@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from typing import Any
 
 import argon2
@@ -42,6 +44,10 @@ _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _script(name: str) -> str:
+    return resources.files("ledger").joinpath(name).read_text()
 
 
 def hash_password(password: str) -> str:
@@ -269,38 +275,41 @@ def create_demo_admin(conn: duckdb.DuckDBPyConnection) -> tuple[str, str]:
 
 
 class SignInThrottle:
-    """Sign-in attempts per account name and per client address, in fixed Redis windows.
+    """Failed sign-ins per (account name, client address) with back-off, and per address.
 
-    Every attempt counts (a refused one too), so a locked-out guesser stays locked out until
-    the window ends; a successful sign-in clears its name's counter.
+    A name gets `free` tries from each address; after that each failure doubles the wait before
+    the next try from that address (`backoff` seconds, up to `window`), and a `window` without
+    a failure forgets them. So a guesser slows only themself: the account stays open from every
+    other address. An address also has `per_address` failures per window across all names
+    (against trying one password on many accounts). Successful sign-ins use up nothing.
+    Both checks and counts are one Lua script each (signin_attempt.lua, signin_success.lua).
     """
 
-    def __init__(self, redis: Any, base: str, per_name: int = 5, per_address: int = 30,
-                 window: int = 900) -> None:
-        self.redis, self.base = redis, base
-        self.per_name, self.per_address, self.window = per_name, per_address, window
+    def __init__(self, redis: Any, base: str, free: int = 5, per_address: int = 30,
+                 window: int = 900, backoff: int = 15) -> None:
+        self.base = base
+        self.free, self.per_address, self.window, self.backoff = free, per_address, window, \
+            backoff
+        self._attempt = redis.register_script(_script("signin_attempt.lua"))
+        self._success = redis.register_script(_script("signin_success.lua"))
+
+    def _keys(self, address: str, name: str) -> list[str]:
+        keys = [self._key("addr", address)]
+        if name:
+            keys.append(self._key("pair", f"{name.strip().lower()}\n{address}"))
+        return keys
 
     def _key(self, kind: str, value: str) -> str:
-        digest = hashlib.sha256(value.strip().lower().encode()).hexdigest()[:24]
+        digest = hashlib.sha256(value.encode()).hexdigest()[:24]
         return f"{self.base}:signin:{kind}:{digest}"
 
-    async def attempt(self, address: str, name: str) -> int:
-        """Count one attempt; returns 0 to go ahead, else the seconds until it may retry."""
-        keys = [(self._key("addr", address), self.per_address)]
-        if name:
-            keys.append((self._key("name", name), self.per_name))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for key, _ in keys:
-                pipe.incr(key)
-                pipe.expire(key, self.window, nx=True)
-                pipe.ttl(key)
-            replies = await pipe.execute()
-        wait = 0
-        for i, (_, limit) in enumerate(keys):
-            count, ttl = int(replies[3 * i]), int(replies[3 * i + 2])
-            if count > limit:
-                wait = max(wait, ttl if ttl > 0 else self.window)
-        return wait
+    async def attempt(self, address: str, name: str = "", now: int | None = None) -> int:
+        """Count one attempt before checking it; 0 to go ahead, else the seconds to wait."""
+        wait = await self._attempt(keys=self._keys(address, name), args=[
+            int(time.time()) if now is None else now, self.per_address, self.window,
+            self.free, self.backoff])
+        return int(wait)
 
-    async def succeeded(self, name: str) -> None:
-        await self.redis.delete(self._key("name", name))
+    async def succeeded(self, address: str, name: str = "") -> None:
+        """The attempt was right: hand it back and forget the name's failures from there."""
+        await self._success(keys=self._keys(address, name))

@@ -7,7 +7,6 @@ the environment; a config file that holds one is rejected, so keys never land in
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,7 +14,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from dashboard.oidc import secure_url
 
 
 class SettingsError(ValueError):
@@ -69,6 +69,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retention_days", 400, "Days raw request rows are kept (daily rollups are kept)."),
     Setting("session_secret", "", "Dashboard cookie signing secret (env or file only; "
             "generated into the data dir when empty).", secret=True),
+    Setting("trusted_proxies", [], "Addresses or CIDR networks of reverse proxies whose "
+            "X-Forwarded-For and X-Forwarded-Proto the dashboard believes; empty: none."),
     Setting("log_level", "info", "Log level: debug, info, warning, error."),
     Setting("oidc_issuer", "", "Issuer URL of the organization's OpenID Connect provider "
             "(https); empty: no single sign-on."),
@@ -131,6 +133,7 @@ class Settings:
     rollup_interval: float = 5.0
     retention_days: int = 400
     session_secret: str = field(default="", repr=False)
+    trusted_proxies: tuple[str, ...] = ()
     log_level: str = "info"
     oidc_issuer: str = ""
     oidc_client_id: str = ""
@@ -251,6 +254,12 @@ def _validated(settings: Settings) -> Settings:
         raise SettingsError(
             f"setting upstream_url: {settings.upstream_url!r} is not an http(s) URL")
     _validate_oidc(settings)
+    for proxy in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise SettingsError(f"setting trusted_proxies: {proxy!r} is not an address or "
+                                "network like 10.0.0.5 or 10.0.0.0/8") from None
     return settings
 
 
@@ -282,22 +291,10 @@ def _validate_oidc(settings: Settings) -> None:
 def check_issuer(url: str, allow_loopback: bool) -> None:
     """An identity provider URL must be https; http only on loopback and only when allowed
     (as Claude Code and Anthropic's gateway do), since tokens and codes travel over it."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
+    if secure_url(url, allow_loopback):
         return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-        if allow_loopback:
-            return
+    if secure_url(url, True):
         raise SettingsError(f"setting oidc_issuer: {url!r} is plain http; set "
                             "oidc_allow_loopback (MTD_OIDC_ALLOW_LOOPBACK=1) to allow it on "
                             "loopback")
     raise SettingsError(f"setting oidc_issuer: {url!r} is not an https URL")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
+from typing import Any
+
+import aiohttp
+import pytest
 
 from dashboard import sessions
+from dashboard.forwarded import Forwarding
+from dashboard.keys import THROTTLE
+from ledger.accounts import SignInThrottle
+from ledger.store import connect_redis
+from meterd.apps import ADMIN_APP
+from meterd.settings import Settings, SettingsError
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import PASSWORDS, Dashboard, one, parse
+from tests.dashboard_fixtures import PASSWORDS, Browser, Dashboard, one, parse
 
 XSS = "<script>alert(1)</script>"
 
@@ -209,3 +221,141 @@ async def test_signing_out_ends_the_session(dashboard: Dashboard) -> None:
     status, _, headers = await browser.post("/admin/signout", {})
     assert (status, headers["Location"]) == (303, "/admin/signin")
     assert (await browser.get("/admin/"))[0] == 303
+
+
+# -- the sign-in throttle: per (account, address), with back-off, successes not counted ------
+
+
+async def _from(dash: Dashboard, address: str, **headers: str) -> Browser:
+    """A browser whose connections come from `address` (any 127.x.y.z is this machine)."""
+    browser = dash.browser()
+    await browser.session.close()
+    browser.session = aiohttp.ClientSession(
+        base_url=dash.client.make_url(""), cookie_jar=aiohttp.CookieJar(unsafe=True),
+        connector=aiohttp.TCPConnector(local_addr=(address, 0)), headers=headers)
+    await browser.get("/admin/signin")
+    return browser
+
+
+async def _guess(browser: Browser, name: str, times: int, **kw: Any) -> list[int]:
+    statuses = []
+    for _ in range(times):
+        status, _, _ = await browser.post("/admin/signin", {
+            "name": name, "password": "guess guess guess"}, **kw)
+        statuses.append(status)
+    return statuses
+
+
+async def test_guessing_from_one_address_does_not_lock_the_account_from_another(
+        dashboard: Dashboard) -> None:
+    await dashboard.account("admin", "admin")
+    attacker = await _from(dashboard, "127.0.0.2")
+    assert (await _guess(attacker, "admin", 8))[-3:] == [429] * 3
+    owner = await _from(dashboard, "127.0.0.1")
+    assert await owner.sign_in("admin", PASSWORDS["admin"]) == 303
+    assert (await owner.get("/admin/teams"))[0] == 200
+    assert (await _guess(attacker, "admin", 1)) == [429]  # the guesser still waits
+
+
+async def test_successful_sign_ins_use_up_nothing(dashboard: Dashboard) -> None:
+    """More successes from one address than it may fail (key sign-ins, then an account's):
+    every one gets in."""
+    limit = dashboard.gateway.app[ADMIN_APP][THROTTLE].per_address
+    key = await dashboard.gateway.developer("Often", "platform")
+    browser = dashboard.browser()
+    for _ in range(limit):
+        assert await browser.sign_in_key(key) == 303
+    await dashboard.account("boss", "admin")
+    assert await browser.sign_in("boss", PASSWORDS["admin"]) == 303
+    # A right password also forgives that account's failures from that address.
+    other = dashboard.browser()
+    await other.get("/admin/signin")
+    assert await _guess(other, "boss", 4) == [401] * 4
+    assert await other.sign_in("boss", PASSWORDS["admin"]) == 303
+    await other.post("/admin/signout", {})
+    await other.get("/admin/signin")
+    assert await _guess(other, "boss", 4) == [401] * 4
+
+
+async def test_forwarded_for_from_a_trusted_proxy_names_the_client(
+        start_dashboard: Callable[..., Awaitable[Dashboard]]) -> None:
+    dash = await start_dashboard(trusted_proxies=["127.0.0.1"])  # the test client is the proxy
+    await dash.account("admin", "admin")
+    attacker = await _from(dash, "127.0.0.1", **{"X-Forwarded-For": "203.0.113.9"})
+    assert (await _guess(attacker, "admin", 7))[-2:] == [429, 429]
+    owner = await _from(dash, "127.0.0.1", **{"X-Forwarded-For": "198.51.100.7"})
+    assert await owner.sign_in("admin", PASSWORDS["admin"]) == 303
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
+        start_dashboard: Callable[..., Awaitable[Dashboard]]) -> None:
+    dash = await start_dashboard(trusted_proxies=["10.9.8.0/24"])
+    await dash.account("admin", "admin")
+    attacker = await _from(dash, "127.0.0.2")
+    statuses = [(await _guess(attacker, "admin", 1,
+                              headers={"X-Forwarded-For": f"203.0.113.{n}"}))[0]
+                for n in range(7)]
+    assert statuses == [401] * 5 + [429] * 2  # a new made-up address each time: no escape
+
+
+@pytest.mark.parametrize(("trusted", "peer", "forwarded_for", "client"), [
+    ((), "127.0.0.1", ["203.0.113.9"], "127.0.0.1"),
+    (("10.0.0.0/8",), "192.0.2.1", ["203.0.113.9"], "192.0.2.1"),
+    (("10.0.0.0/8",), "10.0.0.2", [], "10.0.0.2"),
+    (("10.0.0.0/8",), "10.0.0.2", ["203.0.113.9"], "203.0.113.9"),
+    # The client wrote its own header; the proxy appended what it saw.
+    (("10.0.0.0/8",), "10.0.0.2", ["1.2.3.4, 203.0.113.9"], "203.0.113.9"),
+    (("10.0.0.0/8",), "10.0.0.2", ["1.2.3.4", "203.0.113.9"], "203.0.113.9"),
+    # Two proxies in a row, both trusted.
+    (("10.0.0.0/8",), "10.0.0.2", ["203.0.113.9, 10.0.0.7"], "203.0.113.9"),
+    (("10.0.0.0/8",), "10.0.0.2", ["10.0.0.9, 10.0.0.7"], "10.0.0.9"),
+    (("10.0.0.0/8",), "10.0.0.2", ["203.0.113.9, garbage"], "10.0.0.2"),
+    (("10.0.0.5",), "::ffff:10.0.0.5", ["203.0.113.9"], "203.0.113.9"),
+    (("::1",), "::1", [" 2001:db8::1 "], "2001:db8::1"),
+    (("::1",), "", ["203.0.113.9"], ""),  # the Unix socket has no peer address
+])
+def test_client_address_is_read_from_trusted_proxies_only(
+        trusted: tuple[str, ...], peer: str, forwarded_for: list[str], client: str) -> None:
+    assert Forwarding(trusted).client_address(peer, forwarded_for) == client
+
+
+async def test_throttle_backs_off_per_name_and_address(redis_url: str) -> None:
+    redis = connect_redis(redis_url)
+    await redis.flushdb()
+    throttle = SignInThrottle(redis, "{t}", free=2, per_address=100, window=100, backoff=10)
+    ada = "192.0.2.1"
+    # (now, seconds to wait): two free tries, then 10, 20, 40, 80 and at most the window.
+    for now, wait in [(1000, 0), (1000, 0), (1005, 5), (1010, 0), (1029, 1), (1030, 0),
+                      (1070, 0), (1149, 1), (1150, 0), (1250, 0), (1349, 1)]:
+        assert await throttle.attempt(ada, "Ada", now=now) == wait, now
+    assert await throttle.attempt("192.0.2.2", "ada", now=1250) == 0  # another address
+    assert await throttle.attempt(ada, "bob", now=1250) == 0  # another name
+    await throttle.succeeded(ada, "ada")
+    assert [await throttle.attempt(ada, "ada", now=1251) for _ in range(3)] == [0, 0, 10]
+    await redis.flushdb()
+    await redis.aclose()
+
+
+async def test_throttle_limits_failures_per_address_and_hands_back_successes(
+        redis_url: str) -> None:
+    redis = connect_redis(redis_url)
+    await redis.flushdb()
+    throttle = SignInThrottle(redis, "{t}", free=5, per_address=3, window=60)
+    now = int(time.time())
+    for name in ("a", "b", "c"):
+        assert await throttle.attempt("192.0.2.1", name, now=now) == 0
+    assert 0 < await throttle.attempt("192.0.2.1", "d", now=now) <= 60
+    assert await throttle.attempt("192.0.2.9", "d", now=now) == 0
+    for _ in range(5):  # right each time: handed back
+        assert await throttle.attempt("192.0.2.9", "", now=now) == 0
+        await throttle.succeeded("192.0.2.9", "")
+    assert await throttle.attempt("192.0.2.9", "e", now=now) == 0
+    await redis.flushdb()
+    await redis.aclose()
+
+
+def test_trusted_proxies_setting_takes_addresses_and_networks_only() -> None:
+    settings = Settings.load(environ={"MTD_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7,::1"})
+    assert settings.trusted_proxies == ("10.0.0.0/8", "192.0.2.7", "::1")
+    with pytest.raises(SettingsError, match="trusted_proxies: 'proxy.internal'"):
+        Settings.load(environ={"MTD_TRUSTED_PROXIES": "10.0.0.1,proxy.internal"})

@@ -17,13 +17,11 @@ from dashboard import charts, formatting, sessions
 from dashboard.auth import allow, check_routes
 from ledger.accounts import (
     Accounts,
-    SignInThrottle,
     check_password,
     create_demo_admin,
     hash_password,
 )
 from ledger.catalog import Catalog, CatalogError, connect
-from ledger.store import connect_redis
 from tests.dashboard_fixtures import attr, one
 
 
@@ -177,19 +175,6 @@ def test_demo_admin_gets_a_random_password(tmp_path: Path) -> None:
     stored = Accounts(Catalog(conn)).credentials(name)
     assert name == "admin" and len(password) >= 16
     assert stored and check_password(stored["password_hash"], password)
-
-
-async def test_throttle_counts_per_name_and_per_address(redis_url: str) -> None:
-    redis = connect_redis(redis_url)
-    await redis.flushdb()
-    throttle = SignInThrottle(redis, "{t}", per_name=2, per_address=3, window=60)
-    assert [await throttle.attempt("1.2.3.4", "ada") for _ in range(3)][:2] == [0, 0]
-    assert 0 < await throttle.attempt("1.2.3.4", "ada") <= 60
-    assert await throttle.attempt("5.6.7.8", "bob") == 0  # another name, another address
-    await throttle.succeeded("ada")
-    assert await throttle.attempt("9.9.9.9", "ada") == 0
-    await redis.flushdb()
-    await redis.aclose()
 
 
 def test_settings_page_config_shows_providers_without_secrets(tmp_path: Path) -> None:
