@@ -7,6 +7,7 @@ the environment; a config file that holds one is rejected, so keys never land in
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
