@@ -14,10 +14,22 @@ whose requests are already in DuckDB: the rerun finds them there and adds nothin
 nothing is lost and nothing is counted twice.
 
 Only one process rolls up at a time: the holder of a Redis lock (SET NX PX with a random token,
-renewed on every run and between batches, released on close). A standby admin process runs the
-same job; it does nothing while another holds the lock and takes over when that one closes or
-its lock expires. Because only the lock holder reads, all holders share one consumer name, so a
-new holder picks up what a dead one left pending.
+a TTL of a few seconds, released on close). A heartbeat renews it every fifth of its TTL while
+the process lives, so a holder that dies without cleaning up (SIGKILL, power) loses it within
+the TTL, and a standby or restarted admin, whose heartbeat keeps asking, takes over and runs at
+once. Because only the lock holder reads, all holders share one consumer name, so a new holder
+picks up what a dead one left pending.
+
+A holder that lost the lock without noticing (a stall longer than the TTL) must not write:
+- each batch renews the lock before it starts, and commits to DuckDB only while the lock is
+  surely still ours by our own clock (Redis keeps it at least a TTL from when we last asked;
+  the commit must start before 80 % of that has passed);
+- the acknowledgement runs in a transaction that checks the lock still holds our token, so a
+  batch that committed is left pending rather than acknowledged after the lock moved on.
+What makes a slip harmless anyway is the write itself: DuckDB inserts only request ids that
+`requests` does not hold yet, and XACK and XDEL are idempotent, so the same entry committed by
+two holders into one DuckDB file counts once. The lock is what keeps a standby that has its
+own DuckDB file from splitting the history between two files.
 
 Before reading any new entry, a run makes sure the live counters are complete
 (`ledger.rebuild.ensure_counters`): if Redis came back empty they are rebuilt from DuckDB first.
@@ -29,8 +41,10 @@ bottleneck, cheap; `hiredis` (a dependency) parses the replies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -49,11 +63,14 @@ log = logging.getLogger("meterd.rollup")
 
 Db = Callable[..., Awaitable[Any]]  # AdminState.db: run a sync function on the DuckDB thread
 Fault = Callable[[str], None]
+Fence = Callable[[], bool]  # may this batch still commit?
 
 GROUP = "rollup"
 CONSUMER = "rollup"  # one name for every lock holder: a new holder inherits what is pending
 STEPS = ("inserted", "daily", "committed")  # where a test's fault hook may strike
 JOB_ID = "meterd-rollup"
+LOCK_TTL_MS = 5_000  # a dead holder's lock lapses this long after its last renewal
+LEASE_SHARE = 0.8  # of the TTL since we last asked Redis: the window a commit may start in
 PURGE_JOB_ID = "meterd-purge"
 
 # A request is an error when the provider did not answer 2xx or the exchange broke (an error
@@ -182,19 +199,25 @@ def _encode(entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> str:
     return RS.encode().join(rows).decode("utf-8", "replace")
 
 
+class LockLost(Exception):
+    """The rollup lock is no longer surely ours: the batch is not committed or acknowledged."""
+
+
 def write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings,
-                fault: Fault | None = None) -> int:
-    """Insert one batch of events in one transaction; returns how many requests were new."""
+                fault: Fault | None = None, fence: Fence | None = None) -> int:
+    """Insert one batch of events in one transaction; returns how many requests were new.
+    `fence` is asked right before the commit; when it says no, the batch is rolled back and
+    LockLost raised."""
     try:
-        return _write_batch(conn, payload, savings, fault, anywhere=False)
+        return _write_batch(conn, payload, savings, fault, fence, anywhere=False)
     except duckdb.ConstraintException:
         # A repeat outside its own time range (an event that carried no start time, so each
         # copy took its stream entry's): look for repeats in the whole table instead.
-        return _write_batch(conn, payload, savings, fault, anywhere=True)
+        return _write_batch(conn, payload, savings, fault, fence, anywhere=True)
 
 
 def _write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings,
-                 fault: Fault | None, anywhere: bool) -> int:
+                 fault: Fault | None, fence: Fence | None, anywhere: bool) -> int:
     conn.execute("BEGIN")
     try:
         conn.execute(_BATCH_SQL, [payload])
@@ -226,6 +249,8 @@ def _write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings
             fault("inserted")
         add_to_rollups(conn, "rollup_batch", fault)
         row = conn.execute("SELECT count(*) FROM rollup_batch").fetchone()
+        if fence is not None and not fence():
+            raise LockLost("the rollup lock may have passed to another process")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -242,14 +267,15 @@ class Rollup:
     """The rollup job of one admin process. See the module docstring."""
 
     def __init__(self, redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyConnection,
-                 db: Db, *, batch: int = 10_000, lock_ttl_ms: int = 30_000,
+                 db: Db, *, batch: int = 10_000, lock_ttl_ms: int = LOCK_TTL_MS,
                  prices: PriceTable | None = None, fault: Fault | None = None,
                  rebuild: bool = True, clock: Callable[[], datetime] | None = None) -> None:
-        """`db` runs a sync function on the DuckDB thread (AdminState.db). The lock must
-        outlive the gap between runs: keep `lock_ttl_ms` at a few scheduler intervals.
-        `prices` (the admin's configured table) prices what caching saved. `fault` is called
-        at each of STEPS (tests make it raise). `rebuild=False` leaves the counter rebuild to
-        the caller (see ledger.rebuild). `clock` gives "now" (tests pin it)."""
+        """`db` runs a sync function on the DuckDB thread (AdminState.db). Without the
+        heartbeat (`start_heartbeat`, which `schedule` starts) the lock lapses `lock_ttl_ms`
+        after a run's last batch. `prices` (the admin's configured table) prices what caching
+        saved. `fault` is called at each of STEPS (tests make it raise). `rebuild=False`
+        leaves the counter rebuild to the caller (see ledger.rebuild). `clock` gives "now"
+        (tests pin it)."""
         self.redis, self.keyspace, self.db = redis, keyspace, db
         # Our own connection to the database: our transaction never mixes with catalog writes.
         self.conn = conn.cursor()
@@ -259,40 +285,44 @@ class Rollup:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.lock = lock_key(keyspace)
         self.token = secrets.token_hex(16)
-        self.leader = False  # held the lock at the last run
+        self.leader = False  # held the lock when we last asked
         self.redis_down = False  # the last run could not reach Redis
         self._group_ready = False
         self._running = asyncio.Lock()
+        # Lock commands one at a time: our own renewal between another's WATCH and EXEC
+        # would abort that transaction.
+        self._lock_ops = asyncio.Lock()
+        self._lease_until = 0.0  # monotonic time until which the lock is surely ours
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
         """Roll up everything in the stream if we hold (or get) the lock; returns how many
         requests were committed. Raises on Redis or DuckDB errors (the next run retries)."""
         async with self._running:
-            self.leader = await self._hold()
-            if not self.leader:
+            if not await self._hold():
                 return 0
             await self._ensure_counters()
             if not self._group_ready:
                 await self._create_group()
             done = 0
-            # Our unacknowledged entries first (a run that died), then new ones. The next
-            # batch is read from Redis while DuckDB writes the current one.
-            for pending in (True, False):
-                entries = await self._read("0" if pending else ">")
-                while entries:
-                    writing = asyncio.create_task(self._commit(entries))
-                    try:
-                        more = pending or len(entries) == self.batch
-                        after = _text(entries[-1][0]) if pending else ">"
-                        following = await self._read(after) if more else []
-                    finally:
-                        done += await writing
-                    entries = following
-                    if entries and not await self._hold():
-                        # Lost the lock mid-run; what we read stays pending for the
-                        # next holder.
-                        self.leader = False
-                        return done
+            try:
+                # Our unacknowledged entries first (a run that died), then new ones. The
+                # next batch is read from Redis while DuckDB writes the current one.
+                for pending in (True, False):
+                    entries = await self._read("0" if pending else ">")
+                    while entries:
+                        writing = asyncio.create_task(self._commit(entries))
+                        try:
+                            more = pending or len(entries) == self.batch
+                            after = _text(entries[-1][0]) if pending else ">"
+                            following = await self._read(after) if more else []
+                        finally:
+                            done += await writing
+                        entries = following
+            except LockLost:
+                # What we read and did not acknowledge stays pending for the next holder.
+                log.warning("lost the rollup lock during a run; another process continues")
+                self.leader = False
             return done
 
     async def final_run(self) -> int:
@@ -306,13 +336,38 @@ class Rollup:
             await self.close()
 
     async def close(self) -> None:
-        """Release the lock (if ours) so a standby takes over at once."""
-        async with self._running:
+        """Stop the heartbeat and release the lock (if ours) so a standby takes over at once."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        async with self._running, self._lock_ops:
             try:
                 await self._if_ours(lambda pipe: pipe.delete(self.lock))
             except RedisError as exc:
                 log.warning("could not release the rollup lock (it expires): %s", exc)
             self.leader = False
+            self._lease_until = 0.0
+
+    def start_heartbeat(self, on_taken: Callable[[], None]) -> None:
+        """Every fifth of the lock's TTL, renew the lock if ours or take it if free, until
+        `close`. `on_taken` is called when this process takes the lock (a standby, or a
+        restart after a holder died), so that it rolls up at once."""
+        self._heartbeat = asyncio.create_task(self._beat(on_taken), name="rollup-heartbeat")
+
+    async def _beat(self, on_taken: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(self.lock_ttl_ms / 5000)
+            held_before = self.leader
+            try:
+                held = await self._hold()
+            except RedisError as exc:
+                self.redis_failed(exc)
+                continue
+            self.redis_answered()
+            if held and not held_before:
+                on_taken()
 
     def redis_failed(self, exc: RedisError) -> None:
         """Note a run that could not reach Redis. Logged when Redis goes away, not on every
@@ -361,30 +416,48 @@ class Rollup:
         return []
 
     async def _commit(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> int:
+        if not await self._hold():  # renewed: a whole lease for this batch's write
+            raise LockLost("another process holds the rollup lock")
         payload = _encode(entries)
-        new = await self.db(write_batch, self.conn, payload, self.savings,
-                            self.fault) if payload else 0
+        new = await self.db(write_batch, self.conn, payload, self.savings, self.fault,
+                            self._lease_valid) if payload else 0
         if self.fault is not None:
             self.fault("committed")
         ids = [entry_id for entry_id, _ in entries if entry_id is not None]
-        async with self.redis.pipeline(transaction=True) as pipe:
+
+        def acknowledge(pipe: Any) -> None:
             pipe.xack(self.keyspace.events, GROUP, *ids)
             # Exactly these ids: trimming by id range could drop entries of a stream that
             # Redis recreated meanwhile (restart), with ids from a clock that went back.
             pipe.xdel(self.keyspace.events, *ids)
-            await pipe.execute()
+
+        async with self._lock_ops:
+            if not await self._if_ours(acknowledge):
+                raise LockLost("the rollup lock passed on before the acknowledgement")
         return int(new)
 
     # -- the lock --------------------------------------------------------------------------
 
     async def _hold(self) -> bool:
-        """Take the lock, or renew it if it is ours."""
-        if await self.redis.set(self.lock, self.token, nx=True, px=self.lock_ttl_ms):
-            return True
-        return await self._if_ours(lambda pipe: pipe.pexpire(self.lock, self.lock_ttl_ms))
+        """Take the lock, or renew it if it is ours; note until when it surely is."""
+        async with self._lock_ops:
+            asked = time.monotonic()  # Redis keeps the key at least a TTL from here
+            held = bool(await self.redis.set(self.lock, self.token, nx=True,
+                                             px=self.lock_ttl_ms))
+            if not held:
+                held = await self._if_ours(lambda pipe: pipe.pexpire(self.lock,
+                                                                     self.lock_ttl_ms))
+            self._lease_until = asked + self.lock_ttl_ms * LEASE_SHARE / 1000 if held else 0.0
+            self.leader = held
+            return held
+
+    def _lease_valid(self) -> bool:
+        """The fence of a commit (asked on the DuckDB thread)."""
+        return time.monotonic() < self._lease_until
 
     async def _if_ours(self, action: Callable[[Any], Any]) -> bool:
-        """Apply `action` to the lock only while it holds our token (compare-and-set)."""
+        """Run `action` on a transaction only while the lock holds our token (compare-and-set;
+        the caller holds `_lock_ops`)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(self.lock)
@@ -405,8 +478,10 @@ def schedule(scheduler: AsyncIOScheduler, rollup: Rollup, interval: float,
     first one at start, before budgets are enforced).
 
     `on_tick` runs after every run (leader or not) that reached Redis. A Redis outage is
-    logged when it starts and when it ends, not on every tick. The scheduler does not run
-    jobs at shutdown: after `scheduler.shutdown()`, await `rollup.final_run()`.
+    logged when it starts and when it ends, not on every tick. Also starts the lock's
+    heartbeat, so call this before the first run. The scheduler does not run jobs at
+    shutdown: after `scheduler.shutdown()`, await `rollup.final_run()` (which stops the
+    heartbeat and releases the lock).
     """
     async def tick() -> None:
         try:
@@ -421,6 +496,12 @@ def schedule(scheduler: AsyncIOScheduler, rollup: Rollup, interval: float,
     scheduler.add_job(tick, "interval", seconds=interval, id=JOB_ID, name="rollup",
                       max_instances=1, coalesce=True, replace_existing=True,
                       misfire_grace_time=max(1, int(interval)))
+
+    def take_over() -> None:  # the lock just became ours: roll up now, not an interval later
+        if scheduler.running:
+            scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
+
+    rollup.start_heartbeat(take_over)
 
 
 def purge(conn: duckdb.DuckDBPyConnection, retention_days: int, now: datetime) -> int:

@@ -111,12 +111,7 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
     state.rollup = Rollup(redis, state.keyspace, catalog.conn, state.db, batch=20_000,
                           prices=PriceTable.load(dict(settings.prices),
                                                  settings.fallback_input_usd,
-                                                 settings.fallback_output_usd),
-                          lock_ttl_ms=max(30_000, int(settings.rollup_interval * 6_000)))
-    try:
-        await state.rollup.run_once()  # rebuilds lost counters before budgets are enforced
-    except RedisError as exc:
-        state.rollup.redis_failed(exc)  # the scheduler retries
+                                                 settings.fallback_output_usd))
 
     async def republish_if_lost() -> None:  # a flushed Redis also lost the policy mirror
         if not await redis.exists(state.keyspace.policy_version):
@@ -126,8 +121,13 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
     # APScheduler logs two info lines per job run: a rollup every few seconds would fill the
     # log. Its warnings and errors still show.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Before the first run: the lock's heartbeat keeps it through a long one.
     schedule(scheduler, state.rollup, settings.rollup_interval, republish_if_lost)
     schedule_purge(scheduler, catalog.conn, state.db, settings.retention_days)
+    try:
+        await state.rollup.run_once()  # rebuilds lost counters before budgets are enforced
+    except RedisError as exc:
+        state.rollup.redis_failed(exc)  # the scheduler retries
     scheduler.start()
     app[ADMIN] = state
     yield

@@ -6,15 +6,22 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
+import duckdb
 import orjson
 import pytest
 
+from ledger.keyspace import KeySpace
 from ledger.money import parse_usd
+from ledger.rollup import lock_key
+from ledger.store import connect_redis
+from meterd.apps import DB_FILE
 from meterd.settings import SETTINGS, Settings, SettingsError
-from tests.conftest import MOCK_KEY, Gateway, free_port
+from tests.conftest import MOCK_KEY, Gateway, RedisServer, free_port
+from tests.test_rollup import make_events, send
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
                      "messages": [{"role": "user", "content": "Hello"}]})
@@ -134,3 +141,53 @@ async def test_shutdown_lets_open_streams_finish_and_settles_them(
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b'"status":200' in err and b'"output_tokens":60' in err  # settled before exit
+
+
+async def test_a_killed_admins_rollup_passes_to_its_restart_within_seconds(
+        tmp_path: Path, own_redis: RedisServer) -> None:
+    """SIGKILL leaves the rollup lock behind. A restarted admin takes it over and rolls up
+    what was settled meanwhile within seconds (the lock lapses, its heartbeat takes it), and
+    a SIGTERM'd admin releases it at once."""
+    env = {**os.environ, "MTD_REDIS_URL": own_redis.url, "MTD_DATA_DIR": str(tmp_path / "data"),
+           "MTD_ADMIN_PORT": str(free_port()), "MTD_LOG_LEVEL": "warning"}
+    redis = connect_redis(own_redis.url)
+    lock = lock_key(KeySpace())
+
+    async def admin() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meterd.cli", "admin", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+
+    old = await admin()
+    for _ in range(600):
+        if await redis.get(lock) or old.returncode is not None:
+            break
+        await asyncio.sleep(0.05)
+    old_token = await redis.get(lock)
+    if not old_token:
+        old.kill()
+        _, err = await old.communicate()
+        pytest.fail("the first admin never took the rollup lock: " + err.decode()[-2000:])
+    old.kill()  # no cleanup: the lock stays in Redis
+    await old.wait()
+    killed = time.monotonic()
+    events = make_events(50, seed=3)
+    await send(redis, events)  # settled after the death: only the new admin can roll them up
+
+    new = await admin()
+    took = None
+    while time.monotonic() - killed < 40:
+        if await redis.xlen(KeySpace().events) == 0:
+            took = time.monotonic() - killed
+            break
+        await asyncio.sleep(0.1)
+    assert took is not None and took < 10, f"took over after {took} s"
+    assert await redis.get(lock) not in (None, old_token)
+
+    new.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(new.communicate(), 30)
+    assert new.returncode == 0, err.decode()[-2000:]
+    assert await redis.get(lock) is None  # released at shutdown, not left to lapse
+    await redis.aclose()
+    with duckdb.connect(str(tmp_path / "data" / DB_FILE), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone() == (len(events),)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
@@ -404,6 +405,60 @@ async def test_standby_takes_over_when_the_leaders_lock_expires(redis_url: str,
     await b.aclose()
 
 
+async def test_the_heartbeat_keeps_a_live_holders_lock_past_its_ttl_until_it_closes(
+        redis_url: str, redis: Any) -> None:
+    """Between runs nothing else renews the lock: the heartbeat does, so a standby never takes
+    the lock of a holder that is alive, and takes it at once when the holder closes."""
+    a, b = connect_redis(redis_url), connect_redis(redis_url)
+    leader = Rollup(a, KS, fresh_db(), inline_db, lock_ttl_ms=300)
+    standby = Rollup(b, KS, fresh_db(), inline_db, lock_ttl_ms=300)
+    taken: list[str] = []
+    leader.start_heartbeat(lambda: taken.append("leader"))
+    assert await leader.run_once() == 0 and leader.leader
+    await asyncio.sleep(1.0)  # more than three TTLs without a run
+    assert await standby.run_once() == 0
+    assert not standby.leader
+    await leader.close()
+    assert await redis.get(lock_key(KS)) is None
+    events = make_events(20, seed=5)
+    await send(redis, events)
+    assert await standby.run_once() == 20
+    assert taken == []  # the leader took the lock in its run, not in its heartbeat
+    await standby.close()
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.mark.parametrize("stalls_at", ["daily", "committed"])
+async def test_a_holder_whose_lock_lapsed_mid_batch_neither_commits_nor_acknowledges(
+        redis_url: str, redis: Any, stalls_at: str) -> None:
+    """The holder stalls (the event loop blocked, as by a long pause) for longer than its
+    lock's TTL while writing a batch: before the commit it must not commit; after the commit
+    it must not acknowledge. The next holder finishes, and every event counts once."""
+    a, b = connect_redis(redis_url), connect_redis(redis_url)
+    conn = fresh_db()
+
+    def stall(step: str) -> None:
+        if step == stalls_at:
+            time.sleep(0.4)
+
+    first = Rollup(a, KS, conn, inline_db, batch=100, lock_ttl_ms=300, fault=stall)
+    events = make_events(100, seed=9)
+    await send(redis, events)
+    await first.run_once()
+    committed = table_totals(conn, "requests")["requests"]
+    assert committed == (100 if stalls_at == "committed" else 0)
+    assert await backlog(redis) == (100, 100)  # all still pending, for the next holder
+    assert not first.leader
+    nxt = Rollup(b, KS, conn, inline_db, batch=100, lock_ttl_ms=300)
+    assert await nxt.run_once() == 100 - committed
+    assert_rolled_up_once(conn, events)
+    assert await backlog(redis) == (0, 0)
+    await nxt.close()
+    await a.aclose()
+    await b.aclose()
+
+
 # --- scheduling, shutdown and retention -----------------------------------------------------
 
 
@@ -431,9 +486,9 @@ async def test_scheduled_job_rolls_up_and_final_run_catches_the_rest_at_shutdown
                 break
     finally:
         scheduler.shutdown(wait=False)
+    await asyncio.sleep(0.2)  # a tick that was running when the scheduler stopped ends
     late = make_events(15, seed=2)
     await send(redis, late)  # settled while the admin process stops
-    await asyncio.sleep(0.1)
     assert await rollup.final_run() == 15
     assert_rolled_up_once(conn, first + late)
     assert await redis.get(lock_key(KS)) is None  # released for a standby
