@@ -1,16 +1,23 @@
-"""Who is on the other end when the admin app sits behind a reverse proxy.
+"""Who is on the other end when the admin app sits behind a reverse proxy, and over what.
 
 Behind a proxy the peer of every request is the proxy, so every user would share one sign-in
 throttle. Each proxy appends the address it saw to `X-Forwarded-For`, but anyone can send that
 header too: it is believed only when the peer is one of `trusted_proxies`, and then read from
-the right, skipping the trusted proxies, up to the first address that is not one. Handlers
-get a clone of the request whose `remote` is that address (aiohttp's way: `request.clone`).
+the right, skipping the trusted proxies, up to the first address that is not one. Likewise a
+request counts as https when it came over TLS, when a trusted proxy's `X-Forwarded-Proto`
+says the client used https (its first value: what the outermost proxy saw), or when
+`public_url` is https (then every answer goes out over TLS, whatever terminates it).
+
+Handlers get a clone of the request whose `remote` is the client's address and whose scheme
+is the client's (aiohttp's way: `request.clone`), so `request.remote` and `request.secure`
+mean the client's everywhere: the throttle, the session cookie's Secure flag. https answers
+carry Strict-Transport-Security.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -27,11 +34,18 @@ def _address(text: str) -> Address | None:
     return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip
 
 
-class Forwarding:
-    """The trusted proxies (addresses or CIDR networks, as validated by the settings)."""
+# A year, as browsers' preload lists ask; not includeSubDomains: other hosts of the domain
+# are not ours to decide for.
+HSTS = "max-age=31536000"
 
-    def __init__(self, trusted: Iterable[str]) -> None:
+
+class Forwarding:
+    """The trusted proxies (addresses or CIDR networks, as validated by the settings), and
+    whether every answer goes out over https (public_url is https)."""
+
+    def __init__(self, trusted: Iterable[str], always_https: bool = False) -> None:
         self.networks = tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
+        self.always_https = always_https
 
     def trusts(self, address: str) -> bool:
         ip = _address(address)
@@ -53,15 +67,34 @@ class Forwarding:
                 break
         return client
 
+    def is_https(self, request: web.BaseRequest) -> bool:
+        """Whether the client reached us over https (the request or a clone of it)."""
+        if request.secure or self.always_https:
+            return True
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        return proto == "https" and self.trusts(request.remote or "")
+
 
 def forwarded_middleware(forwarding: Forwarding) -> Middleware:
-    """The middleware that hands on a request whose `remote` is the client's address."""
+    """The middleware that hands on a request with the client's address and scheme."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         peer = request.remote or ""
+        scheme = "https" if forwarding.is_https(request) else request.scheme
         client = forwarding.client_address(peer, request.headers.getall("X-Forwarded-For", ()))
-        if client != peer:
-            request = request.clone(remote=client)
+        if client != peer or scheme != request.scheme:
+            request = request.clone(remote=client, scheme=scheme)
         return await handler(request)
     return middleware
+
+
+def hsts_signal(forwarding: Forwarding) -> Callable[[web.Request, web.StreamResponse],
+                                                    Awaitable[None]]:
+    """An on_response_prepare handler: every https answer asks browsers to stay on https.
+    (A signal, not the middleware: it also reaches streamed answers and aiohttp's own.)"""
+
+    async def add_hsts(request: web.Request, response: web.StreamResponse) -> None:
+        if forwarding.is_https(request):
+            response.headers.setdefault("Strict-Transport-Security", HSTS)
+    return add_hsts

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from dashboard import auth, charts, formatting
 from dashboard.config import DashboardConfig
-from dashboard.forwarded import Forwarding, forwarded_middleware
+from dashboard.forwarded import Forwarding, forwarded_middleware, hsts_signal
 from dashboard.keys import BASE, CONFIG, PAGES, SECRET, THROTTLE
 from dashboard.routes import API_ROUTES, PAGE_ROUTES, add_routes
 from dashboard.sessions import load_secret
@@ -38,8 +38,10 @@ def setup_api(app: web.Application, config: DashboardConfig) -> None:
     if BASE in app:
         return
     app[BASE] = ""
-    # First: everything after it sees the client's address, not a trusted proxy's.
-    app.middlewares.append(forwarded_middleware(Forwarding(config.trusted_proxies)))
+    # First: everything after it sees the client's address and scheme, not a proxy's.
+    forwarding = Forwarding(config.trusted_proxies, config.proxy_url.startswith("https://"))
+    app.middlewares.append(forwarded_middleware(forwarding))
+    app.on_response_prepare.append(hsts_signal(forwarding))
     app.middlewares.append(auth.auth_middleware)
     add_routes(app, API_ROUTES)
     auth.check_routes(app)

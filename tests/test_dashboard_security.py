@@ -357,5 +357,66 @@ async def test_throttle_limits_failures_per_address_and_hands_back_successes(
 def test_trusted_proxies_setting_takes_addresses_and_networks_only() -> None:
     settings = Settings.load(environ={"MTD_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7,::1"})
     assert settings.trusted_proxies == ("10.0.0.0/8", "192.0.2.7", "::1")
-    with pytest.raises(SettingsError, match="trusted_proxies: 'proxy.internal'"):
+    with pytest.raises(SettingsError, match=r"trusted_proxies: 'proxy\.internal'"):
         Settings.load(environ={"MTD_TRUSTED_PROXIES": "10.0.0.1,proxy.internal"})
+
+
+# -- https: the Secure cookie flag and HSTS ------------------------------------------------
+
+
+async def _https_browser(dash: Dashboard, **headers: str) -> Browser:
+    """A browser that reaches the dashboard over https (through a TLS-terminating proxy): it
+    sends Secure cookies back, as a browser on https would."""
+    browser = dash.browser()
+    await browser.session.close()
+    base = dash.client.make_url("")
+    browser.session = aiohttp.ClientSession(
+        base_url=base, headers=headers,
+        cookie_jar=aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=[base]))
+    return browser
+
+
+def _set_cookies(headers: Any) -> dict[str, Any]:
+    found = {}
+    for value in headers.getall("Set-Cookie", []):
+        found.update(SimpleCookie(value))
+    return found
+
+
+async def _sign_in_answer(dash: Dashboard, browser: Browser) -> Any:
+    """The headers of the sign-in answer (after the sign-in page was fetched)."""
+    await browser.get("/admin/signin")
+    _, _, headers = await browser.post("/admin/signin", {"name": "boss",
+                                                         "password": PASSWORDS["admin"]})
+    return headers
+
+
+@pytest.mark.parametrize(("settings", "headers", "https"), [
+    ({"trusted_proxies": ["127.0.0.1"]}, {"X-Forwarded-Proto": "https"}, True),
+    ({"trusted_proxies": ["127.0.0.0/8"]}, {"X-Forwarded-Proto": "https, http"}, True),
+    ({"trusted_proxies": ["127.0.0.1"]}, {"X-Forwarded-Proto": "http"}, False),
+    ({"trusted_proxies": ["127.0.0.1"]}, {}, False),
+    ({"trusted_proxies": ["10.9.8.7"]}, {"X-Forwarded-Proto": "https"}, False),  # untrusted
+    ({}, {"X-Forwarded-Proto": "https"}, False),
+    ({"public_url": "https://meterd.example.com"}, {}, True),
+    ({"public_url": "http://meterd.example.com"}, {}, False),
+])
+async def test_cookie_is_secure_and_hsts_sent_exactly_when_the_client_uses_https(
+        start_dashboard: Callable[..., Awaitable[Dashboard]], settings: dict[str, Any],
+        headers: dict[str, str], https: bool) -> None:
+    dash = await start_dashboard(**settings)
+    await dash.account("boss", "admin")
+    browser = await _https_browser(dash, **headers) if https else dash.browser()
+    if not https:
+        browser.session.headers.update(headers)
+    answer = await _sign_in_answer(dash, browser)
+    cookie = _set_cookies(answer)[sessions.COOKIE]
+    assert bool(cookie["secure"]) is https
+    assert ("Strict-Transport-Security" in answer) is https
+    # The session works, and every other answer says the same.
+    async with browser.session.get("/admin/teams", allow_redirects=False) as r:
+        assert r.status == 200
+        assert (r.headers.get("Strict-Transport-Security") == "max-age=31536000") is https
+    async with browser.session.get("/admin/api/v1/teams", allow_redirects=False) as r:
+        assert r.status == 401
+        assert ("Strict-Transport-Security" in r.headers) is https
