@@ -25,6 +25,7 @@ from ledger.store import connect_redis
 from meterd.providers_config import providers_context
 from meterd.settings import Settings
 from proxy.access_log import AccessLog
+from proxy.errors import error_middleware
 from proxy.handlers import setup_routes
 from proxy.metrics import ProxyMetrics
 from proxy.providers.passthrough import setup_provider_routes
@@ -38,11 +39,14 @@ SOCKET_FILE = "meterd.sock"
 
 
 def create_proxy_app(settings: Settings,
-                     reload_settings: Callable[[], Settings] | None = None) -> web.Application:
+                     reload_settings: Callable[[], Settings] | None = None,
+                     reuse_port: bool = False) -> web.Application:
     """The proxy role: stateless, any number of them against one Redis. `reload_settings`
-    re-reads configuration for a providers reload on SIGHUP (the CLI passes it)."""
+    re-reads configuration for a providers reload on SIGHUP (the CLI passes it);
+    `reuse_port` lets the worker processes of `--workers` share the metrics listener too."""
     app = web.Application(client_max_size=settings.max_body_bytes)
     app.cleanup_ctx.append(partial(_proxy_context, settings))
+    app.cleanup_ctx.append(partial(_metrics_listener, settings, reuse_port))
     app.cleanup_ctx.append(partial(providers_context, settings, reload_settings))
     setup_routes(app)
     setup_provider_routes(app)
@@ -71,7 +75,8 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
         upstream=AnthropicUpstream(settings.upstream_url, settings.upstream_key,
                                    settings.upstream_auth),
         session=session, models=settings.models,
-        metrics=ProxyMetrics(lambda: gate.redis_errors, lambda: spool.depth),
+        metrics=ProxyMetrics(lambda: gate.redis_errors, lambda: spool.depth,
+                             settings.metrics_token),
         estimate_output_tokens=settings.estimate_output_tokens,
         policy_refresh=settings.policy_refresh,
         access_log=AccessLog() if settings.log_level in ("debug", "info") else None,
@@ -92,6 +97,23 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
     await session.close()
     spool.close()
     await redis.aclose()
+
+
+async def _metrics_listener(settings: Settings, reuse_port: bool,
+                            app: web.Application) -> AsyncIterator[None]:
+    """`/metrics` alone on its own address (metrics_host:metrics_port), which a platform
+    exposes to its Prometheus and not to developers; none when metrics_port is 0."""
+    if not settings.metrics_port:
+        yield
+        return
+    listener = web.Application(middlewares=[error_middleware])
+    listener.router.add_get("/metrics", app[STATE].metrics.scrape)
+    runner = web.AppRunner(listener, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.metrics_host, settings.metrics_port,
+                      reuse_port=reuse_port or None).start()
+    yield
+    await runner.cleanup()
 
 
 def create_admin_app(settings: Settings) -> web.Application:
@@ -142,9 +164,11 @@ ADMIN_APP = web.AppKey("admin_app", web.Application)
 
 
 def create_root_app(settings: Settings, proxy: bool = True, admin: bool = True,
-                    reload_settings: Callable[[], Settings] | None = None) -> web.Application:
+                    reload_settings: Callable[[], Settings] | None = None,
+                    reuse_port: bool = False) -> web.Application:
     """What one process serves: the proxy at /, the admin side at /admin, or both (`serve`)."""
-    app = create_proxy_app(settings, reload_settings) if proxy else web.Application()
+    app = (create_proxy_app(settings, reload_settings, reuse_port) if proxy
+           else web.Application())
     if admin:
         app[ADMIN_APP] = create_admin_app(settings)
         app.add_subapp("/admin", app[ADMIN_APP])

@@ -110,7 +110,8 @@ def cmd_proxy(args: argparse.Namespace) -> None:
         for _ in range(workers - 1):
             if os.fork() == 0:
                 break
-    _run(create_root_app(settings, admin=False, reload_settings=lambda: _settings(args)),
+    _run(create_root_app(settings, admin=False, reload_settings=lambda: _settings(args),
+                         reuse_port=workers > 1),
          settings, settings.proxy_port, reuse_port=workers > 1)
 
 

@@ -38,6 +38,12 @@ SETTINGS: tuple[Setting, ...] = (
             "proxy port under /admin)."),
     Setting("public_url", "", "Proxy URL as developers reach it (for the rollout page); "
             "default http://HOST:PROXY_PORT."),
+    Setting("metrics_host", "127.0.0.1", "Address of the metrics listener."),
+    Setting("metrics_port", 0, "Port of a listener that serves only /metrics, off the proxy "
+            "port; 0: none."),
+    Setting("metrics_token", "", "Bearer token a scrape of /metrics must present (env "
+            "MTD_METRICS_TOKEN or MTD_METRICS_TOKEN_FILE only); empty: the proxy port does not "
+            "serve /metrics.", secret=True),
     Setting("data_dir", "meterd-data", "Directory for the DuckDB file, the spool and the socket."),
     Setting("redis_url", "", "Redis URL; empty runs an embedded in-process Redis (one process)."),
     Setting("redis_prefix", "meterd", "Prefix (a Redis Cluster hash tag) of every Redis key."),
@@ -110,6 +116,9 @@ class Settings:
     proxy_port: int = 4000
     admin_port: int = 4001
     public_url: str = ""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    metrics_token: str = field(default="", repr=False)
     data_dir: str = "meterd-data"
     redis_url: str = ""
     redis_prefix: str = "meterd"
@@ -246,7 +255,7 @@ def _validated(settings: Settings) -> Settings:
             raise SettingsError(
                 f"setting {name}: {getattr(settings, name)!r} is not one of {', '.join(allowed)}"
             )
-    for name in ("proxy_port", "admin_port"):
+    for name in ("proxy_port", "admin_port", "metrics_port"):
         if not 0 <= getattr(settings, name) < 65536:
             raise SettingsError(f"setting {name}: {getattr(settings, name)} is not a port")
     if settings.max_body_bytes <= 0:

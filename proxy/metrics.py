@@ -4,10 +4,16 @@ The hot path counts in plain ints: prometheus_client's metric objects take a loc
 their arguments on every call (about 1.5 µs each, eight calls per request: a few percent of
 what meterd spends on a request, bench/). prometheus_client still does the exposition: the
 counts become metric families only when `/metrics` is scraped (`collect`).
+
+The metrics tell organization-wide spend, so they are not public: on the proxy port only a
+scrape with the metrics token (`Authorization: Bearer ...`) gets them; the metrics listener
+(`metrics_port`, its own address) serves them to anyone who can reach it, or, when a token is
+set, to a scrape with the token there too.
 """
 
 from __future__ import annotations
 
+import hmac
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,6 +27,8 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
+
+from ledger.policy import KeyRefused
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -51,7 +59,8 @@ class ProxyMetrics:
     """One per app, with its own registry, so several apps in one process (tests, `serve`)
     never collide."""
 
-    def __init__(self, redis_errors: Callable[[], float], spool_depth: Callable[[], float]) -> None:
+    def __init__(self, redis_errors: Callable[[], float], spool_depth: Callable[[], float],
+                 token: str = "") -> None:
         self.requests: Counter[tuple[int, int]] = Counter()  # (upstream status, stream 0/1)
         self.latency = Histogram(_LATENCY)
         self.overhead = Histogram(_OVERHEAD)
@@ -60,6 +69,7 @@ class ProxyMetrics:
         self.rejections: Counter[str] = Counter()  # by error type
         self.estimated = 0
         self._redis_errors, self._spool_depth = redis_errors, spool_depth
+        self._token = token.encode()
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -97,5 +107,21 @@ class ProxyMetrics:
                                 value=self._spool_depth())
 
     async def handle(self, request: web.Request) -> web.Response:
+        """`/metrics` on the proxy port: a 404 unless a metrics token is set, which the
+        scrape must then present."""
+        if not self._token:
+            raise web.HTTPNotFound()
+        return await self.scrape(request)
+
+    async def scrape(self, request: web.Request) -> web.Response:
+        """`/metrics` on the metrics listener: the token too, when one is set."""
+        if self._token and not self._presents_token(request):
+            raise KeyRefused("/metrics needs the metrics token (Authorization: Bearer)")
         return web.Response(body=generate_latest(self.registry),
                             headers={"content-type": CONTENT_TYPE_LATEST})
+
+    def _presents_token(self, request: web.Request) -> bool:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        # Constant time: the comparison must not tell how much of a guess was right.
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            presented.strip().encode("utf-8", "replace"), self._token)

@@ -1,16 +1,28 @@
 """The proxy's own counters (proxy/metrics.py) and request ids (proxy/state.py): exact
-Prometheus exposition, ids unique per process and per request."""
+Prometheus exposition, ids unique per process and per request; who may scrape them."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import aiohttp
+import orjson
 import pytest
 from prometheus_client.exposition import generate_latest
 
+from meterd.settings import Settings, SettingsError
 from proxy import state as proxy_state
 from proxy.metrics import Histogram, ProxyMetrics
 from proxy.state import RequestIds
+from tests.conftest import Gateway, free_port
+
+BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
+                     "messages": [{"role": "user", "content": "Hello"}]})
+TOKEN = "mtk-3f9c1b7e5d2a4c6b8e0f1a3c5e7b9d1f"
+SPEND = "meterd_cost_micros_total 4500.0"  # the one request below: 1200 × $3 + 60 × $15
+StartGateway = Callable[..., Awaitable[Gateway]]
 
 
 @pytest.mark.parametrize(("observed", "cumulative"), [
@@ -73,3 +85,93 @@ def test_request_ids_wrap_within_their_width(monkeypatch: pytest.MonkeyPatch) ->
     ids = RequestIds()
     assert ids() == "mreq_" + "0" * 24
     assert ids() == "mreq_" + "0" * 23 + "1"
+
+
+# --- who may scrape ---------------------------------------------------------------------------
+
+
+async def spend(gw: Gateway) -> None:
+    key = await gw.developer()
+    await (await gw.client.post("/v1/messages", data=BODY, headers={"x-api-key": key})).read()
+    await gw.settled(1)
+
+
+async def scrape(url: str, authorization: str | None = None) -> tuple[int, str]:
+    headers = {"authorization": authorization} if authorization else {}
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics", headers=headers) as resp:
+        return resp.status, await resp.text()
+
+
+async def test_without_a_metrics_token_the_proxy_port_serves_no_metrics(
+        start_gateway: StartGateway) -> None:
+    gw = await start_gateway()
+    await spend(gw)
+    status, body = await scrape(gw.url)
+    assert status == 404
+    assert orjson.loads(body)["error"]["type"] == "not_found_error"
+    assert "meterd_" not in body
+
+
+@pytest.mark.parametrize("authorization", [
+    None,
+    "Bearer wrong",
+    "Bearer " + TOKEN[:-1] + "0",  # all but the last character right
+    TOKEN,  # no scheme
+    "Basic " + TOKEN,
+])
+async def test_a_scrape_without_the_metrics_token_gets_no_spend(
+        start_gateway: StartGateway, authorization: str | None) -> None:
+    gw = await start_gateway(metrics_token=TOKEN)
+    await spend(gw)
+    status, body = await scrape(gw.url, authorization)
+    assert status == 401
+    assert orjson.loads(body)["error"]["type"] == "authentication_error"
+    assert "meterd_" not in body and TOKEN not in body
+
+
+async def test_a_scrape_with_the_metrics_token_gets_the_spend(
+        start_gateway: StartGateway) -> None:
+    gw = await start_gateway(metrics_token=TOKEN)
+    await spend(gw)
+    status, body = await scrape(gw.url, f"Bearer {TOKEN}")
+    assert status == 200
+    assert SPEND in body.splitlines()
+
+
+async def test_the_metrics_listener_serves_metrics_apart_from_the_proxy_port(
+        start_gateway: StartGateway) -> None:
+    port = free_port()
+    gw = await start_gateway(metrics_port=port)
+    await spend(gw)
+    listener = f"http://127.0.0.1:{port}"
+    status, body = await scrape(listener)
+    assert status == 200 and SPEND in body.splitlines()
+    assert (await scrape(gw.url))[0] == 404  # not on the proxy port
+    async with aiohttp.ClientSession() as s, s.get(listener + "/v1/models") as resp:
+        assert resp.status == 404  # the listener serves nothing else
+
+
+async def test_a_metrics_token_guards_the_metrics_listener_too(
+        start_gateway: StartGateway) -> None:
+    port = free_port()
+    gw = await start_gateway(metrics_port=port, metrics_token=TOKEN)
+    await spend(gw)
+    listener = f"http://127.0.0.1:{port}"
+    status, body = await scrape(listener)
+    assert status == 401 and "meterd_" not in body
+    status, body = await scrape(listener, f"Bearer {TOKEN}")
+    assert status == 200 and SPEND in body.splitlines()
+
+
+def test_the_metrics_token_comes_from_the_environment_or_a_file_never_the_config(
+        tmp_path: Path) -> None:
+    config = tmp_path / "meterd.toml"
+    config.write_text(f'metrics_token = "{TOKEN}"\n')
+    with pytest.raises(SettingsError, match="metrics_token is a secret"):
+        Settings.load(config, environ={})
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    loaded = Settings.load(environ={"MTD_METRICS_TOKEN_FILE": str(secret)})
+    assert loaded.metrics_token == TOKEN
+    assert TOKEN not in repr(loaded)
+    assert Settings.load(environ={"MTD_METRICS_TOKEN": TOKEN}).metrics_token == TOKEN

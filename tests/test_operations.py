@@ -35,14 +35,16 @@ async def test_health_and_readiness(gateway: Gateway) -> None:
     assert (await ready.json())["status"] == "ready"
 
 
-async def test_metrics_count_requests_tokens_cost_and_rejections(gateway: Gateway) -> None:
+async def test_metrics_count_requests_tokens_cost_and_rejections(start_gateway) -> None:
+    gateway = await start_gateway(metrics_token="mtk-ops-test-token")
     key = await gateway.developer()
     await (await gateway.client.post("/v1/messages", data=BODY,
                                      headers={"x-api-key": key})).read()
     await gateway.settled(1)
     await (await gateway.client.post("/v1/messages", data=BODY,
                                      headers={"x-api-key": "mtd_nope"})).read()
-    text = await (await gateway.client.get("/metrics")).text()
+    text = await (await gateway.client.get(
+        "/metrics", headers={"authorization": "Bearer mtk-ops-test-token"})).text()
     lines = set(text.splitlines())
     assert 'meterd_requests_total{status="200",stream="1"} 1.0' in lines
     assert 'meterd_tokens_total{category="input"} 1200.0' in lines
