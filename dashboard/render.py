@@ -104,14 +104,24 @@ def see_other(request: web.Request, location: URL | str, message: str | None = N
     return response
 
 
+def local_path(request: web.Request, target: str) -> str | None:
+    """`target` when it is a path under the dashboard, else None: never a redirect off the
+    site. Browsers take `//host` and `/\\host` for another site, after dropping tabs and line
+    breaks, so none of those may appear."""
+    if (target.startswith(cookie_path(request)) and not target.startswith("//")
+            and "\\" not in target and target.isprintable() and " " not in target):
+        return target
+    return None
+
+
 def redirect_back(request: web.Request, message: str, kind: str = "error") -> web.Response:
-    """Back to the page the form was on (same site only), with a message."""
+    """Back to the page the form was on (same site, under the dashboard), with a message."""
     referer = request.headers.get("Referer", "")
     target: URL | str = home(request)
     if referer:
         ref = URL(referer)
         if ref.host == request.url.host and ref.port == request.url.port:
-            target = ref.relative()
+            target = local_path(request, ref.raw_path_qs) or target
     return see_other(request, target, message, kind)
 
 

@@ -18,21 +18,14 @@ from dashboard.render import (
     field,
     form,
     home,
+    local_path,
     render,
     see_other,
     url,
 )
-from ledger.accounts import Accounts, check_password, hash_password, needs_rehash
+from ledger.accounts import Accounts, check_password, needs_rehash, rehash_password
 
 log = logging.getLogger("meterd.dashboard")
-
-
-def _next(request: web.Request, target: str) -> str | None:
-    """A `next` target only when it is a path on this dashboard (no open redirect)."""
-    base = cookie_path(request)
-    if target.startswith(base) and not target.startswith("//") and "\\" not in target:
-        return target
-    return None
 
 
 async def _page(request: web.Request, error: str = "", status: int = 200,
@@ -41,7 +34,7 @@ async def _page(request: web.Request, error: str = "", status: int = 200,
     has_users = await state.db(Accounts(state.catalog).has_users)
     return await render(request, "signin.html", {
         "error": error, "name": name, "has_users": has_users,
-        "next": _next(request, request.query.get("next", "")) or ""}, status=status)
+        "next": local_path(request, request.query.get("next", "")) or ""}, status=status)
 
 
 @allow(*EVERYONE)
@@ -117,9 +110,9 @@ async def signin(request: web.Request) -> web.StreamResponse:
         return await _page(request, "Wrong account name or password.", 401, name)
     await _succeeded(request, name)
     if needs_rehash(found["password_hash"]):
-        stored = await loop.run_in_executor(None, hash_password, password)
+        stored = await loop.run_in_executor(None, rehash_password, password)
         await state.db(accounts.rehash, name, stored)
-    target = _next(request, str(data.get("next") or "")) or str(url(request, "overview"))
+    target = local_path(request, str(data.get("next") or "")) or str(url(request, "overview"))
     return await _signed_in(request, target, "user", name)
 
 

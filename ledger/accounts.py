@@ -25,6 +25,7 @@ from typing import Any
 import argon2
 import duckdb
 from argon2.exceptions import InvalidHashError, VerificationError
+from zxcvbn import zxcvbn
 
 from ledger.catalog import Catalog, CatalogError, NotFound, check_name
 from ledger.policy import hash_key
@@ -36,6 +37,11 @@ ADMIN_KEY_PREFIX = "mtda_"
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024  # argon2 takes any length; refuse absurd ones before spending CPU
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+# zxcvbn scores 0 to 4; 3 means "safely unguessable: moderate protection from an offline
+# slow-hash scenario" (10^10 guesses or more), which is what a stolen argon2 hash would face.
+MIN_STRENGTH = 3
+_STRENGTH_CHARS = 72  # zxcvbn's own limit: its time grows steeply with length
 
 _hasher = argon2.PasswordHasher()  # argon2id, t=3, m=64 MiB, p=4
 # Verified when the name is unknown, so an unknown name costs as much time as a wrong password.
@@ -50,10 +56,24 @@ def _script(name: str) -> str:
     return resources.files("ledger").joinpath(name).read_text()
 
 
-def hash_password(password: str) -> str:
-    """An argon2id PHC string for a password that meets the length rule."""
+def hash_password(password: str, name: str = "") -> str:
+    """An argon2id PHC string for a new password. Refused (CatalogError) when it is too short
+    or long, only whitespace, or easy to guess: zxcvbn scores it against lists of common
+    passwords, words and names, keyboard patterns, dates, and the account's `name`."""
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise CatalogError(f"a password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    if not password.strip():
+        raise CatalogError("a password cannot be only spaces")
+    verdict = zxcvbn(password[:_STRENGTH_CHARS], user_inputs=[name] if name else None)
+    if verdict["score"] < MIN_STRENGTH:
+        why = verdict["feedback"]["warning"].rstrip(".") or "it follows a common pattern"
+        raise CatalogError(f"that password is too easy to guess ({why}); a few uncommon "
+                           "words make a strong one")
+    return _hasher.hash(password)
+
+
+def rehash_password(password: str) -> str:
+    """The same password under today's hash parameters (no rules: it passed them when set)."""
     return _hasher.hash(password)
 
 
@@ -109,7 +129,7 @@ class Accounts:
                                "(starting with a letter or digit)")
         if role not in USER_ROLES:
             raise CatalogError(f"an account role is one of {', '.join(USER_ROLES)}")
-        stored = password_hash or hash_password(password)
+        stored = password_hash or hash_password(password, name)
         with self.catalog.lock:
             if self._rows("SELECT 1 FROM dashboard_users WHERE name = ?", [name]):
                 raise CatalogError(f"an account named {name!r} already exists")

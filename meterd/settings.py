@@ -19,6 +19,9 @@ from typing import Any
 from dashboard.oidc import secure_url
 
 
+MIN_SESSION_SECRET = 32  # bytes: an HMAC-SHA256 key as long as its output
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
@@ -74,8 +77,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_grace", 30.0, "Seconds open streams may take to finish on shutdown."),
     Setting("rollup_interval", 5.0, "Seconds between rollups of usage events into DuckDB."),
     Setting("retention_days", 400, "Days raw request rows are kept (daily rollups are kept)."),
-    Setting("session_secret", "", "Dashboard cookie signing secret (env or file only; "
-            "generated into the data dir when empty).", secret=True),
+    Setting("session_secret", "", "Dashboard cookie signing secret, at least 32 bytes (env or "
+            "file only; generated into the data dir when empty).", secret=True),
     Setting("trusted_proxies", [], "Addresses or CIDR networks of reverse proxies whose "
             "X-Forwarded-For and X-Forwarded-Proto the dashboard believes; empty: none."),
     Setting("log_level", "info", "Log level: debug, info, warning, error."),
@@ -264,6 +267,14 @@ def _validated(settings: Settings) -> Settings:
         raise SettingsError(
             f"setting upstream_url: {settings.upstream_url!r} is not an http(s) URL")
     _validate_oidc(settings)
+    if 0 < len(settings.session_secret.encode()) < MIN_SESSION_SECRET:
+        # Anyone who guesses it can sign cookies for any account; never echo it.
+        raise SettingsError(
+            f"setting session_secret (MTD_SESSION_SECRET or MTD_SESSION_SECRET_FILE): "
+            f"{len(settings.session_secret.encode())} bytes is too short; use at least "
+            f"{MIN_SESSION_SECRET} random bytes, e.g. the output of "
+            "`python3 -c 'import secrets; print(secrets.token_hex(32))'`, or leave it empty "
+            "to have one generated into the data directory")
     for proxy in settings.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)

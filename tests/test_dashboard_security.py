@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from dashboard import sessions
 from dashboard.forwarded import Forwarding
 from dashboard.keys import THROTTLE
-from ledger.accounts import SignInThrottle
+from ledger.accounts import Accounts, SignInThrottle, check_password, hash_password
+from ledger.catalog import CatalogError
 from ledger.store import connect_redis
 from meterd.apps import ADMIN_APP
 from meterd.settings import Settings, SettingsError
@@ -420,3 +427,98 @@ async def test_cookie_is_secure_and_hsts_sent_exactly_when_the_client_uses_https
     async with browser.session.get("/admin/api/v1/teams", allow_redirects=False) as r:
         assert r.status == 401
         assert ("Strict-Transport-Security" in r.headers) is https
+
+
+# -- the session secret, weak passwords, and redirects off the site -------------------------
+
+
+@pytest.mark.parametrize("variable", ["MTD_SESSION_SECRET", "MTD_SESSION_SECRET_FILE"])
+def test_short_session_secret_is_refused_naming_the_setting(tmp_path: Path,
+                                                            variable: str) -> None:
+    short = "s3cr3t-but-only-31-bytes-long!!"
+    assert len(short) == 31
+    if variable.endswith("_FILE"):
+        (tmp_path / "secret").write_text(short + "\n")
+        environ = {variable: str(tmp_path / "secret")}
+    else:
+        environ = {variable: short}
+    with pytest.raises(SettingsError, match="session_secret") as refused:
+        Settings.load(environ=environ)
+    assert "31 bytes is too short" in str(refused.value) and short not in str(refused.value)
+    assert Settings.load(environ={"MTD_SESSION_SECRET": short + "!"}).session_secret
+    assert Settings.load(environ={}).session_secret == ""  # generated into the data dir
+
+
+def test_meterd_does_not_start_with_a_short_session_secret(tmp_path: Path) -> None:
+    env = {**os.environ, "MTD_SESSION_SECRET": "changeme", "MTD_DATA_DIR": str(tmp_path),
+           "MTD_ADMIN_PORT": "0"}
+    done = subprocess.run([sys.executable, "-m", "meterd.cli", "admin"], env=env,
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 2
+    assert "setting session_secret" in done.stderr and "changeme" not in done.stderr
+
+
+@pytest.mark.parametrize(("password", "name", "refusal"), [
+    ("            ", "", "only spaces"),
+    ("\t\t\t\t \n \n \t \t", "", "only spaces"),
+    ("password1234", "", "too easy to guess (This is a very common password)"),
+    ("qwertyuiop123", "", "too easy to guess"),
+    ("iloveyou12345", "", "too easy to guess"),
+    ("aaaaaaaaaaaaaaaa", "", "too easy to guess"),
+    ("platform-admin", "platform-admin", "too easy to guess"),  # the account's own name
+    ("short", "", "12 to 1024 characters"),
+])
+def test_weak_passwords_are_refused(password: str, name: str, refusal: str) -> None:
+    with pytest.raises(CatalogError, match=re.escape(refusal)):
+        hash_password(password, name)
+
+
+@pytest.mark.parametrize("password", ["correct horse battery", "Vq7#rT2!mZ9x",
+                                      "x" * 20 + " the rest of a long phrase " * 30])
+def test_strong_passwords_are_hashed(password: str) -> None:
+    assert check_password(hash_password(password, "ada"), password)
+
+
+async def test_weak_passwords_are_refused_by_the_dashboard_and_the_api(
+        dashboard: Dashboard) -> None:
+    admin = await dashboard.signed_in("admin")
+    await dashboard.account("fin", "finance")
+    state = dashboard.gateway.admin
+    accounts = Accounts(state.catalog)
+    before = await state.db(accounts.credentials, "fin")
+    status, _, headers = await admin.post("/admin/access/users", {
+        "name": "weak", "role": "finance", "password": "password1234"})
+    assert status == 303
+    page = await admin.page(headers["Location"])
+    assert "too easy to guess" in one(page, ".flash").get_text()
+    key = {"Authorization": f"Bearer {await dashboard.admin_key('rw')}"}
+    for path, body, refusal in (
+            ("/admin/api/v1/users", {"name": "blank", "role": "finance", "password": " " * 16},
+             "only spaces"),
+            ("/admin/api/v1/users/fin/password", {"password": "iloveyou12345"},
+             "too easy to guess")):
+        async with dashboard.client.post(path, json=body, headers=key) as r:
+            assert r.status == 400, path
+            assert refusal in (await r.json())["error"]["message"]
+    assert {u["name"] for u in await state.db(accounts.users)} == {"admin1", "fin"}
+    assert await state.db(accounts.credentials, "fin") == before
+
+
+@pytest.mark.parametrize(("referer", "location"), [
+    ("{base}/admin/teams?x=1", "/admin/teams?x=1"),
+    ("{base}//evil.example/x", "/admin/"),
+    ("{base}///evil.example/x", "/admin/"),
+    ("{base}/\\evil.example/x", "/admin/"),
+    ("{base}/admin/../..//evil.example/x", "/admin/"),
+    ("{base}/%2F%2Fevil.example/x", "/admin/"),
+    ("{base}/admin//evil.example/x", "/admin//evil.example/x"),  # a path under /admin/
+    ("http://evil.example/admin/teams", "/admin/"),
+])
+async def test_redirect_back_stays_under_the_dashboard(dashboard: Dashboard, referer: str,
+                                                       location: str) -> None:
+    admin = await dashboard.signed_in("admin")
+    base = str(dashboard.client.make_url("")).rstrip("/")
+    status, _, headers = await admin.post("/admin/teams", {"name": ""}, headers={
+        "Referer": referer.format(base=base)})
+    assert (status, headers["Location"]) == (303, location)
+    assert URL(headers["Location"]).host is None
