@@ -180,8 +180,6 @@ async def _html(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = redirect_back(request, str(exc), "error")
     if fresh and not request.get(SESSION_SET) and not response.prepared:
         sessions.store(response, request, session, secret, cookie_path(request))
-    if not response.prepared:
-        _secure_headers(response)
     return response
 
 
@@ -202,16 +200,3 @@ async def _guarded(request: web.Request, handler: Handler, identity: Identity,
         return await error_page(request, 403, "This form has expired or did not come from "
                                               "this site. Reload the page and try again.")
     return await handler(request)
-
-
-_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
-
-
-def _secure_headers(response: web.StreamResponse) -> None:
-    response.headers.setdefault("Content-Security-Policy", _CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    # Pages show spend and, once, key secrets: never keep them in a shared cache.
-    response.headers.setdefault("Cache-Control", "no-store")

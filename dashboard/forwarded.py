@@ -10,14 +10,14 @@ says the client used https (its first value: what the outermost proxy saw), or w
 
 Handlers get a clone of the request whose `remote` is the client's address and whose scheme
 is the client's (aiohttp's way: `request.clone`), so `request.remote` and `request.secure`
-mean the client's everywhere: the throttle, the session cookie's Secure flag. https answers
-carry Strict-Transport-Security.
+mean the client's everywhere: the throttle, the session cookie's Secure flag, and HSTS
+(dashboard.headers).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -32,11 +32,6 @@ def _address(text: str) -> Address | None:
         return None
     # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
     return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip
-
-
-# A year, as browsers' preload lists ask; not includeSubDomains: other hosts of the domain
-# are not ours to decide for.
-HSTS = "max-age=31536000"
 
 
 class Forwarding:
@@ -87,14 +82,3 @@ def forwarded_middleware(forwarding: Forwarding) -> Middleware:
             request = request.clone(remote=client, scheme=scheme)
         return await handler(request)
     return middleware
-
-
-def hsts_signal(forwarding: Forwarding) -> Callable[[web.Request, web.StreamResponse],
-                                                    Awaitable[None]]:
-    """An on_response_prepare handler: every https answer asks browsers to stay on https.
-    (A signal, not the middleware: it also reaches streamed answers and aiohttp's own.)"""
-
-    async def add_hsts(request: web.Request, response: web.StreamResponse) -> None:
-        if forwarding.is_https(request):
-            response.headers.setdefault("Strict-Transport-Security", HSTS)
-    return add_hsts

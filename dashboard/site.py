@@ -12,7 +12,8 @@ from aiohttp import web
 
 from dashboard import auth, charts, formatting
 from dashboard.config import DashboardConfig
-from dashboard.forwarded import Forwarding, forwarded_middleware, hsts_signal
+from dashboard.forwarded import Forwarding, forwarded_middleware
+from dashboard.headers import security_headers
 from dashboard.keys import BASE, CONFIG, PAGES, SECRET, THROTTLE
 from dashboard.routes import API_ROUTES, PAGE_ROUTES, add_routes
 from dashboard.sessions import load_secret
@@ -41,7 +42,7 @@ def setup_api(app: web.Application, config: DashboardConfig) -> None:
     # First: everything after it sees the client's address and scheme, not a proxy's.
     forwarding = Forwarding(config.trusted_proxies, config.proxy_url.startswith("https://"))
     app.middlewares.append(forwarded_middleware(forwarding))
-    app.on_response_prepare.append(hsts_signal(forwarding))
+    app.on_response_prepare.append(security_headers(forwarding))
     app.middlewares.append(auth.auth_middleware)
     add_routes(app, API_ROUTES)
     auth.check_routes(app)

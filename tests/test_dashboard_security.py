@@ -19,6 +19,7 @@ from yarl import URL
 from dashboard import sessions
 from dashboard.forwarded import Forwarding
 from dashboard.keys import THROTTLE
+from dashboard.routes import API_ROUTES, PAGE_ROUTES
 from ledger.accounts import Accounts, SignInThrottle, check_password, hash_password
 from ledger.catalog import CatalogError
 from ledger.store import connect_redis
@@ -26,6 +27,7 @@ from meterd.apps import ADMIN_APP
 from meterd.settings import Settings, SettingsError
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import PASSWORDS, Browser, Dashboard, one, parse
+from tests.test_dashboard_routes import APIS, PAGES, _fill, _seed
 
 XSS = "<script>alert(1)</script>"
 
@@ -522,3 +524,54 @@ async def test_redirect_back_stays_under_the_dashboard(dashboard: Dashboard, ref
         "Referer": referer.format(base=base)})
     assert (status, headers["Location"]) == (303, location)
     assert URL(headers["Location"]).host is None
+
+
+# -- every answer: no-store and nosniff ------------------------------------------------------
+
+
+async def test_every_answer_of_every_route_is_no_store_and_nosniff(dashboard: Dashboard) -> None:
+    """Every route of the route table, as an anonymous visitor and as an admin (whose answers
+    include the secrets shown once), plus unknown paths and wrong methods."""
+    ids = await _seed(dashboard)
+    methods = {name: method for method, _, _, name in PAGE_ROUTES + API_ROUTES}
+    key = {"Authorization": f"Bearer {await dashboard.admin_key('rw')}"}
+    missing: list[tuple[str, str, int]] = []
+
+    def check(what: str, role: str, r: aiohttp.ClientResponse) -> None:
+        if (r.headers.get("Cache-Control") != "no-store"
+                or r.headers.get("X-Content-Type-Options") != "nosniff"):
+            missing.append((what, role, r.status))
+
+    for role in ("anonymous", "admin"):
+        browser = await dashboard.signed_in(role)
+        for name, (path, body, _) in PAGES.items():
+            if name == "signout":
+                continue
+            form = {"csrf": browser.csrf, **(_fill(body, ids, role) or {})}
+            async with browser.session.request(
+                    methods[name], "/admin" + _fill(path, ids, role),
+                    data=form if methods[name] != "GET" else None,
+                    allow_redirects=False) as r:
+                check(name, role, r)
+                if r.content_type == "text/html":
+                    browser._remember(await r.text())
+        for name, (path, body, _) in APIS.items():
+            async with dashboard.client.request(
+                    methods[name], "/admin" + _fill(path, ids, role),
+                    json=_fill(body, ids, role) if body is not None else None,
+                    headers=key if role == "admin" else {}) as r:
+                check(name, role, r)
+        for method, path in (("GET", "/admin/no-such-page"), ("GET", "/admin/api/v1/nothing"),
+                             ("DELETE", "/admin/teams"), ("PATCH", "/admin/api/v1/teams"),
+                             ("HEAD", "/admin/"), ("POST", "/admin/signout")):
+            async with browser.session.request(method, path, allow_redirects=False,
+                                               headers=key if "/api/" in path else {}) as r:
+                check(f"{method} {path}", role, r)
+    assert not missing, f"(route, role, status) without no-store and nosniff: {missing}"
+
+
+async def test_static_files_are_nosniff_and_may_be_cached(dashboard: Dashboard) -> None:
+    async with dashboard.client.get("/admin/static/app.css") as r:
+        assert r.status == 200
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert "no-store" not in r.headers.get("Cache-Control", "")
