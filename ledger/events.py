@@ -50,13 +50,32 @@ EVENT_FIELD = "e"
 US, RS = "\x1f", "\x1e"  # between values; between events (in a rollup batch)
 
 
+MAX_TEXT = 256  # characters an event keeps of a free-text value (a header, a model name)
+_SEPARATORS = str.maketrans({US: " ", RS: " "})
+
+
+def clean_text(value: str) -> str:
+    """Free text (client headers, model names: any bytes, any length) as an event keeps it:
+    text that encodes as UTF-8, bytes that were not UTF-8 (aiohttp hands them over as lone
+    surrogates) as U+FFFD, at most MAX_TEXT characters, separators as spaces."""
+    if len(value) <= MAX_TEXT and value.isascii() and value.isprintable():
+        return value  # the usual case, three checks in C
+    if not value.isascii():
+        try:
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+            value = value.encode("utf-8", "replace").decode()
+    return value[:MAX_TEXT].translate(_SEPARATORS)
+
+
 def pack_event(event: Mapping[str, object]) -> str:
-    """The event's values in EVENT_COLUMNS order as one string. Separators inside a value (a
-    model name or header is client input) become spaces, so the columns never shift."""
-    text = US.join([str(event.get(name, "")) for name in EVENT_NAMES])
-    if text.count(US) != len(EVENT_NAMES) - 1 or RS in text:
-        text = US.join([str(event.get(name, "")).replace(US, " ").replace(RS, " ")
-                        for name in EVENT_NAMES])
+    """The event's values in EVENT_COLUMNS order as one string that encodes as UTF-8.
+    Separators inside a value (a model name or header is client input) become spaces, so
+    the columns never shift."""
+    values = [str(event.get(name, "")) for name in EVENT_NAMES]
+    text = US.join(values)
+    if not text.isascii() or text.count(US) != len(EVENT_NAMES) - 1 or RS in text:
+        text = US.join([clean_text(value) for value in values])
     return text
 
 

@@ -37,6 +37,9 @@ _RATE_HEADERS = {family: tuple(f"anthropic-ratelimit-{family}-{part}"
 COUNTER_SCOPES = ("developer", "team", "org")
 _COUNTER_TTLS = tuple(COUNTER_TTL[p] for p in PERIODS for _ in COUNTER_SCOPES)
 _CACHE_LIMIT = 4096  # principals and (developer, day) pairs remembered
+SETTLEMENT_ERROR = "settlement_error"  # the error_type of a request charged by settle_minimal
+_NO_TOKENS = {"input": 0, "output": 0, "cache_write_5m": 0, "cache_write_1h": 0, "cache_read": 0,
+              "web_search": 0, "estimated": 1, "rate_input": 0}
 
 
 def _script(name: str) -> str:
@@ -83,6 +86,7 @@ class Ticket:
     flights: list[str] = field(default_factory=list)
     admitted: bool = True  # False when fail_open let it through without Redis
     headers: dict[str, str] = field(default_factory=dict)
+    estimate: Estimate | None = None  # what admission reserved against
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +183,7 @@ class Gate:
         """Reserve for one request or raise BudgetExceeded, RateLimited, MeteringUnavailable."""
         at = now or datetime.now(UTC)
         now_ms = int(at.timestamp() * 1000)
-        ticket = Ticket(request_id, principal, at)
+        ticket = Ticket(request_id, principal, at, estimate=estimate)
         plan = self._plan(principal)
         if not (plan.groups or plan.windows or plan.flights):
             return ticket  # nothing to check: no Redis round trip before forwarding
@@ -330,17 +334,37 @@ class Gate:
         """`settle`, sent now and not awaited (the proxy settles every request this way: a
         client that goes away must not cancel it). `drain` waits until it is recorded or
         spooled."""
-        entry = self._settlement(ticket, cost_micros, tokens, event)
+        try:
+            entry = self._settlement(ticket, cost_micros, tokens, event)
+        except Exception:  # a bug in what was recorded: the request was served all the same
+            log.exception("cannot record the usage of %s as given", ticket.request_id)
+            self.settle_minimal(ticket, cost_micros)
+            return
+        self._send(entry, ticket.request_id)
+
+    def settle_minimal(self, ticket: Ticket, cost_micros: int,
+                       known: dict[str, Any] | None = None) -> None:
+        """Charge a served request whose usage cannot be recorded (a bug on the way): its
+        cost, who made it and the `known` fields, marked estimated, error_type
+        settlement_error. What admission reserved is released as by any settlement."""
+        p = ticket.principal
+        event = {"id": ticket.request_id, "ts_ms": int(ticket.at.timestamp() * 1000),
+                 "developer_id": p.developer_id, "team_id": p.team_id, "key_id": p.key_id,
+                 **(known or {}), "cost_micros": cost_micros, "estimated": 1,
+                 "error_type": SETTLEMENT_ERROR}
+        self._send(self._settlement(ticket, cost_micros, _NO_TOKENS, event), ticket.request_id)
+
+    def _send(self, entry: dict[str, Any], request_id: str) -> None:
         if not isinstance(self._settle, FastScript):  # redis-py's (TLS, embedded): a task
-            self._keep(asyncio.ensure_future(self._record(entry, ticket.request_id)))
+            self._keep(asyncio.ensure_future(self._record(entry, request_id)))
             return
         try:  # the pipelined connection: a reply future, no task (one fewer per request)
             reply = self._settle(entry["keys"], entry["args"])
         except RedisError as exc:
-            self._spool(entry, ticket.request_id, exc)
+            self._spool(entry, request_id, exc)
             return
         self._in_flight.add(reply)
-        reply.add_done_callback(partial(self._landed, entry, ticket.request_id))
+        reply.add_done_callback(partial(self._landed, entry, request_id))
 
     def _landed(self, entry: dict[str, Any], request_id: str, reply: asyncio.Future[Any]) -> None:
         self._in_flight.discard(reply)

@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from ledger.events import clean_text
 from ledger.gate import Ticket
 from ledger.policy import Principal
 from ledger.status import budget_status
@@ -72,6 +73,8 @@ class Relay:
         self.meter: StreamMeter | None = None
         self.tee: list[bytes] | None = None
         self.tee_size = 0
+        self.cost_micros: int | None = None  # once priced
+        self.settled = False  # the settlement is on its way (Gate.settle_soon)
 
     async def serve(self, principal: Principal, max_tokens: int,
                     started: datetime) -> web.StreamResponse:
@@ -169,11 +172,30 @@ class Relay:
 
     def settle(self) -> None:
         """Price the request and send its settlement now, not awaited: a client that went away
-        (cancelling the handler) must not cancel it. `drain` waits for it at shutdown."""
+        (cancelling the handler) must not cancel it. `drain` waits for it at shutdown.
+
+        A fault on the way (a bug, a field nothing foresaw) neither turns the answer into an
+        error nor lets the request go unpaid: it is charged its cost, or what admission
+        estimated if it could not be priced, with a minimal event (Gate.settle_minimal).
+        """
         try:
             self.finish()
-        except Exception:  # never turn an answered request into an error
-            log.exception("cannot settle %s", self.ticket.request_id)
+        except Exception:
+            log.exception("cannot meter %s", self.ticket.request_id)
+            if self.settled:
+                return
+            try:
+                self.settle_minimal()
+            except Exception:
+                log.exception("cannot charge %s", self.ticket.request_id)
+
+    def settle_minimal(self) -> None:
+        estimate = self.ticket.estimate
+        micros = self.cost_micros if self.cost_micros is not None else \
+            estimate.default_micros if estimate is not None else 0
+        self.state.gate.settle_minimal(self.ticket, micros, {
+            "model": clean_text(self.model), "status": self.status,
+            "stream": int(self.stream)})
 
     def finish(self) -> None:
         """Price the request and send its settlement (Gate.settle_soon)."""
@@ -185,13 +207,14 @@ class Relay:
             cost, provider = state.prices.cost(self.model, usage), state.upstream.name
         else:
             cost, provider = served.cost(state.prices, self.model, usage), served.name
+        self.cost_micros = cost.micros
         error_type = self.error_type or metered.error_type
         ended = time.monotonic()
         p = ticket.principal
         event: dict[str, Any] = {
             "id": ticket.request_id, "ts_ms": int(ticket.at.timestamp() * 1000),
             "developer_id": p.developer_id, "team_id": p.team_id, "key_id": p.key_id,
-            "model": self.model, "provider": provider, "status": self.status,
+            "model": clean_text(self.model), "provider": provider, "status": self.status,
             "stream": int(self.stream), "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens, "cache_write_5m": usage.cache_write_5m,
             "cache_write_1h": usage.cache_write_1h, "cache_read": usage.cache_read,
@@ -199,13 +222,15 @@ class Relay:
             "price_row": cost.row, "price_version": cost.version, "priced": int(cost.known),
             "latency_ms": int((ended - self.t0) * 1000),
             "ttfb_ms": int((self.ttfb - self.t0) * 1000) if self.ttfb else -1,
-            "estimated": int(metered.estimated), "error_type": error_type,
-            "service_tier": usage.service_tier, "speed": usage.speed,
-            "inference_geo": usage.inference_geo,
+            # What the client or the provider wrote (any bytes, any length) is cleaned: the
+            # event must pack, spool and log whatever arrived.
+            "estimated": int(metered.estimated), "error_type": clean_text(error_type),
+            "service_tier": clean_text(usage.service_tier), "speed": clean_text(usage.speed),
+            "inference_geo": clean_text(usage.inference_geo),
         }
         headers = self.request.headers
         for name, header in _CLIENT_HEADERS.items():
-            event[name] = headers.get(header, "")
+            event[name] = clean_text(headers.get(header, ""))
         tokens = {
             "input": usage.input_tokens, "output": usage.output_tokens,
             "cache_write_5m": usage.cache_write_5m, "cache_write_1h": usage.cache_write_1h,
@@ -213,6 +238,7 @@ class Relay:
             "estimated": int(metered.estimated), "rate_input": usage.rate_input_tokens,
         }
         state.gate.settle_soon(ticket, cost.micros, tokens, event)
+        self.settled = True
         if state.access_log is not None:
             state.access_log.write(event)
         m = state.metrics

@@ -1,0 +1,180 @@
+"""Every request the provider served is recorded and charged, whatever the client sent and
+however settlement goes (issue 13, items 3 and 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from ledger import gate as gate_module
+from tests.conftest import Gateway
+
+RECORDED = {  # event field: the client header it records
+    "session_id": b"x-claude-code-session-id",
+    "agent_id": b"x-claude-code-agent-id",
+    "parent_agent_id": b"x-claude-code-parent-agent-id",
+    "request_class": b"x-claude-code-request-class",
+    "prompt_id": b"x-claude-code-prompt-id",
+}
+MAX_TEXT = 256  # characters an event keeps of a free-text value
+# The mock answers 1200 input and 60 output tokens unless told otherwise.
+SONNET_COST = 1200 * 3 + 60 * 15  # $3 / $15 per million tokens, in µ$
+FALLBACK_COST = 1200 * 5 + 60 * 25  # an unknown model: the $5 / $25 fallback
+
+
+async def raw_post(gw: Gateway, headers: list[tuple[bytes, bytes]], body: bytes,
+                   path: bytes = b"/v1/messages") -> int:
+    """POST exactly these header bytes (an HTTP client would refuse or re-encode some);
+    the status of the answer, read to its end."""
+    server = gw.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    head = [b"POST " + path + b" HTTP/1.1", b"host: gw", b"connection: close",
+            b"content-type: application/json", b"content-length: %d" % len(body)]
+    head += [name + b": " + value for name, value in headers]
+    writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    answer = await reader.read()
+    writer.close()
+    return int(answer.split(b" ", 2)[1])
+
+
+async def spent_today(gw: Gateway) -> int:
+    dev = (await gw.admin.db(gw.admin.catalog.developers))[0]
+    key = gw.proxy.keyspace.counter("developer", dev["id"], "daily", datetime.now(UTC))
+    return int(await gw.proxy.redis.hget(key, "spent") or 0)
+
+
+def body(model: str) -> bytes:
+    return orjson.dumps({"model": model, "max_tokens": 64,
+                         "messages": [{"role": "user", "content": "Hello"}]})
+
+
+def sized_body(stream: bool, size: int = 400) -> bytes:
+    """A request of exactly `size` bytes."""
+    doc: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": stream,
+                           "messages": [{"role": "user", "content": ""}]}
+    doc["messages"][0]["content"] = "x" * (size - len(orjson.dumps(doc)))
+    raw = orjson.dumps(doc)
+    assert len(raw) == size
+    return raw
+
+
+# A 400-byte body: admission estimates ceil(400 / 4) = 100 prompt tokens and min(100, 4096) =
+# 100 output tokens: 100 × $3 + 100 × $15 per million = 1,800 µ$ on claude-sonnet-4-6.
+ESTIMATED_COST = 100 * 3 + 100 * 15
+
+
+# -- item 3: whatever the client sent, whatever fails on the way ----------------------------
+
+
+async def test_a_header_that_is_not_utf8_is_recorded_and_charged(gateway: Gateway) -> None:
+    key = (await gateway.developer()).encode()
+    for name, header in RECORDED.items():
+        status = await raw_post(gateway, [(b"x-api-key", key), (header, b"caf\xe9")],
+                                body("claude-sonnet-4-6"))
+        assert status == 200
+        event = (await gateway.settled(1 + list(RECORDED).index(name)))[-1]
+        assert event[name] == "caf\N{REPLACEMENT CHARACTER}"
+        assert event["cost_micros"] == str(SONNET_COST)
+    assert await spent_today(gateway) == len(RECORDED) * SONNET_COST
+
+
+# What HTTP lets a header value hold: tab, visible ASCII and space, and any byte from 0x80
+# (obs-text). Every other byte is mapped onto one of these, so all of them are drawn.
+_VALUE_BYTE = bytes(b if b == 9 or 0x20 <= b < 0x7F or b >= 0x80 else 0x41 + b % 26
+                    for b in range(256))
+header_values = st.one_of(st.binary(max_size=48), st.binary(min_size=200, max_size=8000)).map(
+    lambda raw: raw.translate(_VALUE_BYTE))
+models = st.one_of(st.just("claude-sonnet-4-6"), st.text(min_size=1, max_size=40),
+                   st.text(min_size=300, max_size=20_000))
+
+
+def recorded(value: bytes) -> str:
+    """What the event should hold for a header value (a small reference of the rule): its
+    text, with bytes that are not UTF-8 as U+FFFD, at most MAX_TEXT characters."""
+    return value.strip(b" \t").decode("utf-8", "replace")[:MAX_TEXT]
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(headers=st.fixed_dictionaries({name: header_values for name in RECORDED}),
+       model=models)
+async def test_any_recorded_header_or_model_is_settled_at_its_exact_cost(
+        logged_gateway: tuple[Gateway, str], headers: dict[str, bytes], model: str) -> None:
+    gw, key = logged_gateway
+    known = gw.proxy.prices.row_for(model) is not None
+    assume(model == "claude-sonnet-4-6" or not known)
+    before = len(await gw.events())
+    spent = await spent_today(gw)
+    status = await raw_post(gw, [(b"x-api-key", key.encode()),
+                                 *((RECORDED[name], value) for name, value in headers.items())],
+                            body(model))
+    assert status == 200
+    event = (await gw.settled(before + 1))[before]
+    cost = SONNET_COST if known else FALLBACK_COST
+    assert event["cost_micros"] == str(cost)
+    assert await spent_today(gw) == spent + cost
+    for name, value in headers.items():
+        assert event[name] == recorded(value)
+    assert event["model"] == model[:MAX_TEXT].replace("\x1f", " ").replace("\x1e", " ")
+    log = gw.proxy.access_log
+    assert log is not None and log.stream is not None
+    log.flush()
+    last = log.stream.getvalue().rstrip("\n").rsplit("\n", 1)[-1]  # JSON lines: "\n" only
+    assert orjson.loads(last)["id"] == event["id"]
+
+
+@pytest.fixture
+async def logged_gateway(start_gateway) -> tuple[Gateway, str]:
+    """A gateway that writes its access log (to a buffer: the log takes every event too), and
+    a developer's key."""
+    gw = await start_gateway(log_level="info")
+    assert gw.proxy.access_log is not None
+    gw.proxy.access_log.stream = io.StringIO()
+    return gw, await gw.developer()
+
+
+async def test_a_fault_while_pricing_still_charges_what_admission_estimated(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = await gateway.developer()
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug in pricing")
+
+    monkeypatch.setattr(gateway.proxy.prices, "cost", broken)
+    resp = await gateway.client.post("/v1/messages", data=sized_body(False),
+                                     headers={"x-api-key": key})
+    assert resp.status == 200 and b'"usage"' in await resp.read()
+    (event,) = await gateway.settled(1)
+    assert event["error_type"] == "settlement_error" and event["estimated"] == "1"
+    assert event["model"] == "claude-sonnet-4-6" and event["status"] == "200"
+    assert event["cost_micros"] == str(ESTIMATED_COST)
+    assert await spent_today(gateway) == ESTIMATED_COST
+
+
+async def test_a_fault_while_packing_the_event_still_charges_the_cost(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = await gateway.developer()
+    faults = iter([RuntimeError("a bug in packing")])
+    packing = gate_module.pack_event
+
+    def broken_once(event: dict[str, object]) -> str:
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        return packing(event)
+
+    monkeypatch.setattr(gate_module, "pack_event", broken_once)
+    resp = await gateway.client.post("/v1/messages", data=body("claude-sonnet-4-6"),
+                                     headers={"x-api-key": key})
+    assert resp.status == 200
+    (event,) = await gateway.settled(1)
+    assert event["error_type"] == "settlement_error" and event["estimated"] == "1"
+    assert event["cost_micros"] == str(SONNET_COST)  # priced before the fault
+    assert await spent_today(gateway) == SONNET_COST
