@@ -26,7 +26,7 @@ from meterd.providers_config import providers_context
 from meterd.settings import Settings
 from proxy.access_log import AccessLog
 from proxy.errors import error_middleware
-from proxy.handlers import setup_routes
+from proxy.handlers import end_relays, setup_routes
 from proxy.metrics import ProxyMetrics
 from proxy.providers.passthrough import setup_provider_routes
 from proxy.state import STATE, ProxyState
@@ -50,7 +50,13 @@ def create_proxy_app(settings: Settings,
     app.cleanup_ctx.append(partial(providers_context, settings, reload_settings))
     setup_routes(app)
     setup_provider_routes(app)
+    app.on_shutdown.append(partial(_end_relays, settings.shutdown_grace))
     return app
+
+
+async def _end_relays(grace: float, app: web.Application) -> None:
+    """Open streams get `shutdown_grace` to finish, then are cut and settled."""
+    await end_relays(app[STATE], grace)
 
 
 async def _proxy_context(settings: Settings, app: web.Application) -> AsyncIterator[None]:

@@ -27,6 +27,8 @@ from proxy.upstream import response_headers
 log = logging.getLogger("meterd.proxy")
 
 _MAX_TEE = 16 * 1024 * 1024  # a non-streaming body larger than this is not parsed for usage
+# Why a request ended before its answer was read: the provider had it all the same.
+_CUT_SHORT = frozenset({"client_disconnected", "shutdown"})
 _CLIENT_HEADERS = {  # recorded on each event: who in Claude Code asked
     "session_id": "x-claude-code-session-id",
     "agent_id": "x-claude-code-agent-id",
@@ -62,6 +64,7 @@ class Relay:
     stream_meter: Any = StreamMeter
 
     ticket: Ticket  # what admission reserved (`serve`)
+    task: asyncio.Task[Any] | None = None  # the handler's, while it relays (`end`)
 
     def __init__(self, state: ProxyState, request: web.Request, model: str, stream: bool,
                  t0: float, body: bytes) -> None:
@@ -85,10 +88,20 @@ class Relay:
             principal, state.request_ids(),
             state.estimate(self.model, len(self.body), max_tokens), started)
         state.metrics.overhead.observe(time.monotonic() - self.t0)
+        self.task = asyncio.current_task()
+        state.relays.add(self)
         try:
             return await self.run()
         finally:
+            state.relays.discard(self)
             self.settle()
+
+    def end(self) -> None:
+        """Cut the request short: the shutdown grace is over (`end_relays`). What it used
+        so far is settled as for a client that left."""
+        self.error_type = "shutdown"
+        if self.task is not None:
+            self.task.cancel()
 
     async def run(self) -> web.StreamResponse:
         state, request = self.state, self.request
@@ -105,6 +118,10 @@ class Relay:
             else:
                 upstream = await self.route.open(self, body)
             del body
+        except asyncio.CancelledError:
+            # The client left (aiohttp cancels the handler if told to), or `end`.
+            self.error_type = self.error_type or "client_disconnected"
+            raise
         except TimeoutError:
             self.status, self.error_type = 504, "upstream_timeout"
             raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
@@ -145,8 +162,8 @@ class Relay:
             if request.transport is not None:
                 request.transport.close()
         except asyncio.CancelledError:
-            # aiohttp cancels the handler when the client goes away mid-response.
-            self.error_type = "client_disconnected"
+            # aiohttp cancels the handler when the client goes away mid-response, or `end`.
+            self.error_type = self.error_type or "client_disconnected"
             raise
         finally:
             if self.error_type:
@@ -165,10 +182,22 @@ class Relay:
 
     def _metered(self) -> Metered:
         if self.meter is not None:
-            return self.meter.finish()
-        if self.tee is not None and self.status:
-            return meter_body(b"".join(self.tee))
-        return Metered(Usage(), False, self.error_type, "")
+            metered = self.meter.finish()
+        elif self.tee is not None and self.status:
+            metered = meter_body(b"".join(self.tee))
+        else:
+            metered = Metered(Usage(), False, self.error_type, "")
+        usage, estimate = metered.usage, self.ticket.estimate
+        if (self.error_type in _CUT_SHORT and self.status < 300 and estimate is not None
+                and not (usage.prompt_tokens or usage.output_tokens)):
+            # The client (or the shutdown) left before any usage was read, while the request
+            # waited for the provider or its answer had just begun: the provider was working
+            # on it all the same. Bill what admission estimated, as a stream cut after its
+            # message_start is billed from what was seen.
+            usage = Usage(input_tokens=estimate.prompt_tokens,
+                          output_tokens=estimate.output_tokens)
+            return Metered(usage, True, metered.error_type, metered.model)
+        return metered
 
     def settle(self) -> None:
         """Price the request and send its settlement now, not awaited: a client that went away
@@ -319,6 +348,20 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "unready", "redis": type(exc).__name__}, status=503)
     return web.json_response({"status": "ready", "policy_version": state.policy.version,
                               "spool_depth": state.gate.spool.depth})
+
+
+async def end_relays(state: ProxyState, grace: float) -> None:
+    """Shutdown: let the requests under way finish for up to `grace` seconds, then cut short
+    those still waiting for or relaying an answer (they are settled as they end). aiohttp's
+    shutdown_timeout alone would let a stream run twice as long: it waits that long, then
+    cancels, then waits as long again."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while state.relays and (left := deadline - loop.time()) > 0:
+        tasks = [relay.task for relay in state.relays if relay.task is not None]
+        await asyncio.wait(tasks, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+    for relay in list(state.relays):
+        relay.end()
 
 
 def setup_routes(app: web.Application) -> None:

@@ -23,6 +23,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.upstream import AnthropicUpstream
 
 if TYPE_CHECKING:
+    from proxy.handlers import Relay
     from proxy.providers.routing import Router
 
 log = logging.getLogger("meterd.proxy")
@@ -65,6 +66,7 @@ class ProxyState:
     reload_seen: bytes | None = None  # the counter when we last looked (None: not yet)
     request_ids: RequestIds = field(default_factory=RequestIds)
     access_log: AccessLog | None = None  # None: no access log (log level above info)
+    relays: set[Relay] = field(default_factory=set)  # under way; cut at the shutdown grace
 
 
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:

@@ -4,17 +4,27 @@ however settlement goes (issue 13, items 3 and 4)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+import duckdb
 import orjson
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ledger import gate as gate_module
-from tests.conftest import Gateway
+from ledger.store import connect_redis
+from meterd.apps import DB_FILE, create_root_app
+from meterd.settings import Settings
+from tests.conftest import Gateway, free_port
 
 RECORDED = {  # event field: the client header it records
     "session_id": b"x-claude-code-session-id",
@@ -178,3 +188,146 @@ async def test_a_fault_while_packing_the_event_still_charges_the_cost(
     assert event["error_type"] == "settlement_error" and event["estimated"] == "1"
     assert event["cost_micros"] == str(SONNET_COST)  # priced before the fault
     assert await spent_today(gateway) == SONNET_COST
+
+
+# -- item 4: answered, but the client or the shutdown cut our reading short ----------------
+
+
+@dataclass
+class Served:
+    """The gateway served as `meterd serve` serves it (web.run_app's runner: no handler
+    cancellation when a client leaves, shutdown_timeout = shutdown_grace)."""
+
+    runner: web.AppRunner
+    gateway: Gateway  # handles on its insides (its `client` is unused)
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        site = next(iter(self.runner.sites))
+        return site.name
+
+
+@pytest.fixture
+async def served(make_settings, upstream) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(**changes: Any) -> Served:
+        settings = make_settings(**{"upstream_url": upstream.url, **changes})
+        fresh = connect_redis(settings.redis_url)
+        await fresh.flushdb()
+        await fresh.aclose()
+        app = create_root_app(settings)
+        runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", free_port()).start()
+        runners.append(runner)
+        return Served(runner, Gateway(None, app, upstream), settings)  # type: ignore[arg-type]
+
+    yield start
+    for runner in runners:
+        if runner.server is not None:  # not yet shut down by the test
+            await runner.cleanup()
+
+
+def ledger_rows(settings: Settings) -> list[dict[str, Any]]:
+    """The requests a stopped gateway rolled up into its DuckDB file."""
+    columns = ("status", "error_type", "estimated", "input_tokens", "output_tokens",
+               "cost_micros")
+    with duckdb.connect(str(settings.data_path / DB_FILE), read_only=True) as conn:
+        rows = conn.execute(f"SELECT {', '.join(columns)} FROM requests").fetchall()
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+async def leave_while_the_provider_answers(host: str, port: int, gw: Gateway, key: str,
+                                           body: bytes, delay_ms: int = 400) -> None:
+    """Send a request the mock answers after `delay_ms`, and hang up once the provider has it
+    (before the first byte of its answer)."""
+    _, writer = await asyncio.open_connection(host, port)
+    head = [b"POST /v1/messages HTTP/1.1", b"host: gw", b"content-type: application/json",
+            b"content-length: %d" % len(body), b"x-api-key: " + key.encode(),
+            b"x-mock-delay-ms: %d" % delay_ms]
+    writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    while not gw.upstream.recorded:
+        await asyncio.sleep(0.01)
+    writer.close()
+    await writer.wait_closed()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_client_that_leaves_before_the_first_byte_is_billed_the_estimate(
+        served, stream: bool) -> None:
+    """As `meterd serve` runs: the handler carries on after the client left, the provider
+    answers, and nobody is there to take it."""
+    body = sized_body(stream)
+    srv = await served()
+    gw = srv.gateway
+    key = await gw.developer()
+    host, port = srv.url.removeprefix("http://").split(":")
+    await leave_while_the_provider_answers(host, int(port), gw, key, body)
+    (event,) = await gw.settled(1, timeout=5)
+    assert event["error_type"] == "client_disconnected"
+    assert event["estimated"] == "1"
+    assert (event["input_tokens"], event["output_tokens"]) == ("100", "100")
+    assert event["cost_micros"] == str(ESTIMATED_COST)
+
+
+async def test_a_client_that_leaves_while_the_request_waits_is_billed_the_estimate(
+        gateway: Gateway) -> None:
+    """The test harness cancels the handler when its client leaves (handler_cancellation):
+    the request is cut while it waits for the provider."""
+    key = await gateway.developer()
+    server = gateway.client.server
+    await leave_while_the_provider_answers(server.host, server.port, gateway, key,
+                                           sized_body(True), delay_ms=2000)
+    (event,) = await gateway.settled(1)
+    assert event["error_type"] == "client_disconnected"
+    assert event["estimated"] == "1" and event["status"] == "0"
+    assert event["cost_micros"] == str(ESTIMATED_COST)
+
+
+async def test_a_request_still_waiting_when_the_shutdown_grace_ends_is_billed_the_estimate(
+        served) -> None:
+    srv = await served(shutdown_grace=1.0)
+    gw = srv.gateway
+    key = await gw.developer()
+    async with aiohttp.ClientSession() as session:
+        waiting = asyncio.ensure_future(session.post(
+            srv.url + "/v1/messages", data=sized_body(True),
+            headers={"x-api-key": key, "x-mock-delay-ms": "30000"}))
+        while not gw.upstream.recorded:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await srv.runner.cleanup()
+        took = time.monotonic() - started
+        with contextlib.suppress(aiohttp.ClientError):
+            await waiting
+    assert 1.0 <= took < 1.5  # the grace, not twice the grace
+    (row,) = ledger_rows(srv.settings)
+    assert row == {"status": 0, "error_type": "shutdown", "estimated": True,
+                   "input_tokens": 100, "output_tokens": 100, "cost_micros": ESTIMATED_COST}
+
+
+async def test_a_stream_still_open_when_the_shutdown_grace_ends_is_cut_there_and_billed(
+        served) -> None:
+    srv = await served(shutdown_grace=1.0)
+    gw = srv.gateway
+    key = await gw.developer()
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(srv.url + "/v1/messages", data=sized_body(True), headers={
+            "x-api-key": key, "x-mock-text-chunks": "1000", "x-mock-event-delay-ms": "20"})
+        first = await resp.content.readany()
+        started = time.monotonic()
+        closing = asyncio.ensure_future(srv.runner.cleanup())
+        with contextlib.suppress(aiohttp.ClientError):
+            first += await resp.read()
+        await closing
+        took = time.monotonic() - started
+    assert b"message_stop" not in first  # cut, not finished
+    assert 1.0 <= took < 1.5  # the grace, not twice the grace
+    (row,) = ledger_rows(srv.settings)
+    assert row["error_type"] == "shutdown" and row["estimated"] is True
+    assert row["input_tokens"] == 1200  # from message_start
+    # About 4 characters a token of the text relayed, at $3 / $15 per million tokens.
+    assert row["output_tokens"] > 0
+    assert row["cost_micros"] == 1200 * 3 + row["output_tokens"] * 15
