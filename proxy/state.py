@@ -70,23 +70,20 @@ class ProxyState:
 
 
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
-        """The caller behind `x-api-key` or `Authorization: Bearer` (apiKeyHelper sends both)."""
-        candidates = []
-        if api_key := headers.get("x-api-key"):
-            candidates.append(api_key.strip())
+        """The caller behind `x-api-key` or `Authorization: Bearer`. apiKeyHelper sends the
+        same key as both; two different keys are refused, whichever of them is valid: one
+        request is one caller's, and it must not be billed to a key it merely names."""
+        secret = (headers.get("x-api-key") or "").strip()
         auth = headers.get("authorization", "")
         if auth[:7].lower() == "bearer ":
-            candidates.append(auth[7:].strip())
-        if not candidates:
+            bearer = auth[7:].strip()
+            if secret and bearer and bearer != secret:
+                raise KeyRefused("two different gateway keys (x-api-key and Authorization: "
+                                 "Bearer): send one, or the same key in both")
+            secret = secret or bearer
+        if not secret:
             raise KeyRefused("no gateway key: send it as x-api-key or Authorization: Bearer")
-        error: KeyRefused | None = None
-        for secret in candidates:
-            try:
-                return self.policy.principal(secret)
-            except KeyRefused as exc:
-                error = error or exc
-        assert error is not None
-        raise error
+        return self.policy.principal(secret)
 
     def estimate(self, model: str, body_bytes: int, max_tokens: int) -> Estimate:
         """Reservation sizes before the request runs. A token is at least one byte of the
