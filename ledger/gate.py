@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime
 from functools import partial
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,6 +37,8 @@ _RATE_HEADERS = {family: tuple(f"anthropic-ratelimit-{family}-{part}"
                  for family in ("requests", "input-tokens", "output-tokens")}
 COUNTER_SCOPES = ("developer", "team", "org")
 _COUNTER_TTLS = tuple(COUNTER_TTL[p] for p in PERIODS for _ in COUNTER_SCOPES)
+# Kept as they are in a header value built from stored text: printable ASCII but '%'.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 _CACHE_LIMIT = 4096  # principals and (developer, day) pairs remembered
 SETTLEMENT_ERROR = "settlement_error"  # the error_type of a request charged by settle_minimal
 _NO_TOKENS = {"input": 0, "output": 0, "cache_write_5m": 0, "cache_write_1h": 0, "cache_read": 0,
@@ -44,6 +47,16 @@ _NO_TOKENS = {"input": 0, "output": 0, "cache_write_5m": 0, "cache_write_1h": 0,
 
 def _script(name: str) -> str:
     return resources.files("ledger").joinpath(name).read_text()
+
+
+def header_text(text: str) -> str:
+    """Stored text (a team or developer name) as a response header may carry it: printable
+    ASCII but '%' as it is, every other character percent-encoded as its UTF-8 bytes (RFC
+    3986). A name holding CR/LF or non-Latin-1 text can then neither split the header nor
+    make the answer unsendable."""
+    if text.isascii() and text.isprintable() and "%" not in text:
+        return text
+    return quote(text, safe=_HEADER_SAFE, errors="replace")
 
 
 class BudgetExceeded(Exception):
@@ -315,7 +328,7 @@ class Gate:
             crossed = [t for t in self.thresholds if worst[0] >= t]
             if crossed:
                 ticket.headers["x-meterd-budget-warning"] = (
-                    f"{worst[1].describe()}: {worst[0]}% of the cap used")
+                    f"{header_text(worst[1].describe())}: {worst[0]}% of the cap used")
 
     # -- settlement ------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import asyncio
 
 import orjson
 
+from ledger.money import parse_usd
 from tests.conftest import Gateway
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 256,
@@ -70,3 +71,27 @@ async def test_two_different_keys_in_one_request_are_refused(gateway: Gateway) -
     assert len(gateway.upstream.recorded) == 0
     await gateway.proxy.drain()
     assert await gateway.events() == []
+
+
+# -- item 14: stored text in a header --------------------------------------------------------
+
+async def test_a_name_with_cr_lf_or_non_latin1_text_is_percent_encoded_in_headers(
+        gateway: Gateway) -> None:
+    key = await gateway.developer("Zoe")
+    cat = gateway.admin.catalog
+    # Stored before names were checked: written past the catalog's own rules.
+    await gateway.change(lambda: cat.conn.execute(
+        "UPDATE developers SET name = ? WHERE name = 'Zoe'", ["Zoë\r\nX-Injected: 1 平台"]))
+    # 5,000 µ$ a day: the first request's own reservation (about 3,900 µ$) passes 75 %.
+    await gateway.change(cat.set_budget, "developer", "zoe@example.com", "daily",
+                         parse_usd("0.005"))
+    resp = await gateway.client.post("/v1/messages", data=BODY, headers={"x-api-key": key})
+    assert resp.status == 200
+    assert "x-injected" not in resp.headers
+    warning = resp.headers["x-meterd-budget-warning"]
+    assert warning.startswith(
+        "developer Zo%C3%AB%0D%0AX-Injected: 1 %E5%B9%B3%E5%8F%B0, daily: ")
+    assert warning.endswith("% of the cap used")
+    assert (await resp.json())["usage"]["input_tokens"] == 1200
+    (event,) = await gateway.settled(1)
+    assert event["error_type"] == "" and event["cost_micros"] == str(COST)
