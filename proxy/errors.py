@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_request import BaseRequest
 
 from ledger.gate import BudgetExceeded, MeteringUnavailable, RateLimited
 from ledger.policy import KeyRefused
 from proxy.state import STATE
+
+log = logging.getLogger("meterd.proxy")
+# Request bodies meterd takes: aiohttp decodes gzip and deflate before the handler reads them,
+# and the body goes on to the provider decoded, without the label (proxy.upstream).
+_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
+_ENCODING_REFUSED = ("the request body's content-encoding is not supported: send it "
+                     "uncompressed, or as gzip or deflate")
 
 
 class ProxyError(Exception):
@@ -48,7 +60,8 @@ def to_proxy_error(exc: Exception) -> ProxyError:
 
 
 _HTTP_KINDS = {404: "not_found_error", 405: "invalid_request_error",
-               413: "request_too_large", 400: "invalid_request_error"}
+               413: "request_too_large", 400: "invalid_request_error", 500: "api_error",
+               504: "timeout_error"}
 
 
 @web.middleware
@@ -56,11 +69,20 @@ async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     try:
+        encoding = request.headers.get("content-encoding")
+        if encoding is not None and encoding.lower() not in _ENCODINGS:
+            # aiohttp passes a body it cannot decode through as it came: refuse it rather
+            # than read it as JSON or send it on under the wrong label.
+            raise ProxyError(400, "invalid_request_error", _ENCODING_REFUSED)
         return await handler(request)
     except ProxyError as exc:
         err = exc
     except (KeyRefused, BudgetExceeded, RateLimited, MeteringUnavailable) as exc:
         err = to_proxy_error(exc)
+    except RequestPayloadError:
+        err = ProxyError(400, "invalid_request_error",
+                         "the request body cannot be read: it is not what its "
+                         "content-encoding says, or it was cut short")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -71,6 +93,71 @@ async def error_middleware(
         allow = exc.headers.get("Allow")  # a 405's: the methods the path takes
         err = ProxyError(exc.status, _HTTP_KINDS.get(exc.status, "invalid_request_error"),
                          message, {"allow": allow} if allow else None)
+    except ConnectionError:
+        raise  # the client left: aiohttp lets the connection go
+    except Exception:
+        if request.writer.output_size:  # the answer is under way: aiohttp breaks it off
+            raise
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        err = ProxyError(500, "api_error", "internal error in the gateway")
     if STATE in request.app:
         request.app[STATE].metrics.rejections[err.kind] += 1
     return envelope(err.status, err.kind, err.message, err.headers)
+
+
+class _Connection(RequestHandler):
+    """aiohttp's HTTP connection, answering what its parser refuses before any handler runs
+    (an over-long header or request line, too many headers, a body encoding it cannot
+    decode, bytes that are not HTTP) in the envelope rather than aiohttp's plain text. It
+    neither echoes nor logs the refused bytes: an over-long line may hold a key."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp does: the answer is under way
+            raise ConnectionError("response already sent, cannot send an error")
+        if isinstance(exc, LineTooLong):
+            err = ProxyError(431, "invalid_request_error", "a request header or the request "
+                             "line is longer than this gateway accepts")
+        elif isinstance(exc, ContentEncodingError):
+            err = ProxyError(400, "invalid_request_error", _ENCODING_REFUSED)
+        elif status == 400:
+            err = ProxyError(400, "invalid_request_error", "the request is not valid HTTP: a "
+                             "malformed request line or header, or too many headers")
+        else:  # what escaped a handler and error_middleware
+            log.error("unexpected error answering a request", exc_info=exc)
+            err = ProxyError(status, _HTTP_KINDS.get(status, "api_error"),
+                             "internal error in the gateway")
+        if err.status < 500:
+            log.info("refused a request aiohttp could not read: %d %s (%s)", err.status,
+                     err.message, type(exc).__name__)
+        response = envelope(err.status, err.kind, err.message)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+def setup_errors(app: web.Application) -> None:
+    """Every error of `app` in the envelope: what its handlers raise (error_middleware), and
+    what aiohttp's HTTP parser refuses before a handler runs (_Connection).
+
+    aiohttp has no hook for the second (aio-libs/aiohttp#3287): its connection class is
+    fixed. So the server `app` makes for its runner (web.run_app's, the tests') is made
+    again as a _Server, with the same arguments, whose connections are _Connections.
+    """
+    app.middlewares.append(error_middleware)
+    make_server = app._make_handler
+
+    def make_handler(**kwargs: Any) -> web.Server:
+        made = make_server(**kwargs)
+        return _Server(made.request_handler, request_factory=made.request_factory,
+                       handler_cancellation=made.handler_cancellation, loop=made._loop,
+                       **made._kwargs)
+
+    object.__setattr__(app, "_make_handler", make_handler)

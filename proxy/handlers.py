@@ -17,7 +17,7 @@ from ledger.gate import Ticket
 from ledger.policy import Principal
 from ledger.status import budget_status
 from ledger.usage import Usage
-from proxy.errors import UpstreamError, error_middleware
+from proxy.errors import ProxyError, UpstreamError, setup_errors
 from proxy.meter import Metered, StreamMeter, meter_body
 from proxy.metrics import TOKEN_CATEGORIES
 from proxy.request_fields import parse_request, request_model
@@ -365,7 +365,7 @@ async def end_relays(state: ProxyState, grace: float) -> None:
 
 
 def setup_routes(app: web.Application) -> None:
-    app.middlewares.append(error_middleware)
+    setup_errors(app)
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", models)

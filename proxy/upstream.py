@@ -12,9 +12,10 @@ HOP_BY_HOP = frozenset({
     "te", "trailer", "transfer-encoding", "upgrade",
 })
 # The client's credential never leaves the gateway. Bodies are metered in plain text, so ask the
-# provider for identity encoding.
+# provider for identity encoding; a client's gzip or deflate body was decoded on arrival
+# (proxy.errors) and goes on without its label.
 _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-key",
-                              "accept-encoding"}
+                              "accept-encoding", "content-encoding"}
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 
 

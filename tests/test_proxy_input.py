@@ -6,8 +6,11 @@ Requests are written byte for byte where an HTTP client would refuse or rewrite 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import zlib
 
 import orjson
+import pytest
 
 from ledger.money import parse_usd
 from tests.conftest import Gateway
@@ -95,3 +98,78 @@ async def test_a_name_with_cr_lf_or_non_latin1_text_is_percent_encoded_in_header
     assert (await resp.json())["usage"]["input_tokens"] == 1200
     (event,) = await gateway.settled(1)
     assert event["error_type"] == "" and event["cost_micros"] == str(COST)
+
+
+# -- item 17: bodies in an encoding, over-long headers ---------------------------------------
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_body_goes_on_decoded_and_unlabelled(gateway: Gateway,
+                                                                encoding: str) -> None:
+    key = (await gateway.developer()).encode()
+    packed = gzip.compress(BODY) if encoding == "gzip" else zlib.compress(BODY)
+    status, _, payload = await raw(gateway, [b"x-api-key: " + key,
+                                             b"content-encoding: " + encoding.encode()], packed)
+    assert status == 200, payload
+    seen = gateway.upstream.recorded[-1]
+    assert seen["body"] == BODY
+    assert "content-encoding" not in {name.lower() for name, _ in seen["headers"]}
+    (event,) = await gateway.settled(1)
+    assert event["cost_micros"] == str(COST)
+
+
+@pytest.mark.parametrize("encoding", [b"deflate", b"gzip"])
+async def test_a_body_that_is_not_what_its_encoding_says_is_a_400(gateway: Gateway,
+                                                                  encoding: bytes) -> None:
+    key = (await gateway.developer()).encode()
+    status, headers, payload = await raw(
+        gateway, [b"x-api-key: " + key, b"content-encoding: " + encoding], BODY)
+    assert status == 400 and headers["content-type"].startswith("application/json")
+    assert error_of(payload)["type"] == "invalid_request_error"
+    assert len(gateway.upstream.recorded) == 0
+
+
+@pytest.mark.parametrize("encoding", [b"br", b"zstd", b"compress", b"gzip, br", b"x-made-up"])
+async def test_a_body_in_an_encoding_the_gateway_does_not_take_is_a_400(
+        gateway: Gateway, encoding: bytes) -> None:
+    key = (await gateway.developer()).encode()
+    status, headers, payload = await raw(
+        gateway, [b"x-api-key: " + key, b"content-encoding: " + encoding], BODY)
+    assert status == 400 and headers["content-type"].startswith("application/json")
+    assert error_of(payload) == {
+        "type": "invalid_request_error",
+        "message": "the request body's content-encoding is not supported: send it "
+                   "uncompressed, or as gzip or deflate"}
+    assert len(gateway.upstream.recorded) == 0
+
+
+async def test_an_over_long_header_is_a_431_that_echoes_nothing(gateway: Gateway) -> None:
+    key = (await gateway.developer()).encode()
+    long_key = key + b"x" * 9000  # a pasted key run on: it must not come back, even in part
+    status, headers, payload = await raw(gateway, [b"x-api-key: " + long_key], BODY)
+    assert status == 431 and headers["content-type"].startswith("application/json")
+    assert error_of(payload)["type"] == "invalid_request_error"
+    assert key not in payload
+    assert len(gateway.upstream.recorded) == 0
+
+
+async def test_too_many_headers_or_bytes_that_are_not_http_are_a_400_in_the_envelope(
+        gateway: Gateway) -> None:
+    key = (await gateway.developer()).encode()
+    many = [b"x-h%d: a" % i for i in range(200)]
+    for head in (many, [b"x-api-key: " + key, b"bad header line"]):
+        status, headers, payload = await raw(gateway, head, BODY)
+        assert status == 400 and headers["content-type"].startswith("application/json")
+        assert error_of(payload)["type"] == "invalid_request_error"
+    assert len(gateway.upstream.recorded) == 0
+
+
+async def test_an_unexpected_fault_is_a_500_in_the_envelope(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway.proxy, "authenticate", broken)
+    resp = await gateway.client.post("/v1/messages", data=BODY)
+    assert resp.status == 500
+    assert error_of(await resp.read()) == {"type": "api_error",
+                                           "message": "internal error in the gateway"}
