@@ -11,12 +11,13 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
-# The client's credential never leaves the gateway. Bodies are metered in plain text, so ask the
-# provider for identity encoding; a client's gzip or deflate body was decoded on arrival
-# (proxy.errors) and goes on without its label.
+# The client's credential never leaves the gateway, and cookies cross it in neither direction
+# (a gateway key is the only credential; one upstream session serves every developer). Bodies
+# are metered in plain text, so ask the provider for identity encoding; a client's gzip or
+# deflate body was decoded on arrival (proxy.errors) and goes on without its label.
 _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-key",
-                              "accept-encoding", "content-encoding"}
-_DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
+                              "accept-encoding", "content-encoding", "cookie"}
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server", "set-cookie"}
 
 
 class _Verdicts(dict[str, bool]):

@@ -8,9 +8,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from ledger.money import parse_usd
 from tests.conftest import Gateway
@@ -98,6 +102,41 @@ async def test_a_name_with_cr_lf_or_non_latin1_text_is_percent_encoded_in_header
     assert (await resp.json())["usage"]["input_tokens"] == 1200
     (event,) = await gateway.settled(1)
     assert event["error_type"] == "" and event["cost_micros"] == str(COST)
+
+
+# -- item 16: no cookies across the gateway --------------------------------------------------
+
+@pytest.fixture
+async def cookie_upstream() -> AsyncIterator[TestServer]:
+    """A provider behind a CDN that sets a cookie on its answers."""
+    async def messages(request: web.Request) -> web.Response:
+        app_seen.append(dict(request.headers))
+        body = {"type": "message", "model": "claude-sonnet-4-6", "content": [],
+                "usage": {"input_tokens": 1200, "output_tokens": 60}}
+        return web.json_response(body, headers={"set-cookie": "__cf_bm=abc; Path=/",
+                                                "request-id": "req_cookie"})
+
+    app_seen: list[dict[str, str]] = []
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    server = TestServer(app)
+    await server.start_server()
+    server.seen = app_seen  # type: ignore[attr-defined]
+    yield server
+    await server.close()
+
+
+async def test_cookies_cross_the_gateway_in_neither_direction(
+        start_gateway: Any, cookie_upstream: TestServer) -> None:
+    gw = await start_gateway(upstream_url=str(cookie_upstream.make_url("")).rstrip("/"))
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages", data=BODY, headers={
+        "x-api-key": key, "cookie": "dashboard_session=secret-session"})
+    assert resp.status == 200
+    assert "set-cookie" not in resp.headers
+    assert resp.headers["request-id"] == "req_cookie"  # the provider's other headers pass
+    (seen,) = cookie_upstream.seen  # type: ignore[attr-defined]
+    assert "cookie" not in {name.lower() for name in seen}
 
 
 # -- item 17: bodies in an encoding, over-long headers ---------------------------------------
