@@ -92,6 +92,9 @@ class Relay:
         state.relays.add(self)
         try:
             return await self.run()
+        except ProxyError as exc:  # meterd's own answer (a 502, a 504): it names the request
+            exc.headers["x-meterd-request-id"] = self.ticket.request_id
+            raise
         finally:
             state.relays.discard(self)
             self.settle()

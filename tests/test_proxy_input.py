@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from ledger.money import parse_usd
-from tests.conftest import Gateway
+from tests.conftest import Gateway, free_port
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 256,
                      "messages": [{"role": "user", "content": "Hello"}]})
@@ -212,3 +212,24 @@ async def test_an_unexpected_fault_is_a_500_in_the_envelope(
     assert resp.status == 500
     assert error_of(await resp.read()) == {"type": "api_error",
                                            "message": "internal error in the gateway"}
+
+
+# -- item 18: meterd's own 502 and 504 name the request --------------------------------------
+
+async def test_a_502_names_the_request_it_settled(start_gateway: Any) -> None:
+    gw = await start_gateway(upstream_url=f"http://127.0.0.1:{free_port()}")
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages", data=BODY, headers={"x-api-key": key})
+    assert resp.status == 502
+    (event,) = await gw.settled(1)
+    assert resp.headers["x-meterd-request-id"] == event["id"]
+
+
+async def test_a_504_names_the_request_it_settled(start_gateway: Any) -> None:
+    gw = await start_gateway(upstream_read_timeout=0.2)
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages", data=BODY, headers={
+        "x-api-key": key, "x-mock-delay-ms": "1500"})
+    assert resp.status == 504
+    (event,) = await gw.settled(1)
+    assert resp.headers["x-meterd-request-id"] == event["id"]
