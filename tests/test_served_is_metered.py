@@ -24,7 +24,7 @@ from ledger import gate as gate_module
 from ledger.store import connect_redis
 from meterd.apps import DB_FILE, create_root_app
 from meterd.settings import Settings
-from tests.conftest import Gateway, free_port
+from tests.conftest import Gateway, RedisServer, free_port
 
 RECORDED = {  # event field: the client header it records
     "session_id": b"x-claude-code-session-id",
@@ -93,6 +93,29 @@ async def test_a_header_that_is_not_utf8_is_recorded_and_charged(gateway: Gatewa
         assert event[name] == "caf\N{REPLACEMENT CHARACTER}"
         assert event["cost_micros"] == str(SONNET_COST)
     assert await spent_today(gateway) == len(RECORDED) * SONNET_COST
+
+
+@pytest.mark.parametrize("redis_url", ["real"], indirect=True)  # an outage to inject
+async def test_a_header_that_is_not_utf8_is_spooled_in_an_outage_and_charged_after(
+        start_gateway, own_redis: RedisServer) -> None:
+    gw = await start_gateway(redis_url=own_redis.url, redis_outage_policy="fail_open")
+    key = (await gw.developer()).encode()
+    own_redis.stop(save=True)
+    status = await raw_post(gw, [(b"x-api-key", key),
+                                 (b"x-claude-code-session-id", b"caf\xe9" * 2000)],
+                            body("claude-sonnet-4-6"))
+    assert status == 200
+    await gw.proxy.drain()
+    assert gw.proxy.gate.spool.depth == 1
+    own_redis.start()
+    for _ in range(100):  # the maintenance loop replays about once a second
+        if gw.proxy.gate.spool.depth == 0:
+            break
+        await asyncio.sleep(0.05)
+    (event,) = await gw.events()
+    assert event["session_id"] == ("caf\N{REPLACEMENT CHARACTER}" * 2000)[:MAX_TEXT]
+    assert event["cost_micros"] == str(SONNET_COST)
+    assert await spent_today(gw) == SONNET_COST
 
 
 # What HTTP lets a header value hold: tab, visible ASCII and space, and any byte from 0x80
