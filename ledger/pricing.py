@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 MTOK = 1_000_000  # tokens per rate unit
 MICROS_PER_USD = 1_000_000
+# The largest context window of any Claude model: no sampling pass reads more input than this.
+MAX_CONTEXT_TOKENS = 1_000_000
 FALLBACK_ROW = "fallback"
 US_GEO_MULTIPLIER = Fraction(11, 10)  # inference_geo "us" on rows flagged us_geo_multiplier
 ONE = Fraction(1)
@@ -79,6 +81,18 @@ class PriceRow:
         if self.long_rates is not None and usage.prompt_tokens > self.long_threshold:
             return self.long_rates
         return self.rates
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTool:
+    """A tool the provider runs inside the request (web search, web fetch, code execution,
+    the advisor...), as far as the request bounds what it may cost."""
+
+    kind: str  # "web_search" (a fee per use), "advisor" (a sub-inference per use) or "other"
+    max_uses: int | None  # None: the request does not bound the uses
+    result_tokens: int | None  # the most one use adds to the context; None: not bounded
+    model: str = ""  # advisor: the model its calls are billed at
+    output_tokens: int = 0  # advisor: the most one call writes
 
 
 @dataclass(frozen=True)
@@ -249,22 +263,53 @@ class PriceTable:
         return Cost(_div_half_up(total, MTOK * den), row.name, known, self.version)
 
     def worst_case(
-        self, model: str, prompt_tokens: int, max_tokens: int, multiplier: Fraction = ONE
+        self, model: str, prompt_tokens: int, max_tokens: int, multiplier: Fraction = ONE,
+        tools: tuple[ServerTool, ...] = (),
     ) -> int:
-        """An upper bound in µ$ on any request with at most these prompt and output tokens.
+        """An upper bound in µ$ on any request with at most these prompt and output tokens
+        and these server tools.
 
-        Every prompt token at the row's highest input-side rate over all its tiers, every
+        Every input token at the row's highest input-side rate over all its tiers, every
         output token at its highest output rate, with the US-geography multiplier if the row
-        has one. Web searches are not included. Rounded up.
+        has one; rounded up. Without server tools the input is the prompt.
+
+        With server tools the provider runs a sampling loop: each use ends a pass, and the
+        next pass reads the whole context again (prompt, output so far, tool results), every
+        pass counted in the usage. So a request may take 1 + (all uses) passes, each after the
+        first reading at most min(MAX_CONTEXT_TOKENS, prompt + max_tokens + all results).
+        Nothing in a request bounds a web search's or code execution's result, so their passes
+        are priced at a full context window. A tool without max_uses is bounded by max_tokens:
+        each use is a block the model writes, at least one output token. Each web search adds
+        its fee (flat, like cost()); each advisor call reads at most one pass's context and
+        writes at most its output_tokens, at the advisor model's rates.
         """
         num, den = _ratio(multiplier)
         row = self.row_for(model) or self._fallback
         input_rate, output_rate = self._worst[row.name]
-        units = prompt_tokens * input_rate + max_tokens * output_rate
-        if row.us_geo_multiplier:
-            num *= US_GEO_MULTIPLIER.numerator
-            den *= US_GEO_MULTIPLIER.denominator
-        return -(-(units * num) // (MTOK * den))
+        inputs, searches, advisor_units = prompt_tokens, 0, 0
+        if tools:
+            uses = [max_tokens if t.max_uses is None else t.max_uses for t in tools]
+            context = prompt_tokens + max_tokens
+            for tool, used in zip(tools, uses, strict=True):
+                if tool.result_tokens is None:
+                    context = MAX_CONTEXT_TOKENS
+                else:
+                    context += used * tool.result_tokens
+            context = min(context, MAX_CONTEXT_TOKENS)
+            inputs += sum(uses) * context
+            for tool, used in zip(tools, uses, strict=True):
+                if tool.kind == "web_search":
+                    searches += used
+                elif tool.kind == "advisor":
+                    advisor = self.row_for(tool.model) or self._fallback
+                    a_in, a_out = self._worst[advisor.name]
+                    advisor_units += used * (context * a_in + tool.output_tokens * a_out) * \
+                        _geo_tenths(advisor)
+        units = (inputs * input_rate + max_tokens * output_rate) * _geo_tenths(row)
+        # In tenths, for the geography multipliers; the search fee is outside the multipliers.
+        total = (units + advisor_units) * num + \
+            searches * self._search_per_1k * (MTOK // 1000) * 10 * den
+        return -(-total // (MTOK * 10 * den))
 
     def estimate(
         self, model: str, prompt_tokens: int, output_tokens: int, multiplier: Fraction = ONE
@@ -386,6 +431,11 @@ def _ratio(multiplier: object) -> tuple[int, int]:
         return 1, 1
     factor = _check_multiplier(multiplier)
     return factor.numerator, factor.denominator
+
+
+def _geo_tenths(row: PriceRow) -> int:
+    """The US-geography multiplier in tenths, as a worst case assumes it (when the row has one)."""
+    return 11 if row.us_geo_multiplier else 10
 
 
 def _worst_rates(row: PriceRow) -> tuple[int, int]:

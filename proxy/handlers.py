@@ -20,7 +20,7 @@ from ledger.usage import Usage
 from proxy.errors import ProxyError, UpstreamError, setup_errors
 from proxy.meter import Metered, StreamMeter, meter_body
 from proxy.metrics import TOKEN_CATEGORIES
-from proxy.request_fields import parse_request, request_model
+from proxy.request_fields import Allowance, parse_request, request_model
 from proxy.state import STATE, ProxyState
 from proxy.upstream import response_headers
 
@@ -44,12 +44,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
     started, t0 = datetime.now(UTC), time.monotonic()
     principal = state.authenticate(request.headers)
     body = await request.read()
-    model, stream, max_tokens = parse_request(body)
+    model, stream, allowance = parse_request(body)
     relay = Relay(state, request, model, stream, t0, body)
     del body  # the relay lets go of it once the provider has it
     if state.router is not None:  # providers configured: route, translate, fall back
         relay.route = state.router
-    return await relay.serve(principal, max_tokens, started)
+    return await relay.serve(principal, allowance, started)
 
 
 class Relay:
@@ -79,14 +79,14 @@ class Relay:
         self.cost_micros: int | None = None  # once priced
         self.settled = False  # the settlement is on its way (Gate.settle_soon)
 
-    async def serve(self, principal: Principal, max_tokens: int,
+    async def serve(self, principal: Principal, allowance: Allowance,
                     started: datetime) -> web.StreamResponse:
         """Admit, relay and settle: a metered request once its fields are read. The caller
         hands the body over in the relay and keeps no reference to it (see `run`)."""
         state = self.state
         self.ticket = await state.gate.admit(
             principal, state.request_ids(),
-            state.estimate(self.model, len(self.body), max_tokens), started)
+            state.estimate(self.model, len(self.body), *allowance), started)
         state.metrics.overhead.observe(time.monotonic() - self.t0)
         self.task = asyncio.current_task()
         state.relays.add(self)

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from ledger.gate import Estimate, Gate
 from ledger.keyspace import KeySpace
 from ledger.policy import KeyRefused, Policy, Principal, load_policy
-from ledger.pricing import PriceTable
+from ledger.pricing import PriceTable, ServerTool
 from proxy.access_log import AccessLog
 from proxy.metrics import ProxyMetrics
 from proxy.upstream import AnthropicUpstream
@@ -85,14 +85,15 @@ class ProxyState:
             raise KeyRefused("no gateway key: send it as x-api-key or Authorization: Bearer")
         return self.policy.principal(secret)
 
-    def estimate(self, model: str, body_bytes: int, max_tokens: int) -> Estimate:
+    def estimate(self, model: str, body_bytes: int, max_tokens: int,
+                 tools: tuple[ServerTool, ...] = ()) -> Estimate:
         """Reservation sizes before the request runs. A token is at least one byte of the
         body, so `body_bytes` bounds the prompt for strict caps; ~4 bytes a token is usual.
-        `max_tokens` is the request's (proxy.request_fields: never below 1)."""
+        `max_tokens` and the server `tools` are the request's (proxy.request_fields)."""
         prompt = -(-body_bytes // 4)
         output = min(max_tokens, self.estimate_output_tokens)
         return Estimate(prompt, output, self.prices.estimate(model, prompt, output),
-                        self.prices.worst_case(model, body_bytes, max_tokens))
+                        self.prices.worst_case(model, body_bytes, max_tokens, tools=tools))
 
     async def refresh_policy(self) -> None:
         fresh = await load_policy(self.redis, self.keyspace, self.policy.version)

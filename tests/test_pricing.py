@@ -16,7 +16,15 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from ledger.pricing import FALLBACK_ROW, PriceError, PriceTable, Rates, usd_to_micros
+from ledger.pricing import (
+    FALLBACK_ROW,
+    MAX_CONTEXT_TOKENS,
+    PriceError,
+    PriceTable,
+    Rates,
+    ServerTool,
+    usd_to_micros,
+)
 from ledger.usage import Usage
 
 TABLE = PriceTable.load()
@@ -357,6 +365,62 @@ def test_worst_case_takes_the_route_multiplier():
     assert TABLE.worst_case(S45, 1000, 1000, R) == 23_100
 
 
+def search(uses: int | None) -> ServerTool:
+    return ServerTool("web_search", uses, None)
+
+
+def fetch(uses: int | None, content: int | None) -> ServerTool:
+    return ServerTool("other", uses, content)
+
+
+def advisor(model: str, uses: int | None, output: int) -> ServerTool:
+    return ServerTool("advisor", uses, output, model, output)
+
+
+H3 = "claude-3-haiku"  # dearest input side $0.50 (1h write), output $1.25, no US multiplier
+# (case, model, prompt, max_tokens, tools, multiplier, expected µ$). After a server tool use
+# the next pass reads the context again: the prompt, the output, and every result so far,
+# at most MAX_CONTEXT_TOKENS = 1,000,000; a web search's result is not bounded by the request.
+WORST_WITH_TOOLS: list[tuple[str, str, int, int, tuple[ServerTool, ...], Fraction, int]] = [
+    ("two searches", H3, 1000, 100, (search(2),), Fraction(1),
+     1_020_625),  # (1,000 + 2 × 1,000,000) × 0.50 + 100 × 1.25 + 2 × 10,000
+    #              = 1,000,500 + 125 + 20,000
+    ("searches without max_uses: one per output token", H3, 100, 10, (search(None),),
+     Fraction(1),
+     5_100_063),  # 10 uses: (100 + 10 × 1,000,000) × 0.50 + 10 × 1.25 + 10 × 10,000
+    #              = 5,000,050 + 12.5 + 100,000 = 5,100,062.5, rounded up
+    ("fetches bounded by max_content_tokens", S45, 2000, 500, (fetch(3, 5000),), Fraction(1),
+     334_500),  # context 2,000 + 500 + 3 × 5,000 = 17,500;
+    #            (2,000 + 3 × 17,500) × 6 + 500 × 15 = 327,000 + 7,500
+    ("fetch results past the context window", S45, 1000, 100, (fetch(2, 600_000),),
+     Fraction(1),
+     12_007_500),  # context min(1,000,000, 1,000 + 100 + 1,200,000) = 1,000,000;
+    #               (1,000 + 2 × 1,000,000) × 6 + 100 × 15 = 12,006,000 + 1,500
+    ("a search and a fetch", S45, 1000, 100, (search(1), fetch(1, 1000)), Fraction(1),
+     12_017_500),  # the search's result is unbounded: context 1,000,000;
+    #               (1,000 + 2 × 1,000,000) × 6 + 100 × 15 + 10,000
+    ("advisor at its model's rates", S45, 10_000, 1000,
+     (advisor("claude-opus-4-8", 1, 2000),), Fraction(1),
+     549_000),  # context 10,000 + 1,000 + 2,000 advice = 13,000;
+    #            executor (10,000 + 13,000) × 6 + 1,000 × 15 = 153,000; advisor Opus 4.8 at
+    #            its dearest (fast) rates with the US multiplier:
+    #            (13,000 × 20 + 2,000 × 50) × 1.1 = 396,000
+    ("route multiplier leaves the search fee flat", S45, 1000, 100, (search(1),), R,
+     6_618_250),  # ((1,000 + 1,000,000) × 6 + 100 × 15) × 11/10 + 10,000
+    #              = 6,007,500 × 1.1 + 10,000
+    ("max_uses 0 is no use", S45, 1000, 1000, (search(0),), Fraction(1),
+     21_000),  # as without tools: 1,000 × 6 + 1,000 × 15
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt", "max_tokens", "tools", "multiplier", "micros"),
+    [c[1:] for c in WORST_WITH_TOOLS], ids=[c[0] for c in WORST_WITH_TOOLS])
+def test_worst_case_reserves_for_every_server_tool_use(model, prompt, max_tokens, tools,
+                                                       multiplier, micros):
+    assert TABLE.worst_case(model, prompt, max_tokens, multiplier, tools=tools) == micros
+
+
 ESTIMATES = [
     (S45, 1000, 500, 10_500),  # 1,000 × 3 + 500 × 15
     ("claude-opus-4-6", 1000, 1000, 30_000),  # standard speed, no geo: 5,000 + 25,000
@@ -518,6 +582,39 @@ def test_cost_of_a_sum_is_within_one_micro_of_the_sum_of_costs(model, a, b, mult
         assume(row.rates_for(a) is row.rates_for(b) is row.rates_for(both))
     parts = TABLE.cost(model, a, multiplier).micros + TABLE.cost(model, b, multiplier).micros
     assert abs(TABLE.cost(model, both, multiplier).micros - parts) <= 1
+
+
+@given(st.sampled_from(MODELS), st.integers(0, 50_000), st.integers(1, 4_000), speeds, geos,
+       multipliers, st.lists(st.tuples(st.booleans(), st.none() | st.integers(0, 3),
+                                       st.none() | st.integers(0, 20_000)), max_size=3),
+       st.data())
+def test_worst_case_bounds_every_request_its_server_tools_allow(
+    model, prompt, max_tokens, speed, geo, multiplier, specs, data
+):
+    # Any run the request allows: each tool used at most max_uses times (else at most once per
+    # output token), each use followed by a pass that reads at most the prompt, the output and
+    # the results so far (a search's: anything up to the context window).
+    tools = tuple(search(uses) if is_search else fetch(uses, content)
+                  for is_search, uses, content in specs)
+    output = data.draw(st.integers(0, max_tokens), label="output_tokens")
+    used = [data.draw(st.integers(0, max_tokens if t.max_uses is None else t.max_uses))
+            for t in tools]
+    results, total_in = 0, 0
+    for tool, n in zip(tools, used, strict=True):
+        for _ in range(n):
+            results += data.draw(st.integers(0, MAX_CONTEXT_TOKENS if tool.result_tokens is None
+                                             else tool.result_tokens))
+            total_in += min(MAX_CONTEXT_TOKENS, prompt + output + results)
+    read = prompt + total_in
+    split = {}
+    for field in ("input_tokens", "cache_write_5m", "cache_write_1h"):
+        split[field] = data.draw(st.integers(0, read), label=field)
+        read -= split[field]
+    searches = sum(n for tool, n in zip(tools, used, strict=True) if tool.kind == "web_search")
+    usage = Usage(**split, cache_read=read, output_tokens=output, web_search=searches,
+                  speed=speed, inference_geo=geo)
+    bound = TABLE.worst_case(model, prompt, max_tokens, multiplier, tools=tools)
+    assert bound >= TABLE.cost(model, usage, multiplier).micros
 
 
 @given(st.sampled_from(MODELS), st.integers(0, 400_000), st.integers(0, 64_000), speeds, geos,

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.pricing import ServerTool
 from proxy import request_fields
 from proxy.errors import ProxyError
 from tests.conftest import Gateway
@@ -44,6 +45,11 @@ BODIES = [
     b'{"model":"a",}', b'{"model":"a"} {}', b"", b"null", b'["a"]', b'"a"', b"{not json",
     b'{"max_tokens": 5}', b'{"model": ""}', b'{"model": 7}', b'{"model": 1e400}',
     b'{"model":"a","x":NaN}', b'{"model":"a","x":01}', b'  {"model":"a"}\n',
+    b'{"model":"a","tools":[{"type":"web_search_20250305","max_uses":18446744073709551616}]}',
+    b'{"model":"a","tools":[{"type":"web_search_20250305","max_uses":18446744073709551615}]}',
+    b'{"model":"a","tools":[{"type":"web_fetch_20250910"},7,{"name":"Bash"}]}',
+    b'{"model":"a","tools":{"type":"web_search_20250305"}}',
+    b'{"model":"a","tools":[{"type":"advisor_20260301","model":"m","max_tokens":1e3}]}',
 ]
 
 
@@ -110,12 +116,12 @@ def test_max_tokens_that_is_not_an_integer_in_range_is_refused_naming_the_field(
                                                  (str(MAX).encode(), MAX)])
 def test_max_tokens_in_range_is_read_as_given(value: bytes, reserved: int) -> None:
     body = b'{"model":"m","max_tokens":' + value + b"}"
-    assert request_fields.parse_request(body).max_tokens == reserved
+    assert request_fields.parse_request(body).allowance.max_tokens == reserved
 
 
 def test_missing_max_tokens_is_read_as_the_most_any_model_writes() -> None:
     # The provider refuses it; until then it is not reserved as a cheap request.
-    assert request_fields.parse_request(b'{"model":"m"}').max_tokens == MAX
+    assert request_fields.parse_request(b'{"model":"m"}').allowance.max_tokens == MAX
     assert request_fields.MAX_OUTPUT_TOKENS == MAX
 
 
@@ -196,3 +202,40 @@ async def test_provider_format_routes_refuse_a_bad_max_tokens_the_same_way(
     assert doc["error"]["type"] == "invalid_request_error"
     assert doc["error"]["message"].startswith("max_tokens: ")
     assert bedrock.fake.recorded == [] and vertex.fake.recorded == []
+
+
+# --- server tools ------------------------------------------------------------------------------
+
+SEARCH = {"type": "web_search_20250305", "name": "web_search"}
+TOOLS = [
+    ("a search with max_uses", [{**SEARCH, "max_uses": 8}],
+     (ServerTool("web_search", 8, None),)),
+    ("a search without", [SEARCH], (ServerTool("web_search", None, None),)),
+    ("a malformed max_uses is none", [{**SEARCH, "max_uses": "8"}, {**SEARCH, "max_uses": -1}],
+     (ServerTool("web_search", None, None), ServerTool("web_search", None, None))),
+    ("a fetch bounds its result", [{"type": "web_fetch_20250910", "name": "web_fetch",
+                                    "max_uses": 2, "max_content_tokens": 5000}],
+     (ServerTool("other", 2, 5000),)),
+    ("the advisor at its model", [{"type": "advisor_20260301", "name": "advisor",
+                                   "model": "claude-opus-4-8", "max_tokens": 2000}],
+     (ServerTool("advisor", None, 2000, "claude-opus-4-8", 2000),)),
+    ("an advisor without max_tokens writes the most", [{"type": "advisor_20260301",
+                                                         "model": "claude-opus-4-8"}],
+     (ServerTool("advisor", None, MAX, "claude-opus-4-8", MAX),)),
+    ("code execution and tools not known yet", [{"type": "code_execution_20250825"},
+                                                {"type": "mcp_toolset"}],
+     (ServerTool("other", None, None), ServerTool("other", None, None))),
+    ("tools the client runs", [{"name": "Bash", "input_schema": {"type": "object"}},
+                               {"type": "custom", "name": "x"}, {"type": "bash_20250124"},
+                               {"type": "text_editor_20250728"}, {"type": "computer_20250124"},
+                               {"type": "memory_20250818"}], ()),
+]
+
+
+@pytest.mark.parametrize(("tools", "expected"), [c[1:] for c in TOOLS],
+                         ids=[c[0] for c in TOOLS])
+def test_server_tools_are_read_with_what_bounds_their_cost(tools: list[Any],
+                                                           expected: Any) -> None:
+    body = orjson.dumps({"model": "m", "max_tokens": 100, "tools": tools})
+    assert request_fields.parse_request(body).allowance.tools == expected
+    assert orjson_only(body) == outcome(request_fields.parse_request, body)

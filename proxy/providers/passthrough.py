@@ -80,11 +80,11 @@ async def bedrock_invoke(request: web.Request) -> web.StreamResponse:
         assert isinstance(provider, BedrockProvider)
         return provider.passthrough(model, action, body)
 
-    max_tokens = read_fields(body)[2]  # the stream flag is in the URL
+    allowance = read_fields(body).allowance  # the stream flag is in the URL
     relay = EventStreamRelay(state, request, model, stream, t0, body)
     del body  # the relay lets go of it once the provider has it
     relay.route = Passthrough(chain, build)
-    return await relay.serve(principal, max_tokens, started)
+    return await relay.serve(principal, allowance, started)
 
 
 async def bedrock_count_tokens(request: web.Request) -> web.StreamResponse:
@@ -127,11 +127,11 @@ async def vertex_predict(request: web.Request) -> web.StreamResponse:
         return await _forward(state, chain, build, body)
     if method not in ("rawPredict", "streamRawPredict"):
         raise ProxyError(404, "not_found_error", f"not found: POST {request.path}")
-    _, stream, max_tokens = read_fields(body)
+    _, stream, allowance = read_fields(body)
     relay = Relay(state, request, model, stream, t0, body)
     del body  # the relay lets go of it once the provider has it
     relay.route = Passthrough(chain, build)
-    return await relay.serve(principal, max_tokens, started)
+    return await relay.serve(principal, allowance, started)
 
 
 async def _forward(state: ProxyState, chain: Sequence[Provider], build: Build,
