@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ import orjson
 from ledger.keyspace import KeySpace
 from ledger.periods import PERIODS
 from ledger.policy import KEY_PREFIX, hash_key
+from ledger.signins import SignIns
 
 BUDGET_SCOPES = ("developer", "team", "team_member", "org")
 BUDGET_MODES = ("estimate", "strict")
@@ -292,6 +294,7 @@ class Catalog:
                 "amount": b["amount_micros"], "mode": b["mode"]}) for b in self.budgets()},
             "limits": {f"{r['scope']}:{r['scope_id']}": orjson.dumps(
                 {f: r[f] for f in LIMIT_FIELDS}) for r in self.rate_limits()},
+            "tokens": SignIns(self).mirror(time.time()),
         }
 
 

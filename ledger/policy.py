@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ledger import tokens
 from ledger.keyspace import KeySpace
 
 KEY_PREFIX = "mtd_"
@@ -73,7 +74,12 @@ class Principal:
 
 
 class KeyRefused(Exception):
-    """The credential is unknown, revoked or expired; the message says which, never the key."""
+    """The credential is unknown, revoked or expired; the message says which, never the key.
+    `final`: retrying cannot help (revoked, expired, forged), so clients are told not to."""
+
+    def __init__(self, message: str, final: bool = False) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 @dataclass
@@ -84,6 +90,9 @@ class Policy:
     teams: dict[str, dict[str, Any]]
     budgets: dict[str, dict[str, Any]]
     limits: dict[str, dict[str, Any]]
+    # Signed-in developers' bearer tokens: "keys" (kid → public JWK) and "revoked" (sign-in
+    # id → when its last access token expires). See ledger/tokens.py.
+    tokens: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Policy:
@@ -91,28 +100,51 @@ class Policy:
 
     def __post_init__(self) -> None:
         self._principals: dict[str, Principal] = {}
+        self._bearer_keys = tokens.public_keys(self.tokens.get("keys") or {})
+        self._revoked: dict[str, Any] = self.tokens.get("revoked") or {}
 
     def principal(self, secret: str, now: float | None = None) -> Principal:
-        """Resolve a presented key, or raise KeyRefused."""
+        """Resolve a presented key or signed-in bearer token, or raise KeyRefused."""
+        if secret.startswith(tokens.TOKEN_PREFIX):
+            return self.bearer(secret, now)
         digest = hash_key(secret)
         key = self.keys.get(digest)
         if key is None:
             raise KeyRefused("invalid gateway key")
         if key.get("revoked"):
-            raise KeyRefused("gateway key has been revoked")
+            raise KeyRefused("gateway key has been revoked", final=True)
         expires = key.get("expires_at") or 0
         if expires and (time.time() if now is None else now) >= expires:
-            raise KeyRefused("gateway key has expired")
+            raise KeyRefused("gateway key has expired", final=True)
         found = self._principals.get(digest)
         if found is None:
             found = self._principals[digest] = self._build(key)
+        return found
+
+    def bearer(self, token: str, now: float | None = None) -> Principal:
+        """Resolve a bearer token issued at sign-in: signature (once per token), then expiry,
+        revocation and the developer, every time."""
+        try:
+            claims = tokens.verify(token, self._bearer_keys)
+        except tokens.BearerRefused as exc:
+            raise KeyRefused(str(exc), final=exc.final) from None
+        if (time.time() if now is None else now) >= claims.exp:
+            raise KeyRefused("bearer token has expired: sign in again with /login", final=True)
+        if claims.sid in self._revoked:
+            raise KeyRefused("bearer token has been revoked: sign in again with /login",
+                             final=True)
+        found = self._principals.get(claims.sid)
+        if found is None:
+            found = self._principals[claims.sid] = self._build(
+                {"id": claims.sid, "developer_id": claims.sub})
         return found
 
     def _build(self, key: dict[str, Any]) -> Principal:
         dev_id = key["developer_id"]
         dev = self.developers.get(dev_id)
         if dev is None or dev.get("disabled"):
-            raise KeyRefused("gateway key belongs to a disabled developer")
+            raise KeyRefused("credential belongs to a disabled or removed developer",
+                             final=True)
         team_id = dev.get("team_id") or ""
         team_name = self.teams.get(team_id, {}).get("name", "")
         applies = {("developer", dev_id), ("team", team_id), ("team_member", team_id), ("org", "")}

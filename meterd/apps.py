@@ -13,6 +13,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError
 
+from dashboard.oauth import create_oauth_app, well_known
 from dashboard.site import setup_dashboard
 from dashboard.state import ADMIN, AdminState
 from ledger.catalog import Catalog, connect
@@ -178,4 +179,8 @@ def create_root_app(settings: Settings, proxy: bool = True, admin: bool = True,
     if admin:
         app[ADMIN_APP] = create_admin_app(settings)
         app.add_subapp("/admin", app[ADMIN_APP])
+        if settings.oidc_issuer:  # developers sign in with the device flow (dashboard/oauth.py)
+            app.add_subapp("/oauth", create_oauth_app(settings, app[ADMIN_APP]))
+            app.router.add_get("/.well-known/oauth-authorization-server",
+                               well_known(settings.public_url))
     return app

@@ -18,7 +18,6 @@ from typing import Any
 
 from dashboard.oidc import secure_url
 
-
 MIN_SESSION_SECRET = 32  # bytes: an HMAC-SHA256 key as long as its output
 
 

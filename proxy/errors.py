@@ -46,7 +46,10 @@ def envelope(status: int, kind: str, message: str,
 def to_proxy_error(exc: Exception) -> ProxyError:
     """Domain errors from the ledger, as the HTTP error a client should see."""
     if isinstance(exc, KeyRefused):
-        return ProxyError(401, "authentication_error", str(exc))
+        # Revoked, expired or forged: Claude Code asks to sign in again at once instead of
+        # retrying for minutes.
+        return ProxyError(401, "authentication_error", str(exc),
+                          {"x-should-retry": "false"} if exc.final else None)
     if isinstance(exc, BudgetExceeded):
         return ProxyError(429, "billing_error", str(exc), {
             "retry-after": str(exc.retry_after), "x-should-retry": "false"})

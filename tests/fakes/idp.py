@@ -13,14 +13,11 @@ import base64
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
-import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
@@ -123,7 +120,8 @@ class FakeIdP:
         cid, secret = form.get("client_id"), form.get("client_secret")
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Basic "):
-            cid, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+            cid, _, secret = (unquote(part) for part in
+                              base64.b64decode(auth[6:]).decode().partition(":"))
         return cid == self.client_id and secret == self.client_secret
 
     async def token(self, request: web.Request) -> web.Response:
@@ -183,11 +181,3 @@ class FakeIdP:
             return web.json_response({"error": "invalid_token"}, status=401)
         return web.json_response(self._claims(self.users[sub]))
 
-
-@pytest.fixture
-async def idp(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> FakeIdP:
-    """The provider, listening on loopback (load with `pytest_plugins = ("tests.fakes.idp",)`)."""
-    fake = FakeIdP()
-    server = await aiohttp_server(fake.app())
-    fake.issuer = str(server.make_url("")).rstrip("/")
-    return fake
