@@ -32,6 +32,7 @@ from yarl import URL
 
 from dashboard import sessions
 from dashboard.device_codes import DeviceCodes, normalize
+from dashboard.forwarded import Forwarding, forwarded_middleware
 from dashboard.keys import SECRET
 from dashboard.oidc import Identity, OidcClient, OidcConfig, OidcError, ProviderRefused, pkce_pair
 from dashboard.site import TEMPLATES
@@ -75,6 +76,9 @@ def create_oauth_app(settings: Any, admin_app: web.Application) -> web.Applicati
     """The sign-in endpoints, for mounting at /oauth. `admin_app` is the admin app whose
     AdminState (catalog, Redis) they use; mount this after it so it has started."""
     app = web.Application()
+    # Behind a reverse proxy: the client's address (rate limits) and scheme (cookies, URLs).
+    app.middlewares.append(forwarded_middleware(Forwarding(
+        settings.trusted_proxies, settings.proxy_url.startswith("https://"))))
     app.cleanup_ctx.append(lambda a: _context(a, settings, admin_app))
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                          undefined=jinja2.StrictUndefined)

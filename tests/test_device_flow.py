@@ -241,6 +241,22 @@ async def test_verification_page_limits_attempts_per_address(sso: SSO) -> None:
     assert statuses[:20] == [400] * 20 and statuses[20:] == [429, 429]
 
 
+async def test_behind_a_trusted_proxy_the_limit_counts_each_client(start_sso: Any) -> None:
+    sso = await start_sso(trusted_proxies=("127.0.0.1",))
+    async with sso.browser() as browser:
+        async with browser.get(sso.url + "/oauth/device") as r:
+            csrf = BeautifulSoup(await r.text(), "html.parser").select_one(
+                "#device-code input[name=csrf]")["value"]
+
+        async def submit(client: str) -> int:
+            async with browser.post(sso.url + "/oauth/device", data={
+                    "csrf": csrf, "user_code": "BCDF-GHJK"}, headers={
+                    "Origin": sso.url, "X-Forwarded-For": client}) as r:
+                return r.status
+        assert [await submit("203.0.113.7") for _ in range(21)][-1] == 429
+        assert await submit("203.0.113.8") == 400  # another client behind the same router
+
+
 async def test_refresh_after_expiry_gives_a_new_working_bearer(start_sso: Any) -> None:
     sso = await start_sso(access_token_ttl=1)
     answer = await sso.sign_in("u-ada", "ada@example.com", ["eng"])
