@@ -109,12 +109,13 @@ async def _context(app: web.Application, settings: Any,
         css=str(admin_app.router["static"].url_for(filename="app.css")),
         headers={
             # The form posts here and is sent on to the provider (form-action covers that
-            # redirect); nothing may frame the Approve button.
+            # redirect); nothing may frame the Approve button. same-origin, not no-referrer:
+            # under no-referrer Chromium sends `Origin: null`, and the Origin check needs it.
             "Content-Security-Policy": f"default-src 'none'; style-src 'self'; "
                                        f"form-action 'self' {issuer_origin}; "
                                        "frame-ancestors 'none'; base-uri 'none'",
             "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+            "Referrer-Policy": "same-origin", "Cache-Control": "no-store"})
     yield
     await session.close()
 

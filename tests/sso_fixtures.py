@@ -3,15 +3,19 @@ that signs developers in through it (load with `pytest_plugins = ("tests.sso_fix
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, need
 from tests.fakes.idp import CLIENT_ID, CLIENT_SECRET, FakeIdP
 from tests.sso import RULES, SSO
+
+CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
@@ -38,3 +42,17 @@ def start_sso(start_gateway: Callable[..., Awaitable[Gateway]],
 @pytest.fixture
 async def sso(start_sso: Callable[..., Awaitable[SSO]]) -> AsyncIterator[SSO]:
     yield await start_sso()
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Any]:
+    """Headless Chromium (skipped, or failed under CI, when missing)."""
+    need(os.path.exists(CHROMIUM), f"{CHROMIUM} is missing (apt-get install chromium)")
+    need(importlib.util.find_spec("playwright") is not None,
+         "playwright is not installed (pip install playwright)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        await browser.close()
