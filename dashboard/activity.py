@@ -2,52 +2,58 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from dashboard.auth import READERS, allow
-from dashboard.render import admin_state, parse_time, render, report
+from dashboard.params import MAX_OFFSET, Query, choice, moment, query, text, whole
+from dashboard.render import admin_state, render, report
 from ledger import reports
 
 PAGE_SIZE = 50
+# The filters of the request log, on the Requests page and the API (empty boxes ignored).
+REQUEST_FILTERS = (moment("start"), moment("end"), text("developer"), text("team"),
+                   text("model"), text("session"), choice("status", reports.STATUSES))
+_ARGUMENTS = {"start": "start", "end": "end", "developer": "developer_id", "team": "team_id",
+              "model": "model", "status": "status", "session": "session_id"}
 
 
-def request_filters(query: Any) -> dict[str, Any]:
-    """requests_page() arguments from the query string (empty boxes ignored)."""
-    status = query.get("status") or None
-    if status not in (None, *reports.STATUSES):
-        raise ValueError(f"status must be one of {', '.join(reports.STATUSES)}")
-    return {
-        "start": parse_time(query.get("start")), "end": parse_time(query.get("end")),
-        "developer_id": query.get("developer") or None, "team_id": query.get("team") or None,
-        "model": query.get("model") or None, "status": status,
-        "session_id": query.get("session") or None,
-    }
+def request_filters(q: Query) -> dict[str, Any]:
+    """requests_page() arguments from the REQUEST_FILTERS parameters."""
+    return {argument: q[name] for name, argument in _ARGUMENTS.items()}
 
 
-def _page_number(query: Any) -> int:
-    raw = query.get("page", "1")
-    return max(1, int(raw)) if raw.isdigit() else 1
+def _shown(q: Query) -> dict[str, str]:
+    """The filters as the form and the pager links carry them."""
+    out = {}
+    for name in _ARGUMENTS:
+        value = q[name]
+        if isinstance(value, datetime):  # UTC, as a datetime-local box takes it
+            value = value.replace(tzinfo=None).isoformat()
+        if value:
+            out[name] = value
+    return out
 
 
 @allow(*READERS)
-async def requests_log(request: web.Request) -> web.StreamResponse:
+@query(*REQUEST_FILTERS, whole("page", 1, 1, MAX_OFFSET // PAGE_SIZE))
+async def requests_log(request: web.Request, q: Query) -> web.StreamResponse:
     state = admin_state(request)
-    filters = request_filters(request.query)
-    page = _page_number(request.query)
+    page = q["page"]
     rows, total = await report(request, reports.requests_page, limit=PAGE_SIZE,
-                               offset=(page - 1) * PAGE_SIZE, **filters)
+                               offset=(page - 1) * PAGE_SIZE, **request_filters(q))
     devs = await state.db(state.catalog.developers)
     teams = await state.db(state.catalog.teams)
     names = {d["id"]: d["name"] for d in devs} | {t["id"]: t["name"] for t in teams}
     pages = max(1, -(-total // PAGE_SIZE))
-    query = {k: v for k, v in request.query.items() if k != "page" and v}
+    shown = _shown(q)
     return await render(request, "requests.html", {
         "rows": rows, "total": total, "page": page, "pages": pages, "names": names,
-        "developers": devs, "teams": teams, "query": query, "page_size": PAGE_SIZE,
-        "filtered": bool(query),
+        "developers": devs, "teams": teams, "query": shown, "page_size": PAGE_SIZE,
+        "filtered": bool(shown),
     })
 
 
@@ -62,10 +68,11 @@ def _changes(before: Any, after: Any) -> list[tuple[str, Any, Any]]:
 
 
 @allow(*READERS)
-async def audit(request: web.Request) -> web.StreamResponse:
+@query(text("actor"), text("action"))
+async def audit(request: web.Request, q: Query) -> web.StreamResponse:
     state = admin_state(request)
     rows = await state.db(state.catalog.audit, 500)
-    actor, action = request.query.get("actor", ""), request.query.get("action", "")
+    actor, action = q["actor"] or "", q["action"] or ""
     shown = [dict(r, changes=_changes(r["before"], r["after"])) for r in rows
              if (not actor or r["actor"] == actor) and (not action or r["action"] == action)]
     return await render(request, "audit.html", {

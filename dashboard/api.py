@@ -16,6 +16,7 @@ from aiohttp import web
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.jsonio import json_response, read_json
 from dashboard.keys import IDENTITY
+from dashboard.params import Query, query, text, whole
 from dashboard.spend_limits import meterd_scope
 from dashboard.state import ADMIN, AdminState
 from ledger.accounts import Accounts, hash_password
@@ -50,10 +51,10 @@ async def create_team(request: web.Request) -> web.Response:
 
 
 @allow(*READERS)
-async def list_developers(request: web.Request) -> web.Response:
+@query(text("team"))
+async def list_developers(request: web.Request, q: Query) -> web.Response:
     state = _state(request)
-    return json_response({"data": await state.db(state.catalog.developers,
-                                                 request.query.get("team"))})
+    return json_response({"data": await state.db(state.catalog.developers, q["team"])})
 
 
 @allow(*ADMINS)
@@ -65,10 +66,10 @@ async def create_developer(request: web.Request) -> web.Response:
 
 
 @allow(*READERS)
-async def list_keys(request: web.Request) -> web.Response:
+@query(text("developer"))
+async def list_keys(request: web.Request, q: Query) -> web.Response:
     state = _state(request)
-    return json_response({"data": await state.db(state.catalog.keys,
-                                                 request.query.get("developer"))})
+    return json_response({"data": await state.db(state.catalog.keys, q["developer"])})
 
 
 def _when(value: Any) -> datetime | None:
@@ -155,10 +156,10 @@ async def set_limits(request: web.Request) -> web.Response:
 
 
 @allow(*READERS)
-async def list_audit(request: web.Request) -> web.Response:
+@query(whole("limit", 200, 1, 5000))
+async def list_audit(request: web.Request, q: Query) -> web.Response:
     state = _state(request)
-    limit = min(int(request.query.get("limit", "200")), 5000)
-    return json_response({"data": await state.db(state.catalog.audit, limit)})
+    return json_response({"data": await state.db(state.catalog.audit, q["limit"])})
 
 
 # -- accounts and admin API keys ------------------------------------------------------------

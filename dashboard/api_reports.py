@@ -4,66 +4,69 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 from aiohttp import web
 
-from dashboard.activity import request_filters
+from dashboard.activity import REQUEST_FILTERS, request_filters
 from dashboard.auth import READERS, allow
 from dashboard.jsonio import json_response
-from dashboard.render import parse_day, report, today
+from dashboard.params import MAX_OFFSET, Query, choice, day, query, text, whole
+from dashboard.render import report, today
 from ledger import reports
 
+RANGE = (day("start"), day("end"))
+SCOPE = (text("team"), text("developer"))
 
-def _range(query: Any) -> tuple[date, date]:
-    start = parse_day(query.get("start"), today().replace(day=1))
-    end = parse_day(query.get("end"), today() + timedelta(days=1))
+
+def _range(q: Query) -> tuple[date, date]:
+    start = q["start"] or today().replace(day=1)
+    end = q["end"] or today() + timedelta(days=1)
     if end <= start:
         raise ValueError("end must be after start (end is exclusive)")
     return start, end
 
 
-def _scope(query: Any) -> dict[str, str | None]:
-    return {"developer_id": query.get("developer") or None,
-            "team_id": query.get("team") or None}
+def _scope(q: Query) -> dict[str, str | None]:
+    return {"developer_id": q["developer"], "team_id": q["team"]}
 
 
 @allow(*READERS)
-async def usage(request: web.Request) -> web.StreamResponse:
+@query(*RANGE, *SCOPE, choice("grain", reports.GRAINS, "day"),
+       choice("dimension", reports.DIMENSIONS, "team"), choice("format", ("json", "csv"), "json"))
+async def usage(request: web.Request, q: Query) -> web.StreamResponse:
     """Spend and tokens per period × dimension: ?grain=day|week|month&dimension=..."""
-    q = request.query
     start, end = _range(q)
-    rows = await report(request, reports.spend, start=start, end=end,
-                        grain=q.get("grain", "day"), dimension=q.get("dimension", "team"),
-                        **_scope(q))
-    if q.get("format") == "csv":
+    rows = await report(request, reports.spend, start=start, end=end, grain=q["grain"],
+                        dimension=q["dimension"], **_scope(q))
+    if q["format"] == "csv":
         return web.Response(text=reports.export_csv(rows, reports.SPEND_COLUMNS),
                             content_type="text/csv")
     return json_response({"data": rows, "start": start, "end": end})
 
 
 @allow(*READERS)
-async def usage_totals(request: web.Request) -> web.StreamResponse:
-    start, end = _range(request.query)
-    totals = await report(request, reports.totals, start=start, end=end, **_scope(request.query))
+@query(*RANGE, *SCOPE)
+async def usage_totals(request: web.Request, q: Query) -> web.StreamResponse:
+    start, end = _range(q)
+    totals = await report(request, reports.totals, start=start, end=end, **_scope(q))
     return json_response({**totals, "start": start, "end": end})
 
 
 @allow(*READERS)
-async def top(request: web.Request) -> web.StreamResponse:
-    q = request.query
+@query(*RANGE, choice("dimension", reports.DIMENSIONS, "developer"),
+       whole("limit", 10, 1, 1000))
+async def top(request: web.Request, q: Query) -> web.StreamResponse:
     start, end = _range(q)
     rows = await report(request, reports.top_spenders, start=start, end=end,
-                        dimension=q.get("dimension", "developer"),
-                        limit=min(int(q.get("limit", "10")), 1000))
+                        dimension=q["dimension"], limit=q["limit"])
     return json_response({"data": rows, "start": start, "end": end})
 
 
 @allow(*READERS)
-async def cache(request: web.Request) -> web.StreamResponse:
-    start, end = _range(request.query)
-    found = await report(request, reports.cache_savings, start=start, end=end,
-                         **_scope(request.query))
+@query(*RANGE, *SCOPE)
+async def cache(request: web.Request, q: Query) -> web.StreamResponse:
+    start, end = _range(q)
+    found = await report(request, reports.cache_savings, start=start, end=end, **_scope(q))
     return json_response({**found, "start": start, "end": end})
 
 
@@ -74,10 +77,10 @@ async def forecast(request: web.Request) -> web.StreamResponse:
 
 
 @allow(*READERS)
-async def requests_log(request: web.Request) -> web.StreamResponse:
+@query(*REQUEST_FILTERS, whole("limit", 100, 1, 1000), whole("offset", 0, 0, MAX_OFFSET))
+async def requests_log(request: web.Request, q: Query) -> web.StreamResponse:
     """The request log, newest first: the filters of the Requests page, plus limit/offset."""
-    q = request.query
-    limit, offset = min(int(q.get("limit", "100")), 1000), max(int(q.get("offset", "0")), 0)
-    rows, total = await report(request, reports.requests_page, limit=limit, offset=offset,
-                               **request_filters(q))
-    return json_response({"data": rows, "total": total, "limit": limit, "offset": offset})
+    rows, total = await report(request, reports.requests_page, limit=q["limit"],
+                               offset=q["offset"], **request_filters(q))
+    return json_response({"data": rows, "total": total, "limit": q["limit"],
+                          "offset": q["offset"]})

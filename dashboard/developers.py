@@ -11,6 +11,7 @@ from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.budgets import LIMIT_WORDS, budget_values, caps_for_developer, limits_of
 from dashboard.limits_form import save_limits
+from dashboard.params import Query, parse_day, query, text
 from dashboard.render import (
     admin_state,
     change,
@@ -18,7 +19,6 @@ from dashboard.render import (
     fill_days,
     form,
     last_days,
-    parse_day,
     redirect_back,
     render,
     report,
@@ -49,7 +49,8 @@ def key_status(key: dict[str, Any], now: datetime) -> str:
 
 
 @allow(*READERS)
-async def developers(request: web.Request) -> web.StreamResponse:
+@query(text("team"))
+async def developers(request: web.Request, q: Query) -> web.StreamResponse:
     state = admin_state(request)
     now = datetime.now(UTC)
     rows = await state.db(state.catalog.developers)
@@ -67,7 +68,7 @@ async def developers(request: web.Request) -> web.StreamResponse:
         dev["keys"] = active.get(dev["id"], 0)
     teams = await state.db(state.catalog.teams)
     return await render(request, "developers.html", {
-        "developers": rows, "teams": teams, "team_filter": request.query.get("team", "")})
+        "developers": rows, "teams": teams, "team_filter": q["team"] or ""})
 
 
 @allow(*ADMINS)
@@ -119,11 +120,11 @@ async def developer(request: web.Request) -> web.StreamResponse:
     })
 
 
-def _expiry(text: str) -> datetime | None:
+def _expiry(value: str) -> datetime | None:
     """A key expiry from a date box: the end of that UTC day; empty = never."""
-    if not text:
+    if not value:
         return None
-    day = parse_day(text, today())
+    day = parse_day(value, "expiry date")
     if day < today():
         raise ValueError("an expiry date cannot be in the past")
     return datetime.combine(day, time(23, 59, 59), UTC)

@@ -143,26 +143,6 @@ def field(data: MultiDictProxy[Any], name: str, default: str | None = None,
     return value
 
 
-def parse_day(text: str | None, default: date) -> date:
-    if not text:
-        return default
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a date like 2026-12-31") from None
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """A date or date-time from a form (taken as UTC)."""
-    if not text:
-        return None
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a time like 2026-12-31 or 2026-12-31T18:00") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 def today() -> date:
     return datetime.now(UTC).date()
 

@@ -15,13 +15,28 @@ from aiohttp import web
 
 from dashboard import charts
 from dashboard.auth import READERS, allow
-from dashboard.render import admin_state, parse_day, render, report, today, url
+from dashboard.params import Query, choice, day, query, text
+from dashboard.render import admin_state, render, report, today, url
 from ledger import reports
 
 GRAIN_WORDS = {"day": "Day", "week": "Week", "month": "Month"}
 DIMENSION_WORDS = {"team": "Team", "developer": "Developer", "model": "Model",
                    "session": "Claude Code session"}
 MAX_DAYS = 3 * 366
+DAYS = (day("start"), day("end"))
+REPORT = (*DAYS, choice("grain", reports.GRAINS, "day"),
+          choice("dimension", reports.DIMENSIONS, "team"), text("team"), text("developer"))
+
+
+def days(q: Query) -> tuple[date, date]:
+    """The first and the last day (both included) of a report or export: this month so far
+    unless the query says otherwise."""
+    start, last = q["start"] or today().replace(day=1), q["end"] or today()
+    if last < start:
+        raise ValueError("the report ends before it starts")
+    if (last - start).days > MAX_DAYS:
+        raise ValueError(f"a report covers at most {MAX_DAYS} days")
+    return start, last
 
 
 @dataclass(frozen=True)
@@ -38,22 +53,10 @@ class ReportQuery:
         return self.last + timedelta(days=1)
 
     @classmethod
-    def from_query(cls, query: Any) -> ReportQuery:
-        first = today().replace(day=1)
-        start = parse_day(query.get("start"), first)
-        last = parse_day(query.get("end"), today())
-        if last < start:
-            raise ValueError("the report ends before it starts")
-        if (last - start).days > MAX_DAYS:
-            raise ValueError(f"a report covers at most {MAX_DAYS} days")
-        grain = query.get("grain") or "day"
-        dimension = query.get("dimension") or "team"
-        if grain not in reports.GRAINS:
-            raise ValueError(f"grain must be one of {', '.join(reports.GRAINS)}")
-        if dimension not in reports.DIMENSIONS:
-            raise ValueError(f"dimension must be one of {', '.join(reports.DIMENSIONS)}")
-        return cls(start, last, grain, dimension, query.get("team") or None,
-                   query.get("developer") or None)
+    def from_query(cls, q: Query) -> ReportQuery:
+        """From the REPORT parameters."""
+        start, last = days(q)
+        return cls(start, last, q["grain"], q["dimension"], q["team"], q["developer"])
 
     def args(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, "grain": self.grain,
@@ -74,9 +77,10 @@ SESSIONS_SHOWN = 100
 
 
 @allow(*READERS)
-async def reports_page(request: web.Request) -> web.StreamResponse:
+@query(*REPORT)
+async def reports_page(request: web.Request, params: Query) -> web.StreamResponse:
     state = admin_state(request)
-    q = ReportQuery.from_query(request.query)
+    q = ReportQuery.from_query(params)
     # Sessions number in the tens of thousands: show the top ones per period on screen (the
     # CSV has them all), and take the totals from the rollup, not from the rows shown.
     limit = SESSIONS_SHOWN if q.dimension == "session" else None
@@ -102,8 +106,9 @@ async def reports_page(request: web.Request) -> web.StreamResponse:
 
 
 @allow(*READERS)
-async def reports_csv(request: web.Request) -> web.StreamResponse:
-    q = ReportQuery.from_query(request.query)
+@query(*REPORT)
+async def reports_csv(request: web.Request, params: Query) -> web.StreamResponse:
+    q = ReportQuery.from_query(params)
     rows = await report(request, reports.spend, **q.args())
     body = reports.export_csv(rows, reports.SPEND_COLUMNS)
     return web.Response(text=body, content_type="text/csv", charset="utf-8", headers={
@@ -111,18 +116,21 @@ async def reports_csv(request: web.Request) -> web.StreamResponse:
 
 
 @allow(*READERS)
-async def reports_parquet(request: web.Request) -> web.StreamResponse:
+@query(*DAYS)
+async def reports_parquet(request: web.Request, params: Query) -> web.StreamResponse:
     """Every raw request of the range as Parquet (zstd), streamed from a temporary file."""
-    q = ReportQuery.from_query(request.query)
+    start, last = days(params)
     loop = asyncio.get_running_loop()
     fd, name = tempfile.mkstemp(prefix="meterd-export-", suffix=".parquet")
     os.close(fd)
     path = Path(name)
     try:
-        await report(request, reports.export_parquet, start=q.start, end=q.end, path=path)
+        await report(request, reports.export_parquet, start=start,
+                     end=last + timedelta(days=1), path=path)
         response = web.StreamResponse(headers={
             "Content-Type": "application/vnd.apache.parquet",
-            "Content-Disposition": f'attachment; filename="{q.filename("parquet")}"',
+            "Content-Disposition":
+                f'attachment; filename="meterd-requests-{start}-{last}.parquet"',
             "Content-Length": str(path.stat().st_size), "Cache-Control": "no-store"})
         await response.prepare(request)
         with path.open("rb") as f:

@@ -21,6 +21,7 @@ from dashboard.auth import ADMINS, READERS, allow
 from dashboard.identity import Identity
 from dashboard.jsonio import json_response, read_json
 from dashboard.keys import IDENTITY
+from dashboard.params import Query, many, query
 from dashboard.render import admin_state
 from ledger.catalog import Catalog, NotFound
 from ledger.money import MICROS_PER_CENT, parse_cents
@@ -98,10 +99,11 @@ def _who(request: web.Request) -> Identity:
 
 
 @allow(*READERS)
-async def list_spend_limits(request: web.Request) -> web.StreamResponse:
+@query(many("scope_type"), many("scope_type[]"))  # the SDKs send either form of a list
+async def list_spend_limits(request: web.Request, q: Query) -> web.StreamResponse:
     state = admin_state(request)
     rows = await state.db(_listed, state.catalog)
-    kinds = request.query.getall("scope_type", []) or request.query.getall("scope_type[]", [])
+    kinds = q["scope_type"] or q["scope_type[]"]
     if kinds:
         rows = [r for r in rows if r["scope"]["type"] in kinds]
     return json_response({"data": rows, "next_page": None})

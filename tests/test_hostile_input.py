@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 import shutil
 import sys
 import tempfile
@@ -15,12 +16,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
+from dashboard.auth import roles_of
+from dashboard.identity import ROLES
+from dashboard.params import params_of
 from ledger.accounts import Accounts
 from ledger.catalog import Catalog, CatalogError, connect
-from meterd.apps import SOCKET_FILE
+from meterd.apps import ADMIN_APP, SOCKET_FILE
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Dashboard, parse
 
@@ -214,3 +219,171 @@ async def test_cli_refuses_control_characters_in_names(
         assert "control characters" in err, (argv, err)
     admin = dash.gateway.admin
     assert [t["name"] for t in await admin.db(admin.catalog.teams)] == ["platform"]
+
+
+# --- query parameters ------------------------------------------------------------------------
+
+# Each is fed, alone, to every declared query parameter of every route, as every role that may
+# use the route: numbers negative, huge and malformed; dates at both ends of the calendar and
+# impossible; NUL; long; non-ASCII digits and text; SQL.
+HOSTILE_VALUES = (
+    "-1", "0", "1" * 25, "-" + "9" * 25, "1e3", "0x10", " 7", "\u0661\u0662", "abc", "",
+    "0001-01-01", "9999-12-31", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+    "2026-02-30", "\x00", "x\x00y", "x" * 2000, "\u00e9" * 300,
+    "\u00fcn\u00efc\u00f8d\u00e9 \u2603 \U0001f642",
+    "'; DROP TABLE requests; --",
+)
+
+
+async def _seed_ids(dash: Dashboard) -> dict[str, str]:
+    """A value for every path placeholder of a route, and some usage to report on."""
+    gw = dash.gateway
+    key = await gw.developer("Ada", "platform")
+    async with dash.client.post("/v1/messages", json={
+            "model": "claude-sonnet-4-6", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-api-key": key, "x-claude-code-session-id": "sess-1"}) as r:
+        assert r.status == 200
+    await dash.roll_up()
+    catalog = gw.admin.catalog
+    dev = (await gw.admin.db(catalog.developers))[0]
+    budget = await gw.admin.db(catalog.set_budget, "team", dev["team_id"], "monthly", 10**8)
+    return {"team_id": dev["team_id"], "developer_id": dev["id"],
+            "key_id": (await gw.admin.db(catalog.keys))[0]["id"], "budget_id": budget["id"],
+            "spend_limit_id": budget["id"], "name": "victim"}
+
+
+def _error_shape(api: bool, status: int, content_type: str, body: str) -> str:
+    """What is wrong with a 4xx answer's shape ("" when it is right)."""
+    if api:
+        if content_type != "application/json":
+            return f"content type {content_type}"
+        doc = orjson.loads(body)
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if doc.get("type") != "error" or not isinstance(error, dict) or not all(
+                isinstance(error.get(k), str) and error.get(k) for k in ("type", "message")):
+            return f"not the error envelope: {body[:200]}"
+        if status == 400 and error["type"] != "invalid_request_error":
+            return f"error type {error['type']}"
+        return ""
+    if content_type != "text/html":
+        return f"content type {content_type}"
+    code = parse(body).select_one(".error-card .status-code")
+    if code is None or code.get_text(strip=True) != str(status):
+        return f"not the error page: {body[:200]}"
+    return ""
+
+
+@pytest.mark.parametrize("redis_url", ["real"], indirect=True)
+async def test_every_query_parameter_of_every_route_survives_hostile_values(
+        dashboard: Dashboard) -> None:
+    ids = await _seed_ids(dashboard)
+    browsers = {role: await dashboard.signed_in(role) for role in ROLES}
+    keys = {"admin": {"x-api-key": await dashboard.admin_key("rw")},
+            "finance": {"x-api-key": await dashboard.admin_key("ro")}, "anonymous": {}}
+    admin_app = dashboard.gateway.app[ADMIN_APP]
+    walked: set[tuple[str, str, str]] = set()
+    wrong: list[str] = []
+    for route in admin_app.router.routes():
+        if isinstance(route.resource, web.StaticResource) or route.method == "HEAD":
+            continue
+        params, roles = params_of(route.handler), roles_of(route.handler)
+        if not params:
+            continue
+        assert route.method == "GET", f"{route.resource.canonical}: extend this test"
+        canonical = route.resource.canonical
+        holes = set(re.findall(r"\{(\w+)\}", canonical)) - set(ids)
+        assert not holes, f"give {sorted(holes)} a value in _seed_ids for {canonical}"
+        path = canonical.format(**ids)  # the admin app is mounted: /admin/…
+        api = path.startswith("/admin/api/")
+        for role in sorted(roles or ()):
+            if role not in (keys if api else browsers):
+                continue  # no way to call the API as a developer
+            session = browsers[role].session if not api else dashboard.client.session
+            headers = keys[role] if api else {}
+            base = dashboard.client.make_url(path)
+            names = [p.name for p in params]
+            walked.update((canonical, role, name) for name in names)
+            # Each parameter alone, then all of them at once (start=end=9999-12-31), but for
+            # the long values: together they pass the request line's limit (8190 bytes).
+            for group in [[name] for name in names] + [names]:
+                for value in HOSTILE_VALUES:
+                    if len(group) > 1 and len(value) > 100:
+                        continue
+                    url = base.with_query(dict.fromkeys(group, value))
+                    async with session.get(url, headers=headers, allow_redirects=False) as r:
+                        body = (await r.read()).decode("utf-8", "replace")
+                        where = f"{role} GET {canonical}?{'&'.join(group)}={value[:40]!r}"
+                        if r.status >= 500:
+                            wrong.append(f"{where}: {r.status} {body[:120]}")
+                        elif r.status >= 400:
+                            shape = _error_shape(api, r.status, r.content_type, body)
+                            if shape:
+                                wrong.append(f"{where}: {r.status} {shape}")
+    assert not wrong, "\n".join(wrong[:40]) + f"\n({len(wrong)} in all)"
+    # The walk reached the parameters the issue named, on both sides.
+    for canonical, name in (("/admin/api/v1/audit", "limit"), ("/admin/api/v1/requests", "offset"),
+                            ("/admin/requests", "page"), ("/admin/reports", "end"),
+                            ("/admin/api/v1/usage", "start"),
+                            ("/admin/api/v1/requests.parquet", "end")):
+        assert (canonical, "finance", name) in walked, (canonical, name)
+
+
+TWENTY_FIVE_DIGITS = "1" * 25
+# What the issue found answering a bare 500 (or, for dates far out, an answer about year 1),
+# and its kin: each is a 400 that names the parameter.
+API_CASES = (
+    ("audit", {"limit": "-1"}, "limit"),
+    ("requests", {"offset": TWENTY_FIVE_DIGITS}, "offset"),
+    ("requests", {"limit": TWENTY_FIVE_DIGITS}, "limit"),
+    ("requests", {"start": "0001-01-01T00:00:00+01:00"}, "start"),
+    ("requests", {"end": "9999-12-31T23:59:59-01:00"}, "end"),
+    ("usage", {"start": "0001-01-01"}, "start"),
+    ("usage", {"start": "9999-12-30", "end": "9999-12-31"}, "start"),
+    ("usage/top", {"limit": "-5"}, "limit"),
+    ("requests.parquet", {"start": "9999-12-30", "end": "9999-12-31"}, "start"),
+    ("requests.parquet", {"start": "0001-01-01", "end": "0001-01-02"}, "start"),
+)
+PAGE_CASES = (
+    ("requests", {"page": TWENTY_FIVE_DIGITS}, "page"),
+    ("requests", {"start": "0001-01-01T00:00:00+01:00"}, "start"),
+    ("reports", {"start": "9999-12-30", "end": "9999-12-31"}, "start"),
+    ("reports.csv", {"start": "0001-01-01", "end": "0001-01-02"}, "start"),
+    ("reports.parquet", {"start": "9999-12-30", "end": "9999-12-31"}, "start"),
+)
+
+
+@pytest.mark.parametrize("redis_url", ["real"], indirect=True)
+async def test_out_of_range_numbers_and_dates_are_a_400_that_names_the_parameter(
+        dashboard: Dashboard) -> None:
+    await _seed_ids(dashboard)
+    headers = {"x-api-key": await dashboard.admin_key("ro")}
+    for path, query, name in API_CASES:
+        url = dashboard.client.make_url(f"/admin/api/v1/{path}").with_query(query)
+        async with dashboard.client.session.get(url, headers=headers) as r:
+            body = await r.text()
+            assert r.status == 400, (path, query, r.status, body[:200])
+            assert _error_shape(True, 400, r.content_type, body) == "", (path, query)
+            assert name in orjson.loads(body)["error"]["message"], (path, query, body)
+    finance = await dashboard.signed_in("finance")
+    for path, query, name in PAGE_CASES:
+        url = dashboard.client.make_url(f"/admin/{path}").with_query(query)
+        async with finance.session.get(url, allow_redirects=False) as r:
+            body = await r.text()
+            assert r.status == 400, (path, query, r.status, body[:200])
+            assert _error_shape(False, 400, r.content_type, body) == "", (path, query)
+            assert name in parse(body).select_one(".error-card").get_text(), (path, query)
+
+
+async def test_cli_export_and_report_refuse_dates_out_of_range(
+        start_dashboard: Callable[..., Awaitable[Dashboard]], short_data_dir: str) -> None:
+    dash = await start_dashboard(data_dir=short_data_dir)
+    await _serve_socket(dash, short_data_dir)
+    out = f"{short_data_dir}/out.parquet"
+    for argv in (["export", "--start", "9999-12-30", "--end", "9999-12-31", "--out", out],
+                 ["export", "--start", "0001-01-01", "--end", "0001-01-02", "--out", out],
+                 ["report", "--start", "0001-01-01", "--csv"]):
+        code, _, err = await _cli(*argv, "--data-dir", short_data_dir)
+        assert code == 2, (argv, err)
+        assert "start '" in err and "out of range" in err, (argv, err)
+    assert not Path(out).exists()
