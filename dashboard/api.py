@@ -16,7 +16,7 @@ from aiohttp import web
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.jsonio import json_response, read_json
 from dashboard.keys import IDENTITY
-from dashboard.params import Query, query, text, whole
+from dashboard.params import Query, parse_expiry, query, text, whole
 from dashboard.spend_limits import meterd_scope
 from dashboard.state import ADMIN, AdminState
 from ledger.accounts import Accounts, hash_password
@@ -73,10 +73,8 @@ async def list_keys(request: web.Request, q: Query) -> web.Response:
 
 
 def _when(value: Any) -> datetime | None:
-    if value in (None, ""):
-        return None
-    when = datetime.fromisoformat(str(value))
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    """An `expires_at`: a date is the end of that UTC day, a date-time that instant."""
+    return None if value in (None, "") else parse_expiry(str(value))
 
 
 @allow(*ADMINS)

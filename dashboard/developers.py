@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -11,7 +11,7 @@ from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.budgets import LIMIT_WORDS, budget_values, caps_for_developer, limits_of
 from dashboard.limits_form import save_limits
-from dashboard.params import Query, parse_day, query, text
+from dashboard.params import Query, parse_expiry, query, text
 from dashboard.render import (
     admin_state,
     change,
@@ -121,13 +121,13 @@ async def developer(request: web.Request) -> web.StreamResponse:
 
 
 def _expiry(value: str) -> datetime | None:
-    """A key expiry from a date box: the end of that UTC day; empty = never."""
+    """A key expiry from a date box (the end of that UTC day); empty = never."""
     if not value:
         return None
-    day = parse_day(value, "expiry date")
-    if day < today():
+    when = parse_expiry(value)
+    if when < datetime.now(UTC):
         raise ValueError("an expiry date cannot be in the past")
-    return datetime.combine(day, time(23, 59, 59), UTC)
+    return when
 
 
 @allow(*ADMINS)

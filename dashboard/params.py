@@ -17,7 +17,7 @@ import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from aiohttp import web
@@ -70,6 +70,18 @@ def parse_time(text: str, what: str = "time") -> datetime:
                          "2026-12-31T18:00") from None
     _in_range(when.date(), text, what)  # before converting: near the ends that overflows
     return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def parse_expiry(text: str) -> datetime:
+    """When a key expires: a date means the end of that UTC day (the key works all of it,
+    until 23:59:59), a date-time means that instant. The one reading of `meterd key issue
+    --expires` and `key expire --at`, the dashboard's date box and the API's `expires_at`."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        return parse_time(text, "expiry")
+    _in_range(day, text, "expiry")
+    return datetime.combine(day, time(23, 59, 59), UTC)
 
 
 @dataclass(frozen=True)

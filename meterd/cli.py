@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -18,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from dashboard.commands import add_account_commands
+from dashboard.params import parse_expiry
 from ledger.money import format_usd
 from meterd import doctor, mock_upstream
 from meterd.apps import SOCKET_FILE, create_root_app
@@ -192,12 +192,13 @@ def _show_key(result: Any) -> None:
     print("This is the only time the key is shown; meterd stores only its hash.")
 
 
-def _date(text: str) -> str:
+def _expiry(text: str) -> str:
+    """A key expiry as the dashboard and the API read one: a date is the end of that UTC
+    day, a date-time that instant; sent on as the instant."""
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-12-31") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+        return parse_expiry(text).isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,14 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
         "developer": a.developer, "expires_at": a.expires}, _show_key),
         "issue a key (shown once)", key)
     p.add_argument("developer", help="developer id, email or name")
-    p.add_argument("--expires", type=_date, help="expiry date (UTC), e.g. 2026-12-31")
+    p.add_argument("--expires", type=_expiry,
+                   help="last day the key works (UTC), e.g. 2026-12-31, or a date-time")
     add("list", _manage("GET", "keys"), "list keys (never their secrets)", key)
     p = add("revoke", _manage("POST", "keys/{key_id}/revoke"), "revoke a key now", key)
     p.add_argument("key_id")
     p = add("expire", _manage("POST", "keys/{key_id}/expire", lambda a: {"expires_at": a.at}),
             "set a key's expiry", key)
     p.add_argument("key_id")
-    p.add_argument("--at", type=_date, help="when (default: now)")
+    p.add_argument("--at", type=_expiry,
+                   help="a date (the key works to its end, UTC) or a date-time (default: now)")
 
     budget = sub.add_parser("budget", help="spend caps").add_subparsers(dest="action",
                                                                         required=True)

@@ -4,7 +4,8 @@ limits (through the real anthropic SDK), and the account commands of the CLI."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from meterd.client import call
 from meterd.settings import Settings
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Dashboard
+from tests.test_hostile_input import run_cli, serve_socket
 
 
 async def _team(dash: Dashboard) -> str:
@@ -227,3 +229,77 @@ def test_cli_admin_key_commands(tmp_path: Path) -> None:
                      ("POST", "admin_keys/akey_1/revoke", None), ("GET", "admin_keys", None)]
     with pytest.raises(SystemExit):
         parser.parse_args(["admin-key", "create", "--role", "owner"])
+
+
+def _end_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, 23, 59, 59)
+
+
+async def test_a_key_expiring_on_a_date_works_to_the_end_of_that_utc_day_on_every_path(
+        start_dashboard: Callable[..., Awaitable[Dashboard]],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    short_data_dir = str(tmp_path_factory.mktemp("d"))  # room for the Unix socket's path
+    dash = await start_dashboard(data_dir=short_data_dir)
+    await dash.gateway.developer("Ada", "platform")
+    await serve_socket(dash, short_data_dir)
+    admin, browser = dash.gateway.admin, await dash.signed_in("admin")
+    headers = {"x-api-key": await dash.admin_key("rw")}
+    dev = (await admin.db(admin.catalog.developers))[0]["id"]
+    issue_day = datetime.now(UTC).date() + timedelta(days=200)
+    expire_day = issue_day + timedelta(days=1)
+
+    async def issued() -> list[Any]:
+        return [k["expires_at"] for k in await admin.db(admin.catalog.keys)][1:]
+
+    code, _, err = await run_cli("key", "issue", "ada@example.com", "--expires",
+                                 issue_day.isoformat(), "--data-dir", short_data_dir)
+    assert code == 0, err
+    async with dash.client.post("/admin/api/v1/keys", headers=headers, json={
+            "developer": "ada@example.com", "expires_at": issue_day.isoformat()}) as r:
+        assert r.status == 201
+    status, _, _ = await browser.post(f"/admin/developers/{dev}/keys",
+                                      {"expires": issue_day.isoformat()})
+    assert status == 201
+    assert await issued() == [_end_of(issue_day)] * 3  # CLI, API, dashboard
+
+    cli_key, api_key, page_key = [k["id"] for k in await admin.db(admin.catalog.keys)][1:]
+    code, _, err = await run_cli("key", "expire", cli_key, "--at", expire_day.isoformat(),
+                                 "--data-dir", short_data_dir)
+    assert code == 0, err
+    async with dash.client.post(f"/admin/api/v1/keys/{api_key}/expire", headers=headers,
+                                json={"expires_at": expire_day.isoformat()}) as r:
+        assert r.status == 200
+    await browser.get(f"/admin/developers/{dev}")
+    status, _, _ = await browser.post(f"/admin/keys/{page_key}/expire",
+                                      {"expires": expire_day.isoformat()})
+    assert status == 303
+    assert await issued() == [_end_of(expire_day)] * 3
+
+    # A date-time is that instant, on the API and the CLI alike.
+    async with dash.client.post(f"/admin/api/v1/keys/{api_key}/expire", headers=headers,
+                                json={"expires_at": f"{issue_day}T12:00:00+02:00"}) as r:
+        assert (await r.json())["expires_at"] == f"{issue_day}T10:00:00"
+    code, _, err = await run_cli("key", "expire", cli_key, "--at", f"{issue_day}T12:00",
+                                 "--data-dir", short_data_dir)
+    assert code == 0, err
+    assert (await issued())[:2] == [datetime.combine(issue_day, datetime.min.time())
+                                    + timedelta(hours=h) for h in (12, 10)]
+
+
+async def test_a_key_issued_from_the_cli_to_expire_today_works_today(
+        start_dashboard: Callable[..., Awaitable[Dashboard]],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    short_data_dir = str(tmp_path_factory.mktemp("d"))  # room for the Unix socket's path
+    dash = await start_dashboard(data_dir=short_data_dir)
+    await dash.gateway.developer("Ada", "platform")
+    await serve_socket(dash, short_data_dir)
+    today = datetime.now(UTC).date().isoformat()
+    code, out, err = await run_cli("key", "issue", "ada@example.com", "--expires", today,
+                                   "--data-dir", short_data_dir)
+    assert code == 0, err
+    secret = next(word for word in out.split() if word.startswith("mtd_"))
+    await dash.gateway.proxy.refresh_policy()
+    async with dash.client.post("/v1/messages", headers={"x-api-key": secret}, json={
+            "model": "claude-sonnet-4-6", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]}) as r:
+        assert r.status == 200, await r.text()

@@ -8,11 +8,9 @@ import asyncio
 import csv
 import io
 import re
-import shutil
 import sys
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +45,9 @@ HOSTILE_SESSIONS = {"=cmd|' /C notepad'!A1": "'=cmd|' /C notepad'!A1", "@SUM(9,9
 
 
 @pytest.fixture
-async def short_data_dir() -> AsyncIterator[str]:
+def short_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A data directory with a path short enough for a Unix socket inside it (108 bytes)."""
-    path = tempfile.mkdtemp(prefix="mtd-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    return str(tmp_path_factory.mktemp("d"))
 
 
 async def _hostile_usage(dash: Dashboard) -> None:
@@ -76,7 +72,7 @@ def _labels(text: str) -> set[str]:
     return {row["label"] for row in csv.DictReader(io.StringIO(text, newline=""))}
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
+async def run_cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meterd.cli", *args, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
@@ -84,7 +80,7 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-async def _serve_socket(dash: Dashboard, data_dir: str) -> None:
+async def serve_socket(dash: Dashboard, data_dir: str) -> None:
     """Serve the test's app on the data directory's socket too, as `meterd serve` does, so
     the real CLI reaches it."""
     server = dash.client.server
@@ -99,7 +95,7 @@ async def test_csv_exports_escape_cells_that_would_be_formulas(
     await _hostile_usage(dash)
     finance = await dash.signed_in("finance")
     headers = {"x-api-key": await dash.admin_key("ro")}
-    await _serve_socket(dash, short_data_dir)
+    await serve_socket(dash, short_data_dir)
     for dimension, hostile in (("model", HOSTILE_MODELS), ("session", HOSTILE_SESSIONS)):
         status, page_csv = await finance.get(f"/admin/reports.csv?dimension={dimension}")
         assert status == 200
@@ -107,7 +103,7 @@ async def test_csv_exports_escape_cells_that_would_be_formulas(
                                    headers=headers) as r:
             assert r.status == 200
             api_csv = await r.text()
-        code, cli_csv, err = await _cli("report", "--csv", "--by", dimension,
+        code, cli_csv, err = await run_cli("report", "--csv", "--by", dimension,
                                         "--data-dir", short_data_dir)
         assert code == 0, err
         for where, text in (("dashboard", page_csv), ("api", api_csv), ("cli", cli_csv)):
@@ -205,7 +201,7 @@ async def test_cli_refuses_control_characters_in_names(
         tmp_path: Path) -> None:
     dash = await start_dashboard(data_dir=short_data_dir)
     await dash.gateway.developer("Ada", "platform")
-    await _serve_socket(dash, short_data_dir)
+    await serve_socket(dash, short_data_dir)
     password = tmp_path / "pw"
     password.write_text("a long enough password\n")
     for argv in (["team", "create", "plat\r\nform"],
@@ -214,7 +210,7 @@ async def test_cli_refuses_control_characters_in_names(
                  ["user", "create", "ada\x1b[31m", "--role", "finance",
                   "--password-file", str(password)],
                  ["admin-key", "create", "--role", "ro", "--label", "nightly\u2028job"]):
-        code, out, err = await _cli(*argv, "--data-dir", short_data_dir)
+        code, out, err = await run_cli(*argv, "--data-dir", short_data_dir)
         assert code == 2, (argv, out, err)
         assert "control characters" in err, (argv, err)
     admin = dash.gateway.admin
@@ -378,12 +374,12 @@ async def test_out_of_range_numbers_and_dates_are_a_400_that_names_the_parameter
 async def test_cli_export_and_report_refuse_dates_out_of_range(
         start_dashboard: Callable[..., Awaitable[Dashboard]], short_data_dir: str) -> None:
     dash = await start_dashboard(data_dir=short_data_dir)
-    await _serve_socket(dash, short_data_dir)
+    await serve_socket(dash, short_data_dir)
     out = f"{short_data_dir}/out.parquet"
     for argv in (["export", "--start", "9999-12-30", "--end", "9999-12-31", "--out", out],
                  ["export", "--start", "0001-01-01", "--end", "0001-01-02", "--out", out],
                  ["report", "--start", "0001-01-01", "--csv"]):
-        code, _, err = await _cli(*argv, "--data-dir", short_data_dir)
+        code, _, err = await run_cli(*argv, "--data-dir", short_data_dir)
         assert code == 2, (argv, err)
         assert "start '" in err and "out of range" in err, (argv, err)
     assert not Path(out).exists()
