@@ -21,6 +21,7 @@ import duckdb
 import orjson
 
 from ledger.keyspace import KeySpace
+from ledger.managed import ManagedSettings
 from ledger.periods import PERIODS
 from ledger.policy import KEY_PREFIX, hash_key
 from ledger.signins import SignIns
@@ -295,6 +296,7 @@ class Catalog:
             "limits": {f"{r['scope']}:{r['scope_id']}": orjson.dumps(
                 {f: r[f] for f in LIMIT_FIELDS}) for r in self.rate_limits()},
             "tokens": SignIns(self).mirror(time.time()),
+            "managed": ManagedSettings(self).mirror(),
         }
 
 

@@ -26,7 +26,8 @@ class KeySpace:
         self.providers_reload = f"{self.base}:providers:reload"
         self.policy_hashes = {
             name: f"{self.base}:pol:{name}"
-            for name in ("keys", "devs", "teams", "budgets", "limits", "tokens")
+            for name in ("keys", "devs", "teams", "budgets", "limits", "tokens",
+                         "managed")
         }
 
     def counter(self, scope: str, scope_id: str, period: str, now: datetime) -> str:

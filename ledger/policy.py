@@ -93,6 +93,8 @@ class Policy:
     # Signed-in developers' bearer tokens: "keys" (kid → public JWK) and "revoked" (sign-in
     # id → when its last access token expires). See ledger/tokens.py.
     tokens: dict[str, Any] = field(default_factory=dict)
+    # Managed settings (ledger/managed.py): "org" or a team id → {uuid, checksum, settings}.
+    managed: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Policy:
@@ -120,6 +122,10 @@ class Policy:
         if found is None:
             found = self._principals[digest] = self._build(key)
         return found
+
+    def managed_settings(self, team_id: str) -> dict[str, Any] | None:
+        """The managed settings a team's developers get: its own, else the organization's."""
+        return self.managed.get(team_id) or self.managed.get("org")
 
     def bearer(self, token: str, now: float | None = None) -> Principal:
         """Resolve a bearer token issued at sign-in: signature (once per token), then expiry,

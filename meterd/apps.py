@@ -28,6 +28,7 @@ from meterd.settings import Settings
 from proxy.access_log import AccessLog
 from proxy.errors import error_middleware
 from proxy.handlers import end_relays, setup_routes
+from proxy.managed import setup_managed_routes
 from proxy.metrics import ProxyMetrics
 from proxy.providers.passthrough import setup_provider_routes
 from proxy.state import STATE, ProxyState
@@ -51,6 +52,7 @@ def create_proxy_app(settings: Settings,
     app.cleanup_ctx.append(partial(providers_context, settings, reload_settings))
     setup_routes(app)
     setup_provider_routes(app)
+    setup_managed_routes(app)
     app.on_shutdown.append(partial(_end_relays, settings.shutdown_grace))
     return app
 

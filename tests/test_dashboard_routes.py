@@ -15,6 +15,7 @@ import pytest
 
 from dashboard.routes import API_ROUTES, PAGE_ROUTES
 from ledger.accounts import Accounts, hash_password
+from ledger.managed import ManagedSettings
 from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Browser, Dashboard
@@ -128,6 +129,13 @@ APIS: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "api.usage_forecast": (f"{V1}/usage/forecast", None, api_read()),
     "api.requests": (f"{V1}/requests", None, api_read()),
     "api.requests_parquet": (f"{V1}/requests.parquet", None, api_read()),
+    "api.managed_settings": (f"{V1}/managed_settings", None, api_read()),
+    "api.managed_setting": (f"{V1}/managed_settings/org", None, api_read()),
+    "api.put_managed_setting": (f"{V1}/managed_settings/org", {"env": {"A": "1"}},
+                                api_change()),
+    "api.delete_managed_setting": (f"{V1}/managed_settings/{{team}}", None, api_change()),
+    "api.preview_managed_setting": (f"{V1}/managed_settings/org/preview", {"env": {}},
+                                    api_change()),
     "api.spend_limits": (f"{V1}/organizations/spend_limits", None, api_read()),
     "api.set_spend_limit": (f"{V1}/organizations/spend_limits", {
         "scope": {"type": "workspace", "workspace_id": "{team}"}, "amount": "12345",
@@ -161,6 +169,8 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
     for name in ("admin_key_html", "admin_key_api"):
         row, _ = await gw.admin.db(accounts.issue_admin_key, "ro", name)
         ids[name] = row["id"]
+    for scope in ("org", team):
+        await gw.admin.db(ManagedSettings(catalog).set, scope, {"env": {}})
     await gw.admin.publish()
     return ids
 

@@ -1,0 +1,69 @@
+"""Managed settings in the admin JSON API: the organization's default (`org`) and a policy per
+team (by id or name), as GET /managed/settings serves them to signed-in Claude Code. POST
+…/preview checks a document and answers its diff and checksum without saving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from dashboard.auth import ADMINS, READERS, allow
+from dashboard.jsonio import json_response
+from dashboard.keys import IDENTITY
+from dashboard.state import ADMIN
+from ledger.catalog import NotFound
+from ledger.managed import ManagedSettings, checksum, diff, validate
+
+
+def _managed(request: web.Request) -> ManagedSettings:
+    return ManagedSettings(request.app[ADMIN].catalog)
+
+
+@allow(*READERS)
+async def list_managed(request: web.Request) -> web.Response:
+    managed = _managed(request)
+    return json_response({"data": await request.app[ADMIN].db(managed.all)})
+
+
+@allow(*READERS)
+async def get_managed(request: web.Request) -> web.Response:
+    scope = request.match_info["scope"]
+    found = await request.app[ADMIN].db(_managed(request).get, scope)
+    if found is None:
+        raise NotFound(f"no managed settings for {scope!r}")
+    return json_response(found)
+
+
+async def _proposed(request: web.Request) -> tuple[dict[str, Any], list[str]]:
+    """The settings in the body, checked, and their diff from what is saved now."""
+    settings = validate(orjson.loads(await request.read() or b"null"))
+    before = await request.app[ADMIN].db(_managed(request).get, request.match_info["scope"])
+    return settings, diff(before["settings"] if before else None, settings)
+
+
+@allow(*ADMINS)
+async def preview_managed(request: web.Request) -> web.Response:
+    """POST: what a PUT of this body would change, and the checksum clients would get."""
+    settings, changes = await _proposed(request)
+    return json_response({"diff": changes, "checksum": checksum(settings)})
+
+
+@allow(*ADMINS)
+async def put_managed(request: web.Request) -> web.Response:
+    state = request.app[ADMIN]
+    settings, changes = await _proposed(request)
+    saved = await state.db(_managed(request).set, request.match_info["scope"], settings,
+                           actor=request[IDENTITY].actor)
+    await state.publish()
+    return json_response({**saved, "diff": changes})
+
+
+@allow(*ADMINS)
+async def delete_managed(request: web.Request) -> web.Response:
+    state, scope = request.app[ADMIN], request.match_info["scope"]
+    if not await state.db(_managed(request).delete, scope, actor=request[IDENTITY].actor):
+        raise NotFound(f"no managed settings for {scope!r}")
+    await state.publish()
+    return json_response({"deleted": scope})
