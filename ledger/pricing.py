@@ -1,8 +1,9 @@
 """Model prices and the exact cost of a request, in integer micro-USD (µ$).
 
 Every rate is an integer number of µ$ per million tokens. A request costs the exact sum of
-tokens × rate over its categories, plus web searches, times any multiplier as an exact
-fraction, rounded once to whole µ$, half up. Prices come from the shipped `prices.toml`
+tokens × rate over its categories (its own and those of the sub-inferences billed apart: advisor
+calls at the advisor model's rates, compactions), plus web searches, times any multiplier as an
+exact fraction, rounded once to whole µ$, half up. Prices come from the shipped `prices.toml`
 plus configuration overrides; an unknown model is priced at a fallback row and flagged,
 never free. Floats never enter: prices are parsed from decimal strings, ints or Decimals.
 """
@@ -32,11 +33,13 @@ MICROS_PER_USD = 1_000_000
 MAX_CONTEXT_TOKENS = 1_000_000
 FALLBACK_ROW = "fallback"
 US_GEO_MULTIPLIER = Fraction(11, 10)  # inference_geo "us" on rows flagged us_geo_multiplier
+# A regional (not global) Bedrock or Vertex endpoint, on rows flagged regional_premium.
+REGIONAL_MULTIPLIER = Fraction(11, 10)
 ONE = Fraction(1)
 CATEGORIES = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
 ROW_KEYS = frozenset(
     {*CATEGORIES, "aliases", "match", "long_rates", "long_threshold", "fast_rates",
-     "us_geo_multiplier"}
+     "us_geo_multiplier", "regional_premium"}
 )
 _CACHE_LIMIT = 4096  # distinct model strings remembered; clients choose them, so bound it
 
@@ -73,6 +76,7 @@ class PriceRow:
     long_threshold: int  # 0 = no prompt-size tier
     fast_rates: Rates | None  # usage.speed == "fast"
     us_geo_multiplier: bool  # inference_geo "us" costs 1.1x on every token category
+    regional_premium: bool = False  # a regional cloud endpoint costs 1.1x on every category
 
     def rates_for(self, usage: Usage) -> Rates:
         """The rate set a request is priced at: fast mode, else its prompt-size tier."""
@@ -234,44 +238,45 @@ class PriceTable:
         self._cache[model] = row
         return row
 
-    def cost(self, model: str, usage: Usage, multiplier: Fraction = ONE) -> Cost:
+    def cost(self, model: str, usage: Usage, multiplier: Fraction = ONE,
+             regional: bool = False) -> Cost:
         """What a request cost, rounded once to µ$, half up.
 
-        `multiplier` is the route's (e.g. 11/10 for a regional Bedrock/Vertex endpoint). It
+        `multiplier` is the route's, set by hand. `regional` says a regional (not global)
+        Bedrock or Vertex endpoint served it: 1.1x on rows flagged regional_premium. These
         and the US-geography 1.1x apply to the token categories; web searches are a flat
-        per-request charge.
+        per-request charge. The sub-inferences of `usage.apart` are priced at their own
+        model's row (the request's when they name none), with the request's geography.
         """
         num, den = _ratio(multiplier)
         row = self.row_for(model)
         known = row is not None
         if row is None:
             row = self._fallback
-        r = row.rates_for(usage)
-        units = (  # µ$·tok/MTok
-            usage.input_tokens * r.input
-            + usage.output_tokens * r.output
-            + usage.cache_write_5m * r.cache_write_5m
-            + usage.cache_write_1h * r.cache_write_1h
-            + usage.cache_read * r.cache_read
-        )
-        if row.us_geo_multiplier and usage.inference_geo.lower() == "us":
-            num *= US_GEO_MULTIPLIER.numerator
-            den *= US_GEO_MULTIPLIER.denominator
-        # Exactly units / MTOK × num / den + web_search × per_1k / 1000, over one integer
-        # denominator (Fractions cost more than the rest of the request's pricing).
-        total = units * num + usage.web_search * self._search_per_1k * (MTOK // 1000) * den
-        return Cost(_div_half_up(total, MTOK * den), row.name, known, self.version)
+        us = usage.inference_geo.lower() == "us"
+        units = _units(row.rates_for(usage), usage) * _hundredths(row, us, regional)
+        for sub_model, sub in usage.apart:
+            sub_row = self.row_for(sub_model) if sub_model else row
+            known = known and sub_row is not None
+            sub_row = sub_row or self._fallback
+            units += _units(sub_row.rates_for(sub), sub) * \
+                _hundredths(sub_row, us, regional)
+        # Exactly units / MTOK / 100 × num / den + web_search × per_1k / 1000, over one
+        # integer denominator (Fractions cost more than the rest of the request's pricing).
+        total = units * num + usage.web_search * self._search_per_1k * (MTOK // 10) * den
+        return Cost(_div_half_up(total, MTOK * 100 * den), row.name, known, self.version)
 
     def worst_case(
         self, model: str, prompt_tokens: int, max_tokens: int, multiplier: Fraction = ONE,
-        tools: tuple[ServerTool, ...] = (),
+        tools: tuple[ServerTool, ...] = (), regional: bool = False,
     ) -> int:
         """An upper bound in µ$ on any request with at most these prompt and output tokens
         and these server tools.
 
         Every input token at the row's highest input-side rate over all its tiers, every
         output token at its highest output rate, with the US-geography multiplier if the row
-        has one; rounded up. Without server tools the input is the prompt.
+        has one (and the regional premium on a `regional` endpoint); rounded up. Without
+        server tools the input is the prompt.
 
         With server tools the provider runs a sampling loop: each use ends a pass, and the
         next pass reads the whole context again (prompt, output so far, tool results), every
@@ -304,12 +309,13 @@ class PriceTable:
                     advisor = self.row_for(tool.model) or self._fallback
                     a_in, a_out = self._worst[advisor.name]
                     advisor_units += used * (context * a_in + tool.output_tokens * a_out) * \
-                        _geo_tenths(advisor)
-        units = (inputs * input_rate + max_tokens * output_rate) * _geo_tenths(row)
-        # In tenths, for the geography multipliers; the search fee is outside the multipliers.
+                        _hundredths(advisor, True, regional)
+        units = (inputs * input_rate + max_tokens * output_rate) * \
+            _hundredths(row, True, regional)
+        # In hundredths, for the 1.1x multipliers; the search fee is outside the multipliers.
         total = (units + advisor_units) * num + \
-            searches * self._search_per_1k * (MTOK // 1000) * 10 * den
-        return -(-total // (MTOK * 10 * den))
+            searches * self._search_per_1k * (MTOK // 10) * den
+        return -(-total // (MTOK * 100 * den))
 
     def estimate(
         self, model: str, prompt_tokens: int, output_tokens: int, multiplier: Fraction = ONE
@@ -368,8 +374,10 @@ def _parse_row(name: object, spec: Mapping[str, Any]) -> tuple[PriceRow, list[st
     if (long_rates is None) != (threshold == 0):
         raise PriceError(f"{what}: long_rates and a positive long_threshold go together")
     us_geo = spec.get("us_geo_multiplier", False)
-    if not isinstance(us_geo, bool):
-        raise PriceError(f"{what}: us_geo_multiplier must be true or false")
+    regional = spec.get("regional_premium", False)
+    for key, flag in (("us_geo_multiplier", us_geo), ("regional_premium", regional)):
+        if not isinstance(flag, bool):
+            raise PriceError(f"{what}: {key} must be true or false")
     ids = [normalise_model_id(name)]
     for key in ("match", "aliases"):
         values = spec.get(key, [])
@@ -381,7 +389,7 @@ def _parse_row(name: object, spec: Mapping[str, Any]) -> tuple[PriceRow, list[st
             ids.append(normalise_model_id(v) if key == "match" else v.strip().lower())
     if not all(ids):
         raise PriceError(f"{what}: a model id normalises to nothing")
-    row = PriceRow(name, rates, long_rates, threshold, fast_rates, us_geo)
+    row = PriceRow(name, rates, long_rates, threshold, fast_rates, us_geo, regional)
     return row, ids
 
 
@@ -411,7 +419,8 @@ def _optional_rates(spec: Mapping[str, Any], key: str, what: str) -> Rates | Non
 def _fallback_row(input_usd: object, output_usd: object) -> PriceRow:
     """Unknown models: the configured input/output prices, cache at the usual multiples.
 
-    The US-geography multiplier applies: only models that charge it report `"us"`.
+    The US-geography multiplier applies (only models that charge it report `"us"`), and
+    so does the regional premium: an unknown model is never cheaper.
     """
     inp = usd_to_micros(input_usd, "fallback_input_usd")
     out = usd_to_micros(output_usd, "fallback_output_usd")
@@ -422,7 +431,7 @@ def _fallback_row(input_usd: object, output_usd: object) -> PriceRow:
         cache_write_1h=inp * 2,
         cache_read=-(-inp // 10),
     )
-    return PriceRow(FALLBACK_ROW, rates, None, 0, None, True)
+    return PriceRow(FALLBACK_ROW, rates, None, 0, None, True, True)
 
 
 def _ratio(multiplier: object) -> tuple[int, int]:
@@ -433,9 +442,20 @@ def _ratio(multiplier: object) -> tuple[int, int]:
     return factor.numerator, factor.denominator
 
 
-def _geo_tenths(row: PriceRow) -> int:
-    """The US-geography multiplier in tenths, as a worst case assumes it (when the row has one)."""
-    return 11 if row.us_geo_multiplier else 10
+def _units(r: Rates, usage: Usage) -> int:
+    """µ$·tok/MTok of one inference's token categories at the rates `r`."""
+    return (usage.input_tokens * r.input
+            + usage.output_tokens * r.output
+            + usage.cache_write_5m * r.cache_write_5m
+            + usage.cache_write_1h * r.cache_write_1h
+            + usage.cache_read * r.cache_read)
+
+
+def _hundredths(row: PriceRow, us: bool, regional: bool) -> int:
+    """The US-geography and regional-endpoint multipliers that apply to a row, in hundredths
+    (exact: both are 11/10)."""
+    return (11 if us and row.us_geo_multiplier else 10) * \
+        (11 if regional and row.regional_premium else 10)
 
 
 def _worst_rates(row: PriceRow) -> tuple[int, int]:

@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# Entries of `usage.iterations` are billed outside the top-level totals when they are an
+# advisor call (advisor-tool-2026-03-01: a sub-inference of the advisor model, at its rates)
+# or a compaction (the request's model summarising the context). The other types ("message",
+# "fallback_message") are parts of the top-level totals.
+_NO_MODEL = "advisor (model not reported)"  # an unknown model: the fallback prices it
+
 
 def _int(value: Any) -> int:
     """A token count from the API; null, missing or malformed counts as zero."""
@@ -22,6 +28,9 @@ class Usage:
     service_tier: str = ""
     speed: str = ""
     inference_geo: str = ""
+    # The sub-inferences billed apart from the totals above: (model, usage), model "" for the
+    # request's own.
+    apart: tuple[tuple[str, Usage], ...] = ()
 
     @classmethod
     def from_api(cls, usage: dict[str, Any]) -> Usage:
@@ -39,6 +48,7 @@ class Usage:
         total = _int(usage.get("cache_creation_input_tokens"))
         write_5m += max(0, total - write_5m - write_1h)
         tools = usage.get("server_tool_use") or {}
+        iterations = usage.get("iterations")
         return cls(
             input_tokens=_int(usage.get("input_tokens")),
             output_tokens=_int(usage.get("output_tokens")),
@@ -49,6 +59,7 @@ class Usage:
             service_tier=_str(usage.get("service_tier")),
             speed=_str(usage.get("speed")),
             inference_geo=_str(usage.get("inference_geo")),
+            apart=_apart(iterations) if iterations and isinstance(iterations, list) else (),
         )
 
     @property
@@ -64,3 +75,19 @@ class Usage:
 
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _apart(iterations: list[Any]) -> tuple[tuple[str, Usage], ...]:
+    found = []
+    for entry in iterations:
+        if not isinstance(entry, dict):
+            continue
+        kind = entry.get("type")
+        if kind == "advisor_message":
+            model = _str(entry.get("model")) or _NO_MODEL
+        elif kind == "compaction":
+            model = ""
+        else:
+            continue
+        found.append((model, Usage.from_api(entry)))
+    return tuple(found)

@@ -7,7 +7,8 @@ kind = "anthropic"               # key: MTD_PROVIDER_ANTHROPIC_KEY or ..._KEY_FI
 [providers.bedrock-us]
 kind = "bedrock"
 region = "us-east-1"             # AWS credentials: botocore's standard chain (or `profile`)
-multiplier = "1.1"               # regional endpoint: priced at 1.1x
+# A regional endpoint (here the default `us.` profile; a `global.` one is not) costs 1.1x for
+# Claude 4.5 and later, priced so without a setting; `multiplier = "1"` (or any) overrides it.
 
 [[routes]]
 match = "claude-opus-*"
@@ -93,7 +94,7 @@ def _provider(name: str, spec: Any, settings: Settings, environ: Mapping[str, st
             raise SettingsError(f"setting {where}.{key}: unknown for kind {kind} (expected "
                                 f"{', '.join(sorted(_KEYS[kind]))})")
     common: dict[str, Any] = {
-        "multiplier": _multiplier(spec.get("multiplier", 1), where),
+        "multiplier": _multiplier(spec["multiplier"], where) if "multiplier" in spec else None,
         "prices": _prices(spec.get("prices"), settings, where),
         "models": _strings(spec.get("models", {}), f"{where}.models"),
     }

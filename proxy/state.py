@@ -92,8 +92,12 @@ class ProxyState:
         `max_tokens` and the server `tools` are the request's (proxy.request_fields)."""
         prompt = -(-body_bytes // 4)
         output = min(max_tokens, self.estimate_output_tokens)
-        return Estimate(prompt, output, self.prices.estimate(model, prompt, output),
-                        self.prices.worst_case(model, body_bytes, max_tokens, tools=tools))
+        if self.router is None:
+            strict = self.prices.worst_case(model, body_bytes, max_tokens, tools=tools)
+        else:  # which provider serves it is known later (fallback): the dearest of them
+            strict = max(p.worst_case(self.prices, model, body_bytes, max_tokens, tools)
+                         for p in self.router.table.default)
+        return Estimate(prompt, output, self.prices.estimate(model, prompt, output), strict)
 
     async def refresh_policy(self) -> None:
         fresh = await load_policy(self.redis, self.keyspace, self.policy.version)

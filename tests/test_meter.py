@@ -504,7 +504,43 @@ def test_event_of_exactly_the_limit_is_kept() -> None:
     assert meter(stream).usage.output_tokens == -(-(MAX_EVENT_BYTES + 2 - overhead) // 4)
 
 
+# --- Sub-inferences billed apart (usage.iterations) ------------------------------------------
+
+ADVISOR = {"type": "advisor_message", "model": "claude-opus-4-8", "input_tokens": 20_000,
+           "output_tokens": 1500, "cache_creation_input_tokens": 0,
+           "cache_read_input_tokens": 300}
+EXECUTOR = {"type": "message", "input_tokens": 12, "output_tokens": 40,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+COMPACTION = {"type": "compaction", "input_tokens": 9000, "output_tokens": 700,
+              "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+APART = (("claude-opus-4-8", Usage(input_tokens=20_000, output_tokens=1500, cache_read=300)),
+         ("", Usage(input_tokens=9000, output_tokens=700)))
+
+
+def test_advisor_and_compaction_iterations_of_the_final_delta_are_read() -> None:
+    final = {"input_tokens": 24, "output_tokens": 80,
+             "iterations": [EXECUTOR, ADVISOR, EXECUTOR, COMPACTION]}
+    result = assert_split_invariant(text_stream(["Hi"], start_usage(), final))
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (24, 80)
+    assert result.usage.apart == APART and not result.estimated
+
+
+def test_a_later_delta_replaces_the_iterations_of_an_earlier_one() -> None:
+    # Each message_delta's usage is cumulative: the last one's iterations are all of them.
+    stream = text_stream(["Hi"], start_usage(), {"output_tokens": 5, "iterations": [ADVISOR]})
+    stream = stream.replace(MESSAGE_STOP, b"") + message_delta(
+        {"output_tokens": 9, "iterations": [ADVISOR, COMPACTION]}) + MESSAGE_STOP
+    assert assert_split_invariant(stream).usage.apart == APART
+
+
 # --- Non-streamed bodies ---------------------------------------------------------------------
+
+
+def test_meter_body_reads_the_iterations_billed_apart() -> None:
+    body = orjson.dumps({"id": "msg_01", "type": "message", "model": MODEL, "content": [],
+                         "usage": {"input_tokens": 24, "output_tokens": 80,
+                                   "iterations": [EXECUTOR, ADVISOR, COMPACTION]}})
+    assert meter_body(body).usage == Usage(input_tokens=24, output_tokens=80, apart=APART)
 
 
 def test_meter_body_reads_a_message() -> None:
@@ -649,6 +685,10 @@ def usages(draw: st.DrawFn) -> dict[str, Any]:
         "service_tier": st.sampled_from(["standard", "priority", "batch"]),
         "speed": st.sampled_from(["standard", "fast"]),
         "inference_geo": st.sampled_from(["us", "global", "not_available"]),
+        "iterations": st.none() | st.lists(st.fixed_dictionaries(
+            {"type": st.sampled_from(["message", "advisor_message", "compaction", "other"]),
+             "input_tokens": usage_values, "output_tokens": usage_values},
+            optional={"model": st.sampled_from(["claude-opus-4-8", "", 7])}), max_size=3),
     }))
     return usage
 

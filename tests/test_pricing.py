@@ -73,6 +73,8 @@ US_GEO_ROWS = {  # Claude 4.6 and later
     "claude-opus-5-5", "claude-opus-5", "claude-opus-4-8", "claude-opus-4-7", "claude-opus-4-6",
     "claude-sonnet-5-5", "claude-sonnet-5", "claude-sonnet-4-6", "claude-haiku-5-5",
 }
+# Bedrock and Vertex regional endpoints cost 1.1x for Claude 4.5 and later.
+REGIONAL_ROWS = US_GEO_ROWS | {"claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5"}
 FAST = {"claude-opus-5-5": ("8", "40"), "claude-opus-5": ("10", "50"),
         "claude-opus-4-8": ("10", "50"), "claude-opus-4-6": ("30", "150")}
 
@@ -87,6 +89,7 @@ def test_shipped_row_has_the_list_prices(name, inp, w5, w1, rd, out):
     assert row is not None and row.name == name
     assert row.rates == _rates(inp, w5, w1, rd, out)
     assert row.us_geo_multiplier == (name in US_GEO_ROWS)
+    assert row.regional_premium == (name in REGIONAL_ROWS)
 
 
 def test_shipped_table_has_exactly_the_pricing_md_rows():
@@ -304,6 +307,110 @@ COSTS: list[tuple[str, str, dict[str, Any], Fraction | int, int, str]] = [
 ]
 
 
+def advised(model: str, **tokens: Any) -> tuple[str, Usage]:
+    return model, Usage(**tokens)
+
+
+# (case, model, usage, regional endpoint, expected µ$, priced by known rows)
+APART_AND_REGIONAL: list[tuple[str, str, dict[str, Any], bool, int, bool]] = [
+    ("advisor at its model's rates", "claude-sonnet-4-6",
+     dict(input_tokens=1000, output_tokens=500,
+          apart=(advised("claude-opus-4-8", input_tokens=20_000, output_tokens=1500),)),
+     False, 148_000, True),  # 1,000 × 3 + 500 × 15 + 20,000 × 5 + 1,500 × 25
+    #                          = 3,000 + 7,500 + 100,000 + 37,500
+    ("advisor cache categories", "claude-haiku-4-5",
+     dict(input_tokens=1000, output_tokens=100,
+          apart=(advised("claude-opus-4-8", input_tokens=100, output_tokens=800,
+                         cache_write_5m=2000, cache_read=10_000),)),
+     False, 39_500, True),  # 1,000 × 1 + 100 × 5 + 100 × 5 + 800 × 25 + 2,000 × 6.25
+    #                         + 10,000 × 0.5 = 1,500 + 500 + 20,000 + 12,500 + 5,000
+    ("two advisor calls", "claude-sonnet-4-6",
+     dict(apart=(advised("claude-opus-4-8", input_tokens=1000),
+                 advised("claude-opus-4-7", output_tokens=1000))),
+     False, 30_000, True),  # 1,000 × 5 + 1,000 × 25
+    ("compaction at the request's model", S45,
+     dict(input_tokens=23_000, output_tokens=1000,
+          apart=(advised("", input_tokens=180_000, output_tokens=3500),)),
+     False, 676_500, True),  # 23,000 × 3 + 1,000 × 15 + 180,000 × 3 + 3,500 × 15
+    #                         = 69,000 + 15,000 + 540,000 + 52,500
+    ("advisor with us geo", "claude-sonnet-4-6",
+     dict(input_tokens=1000, output_tokens=500, inference_geo="us",
+          apart=(advised("claude-opus-4-8", input_tokens=20_000, output_tokens=1500),)),
+     False, 162_800, True),  # (10,500 + 137,500) × 1.1: both rows charge it
+    ("us geo on the advisor only", S45,
+     dict(input_tokens=1000, inference_geo="us",
+          apart=(advised("claude-opus-4-8", input_tokens=1000),)),
+     False, 8_500, True),  # 1,000 × 3 (Sonnet 4.5: no US multiplier) + 1,000 × 5 × 1.1
+    ("advisor of an unknown model", S45,
+     dict(input_tokens=1000, apart=(advised("mystery-advisor", input_tokens=1000,
+                                             output_tokens=1000),)),
+     False, 33_000, False),  # 1,000 × 3 + fallback 1,000 × 5 + 1,000 × 25
+    ("rounded once with the sub-inferences", "claude-3-haiku",
+     dict(input_tokens=2, apart=(advised("", input_tokens=2),)),
+     False, 1, True),  # 2 × 0.25 + 2 × 0.25 = 1.0 (apart: 1 + 1 = 2)
+    ("regional sonnet 4.5", S45, dict(input_tokens=1000, output_tokens=1000),
+     True, 19_800, True),  # (3,000 + 15,000) × 1.1
+    ("regional haiku 4.5", "claude-haiku-4-5", dict(input_tokens=1000, output_tokens=1000),
+     True, 6_600, True),  # (1,000 + 5,000) × 1.1
+    ("regional before 4.5", "claude-opus-4-1", dict(input_tokens=1000, output_tokens=1000),
+     True, 90_000, True),  # no premium: 15,000 + 75,000
+    ("regional sonnet 4", "claude-sonnet-4", dict(input_tokens=1000, output_tokens=1000),
+     True, 18_000, True),  # no premium: 3,000 + 15,000
+    ("regional and us geo", "claude-opus-4-6",
+     dict(input_tokens=1000, output_tokens=1000, inference_geo="us"),
+     True, 36_300, True),  # 30,000 × 1.1 × 1.1
+    ("regional unknown model", "gpt-4o", dict(input_tokens=1000, output_tokens=1000),
+     True, 33_000, False),  # fallback, never cheaper: (5,000 + 25,000) × 1.1
+    ("regional leaves web search flat", S45, dict(input_tokens=1000, web_search=1),
+     True, 13_300, True),  # 3,000 × 1.1 + 10,000
+    ("regional advisor", S45,
+     dict(apart=(advised("claude-opus-4-8", input_tokens=1000),)),
+     True, 5_500, True),  # 1,000 × 5 × 1.1
+    ("half after the regional premium", S45, dict(input_tokens=5),
+     True, 17, True),  # 15 × 1.1 = 16.5 → 17
+    ("global endpoint", S45, dict(input_tokens=1000, output_tokens=1000),
+     False, 18_000, True),
+]
+
+
+@pytest.mark.parametrize(("model", "usage", "regional", "micros", "known"),
+                         [c[1:] for c in APART_AND_REGIONAL],
+                         ids=[c[0] for c in APART_AND_REGIONAL])
+def test_sub_inferences_and_regional_endpoints_are_priced_exactly(model, usage, regional,
+                                                                  micros, known):
+    cost = TABLE.cost(model, Usage(**usage), regional=regional)
+    assert (cost.micros, cost.known) == (micros, known)
+    assert cost.row == (TABLE.row_for(model).name if TABLE.row_for(model) else FALLBACK_ROW)
+
+
+def test_usage_from_api_reads_the_iterations_billed_apart_from_the_totals():
+    usage = Usage.from_api({
+        "input_tokens": 1000, "output_tokens": 500,
+        "iterations": [
+            {"type": "message", "input_tokens": 400, "output_tokens": 200},
+            {"type": "advisor_message", "model": "claude-opus-4-8", "input_tokens": 20_000,
+             "output_tokens": 1500, "cache_read_input_tokens": 0,
+             "cache_creation_input_tokens": 300,
+             "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                                "ephemeral_1h_input_tokens": 300}},
+            {"type": "message", "input_tokens": 600, "output_tokens": 300},
+            {"type": "compaction", "input_tokens": 9000, "output_tokens": 700},
+            {"type": "advisor_message", "input_tokens": 10},  # no model: the fallback's
+            {"type": "fallback_message", "model": "x", "input_tokens": 5},  # in the totals
+            "not an entry",
+        ]})
+    assert (usage.input_tokens, usage.output_tokens) == (1000, 500)
+    assert usage.apart == (
+        ("claude-opus-4-8", Usage(input_tokens=20_000, output_tokens=1500, cache_write_1h=300)),
+        ("", Usage(input_tokens=9000, output_tokens=700)),
+        ("advisor (model not reported)", Usage(input_tokens=10)),
+    )
+    # 1,000 × 3 + 500 × 15 + 20,000 × 5 + 1,500 × 25 + 300 × 10 + 9,000 × 3 + 700 × 15
+    # + fallback 10 × 5 = 10,500 + 100,000 + 37,500 + 3,000 + 27,000 + 10,500 + 50
+    cost = TABLE.cost(S45, usage)
+    assert (cost.micros, cost.known) == (188_550, False)
+
+
 @pytest.mark.parametrize(
     ("model", "usage", "multiplier", "micros", "row"),
     [c[1:] for c in COSTS],
@@ -363,6 +470,12 @@ def test_worst_case_prices_every_token_at_the_rows_highest_rate(model, prompt, m
 def test_worst_case_takes_the_route_multiplier():
     # (1,000 × 6 + 1,000 × 15) × 11/10
     assert TABLE.worst_case(S45, 1000, 1000, R) == 23_100
+
+
+def test_worst_case_takes_the_regional_premium_where_the_row_charges_it():
+    # (1,000 × 6 + 1,000 × 15) × 1.1; Opus 4.1 has no premium: 1,000 × 30 + 1,000 × 75
+    assert TABLE.worst_case(S45, 1000, 1000, regional=True) == 23_100
+    assert TABLE.worst_case("claude-opus-4-1", 1000, 1000, regional=True) == 105_000
 
 
 def search(uses: int | None) -> ServerTool:
@@ -584,37 +697,54 @@ def test_cost_of_a_sum_is_within_one_micro_of_the_sum_of_costs(model, a, b, mult
     assert abs(TABLE.cost(model, both, multiplier).micros - parts) <= 1
 
 
+def _split(data: st.DataObject, tokens: int, **more: Any) -> Usage:
+    """`tokens` of input side spread over the four input categories at random."""
+    split = {}
+    for field in ("input_tokens", "cache_write_5m", "cache_write_1h"):
+        split[field] = data.draw(st.integers(0, tokens), label=field)
+        tokens -= split[field]
+    return Usage(**split, cache_read=tokens, **more)
+
+
 @given(st.sampled_from(MODELS), st.integers(0, 50_000), st.integers(1, 4_000), speeds, geos,
-       multipliers, st.lists(st.tuples(st.booleans(), st.none() | st.integers(0, 3),
-                                       st.none() | st.integers(0, 20_000)), max_size=3),
+       multipliers, st.booleans(),
+       st.lists(st.tuples(st.sampled_from(["search", "fetch", "advisor"]),
+                          st.none() | st.integers(0, 3), st.none() | st.integers(1, 20_000),
+                          st.sampled_from(MODELS)), max_size=3),
        st.data())
 def test_worst_case_bounds_every_request_its_server_tools_allow(
-    model, prompt, max_tokens, speed, geo, multiplier, specs, data
+    model, prompt, max_tokens, speed, geo, multiplier, regional, specs, data
 ):
     # Any run the request allows: each tool used at most max_uses times (else at most once per
     # output token), each use followed by a pass that reads at most the prompt, the output and
-    # the results so far (a search's: anything up to the context window).
-    tools = tuple(search(uses) if is_search else fetch(uses, content)
-                  for is_search, uses, content in specs)
+    # the results so far (a search's: anything up to the context window); each advisor call
+    # reads at most that too, and writes at most its max_tokens, which is also its result.
+    tools = tuple(search(uses) if kind == "search" else fetch(uses, content) if kind == "fetch"
+                  else advisor(adviser, uses, min(content or 1, 2000))
+                  for kind, uses, content, adviser in specs)
     output = data.draw(st.integers(0, max_tokens), label="output_tokens")
-    used = [data.draw(st.integers(0, max_tokens if t.max_uses is None else t.max_uses))
-            for t in tools]
-    results, total_in = 0, 0
-    for tool, n in zip(tools, used, strict=True):
-        for _ in range(n):
-            results += data.draw(st.integers(0, MAX_CONTEXT_TOKENS if tool.result_tokens is None
-                                             else tool.result_tokens))
+    results, total_in, apart = 0, 0, []
+    for tool in tools:
+        for _ in range(data.draw(st.integers(0, max_tokens if tool.max_uses is None
+                                             else tool.max_uses))):
+            context = min(MAX_CONTEXT_TOKENS, prompt + output + results)
+            if tool.kind == "advisor":
+                wrote = data.draw(st.integers(0, tool.output_tokens))
+                apart.append((tool.model, _split(data, data.draw(st.integers(0, context)),
+                                                 output_tokens=wrote)))
+                results += wrote
+            else:
+                results += data.draw(st.integers(0, MAX_CONTEXT_TOKENS
+                                                 if tool.result_tokens is None
+                                                 else tool.result_tokens))
             total_in += min(MAX_CONTEXT_TOKENS, prompt + output + results)
-    read = prompt + total_in
-    split = {}
-    for field in ("input_tokens", "cache_write_5m", "cache_write_1h"):
-        split[field] = data.draw(st.integers(0, read), label=field)
-        read -= split[field]
-    searches = sum(n for tool, n in zip(tools, used, strict=True) if tool.kind == "web_search")
-    usage = Usage(**split, cache_read=read, output_tokens=output, web_search=searches,
-                  speed=speed, inference_geo=geo)
-    bound = TABLE.worst_case(model, prompt, max_tokens, multiplier, tools=tools)
-    assert bound >= TABLE.cost(model, usage, multiplier).micros
+    searches = data.draw(st.integers(0, sum(
+        max_tokens if t.max_uses is None else t.max_uses for t in tools if t.kind == "web_search")))
+    usage = _split(data, prompt + total_in, output_tokens=output, web_search=searches,
+                   speed=speed, inference_geo=geo, apart=tuple(apart))
+    bound = TABLE.worst_case(model, prompt, max_tokens, multiplier, tools=tools,
+                             regional=regional)
+    assert bound >= TABLE.cost(model, usage, multiplier, regional=regional).micros
 
 
 @given(st.sampled_from(MODELS), st.integers(0, 400_000), st.integers(0, 64_000), speeds, geos,

@@ -27,7 +27,10 @@ MODELS = f"/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_REGION}/publishers/an
 
 
 async def vertex_gateway(start_gateway: StartGateway, vertex: Served, **extra: Any) -> Gateway:
-    return await start_gateway(providers={"vertex": vertex_provider(vertex, **extra)})
+    # Priced as the Anthropic API, which these tests compare with: the regional premium that
+    # us-east5 carries is tested in tests/test_usage_shapes.py.
+    return await start_gateway(providers={"vertex": vertex_provider(vertex, multiplier="1",
+                                                                    **extra)})
 
 
 @pytest.mark.parametrize("stream", [True, False])

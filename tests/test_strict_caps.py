@@ -1,5 +1,6 @@
 """Strict caps hold when requests enable server tools: 200 concurrent requests through two
-proxies on one Redis, each answer costing the most its request allows."""
+proxies on one Redis, each answer costing as much as its request allows (advisor calls short of
+fast mode, which they cannot use)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ CONTEXT = 1_000_000  # a pass after a search reads at most a context window
 REQUESTS = 200
 
 
-def body(max_tokens: int, tools: list[dict[str, Any]]) -> bytes:
-    return orjson.dumps({"model": MODEL, "max_tokens": max_tokens, "stream": True,
+def body(max_tokens: int, tools: list[dict[str, Any]], stream: bool = True) -> bytes:
+    return orjson.dumps({"model": MODEL, "max_tokens": max_tokens, "stream": stream,
                          "tools": tools, "messages": [{"role": "user", "content": "Search"}]})
 
 
@@ -122,6 +123,50 @@ async def test_strict_cap_is_never_passed_by_searches_through_two_proxies(
     cap = 5 * reserve + reserve // 2
     await strict_cap(gateway, proxies, cap)
     results = await burst(proxies, key, data, worst_usage(len(data), max_tokens, searches))
+    admitted = sum(status == 200 for status, _ in results)
+    assert admitted == 5
+    check_refusals(results, proxies)
+    counter = await spent(gateway, proxies, admitted * cost)
+    assert counter["spent"] == admitted * cost <= cap
+    assert counter["held"] == 0
+
+
+async def test_strict_cap_is_never_passed_by_advisor_calls_through_two_proxies(
+        gateway: Gateway, proxies: list[tuple[str, ProxyState]]) -> None:
+    key = await gateway.developer("Ada", "platform")
+    advice, max_tokens = 1000, 100
+    data = body(max_tokens, [{"type": "advisor_20260301", "name": "advisor",
+                              "model": "claude-opus-4-8", "max_uses": 1,
+                              "max_tokens": advice}], stream=False)
+    # One call reads at most the prompt, the output and its own advice; the executor's pass
+    # after it reads that again. Reserved: the executor at $0.50 / $1.25, the advisor at Opus
+    # 4.8's dearest rates (fast: $20 1h write, $50 out) with the US multiplier. In hundredths
+    # of µ$, rounded up.
+    context = len(data) + max_tokens + advice
+    executor_in = len(data) + context
+    reserve = -(-(executor_in * 50 + max_tokens * 125 + (context * 20 + advice * 50) * 110)
+                // 100)
+    # The answer: the executor's input all 1h writes; the call all 1h writes at Opus 4.8's
+    # $10 and its advice at $25, in the US (× 1.1 for Opus 4.8 only). Half up.
+    cost = (executor_in * 50 + max_tokens * 125 + (context * 10 + advice * 25) * 110 + 50) \
+        // 100
+    usage = orjson.dumps({
+        "input_tokens": 0, "output_tokens": max_tokens, "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": executor_in,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                           "ephemeral_1h_input_tokens": executor_in},
+        "inference_geo": "us",
+        "iterations": [
+            {"type": "message", "input_tokens": len(data), "output_tokens": 10},
+            {"type": "advisor_message", "model": "claude-opus-4-8", "input_tokens": 0,
+             "output_tokens": advice, "cache_read_input_tokens": 0,
+             "cache_creation_input_tokens": context,
+             "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                                "ephemeral_1h_input_tokens": context}},
+            {"type": "message", "input_tokens": context, "output_tokens": 90}]}).decode()
+    cap = 5 * reserve + reserve // 2
+    await strict_cap(gateway, proxies, cap)
+    results = await burst(proxies, key, data, usage)
     admitted = sum(status == 200 for status, _ in results)
     assert admitted == 5
     check_refusals(results, proxies)

@@ -12,7 +12,7 @@ from fractions import Fraction
 import orjson
 from multidict import CIMultiDictProxy
 
-from ledger.pricing import ONE, PriceTable, normalise_model_id
+from ledger.pricing import PriceTable, normalise_model_id
 from proxy.providers.base import Outbound, Provider, load_json
 from proxy.upstream import AnthropicUpstream
 
@@ -24,7 +24,7 @@ class AnthropicProvider(Provider):
 
     def __init__(self, name: str, base_url: str, key: str, auth: str = "x-api-key",
                  extra_headers: Mapping[str, str] | None = None,
-                 models: Mapping[str, str] | None = None, multiplier: Fraction = ONE,
+                 models: Mapping[str, str] | None = None, multiplier: Fraction | None = None,
                  prices: PriceTable | None = None) -> None:
         super().__init__(name, multiplier, prices)
         self.upstream = AnthropicUpstream(base_url, key, auth, dict(extra_headers or {}))

@@ -18,7 +18,7 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ledger.pricing import ONE, Cost, PriceTable
+from ledger.pricing import Cost, PriceTable, ServerTool
 from ledger.usage import Usage
 from proxy.upstream import response_headers
 
@@ -43,15 +43,34 @@ class Provider(ABC):
 
     kind: ClassVar[str]
 
-    def __init__(self, name: str, multiplier: Fraction = ONE,
+    def __init__(self, name: str, multiplier: Fraction | None = None,
                  prices: PriceTable | None = None) -> None:
         self.name = name
+        # Set by hand, it prices every request this provider serves, in place of the regional
+        # premium; None: the premium applies where `regional` says so.
         self.multiplier = multiplier
         self.prices = prices  # None: the gateway's table
 
+    def regional(self, model: str) -> bool:
+        """Whether this provider serves `model` from a regional (not global) endpoint, which
+        costs more for the models whose price row says so (Bedrock, Vertex)."""
+        return False
+
     def cost(self, prices: PriceTable, model: str, usage: Usage) -> Cost:
         """What a request this provider served cost."""
-        return (self.prices or prices).cost(model, usage, self.multiplier)
+        table = self.prices or prices
+        if self.multiplier is not None:
+            return table.cost(model, usage, self.multiplier)
+        return table.cost(model, usage, regional=self.regional(model))
+
+    def worst_case(self, prices: PriceTable, model: str, prompt_tokens: int, max_tokens: int,
+                   tools: tuple[ServerTool, ...]) -> int:
+        """The most in µ$ a request may cost if this provider serves it (PriceTable.worst_case)."""
+        table = self.prices or prices
+        if self.multiplier is not None:
+            return table.worst_case(model, prompt_tokens, max_tokens, self.multiplier, tools)
+        return table.worst_case(model, prompt_tokens, max_tokens, tools=tools,
+                                regional=self.regional(model))
 
     @abstractmethod
     async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,

@@ -25,7 +25,7 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ledger.pricing import ONE, PriceTable, normalise_model_id
+from ledger.pricing import PriceTable, normalise_model_id
 from proxy.meter import Metered, StreamMeter
 from proxy.providers.base import (
     Outbound,
@@ -119,7 +119,7 @@ class BedrockProvider(Provider):
                  anthropic_version: str = ANTHROPIC_VERSION,
                  drop_betas: Iterable[str] = DEFAULT_DROP_BETAS,
                  drop_fields: Iterable[str] = DEFAULT_DROP_FIELDS, ping_interval: float = 5.0,
-                 multiplier: Fraction = ONE, prices: PriceTable | None = None) -> None:
+                 multiplier: Fraction | None = None, prices: PriceTable | None = None) -> None:
         super().__init__(name, multiplier, prices)
         self.region = region
         self.base_url = (base_url or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
@@ -146,6 +146,14 @@ class BedrockProvider(Provider):
         if mapped is None:
             return model
         return self.prefix + mapped if mapped.startswith("anthropic.") else mapped
+
+    def regional(self, model: str) -> bool:
+        """Every id but a global inference profile (`global.` prefix, or its ARN) is served
+        regionally: a geographic profile (`us.`, `eu.`...), a base model id in this region, or
+        an application inference profile, whose ARN does not say (a `multiplier` set by hand
+        prices those as they are)."""
+        model_id = self.model_id(model).lower()
+        return not (model_id.startswith("global.") or "inference-profile/global." in model_id)
 
     def body(self, body: bytes, headers: CIMultiDictProxy[str]) -> tuple[dict[str, Any], bool]:
         """Bedrock's form of an Anthropic Messages body (model and `stream` out, version and

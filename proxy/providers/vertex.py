@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ledger.pricing import ONE, PriceTable, normalise_model_id
+from ledger.pricing import PriceTable, normalise_model_id
 from proxy.providers.base import (
     Outbound,
     Provider,
@@ -131,7 +131,7 @@ class VertexProvider(Provider):
                  anthropic_version: str = ANTHROPIC_VERSION,
                  drop_betas: Iterable[str] = DEFAULT_DROP_BETAS,
                  drop_fields: Iterable[str] = DEFAULT_DROP_FIELDS,
-                 multiplier: Fraction = ONE, prices: PriceTable | None = None) -> None:
+                 multiplier: Fraction | None = None, prices: PriceTable | None = None) -> None:
         super().__init__(name, multiplier, prices)
         self.project, self.region = project, region
         self.base_url = (base_url or default_base_url(region)).rstrip("/")
@@ -143,6 +143,10 @@ class VertexProvider(Provider):
         self._headers = AnthropicUpstream(self.base_url, "")  # the header rules, no key
         self._models_url = (f"{self.base_url}/projects/{quote(project, safe='')}/locations/"
                             f"{quote(region, safe='')}/publishers/anthropic/models/")
+
+    def regional(self, model: str) -> bool:
+        """A region (or a multi-region such as `us`) rather than the global endpoint."""
+        return self.region != "global"
 
     def model_id(self, model: str) -> str:
         """The Vertex model id for a client's model name (ids with `@` pass as given)."""
