@@ -12,6 +12,7 @@ from dashboard.auth import READERS, allow
 from dashboard.jsonio import json_response
 from dashboard.params import MAX_OFFSET, Query, choice, day, query, text, whole
 from dashboard.render import report, today
+from dashboard.reports_view import send_parquet
 from ledger import reports
 
 RANGE = (day("start"), day("end"))
@@ -74,6 +75,14 @@ async def cache(request: web.Request, q: Query) -> web.StreamResponse:
 async def forecast(request: web.Request) -> web.StreamResponse:
     rows = await report(request, reports.forecast, now=datetime.now(UTC))
     return json_response({"data": rows})
+
+
+@allow(*READERS)
+@query(*RANGE)
+async def requests_parquet(request: web.Request, q: Query) -> web.StreamResponse:
+    """The raw requests of [start, end) as Parquet: `meterd export`, for archiving."""
+    start, end = _range(q)
+    return await send_parquet(request, start, end)
 
 
 @allow(*READERS)

@@ -118,15 +118,20 @@ async def reports_csv(request: web.Request, params: Query) -> web.StreamResponse
 @allow(*READERS)
 @query(*DAYS)
 async def reports_parquet(request: web.Request, params: Query) -> web.StreamResponse:
-    """Every raw request of the range as Parquet (zstd), streamed from a temporary file."""
+    """Every raw request from the first to the last day, both included, as Parquet."""
     start, last = days(params)
+    return await send_parquet(request, start, last + timedelta(days=1))
+
+
+async def send_parquet(request: web.Request, start: date, end: date) -> web.StreamResponse:
+    """Every raw request of [start, end) as Parquet (zstd), streamed from a temporary file."""
     loop = asyncio.get_running_loop()
     fd, name = tempfile.mkstemp(prefix="meterd-export-", suffix=".parquet")
     os.close(fd)
     path = Path(name)
+    last = end - timedelta(days=1)
     try:
-        await report(request, reports.export_parquet, start=start,
-                     end=last + timedelta(days=1), path=path)
+        await report(request, reports.export_parquet, start=start, end=end, path=path)
         response = web.StreamResponse(headers={
             "Content-Type": "application/vnd.apache.parquet",
             "Content-Disposition":

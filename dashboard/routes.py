@@ -101,7 +101,7 @@ API_ROUTES: tuple[Route, ...] = (
     ("GET", f"{_V1}/usage/cache", api_reports.cache, "api.usage_cache"),
     ("GET", f"{_V1}/usage/forecast", api_reports.forecast, "api.usage_forecast"),
     ("GET", f"{_V1}/requests", api_reports.requests_log, "api.requests"),
-    ("GET", f"{_V1}/requests.parquet", reports_view.reports_parquet, "api.requests_parquet"),
+    ("GET", f"{_V1}/requests.parquet", api_reports.requests_parquet, "api.requests_parquet"),
     ("GET", f"{_V1}/managed_settings", api_managed.list_managed, "api.managed_settings"),
     ("GET", f"{_V1}/managed_settings/{{scope}}", api_managed.get_managed,
      "api.managed_setting"),

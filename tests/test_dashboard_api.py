@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import duckdb
 import pytest
 
 from dashboard.commands import add_account_commands
@@ -303,3 +304,26 @@ async def test_a_key_issued_from_the_cli_to_expire_today_works_today(
             "model": "claude-sonnet-4-6", "max_tokens": 10,
             "messages": [{"role": "user", "content": "hi"}]}) as r:
         assert r.status == 200, await r.text()
+
+
+async def test_api_parquet_export_ends_the_day_before_end_like_every_api_range(
+        dashboard: Dashboard, tmp_path: Path) -> None:
+    """`meterd export --start 2026-10-01 --end 2026-11-01` is October: `end` is exclusive."""
+    key = await dashboard.gateway.developer("Ada", "platform")
+    async with dashboard.client.post("/v1/messages", headers={"x-api-key": key}, json={
+            "model": "claude-sonnet-4-6", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]}) as r:
+        assert r.status == 200
+    await dashboard.roll_up()
+    headers = {"x-api-key": await dashboard.admin_key("ro")}
+    today = datetime.now(UTC).date()
+    for start, end, rows in ((today - timedelta(days=1), today, 0),
+                             (today, today + timedelta(days=1), 1)):
+        async with dashboard.client.get("/admin/api/v1/requests.parquet", headers=headers,
+                                        params={"start": str(start), "end": str(end)}) as r:
+            assert r.status == 200
+            target = tmp_path / f"{start}.parquet"
+            target.write_bytes(await r.read())
+        found = duckdb.connect().execute("SELECT count(*) FROM read_parquet(?)",
+                                         [str(target)]).fetchone()
+        assert found == (rows,), (start, end)
