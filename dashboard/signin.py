@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from dashboard import sessions
 from dashboard.auth import EVERYONE, allow
 from dashboard.keys import SECRET, SESSION, SESSION_SET, THROTTLE
+from dashboard.params import Query, query, text
 from dashboard.render import (
     admin_state,
     cookie_path,
@@ -29,19 +30,20 @@ log = logging.getLogger("meterd.dashboard")
 
 
 async def _page(request: web.Request, error: str = "", status: int = 200,
-                name: str = "") -> web.Response:
+                name: str = "", target: str = "") -> web.Response:
     state = admin_state(request)
     has_users = await state.db(Accounts(state.catalog).has_users)
     return await render(request, "signin.html", {
         "error": error, "name": name, "has_users": has_users,
-        "next": local_path(request, request.query.get("next", "")) or ""}, status=status)
+        "next": local_path(request, target) or ""}, status=status)
 
 
 @allow(*EVERYONE)
-async def signin_page(request: web.Request) -> web.StreamResponse:
+@query(text("next", limit=2000))
+async def signin_page(request: web.Request, q: Query) -> web.StreamResponse:
     if request[SESSION].kind != "anonymous":
         return see_other(request, home(request))
-    return await _page(request)
+    return await _page(request, target=q["next"] or "")
 
 
 def _in(seconds: int) -> str:

@@ -4,8 +4,10 @@ every path that creates one."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import csv
+import inspect
 import io
 import re
 import sys
@@ -21,6 +23,7 @@ from aiohttp import web
 from dashboard.auth import roles_of
 from dashboard.identity import ROLES
 from dashboard.params import params_of
+from dashboard.routes import API_ROUTES, PAGE_ROUTES
 from ledger.accounts import Accounts
 from ledger.catalog import Catalog, CatalogError, connect
 from meterd.apps import ADMIN_APP, SOCKET_FILE
@@ -383,3 +386,17 @@ async def test_cli_export_and_report_refuse_dates_out_of_range(
         assert code == 2, (argv, err)
         assert "start '" in err and "out of range" in err, (argv, err)
     assert not Path(out).exists()
+
+
+def test_admin_handlers_read_the_query_string_only_through_declared_parameters() -> None:
+    """The walk above feeds the parameters a handler declares; one that read request.query
+    itself would escape it. Checked in every module an admin route's handler comes from."""
+    modules = {inspect.getmodule(inspect.unwrap(handler))
+               for _, _, handler, _ in PAGE_ROUTES + API_ROUTES}
+    found = []
+    for module in sorted(modules, key=lambda m: getattr(m, "__name__", "")):
+        assert module is not None and module.__file__ is not None
+        tree = ast.parse(Path(module.__file__).read_text())
+        found += [f"{module.__name__}:{node.lineno}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and node.attr in ("query", "rel_url")]
+    assert found == [], "declare these with dashboard.params.query(...)"
