@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from dashboard.accounts import Accounts
 from dashboard.state import ADMIN
-from ledger.accounts import Accounts
 from ledger.money import parse_usd
 from meterd.apps import ADMIN_APP, create_root_app
 from meterd.demo import seed_history

@@ -6,9 +6,9 @@ import asyncio
 
 from aiohttp import web
 
+from dashboard.accounts import ADMIN_KEY_ROLES, USER_ROLES, Accounts, hash_password, new_password
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.render import admin_state, change, field, form, identity, render, see_other, url
-from ledger.accounts import ADMIN_KEY_ROLES, USER_ROLES, Accounts, hash_password, new_password
 
 
 def _accounts(request: web.Request) -> Accounts:

@@ -13,13 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
+from dashboard.accounts import Accounts, hash_password
+from dashboard.appkeys import IDENTITY
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.jsonio import json_response, read_json
-from dashboard.keys import IDENTITY
 from dashboard.params import Query, parse_expiry, query, text, whole
 from dashboard.spend_limits import meterd_scope
 from dashboard.state import ADMIN, AdminState
-from ledger.accounts import Accounts, hash_password
 from ledger.money import parse_cents, parse_usd
 
 

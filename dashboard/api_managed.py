@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from dashboard.appkeys import IDENTITY
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.jsonio import json_response
-from dashboard.keys import IDENTITY
 from dashboard.state import ADMIN
 from ledger.catalog import NotFound
 from ledger.managed import ManagedSettings, checksum, diff, validate

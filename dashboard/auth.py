@@ -17,13 +17,13 @@ import orjson
 from aiohttp import web
 
 from dashboard import csrf, sessions
+from dashboard.accounts import ADMIN_KEY_ROLES, Accounts
+from dashboard.appkeys import BASE, IDENTITY, PAGES, SECRET, SESSION, SESSION_SET
 from dashboard.identity import ANONYMOUS, ROLES, Identity
 from dashboard.jsonio import json_error
-from dashboard.keys import BASE, IDENTITY, PAGES, SECRET, SESSION, SESSION_SET
 from dashboard.render import cookie_path, error_page, redirect_back
 from dashboard.sessions import Session
 from dashboard.state import ADMIN
-from ledger.accounts import ADMIN_KEY_ROLES, Accounts
 from ledger.catalog import CatalogError, NotFound
 
 log = logging.getLogger("meterd.dashboard")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ledger.accounts import ADMIN_KEY_ROLES, MIN_PASSWORD, USER_ROLES
+from dashboard.accounts import ADMIN_KEY_ROLES, MIN_PASSWORD, USER_ROLES
 
 Add = Callable[..., argparse.ArgumentParser]
 Manage = Callable[..., Callable[[argparse.Namespace], None]]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.pricing import PriceTable
-from ledger.store import is_embedded
+from ledger.redis_client import is_embedded
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from joserfc.jwk import ECKey
 from yarl import URL
 
 from dashboard import sessions
+from dashboard.appkeys import SECRET
 from dashboard.device_codes import DeviceCodes, normalize
 from dashboard.forwarded import Forwarding, forwarded_middleware
-from dashboard.keys import SECRET
 from dashboard.oidc import Identity, OidcClient, OidcConfig, OidcError, ProviderRefused, pkce_pair
 from dashboard.site import TEMPLATES
 from dashboard.state import ADMIN, AdminState

@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from dashboard import charts, live
+from dashboard.appkeys import CONFIG
 from dashboard.auth import READERS, allow
-from dashboard.keys import CONFIG
 from dashboard.render import admin_state, fill_days, render, report, today
 from ledger import reports
 

@@ -13,8 +13,8 @@ from multidict import MultiDictProxy
 from yarl import URL
 
 from dashboard import sessions
+from dashboard.appkeys import BASE, CONFIG, IDENTITY, SECRET, SESSION
 from dashboard.identity import Identity
-from dashboard.keys import BASE, CONFIG, IDENTITY, SECRET, SESSION
 from dashboard.state import ADMIN, AdminState
 
 T = TypeVar("T")

@@ -3,7 +3,7 @@
 The cookie holds a small JSON document and an HMAC-SHA256 over it; nothing in it is secret,
 but nothing in it can be changed without the key. It carries the CSRF token of the session
 (anonymous visitors get one too, so the sign-in form is protected), when it was issued, and
-once signed in the id of its server-side record (ledger.accounts): signing out, disabling the
+once signed in the id of its server-side record (dashboard.accounts): signing out, disabling the
 account or changing its password deletes the record, so a copied cookie stops working too.
 Who the session names is re-checked against the catalog on every request (a disabled account
 or a revoked key ends it at once).

@@ -9,8 +9,9 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from dashboard import sessions
+from dashboard.accounts import Accounts, check_password, needs_rehash, rehash_password
+from dashboard.appkeys import SECRET, SESSION, SESSION_SET, THROTTLE
 from dashboard.auth import EVERYONE, allow
-from dashboard.keys import SECRET, SESSION, SESSION_SET, THROTTLE
 from dashboard.params import Query, query, text
 from dashboard.render import (
     admin_state,
@@ -24,7 +25,6 @@ from dashboard.render import (
     see_other,
     url,
 )
-from ledger.accounts import Accounts, check_password, needs_rehash, rehash_password
 
 log = logging.getLogger("meterd.dashboard")
 

@@ -11,14 +11,14 @@ import jinja2
 from aiohttp import web
 
 from dashboard import auth, charts, formatting
+from dashboard.accounts import SignInThrottle
+from dashboard.appkeys import BASE, CONFIG, PAGES, SECRET, THROTTLE
 from dashboard.config import DashboardConfig
 from dashboard.forwarded import Forwarding, forwarded_middleware
 from dashboard.headers import security_headers
-from dashboard.keys import BASE, CONFIG, PAGES, SECRET, THROTTLE
 from dashboard.routes import API_ROUTES, PAGE_ROUTES, add_routes
 from dashboard.sessions import load_secret
 from dashboard.state import ADMIN
-from ledger.accounts import SignInThrottle
 
 
 def _asset_dir(name: str) -> Path:

@@ -17,10 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
+from dashboard.appkeys import IDENTITY
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.identity import Identity
 from dashboard.jsonio import json_response, read_json
-from dashboard.keys import IDENTITY
 from dashboard.params import Query, many, query
 from dashboard.render import admin_state
 from ledger.catalog import Catalog, NotFound

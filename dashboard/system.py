@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from dashboard.appkeys import CONFIG, IDENTITY
 from dashboard.auth import ADMINS, READERS, allow
-from dashboard.keys import CONFIG, IDENTITY
 from dashboard.render import admin_state, render, see_other, url
 from ledger.usage import Usage
 

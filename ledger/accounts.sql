@@ -1,4 +1,4 @@
--- Who may use the dashboard and the admin API. Written by ledger/accounts.py only.
+-- Who may use the dashboard and the admin API. Written by dashboard/accounts.py only.
 
 -- Local dashboard accounts. `password_hash` is an argon2id PHC string; the password itself is
 -- never stored. role: admin (everything) | finance (reads everything, changes nothing).

@@ -25,8 +25,8 @@ from ledger.events import EVENT_FIELD, pack_event
 from ledger.keyspace import KeySpace
 from ledger.periods import COUNTER_TTL, PERIODS, period_end
 from ledger.policy import Cap, Limits, Principal
+from ledger.redis_client import FastScript
 from ledger.spool import Spool
-from ledger.store import FastScript
 
 log = logging.getLogger("meterd.gate")
 

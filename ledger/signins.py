@@ -2,7 +2,7 @@
 their team, their device sign-ins (refresh tokens, revocation), and the key pair meterd signs
 their access tokens with.
 
-Runs on the admin side, on the catalog's connection and under its lock, like ledger/accounts.py.
+Runs on the admin side, on the catalog's connection and under its lock, like dashboard/accounts.py.
 Refresh tokens are 256-bit random strings, stored as their SHA-256 only. Every sign-in,
 refresh, refusal and revocation is written to `admin_audit`, never with a token in it.
 """

@@ -20,9 +20,9 @@ from ledger.catalog import Catalog, connect
 from ledger.gate import Gate
 from ledger.keyspace import KeySpace
 from ledger.pricing import PriceTable
+from ledger.redis_client import connect_redis
 from ledger.rollup import Rollup, schedule, schedule_purge
 from ledger.spool import Spool
-from ledger.store import connect_redis
 from meterd.providers_config import providers_context
 from meterd.settings import Settings
 from proxy.access_log import AccessLog

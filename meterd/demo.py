@@ -12,8 +12,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from dashboard.accounts import create_demo_admin
 from dashboard.state import ADMIN
-from ledger.accounts import create_demo_admin
 from ledger.catalog import Catalog, connect
 from ledger.gate import Gate, Ticket
 from ledger.money import parse_usd

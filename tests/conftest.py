@@ -28,7 +28,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from dashboard.state import ADMIN, AdminState
 from ledger.events import unpack_event
-from ledger.store import connect_redis
+from ledger.redis_client import connect_redis
 from meterd.apps import ADMIN_APP, create_root_app
 from meterd.mock_upstream import RECORDED, MockOptions, create_mock_app
 from meterd.settings import Settings

@@ -17,10 +17,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from bs4 import BeautifulSoup, Tag
 
-from dashboard.keys import PAGES
+from dashboard.accounts import Accounts, hash_password
+from dashboard.appkeys import PAGES
 from dashboard.site import setup_dashboard
-from ledger.accounts import Accounts, hash_password
-from ledger.store import connect_redis
+from ledger.redis_client import connect_redis
 from meterd.apps import ADMIN_APP, create_admin_app, create_proxy_app
 from meterd.settings import Settings
 from tests.conftest import Gateway, Upstream

@@ -13,8 +13,8 @@ import anthropic
 import duckdb
 import pytest
 
+from dashboard.accounts import Accounts
 from dashboard.commands import add_account_commands
-from ledger.accounts import Accounts
 from meterd.client import call
 from meterd.settings import Settings
 from tests.dashboard_fixtures import *  # noqa: F403

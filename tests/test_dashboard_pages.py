@@ -8,7 +8,7 @@ import io
 
 import orjson
 
-from ledger.accounts import Accounts
+from dashboard.accounts import Accounts
 from ledger.money import format_usd, parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Browser, Dashboard, attr, one, parse

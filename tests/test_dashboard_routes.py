@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from dashboard.accounts import Accounts, hash_password
 from dashboard.routes import API_ROUTES, PAGE_ROUTES
-from ledger.accounts import Accounts, hash_password
 from ledger.managed import ManagedSettings
 from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403

@@ -17,12 +17,12 @@ import pytest
 from yarl import URL
 
 from dashboard import sessions
+from dashboard.accounts import Accounts, SignInThrottle, check_password, hash_password
+from dashboard.appkeys import THROTTLE
 from dashboard.forwarded import Forwarding
-from dashboard.keys import THROTTLE
 from dashboard.routes import API_ROUTES, PAGE_ROUTES
-from ledger.accounts import Accounts, SignInThrottle, check_password, hash_password
 from ledger.catalog import CatalogError
-from ledger.store import connect_redis
+from ledger.redis_client import connect_redis
 from meterd.apps import ADMIN_APP
 from meterd.settings import Settings, SettingsError
 from tests.dashboard_fixtures import *  # noqa: F403
@@ -166,7 +166,7 @@ async def test_password_change_ends_existing_sessions(dashboard: Dashboard) -> N
     status, _ = await admin.get("/admin/teams")
     assert status == 200
     accounts = dashboard.gateway.admin
-    from ledger.accounts import Accounts, hash_password
+    from dashboard.accounts import Accounts, hash_password
 
     name = next(u["name"] for u in await accounts.db(Accounts(accounts.catalog).users))
     await accounts.db(Accounts(accounts.catalog).set_password, name,

@@ -14,13 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dashboard import charts, formatting, sessions
-from dashboard.auth import allow, check_routes
-from ledger.accounts import (
+from dashboard.accounts import (
     Accounts,
     check_password,
     create_demo_admin,
     hash_password,
 )
+from dashboard.auth import allow, check_routes
 from ledger.catalog import Catalog, CatalogError, connect
 from tests.dashboard_fixtures import attr, one
 

@@ -14,8 +14,8 @@ from ledger.gate import BudgetExceeded, Estimate, Gate, RateLimited
 from ledger.keyspace import KeySpace
 from ledger.periods import period_end, period_tag
 from ledger.policy import Cap, Limits, Principal
+from ledger.redis_client import FastScript
 from ledger.spool import Spool
-from ledger.store import FastScript
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 EST = Estimate(prompt_tokens=100, output_tokens=50, default_micros=1000, strict_micros=5000)

@@ -20,11 +20,11 @@ import orjson
 import pytest
 from aiohttp import web
 
+from dashboard.accounts import Accounts
 from dashboard.auth import roles_of
 from dashboard.identity import ROLES
 from dashboard.params import params_of
 from dashboard.routes import API_ROUTES, PAGE_ROUTES
-from ledger.accounts import Accounts
 from ledger.catalog import Catalog, CatalogError, connect
 from meterd.apps import ADMIN_APP, SOCKET_FILE
 from tests.dashboard_fixtures import *  # noqa: F403

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from ledger.accounts import Accounts
+from dashboard.accounts import Accounts
 from ledger.managed import ManagedSettings, checksum
 from tests.sso import SSO
 

@@ -16,8 +16,8 @@ import pytest
 
 from ledger.keyspace import KeySpace
 from ledger.money import parse_usd
+from ledger.redis_client import connect_redis
 from ledger.rollup import lock_key
-from ledger.store import connect_redis
 from meterd.apps import DB_FILE
 from meterd.settings import SETTINGS, Settings, SettingsError
 from tests.conftest import MOCK_KEY, Gateway, RedisServer, free_port

@@ -22,6 +22,7 @@ from ledger.catalog import connect
 from ledger.events import EVENT_NAMES, pack_event
 from ledger.keyspace import KeySpace
 from ledger.pricing import MTOK, PriceTable
+from ledger.redis_client import connect_redis
 from ledger.rollup import (
     GROUP,
     JOB_ID,
@@ -32,7 +33,6 @@ from ledger.rollup import (
     schedule,
     schedule_purge,
 )
-from ledger.store import connect_redis
 from ledger.usage import Usage
 
 KS = KeySpace()

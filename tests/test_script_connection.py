@@ -1,4 +1,4 @@
-"""The pipelined script connection the hot path uses on a real Redis (ledger/store.py).
+"""The pipelined script connection the hot path uses on a real Redis (ledger/redis_client.py).
 
 It replaces redis-py only for EVALSHA, so it must behave like redis-py where the gate can tell:
 same encoding of arguments, same replies, same exceptions on refusal, reset and silence, and
@@ -27,8 +27,7 @@ from ledger.events import pack_event
 from ledger.gate import Estimate, Gate
 from ledger.keyspace import KeySpace
 from ledger.policy import Cap, Limits, Principal
-from ledger.spool import Spool
-from ledger.store import (
+from ledger.redis_client import (
     FastScript,
     MeterdRedis,
     ScriptConnection,
@@ -36,6 +35,7 @@ from ledger.store import (
     connect_redis,
     encode_command,
 )
+from ledger.spool import Spool
 from tests.conftest import RedisServer, free_port, need
 
 ECHO = "return {#KEYS, ARGV[1], tonumber(ARGV[2]) + 1, {'nested', 7}}"

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ledger import gate as gate_module
-from ledger.store import connect_redis
+from ledger.redis_client import connect_redis
 from meterd.apps import DB_FILE, create_root_app
 from meterd.settings import Settings
 from tests.conftest import Gateway, RedisServer, free_port

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from dashboard import sessions
-from ledger.accounts import Accounts
+from dashboard.accounts import Accounts
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import PASSWORDS, Browser, Dashboard
 

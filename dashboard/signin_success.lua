@@ -1,4 +1,4 @@
--- A sign-in whose password was right (ledger/accounts.py, SignInThrottle.succeeded): hand back
+-- A sign-in whose password was right (dashboard/accounts.py, SignInThrottle.succeeded): hand back
 -- the attempt signin_attempt.lua counted, and forget this name's failures from this address.
 -- KEYS[1]: the address's failure counter; KEYS[2]: (optional) the (name, address) hash
 if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then

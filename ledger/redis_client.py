@@ -1,4 +1,4 @@
-"""Connections to the two stores: Redis (real, or embedded in-process) and the DuckDB file.
+"""Redis connections (a real server or the embedded one) and the hot path's pipelined script client.
 
 The hot path sends two Lua scripts per request (admission, settlement). redis-py spends
 75-100 µs of CPU on each command (connection pool, retries, timeouts, observability hooks,

@@ -53,7 +53,7 @@ def _now() -> datetime:
 
 
 def _script(name: str) -> str:
-    return resources.files("ledger").joinpath(name).read_text()
+    return resources.files("dashboard").joinpath(name).read_text()
 
 
 def hash_password(password: str, name: str = "") -> str:

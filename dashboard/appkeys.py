@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from dashboard.accounts import SignInThrottle
 from dashboard.config import DashboardConfig
 from dashboard.identity import Identity
 from dashboard.sessions import Session
-from ledger.accounts import SignInThrottle
 
 # Path the admin app is mounted at ("/admin" under `meterd serve`, "" when standalone).
 BASE = web.AppKey("dashboard_base", str)

@@ -1,4 +1,4 @@
--- One sign-in attempt (ledger/accounts.py, SignInThrottle.attempt). It is counted before the
+-- One sign-in attempt (dashboard/accounts.py, SignInThrottle.attempt). It is counted before the
 -- password is checked, so parallel guesses cannot slip past, and handed back by
 -- signin_success.lua when the password was right: successes never use anything up.
 -- KEYS[1]: failures from this client address under any name (a counter in a fixed window)
