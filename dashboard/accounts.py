@@ -30,7 +30,7 @@ from zxcvbn import zxcvbn
 from ledger.catalog import Catalog, CatalogError, NotFound, check_name
 from ledger.policy import hash_key
 
-USER_ROLES = ("admin", "finance")
+USER_ROLES = ("admin", "finance")  # local accounts; team_lead comes from the group rules
 # An admin API key acts as: rw → admin, ro → finance.
 ADMIN_KEY_ROLES = {"rw": "admin", "ro": "finance"}
 ADMIN_KEY_PREFIX = "mtda_"
@@ -184,16 +184,20 @@ class Accounts:
     # -- signed-in sessions ------------------------------------------------------------------
 
     def start_session(self, kind: str, subject: str, key_id: str = "",
-                      max_age: int = 12 * 3600) -> str:
-        """Record a signed-in session (user or developer) and return its id for the cookie.
+                      max_age: int = 12 * 3600, role: str = "", team_id: str = "",
+                      developer_id: str = "") -> str:
+        """Record a signed-in session (user, developer or sso) and return its id for the
+        cookie. An sso session carries the role, team and developer its sign-in gave.
         Rows older than `max_age` seconds (the longest session) are pruned here."""
         session_id = secrets.token_urlsafe(24)
         with self.catalog.lock:
             now = _now()
             self.catalog.conn.execute("DELETE FROM dashboard_sessions WHERE created_at < ?",
                                       [now - timedelta(seconds=max_age)])
-            self.catalog.conn.execute("INSERT INTO dashboard_sessions VALUES (?, ?, ?, ?, ?)",
-                                      [session_id, kind, subject, key_id, now])
+            self.catalog.conn.execute(
+                "INSERT INTO dashboard_sessions (id, kind, subject, key_id, created_at, role, "
+                "team_id, developer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [session_id, kind, subject, key_id, now, role, team_id, developer_id])
         return session_id
 
     def end_session(self, session_id: str) -> None:
@@ -213,6 +217,16 @@ class Accounts:
             "SELECT u.name, u.role FROM dashboard_sessions s JOIN dashboard_users u "
             "ON u.name = s.subject WHERE s.id = ? AND s.kind = 'user' AND s.subject = ? "
             "AND NOT u.disabled", [session_id, name])
+        return rows[0] if rows else None
+
+    def sso_session(self, session_id: str, email: str) -> dict[str, Any] | None:
+        """The role, team and developer of a live single sign-on session, or None. A session
+        of a developer since disabled or removed is refused, as a key session is."""
+        rows = self._rows(
+            "SELECT s.role, s.team_id, s.developer_id FROM dashboard_sessions s "
+            "LEFT JOIN developers d ON d.id = s.developer_id WHERE s.id = ? AND "
+            "s.kind = 'sso' AND s.subject = ? AND (s.developer_id = '' OR NOT d.disabled)",
+            [session_id, email])
         return rows[0] if rows else None
 
     # -- developers, signing in with a gateway key ------------------------------------------

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dashboard.oidc import OidcConfig
 from ledger.pricing import PriceTable
 from ledger.redis_client import is_embedded
 
@@ -31,6 +32,11 @@ class DashboardConfig:
     # [providers.NAME] tables (their non-secret keys) and [[routes]], when configured.
     providers: tuple[tuple[str, dict[str, str]], ...] = ()
     routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Single sign-on (None: none), whether password sign-in is on, and the gateway's base URL
+    # as browsers reach it ("" = the origin each request came to).
+    oidc: OidcConfig | None = field(default=None, repr=False)
+    local_accounts: bool = True
+    public_url: str = ""
 
     @classmethod
     def from_settings(cls, settings: Any) -> DashboardConfig:
@@ -52,6 +58,8 @@ class DashboardConfig:
             providers=_providers(getattr(settings, "providers", None) or {}),
             routes=tuple((str(r.get("match", "*")), tuple(str(p) for p in r.get("providers", ())))
                          for r in getattr(settings, "routes", None) or () if isinstance(r, dict)),
+            oidc=OidcConfig.from_settings(settings) if settings.oidc_issuer else None,
+            local_accounts=settings.local_accounts, public_url=settings.public_url.rstrip("/"),
         )
 
 

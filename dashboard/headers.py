@@ -18,20 +18,23 @@ from aiohttp import web
 from dashboard.forwarded import Forwarding
 
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
+       "form-action 'self'{}; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 # A year, as browsers' preload lists ask; not includeSubDomains: other hosts of the domain
 # are not ours to decide for.
 HSTS = "max-age=31536000"
 
 
-def security_headers(forwarding: Forwarding) -> Callable[[web.Request, web.StreamResponse],
-                                                         Awaitable[None]]:
-    """The on_response_prepare handler (it needs to know which answers are https)."""
+def security_headers(forwarding: Forwarding, provider_origin: str = "") -> Callable[
+        [web.Request, web.StreamResponse], Awaitable[None]]:
+    """The on_response_prepare handler (it needs to know which answers are https). A form may
+    post to the identity provider's origin too: "Sign in with …" is answered with a redirect
+    there, and browsers hold that redirect to form-action."""
+    csp = CSP.format(f" {provider_origin}" if provider_origin else "")
 
     async def add(request: web.Request, response: web.StreamResponse) -> None:
         headers = response.headers
         headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Content-Security-Policy", CSP)
+        headers.setdefault("Content-Security-Policy", csp)
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Referrer-Policy", "same-origin")
         if not isinstance(request.match_info.route.resource, web.StaticResource):

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import aiohttp_jinja2
 import jinja2
 import orjson
@@ -31,10 +30,10 @@ from joserfc.jwk import ECKey
 from yarl import URL
 
 from dashboard import sessions
-from dashboard.appkeys import SECRET
+from dashboard.appkeys import OIDC, SECRET
 from dashboard.device_codes import DeviceCodes, normalize
 from dashboard.forwarded import Forwarding, forwarded_middleware
-from dashboard.oidc import Identity, OidcClient, OidcConfig, OidcError, ProviderRefused, pkce_pair
+from dashboard.oidc import Identity, OidcClient, OidcError, ProviderRefused, pkce_pair
 from dashboard.site import TEMPLATES
 from dashboard.state import ADMIN, AdminState
 from ledger import tokens
@@ -95,14 +94,12 @@ def create_oauth_app(settings: Any, admin_app: web.Application) -> web.Applicati
 async def _context(app: web.Application, settings: Any,
                    admin_app: web.Application) -> AsyncIterator[None]:
     admin = admin_app[ADMIN]
-    config = OidcConfig.from_settings(settings)
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15, connect=5),
-                                    cookie_jar=aiohttp.DummyCookieJar())
+    oidc = admin_app[OIDC]  # the dashboard's: one provider client, one metadata cache
     key = await admin.db(SignIns(admin.catalog).signing_key)
     await admin.publish()  # every proxy learns the public key
-    issuer_origin = str(URL(config.issuer).origin())
+    issuer_origin = str(URL(oidc.config.issuer).origin())
     app[OAUTH] = OAuthState(
-        admin=admin, oidc=OidcClient(config, session),
+        admin=admin, oidc=oidc,
         codes=DeviceCodes(admin.redis, admin.keyspace.base), signing_key=key,
         secret=admin_app[SECRET], public_url=settings.public_url.rstrip("/"),
         access_ttl=settings.access_token_ttl, refresh_ttl=settings.refresh_token_ttl,
@@ -117,7 +114,6 @@ async def _context(app: web.Application, settings: Any,
             "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "same-origin", "Cache-Control": "no-store"})
     yield
-    await session.close()
 
 
 def base_url(request: web.Request) -> str:

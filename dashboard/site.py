@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from yarl import URL
 
 from dashboard import auth, charts, formatting
 from dashboard.accounts import SignInThrottle
-from dashboard.appkeys import BASE, CONFIG, PAGES, SECRET, THROTTLE
+from dashboard.appkeys import BASE, CONFIG, OIDC, PAGES, SECRET, THROTTLE
 from dashboard.config import DashboardConfig
 from dashboard.forwarded import Forwarding, forwarded_middleware
 from dashboard.headers import security_headers
+from dashboard.oidc import OidcClient, OidcConfig
 from dashboard.routes import API_ROUTES, PAGE_ROUTES, add_routes
 from dashboard.sessions import load_secret
 from dashboard.state import ADMIN
@@ -42,7 +47,8 @@ def setup_api(app: web.Application, config: DashboardConfig) -> None:
     # First: everything after it sees the client's address and scheme, not a proxy's.
     forwarding = Forwarding(config.trusted_proxies, config.proxy_url.startswith("https://"))
     app.middlewares.append(forwarded_middleware(forwarding))
-    app.on_response_prepare.append(security_headers(forwarding))
+    provider = str(URL(config.oidc.issuer).origin()) if config.oidc else ""
+    app.on_response_prepare.append(security_headers(forwarding, provider))
     app.middlewares.append(auth.auth_middleware)
     add_routes(app, API_ROUTES)
     auth.check_routes(app)
@@ -76,6 +82,8 @@ def setup_dashboard(app: web.Application, settings: Any) -> None:
     app.router.add_static("/static", STATIC, name="static", append_version=True)
     auth.check_routes(app)
     app.on_startup.append(_start)
+    if config.oidc is not None:
+        app.cleanup_ctx.append(partial(_oidc_client, config.oidc))
 
 
 async def _start(app: web.Application) -> None:
@@ -83,3 +91,13 @@ async def _start(app: web.Application) -> None:
     app[SECRET] = load_secret(config.session_secret, config.data_dir)
     state = app[ADMIN]
     app[THROTTLE] = SignInThrottle(state.redis, state.keyspace.base)
+
+
+async def _oidc_client(config: OidcConfig, app: web.Application) -> AsyncIterator[None]:
+    """The identity provider's client and its one HTTP session (no cookies: nothing a
+    provider sets may follow one person's sign-in into another's)."""
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15, connect=5),
+                                    cookie_jar=aiohttp.DummyCookieJar())
+    app[OIDC] = OidcClient(config, session)
+    yield
+    await session.close()

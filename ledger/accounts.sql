@@ -30,11 +30,19 @@ CREATE TABLE IF NOT EXISTS admin_api_keys (
 -- cookie stops working at once on every process that serves this file (re-enabling the
 -- account does not bring them back). Rows older than the longest session are pruned.
 -- kind: user (an account; subject = its name) | developer (subject = developer id, key_id =
--- the gateway key signed in with).
+-- the gateway key signed in with) | sso (signed in through the identity provider; subject =
+-- the email, and the role, team and developer the group rules gave at that sign-in).
 CREATE TABLE IF NOT EXISTS dashboard_sessions (
     id VARCHAR PRIMARY KEY,
     kind VARCHAR NOT NULL,
     subject VARCHAR NOT NULL,
     key_id VARCHAR NOT NULL,
-    created_at TIMESTAMP NOT NULL
+    created_at TIMESTAMP NOT NULL,
+    role VARCHAR NOT NULL DEFAULT '',
+    team_id VARCHAR NOT NULL DEFAULT '',
+    developer_id VARCHAR NOT NULL DEFAULT ''
 );
+-- Files made before single sign-on lack the last three columns.
+ALTER TABLE dashboard_sessions ADD COLUMN IF NOT EXISTS role VARCHAR DEFAULT '';
+ALTER TABLE dashboard_sessions ADD COLUMN IF NOT EXISTS team_id VARCHAR DEFAULT '';
+ALTER TABLE dashboard_sessions ADD COLUMN IF NOT EXISTS developer_id VARCHAR DEFAULT '';

@@ -98,6 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
             "of the provider (add groups where the provider needs it)."),
     Setting("oidc_group_rules", [], "Rules [[oidc_group_rules]] group = IdP group, team = "
             "team name, role = admin, finance or team_lead; first match wins (TOML only)."),
+    Setting("local_accounts", True, "Dashboard sign-in with a local account's password "
+            "(break-glass once single sign-on works); false turns it off."),
     Setting("access_token_ttl", 900, "Seconds a signed-in developer's bearer token lives "
             "(refresh renews it)."),
     Setting("refresh_token_ttl", 30 * 86400, "Seconds a sign-in may be refreshed without "
@@ -156,6 +158,7 @@ class Settings:
     oidc_groups_claim: str = "groups"
     oidc_scopes: tuple[str, ...] = ("openid", "email", "profile", "offline_access")
     oidc_group_rules: tuple[Mapping[str, Any], ...] = ()
+    local_accounts: bool = True
     access_token_ttl: int = 900
     refresh_token_ttl: int = 30 * 86400
 
@@ -291,6 +294,9 @@ def _validate_oidc(settings: Settings) -> None:
         check_issuer(settings.oidc_issuer, settings.oidc_allow_loopback)
         if not settings.oidc_client_id:
             raise SettingsError("setting oidc_client_id: needed with oidc_issuer")
+    elif not settings.local_accounts:
+        raise SettingsError("setting local_accounts: false needs oidc_issuer, or nobody can "
+                            "sign in to the dashboard")
     for name in ("access_token_ttl", "refresh_token_ttl"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {name}: must be positive")
@@ -306,6 +312,8 @@ def _validate_oidc(settings: Settings) -> None:
             raise SettingsError(f"{where}: team is a team's name")
         if "role" in rule and rule["role"] not in GROUP_RULE_ROLES:
             raise SettingsError(f"{where}: role is one of {', '.join(GROUP_RULE_ROLES)}")
+        if rule.get("role") == "team_lead" and not rule.get("team"):
+            raise SettingsError(f"{where}: a team_lead rule names the team it leads")
 
 
 def check_issuer(url: str, allow_loopback: bool) -> None:
