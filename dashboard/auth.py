@@ -18,7 +18,7 @@ from aiohttp import web
 
 from dashboard import csrf, sessions
 from dashboard.accounts import ADMIN_KEY_ROLES, Accounts
-from dashboard.appkeys import BASE, IDENTITY, PAGES, SECRET, SESSION, SESSION_SET
+from dashboard.appkeys import BASE, CONFIG, IDENTITY, PAGES, SECRET, SESSION, SESSION_SET
 from dashboard.identity import ANONYMOUS, ROLES, Identity
 from dashboard.jsonio import json_error
 from dashboard.render import cookie_path, error_page, redirect_back
@@ -35,6 +35,10 @@ API_PREFIX = "/api/"
 
 READERS = ("admin", "finance")
 ADMINS = ("admin",)
+# Routes about one team: a team lead passes the role check, and the handler then checks the
+# team is its own (require_team) before it reads or changes anything.
+TEAM_READERS = ("admin", "finance", "team_lead")
+TEAM_ADMINS = ("admin", "team_lead")
 EVERYONE = ROLES
 
 
@@ -63,6 +67,15 @@ def check_routes(app: web.Application) -> None:
         if roles_of(route.handler) is None:
             raise RuntimeError(f"route {route.method} {route.resource} declares no roles; "
                                "decorate its handler with @allow(...)")
+
+
+def require_team(request: web.Request, team_id: str | None, change: bool = False) -> None:
+    """Refuse (403) a caller who may not read, or with `change` may not change, this team's
+    members: a team lead of another team (or of none)."""
+    who = request[IDENTITY]
+    if not (who.manages(team_id) if change else who.reads(team_id)):
+        raise web.HTTPForbidden(text="You lead another team: this one is not yours to "
+                                     f"{'change' if change else 'see'}.")
 
 
 def is_api(request: web.Request) -> bool:
@@ -105,6 +118,8 @@ async def session_identity(request: web.Request, session: Session) -> Identity |
     state = request.app[ADMIN]
     accounts = Accounts(state.catalog)
     if session.kind == "user":
+        if not request.app[CONFIG].local_accounts:  # turned off: their sessions end too
+            return None
         user = await state.db(accounts.session_user, session.sid, session.subject)
         if user is None:
             return None
@@ -117,6 +132,12 @@ async def session_identity(request: web.Request, session: Session) -> Identity |
         return Identity("developer", name=dev["name"], actor=f"developer:{dev['developer_id']}",
                         developer_id=dev["developer_id"], team_id=dev["team_id"] or "",
                         key_id=dev["key_id"])
+    if session.kind == "sso":
+        sso = await state.db(accounts.sso_session, session.sid, session.subject)
+        if sso is None:
+            return None
+        return Identity(sso["role"], name=session.subject, actor=f"sso:{session.subject}",
+                        developer_id=sso["developer_id"], team_id=sso["team_id"])
     return None
 
 

@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from dashboard import live
-from dashboard.auth import ADMINS, allow
-from dashboard.render import admin_state, change, field, form, redirect_back
-from ledger.catalog import LIMIT_FIELDS
+from dashboard.auth import ADMINS, TEAM_ADMINS, allow, require_team
+from dashboard.render import admin_state, change, field, form, identity, redirect_back
+from ledger.catalog import LIMIT_FIELDS, NotFound
 from ledger.money import parse_usd
 from ledger.periods import PERIODS, period_end
 
@@ -75,10 +75,22 @@ async def caps_for_developer(request: web.Request, developer_id: str, team_id: s
     return out
 
 
-@allow(*ADMINS)
+@allow(*TEAM_ADMINS)
 async def delete_budget(request: web.Request) -> web.StreamResponse:
     state = admin_state(request)
-    await change(request, state.catalog.delete_budget, request.match_info["budget_id"])
+    budget_id = request.match_info["budget_id"]
+    if not identity(request).can_change:  # a team lead: only its members' caps
+        found = next((b for b in await state.db(state.catalog.budgets)
+                      if b["id"] == budget_id), None)
+        if found is None:
+            raise NotFound(f"no budget {budget_id!r}")
+        team_id = {"team_member": found["scope_id"]}.get(found["scope"], "")
+        if found["scope"] == "developer":
+            developers = await state.db(state.catalog.developers)
+            team_id = next((d["team_id"] for d in developers if d["id"] == found["scope_id"]),
+                           "")
+        require_team(request, team_id, change=True)
+    await change(request, state.catalog.delete_budget, budget_id)
     return redirect_back(request, "Budget removed.", "ok")
 
 

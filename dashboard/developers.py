@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from dashboard import charts, live
-from dashboard.auth import ADMINS, READERS, allow
+from dashboard.auth import ADMINS, READERS, TEAM_ADMINS, TEAM_READERS, allow, require_team
 from dashboard.budgets import LIMIT_WORDS, budget_values, caps_for_developer, limits_of
 from dashboard.limits_form import save_limits
 from dashboard.params import Query, parse_expiry, query, text
@@ -18,6 +18,7 @@ from dashboard.render import (
     field,
     fill_days,
     form,
+    identity,
     last_days,
     redirect_back,
     render,
@@ -37,6 +38,25 @@ async def find_developer(request: web.Request, developer_id: str) -> dict[str, A
         if dev["id"] == developer_id:
             return dev
     raise NotFound(f"no developer {developer_id!r}")
+
+
+async def find_member(request: web.Request, developer_id: str) -> dict[str, Any]:
+    """A developer whose caps and keys the caller may change (an admin; a team's lead for its
+    members), else 403."""
+    dev = await find_developer(request, developer_id)
+    require_team(request, dev["team_id"], change=True)
+    return dev
+
+
+async def _require_key_owner(request: web.Request, key_id: str) -> None:
+    """A team lead changes only its members' keys."""
+    if identity(request).can_change:
+        return
+    state = admin_state(request)
+    key = next((k for k in await state.db(state.catalog.keys) if k["id"] == key_id), None)
+    if key is None:
+        raise NotFound(f"no key {key_id!r}")
+    await find_member(request, key["developer_id"])
 
 
 def key_status(key: dict[str, Any], now: datetime) -> str:
@@ -98,10 +118,11 @@ async def usage_context(request: web.Request, developer_id: str) -> dict[str, An
     }
 
 
-@allow(*READERS)
+@allow(*TEAM_READERS)
 async def developer(request: web.Request) -> web.StreamResponse:
     state = admin_state(request)
     dev = await find_developer(request, request.match_info["developer_id"])
+    require_team(request, dev["team_id"])
     now = datetime.now(UTC)
     keys = await state.db(state.catalog.keys, dev["id"])
     for key in keys:
@@ -130,28 +151,30 @@ def _expiry(value: str) -> datetime | None:
     return when
 
 
-@allow(*ADMINS)
+@allow(*TEAM_ADMINS)
 async def issue_key(request: web.Request) -> web.StreamResponse:
     """Issue a key and show its secret on this response only: never stored, never again."""
     state = admin_state(request)
-    dev = await find_developer(request, request.match_info["developer_id"])
+    dev = await find_member(request, request.match_info["developer_id"])
     expires = _expiry(field(await form(request), "expires", ""))
     key = await change(request, state.catalog.issue_key, dev["id"], expires)
     return await render(request, "key_issued.html", {
         "dev": dev, "key": key, "proxy_url": state.proxy_url}, status=201)
 
 
-@allow(*ADMINS)
+@allow(*TEAM_ADMINS)
 async def revoke_key(request: web.Request) -> web.StreamResponse:
     state = admin_state(request)
+    await _require_key_owner(request, request.match_info["key_id"])
     key = await change(request, state.catalog.revoke_key, request.match_info["key_id"])
     return redirect_back(request, f"Key {key['display']} revoked; the gateway refuses it "
                                   "within a second.", "ok")
 
 
-@allow(*ADMINS)
+@allow(*TEAM_ADMINS)
 async def expire_key(request: web.Request) -> web.StreamResponse:
     state = admin_state(request)
+    await _require_key_owner(request, request.match_info["key_id"])
     text = field(await form(request), "expires", "")
     when = _expiry(text) or datetime.now(UTC)
     key = await change(request, state.catalog.expire_key, request.match_info["key_id"], when)
@@ -159,10 +182,10 @@ async def expire_key(request: web.Request) -> web.StreamResponse:
                                   f"{when:%Y-%m-%d %H:%M} UTC.", "ok")
 
 
-@allow(*ADMINS)
+@allow(*TEAM_ADMINS)
 async def set_developer_budget(request: web.Request) -> web.StreamResponse:
     state = admin_state(request)
-    developer_id = request.match_info["developer_id"]
+    developer_id = (await find_member(request, request.match_info["developer_id"]))["id"]
     period, amount, mode = budget_values(await form(request))
     await change(request, state.catalog.set_budget, "developer", developer_id, period, amount,
                  mode)
@@ -170,8 +193,8 @@ async def set_developer_budget(request: web.Request) -> web.StreamResponse:
                      "Personal cap saved.")
 
 
-@allow(*ADMINS)
+@allow(*TEAM_ADMINS)
 async def set_developer_limits(request: web.Request) -> web.StreamResponse:
-    developer_id = request.match_info["developer_id"]
+    developer_id = (await find_member(request, request.match_info["developer_id"]))["id"]
     return await save_limits(request, "developer", developer_id,
                              url(request, "developer", developer_id=developer_id))

@@ -84,13 +84,16 @@ class OidcConfig:
         return urlsplit(self.issuer).hostname or self.issuer
 
     def place(self, groups: list[str]) -> Placement:
-        """The team of the first rule that names a team and matches, else the default team;
-        the role of the first matching rule that names one."""
+        """The role of the first matching rule that names one; the team of the first rule
+        that names a team and matches, else the default team. A team lead is in the team its
+        rule names (the one it leads), whatever other rules match."""
         held = set(groups)
+        role_rule = next((r for r in self.rules if r.role and r.group in held), None)
+        if role_rule is not None and role_rule.role == "team_lead":
+            return Placement(role_rule.team, role_rule.role)
         team = next((r.team for r in self.rules if r.team and r.group in held),
                     self.default_team)
-        role = next((r.role for r in self.rules if r.role and r.group in held), "")
-        return Placement(team, role)
+        return Placement(team, role_rule.role if role_rule else "")
 
     def domain_allowed(self, email: str) -> bool:
         domain = email.rpartition("@")[2].lower()

@@ -23,11 +23,12 @@ T = TypeVar("T")
 NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("overview", "Overview", ("admin", "finance")),
     ("me", "My usage", ("developer",)),
+    ("team", "My team", ("team_lead",)),
     ("teams", "Teams", ("admin", "finance")),
     ("developers", "Developers", ("admin", "finance")),
     ("requests", "Requests", ("admin", "finance")),
-    ("reports", "Reports", ("admin", "finance")),
-    ("rollout", "Rollout", ("admin", "finance", "developer")),
+    ("reports", "Reports", ("admin", "finance", "team_lead")),
+    ("rollout", "Rollout", ("admin", "finance", "team_lead", "developer")),
     ("settings", "Settings", ("admin", "finance")),
     ("audit", "Audit", ("admin", "finance")),
     ("access", "Access", ("admin", "finance")),
@@ -54,10 +55,17 @@ def url(request: web.Request, name: str, query: dict[str, Any] | None = None,
 
 
 def home(request: web.Request) -> URL:
-    """Where a signed-in user starts: the overview, or a developer's own page."""
-    role = request[IDENTITY].role
-    return url(request, "me" if role == "developer" else "overview" if role != "anonymous"
-               else "signin")
+    """Where a signed-in user starts: the overview, a developer's own page, or a team lead's
+    team."""
+    who = request[IDENTITY]
+    if who.role == "team_lead":
+        return url(request, "team", team_id=who.team_id)
+    return url(request, "me" if who.role == "developer" else "overview"
+               if who.role != "anonymous" else "signin")
+
+
+def _nav_url(request: web.Request, name: str) -> URL:
+    return home(request) if name == "team" else url(request, name)
 
 
 async def render(request: web.Request, template: str, context: dict[str, Any],
@@ -71,7 +79,9 @@ async def render(request: web.Request, template: str, context: dict[str, Any],
     role = me.role if me else "anonymous"
     base = {
         "me": me, "csrf_token": session.csrf if session else "", "flash": flash,
-        "nav": [(name, label) for name, label, roles in NAV if role in roles],
+        "nav": [(name, label, _nav_url(request, name)) for name, label, roles in NAV
+                if role in roles],
+        "home": home(request) if me else url(request, "signin"),
         "section": SECTION.get(route or "", route), "config": request.app[CONFIG],
     }
     response = aiohttp_jinja2.render_template(template, request, {**base, **context},

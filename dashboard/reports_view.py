@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from dashboard import charts
-from dashboard.auth import READERS, allow
+from dashboard.auth import READERS, TEAM_READERS, allow, require_team
 from dashboard.params import Query, choice, day, query, text
-from dashboard.render import admin_state, render, report, today, url
+from dashboard.render import admin_state, identity, render, report, today, url
 from ledger import reports
 
 GRAIN_WORDS = {"day": "Day", "week": "Week", "month": "Month"}
@@ -76,11 +76,26 @@ class ReportQuery:
 SESSIONS_SHOWN = 100
 
 
-@allow(*READERS)
+def scoped(request: web.Request, params: Query) -> ReportQuery:
+    """The report asked for; a team lead's is always of its own team."""
+    q = ReportQuery.from_query(params)
+    who = identity(request)
+    if who.role != "team_lead":
+        return q
+    require_team(request, q.team_id or who.team_id)
+    return replace(q, team_id=who.team_id)
+
+
+@allow(*TEAM_READERS)
 @query(*REPORT)
 async def reports_page(request: web.Request, params: Query) -> web.StreamResponse:
     state = admin_state(request)
-    q = ReportQuery.from_query(params)
+    q = scoped(request, params)
+    teams = await state.db(state.catalog.teams)
+    developers = await state.db(state.catalog.developers)
+    if identity(request).role == "team_lead":  # the filters offer its own team only
+        teams = [t for t in teams if t["id"] == q.team_id]
+        developers = [d for d in developers if d["team_id"] == q.team_id]
     # Sessions number in the tens of thousands: show the top ones per period on screen (the
     # CSV has them all), and take the totals from the rollup, not from the rows shown.
     limit = SESSIONS_SHOWN if q.dimension == "session" else None
@@ -97,18 +112,17 @@ async def reports_page(request: web.Request, params: Query) -> web.StreamRespons
         "chart": charts.daily_bars(sorted(per_period.items()),
                                    f"Spend per {q.grain}") if per_period else None,
         "grains": GRAIN_WORDS, "dimensions": DIMENSION_WORDS,
-        "teams": await state.db(state.catalog.teams),
-        "developers": await state.db(state.catalog.developers),
+        "teams": teams, "developers": developers,
         "csv_url": url(request, "reports_csv", q.params()),
         "parquet_url": url(request, "reports_parquet", {
             "start": q.start.isoformat(), "end": q.last.isoformat()}),
     })
 
 
-@allow(*READERS)
+@allow(*TEAM_READERS)
 @query(*REPORT)
 async def reports_csv(request: web.Request, params: Query) -> web.StreamResponse:
-    q = ReportQuery.from_query(params)
+    q = scoped(request, params)
     rows = await report(request, reports.spend, **q.args())
     body = reports.export_csv(rows, reports.SPEND_COLUMNS)
     return web.Response(text=body, content_type="text/csv", charset="utf-8", headers={

@@ -21,6 +21,7 @@ from dashboard import (
     rollout,
     signin,
     spend_limits,
+    sso,
     system,
     teams,
 )
@@ -33,6 +34,8 @@ PAGE_ROUTES: tuple[Route, ...] = (
     ("GET", "/signin", signin.signin_page, "signin"),
     ("POST", "/signin", signin.signin, "signin_account"),
     ("POST", "/signin/key", signin.signin_key, "signin_key"),
+    ("POST", "/signin/sso", sso.signin_sso, "signin_sso"),
+    ("GET", "/signin/sso/callback", sso.sso_callback, "signin_sso_callback"),
     ("POST", "/signout", signin.signout, "signout"),
     ("GET", "/me", me.me, "me"),
     ("GET", "/teams", teams.teams, "teams"),

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from dashboard import sessions
 from dashboard.accounts import Accounts, check_password, needs_rehash, rehash_password
-from dashboard.appkeys import SECRET, SESSION, SESSION_SET, THROTTLE
+from dashboard.appkeys import CONFIG, SECRET, SESSION, SESSION_SET, THROTTLE
 from dashboard.auth import EVERYONE, allow
 from dashboard.params import Query, query, text
 from dashboard.render import (
@@ -33,8 +33,10 @@ async def _page(request: web.Request, error: str = "", status: int = 200,
                 name: str = "", target: str = "") -> web.Response:
     state = admin_state(request)
     has_users = await state.db(Accounts(state.catalog).has_users)
+    oidc = request.app[CONFIG].oidc
     return await render(request, "signin.html", {
         "error": error, "name": name, "has_users": has_users,
+        "provider": oidc.provider_name if oidc else "",
         "next": local_path(request, target) or ""}, status=status)
 
 
@@ -78,14 +80,16 @@ async def _succeeded(request: web.Request, name: str) -> None:
         log.warning("sign-in attempt not handed back (%s)", exc)
 
 
-async def _signed_in(request: web.Request, location: str, kind: str, subject: str,
-                     key_id: str = "") -> web.Response:
-    """Record the new session (ending the one this browser had) and set its cookie."""
+async def signed_in(request: web.Request, location: str, kind: str, subject: str,
+                    key_id: str = "", **placed: str) -> web.Response:
+    """Record the new session (ending the one this browser had) and set its cookie; an sso
+    session also records the role, team_id and developer_id its sign-in gave (`placed`)."""
     state = admin_state(request)
     accounts = Accounts(state.catalog)
     if request[SESSION].sid:
         await state.db(accounts.end_session, request[SESSION].sid)
-    sid = await state.db(accounts.start_session, kind, subject, key_id, sessions.MAX_AGE)
+    sid = await state.db(accounts.start_session, kind, subject, key_id, sessions.MAX_AGE,
+                         **placed)
     session = request[SESSION].signed_in(kind, subject, key_id=key_id, sid=sid)
     response = see_other(request, location)
     sessions.store(response, request, session, request.app[SECRET], cookie_path(request))
@@ -95,7 +99,10 @@ async def _signed_in(request: web.Request, location: str, kind: str, subject: st
 
 @allow(*EVERYONE)
 async def signin(request: web.Request) -> web.StreamResponse:
-    """POST: an account name and password."""
+    """POST: an account name and password (refused when local_accounts is off)."""
+    if not request.app[CONFIG].local_accounts:
+        return await _page(request, "Password sign-in is turned off here: sign in with your "
+                                    "organization's account.", 403)
     data = await form(request)
     name, password = field(data, "name", "", 64), str(data.get("password") or "")
     refused = await _throttled(request, name)
@@ -115,7 +122,7 @@ async def signin(request: web.Request) -> web.StreamResponse:
         stored = await loop.run_in_executor(None, rehash_password, password)
         await state.db(accounts.rehash, name, stored)
     target = local_path(request, str(data.get("next") or "")) or str(url(request, "overview"))
-    return await _signed_in(request, target, "user", name)
+    return await signed_in(request, target, "user", name)
 
 
 @allow(*EVERYONE)
@@ -132,7 +139,7 @@ async def signin_key(request: web.Request) -> web.StreamResponse:
         return await _page(request, "That gateway key is not valid: mistyped, revoked or "
                                     "expired.", 401)
     await _succeeded(request, "")
-    return await _signed_in(request, str(url(request, "me")), "developer", dev["developer_id"],
+    return await signed_in(request, str(url(request, "me")), "developer", dev["developer_id"],
                             dev["key_id"])
 
 

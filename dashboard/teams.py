@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from dashboard import charts, live
-from dashboard.auth import ADMINS, READERS, allow
+from dashboard.auth import ADMINS, READERS, TEAM_ADMINS, TEAM_READERS, allow, require_team
 from dashboard.budgets import LIMIT_WORDS, budget_values, limits_of
 from dashboard.limits_form import save_limits
 from dashboard.render import (
@@ -17,6 +17,7 @@ from dashboard.render import (
     field,
     fill_days,
     form,
+    identity,
     last_days,
     render,
     report,
@@ -71,9 +72,10 @@ async def create_team(request: web.Request) -> web.StreamResponse:
                      f"Team {team['name']} created. Add its developers below.")
 
 
-@allow(*READERS)
+@allow(*TEAM_READERS)
 async def team(request: web.Request) -> web.StreamResponse:
     state = admin_state(request)
+    require_team(request, request.match_info["team_id"])
     row = await find_team(request, request.match_info["team_id"])
     now = datetime.now(UTC)
     members = await state.db(state.catalog.developers, row["id"])
@@ -113,15 +115,19 @@ async def team(request: web.Request) -> web.StreamResponse:
     })
 
 
-@allow(*ADMINS)
+@allow(*TEAM_ADMINS)
 async def set_team_budget(request: web.Request) -> web.StreamResponse:
-    """The team pool (`scope=team`) or the per-member default cap (`scope=team_member`)."""
+    """The team pool (`scope=team`, admins) or the per-member default cap
+    (`scope=team_member`, admins and the team's lead)."""
     state = admin_state(request)
     team_id = request.match_info["team_id"]
+    require_team(request, team_id, change=True)
     data = await form(request)
     scope = field(data, "scope", "team")
     if scope not in ("team", "team_member"):
         raise ValueError("scope must be team or team_member")
+    if scope == "team" and not identity(request).can_change:
+        raise web.HTTPForbidden(text="A team's pool is set by an admin.")
     period, amount, mode = budget_values(data)
     await change(request, state.catalog.set_budget, scope, team_id, period, amount, mode)
     what = "Team budget" if scope == "team" else "Per-member cap"
