@@ -5,7 +5,9 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from dashboard.appkeys import CONFIG
 from dashboard.auth import allow
+from dashboard.params import Query, choice, query
 from dashboard.render import admin_state, render
 
 HELPER_PATH = "/usr/local/bin/meterd-key"
@@ -36,21 +38,38 @@ def managed_settings(proxy_url: str) -> dict[str, object]:
     return {"env": {"ANTHROPIC_BASE_URL": proxy_url}, "apiKeyHelper": HELPER_PATH}
 
 
-def managed_json(proxy_url: str) -> str:
-    return orjson.dumps(managed_settings(proxy_url), option=orjson.OPT_INDENT_2).decode() + "\n"
+def login_settings(proxy_url: str) -> dict[str, object]:
+    """The managed-settings.json that makes `/login` sign in to this gateway: Claude Code's
+    gateway mode (the device flow through the organization's identity provider, then a
+    bearer token), with the gateway's URL filled in and no other login method offered.
+    Claude Code honors both keys only from admin-controlled managed settings."""
+    return {"forceLoginMethod": "gateway", "forceLoginGatewayUrl": proxy_url}
 
 
-@allow("admin", "finance", "developer")
+VARIANTS = {"key": managed_settings, "login": login_settings}
+
+
+def managed_json(proxy_url: str, variant: str = "key") -> str:
+    return orjson.dumps(VARIANTS[variant](proxy_url),
+                        option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+@allow("admin", "finance", "team_lead", "developer")
 async def rollout(request: web.Request) -> web.StreamResponse:
     proxy_url = admin_state(request).proxy_url
     return await render(request, "rollout.html", {
         "proxy_url": proxy_url, "managed": managed_json(proxy_url),
+        "managed_login": managed_json(proxy_url, "login"),
+        "sso": request.app[CONFIG].oidc is not None,
         "managed_paths": MANAGED_PATHS, "helpers": HELPERS, "helper_path": HELPER_PATH,
     })
 
 
-@allow("admin", "finance", "developer")
-async def managed_settings_file(request: web.Request) -> web.StreamResponse:
+@allow("admin", "finance", "team_lead", "developer")
+@query(choice("variant", tuple(VARIANTS), "key"))
+async def managed_settings_file(request: web.Request, q: Query) -> web.StreamResponse:
+    """The file of one variant: `key` (static gateway keys) or `login` (/login)."""
     return web.Response(
-        text=managed_json(admin_state(request).proxy_url), content_type="application/json",
+        text=managed_json(admin_state(request).proxy_url, q["variant"]),
+        content_type="application/json",
         headers={"Content-Disposition": 'attachment; filename="managed-settings.json"'})

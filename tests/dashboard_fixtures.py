@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestClient
 from bs4 import BeautifulSoup, Tag
 
 from dashboard.accounts import Accounts, hash_password
-from dashboard.appkeys import PAGES
+from dashboard import sessions
+from dashboard.appkeys import PAGES, SECRET
 from dashboard.site import setup_dashboard
 from ledger.redis_client import connect_redis
 from meterd.apps import ADMIN_APP, create_admin_app, create_proxy_app
@@ -139,10 +140,34 @@ class Dashboard:
         await rollup.run_once()
         assert await gw.events() == [], "usage events were not rolled up"
 
+    async def sso_session(self, browser: Browser, email: str, role: str,
+                          team: str = "") -> None:
+        """Give `browser` the session a sign-in through the identity provider starts (the
+        row and cookie dashboard/sso.py makes; tests/test_dashboard_sso.py drives the real
+        flow): `role` from the group rules, as the lead or a developer of `team`."""
+        admin = self.gateway.admin
+        team_id = ""
+        if team:
+            teams = {t["name"]: t["id"] for t in await admin.db(admin.catalog.teams)}
+            team_id = teams.get(team) or (await admin.db(admin.catalog.create_team, team))["id"]
+        sid = await admin.db(Accounts(admin.catalog).start_session, "sso", email, "",
+                             sessions.MAX_AGE, role=role, team_id=team_id)
+        cookie = sessions.encode(sessions.Session.anonymous().signed_in("sso", email, sid=sid),
+                                 self.gateway.app[ADMIN_APP][SECRET])
+        browser.session.cookie_jar.update_cookies({sessions.COOKIE: cookie},
+                                                  self.client.make_url("/admin/"))
+        await browser.get("/admin/rollout")  # any page: pick up the session's CSRF token
+
     async def signed_in(self, role: str) -> Browser:
-        """A browser signed in as `role` (admin, finance, or developer with a fresh key)."""
+        """A browser signed in as `role`: admin or finance (a local account), developer
+        (a fresh key), team_lead (of the team "platform") or lead_other (a team lead of
+        the team "elsewhere")."""
         browser = self.browser()
-        if role == "developer":
+        if role in ("team_lead", "lead_other"):
+            await self.sso_session(browser, f"lead{len(self.browsers)}@example.com",
+                                   "team_lead", "platform" if role == "team_lead"
+                                   else "elsewhere")
+        elif role == "developer":
             key = await self.gateway.developer(f"Dev {len(self.browsers)}", "platform")
             assert await browser.sign_in_key(key) == 303
         elif role != "anonymous":

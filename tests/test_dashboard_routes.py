@@ -1,5 +1,6 @@
 """The route table: every route of the admin app, called by every role, gets the status it
-should; finance (and everyone but an admin) changes nothing.
+should; finance, and a team lead of another team, change nothing; a team lead changes only its
+own team's members.
 
 The expectations are written out here, not derived from the handlers' @allow declarations, so
 a handler that declares the wrong roles fails this test. A route added to the app without a row
@@ -20,31 +21,50 @@ from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Browser, Dashboard
 
-ROLES = ("anonymous", "developer", "finance", "admin")
+# team_lead leads the seeded team (the one every {team} and {dev} below belongs to);
+# lead_other is a team lead of another team.
+ROLES = ("anonymous", "developer", "team_lead", "lead_other", "finance", "admin")
 TOMORROW = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
 
 
 def read(admin: int = 200, finance: int = 200) -> dict[str, int]:
-    """A page anyone on staff may read: anonymous goes to sign in, a developer is refused."""
-    return {"anonymous": 303, "developer": 403, "finance": finance, "admin": admin}
+    """A page finance and admins may read: anonymous goes to sign in, a developer and team
+    leads are refused."""
+    return {"anonymous": 303, "developer": 403, "team_lead": 403, "lead_other": 403,
+            "finance": finance, "admin": admin}
+
+
+def team_read() -> dict[str, int]:
+    """A page of the seeded team: its lead reads it too, the lead of another team may not."""
+    return {**read(), "team_lead": 200}
 
 
 def change(admin: int = 303) -> dict[str, int]:
     """A form only an admin may submit."""
-    return {"anonymous": 303, "developer": 403, "finance": 403, "admin": admin}
+    return {"anonymous": 303, "developer": 403, "team_lead": 403, "lead_other": 403,
+            "finance": 403, "admin": admin}
+
+
+def team_change(admin: int = 303) -> dict[str, int]:
+    """A form about the seeded team's members: an admin or that team's lead."""
+    return {**change(admin), "team_lead": admin}
 
 
 def api_read() -> dict[str, int]:
-    return {"anonymous": 401, "developer": 401, "finance": 200, "admin": 200}
+    """The JSON API takes admin API keys only: a session of any kind is no credential."""
+    return {"anonymous": 401, "developer": 401, "team_lead": 401, "lead_other": 401,
+            "finance": 200, "admin": 200}
 
 
 def api_change(admin: int = 200) -> dict[str, int]:
-    return {"anonymous": 401, "developer": 401, "finance": 403, "admin": admin}
+    return {**api_read(), "finance": 403, "admin": admin}
 
 
-EVERYONE_SIGNIN = {"anonymous": 200, "developer": 303, "finance": 303, "admin": 303}
-ROLLOUT = {"anonymous": 303, "developer": 200, "finance": 200, "admin": 200}
-SELF = {"anonymous": 303, "developer": 200, "finance": 403, "admin": 403}
+EVERYONE_SIGNIN = {**dict.fromkeys(ROLES, 303), "anonymous": 200}
+ROLLOUT = {**dict.fromkeys(ROLES, 200), "anonymous": 303}
+SELF = {**dict.fromkeys(ROLES, 403), "anonymous": 303, "developer": 200}
+# This dashboard has no identity provider configured: the SSO routes answer 404 to all.
+NO_SSO = dict.fromkeys(ROLES, 404)
 
 # route name → (path with {ids} from the seed, form or JSON body, expected status per role)
 PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
@@ -53,27 +73,33 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "signin_account": ("/signin", {"name": "nobody-{role}", "password": "not the password"},
                        dict.fromkeys(ROLES, 401)),
     "signin_key": ("/signin/key", {"key": "mtd_not-a-key"}, dict.fromkeys(ROLES, 401)),
+    "signin_sso": ("/signin/sso", {}, NO_SSO),
+    "signin_sso_callback": ("/signin/sso/callback?state=x&code=y", None, NO_SSO),
     "me": ("/me", None, SELF),
     "teams": ("/teams", None, read()),
     "create_team": ("/teams", {"name": "made-by-admin"}, change()),
-    "team": ("/teams/{team}", None, read()),
+    "team": ("/teams/{team}", None, team_read()),
+    # The per-member cap (a lead may set it; the pool only an admin: test_dashboard_sso.py).
     "set_team_budget": ("/teams/{team}/budget",
-                        {"scope": "team", "period": "monthly", "amount": "500"}, change()),
+                        {"scope": "team_member", "period": "monthly", "amount": "500"},
+                        team_change()),
     "set_team_limits": ("/teams/{team}/limits", {"rpm": "60"}, change()),
     "set_org_budget": ("/org/budget", {"period": "monthly", "amount": "10000"}, change()),
-    "delete_budget": ("/budgets/{budget_html}/delete", {}, change()),
+    "delete_budget": ("/budgets/{budget_html}/delete", {}, team_change()),
     "developers": ("/developers", None, read()),
     "create_developer": ("/developers", {"name": "New Dev", "email": "new.dev@example.com",
                                          "team": "{team}"}, change()),
-    "developer": ("/developers/{dev}", None, read()),
-    "issue_key": ("/developers/{dev}/keys", {"expires": ""}, change(201)),
-    "set_developer_budget": ("/developers/{dev}/budget", {"amount": "50"}, change()),
-    "set_developer_limits": ("/developers/{dev}/limits", {"concurrency": "3"}, change()),
-    "revoke_key": ("/keys/{key_html}/revoke", {}, change()),
-    "expire_key": ("/keys/{key_expire}/expire", {"expires": TOMORROW}, change()),
+    "developer": ("/developers/{dev}", None, team_read()),
+    "issue_key": ("/developers/{dev}/keys", {"expires": ""}, team_change(201)),
+    "set_developer_budget": ("/developers/{dev}/budget", {"amount": "50"}, team_change()),
+    "set_developer_limits": ("/developers/{dev}/limits", {"concurrency": "3"},
+                             team_change()),
+    "revoke_key": ("/keys/{key_html}/revoke", {}, team_change()),
+    "expire_key": ("/keys/{key_expire}/expire", {"expires": TOMORROW}, team_change()),
     "requests": ("/requests", None, read()),
-    "reports": ("/reports", None, read()),
-    "reports_csv": ("/reports.csv", None, read()),
+    # Of the seeded team (without ?team=, a lead gets its own team's: test_dashboard_sso.py).
+    "reports": ("/reports?team={team}", None, team_read()),
+    "reports_csv": ("/reports.csv?team={team}", None, team_read()),
     "reports_parquet": ("/reports.parquet", None, read()),
     "rollout": ("/rollout", None, ROLLOUT),
     "managed_settings": ("/rollout/managed-settings.json", None, ROLLOUT),
@@ -155,12 +181,13 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
     dev = next(d["id"] for d in await gw.admin.db(catalog.developers) if d["name"] ==
                "Route Victim")
     ids = {"team": team, "dev": dev}
-    for name in ("key_html", "key_api", "key_expire"):
+    for name in ("key_html", "key_api", "key_expire", "key_html_lead"):
         ids[name] = (await gw.admin.db(catalog.issue_key, dev)).id
     for name, (scope, ref, period) in {
             "budget_html": ("team", team, "monthly"), "budget_api": ("team", team, "weekly"),
             "budget_limit": ("team", team, "daily"),
-            "budget_read": ("developer", dev, "monthly")}.items():
+            "budget_read": ("developer", dev, "monthly"),
+            "budget_html_lead": ("developer", dev, "daily")}.items():
         ids[name] = (await gw.admin.db(catalog.set_budget, scope, ref, period,
                                        parse_usd("100")))["id"]
     for n in range(1, 6):
@@ -176,6 +203,9 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
 
 
 def _fill(value: Any, ids: dict[str, str], role: str) -> Any:
+    if role == "team_lead":  # its own targets: the admin's would be used up, and a lead
+        # may remove a member's cap where the admin's target is the team's pool
+        ids = {**ids, "key_html": ids["key_html_lead"], "budget_html": ids["budget_html_lead"]}
     if isinstance(value, str):
         return value.format(role=role, **ids)
     if isinstance(value, dict):
@@ -210,6 +240,7 @@ async def test_every_route_gives_each_role_the_expected_status(dashboard: Dashbo
     browsers = {role: await dashboard.signed_in(role) for role in ROLES}
     dev_key = await dashboard.gateway.developer("Key Holder", "platform")
     api_headers = {"anonymous": {}, "developer": {"Authorization": f"Bearer {dev_key}"},
+                   "team_lead": {}, "lead_other": {},
                    "finance": {"x-api-key": await dashboard.admin_key("ro")},
                    "admin": {"Authorization": f"Bearer {await dashboard.admin_key('rw')}"}}
     methods = {name: method for method, _, _, name in PAGE_ROUTES + API_ROUTES}
@@ -230,10 +261,15 @@ async def test_every_route_gives_each_role_the_expected_status(dashboard: Dashbo
                     headers=api_headers[role]) as r:
                 got[(name, role)] = r.status
 
-    for role in ("anonymous", "developer", "finance"):
+    for role in ("anonymous", "developer", "lead_other", "finance"):
         await run(role)
-    # Nobody but an admin changed anything: not the catalog, not the accounts, not the audit.
+    # Nobody but an admin and the team's lead changed anything: not the catalog, not the
+    # accounts, not the audit.
     assert await _snapshot(dashboard) == before
+    await run("team_lead")
+    audit = (await _snapshot(dashboard))[-1]
+    by_lead = [a for a in audit if a not in before[-1]]
+    assert by_lead and all(a["actor"].startswith("sso:lead") for a in by_lead)
     await run("admin")
     for role in ROLES:
         got[("signout", role)], _ = await _call_page(browsers[role], "POST", "/signout", {})
@@ -244,7 +280,7 @@ async def test_every_route_gives_each_role_the_expected_status(dashboard: Dashbo
     assert not wrong, f"(route, role): (got, expected): {wrong}"
 
 
-@pytest.mark.parametrize("role", ["anonymous", "developer", "finance", "admin"])
+@pytest.mark.parametrize("role", ROLES)
 async def test_static_files_are_public(dashboard: Dashboard, role: str) -> None:
     browser = await dashboard.signed_in(role)
     status, text = await browser.get("/admin/static/app.css")
