@@ -17,8 +17,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from bs4 import BeautifulSoup, Tag
 
-from dashboard.accounts import Accounts, hash_password
 from dashboard import sessions
+from dashboard.accounts import Accounts, hash_password
 from dashboard.appkeys import PAGES, SECRET
 from dashboard.site import setup_dashboard
 from ledger.redis_client import connect_redis
