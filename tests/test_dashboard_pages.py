@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -221,6 +222,26 @@ async def test_rollout_page_generates_managed_settings(dashboard: Dashboard) -> 
     assert "meterd doctor" in page.get_text()
     status, text = await developer.get("/admin/rollout/managed-settings.json")
     assert status == 200 and orjson.loads(text) == managed
+
+
+async def test_rollout_page_shows_the_login_settings_next_to_the_static_key_ones(
+        start_dashboard: Callable[..., Awaitable[Dashboard]]) -> None:
+    dashboard = await start_dashboard(public_url="http://gw.example.com:8080")
+    finance = await dashboard.signed_in("finance")
+    page = await finance.page("/admin/rollout")
+    login = orjson.loads(one(page, "#managed-login #managed-settings-login").get_text())
+    # The keys and value Claude Code's /login reads from managed settings (2.1.332).
+    assert login == {"forceLoginMethod": "gateway",
+                     "forceLoginGatewayUrl": "http://gw.example.com:8080"}
+    static = orjson.loads(one(page, "#managed-key #managed-settings").get_text())
+    assert static["env"] == {"ANTHROPIC_BASE_URL": "http://gw.example.com:8080"}
+    # No identity provider here: the page says so beside the file.
+    assert "oidc_issuer" in one(page, "#managed-login .flash-error").get_text()
+    status, text = await finance.get(attr(one(page, "#managed-login a[download]"), "href"))
+    assert status == 200 and orjson.loads(text) == login
+    status, text = await finance.get(attr(one(page, "#managed-key a[download]"), "href"))
+    assert status == 200 and orjson.loads(text) == static
+    assert (await finance.get("/admin/rollout/managed-settings.json?variant=nope"))[0] == 400
 
 
 async def test_settings_page_lists_prices_and_policies(dashboard: Dashboard) -> None:

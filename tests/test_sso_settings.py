@@ -89,3 +89,30 @@ def test_a_malformed_group_rule_is_refused_naming_it(tmp_path: Path, rule: str,
     config.write_text(f"[[oidc_group_rules]]\n{rule}\n")
     with pytest.raises(SettingsError, match=rf"oidc_group_rules\[0\]: {error}"):
         Settings.load(config, environ={})
+
+
+def test_local_accounts_can_be_turned_off_only_with_single_sign_on() -> None:
+    assert Settings.load(environ={}).local_accounts is True
+    s = Settings.load(environ={**ISSUER, "MTD_LOCAL_ACCOUNTS": "0"})
+    assert s.local_accounts is False
+    with pytest.raises(SettingsError, match="local_accounts: false needs oidc_issuer"):
+        Settings.load(environ={"MTD_LOCAL_ACCOUNTS": "0"})
+
+
+def test_a_team_lead_rule_names_the_team_it_leads(tmp_path: Path) -> None:
+    config = tmp_path / "meterd.toml"
+    config.write_text('[[oidc_group_rules]]\ngroup = "leads"\nrole = "team_lead"\n')
+    with pytest.raises(SettingsError, match=r"oidc_group_rules\[0\]: a team_lead rule names "
+                                            "the team it leads"):
+        Settings.load(config, environ={})
+
+
+def test_a_team_lead_is_placed_in_the_team_it_leads_whatever_rule_comes_first() -> None:
+    from dashboard.oidc import OidcConfig, Placement
+    s = Settings(oidc_group_rules=(
+        {"group": "eng", "team": "engineering"}, {"group": "finops", "role": "finance"},
+        {"group": "plat-leads", "team": "platform", "role": "team_lead"})).replace()
+    config = OidcConfig.from_settings(s)
+    assert config.place(["eng", "plat-leads"]) == Placement("platform", "team_lead")
+    assert config.place(["eng", "finops"]) == Placement("engineering", "finance")
+    assert config.place(["marketing"]) == Placement("", "")
