@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.oidc import OidcConfig, Placement
 from meterd.settings import Settings, SettingsError
 
 ISSUER = {"MTD_OIDC_ISSUER": "https://idp.example.com", "MTD_OIDC_CLIENT_ID": "meterd"}
@@ -108,7 +109,6 @@ def test_a_team_lead_rule_names_the_team_it_leads(tmp_path: Path) -> None:
 
 
 def test_a_team_lead_is_placed_in_the_team_it_leads_whatever_rule_comes_first() -> None:
-    from dashboard.oidc import OidcConfig, Placement
     s = Settings(oidc_group_rules=(
         {"group": "eng", "team": "engineering"}, {"group": "finops", "role": "finance"},
         {"group": "plat-leads", "team": "platform", "role": "team_lead"})).replace()
