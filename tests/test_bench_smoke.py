@@ -36,8 +36,10 @@ def test_bench_run_meters_every_request_it_sends(tmp_path: Path) -> None:
     result = _run("run.py", "--smoke", out=tmp_path / "run.json")
     assert result["unmetered"] == []
     meterd = [r for r in result["results"] if r["target"].startswith("meterd")]
-    assert {(r["target"], r["body"]) for r in meterd} == {("meterd", "small"),
-                                                          ("meterd", "large")}
+    # with the gateway key and with a signed-in developer's bearer token
+    assert {(r["target"], r["body"]) for r in meterd} == {
+        ("meterd", "small"), ("meterd", "large"),
+        ("meterd, bearer", "small"), ("meterd, bearer", "large")}
     for r in result["results"]:
         assert r["requests"] > 0 and r["requests"] == r["sent"]
         assert r["non_2xx"] == 0 and not any(r["errors"].values())
