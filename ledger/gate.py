@@ -42,17 +42,17 @@ _COUNTER_TTLS = tuple(COUNTER_TTL[p] for p in PERIODS for _ in COUNTER_SCOPES)
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 _CACHE_LIMIT = 4096  # principals and (developer, day) pairs remembered
 SETTLEMENT_ERROR = "settlement_error"  # the error_type of a request charged by settle_minimal
-def utc_now() -> datetime:
-    """The real time: a Gate's clock unless it is given another (tests fix it)."""
-    return datetime.now(UTC)
-
-
 _NO_TOKENS = {"input": 0, "output": 0, "cache_write_5m": 0, "cache_write_1h": 0, "cache_read": 0,
               "web_search": 0, "estimated": 1, "rate_input": 0}
 
 
 def _script(name: str) -> str:
     return resources.files("ledger").joinpath(name).read_text()
+
+
+def utc_now() -> datetime:
+    """The real time: a Gate's clock unless it is given another (tests fix it)."""
+    return datetime.now(UTC)
 
 
 def header_text(text: str) -> str:
