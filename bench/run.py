@@ -370,6 +370,12 @@ def stack(log_level: str = "info") -> Iterator[Stack]:
             s.close()
 
 
+def stack_or(on: Stack | None, log_level: str = "info") -> contextlib.AbstractContextManager[Stack]:
+    """`on`, a stack the caller started and stops (the tests share one between scripts), or
+    a new one of this run's own."""
+    return contextlib.nullcontext(on) if on is not None else stack(log_level)
+
+
 @dataclass
 class Bench:
     """Runs wrk against the stack's targets and checks metering after each meterd run."""
@@ -576,7 +582,8 @@ def serve(log_level: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on: Stack | None = None) -> int:
+    """The command line; `on`: run on this already started stack (its log level holds)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, help="seconds per run (default 10; quick 3)")
     parser.add_argument("--quick", action="store_true", help="3 s runs, no warm-up runs")
@@ -597,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or (1 if args.smoke else 3 if args.quick else 10)
     warmup = 0 if (args.quick or args.smoke) else 2
 
-    with stack(args.log_level) as s:
+    with stack_or(on, args.log_level) as s:
         files = {"small": s.workdir / "small.json", "large": s.workdir / "large.json"}
         files["small"].write_bytes(small_body())
         files["large"].write_bytes(large_body())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
@@ -47,6 +48,11 @@ _NO_TOKENS = {"input": 0, "output": 0, "cache_write_5m": 0, "cache_write_1h": 0,
 
 def _script(name: str) -> str:
     return resources.files("ledger").joinpath(name).read_text()
+
+
+def utc_now() -> datetime:
+    """The real time: a Gate's clock unless it is given another (tests fix it)."""
+    return datetime.now(UTC)
 
 
 def header_text(text: str) -> str:
@@ -128,13 +134,17 @@ class Estimate:
 class Gate:
     def __init__(self, redis: Any, keyspace: KeySpace, spool: Spool, *,
                  fail_open: bool = True, reservation_ttl: int = 900,
-                 thresholds: tuple[int, ...] = (75, 95)) -> None:
+                 thresholds: tuple[int, ...] = (75, 95),
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.redis = redis
         self.keyspace = keyspace
         self.spool = spool
         self.fail_open = fail_open
         self.reservation_ttl = reservation_ttl
         self.thresholds = thresholds
+        # What time it is for admission (and so for rate windows, periods and settlement):
+        # the proxy's handlers read it here too, so a test can fix it.
+        self.clock = clock
         self._admit = redis.register_script(_script("admit.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
         self._release = redis.register_script(_script("release.lua"))
@@ -182,7 +192,7 @@ class Gate:
             self._plans.clear()
         groups = [(index, min(caps, key=lambda c: c.amount),
                    any(c.mode == "strict" for c in caps), any(c.mode != "strict" for c in caps))
-                  for index, caps in sorted(self._groups(principal, datetime.now(UTC)).items())]
+                  for index, caps in sorted(self._groups(principal, self.clock()).items())]
         windows = [lim for lim in principal.limits if lim.rpm or lim.itpm or lim.otpm]
         flights = [lim for lim in principal.limits if lim.concurrency]
         plan = self._plans[id(principal)] = _Plan(
@@ -194,7 +204,7 @@ class Gate:
     async def admit(self, principal: Principal, request_id: str, estimate: Estimate,
                     now: datetime | None = None) -> Ticket:
         """Reserve for one request or raise BudgetExceeded, RateLimited, MeteringUnavailable."""
-        at = now or datetime.now(UTC)
+        at = now or self.clock()
         now_ms = int(at.timestamp() * 1000)
         ticket = Ticket(request_id, principal, at, estimate=estimate)
         plan = self._plan(principal)

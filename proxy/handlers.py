@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -41,7 +41,7 @@ _CLIENT_HEADERS = {  # recorded on each event: who in Claude Code asked
 async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages: authenticate, admit, relay the provider's answer, meter, settle."""
     state = request.app[STATE]
-    started, t0 = datetime.now(UTC), time.monotonic()
+    started, t0 = state.gate.clock(), time.monotonic()
     principal = state.authenticate(request.headers)
     body = await request.read()
     model, stream, allowance = parse_request(body)
