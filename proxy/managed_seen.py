@@ -12,6 +12,7 @@ of usage events and access logs: the dashboard's managed-settings page is the on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -82,10 +83,8 @@ async def seen_context(app: web.Application) -> AsyncIterator[None]:
 
     async def run() -> None:
         while not state.stopping.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.stopping.wait(), FLUSH_INTERVAL)
-            except TimeoutError:
-                pass
             await seen.flush(state.redis, state.keyspace.managed_seen)
 
     task = asyncio.create_task(run())

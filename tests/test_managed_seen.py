@@ -86,3 +86,34 @@ async def test_real_claude_code_sends_the_checksum_meterd_serves(
     [value] = seen.values()
     assert value["checksum"] == checksum(served), value
     assert value["client"].startswith("claude-cli/") and value["session_id"]
+
+
+async def test_the_checksum_is_recorded_but_never_in_the_access_log_or_events(
+        gateway: Gateway) -> None:
+    key = await gateway.developer("Ada", "platform")
+    lines = io.StringIO()
+    gateway.proxy.access_log = AccessLog(lines)
+    sent = "sha256:" + "ab" * 32
+    assert await _send(gateway, key, sent, session="s-ada") == 200
+    [event] = await gateway.settled(1)
+    gateway.proxy.access_log.flush()
+    seen = await _flushed(gateway)
+    [(field, value)] = seen.items()
+    assert value["checksum"] == sent and value["session_id"] == "s-ada"
+    assert field == f"{event['developer_id']} {event['key_id']}"
+    assert lines.getvalue().count("\n") == 1 and "ab" * 32 not in lines.getvalue()
+    assert "ab" * 32 not in orjson.dumps(event).decode()
+
+
+async def test_an_unchanged_checksum_is_not_written_again(gateway: Gateway) -> None:
+    key = await gateway.developer("Ada", "platform")
+    proxy = gateway.proxy
+    for _ in range(5):
+        assert await _send(gateway, key, "sha256:one") == 200
+    assert len(await _flushed(gateway)) == 1
+    await proxy.redis.delete(proxy.keyspace.managed_seen)
+    assert await _send(gateway, key, "sha256:one") == 200
+    assert await _flushed(gateway) == {}  # nothing new: no write
+    assert await _send(gateway, key, None) == 200  # the machine lost its settings
+    [value] = (await _flushed(gateway)).values()
+    assert value["checksum"] == ""
