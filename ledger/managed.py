@@ -127,12 +127,12 @@ class ManagedSettings:
                                 before, None)
             return True
 
-    def served_checksums(self) -> set[str]:
+    def served_checksums(self) -> frozenset[str]:
         """Every checksum a policy has had (from the audit log): a machine that sends one of
         them that is no longer its team's runs stale settings rather than edited ones."""
         rows = self.catalog._rows("SELECT after FROM admin_audit WHERE action = "
                                   "'managed_settings.set'")
-        return {orjson.loads(r["after"])["checksum"] for r in rows if r["after"]}
+        return frozenset(orjson.loads(r["after"])["checksum"] for r in rows if r["after"])
 
     def machines(self, seen: dict[bytes, bytes]) -> list[dict[str, Any]]:
         """The machines in `seen` (the proxies' `managed:seen` hash), each with the status of
