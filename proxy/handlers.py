@@ -18,6 +18,7 @@ from ledger.policy import Principal
 from ledger.status import budget_status
 from ledger.usage import Usage
 from proxy.errors import ProxyError, UpstreamError, setup_errors
+from proxy.managed_seen import SEEN
 from proxy.meter import Metered, StreamMeter, meter_body
 from proxy.metrics import TOKEN_CATEGORIES
 from proxy.request_fields import Allowance, parse_request, request_model
@@ -43,6 +44,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     started, t0 = state.gate.clock(), time.monotonic()
     principal = state.authenticate(request.headers)
+    request.app[SEEN].note(principal, request.headers)  # which managed settings it runs
     body = await request.read()
     model, stream, allowance = parse_request(body)
     relay = Relay(state, request, model, stream, t0, body)
