@@ -90,6 +90,7 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
                              settings.metrics_token),
         estimate_output_tokens=settings.estimate_output_tokens,
         policy_refresh=settings.policy_refresh,
+        public_url=settings.public_url.rstrip("/"),
         access_log=AccessLog() if settings.log_level in ("debug", "info") else None,
     )
     try:

@@ -21,6 +21,7 @@ from proxy.errors import ProxyError, UpstreamError, setup_errors
 from proxy.managed_seen import SEEN
 from proxy.meter import Metered, StreamMeter, meter_body
 from proxy.metrics import TOKEN_CATEGORIES
+from proxy.oauth_usage import setup_oauth_usage
 from proxy.request_fields import Allowance, parse_request, request_model
 from proxy.state import STATE, ProxyState
 from proxy.upstream import response_headers
@@ -379,4 +380,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/meterd/v1/me", me)
+    setup_oauth_usage(app)
     app.router.add_get("/metrics", metrics)

@@ -121,8 +121,9 @@ async def test_spend_cap_refusal_has_exact_body_and_headers(gateway: Gateway) ->
     reset = datetime(year, month, 1, tzinfo=UTC)
     assert doc == {"type": "error", "error": {
         "type": "billing_error",
-        "message": f"spend limit reached (team platform, monthly; resets "
-                   f"{reset:%Y-%m-%d} 00:00 UTC)"}}
+        "message": f"spend limit reached (team platform, monthly) · resets "
+                   f"{reset:%b} {reset.day} 00:00 UTC · ask your meterd administrator for an "
+                   "increase"}}
     assert resp.headers["x-should-retry"] == "false"
     expected_wait = math.ceil(reset.timestamp() - before.timestamp())
     assert abs(int(resp.headers["retry-after"]) - expected_wait) <= 2
@@ -301,10 +302,11 @@ async def test_soft_thresholds_are_recorded_once_and_shown_in_headers(gateway: G
             await gateway.proxy.drain()
     alerts = await gateway.proxy.redis.xrange(gateway.proxy.keyspace.alerts)
     assert [(f[b"threshold"], f[b"spent"]) for _, f in alerts] == [(b"75", b"22500")]
-    assert "x-meterd-budget-warning" not in headers[0]
+    passed = "anthropic-ratelimit-unified-overage-surpassed-threshold"
+    assert passed not in headers[0]
     # The 6th request was admitted with 22,500 spent + 6,000 reserved: 95% of the cap.
-    assert headers[5]["x-meterd-budget-used-percent"] == "95"
-    assert headers[5]["x-meterd-budget-warning"] == "developer Ada, daily: 95% of the cap used"
+    assert headers[5]["anthropic-ratelimit-unified-overage-utilization"] == "0.95"
+    assert headers[5][passed] == "0.95"
 
 
 async def test_team_member_default_cap_applies_to_each_member(gateway: Gateway) -> None:
