@@ -63,6 +63,7 @@ def api_change(admin: int = 200) -> dict[str, int]:
 EVERYONE_SIGNIN = {**dict.fromkeys(ROLES, 303), "anonymous": 200}
 ROLLOUT = {**dict.fromkeys(ROLES, 200), "anonymous": 303}
 SELF = {**dict.fromkeys(ROLES, 403), "anonymous": 303, "developer": 200}
+ADMIN_ONLY = {**dict.fromkeys(ROLES, 403), "anonymous": 303, "admin": 200}
 # This dashboard has no identity provider configured: the SSO routes answer 404 to all.
 NO_SSO = dict.fromkeys(ROLES, 404)
 
@@ -103,6 +104,14 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "reports_parquet": ("/reports.parquet", None, read()),
     "rollout": ("/rollout", None, ROLLOUT),
     "managed_settings": ("/rollout/managed-settings.json", None, ROLLOUT),
+    "managed": ("/managed", None, ADMIN_ONLY),
+    "managed_edit": ("/managed/{team}", None, ADMIN_ONLY),
+    "managed_preview": ("/managed/org/preview", {"settings": '{{"env": {{"A": "1"}}}}'},
+                        change(200)),
+    # Saved over exactly what the seed saved (its checksum): an admin's save goes through.
+    "managed_save": ("/managed/org", {"settings": '{{"env": {{"A": "1"}}}}',
+                                      "base": "{org_checksum}"}, change()),
+    "managed_delete": ("/managed/{team_managed}/delete", {}, change()),
     "settings": ("/settings", None, read()),
     "reload_providers": ("/settings/reload-providers", {}, change()),
     "audit": ("/audit", None, read()),
@@ -196,8 +205,10 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
     for name in ("admin_key_html", "admin_key_api"):
         row, _ = await gw.admin.db(accounts.issue_admin_key, "ro", name)
         ids[name] = row["id"]
-    for scope in ("org", team):
-        await gw.admin.db(ManagedSettings(catalog).set, scope, {"env": {}})
+    ids["team_managed"] = (await gw.admin.db(catalog.create_team, "managed-victim"))["id"]
+    for scope in ("org", team, ids["team_managed"]):
+        saved = await gw.admin.db(ManagedSettings(catalog).set, scope, {"env": {}})
+    ids["org_checksum"] = saved["checksum"]  # the same document everywhere
     await gw.admin.publish()
     return ids
 
