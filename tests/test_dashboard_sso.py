@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from joserfc.jwk import RSAKey
 
 from dashboard import sessions
 from dashboard.accounts import Accounts, hash_password
@@ -212,4 +213,13 @@ async def test_a_callback_that_is_not_this_browsers_flow_is_refused(
     # A state this browser never had: refused too.
     r = await mine.goto(sso.url + "/admin/signin/sso/callback?state=forged&code=x")
     assert r.status == 400
+    assert await sso.audit("signin.dashboard") == []
+
+
+async def test_an_id_token_not_signed_by_the_provider_signs_nobody_in(
+        sso: SSO, chromium: Any) -> None:
+    sso.idp.sign_with = RSAKey.generate_key(2048, parameters={"kid": "idp-1"})  # same kid
+    page = await _sign_in(sso, chromium, "u-root", ["meterd-admins"])
+    assert "ID token is not valid" in await page.inner_text("#signin-refused-reason")
+    assert await page.locator(".who").count() == 0
     assert await sso.audit("signin.dashboard") == []
