@@ -6,7 +6,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
@@ -14,6 +13,7 @@ from aiohttp.web_request import BaseRequest
 
 from ledger.gate import BudgetExceeded, MeteringUnavailable, RateLimited
 from ledger.policy import KeyRefused
+from proxy.envelope import error_body, error_type
 from proxy.state import STATE
 
 log = logging.getLogger("meterd.proxy")
@@ -38,9 +38,8 @@ class UpstreamError(ProxyError):
 
 def envelope(status: int, kind: str, message: str,
              headers: dict[str, str] | None = None) -> web.Response:
-    body = orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
-    return web.Response(status=status, body=body, content_type="application/json",
-                        headers=headers)
+    return web.Response(status=status, body=error_body(kind, message),
+                        content_type="application/json", headers=headers)
 
 
 def to_proxy_error(exc: Exception) -> ProxyError:
@@ -60,11 +59,6 @@ def to_proxy_error(exc: Exception) -> ProxyError:
         return ProxyError(429, "billing_error", str(exc), {
             "retry-after": "5", "x-should-retry": "true"})
     raise TypeError(f"not a domain error: {exc!r}")
-
-
-_HTTP_KINDS = {404: "not_found_error", 405: "invalid_request_error",
-               413: "request_too_large", 400: "invalid_request_error", 500: "api_error",
-               504: "timeout_error"}
 
 
 @web.middleware
@@ -94,7 +88,7 @@ async def error_middleware(
                    413: "request body is larger than this gateway accepts"}.get(
             exc.status, exc.text or exc.reason)
         allow = exc.headers.get("Allow")  # a 405's: the methods the path takes
-        err = ProxyError(exc.status, _HTTP_KINDS.get(exc.status, "invalid_request_error"),
+        err = ProxyError(exc.status, error_type(exc.status),
                          message, {"allow": allow} if allow else None)
     except ConnectionError:
         raise  # the client left: aiohttp lets the connection go
@@ -131,7 +125,7 @@ class _Connection(RequestHandler):
                              "malformed request line or header, or too many headers")
         else:  # what escaped a handler and error_middleware
             log.error("unexpected error answering a request", exc_info=exc)
-            err = ProxyError(status, _HTTP_KINDS.get(status, "api_error"),
+            err = ProxyError(status, error_type(status),
                              "internal error in the gateway")
         if err.status < 500:
             log.info("refused a request aiohttp could not read: %d %s (%s)", err.status,

@@ -135,22 +135,6 @@ async def replay(first: bytes, response: aiohttp.ClientResponse) -> AsyncIterato
         yield chunk
 
 
-def envelope(kind: str, message: str) -> bytes:
-    """An Anthropic error body."""
-    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
-
-
-def error_kind(status: int) -> str:
-    """The Anthropic error type that goes with an HTTP status."""
-    return _KINDS.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
-
-
-_KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
-          429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error",
-          529: "overloaded_error"}
-
-
 def merge_betas(header: str | None, body_betas: Any, drop: Iterable[str] = ()) -> list[str]:
     """Beta values from the `anthropic-beta` header and a body `anthropic_beta` list, in
     order, without repeats, minus `drop`. An open list: everything else passes."""

@@ -26,14 +26,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ledger.pricing import PriceTable, normalise_model_id
+from proxy.envelope import error_body, error_type
 from proxy.meter import Metered, StreamMeter
 from proxy.providers.base import (
     Outbound,
     Provider,
     ProviderUnavailable,
     Relayed,
-    envelope,
-    error_kind,
     load_json,
     merge_betas,
     replay,
@@ -254,7 +253,7 @@ class BedrockProvider(Provider):
         try:
             count = orjson.loads(payload)["inputTokens"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            return 502, envelope("api_error", "Bedrock count-tokens answered without a count")
+            return 502, error_body("api_error", "Bedrock count-tokens answered without a count")
         return 200, orjson.dumps({"input_tokens": count})
 
 
@@ -355,7 +354,7 @@ def frame_sse(message: EventStreamMessage) -> bytes:
         text = str(headers.get(":error-message", "")) or name
     else:
         return b""
-    body = envelope(_ERROR_KINDS.get(name.lower(), "api_error"), text)
+    body = error_body(_ERROR_KINDS.get(name.lower(), "api_error"), text)
     return b"event: error\ndata: " + body + b"\n\n"
 
 
@@ -392,8 +391,8 @@ def _error_body(response: aiohttp.ClientResponse, payload: bytes) -> bytes:
             name = str(doc.get("__type", "")).rsplit("#", 1)[-1] if isinstance(doc, dict) else ""
         except orjson.JSONDecodeError:
             name = ""
-    kind = _ERROR_KINDS.get(name.lower()) or error_kind(response.status)
-    return envelope(kind, _message(payload) or name or f"Bedrock answered {response.status}")
+    kind = _ERROR_KINDS.get(name.lower()) or error_type(response.status)
+    return error_body(kind, _message(payload) or name or f"Bedrock answered {response.status}")
 
 
 async def _translated_error(response: aiohttp.ClientResponse,

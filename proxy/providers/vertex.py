@@ -20,13 +20,12 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ledger.pricing import PriceTable, normalise_model_id
+from proxy.envelope import error_body, error_type
 from proxy.providers.base import (
     Outbound,
     Provider,
     ProviderUnavailable,
     Relayed,
-    envelope,
-    error_kind,
     load_json,
     merge_betas,
     replay,
@@ -205,16 +204,16 @@ class VertexProvider(Provider):
     async def count_tokens_answer(self, response: aiohttp.ClientResponse,
                                   payload: bytes) -> tuple[int, bytes]:
         if response.status >= 400:
-            return response.status, error_body(response.status, payload)
+            return response.status, as_anthropic_error(response.status, payload)
         return response.status, payload
 
 
-def error_body(status: int, payload: bytes) -> bytes:
+def as_anthropic_error(status: int, payload: bytes) -> bytes:
     """An Anthropic error envelope for a Vertex error body (unchanged if it is one already)."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return envelope(error_kind(status), payload.decode("utf-8", "replace")[:500]
+        return error_body(error_type(status), payload.decode("utf-8", "replace")[:500]
                         or f"Vertex answered {status}")
     if isinstance(doc, dict) and doc.get("type") == "error":
         return payload
@@ -222,11 +221,11 @@ def error_body(status: int, payload: bytes) -> bytes:
         doc = doc[0]
     error = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(error, dict):
-        kind = _GOOGLE_KINDS.get(str(error.get("status", ""))) or error_kind(status)
-        return envelope(kind, str(error.get("message") or f"Vertex answered {status}"))
-    return envelope(error_kind(status), f"Vertex answered {status}")
+        kind = _GOOGLE_KINDS.get(str(error.get("status", ""))) or error_type(status)
+        return error_body(kind, str(error.get("message") or f"Vertex answered {status}"))
+    return error_body(error_type(status), f"Vertex answered {status}")
 
 
 async def _translated_error(response: aiohttp.ClientResponse,
                             first: bytes) -> AsyncIterator[bytes]:
-    yield error_body(response.status, first + await response.read())
+    yield as_anthropic_error(response.status, first + await response.read())
