@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
@@ -34,6 +35,15 @@ class ProxyError(Exception):
 
 class UpstreamError(ProxyError):
     """The provider could not be reached (502) or did not answer in time (504)."""
+
+
+def upstream_failure(exc: TimeoutError | aiohttp.ClientError) -> UpstreamError:
+    """What the client is told when the provider failed before answering: a timeout is a
+    504, anything else (refused, reset, no credential) a 502."""
+    # Before ClientError: aiohttp's timeouts (ServerTimeoutError) are both.
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(504, "api_error", "upstream did not answer in time")
+    return UpstreamError(502, "api_error", f"upstream unreachable ({type(exc).__name__})")
 
 
 def envelope(status: int, kind: str, message: str,

@@ -3,12 +3,14 @@ the Anthropic format using it."""
 
 from __future__ import annotations
 
+import aiohttp
 import orjson
 import pytest
 
 from dashboard.jsonio import json_error
 from meterd.mock_upstream import _error
 from proxy.envelope import error_body, error_type
+from proxy.errors import upstream_failure
 
 # What the Anthropic API documents (docs.claude.com/en/api/errors), then meterd's choices for
 # statuses it does not document.
@@ -51,3 +53,15 @@ def test_admin_api_and_mock_upstream_answer_with_the_documented_type(
         assert response.content_type == "application/json", who
         assert response.body is not None
         assert orjson.loads(bytes(response.body))["error"]["type"] == kind, who
+
+
+@pytest.mark.parametrize(("exc", "status"), [
+    (TimeoutError(), 504),
+    (aiohttp.ServerTimeoutError("read"), 504),  # a ClientError too: the timeout wins
+    (aiohttp.ClientConnectionError("refused"), 502),
+    (aiohttp.ServerDisconnectedError(), 502),
+])
+def test_a_provider_that_times_out_is_504_and_one_out_of_reach_502(
+        exc: TimeoutError | aiohttp.ClientError, status: int) -> None:
+    failure = upstream_failure(exc)
+    assert (failure.status, failure.kind) == (status, "api_error")

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp import web
 
-from proxy.errors import ProxyError, UpstreamError
+from proxy.errors import ProxyError, upstream_failure
 from proxy.handlers import Relay
 from proxy.providers.base import Outbound, Provider, Relayed
 from proxy.providers.bedrock import EVENT_STREAM, BedrockProvider, EventStreamMeter
@@ -142,11 +142,8 @@ async def _forward(state: ProxyState, chain: Sequence[Provider], build: Build,
                                          lambda provider: build(provider, body), False,
                                          translate=False)
         payload = b"".join([chunk async for chunk in response.iter_any()])
-    except TimeoutError:
-        raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(502, "api_error",
-                            f"upstream unreachable ({type(exc).__name__})") from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise upstream_failure(exc) from None
     response.release()
     return web.Response(status=response.status, body=payload, headers=response.headers)
 
