@@ -137,7 +137,8 @@ async def populate(app: web.Application) -> None:
     principals = [proxy.policy.principal(secret) for secret in _demo_key]
     await seed_history(proxy.gate, proxy.prices, principals)
     rollup = app[ADMIN_APP][ADMIN].rollup
-    assert rollup is not None
+    if rollup is None:
+        raise RuntimeError("the demo seeds history after the admin app has started its rollup")
     await rollup.run_once()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -30,6 +31,7 @@ _BEDROCK_ACTIONS = {"invoke": False, "invoke-with-response-stream": True}
 # The request to one provider of the chain, for the client's body. The body is an argument,
 # not captured: the handler hands it over in the relay, which lets go of it once sent.
 Build = Callable[[Provider, bytes], Awaitable[Outbound]]
+P = TypeVar("P", bound=Provider)
 
 
 class EventStreamRelay(Relay):
@@ -51,6 +53,14 @@ class Passthrough:
             relay.state.session, self.chain, lambda provider: self.build(provider, body),
             relay.stream, translate=False)
         return response  # type: ignore[no-any-return]
+
+
+def _of_kind(provider: Provider, cls: type[P]) -> P:
+    """`provider` as the class its route's kind promises (`_chain` picks by kind)."""
+    if not isinstance(provider, cls):
+        raise TypeError(f"provider {provider.name} of a {cls.kind} chain is a {provider.kind} "
+                        "provider")
+    return provider
 
 
 def _chain(state: ProxyState, kind: str, model: str) -> tuple[Provider, ...]:
@@ -77,8 +87,7 @@ async def bedrock_invoke(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
 
     def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
-        assert isinstance(provider, BedrockProvider)
-        return provider.passthrough(model, action, body)
+        return _of_kind(provider, BedrockProvider).passthrough(model, action, body)
 
     allowance = read_fields(body).allowance  # the stream flag is in the URL
     relay = EventStreamRelay(state, request, model, stream, t0, body)
@@ -95,8 +104,7 @@ async def bedrock_count_tokens(request: web.Request) -> web.StreamResponse:
     body = await request.read()
 
     def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
-        assert isinstance(provider, BedrockProvider)
-        return provider.passthrough(model, "count-tokens", body)
+        return _of_kind(provider, BedrockProvider).passthrough(model, "count-tokens", body)
 
     return await _forward(state, _chain(state, "bedrock", model), build, body)
 
@@ -120,8 +128,7 @@ async def vertex_predict(request: web.Request) -> web.StreamResponse:
     headers = request.headers
 
     def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
-        assert isinstance(provider, VertexProvider)
-        return provider.passthrough(tail, headers, body)
+        return _of_kind(provider, VertexProvider).passthrough(tail, headers, body)
 
     if model == "count-tokens":
         return await _forward(state, chain, build, body)

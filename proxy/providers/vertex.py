@@ -19,16 +19,15 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ledger.pricing import PriceTable, normalise_model_id
+from ledger.pricing import PriceTable
 from proxy.envelope import error_body, error_type
 from proxy.providers.base import (
+    CloudProvider,
     Outbound,
-    Provider,
     ProviderUnavailable,
     Relayed,
-    load_json,
     merge_betas,
-    replay,
+    table_model,
 )
 from proxy.upstream import AnthropicUpstream, response_headers
 
@@ -119,7 +118,7 @@ def default_base_url(region: str) -> str:
     return f"https://{region}-aiplatform.googleapis.com/v1"
 
 
-class VertexProvider(Provider):
+class VertexProvider(CloudProvider):
     """Claude on Vertex AI in one project and region."""
 
     kind = "vertex"
@@ -131,13 +130,10 @@ class VertexProvider(Provider):
                  drop_betas: Iterable[str] = DEFAULT_DROP_BETAS,
                  drop_fields: Iterable[str] = DEFAULT_DROP_FIELDS,
                  multiplier: Fraction | None = None, prices: PriceTable | None = None) -> None:
-        super().__init__(name, multiplier, prices)
+        super().__init__(name, base_url or default_base_url(region),
+                         {**DEFAULT_MODELS, **(models or {})}, anthropic_version, drop_betas,
+                         drop_fields, multiplier, prices)
         self.project, self.region = project, region
-        self.base_url = (base_url or default_base_url(region)).rstrip("/")
-        self.models = {**DEFAULT_MODELS, **(models or {})}
-        self.anthropic_version = anthropic_version
-        self.drop_betas = frozenset(drop_betas)
-        self.drop_fields = tuple(drop_fields)
         self.tokens = tokens
         self._headers = AnthropicUpstream(self.base_url, "")  # the header rules, no key
         self._models_url = (f"{self.base_url}/projects/{quote(project, safe='')}/locations/"
@@ -151,11 +147,11 @@ class VertexProvider(Provider):
         """The Vertex model id for a client's model name (ids with `@` pass as given)."""
         if "@" in model:
             return model
-        return self.models.get(model) or self.models.get(normalise_model_id(model)) or model
+        return table_model(self.models, model) or model
 
     async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
                        model: str, stream: bool) -> Outbound:
-        doc = self._body(body)
+        doc = self.platform_body(body)
         doc.pop("model", None)
         method = "streamRawPredict" if stream else "rawPredict"
         url = f"{self._models_url}{quote(self.model_id(model), safe='@')}:{method}"
@@ -163,7 +159,7 @@ class VertexProvider(Provider):
 
     async def count_tokens(self, path_qs: str, headers: CIMultiDictProxy[str],
                            body: bytes, model: str) -> Outbound:
-        doc = self._body(body)
+        doc = self.platform_body(body)
         doc["model"] = self.model_id(model)
         url = f"{self._models_url}count-tokens:rawPredict"
         return Outbound(url, await self._request_headers(headers), orjson.dumps(doc))
@@ -174,13 +170,6 @@ class VertexProvider(Provider):
         unchanged, sent to this provider's project and region."""
         return Outbound(self._models_url + quote(tail, safe="@:"),
                         await self._request_headers(headers), body)
-
-    def _body(self, body: bytes) -> dict[str, Any]:
-        doc = load_json(body)
-        doc.setdefault("anthropic_version", self.anthropic_version)
-        for name in self.drop_fields:
-            doc.pop(name, None)
-        return doc
 
     async def _request_headers(self, incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         headers = self._headers.request_headers(incoming.items())
@@ -194,7 +183,7 @@ class VertexProvider(Provider):
     def respond(self, response: aiohttp.ClientResponse, stream: bool,
                 first: bytes = b"") -> Relayed:
         if response.status < 400:
-            return Relayed(response, replay(first, response))
+            return super().respond(response, stream, first)  # unchanged
         headers = response_headers(response.headers.items())
         headers.popall("content-type", None)
         headers["content-type"] = "application/json"
