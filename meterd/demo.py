@@ -45,7 +45,7 @@ def free_port() -> int:
 
 def prepare_demo(settings: Settings) -> Settings:
     """A fresh demo data directory, seeded, with the upstream pointed at the mock."""
-    data = Path(settings.data_dir if settings.data_dir != "meterd-data" else DEMO_DIR)
+    data = Path(settings.data_dir if settings.data_dir != Settings.data_dir else DEMO_DIR)
     if data.exists():
         if not (data / MARKER).exists():
             raise SystemExit(f"meterd: {data} holds real data; --demo only reuses its own "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -106,6 +107,27 @@ def test_readme_documents_every_setting() -> None:
     readme = README.read_text()
     missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
     assert not missing, f"README lacks settings: {missing}"
+
+
+def test_every_setting_has_one_field_whose_default_the_readme_states() -> None:
+    """Defaults are stated once, on the Settings fields; the table's rows and the README's
+    default column follow them."""
+    assert [s.name for s in SETTINGS] == [f.name for f in dataclasses.fields(Settings)]
+    rows = {cells[0].strip("` "): cells[2].strip() for line in README.read_text().splitlines()
+            if line.startswith("| `") and len(cells := line.strip("|").split("|")) == 4}
+    for s in SETTINGS:
+        value = s.default
+        if isinstance(value, dict) or (value == () and s.name in ("routes", "oidc_group_rules")):
+            stated = "(none)"  # a TOML table
+        elif value in ("", ()):
+            stated = "(empty)"
+        elif isinstance(value, bool):
+            stated = str(value).lower()
+        elif isinstance(value, tuple):
+            stated = ", ".join(map(str, value))
+        else:
+            stated = str(value)
+        assert rows.get(s.name) == stated, s.name
 
 
 async def test_a_failing_shutdown_step_does_not_skip_the_later_ones(
