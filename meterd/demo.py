@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import secrets
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from ledger.pricing import PriceTable
 from ledger.usage import Usage
 from meterd.apps import ADMIN_APP, DB_FILE
 from meterd.mock_upstream import MockOptions, create_mock_app
+from meterd.ports import free_port
 from meterd.settings import Settings
 from proxy.state import STATE
 
@@ -35,12 +35,6 @@ TEAMS = {
 }
 _demo_key: list[str] = []
 _demo_admin: list[str] = []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare_demo(settings: Settings) -> Settings:

@@ -31,6 +31,7 @@ from ledger.events import unpack_event
 from ledger.redis_client import connect_redis
 from meterd.apps import ADMIN_APP, create_root_app
 from meterd.mock_upstream import RECORDED, MockOptions, create_mock_app
+from meterd.ports import free_port
 from meterd.settings import Settings
 from proxy.state import STATE, ProxyState
 
@@ -45,12 +46,6 @@ def need(condition: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true and {what}", pytrace=False)
     pytest.skip(what)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
