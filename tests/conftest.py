@@ -52,7 +52,8 @@ class RedisServer:
     """A redis-server owned by the test session, on its own port, so runs never collide.
     Tests that inject outages stop and restart it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
+        self.args = args  # more redis-server options, e.g. --requirepass
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="meterd-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -64,14 +65,14 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+             "--appendonly", "no", "--dir", self.dir, *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up, maybe locked
                         return
             except OSError:
                 time.sleep(0.05)
@@ -262,11 +263,25 @@ async def gateway(start_gateway: Callable[..., Awaitable[Gateway]]) -> Gateway:
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server only this test uses, so stopping it disturbs nobody."""
+def start_own_redis() -> Iterator[Callable[..., RedisServer]]:
+    """Starts redis-servers only this test uses (with more redis-server options if given), so
+    stopping one disturbs nobody; all are stopped after the test."""
     need(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
+    servers: list[RedisServer] = []
+
+    def start(*args: str) -> RedisServer:
+        server = RedisServer(*args)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_redis(start_own_redis: Callable[..., RedisServer]) -> RedisServer:
+    """A redis-server only this test uses."""
+    return start_own_redis()
