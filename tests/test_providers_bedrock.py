@@ -207,6 +207,27 @@ async def test_bedrock_format_stream_bytes_are_relayed_unchanged(
     assert event["output_tokens"] == "60" and event["estimated"] == "0"
 
 
+@pytest.mark.parametrize("action", ["invoke", "invoke-with-response-stream", "count-tokens"])
+async def test_a_cookie_bedrock_sets_never_reaches_a_bedrock_format_client(
+        gw: Gateway, bedrock: Served, action: str) -> None:
+    """One provider session serves every developer: a cookie set for one must not reach
+    another, nor be kept for the next."""
+    bedrock.fake.behaviour.set_cookie = "AWSALB=for-whoever-came-first; Path=/"
+    key = await gw.developer()
+    body = orjson.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
+                         "messages": BODY["messages"]})
+    if action == "count-tokens":
+        body = orjson.dumps({"input": {"invokeModel": {"body": base64.b64encode(body).decode()}}})
+    for _ in range(2):
+        resp = await gw.client.post(f"/bedrock/model/us.anthropic.claude-sonnet-4-6/{action}",
+                                    data=body, headers={"authorization": f"Bearer {key}"})
+        await resp.read()
+        assert resp.status == 200
+        assert "set-cookie" not in resp.headers
+    # Nor was it kept and sent back with the next request.
+    assert "cookie" not in {name.lower() for name in bedrock.fake.recorded[1]["headers"]}
+
+
 async def test_bedrock_paths_need_a_gateway_key(gw: Gateway, bedrock: Served) -> None:
     resp = await gw.client.post("/bedrock/model/us.anthropic.claude-sonnet-4-6/invoke",
                                 data=b"{}", headers={"authorization": "Bearer mtd_wrong"})

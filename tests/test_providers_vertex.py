@@ -4,6 +4,7 @@ and Vertex-format clients (Claude Code with CLAUDE_CODE_USE_VERTEX) relayed unch
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anthropic
 import orjson
@@ -105,3 +106,28 @@ async def test_vertex_format_client_is_served_from_the_gateways_project_and_mete
     assert sent["path"].startswith(MODELS + "claude-sonnet-4-6:")
     assert key not in str(sent["headers"])
     assert not vertex.fake.rejected
+
+
+@pytest.mark.parametrize("tail", ["claude-sonnet-4-6:rawPredict",
+                                  "claude-sonnet-4-6:streamRawPredict",
+                                  "count-tokens:rawPredict"])
+async def test_a_cookie_vertex_sets_never_reaches_a_vertex_format_client(
+        gw: Gateway, vertex: Served, tail: str) -> None:
+    """One provider session serves every developer: a cookie set for one must not reach
+    another, nor be kept for the next."""
+    vertex.fake.behaviour.set_cookie = "GCLB=for-whoever-came-first; Path=/"
+    key = await gw.developer()
+    doc: dict[str, Any] = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 64,
+                           "messages": BODY["messages"]}
+    if tail.endswith("streamRawPredict"):
+        doc["stream"] = True
+    if tail.startswith("count-tokens"):
+        doc["model"] = "claude-sonnet-4-6"
+    for _ in range(2):
+        resp = await gw.client.post(f"/vertex{MODELS}{tail}", data=orjson.dumps(doc),
+                                    headers={"authorization": f"Bearer {key}"})
+        await resp.read()
+        assert resp.status == 200
+        assert "set-cookie" not in resp.headers
+    # Nor was it kept and sent back with the next request.
+    assert "cookie" not in {name.lower() for name in vertex.fake.recorded[1]["headers"]}
