@@ -8,6 +8,7 @@ with the reason printed; under CI (CI=true) it fails instead, naming what is mis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -227,16 +228,16 @@ def start_gateway(
     return start
 
 
-@pytest.fixture
-async def second_proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[str]:
-    """`meterd proxy` in its own process, on the same Redis as the test's gateway."""
+@contextlib.asynccontextmanager
+async def proxy_process(gateway: Gateway, data_dir: Path,
+                        **env: str) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """`meterd proxy` in its own process, on the same Redis as the test's gateway, with more
+    `MTD_*` settings in `env`: its URL once it answers, and the process."""
     port = free_port()
-    env = {**os.environ, "MTD_REDIS_URL": _redis_url(gateway),
-           "MTD_UPSTREAM_URL": gateway.upstream.url,
-           "MTD_UPSTREAM_KEY": MOCK_KEY, "MTD_DATA_DIR": str(tmp_path / "proxy2"),
-           "MTD_LOG_LEVEL": "warning"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meterd.cli", "proxy", "--port", str(port), env=env)
+        sys.executable, "-m", "meterd.cli", "proxy", "--port", str(port),
+        env={**os.environ, "MTD_REDIS_URL": _redis_url(gateway), "MTD_DATA_DIR": str(data_dir),
+             "MTD_LOG_LEVEL": "warning", **env})
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as s:
@@ -246,10 +247,18 @@ async def second_proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[str]:
                         break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         await proc.wait()
+
+
+@pytest.fixture
+async def second_proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[str]:
+    """`meterd proxy` in its own process, on the same Redis as the test's gateway."""
+    async with proxy_process(gateway, tmp_path / "proxy2", MTD_UPSTREAM_KEY=MOCK_KEY,
+                             MTD_UPSTREAM_URL=gateway.upstream.url) as (url, _):
+        yield url
 
 
 def _redis_url(gateway: Gateway) -> str:
