@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meterd", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (default: $MTD_CONFIG)")
-    common.add_argument("--data-dir", help="data directory (default: meterd-data)")
+    common.add_argument("--data-dir", help=f"data directory (default: {Settings.data_dir})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], None], help: str,
@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", cmd_serve, "run proxy, dashboard and rollup in one process")
     p.add_argument("--host")
-    p.add_argument("--port", type=int, help="proxy and dashboard port (default 4000)")
+    p.add_argument("--port", type=int,
+                   help=f"proxy and dashboard port (default {Settings.proxy_port})")
     p.add_argument("--demo", action="store_true",
                    help="run against a built-in mock upstream with seeded teams and keys")
     p = add("proxy", cmd_proxy, "run a stateless proxy against a shared Redis")

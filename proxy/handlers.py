@@ -17,7 +17,7 @@ from ledger.gate import Ticket
 from ledger.policy import Principal
 from ledger.status import budget_status
 from ledger.usage import Usage
-from proxy.errors import ProxyError, UpstreamError, setup_errors
+from proxy.errors import ProxyError, setup_errors, upstream_failure
 from proxy.managed_seen import SEEN
 from proxy.meter import Metered, StreamMeter, meter_body
 from proxy.metrics import TOKEN_CATEGORIES
@@ -128,13 +128,12 @@ class Relay:
             # The client left (aiohttp cancels the handler if told to), or `end`.
             self.error_type = self.error_type or "client_disconnected"
             raise
-        except TimeoutError:
-            self.status, self.error_type = 504, "upstream_timeout"
-            raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
-        except aiohttp.ClientError as exc:
-            self.status, self.error_type = 502, "upstream_unreachable"
-            raise UpstreamError(502, "api_error",
-                                f"upstream unreachable ({type(exc).__name__})") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failure = upstream_failure(exc)
+            self.status = failure.status
+            self.error_type = "upstream_timeout" if failure.status == 504 \
+                else "upstream_unreachable"
+            raise failure from None
         self.status = upstream.status
         headers = response_headers(upstream.headers.items())
         headers.update(self.ticket.headers)
@@ -301,11 +300,8 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
             payload = await upstream.read()
             return web.Response(status=upstream.status, body=payload,
                                 headers=response_headers(upstream.headers.items()))
-    except TimeoutError:
-        raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(502, "api_error",
-                            f"upstream unreachable ({type(exc).__name__})") from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise upstream_failure(exc) from None
 
 
 async def models(request: web.Request) -> web.Response:
