@@ -1,4 +1,5 @@
-"""Teams: the list, one team's members and pool, and the forms that set its budgets and limits."""
+"""Teams: the list, one team's members and pool, and the forms that set its budgets, limits
+and models."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from dashboard.render import (
 )
 from ledger import reports
 from ledger.catalog import NotFound
+from ledger.models_allowed import AllowedModels, split
 from ledger.periods import PERIODS, period_end
 
 
@@ -99,7 +101,9 @@ async def team(request: web.Request) -> web.StreamResponse:
     by_model = await report(request, reports.spend, start=now.date().replace(day=1),
                             end=end, grain="month", dimension="model", team_id=row["id"])
     limits = await state.db(state.catalog.rate_limits)
+    models_from, models = await state.db(AllowedModels(state.catalog).effective, row["id"])
     return await render(request, "team.html", {
+        "models_from": models_from, "models": models,
         "team": row, "members": members, "budgets": budgets, "periods": PERIODS,
         "pool": [b for b in budgets if b["scope"] == "team"],
         "member_caps": [b for b in budgets if b["scope"] == "team_member"],
@@ -132,3 +136,25 @@ async def set_team_budget(request: web.Request) -> web.StreamResponse:
 async def set_team_limits(request: web.Request) -> web.StreamResponse:
     team_id = request.match_info["team_id"]
     return await save_limits(request, "team", team_id, url(request, "team", team_id=team_id))
+
+
+@allow(*ADMINS)
+async def set_team_models(request: web.Request) -> web.StreamResponse:
+    """The team's own model list (replaces the organization's default for it)."""
+    state = admin_state(request)
+    team_id = request.match_info["team_id"]
+    models = split(field(await form(request), "models", limit=10_000))
+    await change(request, AllowedModels(state.catalog).set, team_id, models)
+    return see_other(request, url(request, "team", team_id=team_id).with_fragment("models"),
+                     "Model list saved.")
+
+
+@allow(*ADMINS)
+async def clear_team_models(request: web.Request) -> web.StreamResponse:
+    """Back to the organization's default list (or any model, without one)."""
+    state = admin_state(request)
+    team_id = request.match_info["team_id"]
+    await find_team(request, team_id)
+    await change(request, AllowedModels(state.catalog).clear, team_id)
+    return see_other(request, url(request, "team", team_id=team_id).with_fragment("models"),
+                     "The team now follows the organization's model list.")
