@@ -44,6 +44,8 @@ PAGE_ROUTES: tuple[Route, ...] = (
     ("POST", "/teams/{team_id}/models", teams.set_team_models, "set_team_models"),
     ("POST", "/teams/{team_id}/models/clear", teams.clear_team_models, "clear_team_models"),
     ("POST", "/org/budget", budgets.set_org_budget, "set_org_budget"),
+    ("POST", "/org/models", teams.set_org_models, "set_org_models"),
+    ("POST", "/org/models/clear", teams.clear_org_models, "clear_org_models"),
     ("POST", "/budgets/{budget_id}/delete", budgets.delete_budget, "delete_budget"),
     ("GET", "/developers", developers.developers, "developers"),
     ("POST", "/developers", developers.create_developer, "create_developer"),

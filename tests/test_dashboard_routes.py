@@ -64,6 +64,8 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "set_team_models": ("/teams/{team}/models", {"models": "claude-haiku-*"}, change()),
     "clear_team_models": ("/teams/{team}/models/clear", {}, change()),
     "set_org_budget": ("/org/budget", {"period": "monthly", "amount": "10000"}, change()),
+    "set_org_models": ("/org/models", {"models": "claude-sonnet-4-6"}, change()),
+    "clear_org_models": ("/org/models/clear", {}, change()),
     "delete_budget": ("/budgets/{budget_html}/delete", {}, change()),
     "developers": ("/developers", None, read()),
     "create_developer": ("/developers", {"name": "New Dev", "email": "new.dev@example.com",

@@ -17,7 +17,7 @@ import pytest
 from ledger.models_allowed import AllowedModels, Allowlist, ModelsInvalid, validate
 from tests.conftest import MOCK_KEY, Gateway, Upstream
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import Dashboard, one
+from tests.dashboard_fixtures import Dashboard, attr, one
 from tests.test_processes import BODY, REAL_ONLY, seconds_until_refused
 
 HELLO = [{"role": "user", "content": "Hi"}]
@@ -180,12 +180,18 @@ async def test_admin_api_sets_lists_and_clears_with_audit(dashboard: Dashboard) 
     assert actions[:2] == ["allowed_models.clear", "allowed_models.set"]
 
 
-async def test_team_page_models_card_sets_and_clears_the_list(dashboard: Dashboard) -> None:
+async def test_models_cards_set_and_clear_the_org_and_team_lists(dashboard: Dashboard) -> None:
     gw = dashboard.gateway
     key = await gw.developer("Ada", "platform")
     team = (await gw.admin.db(gw.admin.catalog.teams))[0]["id"]
-    await allow(gw, "org", "claude-sonnet-4-6")
     admin = await dashboard.signed_in("admin")
+    card = one(await admin.page("/admin/teams"), "#models")
+    assert "Any model" in card.get_text()
+    status, _, _ = await admin.post(attr(one(card, "#set-models"), "action"),
+                                    {"models": "claude-sonnet-4-6"})
+    assert status == 303
+    card = one(await admin.page("/admin/teams"), "#models")
+    assert [c.get_text() for c in card.select("#allowed-models code")] == ["claude-sonnet-4-6"]
     page = await admin.page(f"/admin/teams/{team}")
     card = one(page, "#models")
     assert "organization's default" in card.get_text()
@@ -208,6 +214,7 @@ async def test_team_page_models_card_sets_and_clears_the_list(dashboard: Dashboa
     assert "organization's default" in card.get_text()
     finance = await dashboard.signed_in("finance")
     assert one(await finance.page(f"/admin/teams/{team}"), "#models").select("form") == []
+    assert one(await finance.page("/admin/teams"), "#models").select("form") == []
 
 
 @pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
