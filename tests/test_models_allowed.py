@@ -18,8 +18,10 @@ from ledger.models_allowed import AllowedModels, Allowlist, ModelsInvalid, valid
 from tests.conftest import MOCK_KEY, Gateway, Upstream
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Dashboard, attr, one
+from tests.fakes.gateways import Served, StartGateway, bedrock_provider
 from tests.test_processes import BODY, REAL_ONLY, seconds_until_refused
 
+pytest_plugins = ("tests.fakes.fixtures",)  # the fake Bedrock
 HELLO = [{"role": "user", "content": "Hi"}]
 
 
@@ -253,3 +255,22 @@ async def test_a_refused_model_is_refused_before_admission(gateway: Gateway) -> 
     await allow(gateway, "platform", "claude-sonnet-4-6")
     r = await gateway.client.post("/v1/messages", data=BODY, headers={"x-api-key": key})
     assert r.status == 429
+
+
+async def test_bedrock_format_clients_are_held_to_the_list_too(start_gateway: StartGateway,
+                                                                bedrock: Served) -> None:
+    gw = await start_gateway(providers={"bedrock-us": bedrock_provider(bedrock)})
+    key = await gw.developer()
+    await allow(gw, "platform", "claude-haiku-4-5")
+    body = orjson.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
+                         "messages": HELLO})
+    for action in ("invoke", "invoke-with-response-stream", "count-tokens"):
+        r = await gw.client.post(f"/bedrock/model/us.anthropic.claude-sonnet-4-6/{action}",
+                                 data=body, headers={"authorization": f"Bearer {key}"})
+        assert r.status == 400, action
+        assert "'us.anthropic.claude-sonnet-4-6' is not allowed" in (
+            await r.json())["error"]["message"]
+    r = await gw.client.post("/bedrock/model/us.anthropic.claude-haiku-4-5-20251001-v1:0/invoke",
+                             data=body, headers={"authorization": f"Bearer {key}"})
+    assert r.status == 200
+    assert len(bedrock.fake.recorded) == 1
