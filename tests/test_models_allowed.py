@@ -17,11 +17,12 @@ import pytest
 from ledger.models_allowed import AllowedModels, Allowlist, ModelsInvalid, validate
 from tests.conftest import MOCK_KEY, Gateway, Upstream
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import Dashboard, attr, one
+from tests.dashboard_fixtures import PASSWORDS, Dashboard, attr, one
 from tests.fakes.gateways import Served, StartGateway, bedrock_provider
+from tests.test_dashboard_browser import _sign_in
 from tests.test_processes import BODY, REAL_ONLY, seconds_until_refused
 
-pytest_plugins = ("tests.fakes.fixtures",)  # the fake Bedrock
+pytest_plugins = ("tests.fakes.fixtures", "tests.sso_fixtures")  # fake Bedrock, Chromium
 HELLO = [{"role": "user", "content": "Hi"}]
 
 
@@ -274,3 +275,29 @@ async def test_bedrock_format_clients_are_held_to_the_list_too(start_gateway: St
                              data=body, headers={"authorization": f"Bearer {key}"})
     assert r.status == 200
     assert len(bedrock.fake.recorded) == 1
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
+async def test_an_admin_narrows_a_teams_models_in_the_browser(
+        dashboard: Dashboard, chromium: Any, redis_url: str) -> None:
+    gw = dashboard.gateway
+    key = await gw.developer("Ada", "platform")
+    team = (await gw.admin.db(gw.admin.catalog.teams))[0]["id"]
+    await dashboard.account("alice", "admin")
+    page = await (await chromium.new_context()).new_page()
+    await _sign_in(page, gw.url, "alice", PASSWORDS["admin"])
+    await page.goto(f"{gw.url}/admin/teams/{team}")
+    assert "Any model" in await page.inner_text("#models")
+    await page.fill("#set-models input[name=models]", "claude-haiku-*")
+    await page.click("#set-models button[type=submit]")
+    await page.wait_for_selector(".flash:has-text('Model list saved')")
+    assert await page.inner_text("#allowed-models") == "claude-haiku-*"
+    await gw.proxy.refresh_policy()
+    async with sdk(gw, key) as client:
+        with pytest.raises(anthropic.BadRequestError, match="claude-sonnet-4-6"):
+            await client.messages.create(model="claude-sonnet-4-6", max_tokens=8,
+                                         messages=HELLO)
+    await page.click("#clear-models button[type=submit]")
+    await page.wait_for_selector(".flash:has-text('follows the organization')")
+    assert await page.locator("#allowed-models").count() == 0
