@@ -132,6 +132,36 @@ async def test_serve_answers_the_sdk_over_https_and_the_cli_over_its_socket(
     assert proc.returncode == 0, err.decode()[-2000:]
 
 
+@pytest.mark.parametrize(("role", "path", "status"), [
+    ("proxy", "/healthz", 200), ("admin", "/admin/api/v1/teams", 401)])
+async def test_proxy_and_admin_serve_https_too(tmp_path: Path, role: str, path: str,
+                                                status: int) -> None:
+    cert_file, key_file = make_certificate(tmp_path)
+    port = free_port()
+    env = {**os.environ, "MTD_DATA_DIR": str(tmp_path / "data"), "MTD_LOG_LEVEL": "warning",
+           "MTD_TLS_CERT_FILE": str(cert_file), "MTD_TLS_KEY_FILE": str(key_file),
+           "MTD_PROXY_PORT": str(port), "MTD_ADMIN_PORT": str(port)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meterd.cli", role, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    got = None
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(300):
+                try:
+                    async with s.get(f"https://127.0.0.1:{port}{path}",
+                                     ssl=trusting(cert_file)) as r:
+                        got = r.status
+                        break
+                except aiohttp.ClientConnectorError:
+                    await asyncio.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert got == status, err.decode()[-2000:]
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
 def test_proxy_url_is_https_when_tls_is_set(tmp_path: Path) -> None:
     cert_file, key_file = make_certificate(tmp_path)
     settings = Settings(tls_cert_file=str(cert_file), tls_key_file=str(key_file))
