@@ -9,7 +9,8 @@ Starts, on free ports and in a temporary directory:
 - the floor, `bench/bare_proxy.py`: aiohttp pass-through, no auth, no metering;
 - `meterd proxy` (one process) with full metering on that Redis: a team, a developer, a
   gateway key, a monthly budget and rate limits (requests, input and output tokens per minute,
-  concurrency) are created with the `meterd` CLI in direct mode, so every request runs
+  concurrency) are created with the `meterd` CLI in direct mode, and the developer gets an
+  access token as `/login` would give them (signed with the gateway's key), so every request runs
   admission (admit.lua) and settlement (settle.lua). The admission script waits for the
   `{meterd}:ready` marker, which the admin process sets when it starts; no admin process runs
   here, so the benchmark sets the marker itself.
@@ -17,8 +18,9 @@ Starts, on free ports and in a temporary directory:
 Then it drives each with wrk (`bench/wrk/messages.lua`: `POST /v1/messages`, `stream: true`,
 Claude Code's headers) with a ~400 B body and a ~60 KB Claude Code-like body:
 
-1. saturation, closed loop, 64 connections: the mock directly, the bare proxy, meterd, and
-   `meterd proxy --workers 2` (SO_REUSEPORT);
+1. saturation, closed loop, 64 connections: the mock directly, the bare proxy, meterd with the
+   gateway key, meterd with the signed-in developer's bearer token, and `meterd proxy
+   --workers 2` (SO_REUSEPORT);
 2. open loop at half of meterd's saturation rate: the bare proxy and meterd (latency when
    not overloaded).
 
@@ -71,7 +73,7 @@ CONNECTIONS = 64
 DRAIN_S = 1  # wrk runs this much longer than it sends, so every answer arrives
 BIG = 10**12  # rate limits that apply (the scripts run) but never refuse
 TARGET_PROCESS = {"direct to mock": "mock-upstream", "bare proxy": "bare-proxy",
-                  "meterd": "meterd", "meterd --workers 2": "meterd-2w",
+                  "meterd": "meterd", "meterd, bearer": "meterd", "meterd --workers 2": "meterd-2w",
                   "meterd (against)": "meterd-against"}
 BUSY = 0.15  # CPUs' worth of other work during a run that makes its numbers suspect
 
@@ -211,6 +213,7 @@ class Stack:
     bare_port: int = 0
     meterd_port: int = 0
     key: str = ""
+    bearer: str = ""
     meterd_pid: int = 0
 
     @property
@@ -237,12 +240,14 @@ class Stack:
                 "MTD_UPSTREAM_URL": upstream or self.url(self.mock_port),
                 "MTD_UPSTREAM_KEY": MOCK_KEY, "MTD_LOG_LEVEL": self.log_level}
 
-    def meterd_cli(self, *commands: Sequence[str]) -> str:
+    def meterd_cli(self, *steps: Sequence[str] | str) -> str:
         """Management commands in direct mode (no admin process runs), run by the `meterd`
-        command's own entry point in one interpreter (one start-up instead of one each)."""
-        script = ("import sys\nfrom meterd.cli import main\n"
-                  f"for argv in {[list(c) for c in commands]!r}:\n"
-                  "    print('$ meterd', *argv, flush=True)\n    main(argv)\n")
+        command's own entry point in one interpreter (one start-up instead of one each); a
+        step given as a string is Python code run in between."""
+        script = "import sys\nfrom meterd.cli import main\n" + "".join(
+            step + "\n" if isinstance(step, str)
+            else f"print('$ meterd', *{list(step)!r}, flush=True)\nmain({list(step)!r})\n"
+            for step in steps)
         done = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
                               env={**os.environ, **self.meterd_env("admin")},
                               capture_output=True, text=True)
@@ -268,7 +273,7 @@ class Stack:
         self.meterd_pid = self.start_meterd(self.meterd_port).pid
 
     def setup_identity(self) -> None:
-        """A developer with a key, a monthly budget and rate limits, all via the CLI."""
+        """A developer with a key, an access token, a monthly budget and rate limits."""
         limit = str(BIG)
         out = self.meterd_cli(
             ["team", "create", "bench"],
@@ -277,11 +282,14 @@ class Stack:
             ["budget", "set", "developer", "bench@example.com", "--usd", "1000000",
              "--period", "monthly"],
             ["limits", "set", "developer", "bench@example.com", "--rpm", limit, "--itpm", limit,
-             "--otpm", limit, "--concurrency", "100000"])
+             "--otpm", limit, "--concurrency", "100000"],
+            MINT_BEARER,
+            ["team", "list"])  # any command: its admin app publishes the new signing key
         match = re.search(r"\bmtd_\S+", out)
-        if match is None:
-            raise RuntimeError(f"no key in the output of `meterd key issue`:\n{out}")
-        self.key = match.group(0)
+        bearer = re.search(r"^BEARER (\S+)$", out, re.M)
+        if match is None or bearer is None:
+            raise RuntimeError(f"no key or token in the output of the setup:\n{out}")
+        self.key, self.bearer = match.group(0), bearer.group(1)
         # Normally `meterd admin` sets this once the counters are known complete.
         self.redis().set(READY, 1)
 
@@ -331,6 +339,23 @@ class Stack:
             time.sleep(0.05)
 
 
+# The access token the device flow would hand the bench developer: signed with the gateway's
+# signing key (made here on first use, published by the next command), valid for a day.
+MINT_BEARER = """
+from ledger import tokens
+from ledger.catalog import Catalog, connect
+from ledger.signins import SignIns
+from meterd.apps import DB_FILE
+from meterd.settings import Settings
+catalog = Catalog(connect(Settings.load().data_path / DB_FILE))
+token, _ = tokens.issue(SignIns(catalog).signing_key(), issuer="http://bench.invalid",
+                        developer_id=catalog.developer_id("bench@example.com"),
+                        sid="sgn_bench", email="bench@example.com", ttl=86400)
+catalog.conn.close()
+print("BEARER", token, flush=True)
+"""
+
+
 @contextlib.contextmanager
 def stack(log_level: str = "info") -> Iterator[Stack]:
     for tool in ("wrk", "redis-server"):
@@ -343,6 +368,12 @@ def stack(log_level: str = "info") -> Iterator[Stack]:
             yield s
         finally:
             s.close()
+
+
+def stack_or(on: Stack | None, log_level: str = "info") -> contextlib.AbstractContextManager[Stack]:
+    """`on`, a stack the caller started and stops (the tests share one between scripts), or
+    a new one of this run's own."""
+    return contextlib.nullcontext(on) if on is not None else stack(log_level)
 
 
 @dataclass
@@ -406,13 +437,16 @@ def render(results: list[WrkResult], title: str) -> str:
     for body in ("small", "large"):
         bare = by.get(("bare proxy", body, False))
         one = by.get(("meterd", body, False))
-        for name in ("direct to mock", "bare proxy", "meterd", "meterd --workers 2"):
+        for name in ("direct to mock", "bare proxy", "meterd", "meterd, bearer",
+                     "meterd --workers 2"):
             r = by.get((name, body, False))
             if r is None:
                 continue
             note = ""
             if name == "meterd" and bare:
                 note = f"{r.rps / bare.rps:.1%}"
+            elif name == "meterd, bearer" and one:
+                note = f"CPU {r.cpu_us / one.cpu_us - 1:+.1%} vs the key"
             elif name == "meterd --workers 2" and one:
                 note = f"{r.rps / one.rps:.2f}x one meterd (ceiling {_ceiling(one):.2f}x)"
             lines.append(_row(body, name, r, note))
@@ -456,6 +490,11 @@ def verdicts(results: list[WrkResult]) -> list[str]:
             ratio = one.rps / bare.rps
             out.append(f"{'PASS' if ratio >= 0.6 else 'MISS'}  {body}: meterd at {ratio:.1%} "
                        "of the bare proxy's req/s (target >= 60%)")
+        bearer = by.get(("meterd, bearer", body, False))
+        if bearer and one:
+            extra = bearer.cpu_us / one.cpu_us - 1
+            out.append(f"{'PASS' if extra <= 0.05 else 'MISS'}  {body}: a bearer token costs "
+                       f"{extra:+.1%} CPU per request vs a gateway key (target <= +5%)")
         two = by.get(("meterd --workers 2", body, False))
         if two and one:
             ratio = two.rps / one.rps
@@ -513,6 +552,7 @@ def run_suite(b: Bench, smoke: bool) -> None:
             b.saturate("direct to mock", s.mock_port, body, metered=False, key=MOCK_KEY)
         b.saturate("bare proxy", s.bare_port, body, metered=False)
         b.saturate("meterd", s.meterd_port, body)
+        b.saturate("meterd, bearer", s.meterd_port, body, key=s.bearer)
         if not smoke:
             port = free_port()
             workers = s.start_meterd(port, workers=2)
@@ -542,7 +582,8 @@ def serve(log_level: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on: Stack | None = None) -> int:
+    """The command line; `on`: run on this already started stack (its log level holds)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, help="seconds per run (default 10; quick 3)")
     parser.add_argument("--quick", action="store_true", help="3 s runs, no warm-up runs")
@@ -563,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or (1 if args.smoke else 3 if args.quick else 10)
     warmup = 0 if (args.quick or args.smoke) else 2
 
-    with stack(args.log_level) as s:
+    with stack_or(on, args.log_level) as s:
         files = {"small": s.workdir / "small.json", "large": s.workdir / "large.json"}
         files["small"].write_bytes(small_body())
         files["large"].write_bytes(large_body())

@@ -32,7 +32,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bodies import HEADERS, large_body, small_body
-from run import EVENTS, stack
+from run import EVENTS, Stack, stack_or
 
 from ledger.events import unpack_event
 
@@ -97,7 +97,9 @@ async def drive(url: str, key: str, streams: int, duration_s: int, pid: int,
     return outcome, samples
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on: Stack | None = None) -> int:
+    """The command line; `on`: run on this already started stack instead of a new one (its
+    meterd's memory then includes what ran on it before: the tests check metering only)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--duration", type=int, help="seconds each stream lasts (default 60)")
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sockets
 
-    with stack() as s:
+    with stack_or(on) as s:
         url = s.url(s.meterd_port)
         before, _ = rss_mb(s.meterd_pid)
         events0 = s.events()

@@ -36,7 +36,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bodies import HEADERS, small_body
-from run import MOCK_KEY, free_port, stack
+from run import MOCK_KEY, Stack, free_port, stack_or
 
 _STAMP = re.compile(rb"t=(\d+) ")
 _DELTA = b"event: content_block_delta"
@@ -147,7 +147,8 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on: Stack | None = None) -> int:
+    """The command line; `on`: run on this already started stack instead of a new one."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=10, help="concurrent streams")
     parser.add_argument("--events", type=int, default=100, help="text deltas per stream")
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.events = 2, 30
 
-    with stack() as s:
+    with stack_or(on) as s:
         stamped_port = free_port()
         s.spawn([sys.executable, __file__, "--serve-stamped", str(stamped_port)],
                 "stamped-upstream", stamped_port)

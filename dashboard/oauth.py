@@ -198,7 +198,7 @@ _POLL_ERRORS = {
     "slow_down": (400, "slow_down", "poll no more often than the interval"),
     "denied": (400, "access_denied", "the sign-in was refused"),
     "expired": (400, "expired_token", "the device code expired; sign in again"),
-    "used": (400, "invalid_grant", "the device code was already used"),
+    "used": (400, "expired_token", "the device code was already used; sign in again"),
 }
 
 

@@ -28,6 +28,7 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("requests", "Requests", ("admin", "finance")),
     ("reports", "Reports", ("admin", "finance")),
     ("rollout", "Rollout", ("admin", "finance", "developer")),
+    ("managed", "Managed", ("admin",)),
     ("settings", "Settings", ("admin", "finance")),
     ("audit", "Audit", ("admin", "finance")),
     ("access", "Access", ("admin", "finance")),
@@ -35,7 +36,8 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 # Pages that belong to a navigation entry other than their own name.
 SECTION = {"team": "teams", "developer": "developers", "issue_key": "developers",
-           "create_user": "access", "reset_password": "access", "create_admin_key": "access"}
+           "create_user": "access", "reset_password": "access", "create_admin_key": "access",
+           "managed_edit": "managed", "managed_preview": "managed", "managed_save": "managed"}
 
 
 def admin_state(request: web.Request) -> AdminState:

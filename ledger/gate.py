@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
 
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ledger import notices
 from ledger.events import EVENT_FIELD, pack_event
 from ledger.keyspace import KeySpace
+from ledger.notices import Standing
 from ledger.periods import COUNTER_TTL, PERIODS, period_end
 from ledger.policy import Cap, Limits, Principal
 from ledger.redis_client import FastScript
@@ -37,8 +39,6 @@ _RATE_HEADERS = {family: tuple(f"anthropic-ratelimit-{family}-{part}"
                  for family in ("requests", "input-tokens", "output-tokens")}
 COUNTER_SCOPES = ("developer", "team", "org")
 _COUNTER_TTLS = tuple(COUNTER_TTL[p] for p in PERIODS for _ in COUNTER_SCOPES)
-# Kept as they are in a header value built from stored text: printable ASCII but '%'.
-_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 _CACHE_LIMIT = 4096  # principals and (developer, day) pairs remembered
 SETTLEMENT_ERROR = "settlement_error"  # the error_type of a request charged by settle_minimal
 _NO_TOKENS = {"input": 0, "output": 0, "cache_write_5m": 0, "cache_write_1h": 0, "cache_read": 0,
@@ -49,21 +49,16 @@ def _script(name: str) -> str:
     return resources.files("ledger").joinpath(name).read_text()
 
 
-def header_text(text: str) -> str:
-    """Stored text (a team or developer name) as a response header may carry it: printable
-    ASCII but '%' as it is, every other character percent-encoded as its UTF-8 bytes (RFC
-    3986). A name holding CR/LF or non-Latin-1 text can then neither split the header nor
-    make the answer unsendable."""
-    if text.isascii() and text.isprintable() and "%" not in text:
-        return text
-    return quote(text, safe=_HEADER_SAFE, errors="replace")
+def utc_now() -> datetime:
+    """The real time: a Gate's clock unless it is given another (tests fix it)."""
+    return datetime.now(UTC)
 
 
 class BudgetExceeded(Exception):
     def __init__(self, cap: Cap, resets_at: datetime, retry_after: int) -> None:
         self.cap, self.resets_at, self.retry_after = cap, resets_at, retry_after
         super().__init__(
-            f"spend limit reached ({cap.describe()}; resets {resets_at:%Y-%m-%d %H:%M} UTC)")
+            f"spend limit reached ({cap.describe()}) · resets {resets_at:%b %-d %H:%M} UTC")
 
 
 class RateLimited(Exception):
@@ -128,13 +123,17 @@ class Estimate:
 class Gate:
     def __init__(self, redis: Any, keyspace: KeySpace, spool: Spool, *,
                  fail_open: bool = True, reservation_ttl: int = 900,
-                 thresholds: tuple[int, ...] = (75, 95)) -> None:
+                 thresholds: tuple[int, ...] = (75, 95),
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.redis = redis
         self.keyspace = keyspace
         self.spool = spool
         self.fail_open = fail_open
         self.reservation_ttl = reservation_ttl
         self.thresholds = thresholds
+        # What time it is for admission (and so for rate windows, periods and settlement):
+        # the proxy's handlers read it here too, so a test can fix it.
+        self.clock = clock
         self._admit = redis.register_script(_script("admit.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
         self._release = redis.register_script(_script("release.lua"))
@@ -182,7 +181,7 @@ class Gate:
             self._plans.clear()
         groups = [(index, min(caps, key=lambda c: c.amount),
                    any(c.mode == "strict" for c in caps), any(c.mode != "strict" for c in caps))
-                  for index, caps in sorted(self._groups(principal, datetime.now(UTC)).items())]
+                  for index, caps in sorted(self._groups(principal, self.clock()).items())]
         windows = [lim for lim in principal.limits if lim.rpm or lim.itpm or lim.otpm]
         flights = [lim for lim in principal.limits if lim.concurrency]
         plan = self._plans[id(principal)] = _Plan(
@@ -194,7 +193,7 @@ class Gate:
     async def admit(self, principal: Principal, request_id: str, estimate: Estimate,
                     now: datetime | None = None) -> Ticket:
         """Reserve for one request or raise BudgetExceeded, RateLimited, MeteringUnavailable."""
-        at = now or datetime.now(UTC)
+        at = now or self.clock()
         now_ms = int(at.timestamp() * 1000)
         ticket = Ticket(request_id, principal, at, estimate=estimate)
         plan = self._plan(principal)
@@ -297,7 +296,9 @@ class Gate:
 
     def _headers(self, ticket: Ticket, result: list[Any], caps: list[Cap],
                  windows: list[Limits], estimate: Estimate, now_ms: int) -> None:
-        """Tell the client where it stands: meterd's own rate limits and budget use."""
+        """Tell the client where it stands: meterd's own rate limits, and the fullest cap
+        counting this request's reservation (so a notice comes with the request that passes
+        a threshold, not one request late)."""
         minute = now_ms // 60000
         if self._reset_minute[0] != minute:
             self._reset_minute = (minute, datetime.fromtimestamp((minute + 1) * 60, UTC).strftime(
@@ -318,17 +319,11 @@ class Gate:
             ticket.headers[names[0]] = str(limit)
             ticket.headers[names[1]] = str(remaining)
             ticket.headers[names[2]] = reset
-        worst = None
-        for i, cap in enumerate(caps):
-            used_pct = (int(result[1 + i]) + ticket.holds[i].reserved) * 100 // max(cap.amount, 1)
-            if worst is None or used_pct > worst[0]:
-                worst = (used_pct, cap)
-        if worst:
-            ticket.headers["x-meterd-budget-used-percent"] = str(worst[0])
-            crossed = [t for t in self.thresholds if worst[0] >= t]
-            if crossed:
-                ticket.headers["x-meterd-budget-warning"] = (
-                    f"{header_text(worst[1].describe())}: {worst[0]}% of the cap used")
+        shown = notices.fullest([
+            Standing(cap, int(result[1 + i]) + ticket.holds[i].reserved)
+            for i, cap in enumerate(caps)], ticket.at)
+        if shown:
+            ticket.headers.update(notices.headers(shown, ticket.at, self.thresholds))
 
     # -- settlement ------------------------------------------------------------------------
 

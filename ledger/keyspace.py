@@ -24,6 +24,9 @@ class KeySpace:
         self.ready = f"{self.base}:ready"
         # Bumped by the dashboard: every proxy reloads its providers and routes when it moves.
         self.providers_reload = f"{self.base}:providers:reload"
+        # The managed-settings checksum each machine last sent (CLAUDE_CODE_GATEWAY_HINT_HEADERS):
+        # "developer_id key_id" -> {"checksum", "at", "session_id"} (proxy.managed).
+        self.managed_seen = f"{self.base}:managed:seen"
         self.policy_hashes = {
             name: f"{self.base}:pol:{name}"
             for name in ("keys", "devs", "teams", "budgets", "limits", "tokens",

@@ -29,6 +29,15 @@ class SettingsInvalid(ValueError):
     """The settings document cannot be served; the message says what is wrong."""
 
 
+class SettingsChanged(Exception):
+    """Someone saved (or removed) the policy since the caller looked at it: saving now would
+    overwrite a change the caller never saw. `current` is what is saved now (None: none)."""
+
+    def __init__(self, current: dict[str, Any] | None) -> None:
+        super().__init__("the managed settings changed since you previewed them")
+        self.current = current
+
+
 def canonical(settings: dict[str, Any]) -> bytes:
     """Keys sorted at every level, no whitespace, UTF-8 as is (JSON.stringify's output)."""
     return orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
@@ -84,11 +93,16 @@ class ManagedSettings:
         """The policy of `org` or a team (id or name), or None."""
         return self._row(*self._scope(ref))
 
-    def set(self, ref: str, settings: Any, actor: str = "cli") -> dict[str, Any]:
+    def set(self, ref: str, settings: Any, actor: str = "cli",
+            expected: str | None = None) -> dict[str, Any]:
+        """Save a policy. `expected`: the checksum the caller saw ("" for none): if what is
+        saved now differs, nothing is saved and SettingsChanged says what is there."""
         settings = validate(settings)
         with self.catalog.lock:
             scope, scope_id = self._scope(ref)
             before = self._row(scope, scope_id)
+            if expected is not None and expected != (before["checksum"] if before else ""):
+                raise SettingsChanged(before)
             self.catalog.conn.execute(
                 "DELETE FROM managed_settings WHERE scope = ? AND scope_id = ?", [scope, scope_id])
             self.catalog.conn.execute(
@@ -112,6 +126,42 @@ class ManagedSettings:
             self.catalog._audit(actor, "managed_settings.delete", f"{scope}:{scope_id}",
                                 before, None)
             return True
+
+    def served_checksums(self) -> frozenset[str]:
+        """Every checksum a policy has had (from the audit log): a machine that sends one of
+        them that is no longer its team's runs stale settings rather than edited ones."""
+        rows = self.catalog._rows("SELECT after FROM admin_audit WHERE action = "
+                                  "'managed_settings.set'")
+        return frozenset(orjson.loads(r["after"])["checksum"] for r in rows if r["after"])
+
+    def machines(self, seen: dict[bytes, bytes]) -> list[dict[str, Any]]:
+        """The machines in `seen` (the proxies' `managed:seen` hash), each with the status of
+        the managed settings it runs: `current` (its team's policy, or the organization's),
+        `stale` (one it had before), `edited` (a checksum meterd never served: changed on
+        the machine) or `none` (it sent no checksum). Problems first, then by name."""
+        policies = {("org" if p["scope"] == ORG else p["scope_id"]): p["checksum"]
+                    for p in self.all()}
+        developers = {d["id"]: d for d in self.catalog.developers()}
+        served = self.served_checksums()
+        out = []
+        for field, raw in seen.items():
+            developer_id, _, key_id = field.decode().partition(" ")
+            dev = developers.get(developer_id)
+            if dev is None:
+                continue  # removed since
+            value = orjson.loads(raw)
+            sent = value["checksum"]
+            expected = policies.get(dev["team_id"], policies.get("org"))
+            status = ("none" if not sent else "current" if sent == expected
+                      else "stale" if sent in served else "edited")
+            out.append({"developer_id": developer_id, "developer_name": dev["name"],
+                        "team_name": dev["team_name"], "key_id": key_id, "status": status,
+                        "checksum": sent, "expected": expected or "",
+                        "seen_at": datetime.fromtimestamp(value["at"], UTC),
+                        "session_id": value["session_id"], "client": value["client"]})
+        order = {"edited": 0, "stale": 1, "none": 2, "current": 3}
+        out.sort(key=lambda m: (order[m["status"]], m["developer_name"], m["key_id"]))
+        return out
 
     def mirror(self) -> dict[str, bytes]:
         """The policy snapshot's `managed` hash: "org" or a team id → the answer's body."""

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.keyspace import KeySpace
-from ledger.periods import period_end
+from ledger.notices import Standing
+from ledger.periods import PERIODS, period_end
 from ledger.policy import Principal
 
 
@@ -30,3 +31,23 @@ async def budget_status(redis: Any, keyspace: KeySpace, principal: Principal,
             "resets_at": period_end(cap.period, now).strftime("%Y-%m-%dT%H:%M:%SZ"),
         })
     return status
+
+
+async def standings(redis: Any, keyspace: KeySpace, principal: Principal,
+                    now: datetime) -> list[Standing]:
+    """Each cap with what counts against it now: settled spend and amounts held in flight."""
+    return [Standing(cap, row["spent_micros"] + row["held_micros"])
+            for cap, row in zip(principal.caps,
+                                await budget_status(redis, keyspace, principal, now),
+                                strict=True)]
+
+
+async def developer_spend(redis: Any, keyspace: KeySpace, principal: Principal,
+                          now: datetime) -> dict[str, int]:
+    """The developer's settled spend this UTC day, week and month (period → µ$)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for period in PERIODS:
+            pipe.hget(keyspace.counter("developer", principal.developer_id, period, now),
+                      "spent")
+        values = await pipe.execute()
+    return {period: int(v or 0) for period, v in zip(PERIODS, values, strict=True)}

@@ -29,6 +29,7 @@ from proxy.access_log import AccessLog
 from proxy.errors import error_middleware
 from proxy.handlers import end_relays, setup_routes
 from proxy.managed import setup_managed_routes
+from proxy.managed_seen import seen_context
 from proxy.metrics import ProxyMetrics
 from proxy.providers.passthrough import setup_provider_routes
 from proxy.state import STATE, ProxyState
@@ -48,6 +49,7 @@ def create_proxy_app(settings: Settings,
     `reuse_port` lets the worker processes of `--workers` share the metrics listener too."""
     app = web.Application(client_max_size=settings.max_body_bytes)
     app.cleanup_ctx.append(partial(_proxy_context, settings))
+    app.cleanup_ctx.append(seen_context)  # after the proxy state it writes with
     app.cleanup_ctx.append(partial(_metrics_listener, settings, reuse_port))
     app.cleanup_ctx.append(partial(providers_context, settings, reload_settings))
     setup_routes(app)
@@ -88,6 +90,7 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
                              settings.metrics_token),
         estimate_output_tokens=settings.estimate_output_tokens,
         policy_refresh=settings.policy_refresh,
+        public_url=settings.public_url.rstrip("/"),
         access_log=AccessLog() if settings.log_level in ("debug", "info") else None,
     )
     try:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import orjson
 from aiohttp import web
@@ -210,6 +210,30 @@ def _show(result: Any) -> None:
         print("  ".join(str(r[n]).ljust(w) for n, w in zip(names, widths, strict=True)))
 
 
+def cmd_managed_show(args: argparse.Namespace) -> None:
+    """The settings as JSON on stdout (what `managed set` reads back), the rest on stderr."""
+    settings = _settings(args)
+    found = asyncio.run(call(settings, "GET", f"managed_settings/{quote(args.scope, safe='')}"))
+    print(f"{args.scope}: {found['checksum']}, saved {found['updated_at']}", file=sys.stderr)
+    print(orjson.dumps(found["settings"], option=orjson.OPT_INDENT_2).decode())
+
+
+def cmd_managed_set(args: argparse.Namespace) -> None:
+    """Save (or with --preview only check) a settings file; prints the diff it makes."""
+    settings = _settings(args)
+    _prepare_data_dir(settings)
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ManagementError(f"{args.file} is not valid JSON: {exc}") from None
+    path = f"managed_settings/{quote(args.scope, safe='')}"
+    result = asyncio.run(call(settings, "POST" if args.preview else "PUT",
+                              path + ("/preview" if args.preview else ""), document))
+    print("\n".join(result["diff"]) or "(no changes)")
+    print(f"{'would serve' if args.preview else 'saved'}: {result['checksum']}")
+
+
 def _show_key(result: Any) -> None:
     print(f"key {result['id']} for {result['developer_id']}"
           + (f", expires {result['expires_at']}" if result["expires_at"] else ""))
@@ -335,6 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
             "remove a list (a team falls back to org's; without one, any model)", models)
     p.add_argument("scope", help="a team (id or name), or org")
     add_account_commands(sub, add, _manage)
+
+    managed = sub.add_parser("managed", help="managed settings Claude Code fetches").add_subparsers(
+        dest="action", required=True)
+    p = add("show", cmd_managed_show, "print the managed settings of the organization or a team",
+            managed)
+    p.add_argument("scope", nargs="?", default="org", help="org (default), or a team")
+    p = add("set", cmd_managed_set, "replace the managed settings of the organization or a "
+            "team with a JSON file (audited); prints the diff", managed)
+    p.add_argument("scope", help="org, or a team (id or name)")
+    p.add_argument("file", help="a JSON file, or - for standard input")
+    p.add_argument("--preview", action="store_true", help="only check it and print the diff")
 
     p = add("report", cmd_report, "spend and tokens per period and dimension")
     p.add_argument("--grain", choices=("day", "week", "month"), default="day")

@@ -12,6 +12,7 @@ from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
+from ledger import notices
 from ledger.gate import BudgetExceeded, MeteringUnavailable, RateLimited
 from ledger.policy import KeyRefused
 from proxy.state import STATE
@@ -22,6 +23,9 @@ log = logging.getLogger("meterd.proxy")
 _ENCODINGS = frozenset({"identity", "gzip", "deflate"})
 _ENCODING_REFUSED = ("the request body's content-encoding is not supported: send it "
                      "uncompressed, or as gzip or deflate")
+
+
+INCREASE = "ask your meterd administrator for an increase"
 
 
 class ProxyError(Exception):
@@ -43,23 +47,33 @@ def envelope(status: int, kind: str, message: str,
                         headers=headers)
 
 
-def to_proxy_error(exc: Exception) -> ProxyError:
-    """Domain errors from the ledger, as the HTTP error a client should see."""
+def to_proxy_error(exc: Exception, increase: str) -> ProxyError:
+    """Domain errors from the ledger, as the HTTP error a client should see (`increase`: how
+    a developer past a cap asks for more)."""
     if isinstance(exc, KeyRefused):
         # Revoked, expired or forged: Claude Code asks to sign in again at once instead of
         # retrying for minutes.
         return ProxyError(401, "authentication_error", str(exc),
                           {"x-should-retry": "false"} if exc.final else None)
     if isinstance(exc, BudgetExceeded):
-        return ProxyError(429, "billing_error", str(exc), {
-            "retry-after": str(exc.retry_after), "x-should-retry": "false"})
+        # One sentence: when it resets and what to do (Claude Code prints it as it is).
+        return ProxyError(429, "billing_error", f"{exc} · {increase}",
+                          notices.blocked_headers(exc.cap, exc.resets_at, exc.retry_after))
     if isinstance(exc, RateLimited):
         return ProxyError(429, "rate_limit_error", str(exc), {
             "retry-after": str(exc.retry_after), "x-should-retry": "true"})
     if isinstance(exc, MeteringUnavailable):
-        return ProxyError(429, "billing_error", str(exc), {
-            "retry-after": "5", "x-should-retry": "true"})
+        return ProxyError(429, "billing_error", str(exc), dict(notices.UNREADABLE_HEADERS))
     raise TypeError(f"not a domain error: {exc!r}")
+
+
+def increase_text(request: web.Request) -> str:
+    """Where a developer past a cap asks for more: their page on the dashboard when the
+    gateway knows its public URL."""
+    state = request.app.get(STATE)
+    if state is None or not state.public_url:
+        return INCREASE
+    return f"request an increase at {state.public_url}/admin/me"
 
 
 _HTTP_KINDS = {404: "not_found_error", 405: "invalid_request_error",
@@ -81,7 +95,7 @@ async def error_middleware(
     except ProxyError as exc:
         err = exc
     except (KeyRefused, BudgetExceeded, RateLimited, MeteringUnavailable) as exc:
-        err = to_proxy_error(exc)
+        err = to_proxy_error(exc, increase_text(request))
     except RequestPayloadError:
         err = ProxyError(400, "invalid_request_error",
                          "the request body cannot be read: it is not what its "

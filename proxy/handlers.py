@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -18,8 +18,10 @@ from ledger.policy import Principal
 from ledger.status import budget_status
 from ledger.usage import Usage
 from proxy.errors import ProxyError, UpstreamError, setup_errors
+from proxy.managed_seen import SEEN
 from proxy.meter import Metered, StreamMeter, meter_body
 from proxy.metrics import TOKEN_CATEGORIES
+from proxy.oauth_usage import setup_oauth_usage
 from proxy.request_fields import Allowance, parse_request, request_model
 from proxy.state import STATE, ProxyState
 from proxy.upstream import response_headers
@@ -41,8 +43,9 @@ _CLIENT_HEADERS = {  # recorded on each event: who in Claude Code asked
 async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages: authenticate, admit, relay the provider's answer, meter, settle."""
     state = request.app[STATE]
-    started, t0 = datetime.now(UTC), time.monotonic()
+    started, t0 = state.gate.clock(), time.monotonic()
     principal = state.authenticate(request.headers)
+    request.app[SEEN].note(principal, request.headers)  # which managed settings it runs
     body = await request.read()
     model, stream, allowance = parse_request(body)
     relay = Relay(state, request, model, stream, t0, body)
@@ -397,4 +400,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/meterd/v1/me", me)
+    setup_oauth_usage(app)
     app.router.add_get("/metrics", metrics)

@@ -18,6 +18,9 @@ HOP_BY_HOP = frozenset({
 _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-key",
                               "accept-encoding", "content-encoding", "cookie"}
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server", "set-cookie"}
+# The provider's own rate limits and quota are the organization's, not the developer's:
+# Claude Code would show the org's quota as theirs. meterd sends its own in their place.
+_DROP_RESPONSE_PREFIX = "anthropic-ratelimit-"
 
 
 class _Verdicts(dict[str, bool]):
@@ -25,19 +28,21 @@ class _Verdicts(dict[str, bool]):
     clients send the same few dozen names on every request. Bounded, since clients choose
     the names."""
 
-    def __init__(self, drop: frozenset[str]) -> None:
+    def __init__(self, drop: frozenset[str], drop_prefix: str = "") -> None:
         super().__init__()
-        self.drop = drop
+        self.drop, self.drop_prefix = drop, drop_prefix
 
     def __missing__(self, name: str) -> bool:
         if len(self) >= 4096:
             self.clear()
-        keep = self[name] = name.lower() not in self.drop
+        lower = name.lower()
+        keep = self[name] = lower not in self.drop and not (
+            self.drop_prefix and lower.startswith(self.drop_prefix))
         return keep
 
 
 _KEEP_REQUEST = _Verdicts(_DROP_REQUEST)
-_KEEP_RESPONSE = _Verdicts(_DROP_RESPONSE)
+_KEEP_RESPONSE = _Verdicts(_DROP_RESPONSE, _DROP_RESPONSE_PREFIX)
 
 
 class AnthropicUpstream:

@@ -48,6 +48,16 @@
     });
   });
 
+  // JSON text areas (managed settings): the browser refuses to submit text that does not parse.
+  document.querySelectorAll("textarea[data-json]").forEach(function (area) {
+    function check() {
+      try { JSON.parse(area.value); area.setCustomValidity(""); }
+      catch (err) { area.setCustomValidity("Not valid JSON: " + err.message); }
+    }
+    area.addEventListener("input", check);
+    check();
+  });
+
   // Copy buttons (hidden without JS).
   document.querySelectorAll("[data-copy]").forEach(function (button) {
     if (!navigator.clipboard) return;

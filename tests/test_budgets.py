@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,10 +82,27 @@ async def ids(gw: Gateway) -> tuple[str, str]:
     return dev["id"], dev["team_id"]
 
 
-def away_from_minute_edge() -> float:
-    """Rate windows are UTC minutes; a burst must not straddle two of them."""
-    second = time.time() % 60
-    return 60 - second + 0.2 if second > 45 else 0
+@dataclass
+class FixedClock:
+    """The gate's clock in a test: it says `at` until the test moves it."""
+
+    at: datetime
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+# Half a minute into a UTC minute: rate windows are UTC minutes, and a burst at a fixed time
+# lands in one of them (on the real clock it could straddle two).
+MID_MINUTE = datetime(2026, 3, 12, 9, 41, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock(gateway: Gateway) -> FixedClock:
+    """Fix the time the gateway's proxy admits at."""
+    fixed = FixedClock(MID_MINUTE)
+    gateway.proxy.gate.clock = fixed
+    return fixed
 
 
 # -- exact refusals --------------------------------------------------------------------------
@@ -103,16 +121,17 @@ async def test_spend_cap_refusal_has_exact_body_and_headers(gateway: Gateway) ->
     reset = datetime(year, month, 1, tzinfo=UTC)
     assert doc == {"type": "error", "error": {
         "type": "billing_error",
-        "message": f"spend limit reached (team platform, monthly; resets "
-                   f"{reset:%Y-%m-%d} 00:00 UTC)"}}
+        "message": f"spend limit reached (team platform, monthly) · resets "
+                   f"{reset:%b} {reset.day} 00:00 UTC · ask your meterd administrator for an "
+                   "increase"}}
     assert resp.headers["x-should-retry"] == "false"
     expected_wait = math.ceil(reset.timestamp() - before.timestamp())
     assert abs(int(resp.headers["retry-after"]) - expected_wait) <= 2
     assert len(gateway.upstream.recorded) == 0  # refused before the provider saw anything
 
 
-async def test_rate_limit_refusal_has_exact_body_and_headers(gateway: Gateway) -> None:
-    await asyncio.sleep(away_from_minute_edge())
+async def test_rate_limit_refusal_has_exact_body_and_headers(gateway: Gateway,
+                                                             clock: FixedClock) -> None:
     key = await gateway.developer("Ada", "platform")
     await gateway.change(gateway.admin.catalog.set_limits, "developer", "Ada", rpm=2)
     async with new_session() as s:
@@ -120,18 +139,40 @@ async def test_rate_limit_refusal_has_exact_body_and_headers(gateway: Gateway) -
         await first.read()
         assert first.headers["anthropic-ratelimit-requests-limit"] == "2"
         assert first.headers["anthropic-ratelimit-requests-remaining"] == "1"
-        assert first.headers["anthropic-ratelimit-requests-reset"].endswith(":00Z")
+        assert first.headers["anthropic-ratelimit-requests-reset"] == "2026-03-12T09:42:00Z"
         await (await s.post(gateway.url + "/v1/messages", data=BODY,
                             headers={"x-api-key": key})).read()
         resp = await s.post(gateway.url + "/v1/messages", data=BODY, headers={"x-api-key": key})
         doc = await resp.json()
     assert resp.status == 429
-    wait = int(resp.headers["retry-after"])
-    assert 1 <= wait <= 60
+    assert resp.headers["retry-after"] == "30"  # the rest of the minute
     assert resp.headers["x-should-retry"] == "true"
     assert doc == {"type": "error", "error": {
         "type": "rate_limit_error",
-        "message": f"rate limit reached: 2 requests per minute (developer Ada); retry in {wait} s"}}
+        "message": "rate limit reached: 2 requests per minute (developer Ada); retry in 30 s"}}
+
+
+async def test_rate_window_ends_exactly_at_the_utc_minute(gateway: Gateway,
+                                                          clock: FixedClock) -> None:
+    key = await gateway.developer("Ada", "platform")
+    await gateway.change(gateway.admin.catalog.set_limits, "developer", "Ada", rpm=1)
+    clock.at = datetime(2026, 3, 12, 9, 41, 59, 999_000, tzinfo=UTC)
+    async with new_session() as s:
+        last = await s.post(gateway.url + "/v1/messages", data=BODY, headers={"x-api-key": key})
+        await last.read()
+        refused = await s.post(gateway.url + "/v1/messages", data=BODY,
+                               headers={"x-api-key": key})
+        await refused.read()
+        clock.at = datetime(2026, 3, 12, 9, 42, tzinfo=UTC)
+        first = await s.post(gateway.url + "/v1/messages", data=BODY, headers={"x-api-key": key})
+        await first.read()
+    assert last.status == 200
+    assert last.headers["anthropic-ratelimit-requests-reset"] == "2026-03-12T09:42:00Z"
+    assert refused.status == 429
+    assert refused.headers["retry-after"] == "1"  # 1 ms left, rounded up to a whole second
+    assert first.status == 200  # a new window: the request of :59.999 no longer counts
+    assert first.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert first.headers["anthropic-ratelimit-requests-reset"] == "2026-03-12T09:43:00Z"
 
 
 async def test_count_tokens_is_never_blocked_by_a_cap(gateway: Gateway) -> None:
@@ -184,8 +225,8 @@ async def test_estimate_cap_overshoot_is_bounded_by_in_flight_requests(gateway: 
     assert spent > cap - estimate
 
 
-async def test_requests_per_minute_admits_exactly_the_limit(gateway: Gateway) -> None:
-    await asyncio.sleep(away_from_minute_edge())
+async def test_requests_per_minute_admits_exactly_the_limit(gateway: Gateway,
+                                                            clock: FixedClock) -> None:
     key = await gateway.developer("Ada", "platform")
     await gateway.change(gateway.admin.catalog.set_limits, "developer", "Ada", rpm=37)
     async with new_session() as s:
@@ -209,8 +250,8 @@ async def test_concurrency_limit_admits_exactly_the_limit(gateway: Gateway) -> N
         assert (await send(s, gateway.url, key))[0] == 200
 
 
-async def test_input_tokens_per_minute_is_reserved_before_forwarding(gateway: Gateway) -> None:
-    await asyncio.sleep(away_from_minute_edge())
+async def test_input_tokens_per_minute_is_reserved_before_forwarding(
+        gateway: Gateway, clock: FixedClock) -> None:
     key = await gateway.developer("Ada", "platform")
     prompt_estimate = gateway.proxy.estimate(MODEL, len(BODY), 100).prompt_tokens
     await gateway.change(gateway.admin.catalog.set_limits, "developer", "Ada",
@@ -261,10 +302,11 @@ async def test_soft_thresholds_are_recorded_once_and_shown_in_headers(gateway: G
             await gateway.proxy.drain()
     alerts = await gateway.proxy.redis.xrange(gateway.proxy.keyspace.alerts)
     assert [(f[b"threshold"], f[b"spent"]) for _, f in alerts] == [(b"75", b"22500")]
-    assert "x-meterd-budget-warning" not in headers[0]
+    passed = "anthropic-ratelimit-unified-overage-surpassed-threshold"
+    assert passed not in headers[0]
     # The 6th request was admitted with 22,500 spent + 6,000 reserved: 95% of the cap.
-    assert headers[5]["x-meterd-budget-used-percent"] == "95"
-    assert headers[5]["x-meterd-budget-warning"] == "developer Ada, daily: 95% of the cap used"
+    assert headers[5]["anthropic-ratelimit-unified-overage-utilization"] == "0.95"
+    assert headers[5][passed] == "0.95"
 
 
 async def test_team_member_default_cap_applies_to_each_member(gateway: Gateway) -> None:

@@ -46,6 +46,7 @@ def api_change(admin: int = 200) -> dict[str, int]:
 EVERYONE_SIGNIN = {"anonymous": 200, "developer": 303, "finance": 303, "admin": 303}
 ROLLOUT = {"anonymous": 303, "developer": 200, "finance": 200, "admin": 200}
 SELF = {"anonymous": 303, "developer": 200, "finance": 403, "admin": 403}
+ADMIN_ONLY = {"anonymous": 303, "developer": 403, "finance": 403, "admin": 200}
 
 # route name → (path with {ids} from the seed, form or JSON body, expected status per role)
 PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
@@ -82,6 +83,14 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "reports_parquet": ("/reports.parquet", None, read()),
     "rollout": ("/rollout", None, ROLLOUT),
     "managed_settings": ("/rollout/managed-settings.json", None, ROLLOUT),
+    "managed": ("/managed", None, ADMIN_ONLY),
+    "managed_edit": ("/managed/{team}", None, ADMIN_ONLY),
+    "managed_preview": ("/managed/org/preview", {"settings": '{{"env": {{"A": "1"}}}}'},
+                        change(200)),
+    # Saved over exactly what the seed saved (its checksum): an admin's save goes through.
+    "managed_save": ("/managed/org", {"settings": '{{"env": {{"A": "1"}}}}',
+                                      "base": "{org_checksum}"}, change()),
+    "managed_delete": ("/managed/{team_managed}/delete", {}, change()),
     "settings": ("/settings", None, read()),
     "reload_providers": ("/settings/reload-providers", {}, change()),
     "audit": ("/audit", None, read()),
@@ -178,8 +187,11 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
     for name in ("admin_key_html", "admin_key_api"):
         row, _ = await gw.admin.db(accounts.issue_admin_key, "ro", name)
         ids[name] = row["id"]
+    ids["team_managed"] = (await gw.admin.db(catalog.create_team, "managed-victim"))["id"]
+    for scope in ("org", team, ids["team_managed"]):
+        saved = await gw.admin.db(ManagedSettings(catalog).set, scope, {"env": {}})
+    ids["org_checksum"] = saved["checksum"]  # the same document everywhere
     for scope in ("org", team):
-        await gw.admin.db(ManagedSettings(catalog).set, scope, {"env": {}})
         await gw.admin.db(AllowedModels(catalog).set, scope, ["claude-sonnet-4-6"])
     await gw.admin.publish()
     return ids

@@ -101,8 +101,8 @@ async def test_rate_headers_show_the_tightest_window_of_each_kind(gate: Gate) ->
     p = Principal("k1", "d1", "Ada", "t1", "platform",
                   (Cap("b1", "developer", "d1", "Ada", "monthly", 10_000, "estimate"),), limits)
     expected = [  # per request: requests, input tokens, output tokens (limit, left); budget %
-        (("5", "4"), ("1000", "900"), ("300", "250"), "10"),
-        (("5", "3"), ("1000", "800"), ("300", "200"), "20"),
+        (("5", "4"), ("1000", "900"), ("300", "250"), "0.10"),
+        (("5", "3"), ("1000", "800"), ("300", "200"), "0.20"),
     ]
     for n, (requests, input_tokens, output_tokens, used) in enumerate(expected):
         headers = (await gate.admit(p, f"r{n}", EST, NOW)).headers
@@ -111,8 +111,8 @@ async def test_rate_headers_show_the_tightest_window_of_each_kind(gate: Gate) ->
             assert headers[f"anthropic-ratelimit-{family}-limit"] == limit
             assert headers[f"anthropic-ratelimit-{family}-remaining"] == left
             assert headers[f"anthropic-ratelimit-{family}-reset"] == "2026-11-28T12:01:00Z"
-        assert headers["x-meterd-budget-used-percent"] == used
-        assert "x-meterd-budget-warning" not in headers
+        assert headers["anthropic-ratelimit-unified-overage-utilization"] == used
+        assert headers["anthropic-ratelimit-unified-status"] == "allowed"
 
 
 async def test_a_rejection_reserves_nothing(gate: Gate) -> None:

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -109,3 +113,48 @@ async def test_settings_are_checked_previewed_as_a_diff_and_audited(sso: SSO) ->
              if a["action"] == "managed_settings.set"]
     assert len(audit) == 1 and orjson.loads(audit[0]["after"])["settings"] == {"env": {"A": "1"}}
     assert (await _api(sso, "GET", "/nobody"))[0] == 404
+
+
+async def test_a_put_whose_if_match_is_stale_is_refused_with_409(sso: SSO) -> None:
+    await sso.gateway.developer("Grace", "compilers")
+    await _api(sso, "PUT", "/compilers", {"env": {"A": "1"}})
+    _, preview = await _api(sso, "POST", "/compilers/preview", {"env": {"A": "2"}})
+    assert preview["base"] == checksum({"env": {"A": "1"}})
+    await _api(sso, "PUT", "/compilers", {"env": {"A": "3"}})  # someone else, meanwhile
+    admin = sso.gateway.admin
+    _, key = await admin.db(Accounts(admin.catalog).issue_admin_key, "rw", "test")
+
+    async def put(etag: str) -> int:
+        async with aiohttp.ClientSession() as s, s.put(
+                f"{sso.url}/admin/api/v1/managed_settings/compilers",
+                data=orjson.dumps({"env": {"A": "2"}}),
+                headers={"Authorization": f"Bearer {key}", "If-Match": etag}) as r:
+            return r.status
+    assert await put(f'"{preview["base"]}"') == 409
+    assert (await admin.db(ManagedSettings(admin.catalog).get, "compilers"))["settings"] == {
+        "env": {"A": "3"}}
+    assert await put(f'"{checksum({"env": {"A": "3"}})}"') == 200
+
+
+@pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
+def test_cli_shows_and_sets_managed_settings(tmp_path: Path, redis_url: str) -> None:
+    """Direct mode (no server running): show prints JSON that set reads back."""
+    env = {**os.environ, "MTD_DATA_DIR": str(tmp_path / "data")}
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "meterd.cli", *args], env=env,
+                              input=stdin, capture_output=True, text=True, timeout=60)
+    assert cli("team", "create", "platform").returncode == 0
+    settings = {"env": {"CLAUDE_CODE_GATEWAY_HINT_HEADERS": "1"}}
+    preview = cli("managed", "set", "platform", "-", "--preview", stdin=orjson.dumps(
+        settings).decode())
+    assert preview.returncode == 0 and f"would serve: {checksum(settings)}" in preview.stdout
+    assert cli("managed", "show", "platform").returncode == 2  # nothing saved by a preview
+    (tmp_path / "s.json").write_bytes(orjson.dumps(settings))
+    saved = cli("managed", "set", "platform", str(tmp_path / "s.json"))
+    assert saved.returncode == 0 and '+    "CLAUDE_CODE_GATEWAY_HINT_HEADERS": "1"' in \
+        saved.stdout.splitlines()
+    shown = cli("managed", "show", "platform")
+    assert orjson.loads(shown.stdout) == settings and checksum(settings) in shown.stderr
+    refused = cli("managed", "set", "org", "-", stdin="[1]")
+    assert refused.returncode == 2 and "JSON object" in refused.stderr

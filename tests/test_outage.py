@@ -71,8 +71,12 @@ async def test_fail_closed_refuses_during_outage_with_a_clear_message(
     assert (await send(gw, key))[0] == 200
 
     own_redis.stop(save=True)
-    status, doc = await send(gw, key)
+    resp = await gw.client.post("/v1/messages", data=BODY, headers={"x-api-key": key})
+    status, doc = resp.status, await resp.json()
     assert status == 429
+    # the contract's shape for a counter that cannot be read: no retrying into it
+    assert resp.headers["x-should-retry"] == "false"
+    assert resp.headers["anthropic-ratelimit-unified-overage-disabled-reason"] == "fetch_error"
     assert doc["error"]["type"] == "billing_error"
     assert "cannot reach Redis" in doc["error"]["message"]
     assert "fail_closed" in doc["error"]["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
@@ -228,3 +229,20 @@ async def test_bedrock_paths_without_a_bedrock_provider_say_so(gateway: Gateway)
     assert resp.status == 404
     assert "no bedrock provider" in (await resp.json())["error"]["message"]
     await asyncio.sleep(0)
+
+
+async def test_bedrock_format_request_is_admitted_and_recorded_at_the_gates_clock(
+        start_gateway: StartGateway, bedrock: Served) -> None:
+    gw = await bedrock_gateway(start_gateway, bedrock)
+    key = await gw.developer()
+    at = datetime(2026, 3, 12, 9, 41, 30, tzinfo=UTC)
+    gw.proxy.gate.clock = lambda: at
+    resp = await gw.client.post("/bedrock/model/us.anthropic.claude-sonnet-4-6/invoke",
+                                data=orjson.dumps({"anthropic_version": "bedrock-2023-05-31",
+                                                   "max_tokens": 64,
+                                                   "messages": BODY["messages"]}),
+                                headers={"authorization": f"Bearer {key}"})
+    await resp.read()
+    assert resp.status == 200
+    (event,) = await gw.settled(1)
+    assert event["ts_ms"] == str(int(at.timestamp() * 1000))

@@ -111,3 +111,20 @@ async def test_vertex_format_client_is_served_from_the_gateways_project_and_mete
     assert sent["path"].startswith(MODELS + "claude-sonnet-4-6:")
     assert key not in str(sent["headers"])
     assert not vertex.fake.rejected
+
+
+async def test_vertex_format_request_is_admitted_and_recorded_at_the_gates_clock(
+        start_gateway: StartGateway, vertex: Served) -> None:
+    gw = await vertex_gateway(start_gateway, vertex)
+    key = await gw.developer()
+    at = datetime(2026, 3, 12, 9, 41, 30, tzinfo=UTC)
+    gw.proxy.gate.clock = lambda: at
+    body = {**BODY, "anthropic_version": "vertex-2023-10-16"}
+    del body["model"]  # in the path
+    resp = await gw.client.post("/vertex" + MODELS + "claude-sonnet-4-6:rawPredict",
+                                data=orjson.dumps(body),
+                                headers={"authorization": f"Bearer {key}"})
+    await resp.read()
+    assert resp.status == 200
+    (event,) = await gw.settled(1)
+    assert event["ts_ms"] == str(int(at.timestamp() * 1000))

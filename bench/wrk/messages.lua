@@ -1,5 +1,6 @@
 -- wrk load for the benchmarks: POST /v1/messages with a fixed body, Claude Code's headers,
--- and a gateway key.
+-- and a credential: a gateway key (x-api-key), or a signed-in developer's access token (a JWT,
+-- "eyJ…", sent as Claude Code's gateway mode sends it: Authorization: Bearer).
 --
 --   wrk -t1 -c64 -d10s -s bench/wrk/messages.lua URL -- BODY_FILE KEY RATE WINDOW_S [HEADERS_FILE]
 --
@@ -49,7 +50,11 @@ function init(args)
   wrk.method = "POST"
   wrk.path = "/v1/messages"
   wrk.body = read_file(args[1])
-  wrk.headers["x-api-key"] = args[2]
+  if args[2]:sub(1, 3) == "eyJ" then
+    wrk.headers["Authorization"] = "Bearer " .. args[2]
+  else
+    wrk.headers["x-api-key"] = args[2]
+  end
   local rate = tonumber(args[3])
   window_ms = tonumber(args[4]) * 1000
   if rate > 0 then

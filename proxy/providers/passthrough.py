@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
@@ -66,7 +65,7 @@ def _chain(state: ProxyState, kind: str, model: str) -> tuple[Provider, ...]:
 async def bedrock_invoke(request: web.Request) -> web.StreamResponse:
     """POST /bedrock/model/{model}/invoke[-with-response-stream]."""
     state = request.app[STATE]
-    started, t0 = datetime.now(UTC), time.monotonic()
+    started, t0 = state.gate.clock(), time.monotonic()
     principal = state.authenticate(request.headers)
     stream = _BEDROCK_ACTIONS.get(request.match_info["action"])
     if stream is None:
@@ -111,7 +110,7 @@ async def vertex_predict(request: web.Request) -> web.StreamResponse:
     """POST /vertex/v1/projects/{p}/locations/{r}/publishers/anthropic/models/{model}:{method}
     (rawPredict, streamRawPredict, and count-tokens:rawPredict)."""
     state = request.app[STATE]
-    started, t0 = datetime.now(UTC), time.monotonic()
+    started, t0 = state.gate.clock(), time.monotonic()
     principal = state.authenticate(request.headers)
     tail = request.match_info["tail"]
     model, _, method = tail.partition(":")
