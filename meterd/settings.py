@@ -87,6 +87,10 @@ SETTINGS: tuple[Setting, ...] = (
             "file only; generated into the data dir when empty).", secret=True),
     Setting("trusted_proxies", "Addresses or CIDR networks of reverse proxies whose "
             "X-Forwarded-For and X-Forwarded-Proto the dashboard believes; empty: none."),
+    Setting("tls_cert_file", "PEM file of the https certificate (the leaf, then its "
+            "chain); with tls_key_file, serve, proxy and admin serve https. Empty: http."),
+    Setting("tls_key_file", "PEM file of the certificate's private key (unencrypted); set "
+            "with tls_cert_file or not at all."),
     Setting("log_level", "Log level: debug, info, warning, error."),
     Setting("oidc_issuer", "Issuer URL of the organization's OpenID Connect provider "
             "(https); empty: no single sign-on."),
@@ -153,6 +157,8 @@ class Settings:
     retention_days: int = 400
     session_secret: str = field(default="", repr=False)
     trusted_proxies: tuple[str, ...] = ()
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     log_level: str = "info"
     oidc_issuer: str = ""
     oidc_client_id: str = ""
@@ -172,7 +178,8 @@ class Settings:
 
     @property
     def proxy_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.proxy_port}"
+        scheme = "https" if self.tls_cert_file else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.proxy_port}"
 
     def replace(self, **changes: Any) -> Settings:
         return _validated(dataclasses.replace(self, **changes))

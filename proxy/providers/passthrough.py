@@ -18,12 +18,12 @@ import aiohttp
 from aiohttp import web
 
 from proxy.errors import ProxyError, upstream_failure
-from proxy.handlers import Relay
+from proxy.handlers import Relay, check_model
 from proxy.providers.base import Outbound, Provider, Relayed
 from proxy.providers.bedrock import EVENT_STREAM, BedrockProvider, EventStreamMeter
 from proxy.providers.routing import first_answer
 from proxy.providers.vertex import VertexProvider
-from proxy.request_fields import read_fields
+from proxy.request_fields import read_fields, request_model
 from proxy.state import STATE, ProxyState
 
 _BEDROCK_ACTIONS = {"invoke": False, "invoke-with-response-stream": True}
@@ -98,8 +98,8 @@ async def bedrock_invoke(request: web.Request) -> web.StreamResponse:
 async def bedrock_count_tokens(request: web.Request) -> web.StreamResponse:
     """POST /bedrock/model/{model}/count-tokens: forwarded for any valid key, never metered."""
     state = request.app[STATE]
-    state.authenticate(request.headers)
     model = request.match_info["model"]
+    check_model(state.authenticate(request.headers), model)
     body = await request.read()
 
     def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
@@ -129,7 +129,9 @@ async def vertex_predict(request: web.Request) -> web.StreamResponse:
     def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
         return _of_kind(provider, VertexProvider).passthrough(tail, headers, body)
 
-    if model == "count-tokens":
+    if model == "count-tokens":  # the model is in the body
+        if principal.models is not None:
+            check_model(principal, request_model(body))
         return await _forward(state, chain, build, body)
     if method not in ("rawPredict", "streamRawPredict"):
         raise ProxyError(404, "not_found_error", f"not found: POST {request.path}")
