@@ -32,14 +32,9 @@ from ledger.catalog import connect
 from ledger.events import pack_event
 from ledger.keyspace import KeySpace
 from ledger.rollup import Rollup
+from meterd.ports import free_port
 
 MODELS = ("claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5", "claude-sonnet-4-5")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_redis(port: int, directory: str) -> subprocess.Popen[bytes]:

@@ -7,8 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-          429: "rate_limit_error"}
+from proxy.envelope import error_body, error_type
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -17,8 +16,8 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 def json_error(status: int, message: str) -> web.Response:
-    kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return json_response({"type": "error", "error": {"type": kind, "message": message}}, status)
+    return web.Response(body=error_body(error_type(status), message), status=status,
+                        content_type="application/json")
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

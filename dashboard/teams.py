@@ -1,4 +1,5 @@
-"""Teams: the list, one team's members and pool, and the forms that set its budgets and limits."""
+"""Teams: the list, one team's members and pool, and the forms that set its budgets, limits
+and models."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, TEAM_ADMINS, TEAM_READERS, allow, require_team
@@ -26,6 +28,7 @@ from dashboard.render import (
 )
 from ledger import reports
 from ledger.catalog import NotFound
+from ledger.models_allowed import ORG, AllowedModels, split
 from ledger.periods import PERIODS, period_end
 
 
@@ -59,8 +62,10 @@ async def teams(request: web.Request) -> web.StreamResponse:
         if b["scope"] == "org":
             spent = found.get(("org", "", b["period"]), 0)
             org.append(dict(b, spent=spent, projected=live.project(spent, b["period"], now)))
-    return await render(request, "teams.html", {"teams": rows, "org_budgets": org,
-                                                "periods": PERIODS})
+    models = await state.db(AllowedModels(state.catalog).get, ORG)
+    return await render(request, "teams.html", {
+        "teams": rows, "org_budgets": org, "periods": PERIODS,
+        "models_from": "org" if models else "any", "models": models["models"] if models else []})
 
 
 @allow(*ADMINS)
@@ -101,7 +106,9 @@ async def team(request: web.Request) -> web.StreamResponse:
     by_model = await report(request, reports.spend, start=now.date().replace(day=1),
                             end=end, grain="month", dimension="model", team_id=row["id"])
     limits = await state.db(state.catalog.rate_limits)
+    models_from, models = await state.db(AllowedModels(state.catalog).effective, row["id"])
     return await render(request, "team.html", {
+        "models_from": models_from, "models": models,
         "team": row, "members": members, "budgets": budgets, "periods": PERIODS,
         "pool": [b for b in budgets if b["scope"] == "team"],
         "member_caps": [b for b in budgets if b["scope"] == "team_member"],
@@ -138,3 +145,42 @@ async def set_team_budget(request: web.Request) -> web.StreamResponse:
 async def set_team_limits(request: web.Request) -> web.StreamResponse:
     team_id = request.match_info["team_id"]
     return await save_limits(request, "team", team_id, url(request, "team", team_id=team_id))
+
+
+async def _set_models(request: web.Request, ref: str, back: URL) -> web.StreamResponse:
+    models = split(field(await form(request), "models", limit=10_000))
+    await change(request, AllowedModels(admin_state(request).catalog).set, ref, models)
+    return see_other(request, back.with_fragment("models"), "Model list saved.")
+
+
+async def _clear_models(request: web.Request, ref: str, back: URL,
+                        message: str) -> web.StreamResponse:
+    await change(request, AllowedModels(admin_state(request).catalog).clear, ref)
+    return see_other(request, back.with_fragment("models"), message)
+
+
+@allow(*ADMINS)
+async def set_team_models(request: web.Request) -> web.StreamResponse:
+    """The team's own model list (replaces the organization's default for it)."""
+    team_id = request.match_info["team_id"]
+    return await _set_models(request, team_id, url(request, "team", team_id=team_id))
+
+
+@allow(*ADMINS)
+async def clear_team_models(request: web.Request) -> web.StreamResponse:
+    """Back to the organization's default list (or any model, without one)."""
+    team = await find_team(request, request.match_info["team_id"])
+    return await _clear_models(request, team["id"], url(request, "team", team_id=team["id"]),
+                               "The team now follows the organization's model list.")
+
+
+@allow(*ADMINS)
+async def set_org_models(request: web.Request) -> web.StreamResponse:
+    """The default list of every team without its own."""
+    return await _set_models(request, ORG, url(request, "teams"))
+
+
+@allow(*ADMINS)
+async def clear_org_models(request: web.Request) -> web.StreamResponse:
+    return await _clear_models(request, ORG, url(request, "teams"),
+                               "Teams without a list of their own may call any model.")

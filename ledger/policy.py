@@ -17,6 +17,7 @@ import orjson
 
 from ledger import tokens
 from ledger.keyspace import KeySpace
+from ledger.models_allowed import Allowlist
 
 KEY_PREFIX = "mtd_"
 
@@ -71,6 +72,7 @@ class Principal:
     team_name: str
     caps: tuple[Cap, ...]
     limits: tuple[Limits, ...]
+    models: Allowlist | None = None  # the models the team may call; None: any
 
 
 class KeyRefused(Exception):
@@ -95,6 +97,8 @@ class Policy:
     tokens: dict[str, Any] = field(default_factory=dict)
     # Managed settings (ledger/managed.py): "org" or a team id → {uuid, checksum, settings}.
     managed: dict[str, Any] = field(default_factory=dict)
+    # Models per team (ledger/models_allowed.py): "org" or a team id → the list.
+    models: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Policy:
@@ -104,6 +108,8 @@ class Policy:
         self._principals: dict[str, Principal] = {}
         self._bearer_keys = tokens.public_keys(self.tokens.get("keys") or {})
         self._revoked: dict[str, Any] = self.tokens.get("revoked") or {}
+        # One Allowlist per list, shared by its principals (and their remembered answers).
+        self._allowlists = {scope: Allowlist(models) for scope, models in self.models.items()}
 
     def principal(self, secret: str, now: float | None = None) -> Principal:
         """Resolve a presented key or signed-in bearer token, or raise KeyRefused."""
@@ -166,7 +172,9 @@ class Policy:
             for scope, scope_id in (("developer", dev_id), ("team", team_id))
             if (lim := self.limits.get(f"{scope}:{scope_id}"))
         )
-        return Principal(key["id"], dev_id, dev["name"], team_id, team_name, caps, limits)
+        models = self._allowlists.get(team_id) or self._allowlists.get("org")
+        return Principal(key["id"], dev_id, dev["name"], team_id, team_name, caps, limits,
+                         models)
 
 
 async def load_policy(redis: Any, keyspace: KeySpace, known_version: int) -> Policy | None:

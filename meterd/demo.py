@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import secrets
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from ledger.pricing import PriceTable
 from ledger.usage import Usage
 from meterd.apps import ADMIN_APP, DB_FILE
 from meterd.mock_upstream import MockOptions, create_mock_app
+from meterd.ports import free_port
 from meterd.settings import Settings
 from proxy.state import STATE
 
@@ -37,15 +37,9 @@ _demo_key: list[str] = []
 _demo_admin: list[str] = []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def prepare_demo(settings: Settings) -> Settings:
     """A fresh demo data directory, seeded, with the upstream pointed at the mock."""
-    data = Path(settings.data_dir if settings.data_dir != "meterd-data" else DEMO_DIR)
+    data = Path(settings.data_dir if settings.data_dir != Settings.data_dir else DEMO_DIR)
     if data.exists():
         if not (data / MARKER).exists():
             raise SystemExit(f"meterd: {data} holds real data; --demo only reuses its own "
@@ -137,7 +131,8 @@ async def populate(app: web.Application) -> None:
     principals = [proxy.policy.principal(secret) for secret in _demo_key]
     await seed_history(proxy.gate, proxy.prices, principals)
     rollup = app[ADMIN_APP][ADMIN].rollup
-    assert rollup is not None
+    if rollup is None:
+        raise RuntimeError("the demo seeds history after the admin app has started its rollup")
     await rollup.run_once()
 
 

@@ -17,7 +17,7 @@ from ledger.gate import Ticket
 from ledger.policy import Principal
 from ledger.status import budget_status
 from ledger.usage import Usage
-from proxy.errors import ProxyError, UpstreamError, setup_errors
+from proxy.errors import ProxyError, setup_errors, upstream_failure
 from proxy.managed_seen import SEEN
 from proxy.meter import Metered, StreamMeter, meter_body
 from proxy.metrics import TOKEN_CATEGORIES
@@ -87,6 +87,7 @@ class Relay:
         """Admit, relay and settle: a metered request once its fields are read. The caller
         hands the body over in the relay and keeps no reference to it (see `run`)."""
         state = self.state
+        check_model(principal, self.model, allowance)
         self.ticket = await state.gate.admit(
             principal, state.request_ids(),
             state.estimate(self.model, len(self.body), *allowance), started)
@@ -128,13 +129,12 @@ class Relay:
             # The client left (aiohttp cancels the handler if told to), or `end`.
             self.error_type = self.error_type or "client_disconnected"
             raise
-        except TimeoutError:
-            self.status, self.error_type = 504, "upstream_timeout"
-            raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
-        except aiohttp.ClientError as exc:
-            self.status, self.error_type = 502, "upstream_unreachable"
-            raise UpstreamError(502, "api_error",
-                                f"upstream unreachable ({type(exc).__name__})") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failure = upstream_failure(exc)
+            self.status = failure.status
+            self.error_type = "upstream_timeout" if failure.status == 504 \
+                else "upstream_unreachable"
+            raise failure from None
         self.status = upstream.status
         headers = response_headers(upstream.headers.items())
         headers.update(self.ticket.headers)
@@ -285,11 +285,28 @@ class Relay:
         m.estimated += metered.estimated
 
 
+def check_model(principal: Principal, model: str, allowance: Allowance | None = None) -> None:
+    """Refuse, before admission, a model the caller's team may not use (ledger/models_allowed),
+    including the model an advisor tool would call."""
+    allowed = principal.models
+    if allowed is None:
+        return
+    advisors = [t.model for t in allowance.tools if t.model] if allowance else []
+    for name in (model, *advisors):
+        if not allowed.allows(name):
+            raise ProxyError(400, "invalid_request_error",
+                             f"model {clean_text(name)!r} is not allowed for team "
+                             f"{principal.team_name}; allowed: {', '.join(allowed.models)}")
+
+
 async def count_tokens(request: web.Request) -> web.StreamResponse:
-    """POST /v1/messages/count_tokens: forwarded for any valid key; never metered or blocked."""
+    """POST /v1/messages/count_tokens: forwarded for any valid key and allowed model; never
+    metered or blocked by a cap."""
     state = request.app[STATE]
-    state.authenticate(request.headers)
+    principal = state.authenticate(request.headers)
     body = await request.read()
+    if principal.models is not None:
+        check_model(principal, request_model(body))
     try:
         if state.router is not None:
             return await state.router.count_tokens(state.session, request, body,
@@ -301,19 +318,18 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
             payload = await upstream.read()
             return web.Response(status=upstream.status, body=payload,
                                 headers=response_headers(upstream.headers.items()))
-    except TimeoutError:
-        raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(502, "api_error",
-                            f"upstream unreachable ({type(exc).__name__})") from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise upstream_failure(exc) from None
 
 
 async def models(request: web.Request) -> web.Response:
-    """GET /v1/models: the models this gateway offers, from configuration."""
+    """GET /v1/models: the models the caller may use: their team's list (or the
+    organization's), else the configured `models`."""
     state = request.app[STATE]
-    state.authenticate(request.headers)
+    allowed = state.authenticate(request.headers).models
+    listed = state.models if allowed is None else allowed.listed(state.models)
     data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
-            for m in state.models]
+            for m in listed]
     return web.json_response({"data": data, "has_more": False,
                               "first_id": data[0]["id"] if data else None,
                               "last_id": data[-1]["id"] if data else None},

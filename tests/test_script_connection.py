@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -36,7 +34,7 @@ from ledger.redis_client import (
     encode_command,
 )
 from ledger.spool import Spool
-from tests.conftest import RedisServer, free_port, need
+from tests.conftest import RedisServer, free_port
 
 ECHO = "return {#KEYS, ARGV[1], tonumber(ARGV[2]) + 1, {'nested', 7}}"
 TOKENS = {"input": 100, "output": 50, "cache_write_5m": 0, "cache_write_1h": 0,
@@ -305,32 +303,17 @@ async def test_a_silent_redis_times_out_every_waiting_call() -> None:
 
 
 async def test_the_connection_selects_the_database_and_authenticates(
-        tmp_path: Any) -> None:
-    need(shutil.which("redis-server") is not None, "redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--requirepass", "s3cret", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        redis = connect_redis(f"redis://:s3cret@127.0.0.1:{port}/3")
-        script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
-        await script(keys=["where"], args=["db3"])
-        assert await redis.get("where") == b"db3"
-        await redis.aclose()
-        wrong = connect_redis(f"redis://:nope@127.0.0.1:{port}/3")
-        with pytest.raises(RedisConnectionError):
-            await wrong.register_script("return 1")()
-        await wrong.aclose()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        start_own_redis: Callable[..., RedisServer]) -> None:
+    port = start_own_redis("--requirepass", "s3cret").port
+    redis = connect_redis(f"redis://:s3cret@127.0.0.1:{port}/3")
+    script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+    await script(keys=["where"], args=["db3"])
+    assert await redis.get("where") == b"db3"
+    await redis.aclose()
+    wrong = connect_redis(f"redis://:nope@127.0.0.1:{port}/3")
+    with pytest.raises(RedisConnectionError):
+        await wrong.register_script("return 1")()
+    await wrong.aclose()
 
 
 async def test_the_embedded_backend_keeps_redis_py_scripts() -> None:
