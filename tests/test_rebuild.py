@@ -171,7 +171,7 @@ async def test_an_exhausted_budget_stays_exhausted_after_a_flush(
     spend = this_period_events(12, seed=3, prefix="spend_")
     today = int(datetime(2026, 3, 18, 9, tzinfo=UTC).timestamp() * 1000)
     for i, e in enumerate(spend):
-        e.update(developer_id="dev_a", team_id="team_x", cost_micros=100_000,
+        e.update(developer_id="dev_a", team_id="team_x", key_id="key_dev_a", cost_micros=100_000,
                  ts_ms=today + i)
     for e in spend[:10]:
         await settle(gate, e, caps)  # the whole 1 $
