@@ -10,6 +10,7 @@ from aiohttp import web
 from dashboard import live
 from dashboard.auth import ADMINS, allow
 from dashboard.render import admin_state, change, field, form, redirect_back
+from ledger import caps
 from ledger.catalog import LIMIT_FIELDS
 from ledger.money import parse_usd
 from ledger.periods import PERIODS, period_end
@@ -54,12 +55,9 @@ async def caps_for_developer(request: web.Request, developer_id: str, team_id: s
     """Every cap that applies to a developer, with what counts against it right now: their
     own spend for developer and per-member caps, the team's for the pool, the org's."""
     state = admin_state(request)
-    applies = {("developer", developer_id), ("team", team_id), ("team_member", team_id),
-               ("org", "")}
     rows = [b for b in await state.db(state.catalog.budgets)
-            if (b["scope"], b["scope_id"]) in applies]
-    counters = {b["id"]: ("developer", developer_id) if b["scope"] == "team_member"
-                else (b["scope"], b["scope_id"]) for b in rows}
+            if caps.applies(b["scope"], b["scope_id"], developer_id, team_id)]
+    counters = {b["id"]: caps.counter(b["scope"], b["scope_id"], developer_id) for b in rows}
     found = await live.spent(state.redis, state.keyspace,
                              [(*counters[b["id"]], b["period"]) for b in rows], now) or {}
     out = []

@@ -23,7 +23,7 @@ from dashboard.render import (
     see_other,
     url,
 )
-from ledger import reports
+from ledger import caps, reports
 from ledger.catalog import NotFound
 from ledger.periods import PERIODS, period_end
 
@@ -86,11 +86,8 @@ async def team(request: web.Request) -> web.StreamResponse:
         m["today"] = found.get(("developer", m["id"], "daily"), 0)
         m["month"] = found.get(("developer", m["id"], "monthly"), 0)
     for b in budgets:
-        if b["scope"] == "team":
-            b["spent"] = found.get(("team", row["id"], b["period"]), 0)
-        else:
-            b["spent"] = max((found.get(("developer", m["id"], b["period"]), 0)
-                              for m in members), default=0)
+        b["spent"] = max((found.get((*c, b["period"]), 0) for c in caps.counters(
+            b["scope"], b["scope_id"], [m["id"] for m in members])), default=0)
         b["projected"] = live.project(b["spent"], b["period"], now)
         b["resets"] = period_end(b["period"], now)
     start, end = last_days(30)
