@@ -60,8 +60,9 @@ def project(spent_micros: int, period: str, now: datetime) -> int:
     return spent_micros * int((end - start).total_seconds()) // int(elapsed.total_seconds())
 
 
-async def budget_status(redis: Any, keyspace: KeySpace, forecast: list[dict[str, Any]],
-                        members: dict[str, list[str]], now: datetime) -> list[dict[str, Any]]:
+async def forecast_with_live_spend(
+        redis: Any, keyspace: KeySpace, forecast: list[dict[str, Any]],
+        members: dict[str, list[str]], now: datetime) -> list[dict[str, Any]]:
     """The forecast rows with spent, projection and percent taken from the live counters
     where Redis has them. `members` maps team id → developer ids (for per-member caps)."""
     compared = [[(*c, row["period"]) for c in caps.counters(

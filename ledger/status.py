@@ -10,8 +10,8 @@ from ledger.periods import period_end
 from ledger.policy import Principal
 
 
-async def budget_status(redis: Any, keyspace: KeySpace, principal: Principal,
-                        now: datetime | None = None) -> list[dict[str, Any]]:
+async def cap_balances(redis: Any, keyspace: KeySpace, principal: Principal,
+                       now: datetime | None = None) -> list[dict[str, Any]]:
     """One entry per cap: spent (settled), held (in flight), remaining, and the reset time."""
     now = now or datetime.now(UTC)
     counters = [keyspace.counter(*cap.counter_scope, cap.period, now) for cap in principal.caps]

@@ -15,7 +15,7 @@ from aiohttp import web
 from ledger.events import clean_text
 from ledger.gate import Ticket
 from ledger.policy import Principal
-from ledger.status import budget_status
+from ledger.status import cap_balances
 from ledger.usage import Usage
 from proxy.errors import ProxyError, UpstreamError, setup_errors
 from proxy.meter import Metered, StreamMeter, meter_body
@@ -326,7 +326,7 @@ async def me(request: web.Request) -> web.Response:
     """GET /meterd/v1/me: who the gateway thinks the caller is, and their budgets (doctor)."""
     state = request.app[STATE]
     p = state.authenticate(request.headers)
-    budgets = await budget_status(state.redis, state.keyspace, p)
+    budgets = await cap_balances(state.redis, state.keyspace, p)
     limits = [{"scope": lim.scope, "name": lim.scope_name, "rpm": lim.rpm, "itpm": lim.itpm,
                "otpm": lim.otpm, "concurrency": lim.concurrency} for lim in p.limits]
     return web.json_response({

@@ -113,6 +113,6 @@ async def test_the_dashboard_compares_each_cap_with_the_live_counters_of_the_tab
     forecast = [{"scope": scope, "scope_id": scope_id, "period": period, "label": scope_id,
                  "amount_micros": 10_000_000, "percent": 0}
                 for scope, scope_id, period, *_ in TABLE]
-    rows = await live.budget_status(redis, keyspace, forecast, TEAMS, NOW)
+    rows = await live.forecast_with_live_spend(redis, keyspace, forecast, TEAMS, NOW)
     got = {(r["scope"], r["scope_id"], r["period"]): r["spent_micros"] for r in rows}
     assert got == {row[:3]: expected_spent(*row[:3]) for row in TABLE}
