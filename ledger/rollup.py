@@ -57,6 +57,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from ledger.events import EVENT_COLUMNS, RS, US, event_values
 from ledger.keyspace import KeySpace
 from ledger.pricing import MTOK, US_GEO_MULTIPLIER, PriceTable
+from ledger.rebuild import ensure_counters
 from ledger.usage import Usage
 
 log = logging.getLogger("meterd.rollup")
@@ -384,9 +385,6 @@ class Rollup:
     # -- steps -----------------------------------------------------------------------------
 
     async def _ensure_counters(self) -> None:
-        # Imported here: ledger.rebuild imports this module for the event format.
-        from ledger.rebuild import ensure_counters
-
         if self.rebuild:
             await ensure_counters(self.redis, self.keyspace, self.conn, self.db, self.clock())
 
