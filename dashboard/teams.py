@@ -9,8 +9,7 @@ from aiohttp import web
 
 from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, allow
-from dashboard.budgets import LIMIT_WORDS, budget_values, limits_of
-from dashboard.limits_form import save_limits
+from dashboard.cap_forms import LIMIT_WORDS, limits_of, save_budget, save_limits
 from dashboard.render import (
     admin_state,
     change,
@@ -113,16 +112,13 @@ async def team(request: web.Request) -> web.StreamResponse:
 @allow(*ADMINS)
 async def set_team_budget(request: web.Request) -> web.StreamResponse:
     """The team pool (`scope=team`) or the per-member default cap (`scope=team_member`)."""
-    state = admin_state(request)
     team_id = request.match_info["team_id"]
-    data = await form(request)
-    scope = field(data, "scope", "team")
+    scope = field(await form(request), "scope", "team")
     if scope not in ("team", "team_member"):
         raise ValueError("scope must be team or team_member")
-    period, amount, mode = budget_values(data)
-    await change(request, state.catalog.set_budget, scope, team_id, period, amount, mode)
     what = "Team budget" if scope == "team" else "Per-member cap"
-    return see_other(request, url(request, "team", team_id=team_id), f"{what} saved.")
+    return await save_budget(request, scope, team_id, url(request, "team", team_id=team_id),
+                             f"{what} saved.")
 
 
 @allow(*ADMINS)

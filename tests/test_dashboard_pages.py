@@ -7,6 +7,7 @@ import csv
 import io
 
 import orjson
+import pytest
 
 from dashboard.accounts import Accounts
 from ledger.money import format_usd, parse_usd
@@ -81,6 +82,29 @@ async def test_team_budget_set_through_the_form_is_audited_and_shown(
         "team", parse_usd("1250.50"), "strict")
     audit = (await gw.db(gw.catalog.audit))[0]
     assert (audit["actor"], audit["action"]) == ("carol", "budget.set")
+
+
+@pytest.mark.parametrize(("owner", "scope", "page", "saved"), [
+    ("developer", "developer", "/admin/developers/{dev}", "Personal cap saved."),
+    ("team", "team_member", "/admin/teams/{team}", "Per-member cap saved."),
+    ("org", "org", "/admin/teams", "Organization budget saved."),
+])
+async def test_every_budget_form_saves_and_returns_to_its_page(
+        dashboard: Dashboard, owner: str, scope: str, page: str, saved: str) -> None:
+    await dashboard.gateway.developer("Ada", "platform")
+    gw = dashboard.gateway.admin
+    ids = {"dev": (await gw.db(gw.catalog.developers))[0]["id"],
+           "team": await _team_id(dashboard)}
+    admin = await dashboard.signed_in("admin")
+    action = {"developer": "/admin/developers/{dev}/budget", "team": "/admin/teams/{team}/budget",
+              "org": "/admin/org/budget"}[owner].format(**ids)
+    status, _, headers = await admin.post(action, {
+        "scope": scope, "amount": "75", "period": "weekly", "mode": "estimate"})
+    assert (status, headers["Location"]) == (303, page.format(**ids))
+    assert saved in one(await admin.page(headers["Location"]), ".flash").get_text()
+    (budget,) = await gw.db(gw.catalog.budgets)
+    assert (budget["scope"], budget["period"], budget["amount_micros"]) == (
+        scope, "weekly", parse_usd("75"))
 
 
 async def test_bad_amount_is_explained_not_saved(dashboard: Dashboard) -> None:
