@@ -1,6 +1,6 @@
-"""What an unexpected exception in the admin API becomes: a 500 in the Anthropic error
-envelope that shows nothing internal and names a request id, under which the traceback is
-logged.
+"""What an unexpected exception in the admin app becomes: a 500 that shows nothing internal
+and names a request id, under which the traceback is logged. The JSON API answers in the
+Anthropic error envelope, a dashboard page with the error page.
 
 Errors the caller can fix (a bad field, an unknown team) are answered before this, by
 dashboard.auth, as 4xx; what reaches here is a bug or an outage.
@@ -13,8 +13,10 @@ import secrets
 
 from aiohttp import web
 
+from dashboard.appkeys import PAGES
 from dashboard.auth import Handler, is_api
 from dashboard.jsonio import json_error
+from dashboard.render import error_page
 
 log = logging.getLogger("meterd.dashboard")
 
@@ -32,12 +34,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (web.HTTPException, ConnectionError):
         raise  # an answer (dashboard.auth renders the 4xx ones), or the client left
     except Exception:
-        # Pages are not answered here yet; an answer under way, aiohttp breaks off.
-        if not is_api(request) or request.writer.output_size:
+        if request.writer.output_size:  # the answer is under way: aiohttp breaks it off
             raise
         request_id = new_request_id()
         log.exception("unexpected error answering %s %s (request id %s)", request.method,
                       request.path, request_id)
-    response = json_error(500, f"internal error in meterd (request id {request_id})")
+    if is_api(request) or not request.app.get(PAGES, False):
+        response = json_error(500, f"internal error in meterd (request id {request_id})")
+    else:
+        response = await error_page(
+            request, 500, "meterd could not show this page. The error is logged: give the "
+                          "request id below to whoever runs meterd.", request_id)
     response.headers[REQUEST_ID_HEADER] = request_id
     return response

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Any
 
 import orjson
 import pytest
 
 from dashboard.accounts import Accounts
+from ledger.catalog import Catalog
 from ledger.money import format_usd, parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Browser, Dashboard, attr, one, parse
@@ -350,3 +352,26 @@ async def test_every_form_that_posts_carries_the_csrf_token(dashboard: Dashboard
             assert token is not None and attr(token, "value") == admin.csrf, (path, form)
             forms += 1
     assert forms > 15
+
+
+async def test_a_bug_on_a_page_is_the_error_page_with_a_request_id_and_nothing_internal(
+        dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def bug(self: Any, *args: Any) -> Any:
+        raise RuntimeError("duckdb said: /var/lib/meterd/meterd.duckdb is locked")
+
+    admin = await dashboard.signed_in("admin")
+    monkeypatch.setattr(Catalog, "teams", bug)
+    async with admin.session.get("/admin/teams") as r:
+        assert (r.status, r.content_type) == (500, "text/html")
+        request_id = r.headers["request-id"]
+        html = await r.text()
+    page = parse(html)
+    assert one(page, "h1").get_text(strip=True) == "Something went wrong"
+    assert one(page, ".status-code").get_text(strip=True) == "500"
+    assert one(page, ".request-id").get_text(strip=True) == request_id
+    assert one(page, ".who-name").get_text(strip=True).startswith("admin")  # still signed in
+    for internal in ("duckdb", "RuntimeError", "Traceback", "teams.py"):
+        assert internal not in html
+    (logged,) = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged.exc_info is not None and logged.exc_info[0] is RuntimeError
