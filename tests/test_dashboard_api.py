@@ -16,11 +16,10 @@ import pytest
 
 from dashboard.accounts import Accounts
 from dashboard.commands import add_account_commands
-from ledger.catalog import Catalog
 from meterd.client import call
 from meterd.settings import Settings
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import Dashboard
+from tests.dashboard_fixtures import Dashboard, break_teams, logged_error
 from tests.test_hostile_input import run_cli, serve_socket
 
 
@@ -362,11 +361,8 @@ async def test_a_bad_field_is_a_400_naming_it_and_changes_nothing(
 async def test_a_bug_is_a_500_with_a_request_id_logged_with_its_traceback(
         dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    def bug(self: Any, *args: Any) -> Any:
-        raise KeyError("internal_column")
-
     key = await dashboard.admin_key("ro")
-    monkeypatch.setattr(Catalog, "teams", bug)
+    break_teams(monkeypatch, KeyError("internal_column"))
     async with dashboard.client.get("/admin/api/v1/teams", headers={"x-api-key": key}) as r:
         assert r.status == 500
         request_id = r.headers["request-id"]
@@ -375,5 +371,4 @@ async def test_a_bug_is_a_500_with_a_request_id_logged_with_its_traceback(
     assert orjson.loads(body) == {"type": "error", "error": {
         "type": "api_error", "message": f"internal error in meterd (request id {request_id})"}}
     assert "internal_column" not in body
-    (logged,) = [r for r in caplog.records if request_id in r.getMessage()]
-    assert logged.exc_info is not None and logged.exc_info[0] is KeyError
+    assert logged_error(caplog, request_id) is KeyError

@@ -15,11 +15,10 @@ from typing import Any
 import anthropic
 import pytest
 
-from ledger.catalog import Catalog
 from ledger.money import format_usd, parse_usd
 from tests.conftest import need
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import PASSWORDS, Dashboard
+from tests.dashboard_fixtures import PASSWORDS, Dashboard, break_teams
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -152,14 +151,11 @@ async def test_pages_fit_a_phone_screen(dashboard: Dashboard, chromium: Any) -> 
 
 async def test_a_bug_shows_the_error_page_with_a_request_id_and_a_way_back(
         dashboard: Dashboard, chromium: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    def bug(self: Any, *args: Any) -> Any:
-        raise RuntimeError("duckdb said: /var/lib/meterd/meterd.duckdb is locked")
-
     await dashboard.account("alice", "admin")
     page = await (await chromium.new_context()).new_page()
     base = dashboard.gateway.url
     await _sign_in(page, base, "alice", PASSWORDS["admin"])
-    monkeypatch.setattr(Catalog, "teams", bug)
+    break_teams(monkeypatch, RuntimeError("duckdb: /var/lib/meterd/meterd.duckdb is locked"))
     async with page.expect_response(f"{base}/admin/teams") as answer:
         await page.click("nav >> text=Teams")
     response = await answer.value

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
 
 import orjson
 import pytest
 
 from dashboard.accounts import Accounts
-from ledger.catalog import Catalog
 from ledger.money import format_usd, parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import Browser, Dashboard, attr, one, parse
+from tests.dashboard_fixtures import (
+    Browser,
+    Dashboard,
+    attr,
+    break_teams,
+    logged_error,
+    one,
+    parse,
+)
 
 MESSAGE = {"model": "claude-sonnet-4-6", "max_tokens": 10,
            "messages": [{"role": "user", "content": "hi"}]}
@@ -357,11 +363,8 @@ async def test_every_form_that_posts_carries_the_csrf_token(dashboard: Dashboard
 async def test_a_bug_on_a_page_is_the_error_page_with_a_request_id_and_nothing_internal(
         dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    def bug(self: Any, *args: Any) -> Any:
-        raise RuntimeError("duckdb said: /var/lib/meterd/meterd.duckdb is locked")
-
     admin = await dashboard.signed_in("admin")
-    monkeypatch.setattr(Catalog, "teams", bug)
+    break_teams(monkeypatch, RuntimeError("duckdb: /var/lib/meterd/meterd.duckdb is locked"))
     async with admin.session.get("/admin/teams") as r:
         assert (r.status, r.content_type) == (500, "text/html")
         request_id = r.headers["request-id"]
@@ -373,5 +376,4 @@ async def test_a_bug_on_a_page_is_the_error_page_with_a_request_id_and_nothing_i
     assert one(page, ".who-name").get_text(strip=True).startswith("admin")  # still signed in
     for internal in ("duckdb", "RuntimeError", "Traceback", "teams.py"):
         assert internal not in html
-    (logged,) = [r for r in caplog.records if request_id in r.getMessage()]
-    assert logged.exc_info is not None and logged.exc_info[0] is RuntimeError
+    assert logged_error(caplog, request_id) is RuntimeError
