@@ -68,8 +68,8 @@ class Body:
         return value
 
     def figure(self, name: str) -> str:
-        """An amount sent as a JSON number or a string, as text: ledger.money parses it
-        exactly (never through a float)."""
+        """An amount sent as a string or a JSON number, as text for ledger.money to parse
+        exactly (a JSON number comes as its shortest decimal form: 99.99 stays "99.99")."""
         value = self._required(name)
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValueError(f"{self._where}{name} must be a number or a string")
