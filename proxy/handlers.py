@@ -12,10 +12,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from ledger.events import clean_text
 from ledger.gate import Ticket
 from ledger.policy import Principal
-from ledger.status import budget_status
+from ledger.settlement import Settlement, clean_text
+from ledger.status import cap_balances
 from ledger.usage import Usage
 from proxy.errors import ProxyError, setup_errors, upstream_failure
 from proxy.managed_seen import SEEN
@@ -31,7 +31,7 @@ log = logging.getLogger("meterd.proxy")
 _MAX_TEE = 16 * 1024 * 1024  # a non-streaming body larger than this is not parsed for usage
 # Why a request ended before its answer was read: the provider had it all the same.
 _CUT_SHORT = frozenset({"client_disconnected", "shutdown"})
-_CLIENT_HEADERS = {  # recorded on each event: who in Claude Code asked
+_CLIENT_HEADERS = {  # recorded on each settlement: who in Claude Code asked
     "session_id": "x-claude-code-session-id",
     "agent_id": "x-claude-code-agent-id",
     "parent_agent_id": "x-claude-code-parent-agent-id",
@@ -211,7 +211,7 @@ class Relay:
 
         A fault on the way (a bug, a field nothing foresaw) neither turns the answer into an
         error nor lets the request go unpaid: it is charged its cost, or what admission
-        estimated if it could not be priced, with a minimal event (Gate.settle_minimal).
+        estimated if it could not be priced, with a minimal settlement (Gate.settle_minimal).
         """
         try:
             self.finish()
@@ -228,9 +228,8 @@ class Relay:
         estimate = self.ticket.estimate
         micros = self.cost_micros if self.cost_micros is not None else \
             estimate.default_micros if estimate is not None else 0
-        self.state.gate.settle_minimal(self.ticket, micros, {
-            "model": clean_text(self.model), "status": self.status,
-            "stream": int(self.stream)})
+        self.state.gate.settle_minimal(self.ticket, micros, model=self.model,
+                                       status=self.status, stream=self.stream)
 
     def finish(self) -> None:
         """Price the request and send its settlement (Gate.settle_soon)."""
@@ -243,44 +242,24 @@ class Relay:
         else:
             cost, provider = served.cost(state.prices, self.model, usage), served.name
         self.cost_micros = cost.micros
-        error_type = self.error_type or metered.error_type
         ended = time.monotonic()
-        p = ticket.principal
-        event: dict[str, Any] = {
-            "id": ticket.request_id, "ts_ms": int(ticket.at.timestamp() * 1000),
-            "developer_id": p.developer_id, "team_id": p.team_id, "key_id": p.key_id,
-            "model": clean_text(self.model), "provider": provider, "status": self.status,
-            "stream": int(self.stream), "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens, "cache_write_5m": usage.cache_write_5m,
-            "cache_write_1h": usage.cache_write_1h, "cache_read": usage.cache_read,
-            "web_search": usage.web_search, "cost_micros": cost.micros,
-            "price_row": cost.row, "price_version": cost.version, "priced": int(cost.known),
-            "latency_ms": int((ended - self.t0) * 1000),
-            "ttfb_ms": int((self.ttfb - self.t0) * 1000) if self.ttfb else -1,
-            # What the client or the provider wrote (any bytes, any length) is cleaned: the
-            # event must pack, spool and log whatever arrived.
-            "estimated": int(metered.estimated), "error_type": clean_text(error_type),
-            "service_tier": clean_text(usage.service_tier), "speed": clean_text(usage.speed),
-            "inference_geo": clean_text(usage.inference_geo),
-        }
         headers = self.request.headers
-        for name, header in _CLIENT_HEADERS.items():
-            event[name] = clean_text(headers.get(header, ""))
-        tokens = {
-            "input": usage.input_tokens, "output": usage.output_tokens,
-            "cache_write_5m": usage.cache_write_5m, "cache_write_1h": usage.cache_write_1h,
-            "cache_read": usage.cache_read, "web_search": usage.web_search,
-            "estimated": int(metered.estimated), "rate_input": usage.rate_input_tokens,
-        }
-        state.gate.settle_soon(ticket, cost.micros, tokens, event)
+        settlement = Settlement.of(
+            ticket, usage, cost, model=self.model, provider=provider, status=self.status,
+            stream=self.stream, estimated=metered.estimated,
+            latency_ms=int((ended - self.t0) * 1000),
+            ttfb_ms=int((self.ttfb - self.t0) * 1000) if self.ttfb else -1,
+            error_type=self.error_type or metered.error_type,
+            **{name: headers.get(header, "") for name, header in _CLIENT_HEADERS.items()})
+        state.gate.settle_soon(ticket, settlement)
         self.settled = True
         if state.access_log is not None:
-            state.access_log.write(event)
+            state.access_log.write(settlement)
         m = state.metrics
-        m.requests[self.status, event["stream"]] += 1
+        m.requests[self.status, settlement.stream] += 1
         m.latency.observe(ended - self.t0)
-        for category in TOKEN_CATEGORIES:
-            m.tokens[category] += tokens[category]
+        for category, field in TOKEN_CATEGORIES.items():
+            m.tokens[category] += getattr(settlement, field)
         m.cost_micros += cost.micros
         m.estimated += metered.estimated
 
@@ -345,7 +324,7 @@ async def me(request: web.Request) -> web.Response:
     """GET /meterd/v1/me: who the gateway thinks the caller is, and their budgets (doctor)."""
     state = request.app[STATE]
     p = state.authenticate(request.headers)
-    budgets = await budget_status(state.redis, state.keyspace, p)
+    budgets = await cap_balances(state.redis, state.keyspace, p)
     limits = [{"scope": lim.scope, "name": lim.scope_name, "rpm": lim.rpm, "itpm": lim.itpm,
                "otpm": lim.otpm, "concurrency": lim.concurrency} for lim in p.limits]
     return web.json_response({

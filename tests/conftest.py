@@ -28,8 +28,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from dashboard.state import ADMIN, AdminState
-from ledger.events import unpack_event
 from ledger.redis_client import connect_redis
+from ledger.settlement import unpack_entry
 from meterd.apps import ADMIN_APP, create_root_app
 from meterd.mock_upstream import RECORDED, MockOptions, create_mock_app
 from meterd.ports import free_port
@@ -199,7 +199,7 @@ class Gateway:
         """Usage events in the Redis stream, decoded."""
         redis = self.proxy.redis
         entries = await redis.xrange(self.proxy.keyspace.events)
-        return [unpack_event(fields) for _, fields in entries]
+        return [unpack_entry(fields) for _, fields in entries]
 
     async def settled(self, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
         """Wait until `count` events were settled (settlement runs after the response)."""

@@ -21,7 +21,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ledger.events import pack_event
 from ledger.gate import Estimate, Gate
 from ledger.keyspace import KeySpace
 from ledger.policy import Cap, Limits, Principal
@@ -35,10 +34,9 @@ from ledger.redis_client import (
 )
 from ledger.spool import Spool
 from tests.conftest import RedisServer, free_port
+from tests.settlements import settlement
 
 ECHO = "return {#KEYS, ARGV[1], tonumber(ARGV[2]) + 1, {'nested', 7}}"
-TOKENS = {"input": 100, "output": 50, "cache_write_5m": 0, "cache_write_1h": 0,
-          "cache_read": 0, "web_search": 0, "estimated": 0, "rate_input": 100}
 
 
 @pytest.fixture
@@ -226,9 +224,9 @@ async def test_a_settlement_lands_before_the_next_admission_after_redis_lost_its
     estimate = Estimate(100, 50, 1000, 5000)  # reserves 1,000 of the 1,500
     first = await gate.admit(ada, "r1", estimate)
     await client.script_flush()
-    gate.settle_soon(first, 100, TOKENS, {"id": "r1"})
+    gate.settle_soon(first, settlement(first, 100))
     second = await gate.admit(ada, "r2", estimate)  # 100 spent + 1,000 held: room
-    gate.settle_soon(second, 100, TOKENS, {"id": "r2"})
+    gate.settle_soon(second, settlement(second, 100))
     await gate.drain()
     assert await client.xlen(keyspace.events) == 2 and spool.depth == 0
     spool.close()
@@ -347,7 +345,8 @@ async def test_an_admission_answered_too_late_keeps_nothing_reserved(
         await direct.set(keyspace.ready, 1)
         gate = Gate(slow, keyspace, spool)
         try:
-            await gate.settle(await gate.admit(ada, "warm", estimate), 0, TOKENS, {"id": "warm"})
+            warm = await gate.admit(ada, "warm", estimate)
+            await gate.settle(warm, settlement(warm, 0))
             late.add(1)  # the script connection, open now with its scripts loaded
             ticket = await gate.admit(ada, "r1", estimate)
             assert not ticket.admitted  # timed out: served unmetered, settled later
@@ -374,12 +373,12 @@ async def test_settlements_sent_without_a_task_land_or_spool(
     estimate = Estimate(100, 50, 1000, 5000)
     first = await gate.admit(ada, "r1", estimate)
     await client.script_flush()
-    gate.settle_soon(first, 700, TOKENS, {"id": "r1"})
+    gate.settle_soon(first, settlement(first, 700))
     await gate.drain()
     assert await client.xlen(keyspace.events) == 1 and spool.depth == 0
     second = await gate.admit(ada, "r2", estimate)
     own_redis.stop()
-    gate.settle_soon(second, 700, TOKENS, {"id": "r2"})
+    gate.settle_soon(second, settlement(second, 700))
     await asyncio.wait_for(gate.drain(), 5)
     assert spool.depth == 1
     own_redis.start()  # empty: this server keeps nothing across restarts
@@ -388,5 +387,5 @@ async def test_settlements_sent_without_a_task_land_or_spool(
     with contextlib.suppress(RedisConnectionError):  # redis-py's pooled connection was cut
         await client.ping()
     assert [e for _, e in await client.xrange(keyspace.events)] == [
-        {b"e": pack_event({"id": "r2"}).encode()}]
+        {b"e": settlement(second, 700).packed().encode()}]
     spool.close()
