@@ -40,8 +40,10 @@ from proxy.state import STATE
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
 STREAM_MAXLEN = 50_000  # rows wait here for the rollup; a stalled admin cannot grow Redis
 _MAX_ATTR = 512  # characters kept of one attribute value
-# Never stored: prompt text and raw bodies (opt-in content, not what finance or leads use).
-_LEFT_OUT = frozenset({"prompt", "body", "tool_input", "tool_parameters"})
+# Never stored: prompt and response text and raw bodies (opt-in content, not what finance or
+# leads use), and what each row would repeat (the machine's user hash, the row's own time).
+_LEFT_OUT = frozenset({"prompt", "prompt_text", "response", "body", "tool_input",
+                       "tool_parameters", "user.id", "event.timestamp"})
 # Attributes that have their own column.
 _SESSION, _REQUEST, _COST = "session.id", "request_id", "cost_usd_micros"
 
