@@ -13,14 +13,28 @@ from typing import Any
 import orjson
 import pytest
 
+from dashboard.rollout import HELPER_PATH, OTEL_HELPER, telemetry_settings
 from ledger.telemetry import TelemetryRollup
 from tests.conftest import Gateway, need
 from tests.test_processes import CLAUDE
 
 
+def _rollout_settings(gw: Gateway, key: str, home: Path) -> None:
+    """The rollout page's telemetry settings, its header helper reading the key from a file
+    (as the key helper does on a developer's machine)."""
+    key_helper, otel_helper = home / "meterd-key", home / "meterd-otel-headers"
+    key_helper.write_text(f"#!/bin/sh\necho {key}\n")
+    otel_helper.write_text(OTEL_HELPER.replace(HELPER_PATH, str(key_helper)))
+    for script in (key_helper, otel_helper):
+        script.chmod(0o700)
+    settings = telemetry_settings(gw.url) | {"otelHeadersHelper": str(otel_helper)}
+    (home / ".claude").mkdir()
+    (home / ".claude" / "settings.json").write_bytes(orjson.dumps(settings))
+
+
 async def _claude(gw: Gateway, key: str, home: Path, protocol: str) -> tuple[int, str]:
-    """`claude -p` with a static key, its OTLP exporter set up as the rollout page's managed
-    settings do (dashboard/rollout.py)."""
+    """`claude -p` with a static key, sending its telemetry to meterd: "rollout" as the
+    rollout page sets it up (dashboard/rollout.py), else with the OTLP env variables."""
     need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE}")
     need(shutil.which("node") is not None or CLAUDE.resolve().suffix != ".js",
          "node is not installed")
@@ -29,11 +43,15 @@ async def _claude(gw: Gateway, key: str, home: Path, protocol: str) -> tuple[int
            "CLAUDE_CONFIG_DIR": str(home / ".claude"), "ANTHROPIC_BASE_URL": gw.url,
            "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
            "ANTHROPIC_API_KEY": key,
-           "CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
-           "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-           "OTEL_EXPORTER_OTLP_ENDPOINT": gw.url, "OTEL_EXPORTER_OTLP_HEADERS": f"x-api-key={key}",
            # Flushed well within the run (Claude Code also flushes when it exits).
            "OTEL_METRIC_EXPORT_INTERVAL": "500", "OTEL_LOGS_EXPORT_INTERVAL": "200"}
+    if protocol == "rollout":
+        _rollout_settings(gw, key, home)
+    else:
+        env |= {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
+                "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": gw.url,
+                "OTEL_EXPORTER_OTLP_HEADERS": f"x-api-key={key}"}
     proc = await asyncio.create_subprocess_exec(
         str(CLAUDE), "-p", "Say hello", "--model", "claude-sonnet-4-6", cwd=home, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -56,7 +74,7 @@ async def _stored(gw: Gateway) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("redis_url", ["real"], indirect=True)
-@pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+@pytest.mark.parametrize("protocol", ["rollout", "http/json"])
 async def test_claude_code_telemetry_lands_under_the_developer_with_meterd_s_cost(
         gateway: Gateway, tmp_path: Path, protocol: str) -> None:
     key = await gateway.developer("Ada")
