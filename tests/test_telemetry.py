@@ -4,6 +4,8 @@ developer and team; bounded, and never in the way of inference."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -14,7 +16,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metr
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from ledger.telemetry import TelemetryRollup, stream_key
+from ledger.telemetry import TelemetryRollup, purge, stream_key
 from tests.conftest import Gateway, RedisServer
 
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
@@ -200,10 +202,6 @@ async def test_rollup_crash_mid_way_loses_nothing_and_doubles_nothing(
 
 
 async def test_retention_purges_old_telemetry(gateway: Gateway) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from ledger.telemetry import purge
-
     key = await gateway.developer()
     await post(gateway, "metrics", lines_added(1).SerializeToString(), key)
     await rollup(gateway).run_once()
@@ -212,3 +210,15 @@ async def test_retention_purges_old_telemetry(gateway: Gateway) -> None:
     assert await gateway.admin.db(purge, conn, 91, datetime.now(UTC)) == 0
     assert await gateway.admin.db(purge, conn, 90, later) == 1
     assert await stored(gateway) == []
+
+
+async def test_the_admin_rollup_moves_telemetry_on_its_schedule(start_gateway: Any) -> None:
+    gw = await start_gateway(rollup_interval=0.05)
+    key = await gw.developer()
+    assert (await post(gw, "metrics", lines_added(7).SerializeToString(), key))[0] == 200
+    for _ in range(200):
+        if rows := await stored(gw):
+            break
+        await asyncio.sleep(0.05)
+    assert [r["value"] for r in rows] == [7.0]
+    assert await queued(gw) == 0
