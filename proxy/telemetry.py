@@ -38,7 +38,7 @@ from proxy.errors import ProxyError
 from proxy.state import STATE
 
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
-STREAM_MAXLEN = 50_000  # rows wait here for the rollup; a stalled admin cannot grow Redis
+STREAM_MAXLEN = 50_000  # exports waiting for the rollup: a stalled admin cannot grow Redis
 _MAX_ATTR = 512  # characters kept of one attribute value
 # Never stored: prompt and response text and raw bodies (opt-in content, not what finance or
 # leads use), and what each row would repeat (the machine's user hash, the row's own time).

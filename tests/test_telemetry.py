@@ -149,9 +149,9 @@ async def test_oversized_body_gets_413(start_gateway: Any) -> None:
 async def test_exports_over_the_rate_limit_are_dropped_with_partial_success(
         start_gateway: Any) -> None:
     gw = await start_gateway(telemetry_per_minute=2)
-    key, other = await gw.developer("Ada"), await gw.developer("Bob")
     body = lines_added(1).SerializeToString()
-    for _ in range(3):  # a minute boundary in between would reset the window: try again
+    for attempt in range(3):  # a minute boundary in between resets the window: try afresh
+        key = await gw.developer(f"Ada {attempt}")
         answers = [await post(gw, "metrics", body, key) for _ in range(3)]
         if await queued(gw) == 2:
             break
@@ -159,10 +159,9 @@ async def test_exports_over_the_rate_limit_are_dropped_with_partial_success(
     assert [status for status, _ in answers] == [200, 200, 200]
     partial = metrics_pb.ExportMetricsServiceResponse.FromString(answers[2][1]).partial_success
     assert partial.rejected_data_points == 1 and "dropped" in partial.error_message
-    assert await queued(gw) == 2
-    assert (await post(gw, "metrics", body, other))[0] == 200  # per developer
+    assert gw.proxy.metrics.telemetry_dropped["rate_limited"] >= 1
+    assert (await post(gw, "metrics", body, await gw.developer("Bob")))[0] == 200  # per dev
     assert await queued(gw) == 3
-    assert gw.proxy.metrics.telemetry_dropped["rate_limited"] == 1
 
 
 @pytest.mark.parametrize("redis_url", ["real"], indirect=True)
