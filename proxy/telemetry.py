@@ -201,7 +201,7 @@ def _answer(signal: str, content_type: str, dropped: int = 0,
 async def export(request: web.Request) -> web.Response:
     """POST /v1/{metrics,logs,traces}: 200 whether stored or dropped."""
     state, intake = request.app[STATE], request.app[TELEMETRY]
-    signal = request.match_info["signal"]
+    signal = request.path.rsplit("/", 1)[1]
     principal = state.authenticate(request.headers)
     content_type = request.content_type
     if content_type not in (PROTOBUF, JSON):
@@ -234,4 +234,5 @@ async def export(request: web.Request) -> web.Response:
 def setup_telemetry(app: web.Application, max_bytes: int, per_minute: int) -> None:
     """The three OTLP routes, any credential the proxy takes (checked in the handler)."""
     app[TELEMETRY] = Intake(max_bytes, per_minute)
-    app.router.add_post(r"/v1/{signal:metrics|logs|traces}", export)
+    for signal in SIGNALS:
+        app.router.add_post(f"/v1/{signal}", export)
