@@ -18,6 +18,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from ledger.telemetry import TelemetryRollup, purge, stream_key
 from tests.conftest import Gateway, RedisServer
+from tests.sso import SSO
+
+pytest_plugins = ("tests.sso_fixtures",)
 
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
 NOW_NS = 1_780_000_000_000_000_000
@@ -108,6 +111,22 @@ async def test_protobuf_and_json_exports_land_under_the_developer_and_team(
         "claude_code.api_request", "req_1", 1234)
     assert "prompt" not in orjson.loads(cost["attrs"])  # prompt text is never stored
     assert (interaction["signal"], interaction["value"]) == ("span", 250.0)
+
+
+async def test_a_signed_in_developer_s_bearer_token_stamps_the_rows(sso: SSO) -> None:
+    """In gateway mode Claude Code sends telemetry with its sign-in bearer token (the same
+    as for inference); the rows carry the developer that sign-in provisioned."""
+    answer = await sso.sign_in("u-ada", "ada@example.com", ["eng-platform"])
+    gw = sso.gateway
+    await gw.proxy.refresh_policy()  # the new sign-in, without waiting for the next poll
+    resp = await gw.client.post("/v1/logs", data=api_request(7).SerializeToString(), headers={
+        "authorization": f"Bearer {answer['access_token']}", "content-type": PROTOBUF})
+    assert resp.status == 200
+    await rollup(gw).run_once()
+    [dev] = await gw.admin.db(gw.admin.catalog.developers)
+    [row] = await stored(gw)
+    assert (row["developer_id"], row["team_id"], row["cost_micros"]) == (
+        dev["id"], dev["team_id"], 7)
 
 
 async def test_malformed_body_is_refused_and_inference_is_unaffected(gateway: Gateway) -> None:
