@@ -5,6 +5,7 @@ developer and team; bounded, and never in the way of inference."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -129,6 +130,16 @@ async def test_a_signed_in_developer_s_bearer_token_stamps_the_rows(sso: SSO) ->
         dev["id"], dev["team_id"], 7)
 
 
+async def test_gzip_compressed_export_is_taken(gateway: Gateway) -> None:
+    key = await gateway.developer()
+    resp = await gateway.client.post(
+        "/v1/metrics", data=gzip.compress(lines_added(3).SerializeToString()),
+        headers={"x-api-key": key, "content-type": PROTOBUF, "content-encoding": "gzip"})
+    assert resp.status == 200
+    await rollup(gateway).run_once()
+    assert [r["value"] for r in await stored(gateway)] == [3.0]
+
+
 async def test_malformed_body_is_refused_and_inference_is_unaffected(gateway: Gateway) -> None:
     key = await gateway.developer()
     status, answer = await post(gateway, "metrics", b"\xff\x00 not protobuf", key)
@@ -160,6 +171,10 @@ async def test_oversized_body_gets_413(start_gateway: Any) -> None:
         yield big
     resp = await gw.client.post("/v1/logs", data=chunks(),
                                 headers={"x-api-key": key, "content-type": PROTOBUF})
+    assert resp.status == 413
+    bomb = gzip.compress(bytes(10_000_000))  # ~10 KB that inflates to 10 MB: cut at the cap
+    resp = await gw.client.post("/v1/logs", data=bomb, headers={
+        "x-api-key": key, "content-type": PROTOBUF, "content-encoding": "gzip"})
     assert resp.status == 413
     assert await queued(gw) == 0
     assert (await post(gw, "logs", api_request(1).SerializeToString(), key))[0] == 200
