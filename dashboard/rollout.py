@@ -46,6 +46,24 @@ def login_settings(proxy_url: str) -> dict[str, object]:
     return {"forceLoginMethod": "gateway", "forceLoginGatewayUrl": proxy_url}
 
 
+OTEL_HELPER_PATH = "/usr/local/bin/meterd-otel-headers"
+OTEL_HELPER = f"""#!/bin/sh
+# {OTEL_HELPER_PATH}: the developer's meterd key as the header of Claude Code's telemetry.
+printf '{{"x-api-key":"%s"}}\\n' "$({HELPER_PATH})"
+"""
+
+
+def telemetry_settings(proxy_url: str) -> dict[str, object]:
+    """What to add to the managed settings so that Claude Code on a static-key machine sends
+    its OpenTelemetry to the gateway (/v1/metrics, /v1/logs), under the developer's own key
+    (a signed-in client in gateway mode needs none of this). The key comes from a helper, so
+    the file stays the same on every machine."""
+    return {"env": {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
+                    "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": proxy_url},
+            "otelHeadersHelper": OTEL_HELPER_PATH}
+
+
 VARIANTS = {"key": managed_settings, "login": login_settings}
 
 
@@ -62,6 +80,9 @@ async def rollout(request: web.Request) -> web.StreamResponse:
         "managed_login": managed_json(proxy_url, "login"),
         "sso": request.app[CONFIG].oidc is not None,
         "managed_paths": MANAGED_PATHS, "helpers": HELPERS, "helper_path": HELPER_PATH,
+        "telemetry": orjson.dumps(telemetry_settings(proxy_url),
+                                  option=orjson.OPT_INDENT_2).decode(),
+        "otel_helper": OTEL_HELPER,
     })
 
 

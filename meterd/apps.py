@@ -24,6 +24,7 @@ from ledger.pricing import PriceTable
 from ledger.redis_client import connect_redis
 from ledger.rollup import Rollup, schedule, schedule_purge
 from ledger.spool import Spool
+from ledger.telemetry import TelemetryRollup
 from meterd.providers_config import providers_context
 from meterd.settings import Settings
 from proxy.access_log import AccessLog
@@ -34,6 +35,7 @@ from proxy.managed_seen import seen_context
 from proxy.metrics import ProxyMetrics
 from proxy.providers.passthrough import setup_provider_routes
 from proxy.state import STATE, ProxyState
+from proxy.telemetry import setup_telemetry
 from proxy.upstream import AnthropicUpstream
 
 log = logging.getLogger("meterd")
@@ -56,6 +58,7 @@ def create_proxy_app(settings: Settings,
     setup_routes(app)
     setup_provider_routes(app)
     setup_managed_routes(app)
+    setup_telemetry(app, settings.telemetry_max_bytes, settings.telemetry_per_minute)
     app.on_shutdown.append(partial(_end_relays, settings.shutdown_grace))
     return app
 
@@ -157,17 +160,22 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
                                                  settings.fallback_input_usd,
                                                  settings.fallback_output_usd))
 
-    async def republish_if_lost() -> None:  # a flushed Redis also lost the policy mirror
-        if not await redis.exists(state.keyspace.policy_version):
+    telemetry = TelemetryRollup(redis, state.keyspace, catalog.conn, state.db)
+
+    async def after_rollup() -> None:
+        if not await redis.exists(state.keyspace.policy_version):  # a flushed Redis lost it
             await state.publish()
+        if state.rollup is not None and state.rollup.leader:  # one mover, as for usage
+            await telemetry.tick()
 
     scheduler = AsyncIOScheduler(timezone=UTC)
     # APScheduler logs two info lines per job run: a rollup every few seconds would fill the
     # log. Its warnings and errors still show.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # Before the first run: the lock's heartbeat keeps it through a long one.
-    schedule(scheduler, state.rollup, settings.rollup_interval, republish_if_lost)
-    schedule_purge(scheduler, catalog.conn, state.db, settings.retention_days)
+    schedule(scheduler, state.rollup, settings.rollup_interval, after_rollup)
+    schedule_purge(scheduler, catalog.conn, state.db, settings.retention_days,
+                   telemetry_days=settings.telemetry_retention_days)
     try:
         await state.rollup.run_once()  # rebuilds lost counters before budgets are enforced
     except RedisError as exc:

@@ -276,6 +276,18 @@ async def test_rollout_page_shows_the_login_settings_next_to_the_static_key_ones
     assert (await finance.get("/admin/rollout/managed-settings.json?variant=nope"))[0] == 400
 
 
+async def test_rollout_page_points_static_key_telemetry_at_the_gateway(
+        dashboard: Dashboard) -> None:
+    page = await (await dashboard.signed_in("developer")).page("/admin/rollout")
+    telemetry = orjson.loads(one(page, "#telemetry-settings").get_text())
+    assert telemetry["env"] == {
+        "CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": dashboard.gateway.admin.proxy_url}
+    helper = one(page, "#otel-helper").get_text()
+    assert telemetry["otelHeadersHelper"] in helper and "/usr/local/bin/meterd-key" in helper
+
+
 async def test_settings_page_lists_prices_and_policies(dashboard: Dashboard) -> None:
     finance = await dashboard.signed_in("finance")
     page = await finance.page("/admin/settings")
