@@ -327,6 +327,8 @@ async def test_removed_or_disabled_at_the_provider_gets_invalid_grant(sso: SSO) 
 async def test_a_developer_disabled_in_meterd_is_refused_on_the_proxy_and_at_refresh(
         sso: SSO) -> None:
     answer = await sso.sign_in("u-ada", "ada@example.com", ["eng"])
+    await sso.gateway.proxy.refresh_policy()
+    assert (await sso.messages(answer["access_token"])).status == 200
     admin = sso.gateway.admin
     dev_id = claims(answer["access_token"])["sub"]
     with admin.catalog.lock:
