@@ -29,17 +29,12 @@ import redis.asyncio as aioredis
 from redis.utils import HIREDIS_AVAILABLE
 
 from ledger.catalog import connect
-from ledger.events import pack_event
 from ledger.keyspace import KeySpace
 from ledger.rollup import Rollup
+from ledger.settlement import Settlement
+from meterd.ports import free_port
 
 MODELS = ("claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5", "claude-sonnet-4-5")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_redis(port: int, directory: str) -> subprocess.Popen[bytes]:
@@ -84,7 +79,7 @@ async def fill(redis: Any, keyspace: KeySpace, events: int) -> None:
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(start, min(events, start + 2000)):
                 fields = event(i, run, now_ms, rng)
-                pipe.xadd(keyspace.events, {"e": pack_event(fields)})
+                pipe.xadd(keyspace.events, {"e": Settlement(**fields).packed()})
             await pipe.execute()
 
 

@@ -60,6 +60,8 @@ from pathlib import Path
 import orjson
 import redis
 
+from meterd.ports import free_port
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -76,12 +78,6 @@ TARGET_PROCESS = {"direct to mock": "mock-upstream", "bare proxy": "bare-proxy",
                   "meterd": "meterd", "meterd, bearer": "meterd", "meterd --workers 2": "meterd-2w",
                   "meterd (against)": "meterd-against"}
 BUSY = 0.15  # CPUs' worth of other work during a run that makes its numbers suspect
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:

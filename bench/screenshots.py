@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from ledger.money import parse_usd
 from meterd.apps import ADMIN_APP, create_root_app
 from meterd.demo import seed_history
 from meterd.mock_upstream import MockOptions, create_mock_app
+from meterd.ports import free_port
 from meterd.settings import Settings
 from proxy.state import STATE
 
@@ -53,12 +53,6 @@ PAGES_TO_SHOOT = (
     ("settings", "/admin/settings"),
     ("audit", "/admin/audit"),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def seed(app: web.Application) -> dict[str, Any]:

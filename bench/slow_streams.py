@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bodies import HEADERS, large_body, small_body
 from run import EVENTS, Stack, stack_or
 
-from ledger.events import unpack_event
+from ledger.settlement import unpack_entry
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None, on: Stack | None = None) -> int:
         metered = s.wait_events(events0 + args.streams) - events0
         entries: list[tuple[bytes, dict[bytes, bytes]]] = (
             s.redis().xrevrange(EVENTS, count=metered) if metered else [])  # type: ignore[assignment]
-        events = [unpack_event(fields) for _, fields in entries]
+        events = [unpack_entry(fields) for _, fields in entries]
         full = sum(e["status"] == "200" and e["estimated"] == "0" and e["error_type"] == ""
                    and int(e["input_tokens"]) > 0 for e in events)
         errors = Counter(e["error_type"] for e in events if e["error_type"])

@@ -14,6 +14,7 @@ from dashboard import auth, charts, formatting
 from dashboard.accounts import SignInThrottle
 from dashboard.appkeys import BASE, CONFIG, PAGES, SECRET, THROTTLE
 from dashboard.config import DashboardConfig
+from dashboard.errors import error_middleware
 from dashboard.forwarded import Forwarding, forwarded_middleware
 from dashboard.headers import security_headers
 from dashboard.routes import API_ROUTES, PAGE_ROUTES, add_routes
@@ -40,7 +41,9 @@ def setup_api(app: web.Application, config: DashboardConfig) -> None:
     if BASE in app:
         return
     app[BASE] = ""
-    # First: everything after it sees the client's address and scheme, not a proxy's.
+    # Outermost: whatever escapes the others is a 500 with a request id, not aiohttp's page.
+    app.middlewares.append(error_middleware)
+    # Next: everything after it sees the client's address and scheme, not a proxy's.
     forwarding = Forwarding(config.trusted_proxies, config.proxy_url.startswith("https://"))
     app.middlewares.append(forwarded_middleware(forwarding))
     app.on_response_prepare.append(security_headers(forwarding))

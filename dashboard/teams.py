@@ -1,4 +1,5 @@
-"""Teams: the list, one team's members and pool, and the forms that set its budgets and limits."""
+"""Teams: the list, one team's members and pool, and the forms that set its budgets, limits
+and models."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, allow
-from dashboard.budgets import LIMIT_WORDS, budget_values, limits_of
-from dashboard.limits_form import save_limits
+from dashboard.cap_forms import LIMIT_WORDS, limits_of, save_budget, save_limits
 from dashboard.render import (
     admin_state,
     change,
@@ -23,8 +24,9 @@ from dashboard.render import (
     see_other,
     url,
 )
-from ledger import reports
+from ledger import caps, reports
 from ledger.catalog import NotFound
+from ledger.models_allowed import ORG, AllowedModels, split
 from ledger.periods import PERIODS, period_end
 
 
@@ -58,8 +60,10 @@ async def teams(request: web.Request) -> web.StreamResponse:
         if b["scope"] == "org":
             spent = found.get(("org", "", b["period"]), 0)
             org.append(dict(b, spent=spent, projected=live.project(spent, b["period"], now)))
-    return await render(request, "teams.html", {"teams": rows, "org_budgets": org,
-                                                "periods": PERIODS})
+    models = await state.db(AllowedModels(state.catalog).get, ORG)
+    return await render(request, "teams.html", {
+        "teams": rows, "org_budgets": org, "periods": PERIODS,
+        "models_from": "org" if models else "any", "models": models["models"] if models else []})
 
 
 @allow(*ADMINS)
@@ -86,11 +90,8 @@ async def team(request: web.Request) -> web.StreamResponse:
         m["today"] = found.get(("developer", m["id"], "daily"), 0)
         m["month"] = found.get(("developer", m["id"], "monthly"), 0)
     for b in budgets:
-        if b["scope"] == "team":
-            b["spent"] = found.get(("team", row["id"], b["period"]), 0)
-        else:
-            b["spent"] = max((found.get(("developer", m["id"], b["period"]), 0)
-                              for m in members), default=0)
+        b["spent"] = max((found.get((*c, b["period"]), 0) for c in caps.counters(
+            b["scope"], b["scope_id"], [m["id"] for m in members])), default=0)
         b["projected"] = live.project(b["spent"], b["period"], now)
         b["resets"] = period_end(b["period"], now)
     start, end = last_days(30)
@@ -99,7 +100,9 @@ async def team(request: web.Request) -> web.StreamResponse:
     by_model = await report(request, reports.spend, start=now.date().replace(day=1),
                             end=end, grain="month", dimension="model", team_id=row["id"])
     limits = await state.db(state.catalog.rate_limits)
+    models_from, models = await state.db(AllowedModels(state.catalog).effective, row["id"])
     return await render(request, "team.html", {
+        "models_from": models_from, "models": models,
         "team": row, "members": members, "budgets": budgets, "periods": PERIODS,
         "pool": [b for b in budgets if b["scope"] == "team"],
         "member_caps": [b for b in budgets if b["scope"] == "team_member"],
@@ -116,19 +119,55 @@ async def team(request: web.Request) -> web.StreamResponse:
 @allow(*ADMINS)
 async def set_team_budget(request: web.Request) -> web.StreamResponse:
     """The team pool (`scope=team`) or the per-member default cap (`scope=team_member`)."""
-    state = admin_state(request)
     team_id = request.match_info["team_id"]
-    data = await form(request)
-    scope = field(data, "scope", "team")
+    scope = field(await form(request), "scope", "team")
     if scope not in ("team", "team_member"):
         raise ValueError("scope must be team or team_member")
-    period, amount, mode = budget_values(data)
-    await change(request, state.catalog.set_budget, scope, team_id, period, amount, mode)
     what = "Team budget" if scope == "team" else "Per-member cap"
-    return see_other(request, url(request, "team", team_id=team_id), f"{what} saved.")
+    return await save_budget(request, scope, team_id, url(request, "team", team_id=team_id),
+                             f"{what} saved.")
 
 
 @allow(*ADMINS)
 async def set_team_limits(request: web.Request) -> web.StreamResponse:
     team_id = request.match_info["team_id"]
     return await save_limits(request, "team", team_id, url(request, "team", team_id=team_id))
+
+
+async def _set_models(request: web.Request, ref: str, back: URL) -> web.StreamResponse:
+    models = split(field(await form(request), "models", limit=10_000))
+    await change(request, AllowedModels(admin_state(request).catalog).set, ref, models)
+    return see_other(request, back.with_fragment("models"), "Model list saved.")
+
+
+async def _clear_models(request: web.Request, ref: str, back: URL,
+                        message: str) -> web.StreamResponse:
+    await change(request, AllowedModels(admin_state(request).catalog).clear, ref)
+    return see_other(request, back.with_fragment("models"), message)
+
+
+@allow(*ADMINS)
+async def set_team_models(request: web.Request) -> web.StreamResponse:
+    """The team's own model list (replaces the organization's default for it)."""
+    team_id = request.match_info["team_id"]
+    return await _set_models(request, team_id, url(request, "team", team_id=team_id))
+
+
+@allow(*ADMINS)
+async def clear_team_models(request: web.Request) -> web.StreamResponse:
+    """Back to the organization's default list (or any model, without one)."""
+    team = await find_team(request, request.match_info["team_id"])
+    return await _clear_models(request, team["id"], url(request, "team", team_id=team["id"]),
+                               "The team now follows the organization's model list.")
+
+
+@allow(*ADMINS)
+async def set_org_models(request: web.Request) -> web.StreamResponse:
+    """The default list of every team without its own."""
+    return await _set_models(request, ORG, url(request, "teams"))
+
+
+@allow(*ADMINS)
+async def clear_org_models(request: web.Request) -> web.StreamResponse:
+    return await _clear_models(request, ORG, url(request, "teams"),
+                               "Teams without a list of their own may call any model.")

@@ -22,6 +22,7 @@ import orjson
 
 from ledger.keyspace import KeySpace
 from ledger.managed import ManagedSettings
+from ledger.models_allowed import AllowedModels
 from ledger.periods import PERIODS
 from ledger.policy import KEY_PREFIX, hash_key
 from ledger.signins import SignIns
@@ -297,6 +298,7 @@ class Catalog:
                 {f: r[f] for f in LIMIT_FIELDS}) for r in self.rate_limits()},
             "tokens": SignIns(self).mirror(time.time()),
             "managed": ManagedSettings(self).mirror(),
+            "models": AllowedModels(self).mirror(),
         }
 
 

@@ -1,9 +1,9 @@
 """Admission and settlement: the two Redis round trips of a metered request.
 
 `admit` checks every cap and limit that applies and reserves on each (admit.lua); `settle`
-replaces the reservations with what the request really cost and appends its usage event
-(settle.lua). When Redis is unreachable, admission follows the outage policy and settlement
-goes to the local spool, replayed exactly once when Redis is back.
+replaces the reservations with what the request really cost and appends its settlement to the
+event stream (settle.lua). When Redis is unreachable, admission follows the outage policy and
+settlement goes to the local spool, replayed exactly once when Redis is back.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger import notices
-from ledger.events import EVENT_FIELD, pack_event
 from ledger.keyspace import KeySpace
 from ledger.notices import Standing
 from ledger.periods import COUNTER_TTL, PERIODS, period_end
 from ledger.policy import Cap, Limits, Principal
+from ledger.pricing import Cost
 from ledger.redis_client import FastScript
+from ledger.settlement import STREAM_FIELD, Settlement, lua_prelude
 from ledger.spool import Spool
+from ledger.usage import Usage
 
 log = logging.getLogger("meterd.gate")
 
@@ -41,8 +43,6 @@ COUNTER_SCOPES = ("developer", "team", "org")
 _COUNTER_TTLS = tuple(COUNTER_TTL[p] for p in PERIODS for _ in COUNTER_SCOPES)
 _CACHE_LIMIT = 4096  # principals and (developer, day) pairs remembered
 SETTLEMENT_ERROR = "settlement_error"  # the error_type of a request charged by settle_minimal
-_NO_TOKENS = {"input": 0, "output": 0, "cache_write_5m": 0, "cache_write_1h": 0, "cache_read": 0,
-              "web_search": 0, "estimated": 1, "rate_input": 0}
 
 
 def _script(name: str) -> str:
@@ -135,7 +135,7 @@ class Gate:
         # the proxy's handlers read it here too, so a test can fix it.
         self.clock = clock
         self._admit = redis.register_script(_script("admit.lua"))
-        self._settle = redis.register_script(_script("settle.lua"))
+        self._settle = redis.register_script(lua_prelude() + _script("settle.lua"))
         self._release = redis.register_script(_script("release.lua"))
         self._in_flight: set[asyncio.Future[Any]] = set()  # settlements and releases
         self.redis_errors = 0
@@ -327,40 +327,32 @@ class Gate:
 
     # -- settlement ------------------------------------------------------------------------
 
-    async def settle(self, ticket: Ticket, cost_micros: int, tokens: dict[str, int],
-                     event: dict[str, Any]) -> None:
-        """Record the finished request exactly once; spool it when Redis cannot be reached.
-
-        `tokens`: input, output, cache_write_5m, cache_write_1h, cache_read, web_search,
-        estimated (0/1), and rate_input (input + cache writes, as rate limits count it).
-        """
-        self.settle_soon(ticket, cost_micros, tokens, event)
+    async def settle(self, ticket: Ticket, settlement: Settlement) -> None:
+        """Record the finished request exactly once; spool it when Redis cannot be reached."""
+        self.settle_soon(ticket, settlement)
         await self.drain()
 
-    def settle_soon(self, ticket: Ticket, cost_micros: int, tokens: dict[str, int],
-                    event: dict[str, Any]) -> None:
+    def settle_soon(self, ticket: Ticket, settlement: Settlement) -> None:
         """`settle`, sent now and not awaited (the proxy settles every request this way: a
         client that goes away must not cancel it). `drain` waits until it is recorded or
         spooled."""
         try:
-            entry = self._settlement(ticket, cost_micros, tokens, event)
+            entry = self._settlement(ticket, settlement)
         except Exception:  # a bug in what was recorded: the request was served all the same
             log.exception("cannot record the usage of %s as given", ticket.request_id)
-            self.settle_minimal(ticket, cost_micros)
+            self.settle_minimal(ticket, settlement.cost_micros)
             return
         self._send(entry, ticket.request_id)
 
-    def settle_minimal(self, ticket: Ticket, cost_micros: int,
-                       known: dict[str, Any] | None = None) -> None:
+    def settle_minimal(self, ticket: Ticket, cost_micros: int, *, model: str = "",
+                       status: int = 0, stream: bool = False) -> None:
         """Charge a served request whose usage cannot be recorded (a bug on the way): its
-        cost, who made it and the `known` fields, marked estimated, error_type
+        cost, who made it and what else is known, marked estimated, error_type
         settlement_error. What admission reserved is released as by any settlement."""
-        p = ticket.principal
-        event = {"id": ticket.request_id, "ts_ms": int(ticket.at.timestamp() * 1000),
-                 "developer_id": p.developer_id, "team_id": p.team_id, "key_id": p.key_id,
-                 **(known or {}), "cost_micros": cost_micros, "estimated": 1,
-                 "error_type": SETTLEMENT_ERROR}
-        self._send(self._settlement(ticket, cost_micros, _NO_TOKENS, event), ticket.request_id)
+        cost = Cost(cost_micros, row="", known=True, version="")
+        settlement = Settlement.of(ticket, Usage(), cost, model=model, status=status,
+                                   stream=stream, estimated=True, error_type=SETTLEMENT_ERROR)
+        self._send(self._settlement(ticket, settlement), ticket.request_id)
 
     def _send(self, entry: dict[str, Any], request_id: str) -> None:
         if not isinstance(self._settle, FastScript):  # redis-py's (TLS, embedded): a task
@@ -391,8 +383,7 @@ class Gate:
         while self._in_flight:
             await asyncio.wait(set(self._in_flight))
 
-    def _settlement(self, ticket: Ticket, cost_micros: int, tokens: dict[str, int],
-                    event: dict[str, Any]) -> dict[str, Any]:
+    def _settlement(self, ticket: Ticket, settlement: Settlement) -> dict[str, Any]:
         """The settlement script's keys and arguments (also what the spool stores)."""
         at = ticket.at
         now_ms = int(at.timestamp() * 1000)
@@ -406,20 +397,18 @@ class Gate:
             holds = [Hold(i, self.keyspace.holds(counters[i - 1]), 0,
                           min(c.amount for c in caps)) for i, caps in sorted(groups.items())]
         if ticket.admitted:  # correct the estimates admission added to the windows
-            windows = [(key, 0, tokens["rate_input"] - est_in, tokens["output"] - est_out)
+            windows = [(key, 0, settlement.rate_input - est_in,
+                        settlement.output_tokens - est_out)
                        for key, est_in, est_out in ticket.windows]
         else:  # nothing was counted yet: count the request now
             minute = now_ms // 60000
             windows = [(self.keyspace.window(lim.scope, lim.scope_id, minute), 1,
-                        tokens["rate_input"], tokens["output"])
+                        settlement.rate_input, settlement.output_tokens)
                        for lim in ticket.principal.limits if lim.rpm or lim.itpm or lim.otpm]
         keys += [h.key for h in holds] + [w[0] for w in windows] + ticket.flights
         args: list[Any] = [
             now_ms, ticket.request_id, SETTLED_TTL, len(counters), 3, len(holds), len(windows),
-            len(ticket.flights), cost_micros,
-            *(tokens[f] for f in ("input", "output", "cache_write_5m", "cache_write_1h",
-                                  "cache_read", "web_search", "estimated")),
-            *_COUNTER_TTLS,
+            len(ticket.flights), *settlement.counted(), *_COUNTER_TTLS,
         ]
         for h in holds:
             args += (h.counter_index, h.reserved, h.cap)
@@ -427,7 +416,7 @@ class Gate:
             args += (d_requests, d_in, d_out, WINDOW_TTL)
         args.append(len(self.thresholds))
         args += self.thresholds
-        args += (EVENT_FIELD, pack_event(event))
+        args += (STREAM_FIELD, settlement.packed())
         return {"keys": keys, "args": args}
 
     async def _record(self, entry: dict[str, Any], request_id: str) -> None:

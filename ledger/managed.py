@@ -111,7 +111,8 @@ class ManagedSettings:
             after = self._row(scope, scope_id)
             self.catalog._audit(actor, "managed_settings.set", f"{scope}:{scope_id}", before,
                                 after)
-        assert after is not None
+        if after is None:  # the row was written under the lock just now
+            raise RuntimeError(f"managed settings for {scope}:{scope_id} vanished on write")
         return after
 
     def delete(self, ref: str, actor: str = "cli") -> bool:

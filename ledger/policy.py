@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 
-from ledger import tokens
+from ledger import caps, tokens
 from ledger.keyspace import KeySpace
+from ledger.models_allowed import Allowlist
 
 KEY_PREFIX = "mtd_"
 
@@ -30,7 +31,7 @@ def hash_key(secret: str) -> str:
 class Cap:
     budget_id: str
     scope: str  # developer, team, team_member (the per-member default of a team) or org
-    scope_id: str
+    scope_id: str  # of a per-member cap: the member's, whose own spend it is compared with
     scope_name: str
     period: str  # daily, weekly, monthly
     amount: int  # µ$
@@ -38,9 +39,8 @@ class Cap:
 
     @property
     def counter_scope(self) -> tuple[str, str]:
-        """The spend counter the cap is compared with: a member cap reads the member's own."""
-        return ("developer", self.scope_id) if self.scope == "team_member" else (
-            self.scope, self.scope_id)
+        """The spend counter the cap is compared with (see ledger/caps.py)."""
+        return caps.COUNTER_OF[self.scope], self.scope_id
 
     def describe(self) -> str:
         who = {"developer": "developer", "team": "team", "team_member": "member of team",
@@ -71,6 +71,7 @@ class Principal:
     team_name: str
     caps: tuple[Cap, ...]
     limits: tuple[Limits, ...]
+    models: Allowlist | None = None  # the models the team may call; None: any
 
 
 class KeyRefused(Exception):
@@ -95,6 +96,8 @@ class Policy:
     tokens: dict[str, Any] = field(default_factory=dict)
     # Managed settings (ledger/managed.py): "org" or a team id → {uuid, checksum, settings}.
     managed: dict[str, Any] = field(default_factory=dict)
+    # Models per team (ledger/models_allowed.py): "org" or a team id → the list.
+    models: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Policy:
@@ -104,6 +107,8 @@ class Policy:
         self._principals: dict[str, Principal] = {}
         self._bearer_keys = tokens.public_keys(self.tokens.get("keys") or {})
         self._revoked: dict[str, Any] = self.tokens.get("revoked") or {}
+        # One Allowlist per list, shared by its principals (and their remembered answers).
+        self._allowlists = {scope: Allowlist(models) for scope, models in self.models.items()}
 
     def principal(self, secret: str, now: float | None = None) -> Principal:
         """Resolve a presented key or signed-in bearer token, or raise KeyRefused."""
@@ -153,20 +158,21 @@ class Policy:
                              final=True)
         team_id = dev.get("team_id") or ""
         team_name = self.teams.get(team_id, {}).get("name", "")
-        applies = {("developer", dev_id), ("team", team_id), ("team_member", team_id), ("org", "")}
         names = {"developer": dev["name"], "team": team_name, "team_member": team_name, "org": ""}
-        caps = tuple(
-            Cap(bid, b["scope"], b["scope_id"] if b["scope"] != "team_member" else dev_id,
+        applying = tuple(
+            Cap(bid, b["scope"], caps.counter(b["scope"], b.get("scope_id", ""), dev_id)[1],
                 names[b["scope"]], b["period"], int(b["amount"]), b.get("mode", "estimate"))
             for bid, b in sorted(self.budgets.items())
-            if (b["scope"], b.get("scope_id", "")) in applies
+            if caps.applies(b["scope"], b.get("scope_id", ""), dev_id, team_id)
         )
         limits = tuple(
             Limits(scope, scope_id, names[scope], **{k: int(v or 0) for k, v in lim.items()})
             for scope, scope_id in (("developer", dev_id), ("team", team_id))
             if (lim := self.limits.get(f"{scope}:{scope_id}"))
         )
-        return Principal(key["id"], dev_id, dev["name"], team_id, team_name, caps, limits)
+        models = self._allowlists.get(team_id) or self._allowlists.get("org")
+        return Principal(key["id"], dev_id, dev["name"], team_id, team_name, applying, limits,
+                         models)
 
 
 async def load_policy(redis: Any, keyspace: KeySpace, known_version: int) -> Policy | None:

@@ -27,26 +27,21 @@ from typing import Any
 import duckdb
 from redis.exceptions import WatchError
 
-from ledger.events import EVENT_NAMES, event_values
 from ledger.keyspace import KeySpace
 from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
+from ledger.settlement import FIELDS, SPENT, TOKEN_COUNTERS, entry_values
 
 log = logging.getLogger("meterd.rebuild")
 Db = Callable[..., Awaitable[Any]]
 
-# Counter hash fields as settle.lua writes them: every counter counts spend; daily
-# ones also count tokens (field → usage column, or event field).
-TOKEN_FIELDS = {"in": "input_tokens", "out": "output_tokens", "cw5": "cache_write_5m",
-                "cw1": "cache_write_1h", "cr": "cache_read", "ws": "web_search",
-                "est": "estimated"}
 SCOPES = ("developer", "team", "org")
 Sums = dict[str, int]
 
 
 def _fields(cost: int, tokens: dict[str, int], daily: bool) -> Sums:
-    out = {"spent": cost}
+    out = {SPENT: cost}
     if daily:
-        out.update({f: tokens[col] for f, col in TOKEN_FIELDS.items()})
+        out.update({f: tokens[col] for f, col in TOKEN_COUNTERS.items()})
     return out
 
 
@@ -90,7 +85,7 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
     rows, seen = await db(_history, conn, first, end, [e["id"] for e in events])
     for day, developer_id, team_id, cost, *tokens in rows:
         counters.add(day, developer_id, team_id, int(cost),
-                     dict(zip(TOKEN_FIELDS.values(), map(int, tokens), strict=True)))
+                     dict(zip(TOKEN_COUNTERS.values(), map(int, tokens), strict=True)))
     for event in events:
         if event["id"] in seen:  # in DuckDB and already in the fresh counters: once only
             counters.add(event["day"], event["developer_id"], event["team_id"],
@@ -122,7 +117,7 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
 def _history(conn: duckdb.DuckDBPyConnection, first: date, end: date,
              stream_ids: list[str]) -> tuple[list[tuple[Any, ...]], set[str]]:
     """Daily sums per developer and team since `first`, and which stream ids DuckDB holds."""
-    tokens = ", ".join(f"sum({col})" for col in TOKEN_FIELDS.values())
+    tokens = ", ".join(f"sum({col})" for col in TOKEN_COUNTERS.values())
     rows = conn.execute(
         "SELECT day, developer_id, team_id, sum(cost_micros), "
         f"{tokens} FROM usage_daily WHERE day >= ? AND day < ? GROUP BY ALL",
@@ -136,7 +131,7 @@ def _history(conn: duckdb.DuckDBPyConnection, first: date, end: date,
     return rows, seen
 
 
-_INT_FIELDS = ("ts_ms", "cost_micros", *TOKEN_FIELDS.values())
+_INT_FIELDS = ("ts_ms", "cost_micros", *TOKEN_COUNTERS.values())
 
 
 async def _stream_events(redis: Any, keyspace: KeySpace, first: date,
@@ -147,7 +142,7 @@ async def _stream_events(redis: Any, keyspace: KeySpace, first: date,
     while True:
         chunk = await redis.xrange(keyspace.events, min=start, max="+", count=10_000)
         for _, fields in chunk:
-            values = dict(zip(EVENT_NAMES, event_values(fields), strict=True))
+            values = dict(zip(FIELDS, entry_values(fields), strict=True))
             event: dict[str, Any] = {
                 name: _text(values[name]) for name in ("id", "developer_id", "team_id")}
             for name in _INT_FIELDS:

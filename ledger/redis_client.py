@@ -324,7 +324,6 @@ class ScriptConnection:
                 waiting = [(loop.create_future(), now, command, None, encode_command(command))
                            for command in setup]
                 self.pending.extend(waiting)  # the first written: the queue waits meanwhile
-                assert protocol.transport is not None
                 protocol.transport.write(b"".join([c[4] for c in waiting]))
                 try:
                     await asyncio.gather(*(reply for reply, *_ in waiting))

@@ -34,8 +34,8 @@ own DuckDB file from splitting the history between two files.
 Before reading any new entry, a run makes sure the live counters are complete
 (`ledger.rebuild.ensure_counters`): if Redis came back empty they are rebuilt from DuckDB first.
 
-Each event is one packed stream field (ledger.events), which keeps reading, the rollup's
-bottleneck, cheap; `hiredis` (a dependency) parses the replies.
+Each event is one settlement packed in one stream field (ledger.settlement), which keeps
+reading, the rollup's bottleneck, cheap; `hiredis` (a dependency) parses the replies.
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ import duckdb
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from ledger.events import EVENT_COLUMNS, RS, US, event_values
 from ledger.keyspace import KeySpace
 from ledger.pricing import MTOK, US_GEO_MULTIPLIER, PriceTable
+from ledger.rebuild import ensure_counters
+from ledger.settlement import REQUEST_COLUMNS, RS, SQL_COLUMNS, US, entry_values
 from ledger.usage import Usage
 
 log = logging.getLogger("meterd.rollup")
@@ -77,8 +78,6 @@ PURGE_JOB_ID = "meterd-purge"
 # event after a 200, a reset, a client that left before the end).
 ERROR_SQL = "(status < 200 OR status >= 300 OR error_type <> '')"
 
-REQUEST_COLUMNS = ("id", "ts", *(n for n, _, _ in EVENT_COLUMNS[2:16]), "cache_saved_micros",
-                   *(n for n, _, _ in EVENT_COLUMNS[16:]))
 MEASURES = ("requests", "errors", "estimated", "input_tokens", "output_tokens", "cache_write_5m",
             "cache_write_1h", "cache_read", "web_search", "cost_micros", "cache_saved_micros")
 
@@ -94,18 +93,26 @@ def _typed(i: int, name: str, kind: str, default: str) -> str:
     return f"{value} <> 0 AS {name}" if kind == "BOOLEAN" else f"{value} AS {name}"
 
 
+def _column(i: int, name: str, kind: str, default: str) -> str:
+    """The SQL of field `name`, the i-th value of `f` (f[1] is the stream entry id: the
+    request id and time of an event that has none)."""
+    raw = f"f[{i}]"
+    if name == "id":
+        return f"CASE WHEN coalesce({raw}, '') = '' THEN 'stream:' || f[1] ELSE {raw} END AS id"
+    if name == "ts_ms":
+        ms = f"TRY_CAST({raw} AS BIGINT)"
+        return (f"epoch_ms(CASE WHEN {ms} BETWEEN 1 AND 32503680000000 THEN {ms} "
+                "ELSE TRY_CAST(split_part(f[1], '-', 1) AS BIGINT) END) AS ts")
+    return _typed(i, name, kind, default)
+
+
 def _batch_sql() -> str:
-    # f[1] is the stream entry id, for events without a request id or time.
-    cols = [_typed(i, n, k, d) for i, (n, k, d) in enumerate(EVENT_COLUMNS, 2)]
-    cols[0] = "CASE WHEN coalesce(f[2], '') = '' THEN 'stream:' || f[1] ELSE f[2] END AS id"
-    cols[1] = ("epoch_ms(CASE WHEN TRY_CAST(f[3] AS BIGINT) BETWEEN 1 AND 32503680000000 "
-               "THEN TRY_CAST(f[3] AS BIGINT) ELSE TRY_CAST(split_part(f[1], '-', 1) AS BIGINT) "
-               "END) AS ts")
-    # In the column order of `requests`; the saving is priced afterwards.
-    cols.insert(REQUEST_COLUMNS.index("cache_saved_micros"), "0::BIGINT AS cache_saved_micros")
+    cols = {"ts" if n == "ts_ms" else n: _column(i, n, k, d)
+            for i, (n, k, d) in enumerate(SQL_COLUMNS, 2)}
+    cols["cache_saved_micros"] = "0::BIGINT AS cache_saved_micros"  # priced afterwards
     return (
         "CREATE OR REPLACE TEMP TABLE rollup_batch AS "
-        f"SELECT * FROM (SELECT {', '.join(cols)} FROM "
+        f"SELECT * FROM (SELECT {', '.join(cols[c] for c in REQUEST_COLUMNS)} FROM "
         "(SELECT string_split(unnest(string_split($1, chr(30))), chr(31)) AS f))"
     )
 
@@ -193,7 +200,7 @@ class Savings:
 def _encode(entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> str:
     """The batch as one US/RS-separated string (see _BATCH_SQL), stream entry id first."""
     us = US.encode()
-    rows = [entry_id + us + us.join(event_values(fields))
+    rows = [entry_id + us + us.join(entry_values(fields))
             for entry_id, fields in entries
             if fields]  # an entry deleted while pending: nothing to insert, only to acknowledge
     return RS.encode().join(rows).decode("utf-8", "replace")
@@ -384,9 +391,6 @@ class Rollup:
     # -- steps -----------------------------------------------------------------------------
 
     async def _ensure_counters(self) -> None:
-        # Imported here: ledger.rebuild imports this module for the event format.
-        from ledger.rebuild import ensure_counters
-
         if self.rebuild:
             await ensure_counters(self.redis, self.keyspace, self.conn, self.db, self.clock())
 

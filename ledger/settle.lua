@@ -7,14 +7,14 @@
 --       counters (the first nd are daily ones that also count tokens), then nh holds zsets,
 --       nw rate windows, nc concurrency sets.
 -- ARGV: now_ms, req_id, settled_ttl, nk, nd, nh, nw, nc,
---       cost, requests-fields: input, output, cache_write_5m, cache_write_1h, cache_read,
---       web_search, estimated,
+--       cost, then one amount per TOKEN_FIELDS name (Settlement.counted() order),
 --       per counter: ttl
 --       per hold: counter index (1-based among counters), reserved amount, cap (0 = none)
 --       per window: d_requests, d_input, d_output, ttl
 --       nt, then nt thresholds (percent)
 --       then the event as field, value pairs
 -- Returns 1, or 0 when this request id was already settled.
+-- SPENT and TOKEN_FIELDS, the counter field names, come first: ledger.settlement.lua_prelude.
 local unpack = unpack or table.unpack  -- Lua 5.1 in Redis, 5.4 in the embedded backend
 local now = ARGV[1]
 local req_id = ARGV[2]
@@ -31,9 +31,8 @@ end
 local nk, nd, nh, nw, nc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
   tonumber(ARGV[7]), tonumber(ARGV[8])
 local cost = tonumber(ARGV[9])
-local token_fields = {'in', 'out', 'cw5', 'cw1', 'cr', 'ws', 'est'}
 local window_fields = {'r', 'i', 'o'}
-local a = 17
+local a = 10 + #TOKEN_FIELDS
 
 -- Every redis.call costs Redis CPU on the hot path, so a key gets its TTL only when this
 -- call made it (HINCRBY answered the amount it added).
@@ -47,11 +46,11 @@ local base = 3
 local spent_after = {}
 for i = 1, nk do
   local counter = KEYS[base + i]
-  spent_after[i] = add(counter, 'spent', cost, tonumber(ARGV[a]))
+  spent_after[i] = add(counter, SPENT, cost, tonumber(ARGV[a]))
   if i <= nd then
-    for f = 1, 7 do
+    for f, field in ipairs(TOKEN_FIELDS) do
       local v = tonumber(ARGV[9 + f])
-      if v ~= 0 then redis.call('HINCRBY', counter, token_fields[f], v) end
+      if v ~= 0 then redis.call('HINCRBY', counter, field, v) end
     end
   end
   a = a + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC
@@ -66,50 +67,59 @@ async def _end_relays(grace: float, app: web.Application) -> None:
 
 
 async def _proxy_context(settings: Settings, app: web.Application) -> AsyncIterator[None]:
-    redis = connect_redis(settings.redis_url)
-    keyspace = KeySpace(settings.redis_prefix)
-    spool = Spool(settings.data_path / "spool")
-    gate = Gate(redis, keyspace, spool, fail_open=settings.redis_outage_policy == "fail_open",
-                reservation_ttl=settings.reservation_ttl, thresholds=settings.thresholds)
-    session = aiohttp.ClientSession(
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None, connect=settings.upstream_connect_timeout,
-                                      sock_read=settings.upstream_read_timeout),
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-        # One session serves every developer: a cookie a provider sets (e.g. a CDN's) must
-        # not be stored and sent on with other people's requests. (Also skips the jar's work.)
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
-    state = ProxyState(
-        redis=redis, keyspace=keyspace, gate=gate,
-        prices=PriceTable.load(dict(settings.prices), settings.fallback_input_usd,
-                               settings.fallback_output_usd),
-        upstream=AnthropicUpstream(settings.upstream_url, settings.upstream_key,
-                                   settings.upstream_auth),
-        session=session, models=settings.models,
-        metrics=ProxyMetrics(lambda: gate.redis_errors, lambda: spool.depth,
-                             settings.metrics_token),
-        estimate_output_tokens=settings.estimate_output_tokens,
-        policy_refresh=settings.policy_refresh,
-        public_url=settings.public_url.rstrip("/"),
-        access_log=AccessLog() if settings.log_level in ("debug", "info") else None,
-    )
-    try:
-        await state.refresh_policy()
-        await gate.replay_spool()
-    except Exception as exc:
-        log.warning("redis not reachable at start (%s); serving per outage policy", exc)
-    app[STATE] = state
-    maintenance = asyncio.create_task(state.maintain())
-    yield
+    # Each resource's release is pushed as it is made; on shutdown they run in reverse, every
+    # one of them even when an earlier one raises (then the first error is raised after).
+    async with contextlib.AsyncExitStack() as releases:
+        redis = connect_redis(settings.redis_url)
+        releases.push_async_callback(redis.aclose)
+        keyspace = KeySpace(settings.redis_prefix)
+        spool = Spool(settings.data_path / "spool")
+        releases.callback(spool.close)
+        gate = Gate(redis, keyspace, spool,
+                    fail_open=settings.redis_outage_policy == "fail_open",
+                    reservation_ttl=settings.reservation_ttl, thresholds=settings.thresholds)
+        session = aiohttp.ClientSession(
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, connect=settings.upstream_connect_timeout,
+                                          sock_read=settings.upstream_read_timeout),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            # One session serves every developer: a cookie a provider sets (e.g. a CDN's)
+            # must not be stored and sent on with other people's requests. (Also skips the
+            # jar's work.)
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        releases.push_async_callback(session.close)
+        state = ProxyState(
+            redis=redis, keyspace=keyspace, gate=gate,
+            prices=PriceTable.load(dict(settings.prices), settings.fallback_input_usd,
+                                   settings.fallback_output_usd),
+            upstream=AnthropicUpstream(settings.upstream_url, settings.upstream_key,
+                                       settings.upstream_auth),
+            session=session, models=settings.models,
+            metrics=ProxyMetrics(lambda: gate.redis_errors, lambda: spool.depth,
+                                 settings.metrics_token),
+            estimate_output_tokens=settings.estimate_output_tokens,
+            policy_refresh=settings.policy_refresh,
+            public_url=settings.public_url.rstrip("/"),
+            access_log=AccessLog() if settings.log_level in ("debug", "info") else None,
+        )
+        if state.access_log is not None:
+            releases.callback(state.access_log.flush)
+        releases.push_async_callback(state.drain)
+        try:
+            await state.refresh_policy()
+            await gate.replay_spool()
+        except Exception as exc:
+            log.warning("redis not reachable at start (%s); serving per outage policy", exc)
+        app[STATE] = state
+        maintenance = asyncio.create_task(state.maintain())
+        releases.push_async_callback(_stop_maintenance, state, maintenance)
+        yield
+
+
+async def _stop_maintenance(state: ProxyState, maintenance: asyncio.Task[None]) -> None:
     state.stopping.set()
     await maintenance
-    await state.drain()
-    if state.access_log is not None:
-        state.access_log.flush()
-    await session.close()
-    spool.close()
-    await redis.aclose()
 
 
 async def _metrics_listener(settings: Settings, reuse_port: bool,

@@ -7,6 +7,8 @@ import asyncio
 import gc
 import logging
 import os
+import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +20,13 @@ from aiohttp import web
 
 from dashboard.commands import add_account_commands
 from dashboard.params import parse_expiry
+from ledger.models_allowed import split as split_models
 from ledger.money import format_usd
 from meterd import doctor, mock_upstream
 from meterd.apps import SOCKET_FILE, create_root_app
 from meterd.client import ManagementError, call, fetch
 from meterd.settings import Settings, SettingsError
+from meterd.tls import server_context
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -66,16 +70,37 @@ async def _tune_gc(app: web.Application) -> None:
 
 def _run(app: web.Application, settings: Settings, port: int, unix: bool = False,
          reuse_port: bool = False) -> None:
+    """Serve `app` on host:port (https when the TLS files are set) and, with `unix`, on the
+    data directory's socket (plain: the CLI's channel), until SIGINT or SIGTERM."""
+    ssl_context = server_context(settings)  # a bad file stops the start, with its name
     path = str(settings.data_path / SOCKET_FILE) if unix else None
     if path and os.path.exists(path):
         os.unlink(path)  # left by a process that died; a live owner holds the DuckDB lock
     app.on_startup.append(_tune_gc)  # after the cleanup contexts: their state is loaded
-    # backlog: a fleet of Claude Code sessions reconnecting at once (after a deploy) must
-    # queue for accept(), not be reset; the default, 128, overflows under a burst of about a
-    # thousand connections (seen on the mock upstream in bench/slow_streams.py).
-    web.run_app(app, host=settings.host, port=port, path=path, loop=_new_loop(),
-                access_log=None, shutdown_timeout=settings.shutdown_grace,
-                reuse_port=reuse_port or None, print=None, backlog=1024)
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        runner.run(_serve(app, settings, port, path, ssl_context, reuse_port))
+
+
+async def _serve(app: web.Application, settings: Settings, port: int, path: str | None,
+                 ssl_context: ssl.SSLContext | None, reuse_port: bool) -> None:
+    # web.run_app would put TLS on the Unix socket too, which the CLI reaches over plain http.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        # backlog: a fleet of Claude Code sessions reconnecting at once (after a deploy) must
+        # queue for accept(), not be reset; the default, 128, overflows under a burst of about
+        # a thousand connections (seen on the mock upstream in bench/slow_streams.py).
+        await web.TCPSite(runner, settings.host, port, ssl_context=ssl_context, backlog=1024,
+                          reuse_port=reuse_port or None).start()
+        if path:
+            await web.UnixSite(runner, path, backlog=1024).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -216,6 +241,11 @@ def _show_key(result: Any) -> None:
     print("This is the only time the key is shown; meterd stores only its hash.")
 
 
+def _show_models(result: Any) -> None:
+    _show({"data": [{"scope": "org" if r["scope"] == "org" else f"team {r['team_name']}",
+                     "models": " ".join(r["models"])} for r in result["data"]]})
+
+
 def _expiry(text: str) -> str:
     """A key expiry as the dashboard and the API read one: a date is the end of that UTC
     day, a date-time that instant; sent on as the instant."""
@@ -229,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meterd", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (default: $MTD_CONFIG)")
-    common.add_argument("--data-dir", help="data directory (default: meterd-data)")
+    common.add_argument("--data-dir", help=f"data directory (default: {Settings.data_dir})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], None], help: str,
@@ -240,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", cmd_serve, "run proxy, dashboard and rollup in one process")
     p.add_argument("--host")
-    p.add_argument("--port", type=int, help="proxy and dashboard port (default 4000)")
+    p.add_argument("--port", type=int,
+                   help=f"proxy and dashboard port (default {Settings.proxy_port})")
     p.add_argument("--demo", action="store_true",
                    help="run against a built-in mock upstream with seeded teams and keys")
     p = add("proxy", cmd_proxy, "run a stateless proxy against a shared Redis")
@@ -315,6 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--otpm", type=int, help="output tokens per minute")
     p.add_argument("--concurrency", type=int, help="requests in flight at once")
     add("list", _manage("GET", "rate_limits"), "list rate limits", limits)
+    models = sub.add_parser("models", help="models each team may call").add_subparsers(
+        dest="action", required=True)
+    p = add("set", _manage("PUT", "allowed_models/{scope}", lambda a: {
+        "models": [m for text in a.models for m in split_models(text)]}),
+        "set the models a team (or, with `org`, every team without a list) may call", models)
+    p.add_argument("scope", help="a team (id or name), or org for the default")
+    p.add_argument("models", nargs="+", help="model ids or globs, e.g. claude-sonnet-4-6 "
+                   "'claude-haiku-*'")
+    add("list", _manage("GET", "allowed_models", show=_show_models), "list the model lists",
+        models)
+    p = add("clear", _manage("DELETE", "allowed_models/{scope}"),
+            "remove a list (a team falls back to org's; without one, any model)", models)
+    p.add_argument("scope", help="a team (id or name), or org")
     add_account_commands(sub, add, _manage)
 
     managed = sub.add_parser("managed", help="managed settings Claude Code fetches").add_subparsers(

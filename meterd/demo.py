@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import secrets
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,9 +18,11 @@ from ledger.gate import Gate, Ticket
 from ledger.money import parse_usd
 from ledger.policy import Principal
 from ledger.pricing import PriceTable
+from ledger.settlement import Settlement
 from ledger.usage import Usage
 from meterd.apps import ADMIN_APP, DB_FILE
 from meterd.mock_upstream import MockOptions, create_mock_app
+from meterd.ports import free_port
 from meterd.settings import Settings
 from proxy.state import STATE
 
@@ -37,15 +38,9 @@ _demo_key: list[str] = []
 _demo_admin: list[str] = []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def prepare_demo(settings: Settings) -> Settings:
     """A fresh demo data directory, seeded, with the upstream pointed at the mock."""
-    data = Path(settings.data_dir if settings.data_dir != "meterd-data" else DEMO_DIR)
+    data = Path(settings.data_dir if settings.data_dir != Settings.data_dir else DEMO_DIR)
     if data.exists():
         if not (data / MARKER).exists():
             raise SystemExit(f"meterd: {data} holds real data; --demo only reuses its own "
@@ -89,7 +84,7 @@ MODELS = (("claude-sonnet-4-6", 6), ("claude-opus-4-8", 2), ("claude-haiku-4-5",
 async def seed_history(gate: Gate, prices: PriceTable, principals: list[Principal],
                        days: int = 21, seed: int = 7) -> int:
     """Weeks of plausible Claude Code usage, settled as real requests are (same counters, same
-    events), so the dashboard has something to show. Returns how many requests."""
+    settlements), so the dashboard has something to show. Returns how many requests."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
     count = 0
@@ -103,29 +98,15 @@ async def seed_history(gate: Gate, prices: PriceTable, principals: list[Principa
                 usage = Usage(input_tokens=rng.randint(50, 3000),
                               output_tokens=rng.randint(200, 5000),
                               cache_write_5m=rng.choice((0, 0, rng.randint(2000, 20000))),
-                              cache_read=rng.randint(20000, 80000))
+                              cache_read=rng.randint(20000, 80000), service_tier="standard")
                 at = day.replace(hour=rng.randint(7, 19), minute=rng.randint(0, 59))
                 ticket = Ticket("mreq_demo_" + secrets.token_hex(8), principal, at)
                 cost = prices.cost(model, usage)
-                await gate.settle(ticket, cost.micros, {
-                    "input": usage.input_tokens, "output": usage.output_tokens,
-                    "cache_write_5m": usage.cache_write_5m, "cache_write_1h": 0,
-                    "cache_read": usage.cache_read, "web_search": 0, "estimated": 0,
-                    "rate_input": usage.rate_input_tokens}, {
-                    "id": ticket.request_id, "ts_ms": int(at.timestamp() * 1000),
-                    "developer_id": principal.developer_id, "team_id": principal.team_id,
-                    "key_id": principal.key_id, "model": model, "provider": "anthropic",
-                    "status": 200, "stream": 1, "input_tokens": usage.input_tokens,
-                    "output_tokens": usage.output_tokens,
-                    "cache_write_5m": usage.cache_write_5m, "cache_write_1h": 0,
-                    "cache_read": usage.cache_read, "web_search": 0,
-                    "cost_micros": cost.micros, "price_row": cost.row,
-                    "price_version": cost.version, "priced": 1,
-                    "latency_ms": rng.randint(2000, 40000), "ttfb_ms": rng.randint(400, 1500),
-                    "estimated": 0, "error_type": "", "service_tier": "standard", "speed": "",
-                    "inference_geo": "", "session_id": f"demo-{rng.getrandbits(48):012x}",
-                    "agent_id": "", "parent_agent_id": "", "request_class": "",
-                    "prompt_id": ""})
+                await gate.settle(ticket, Settlement.of(
+                    ticket, usage, cost, model=model, provider="anthropic", status=200,
+                    stream=True, latency_ms=rng.randint(2000, 40000),
+                    ttfb_ms=rng.randint(400, 1500),
+                    session_id=f"demo-{rng.getrandbits(48):012x}"))
                 count += 1
     return count
 
@@ -137,7 +118,8 @@ async def populate(app: web.Application) -> None:
     principals = [proxy.policy.principal(secret) for secret in _demo_key]
     await seed_history(proxy.gate, proxy.prices, principals)
     rollup = app[ADMIN_APP][ADMIN].rollup
-    assert rollup is not None
+    if rollup is None:
+        raise RuntimeError("the demo seeds history after the admin app has started its rollup")
     await rollup.run_once()
 
 

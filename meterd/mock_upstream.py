@@ -24,6 +24,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.envelope import error_body, error_type
+
 RECORDED: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey(
     "mock_upstream_recorded", collections.deque
 )
@@ -48,25 +50,24 @@ _MODEL = "@@MOCK_MODEL@@"
 _PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 _FAILS = ("error-event", "drop")
 
-# The real API's error type and wording per status.
-_ERRORS: dict[int, tuple[str, str]] = {
-    400: ("invalid_request_error", "messages: Field required"),
-    401: ("authentication_error", "invalid x-api-key"),
-    402: ("billing_error", "Your credit balance is too low to access the Anthropic API. "
-          "Please go to Plans & Billing to upgrade or purchase credits."),
-    403: ("permission_error", "Your API key does not have permission to use the specified "
-          "resource."),
-    404: ("not_found_error", "Not found"),
-    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
-    429: ("rate_limit_error", "This request would exceed your organization's rate limit of 50 "
-          "requests per minute. For details, refer to: https://docs.claude.com/en/api/rate-limits. "
-          "You can see the response headers for current usage. Please reduce the prompt length "
-          "or the maximum tokens requested, or try again later. You may also contact sales at "
-          "https://www.anthropic.com/contact-sales to discuss your options for a rate limit "
-          "increase."),
-    500: ("api_error", "Internal server error"),
-    504: ("timeout_error", "Request timed out"),
-    529: ("overloaded_error", "Overloaded"),
+# The real API's wording per status (its error type: proxy.envelope).
+_WORDING: dict[int, str] = {
+    400: "messages: Field required",
+    401: "invalid x-api-key",
+    402: "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+         "Billing to upgrade or purchase credits.",
+    403: "Your API key does not have permission to use the specified resource.",
+    404: "Not found",
+    413: "Request exceeds the maximum allowed number of bytes.",
+    429: "This request would exceed your organization's rate limit of 50 requests per minute. "
+         "For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the "
+         "response headers for current usage. Please reduce the prompt length or the maximum "
+         "tokens requested, or try again later. You may also contact sales at "
+         "https://www.anthropic.com/contact-sales to discuss your options for a rate limit "
+         "increase.",
+    500: "Internal server error",
+    504: "Request timed out",
+    529: "Overloaded",
 }
 # Extra headers the real API sends with these errors; clients decide on retries from them.
 _ERROR_HEADERS: dict[int, dict[str, str]] = {
@@ -76,11 +77,8 @@ _ERROR_HEADERS: dict[int, dict[str, str]] = {
 }
 
 
-def _envelope(kind: str, message: str) -> bytes:
-    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
-
-
-_ERROR_BODIES = {status: _envelope(*error) for status, error in _ERRORS.items()}
+_ERROR_BODIES = {status: error_body(error_type(status), wording)
+                 for status, wording in _WORDING.items()}
 _OVERLOADED_EVENT = b"event: error\ndata: " + _ERROR_BODIES[529] + b"\n\n"
 
 
@@ -405,9 +403,8 @@ def _drop(request: web.Request) -> None:
 def _error(status: int, rid: str, message: str | None = None) -> web.Response:
     body = _ERROR_BODIES.get(status) if message is None else None
     if body is None:
-        kind, wording = _ERRORS.get(status, (
-            "invalid_request_error" if status < 500 else "api_error", f"mock error {status}"))
-        body = _envelope(kind, message or wording)
+        body = error_body(error_type(status),
+                          message or _WORDING.get(status, f"mock error {status}"))
     return web.Response(status=status, body=body, content_type="application/json",
                         headers={"request-id": rid, **_ERROR_HEADERS.get(status, {})})
 

@@ -1,4 +1,5 @@
-"""Settings: one table of names, defaults and help; read from TOML, `MTD_*` env vars and flags.
+"""Settings: typed fields with their defaults, a table of their help; read from TOML, `MTD_*`
+env vars and flags.
 
 Secrets (provider key, session secret) come only from the environment or from files named in
 the environment; a config file that holds one is rejected, so keys never land in version control.
@@ -27,80 +28,90 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Setting:
+    """A setting's name and help; its type and default are the Settings field's."""
+
     name: str
-    default: Any
     help: str
     secret: bool = False
 
+    @property
+    def default(self) -> Any:
+        spec = _FIELDS[self.name]
+        factory = spec.default_factory  # a mutable default (a table) has one
+        return factory() if callable(factory) else spec.default
+
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("host", "127.0.0.1", "Address the proxy and dashboard listen on."),
-    Setting("proxy_port", 4000, "Port of the proxy (what ANTHROPIC_BASE_URL points at)."),
-    Setting("admin_port", 4001, "Port of `meterd admin` (`serve` puts the dashboard on the "
+    Setting("host", "Address the proxy and dashboard listen on."),
+    Setting("proxy_port", "Port of the proxy (what ANTHROPIC_BASE_URL points at)."),
+    Setting("admin_port", "Port of `meterd admin` (`serve` puts the dashboard on the "
             "proxy port under /admin)."),
-    Setting("public_url", "", "Proxy URL as developers reach it (for the rollout page); "
+    Setting("public_url", "Proxy URL as developers reach it (for the rollout page); "
             "default http://HOST:PROXY_PORT."),
-    Setting("metrics_host", "127.0.0.1", "Address of the metrics listener."),
-    Setting("metrics_port", 0, "Port of a listener that serves only /metrics, off the proxy "
+    Setting("metrics_host", "Address of the metrics listener."),
+    Setting("metrics_port", "Port of a listener that serves only /metrics, off the proxy "
             "port; 0: none."),
-    Setting("metrics_token", "", "Bearer token a scrape of /metrics must present (env "
+    Setting("metrics_token", "Bearer token a scrape of /metrics must present (env "
             "MTD_METRICS_TOKEN or MTD_METRICS_TOKEN_FILE only); empty: the proxy port does not "
             "serve /metrics.", secret=True),
-    Setting("data_dir", "meterd-data", "Directory for the DuckDB file, the spool and the socket."),
-    Setting("redis_url", "", "Redis URL; empty runs an embedded in-process Redis (one process)."),
-    Setting("redis_prefix", "meterd", "Prefix (a Redis Cluster hash tag) of every Redis key."),
-    Setting("upstream_url", "https://api.anthropic.com", "Base URL of the provider API."),
-    Setting("upstream_auth", "x-api-key", "How the provider key is sent: x-api-key or bearer."),
-    Setting("upstream_key", "", "Provider credential (env MTD_UPSTREAM_KEY or "
+    Setting("data_dir", "Directory for the DuckDB file, the spool and the socket."),
+    Setting("redis_url", "Redis URL; empty runs an embedded in-process Redis (one process)."),
+    Setting("redis_prefix", "Prefix (a Redis Cluster hash tag) of every Redis key."),
+    Setting("upstream_url", "Base URL of the provider API."),
+    Setting("upstream_auth", "How the provider key is sent: x-api-key or bearer."),
+    Setting("upstream_key", "Provider credential (env MTD_UPSTREAM_KEY or "
             "MTD_UPSTREAM_KEY_FILE only).", secret=True),
-    Setting("upstream_connect_timeout", 10.0, "Seconds to connect to the provider (then 502)."),
-    Setting("upstream_read_timeout", 600.0, "Seconds without a byte from the provider "
+    Setting("upstream_connect_timeout", "Seconds to connect to the provider (then 502)."),
+    Setting("upstream_read_timeout", "Seconds without a byte from the provider "
             "before 504."),
-    Setting("max_body_bytes", 32_000_000, "Largest request body accepted (413 above)."),
-    Setting("models", ["claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5"],
-            "Model ids listed by GET /v1/models."),
-    Setting("redis_outage_policy", "fail_open", "Admission when Redis is unreachable: "
+    Setting("max_body_bytes", "Largest request body accepted (413 above)."),
+    Setting("models", "Model ids listed by GET /v1/models."),
+    Setting("redis_outage_policy", "Admission when Redis is unreachable: "
             "fail_open or fail_closed."),
-    Setting("reservation_ttl", 900, "Seconds before an unsettled reservation expires."),
-    Setting("estimate_output_tokens", 4096, "Output tokens reserved per request by default-mode "
+    Setting("reservation_ttl", "Seconds before an unsettled reservation expires."),
+    Setting("estimate_output_tokens", "Output tokens reserved per request by default-mode "
             "budgets and output-token rate limits (capped by max_tokens)."),
-    Setting("thresholds", [75, 95], "Soft budget thresholds in percent."),
-    Setting("fallback_input_usd", "5", "USD per million input tokens for unknown models."),
-    Setting("fallback_output_usd", "25", "USD per million output tokens for unknown models."),
-    Setting("prices", {}, "Price rows that override or extend the shipped table (TOML only)."),
-    Setting("providers", {}, "Provider tables [providers.NAME] (kind anthropic, bedrock or "
+    Setting("thresholds", "Soft budget thresholds in percent."),
+    Setting("fallback_input_usd", "USD per million input tokens for unknown models."),
+    Setting("fallback_output_usd", "USD per million output tokens for unknown models."),
+    Setting("prices", "Price rows that override or extend the shipped table (TOML only)."),
+    Setting("providers", "Provider tables [providers.NAME] (kind anthropic, bedrock or "
             "vertex); none: one upstream from upstream_url (TOML only; reloaded on SIGHUP)."),
-    Setting("routes", [], "Routes [[routes]] match = model pattern, providers = names in "
+    Setting("routes", "Routes [[routes]] match = model pattern, providers = names in "
             "fallback order (TOML only; reloaded on SIGHUP)."),
-    Setting("policy_refresh", 0.25, "Seconds between checks for changed keys, budgets, limits."),
-    Setting("shutdown_grace", 30.0, "Seconds open streams may take to finish on shutdown."),
-    Setting("rollup_interval", 5.0, "Seconds between rollups of usage events into DuckDB."),
-    Setting("retention_days", 400, "Days raw request rows are kept (daily rollups are kept)."),
-    Setting("session_secret", "", "Dashboard cookie signing secret, at least 32 bytes (env or "
+    Setting("policy_refresh", "Seconds between checks for changed keys, budgets, limits."),
+    Setting("shutdown_grace", "Seconds open streams may take to finish on shutdown."),
+    Setting("rollup_interval", "Seconds between rollups of usage events into DuckDB."),
+    Setting("retention_days", "Days raw request rows are kept (daily rollups are kept)."),
+    Setting("session_secret", "Dashboard cookie signing secret, at least 32 bytes (env or "
             "file only; generated into the data dir when empty).", secret=True),
-    Setting("trusted_proxies", [], "Addresses or CIDR networks of reverse proxies whose "
+    Setting("trusted_proxies", "Addresses or CIDR networks of reverse proxies whose "
             "X-Forwarded-For and X-Forwarded-Proto the dashboard believes; empty: none."),
-    Setting("log_level", "info", "Log level: debug, info, warning, error."),
-    Setting("oidc_issuer", "", "Issuer URL of the organization's OpenID Connect provider "
+    Setting("tls_cert_file", "PEM file of the https certificate (the leaf, then its "
+            "chain); with tls_key_file, serve, proxy and admin serve https. Empty: http."),
+    Setting("tls_key_file", "PEM file of the certificate's private key (unencrypted); set "
+            "with tls_cert_file or not at all."),
+    Setting("log_level", "Log level: debug, info, warning, error."),
+    Setting("oidc_issuer", "Issuer URL of the organization's OpenID Connect provider "
             "(https); empty: no single sign-on."),
-    Setting("oidc_client_id", "", "Client id meterd is registered under at the provider."),
-    Setting("oidc_client_secret", "", "Client secret at the provider (env or file only).",
+    Setting("oidc_client_id", "Client id meterd is registered under at the provider."),
+    Setting("oidc_client_secret", "Client secret at the provider (env or file only).",
             secret=True),
-    Setting("oidc_allowed_domains", [], "Email domains that may sign in (empty: any the "
+    Setting("oidc_allowed_domains", "Email domains that may sign in (empty: any the "
             "provider vouches for)."),
-    Setting("oidc_default_team", "", "Team of a developer no group rule maps (empty: refuse "
+    Setting("oidc_default_team", "Team of a developer no group rule maps (empty: refuse "
             "them)."),
-    Setting("oidc_allow_loopback", False, "Allow an http issuer on a loopback address "
+    Setting("oidc_allow_loopback", "Allow an http issuer on a loopback address "
             "(development and tests)."),
-    Setting("oidc_groups_claim", "groups", "ID token or userinfo claim that lists the "
+    Setting("oidc_groups_claim", "ID token or userinfo claim that lists the "
             "user's groups."),
-    Setting("oidc_scopes", ["openid", "email", "profile", "offline_access"], "Scopes asked "
+    Setting("oidc_scopes", "Scopes asked "
             "of the provider (add groups where the provider needs it)."),
-    Setting("oidc_group_rules", [], "Rules [[oidc_group_rules]] group = IdP group, team = "
+    Setting("oidc_group_rules", "Rules [[oidc_group_rules]] group = IdP group, team = "
             "team name, role = admin, finance or team_lead; first match wins (TOML only)."),
-    Setting("access_token_ttl", 900, "Seconds a signed-in developer's bearer token lives "
+    Setting("access_token_ttl", "Seconds a signed-in developer's bearer token lives "
             "(refresh renews it)."),
-    Setting("refresh_token_ttl", 30 * 86400, "Seconds a sign-in may be refreshed without "
+    Setting("refresh_token_ttl", "Seconds a sign-in may be refreshed without "
             "signing in again."),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -146,6 +157,8 @@ class Settings:
     retention_days: int = 400
     session_secret: str = field(default="", repr=False)
     trusted_proxies: tuple[str, ...] = ()
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     log_level: str = "info"
     oidc_issuer: str = ""
     oidc_client_id: str = ""
@@ -165,7 +178,8 @@ class Settings:
 
     @property
     def proxy_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.proxy_port}"
+        scheme = "https" if self.tls_cert_file else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.proxy_port}"
 
     def replace(self, **changes: Any) -> Settings:
         return _validated(dataclasses.replace(self, **changes))
@@ -186,6 +200,10 @@ class Settings:
         values.update(_from_env(environ))
         values.update({k: v for k, v in flags.items() if v is not None})
         return _validated(cls(**{k: _coerce(k, v) for k, v in values.items()}))
+
+
+# The one statement of each setting's type and default.
+_FIELDS = {spec.name: spec for spec in dataclasses.fields(Settings)}
 
 
 def _from_file(path: Path) -> dict[str, Any]:
@@ -236,7 +254,7 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         if isinstance(default, float):
             return float(value)
-        if isinstance(default, list):
+        if isinstance(default, tuple):
             if isinstance(value, list | tuple) and any(isinstance(i, dict) for i in value):
                 return tuple(value)  # an array of tables ([[routes]]) stays tables
             items = value.split(",") if isinstance(value, str) else list(value)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 import orjson
+
+from ledger.settlement import Settlement
 
 # What a line holds: who, what, how much, how long. Never a credential or prompt text.
 FIELDS = ("ts_ms", "id", "developer_id", "key_id", "model", "status", "stream", "input_tokens",
@@ -29,11 +31,12 @@ class AccessLog:
         self._lines: list[str] = []
         self._scheduled = False
 
-    def write(self, event: dict[str, Any]) -> None:
-        """Queue the line of one usage event (written within FLUSH_INTERVAL)."""
+    def write(self, settlement: Settlement) -> None:
+        """Queue the line of one settlement (written within FLUSH_INTERVAL)."""
         # Kept as str: orjson's bytes, held by the hundred until the flush, cost ~3 µs more
         # each to allocate (5.0 against 1.3 µs a line, 1,024 lines a flush, timed alone).
-        self._lines.append(orjson.dumps({name: event[name] for name in FIELDS}).decode())
+        line = orjson.dumps({name: getattr(settlement, name) for name in FIELDS})
+        self._lines.append(line.decode())
         if len(self._lines) >= _MAX_LINES:
             self.flush()
         elif not self._scheduled:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
+import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
@@ -16,6 +16,7 @@ from aiohttp.web_request import BaseRequest
 from ledger import notices
 from ledger.gate import BudgetExceeded, MeteringUnavailable, RateLimited
 from ledger.policy import KeyRefused
+from proxy.envelope import error_body, error_type
 from proxy.state import STATE
 
 log = logging.getLogger("meterd.proxy")
@@ -49,11 +50,19 @@ class UpstreamError(ProxyError):
     """The provider could not be reached (502) or did not answer in time (504)."""
 
 
+def upstream_failure(exc: TimeoutError | aiohttp.ClientError) -> UpstreamError:
+    """What the client is told when the provider failed before answering: a timeout is a
+    504, anything else (refused, reset, no credential) a 502."""
+    # Before ClientError: aiohttp's timeouts (ServerTimeoutError) are both.
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(504, "api_error", "upstream did not answer in time")
+    return UpstreamError(502, "api_error", f"upstream unreachable ({type(exc).__name__})")
+
+
 def envelope(status: int, kind: str, message: str,
              headers: dict[str, str] | None = None) -> web.Response:
-    body = orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
-    return web.Response(status=status, body=body, content_type="application/json",
-                        headers=headers)
+    return web.Response(status=status, body=error_body(kind, message),
+                        content_type="application/json", headers=headers)
 
 
 def to_proxy_error(exc: Exception, increase: str) -> ProxyError:
@@ -85,11 +94,6 @@ def increase_text(request: web.Request) -> str:
     return f"request an increase at {state.public_url}/admin/me"
 
 
-_HTTP_KINDS = {404: "not_found_error", 405: "invalid_request_error",
-               413: "request_too_large", 400: "invalid_request_error", 500: "api_error",
-               504: "timeout_error"}
-
-
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,7 +119,7 @@ async def error_middleware(
                    413: "request body is larger than this gateway accepts"}.get(
             exc.status, exc.text or exc.reason)
         allow = exc.headers.get("Allow")  # a 405's: the methods the path takes
-        err = ProxyError(exc.status, _HTTP_KINDS.get(exc.status, "invalid_request_error"),
+        err = ProxyError(exc.status, error_type(exc.status),
                          message, {"allow": allow} if allow else None)
     except ConnectionError:
         raise  # the client left: aiohttp lets the connection go
@@ -188,7 +192,7 @@ class _Connection(RequestHandler):
                              "malformed request line or header, or too many headers")
         else:  # what escaped a handler and error_middleware
             log.error("unexpected error answering a request", exc_info=exc)
-            err = ProxyError(status, _HTTP_KINDS.get(status, "api_error"),
+            err = ProxyError(status, error_type(status),
                              "internal error in the gateway")
         if err.status < 500:
             log.info("refused a request aiohttp could not read: %d %s (%s)", err.status,

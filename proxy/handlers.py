@@ -12,12 +12,12 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from ledger.events import clean_text
 from ledger.gate import Ticket
 from ledger.policy import Principal
-from ledger.status import budget_status
+from ledger.settlement import Settlement, clean_text
+from ledger.status import cap_balances
 from ledger.usage import Usage
-from proxy.errors import ProxyError, UpstreamError, setup_errors
+from proxy.errors import ProxyError, setup_errors, upstream_failure
 from proxy.managed_seen import SEEN
 from proxy.meter import Metered, StreamMeter, meter_body
 from proxy.metrics import TOKEN_CATEGORIES
@@ -31,7 +31,7 @@ log = logging.getLogger("meterd.proxy")
 _MAX_TEE = 16 * 1024 * 1024  # a non-streaming body larger than this is not parsed for usage
 # Why a request ended before its answer was read: the provider had it all the same.
 _CUT_SHORT = frozenset({"client_disconnected", "shutdown"})
-_CLIENT_HEADERS = {  # recorded on each event: who in Claude Code asked
+_CLIENT_HEADERS = {  # recorded on each settlement: who in Claude Code asked
     "session_id": "x-claude-code-session-id",
     "agent_id": "x-claude-code-agent-id",
     "parent_agent_id": "x-claude-code-parent-agent-id",
@@ -87,6 +87,7 @@ class Relay:
         """Admit, relay and settle: a metered request once its fields are read. The caller
         hands the body over in the relay and keeps no reference to it (see `run`)."""
         state = self.state
+        check_model(principal, self.model, allowance)
         self.ticket = await state.gate.admit(
             principal, state.request_ids(),
             state.estimate(self.model, len(self.body), *allowance), started)
@@ -128,13 +129,12 @@ class Relay:
             # The client left (aiohttp cancels the handler if told to), or `end`.
             self.error_type = self.error_type or "client_disconnected"
             raise
-        except TimeoutError:
-            self.status, self.error_type = 504, "upstream_timeout"
-            raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
-        except aiohttp.ClientError as exc:
-            self.status, self.error_type = 502, "upstream_unreachable"
-            raise UpstreamError(502, "api_error",
-                                f"upstream unreachable ({type(exc).__name__})") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failure = upstream_failure(exc)
+            self.status = failure.status
+            self.error_type = "upstream_timeout" if failure.status == 504 \
+                else "upstream_unreachable"
+            raise failure from None
         self.status = upstream.status
         headers = response_headers(upstream.headers.items())
         headers.update(self.ticket.headers)
@@ -211,7 +211,7 @@ class Relay:
 
         A fault on the way (a bug, a field nothing foresaw) neither turns the answer into an
         error nor lets the request go unpaid: it is charged its cost, or what admission
-        estimated if it could not be priced, with a minimal event (Gate.settle_minimal).
+        estimated if it could not be priced, with a minimal settlement (Gate.settle_minimal).
         """
         try:
             self.finish()
@@ -228,9 +228,8 @@ class Relay:
         estimate = self.ticket.estimate
         micros = self.cost_micros if self.cost_micros is not None else \
             estimate.default_micros if estimate is not None else 0
-        self.state.gate.settle_minimal(self.ticket, micros, {
-            "model": clean_text(self.model), "status": self.status,
-            "stream": int(self.stream)})
+        self.state.gate.settle_minimal(self.ticket, micros, model=self.model,
+                                       status=self.status, stream=self.stream)
 
     def finish(self) -> None:
         """Price the request and send its settlement (Gate.settle_soon)."""
@@ -243,53 +242,50 @@ class Relay:
         else:
             cost, provider = served.cost(state.prices, self.model, usage), served.name
         self.cost_micros = cost.micros
-        error_type = self.error_type or metered.error_type
         ended = time.monotonic()
-        p = ticket.principal
-        event: dict[str, Any] = {
-            "id": ticket.request_id, "ts_ms": int(ticket.at.timestamp() * 1000),
-            "developer_id": p.developer_id, "team_id": p.team_id, "key_id": p.key_id,
-            "model": clean_text(self.model), "provider": provider, "status": self.status,
-            "stream": int(self.stream), "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens, "cache_write_5m": usage.cache_write_5m,
-            "cache_write_1h": usage.cache_write_1h, "cache_read": usage.cache_read,
-            "web_search": usage.web_search, "cost_micros": cost.micros,
-            "price_row": cost.row, "price_version": cost.version, "priced": int(cost.known),
-            "latency_ms": int((ended - self.t0) * 1000),
-            "ttfb_ms": int((self.ttfb - self.t0) * 1000) if self.ttfb else -1,
-            # What the client or the provider wrote (any bytes, any length) is cleaned: the
-            # event must pack, spool and log whatever arrived.
-            "estimated": int(metered.estimated), "error_type": clean_text(error_type),
-            "service_tier": clean_text(usage.service_tier), "speed": clean_text(usage.speed),
-            "inference_geo": clean_text(usage.inference_geo),
-        }
         headers = self.request.headers
-        for name, header in _CLIENT_HEADERS.items():
-            event[name] = clean_text(headers.get(header, ""))
-        tokens = {
-            "input": usage.input_tokens, "output": usage.output_tokens,
-            "cache_write_5m": usage.cache_write_5m, "cache_write_1h": usage.cache_write_1h,
-            "cache_read": usage.cache_read, "web_search": usage.web_search,
-            "estimated": int(metered.estimated), "rate_input": usage.rate_input_tokens,
-        }
-        state.gate.settle_soon(ticket, cost.micros, tokens, event)
+        settlement = Settlement.of(
+            ticket, usage, cost, model=self.model, provider=provider, status=self.status,
+            stream=self.stream, estimated=metered.estimated,
+            latency_ms=int((ended - self.t0) * 1000),
+            ttfb_ms=int((self.ttfb - self.t0) * 1000) if self.ttfb else -1,
+            error_type=self.error_type or metered.error_type,
+            **{name: headers.get(header, "") for name, header in _CLIENT_HEADERS.items()})
+        state.gate.settle_soon(ticket, settlement)
         self.settled = True
         if state.access_log is not None:
-            state.access_log.write(event)
+            state.access_log.write(settlement)
         m = state.metrics
-        m.requests[self.status, event["stream"]] += 1
+        m.requests[self.status, settlement.stream] += 1
         m.latency.observe(ended - self.t0)
-        for category in TOKEN_CATEGORIES:
-            m.tokens[category] += tokens[category]
+        for category, field in TOKEN_CATEGORIES.items():
+            m.tokens[category] += getattr(settlement, field)
         m.cost_micros += cost.micros
         m.estimated += metered.estimated
 
 
+def check_model(principal: Principal, model: str, allowance: Allowance | None = None) -> None:
+    """Refuse, before admission, a model the caller's team may not use (ledger/models_allowed),
+    including the model an advisor tool would call."""
+    allowed = principal.models
+    if allowed is None:
+        return
+    advisors = [t.model for t in allowance.tools if t.model] if allowance else []
+    for name in (model, *advisors):
+        if not allowed.allows(name):
+            raise ProxyError(400, "invalid_request_error",
+                             f"model {clean_text(name)!r} is not allowed for team "
+                             f"{principal.team_name}; allowed: {', '.join(allowed.models)}")
+
+
 async def count_tokens(request: web.Request) -> web.StreamResponse:
-    """POST /v1/messages/count_tokens: forwarded for any valid key; never metered or blocked."""
+    """POST /v1/messages/count_tokens: forwarded for any valid key and allowed model; never
+    metered or blocked by a cap."""
     state = request.app[STATE]
-    state.authenticate(request.headers)
+    principal = state.authenticate(request.headers)
     body = await request.read()
+    if principal.models is not None:
+        check_model(principal, request_model(body))
     try:
         if state.router is not None:
             return await state.router.count_tokens(state.session, request, body,
@@ -301,19 +297,18 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
             payload = await upstream.read()
             return web.Response(status=upstream.status, body=payload,
                                 headers=response_headers(upstream.headers.items()))
-    except TimeoutError:
-        raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(502, "api_error",
-                            f"upstream unreachable ({type(exc).__name__})") from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise upstream_failure(exc) from None
 
 
 async def models(request: web.Request) -> web.Response:
-    """GET /v1/models: the models this gateway offers, from configuration."""
+    """GET /v1/models: the models the caller may use: their team's list (or the
+    organization's), else the configured `models`."""
     state = request.app[STATE]
-    state.authenticate(request.headers)
+    allowed = state.authenticate(request.headers).models
+    listed = state.models if allowed is None else allowed.listed(state.models)
     data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
-            for m in state.models]
+            for m in listed]
     return web.json_response({"data": data, "has_more": False,
                               "first_id": data[0]["id"] if data else None,
                               "last_id": data[-1]["id"] if data else None},
@@ -329,7 +324,7 @@ async def me(request: web.Request) -> web.Response:
     """GET /meterd/v1/me: who the gateway thinks the caller is, and their budgets (doctor)."""
     state = request.app[STATE]
     p = state.authenticate(request.headers)
-    budgets = await budget_status(state.redis, state.keyspace, p)
+    budgets = await cap_balances(state.redis, state.keyspace, p)
     limits = [{"scope": lim.scope, "name": lim.scope_name, "rpm": lim.rpm, "itpm": lim.itpm,
                "otpm": lim.otpm, "concurrency": lim.concurrency} for lim in p.limits]
     return web.json_response({

@@ -22,8 +22,8 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from ledger.events import clean_text
 from ledger.policy import Principal
+from ledger.settlement import clean_text
 from proxy.state import STATE
 
 log = logging.getLogger("meterd.proxy")

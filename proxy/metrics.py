@@ -32,7 +32,9 @@ from ledger.policy import KeyRefused
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
-TOKEN_CATEGORIES = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+TOKEN_CATEGORIES = {  # metric label → the Settlement field it adds up
+    "input": "input_tokens", "output": "output_tokens", "cache_write_5m": "cache_write_5m",
+    "cache_write_1h": "cache_write_1h", "cache_read": "cache_read"}
 
 
 class Histogram:

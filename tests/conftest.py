@@ -8,6 +8,7 @@ with the reason printed; under CI (CI=true) it fails instead, naming what is mis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -28,10 +29,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import settings as hypothesis_settings
 
 from dashboard.state import ADMIN, AdminState
-from ledger.events import unpack_event
 from ledger.redis_client import connect_redis
+from ledger.settlement import unpack_entry
 from meterd.apps import ADMIN_APP, create_root_app
 from meterd.mock_upstream import RECORDED, MockOptions, create_mock_app
+from meterd.ports import free_port
 from meterd.settings import Settings
 from proxy.state import STATE, ProxyState
 
@@ -53,17 +55,12 @@ def need(condition: bool, what: str) -> None:
     pytest.skip(what)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RedisServer:
     """A redis-server owned by the test session, on its own port, so runs never collide.
     Tests that inject outages stop and restart it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
+        self.args = args  # more redis-server options, e.g. --requirepass
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="meterd-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -75,14 +72,14 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+             "--appendonly", "no", "--dir", self.dir, *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up, maybe locked
                         return
             except OSError:
                 time.sleep(0.05)
@@ -208,7 +205,7 @@ class Gateway:
         """Usage events in the Redis stream, decoded."""
         redis = self.proxy.redis
         entries = await redis.xrange(self.proxy.keyspace.events)
-        return [unpack_event(fields) for _, fields in entries]
+        return [unpack_entry(fields) for _, fields in entries]
 
     async def settled(self, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
         """Wait until `count` events were settled (settlement runs after the response)."""
@@ -237,16 +234,16 @@ def start_gateway(
     return start
 
 
-@pytest.fixture
-async def second_proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[str]:
-    """`meterd proxy` in its own process, on the same Redis as the test's gateway."""
+@contextlib.asynccontextmanager
+async def proxy_process(gateway: Gateway, data_dir: Path,
+                        **env: str) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """`meterd proxy` in its own process, on the same Redis as the test's gateway, with more
+    `MTD_*` settings in `env`: its URL once it answers, and the process."""
     port = free_port()
-    env = {**os.environ, "MTD_REDIS_URL": _redis_url(gateway),
-           "MTD_UPSTREAM_URL": gateway.upstream.url,
-           "MTD_UPSTREAM_KEY": MOCK_KEY, "MTD_DATA_DIR": str(tmp_path / "proxy2"),
-           "MTD_LOG_LEVEL": "warning"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meterd.cli", "proxy", "--port", str(port), env=env)
+        sys.executable, "-m", "meterd.cli", "proxy", "--port", str(port),
+        env={**os.environ, "MTD_REDIS_URL": _redis_url(gateway), "MTD_DATA_DIR": str(data_dir),
+             "MTD_LOG_LEVEL": "warning", **env})
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as s:
@@ -256,10 +253,18 @@ async def second_proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[str]:
                         break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         await proc.wait()
+
+
+@pytest.fixture
+async def second_proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[str]:
+    """`meterd proxy` in its own process, on the same Redis as the test's gateway."""
+    async with proxy_process(gateway, tmp_path / "proxy2", MTD_UPSTREAM_KEY=MOCK_KEY,
+                             MTD_UPSTREAM_URL=gateway.upstream.url) as (url, _):
+        yield url
 
 
 def _redis_url(gateway: Gateway) -> str:
@@ -273,11 +278,25 @@ async def gateway(start_gateway: Callable[..., Awaitable[Gateway]]) -> Gateway:
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server only this test uses, so stopping it disturbs nobody."""
+def start_own_redis() -> Iterator[Callable[..., RedisServer]]:
+    """Starts redis-servers only this test uses (with more redis-server options if given), so
+    stopping one disturbs nobody; all are stopped after the test."""
     need(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
+    servers: list[RedisServer] = []
+
+    def start(*args: str) -> RedisServer:
+        server = RedisServer(*args)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_redis(start_own_redis: Callable[..., RedisServer]) -> RedisServer:
+    """A redis-server only this test uses."""
+    return start_own_redis()

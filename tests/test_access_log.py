@@ -9,6 +9,7 @@ import io
 import orjson
 import pytest
 
+from ledger.settlement import Settlement
 from proxy import access_log
 from proxy.access_log import FIELDS, AccessLog
 
@@ -21,9 +22,9 @@ class CountingStream(io.StringIO):
         return super().write(text)
 
 
-def event(n: int) -> dict[str, object]:
-    """A usage event: the logged fields plus ones that must stay out of the log."""
-    return {**{name: f"{name}-{n}" for name in FIELDS}, "n": n, "price_row": "x"}
+def event(n: int) -> Settlement:
+    """A settlement: the logged fields plus ones that must stay out of the log."""
+    return Settlement(**{name: f"{name}-{n}" for name in FIELDS}, price_row="x", agent_id="a")
 
 
 @pytest.fixture(autouse=True)

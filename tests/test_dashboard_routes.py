@@ -16,6 +16,7 @@ import pytest
 from dashboard.accounts import Accounts, hash_password
 from dashboard.routes import API_ROUTES, PAGE_ROUTES
 from ledger.managed import ManagedSettings
+from ledger.models_allowed import AllowedModels
 from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Browser, Dashboard
@@ -61,7 +62,11 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "set_team_budget": ("/teams/{team}/budget",
                         {"scope": "team", "period": "monthly", "amount": "500"}, change()),
     "set_team_limits": ("/teams/{team}/limits", {"rpm": "60"}, change()),
+    "set_team_models": ("/teams/{team}/models", {"models": "claude-haiku-*"}, change()),
+    "clear_team_models": ("/teams/{team}/models/clear", {}, change()),
     "set_org_budget": ("/org/budget", {"period": "monthly", "amount": "10000"}, change()),
+    "set_org_models": ("/org/models", {"models": "claude-sonnet-4-6"}, change()),
+    "clear_org_models": ("/org/models/clear", {}, change()),
     "delete_budget": ("/budgets/{budget_html}/delete", {}, change()),
     "developers": ("/developers", None, read()),
     "create_developer": ("/developers", {"name": "New Dev", "email": "new.dev@example.com",
@@ -145,6 +150,10 @@ APIS: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "api.delete_managed_setting": (f"{V1}/managed_settings/{{team}}", None, api_change()),
     "api.preview_managed_setting": (f"{V1}/managed_settings/org/preview", {"env": {}},
                                     api_change()),
+    "api.allowed_models": (f"{V1}/allowed_models", None, api_read()),
+    "api.put_allowed_models": (f"{V1}/allowed_models/org", {"models": ["claude-haiku-4-5"]},
+                               api_change()),
+    "api.delete_allowed_models": (f"{V1}/allowed_models/org", None, api_change()),
     "api.spend_limits": (f"{V1}/organizations/spend_limits", None, api_read()),
     "api.set_spend_limit": (f"{V1}/organizations/spend_limits", {
         "scope": {"type": "workspace", "workspace_id": "{team}"}, "amount": "12345",
@@ -182,6 +191,8 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
     for scope in ("org", team, ids["team_managed"]):
         saved = await gw.admin.db(ManagedSettings(catalog).set, scope, {"env": {}})
     ids["org_checksum"] = saved["checksum"]  # the same document everywhere
+    for scope in ("org", team):
+        await gw.admin.db(AllowedModels(catalog).set, scope, ["claude-sonnet-4-6"])
     await gw.admin.publish()
     return ids
 
@@ -200,7 +211,8 @@ async def _snapshot(dash: Dashboard) -> tuple[Any, ...]:
     catalog, accounts = admin.catalog, Accounts(admin.catalog)
     return tuple([await admin.db(fn) for fn in (
         catalog.teams, catalog.developers, catalog.keys, catalog.budgets, catalog.rate_limits,
-        accounts.users, accounts.admin_keys, lambda: catalog.audit(10_000))])
+        accounts.users, accounts.admin_keys, AllowedModels(catalog).all,
+        lambda: catalog.audit(10_000))])
 
 
 def test_every_route_has_a_row_in_this_table() -> None:

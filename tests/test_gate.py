@@ -16,11 +16,10 @@ from ledger.periods import period_end, period_tag
 from ledger.policy import Cap, Limits, Principal
 from ledger.redis_client import FastScript
 from ledger.spool import Spool
+from tests.settlements import settlement
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 EST = Estimate(prompt_tokens=100, output_tokens=50, default_micros=1000, strict_micros=5000)
-TOKENS = {"input": 100, "output": 50, "cache_write_5m": 0, "cache_write_1h": 0,
-          "cache_read": 0, "web_search": 0, "estimated": 0, "rate_input": 100}
 
 
 def principal(cap: int = 10_000, mode: str = "estimate", rpm: int = 0,
@@ -49,7 +48,7 @@ async def state(gate: Gate, scope: str = "developer", scope_id: str = "d1",
 async def test_admission_reserves_and_settlement_replaces_the_reservation(gate: Gate) -> None:
     ticket = await gate.admit(principal(), "r1", EST, NOW)
     assert (await state(gate))["held"] == 1000
-    await gate.settle(ticket, 1234, TOKENS, {"id": "r1"})
+    await gate.settle(ticket, settlement(ticket, 1234))
     assert await state(gate) == {"held": 0, "spent": 1234}
     daily = await gate.redis.hgetall(gate.keyspace.counter("developer", "d1", "daily", NOW))
     assert int(daily[b"in"]) == 100 and int(daily[b"out"]) == 50
@@ -59,16 +58,16 @@ async def test_admission_reserves_and_settlement_replaces_the_reservation(gate: 
 
 async def test_settling_the_same_request_twice_counts_it_once(gate: Gate) -> None:
     ticket = await gate.admit(principal(), "r1", EST, NOW)
-    await gate.settle(ticket, 700, TOKENS, {"id": "r1"})
-    await gate.settle(ticket, 700, TOKENS, {"id": "r1"})
+    await gate.settle(ticket, settlement(ticket, 700))
+    await gate.settle(ticket, settlement(ticket, 700))
     assert (await state(gate))["spent"] == 700
     assert await gate.redis.xlen(gate.keyspace.events) == 1
 
 
 async def test_requests_of_one_minute_share_a_settled_set_that_expires(gate: Gate) -> None:
     for request_id in ("r1", "r2"):
-        await gate.settle(await gate.admit(principal(), request_id, EST, NOW), 700, TOKENS,
-                          {"id": request_id})
+        ticket = await gate.admit(principal(), request_id, EST, NOW)
+        await gate.settle(ticket, settlement(ticket, 700))
     settled = gate.keyspace.settled(int(NOW.timestamp()) // 60)
     assert sorted(await gate.redis.hkeys(settled)) == [b"r1", b"r2"]
     assert 13 * 86400 < await gate.redis.ttl(settled) <= 14 * 86400
@@ -80,12 +79,12 @@ async def test_a_settlement_spooled_with_a_key_per_request_still_lands_once(gate
     def spooled_before(entry: dict[str, Any], request_id: str) -> dict[str, Any]:
         return {**entry, "keys": [f"{gate.keyspace.base}:done:{request_id}", *entry["keys"][1:]]}
 
-    first = spooled_before(gate._settlement(await gate.admit(principal(), "r1", EST, NOW), 700,
-                                            TOKENS, {"id": "r1"}), "r1")
+    ticket = await gate.admit(principal(), "r1", EST, NOW)
+    first = spooled_before(gate._settlement(ticket, settlement(ticket, 700)), "r1")
     assert [await gate.apply(first), await gate.apply(first)] == [1, 0]
     assert 13 * 86400 < await gate.redis.ttl(first["keys"][0]) <= 14 * 86400
-    second = spooled_before(gate._settlement(await gate.admit(principal(), "r2", EST, NOW), 700,
-                                             TOKENS, {"id": "r2"}), "r2")
+    ticket = await gate.admit(principal(), "r2", EST, NOW)
+    second = spooled_before(gate._settlement(ticket, settlement(ticket, 700)), "r2")
     await gate.redis.set(second["keys"][0], 1, ex=14 * 86400)  # that meterd's marker
     assert await gate.apply(second) == 0
     assert (await state(gate))["spent"] == 700
@@ -157,7 +156,8 @@ async def test_expired_concurrency_slots_are_freed(gate: Gate) -> None:
 async def test_a_caller_that_leaves_during_admission_keeps_nothing_reserved(gate: Gate) -> None:
     p = principal(cap=1500, concurrency=1)
     now = datetime.now(UTC)  # the slot set expires on Redis's clock, as above
-    await gate.settle(await gate.admit(p, "warm", EST, now), 0, TOKENS, {"id": "warm"})
+    warm = await gate.admit(p, "warm", EST, now)
+    await gate.settle(warm, settlement(warm, 0))
     # Cancelled (a client that disconnects) once the script is on its way: Redis still runs
     # it, so without a release the hold and the only slot would stay for reservation_ttl.
     admission = asyncio.create_task(gate.admit(p, "left", EST, now))
@@ -169,13 +169,13 @@ async def test_a_caller_that_leaves_during_admission_keeps_nothing_reserved(gate
         pass
     else:  # redis-py (embedded) may finish a command it was cancelled in: settled as usual
         assert not isinstance(gate._admit, FastScript)
-        await gate.settle(ticket, 0, TOKENS, {"id": "left"})
+        await gate.settle(ticket, settlement(ticket, 0))
     await gate.drain()  # the release, sent after the admission
     assert (await state(gate, at=now))["held"] == 0
     assert await gate.redis.zcard(gate.keyspace.in_flight("developer", "d1")) == 0
     ticket = await gate.admit(p, "next", EST, now)  # neither the cap nor the slot is taken
     assert (await state(gate, at=now))["held"] == 1000
-    await gate.settle(ticket, 0, TOKENS, {"id": "next"})
+    await gate.settle(ticket, settlement(ticket, 0))
 
 
 async def test_every_key_the_scripts_make_expires(gate: Gate) -> None:
@@ -187,16 +187,16 @@ async def test_every_key_the_scripts_make_expires(gate: Gate) -> None:
     first = await gate.admit(p, "r1", EST, now)
     second = await gate.admit(p, "r2", EST, now)  # not the first hold: its call sets no TTL
     assert await gate.redis.ttl(second.holds[0].key) > 0  # holds are settled, so check now
-    await gate.settle(first, 700, TOKENS, {"id": "r1"})
+    await gate.settle(first, settlement(first, 700))
     await gate.redis.delete(*(key for key, _, _ in second.windows))
-    await gate.settle(second, 700, {**TOKENS, "output": 70}, {"id": "r2"})  # corrects by 20
+    await gate.settle(second, settlement(second, 700, output_tokens=70))  # corrects by 20
     await gate.redis.delete(gate.keyspace.ready)  # admitted unmetered, as in an outage
     other = Principal("k2", "d2", "Bo", "t2", "infra", (Cap(
         "b2", "developer", "d2", "Bo", "monthly", 10**9, "estimate"),),
         (Limits("developer", "d2", "Bo", rpm=100),))
     unmetered = await gate.admit(other, "r3", EST, now)
     assert not unmetered.admitted
-    await gate.settle(unmetered, 700, TOKENS, {"id": "r3"})
+    await gate.settle(unmetered, settlement(unmetered, 700))
     streams = {gate.keyspace.events, gate.keyspace.alerts}
     keys = [k.decode() for k in await gate.redis.keys("*")]
     made = {*gate.counters(p, now), *gate.counters(other, now),

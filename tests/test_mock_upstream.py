@@ -262,8 +262,8 @@ async def test_rate_limit_status_says_when_to_retry(mock: Any) -> None:
 
 
 async def test_unlisted_status_still_gets_an_envelope(mock: Any) -> None:
-    response = await post(mock, REQUEST, x_mock_status="503")
-    assert response.status == 503
+    response = await post(mock, REQUEST, x_mock_status="502")
+    assert response.status == 502
     assert (await response.json())["error"]["type"] == "api_error"
 
 

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import duckdb
 import orjson
 import pytest
+from aiohttp import web
 
+import meterd.apps
 from ledger.keyspace import KeySpace
 from ledger.money import parse_usd
 from ledger.redis_client import connect_redis
 from ledger.rollup import lock_key
-from meterd.apps import DB_FILE
+from ledger.spool import Spool
+from meterd.apps import DB_FILE, create_proxy_app
 from meterd.settings import SETTINGS, Settings, SettingsError
+from proxy.state import STATE, ProxyState
 from tests.conftest import MOCK_KEY, Gateway, RedisServer, free_port
 from tests.test_rollup import make_events, send
 
@@ -100,6 +107,69 @@ def test_readme_documents_every_setting() -> None:
     readme = README.read_text()
     missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
     assert not missing, f"README lacks settings: {missing}"
+
+
+def test_every_setting_has_one_field_whose_default_the_readme_states() -> None:
+    """Defaults are stated once, on the Settings fields; the table's rows and the README's
+    default column follow them."""
+    assert [s.name for s in SETTINGS] == [f.name for f in dataclasses.fields(Settings)]
+    rows = {cells[0].strip("` "): cells[2].strip() for line in README.read_text().splitlines()
+            if line.startswith("| `") and len(cells := line.strip("|").split("|")) == 4}
+    for s in SETTINGS:
+        value = s.default
+        if isinstance(value, dict) or (value == () and s.name in ("routes", "oidc_group_rules")):
+            stated = "(none)"  # a TOML table
+        elif value in ("", ()):
+            stated = "(empty)"
+        elif isinstance(value, bool):
+            stated = str(value).lower()
+        elif isinstance(value, tuple):
+            stated = ", ".join(map(str, value))
+        else:
+            stated = str(value)
+        assert rows.get(s.name) == stated, s.name
+
+
+async def test_a_failing_shutdown_step_does_not_skip_the_later_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first step of the proxy's shutdown (stopping its maintenance loop) raises: the
+    pending settlements still drain, and the provider session, spool and Redis still close."""
+    ran: list[str] = []
+
+    def recorded(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        if asyncio.iscoroutinefunction(method):
+            async def later(*args: Any) -> Any:
+                ran.append(name)
+                return await method(*args)
+            return later
+
+        def now(*args: Any) -> Any:
+            ran.append(name)
+            return method(*args)
+        return now
+
+    async def broken_maintain(self: ProxyState) -> None:
+        await self.stopping.wait()
+        raise RuntimeError("maintenance broke")
+
+    def connect(url: str) -> Any:
+        client = connect_redis(url)
+        client.aclose = recorded("redis", client.aclose)
+        return client
+
+    monkeypatch.setattr(ProxyState, "maintain", broken_maintain)
+    monkeypatch.setattr(ProxyState, "drain", recorded("drain", ProxyState.drain))
+    monkeypatch.setattr(Spool, "close", recorded("spool", Spool.close))
+    monkeypatch.setattr(meterd.apps, "connect_redis", connect)
+    app = create_proxy_app(Settings(data_dir=str(tmp_path),
+                                    redis_url=f"embedded://{tmp_path.name}"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    session = app[STATE].session
+    with pytest.raises(RuntimeError, match="maintenance broke"):
+        await runner.cleanup()
+    assert ran == ["drain", "spool", "redis"]
+    assert session.closed
 
 
 @pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)

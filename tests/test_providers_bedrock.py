@@ -46,6 +46,12 @@ async def bedrock_gateway(start_gateway: StartGateway, bedrock: Served,
         bedrock, multiplier="1.1", **extra)})
 
 
+@pytest.fixture
+async def gw(start_gateway: StartGateway, bedrock: Served) -> Gateway:
+    """A gateway whose one provider is the fake Bedrock."""
+    return await bedrock_gateway(start_gateway, bedrock)
+
+
 def test_event_stream_frames_round_trip_through_botocores_decoder() -> None:
     frames = chunk_frame({"type": "message_stop"}) + exception_frame("throttlingException", "x")
     frames += encode_message({":message-type": "event", ":event-type": "chunk"}, b"{}")
@@ -71,8 +77,7 @@ async def test_fake_bedrock_refuses_a_request_signed_with_the_wrong_secret(
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_sdk_through_meterd_to_bedrock_sees_a_normal_message_and_is_metered_exactly(
-        start_gateway: StartGateway, bedrock: Served, stream: bool) -> None:
-    gw = await bedrock_gateway(start_gateway, bedrock)
+        gw: Gateway, bedrock: Served, stream: bool) -> None:
     bedrock.fake.behaviour.usage = USAGE
     key = await gw.developer()
     async with sdk_for(gw, key) as sdk:
@@ -93,8 +98,7 @@ async def test_sdk_through_meterd_to_bedrock_sees_a_normal_message_and_is_metere
 
 
 async def test_betas_move_into_the_body_and_the_ones_bedrock_rejects_are_dropped(
-        start_gateway: StartGateway, bedrock: Served) -> None:
-    gw = await bedrock_gateway(start_gateway, bedrock)
+        gw: Gateway, bedrock: Served) -> None:
     key = await gw.developer()
     body = {**BODY, "anthropic_beta": ["context-1m-2025-08-07"], "stream": True}
     resp = await gw.client.post("/v1/messages?beta=true", data=orjson.dumps(body), headers={
@@ -129,8 +133,7 @@ async def test_pings_fill_a_silent_bedrock_stream(start_gateway: StartGateway,
 
 
 async def test_bedrock_errors_reach_the_client_as_anthropic_errors(
-        start_gateway: StartGateway, bedrock: Served) -> None:
-    gw = await bedrock_gateway(start_gateway, bedrock)
+        gw: Gateway, bedrock: Served) -> None:
     bedrock.fake.behaviour.status = 429
     assert await rate_limit_error(gw) == {"type": "error", "error": {
         "type": "rate_limit_error", "message": "Bedrock is unavailable right now."}}
@@ -140,8 +143,7 @@ async def test_bedrock_errors_reach_the_client_as_anthropic_errors(
 
 
 async def test_a_stream_exception_becomes_an_error_event_and_is_billed(
-        start_gateway: StartGateway, bedrock: Served) -> None:
-    gw = await bedrock_gateway(start_gateway, bedrock)
+        gw: Gateway, bedrock: Served) -> None:
     bedrock.fake.behaviour.fail = "exception"
     key = await gw.developer()
     resp = await gw.client.post("/v1/messages", data=orjson.dumps({**BODY, "stream": True}),
@@ -153,9 +155,7 @@ async def test_a_stream_exception_becomes_an_error_event_and_is_billed(
     assert event["estimated"] == "1"
 
 
-async def test_count_tokens_goes_to_bedrock_count_tokens(start_gateway: StartGateway,
-                                                         bedrock: Served) -> None:
-    gw = await bedrock_gateway(start_gateway, bedrock)
+async def test_count_tokens_goes_to_bedrock_count_tokens(gw: Gateway, bedrock: Served) -> None:
     assert await counted_tokens(gw) > 0
     assert bedrock.fake.recorded[0]["path"] == "/model/us.anthropic.claude-sonnet-4-6/count-tokens"
     assert not bedrock.fake.rejected and await gw.events() == []  # never metered
@@ -166,8 +166,7 @@ async def test_count_tokens_goes_to_bedrock_count_tokens(start_gateway: StartGat
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_bedrock_format_client_gets_bedrocks_answer_unchanged_and_is_metered(
-        start_gateway: StartGateway, bedrock: Served, stream: bool) -> None:
-    gw = await bedrock_gateway(start_gateway, bedrock)
+        gw: Gateway, bedrock: Served, stream: bool) -> None:
     bedrock.fake.behaviour.usage = USAGE
     key = await gw.developer()
     async with anthropic.AsyncAnthropicBedrock(base_url=gw.url + "/bedrock", api_key=key,
@@ -189,8 +188,7 @@ async def test_bedrock_format_client_gets_bedrocks_answer_unchanged_and_is_meter
 
 
 async def test_bedrock_format_stream_bytes_are_relayed_unchanged(
-        start_gateway: StartGateway, bedrock: Served) -> None:
-    gw = await bedrock_gateway(start_gateway, bedrock)
+        gw: Gateway, bedrock: Served) -> None:
     key = await gw.developer()
     body = orjson.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
                          "messages": BODY["messages"]})
@@ -210,9 +208,28 @@ async def test_bedrock_format_stream_bytes_are_relayed_unchanged(
     assert event["output_tokens"] == "60" and event["estimated"] == "0"
 
 
-async def test_bedrock_paths_need_a_gateway_key(start_gateway: StartGateway,
-                                                bedrock: Served) -> None:
-    gw = await bedrock_gateway(start_gateway, bedrock)
+@pytest.mark.parametrize("action", ["invoke", "invoke-with-response-stream", "count-tokens"])
+async def test_a_cookie_bedrock_sets_never_reaches_a_bedrock_format_client(
+        gw: Gateway, bedrock: Served, action: str) -> None:
+    """One provider session serves every developer: a cookie set for one must not reach
+    another, nor be kept for the next."""
+    bedrock.fake.behaviour.set_cookie = "AWSALB=for-whoever-came-first; Path=/"
+    key = await gw.developer()
+    body = orjson.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
+                         "messages": BODY["messages"]})
+    if action == "count-tokens":
+        body = orjson.dumps({"input": {"invokeModel": {"body": base64.b64encode(body).decode()}}})
+    for _ in range(2):
+        resp = await gw.client.post(f"/bedrock/model/us.anthropic.claude-sonnet-4-6/{action}",
+                                    data=body, headers={"authorization": f"Bearer {key}"})
+        await resp.read()
+        assert resp.status == 200
+        assert "set-cookie" not in resp.headers
+    # Nor was it kept and sent back with the next request.
+    assert "cookie" not in {name.lower() for name in bedrock.fake.recorded[1]["headers"]}
+
+
+async def test_bedrock_paths_need_a_gateway_key(gw: Gateway, bedrock: Served) -> None:
     resp = await gw.client.post("/bedrock/model/us.anthropic.claude-sonnet-4-6/invoke",
                                 data=b"{}", headers={"authorization": "Bearer mtd_wrong"})
     assert resp.status == 401

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 
 from meterd.providers_config import PROVIDERS
 from meterd.settings import Settings
-from tests.conftest import MOCK_KEY, Gateway, Upstream, free_port
+from tests.conftest import MOCK_KEY, Gateway, Upstream, proxy_process
 from tests.fakes.gateways import (
     Served,
     StartGateway,
@@ -130,16 +129,10 @@ providers = ["{first}", "{second}"]
 
     write("one")
     key = await gateway.developer()
-    kw = gateway.proxy.redis.connection_pool.connection_kwargs
-    port = free_port()
-    env = {**os.environ, "MTD_REDIS_URL": f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}",
-           "MTD_CONFIG": str(config), "MTD_PROVIDER_ONE_KEY": MOCK_KEY,
-           "MTD_PROVIDER_TWO_KEY": MOCK_KEY, "MTD_DATA_DIR": str(tmp_path / "proxy"),
-           "MTD_LOG_LEVEL": "warning"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meterd.cli", "proxy", "--port", str(port), env=env)
-    url = f"http://127.0.0.1:{port}/v1/messages"
-    try:
+    async with proxy_process(gateway, tmp_path / "proxy", MTD_CONFIG=str(config),
+                             MTD_PROVIDER_ONE_KEY=MOCK_KEY,
+                             MTD_PROVIDER_TWO_KEY=MOCK_KEY) as (base, proc):
+        url = base + "/v1/messages"
         async with aiohttp.ClientSession() as s:
             async def served_by() -> str:
                 async with s.post(url, data=BODY, headers={"x-api-key": key}) as r:
@@ -166,6 +159,3 @@ providers = ["{first}", "{second}"]
             while await served_by() != "two":
                 assert time.monotonic() < deadline, "SIGHUP did not switch the route to two"
                 await asyncio.sleep(0.05)
-    finally:
-        proc.terminate()
-        await proc.wait()

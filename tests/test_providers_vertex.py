@@ -26,17 +26,17 @@ pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
 MODELS = f"/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_REGION}/publishers/anthropic/models/"
 
 
-async def vertex_gateway(start_gateway: StartGateway, vertex: Served, **extra: Any) -> Gateway:
-    # Priced as the Anthropic API, which these tests compare with: the regional premium that
-    # us-east5 carries is tested in tests/test_usage_shapes.py.
-    return await start_gateway(providers={"vertex": vertex_provider(vertex, multiplier="1",
-                                                                    **extra)})
+@pytest.fixture
+async def gw(start_gateway: StartGateway, vertex: Served) -> Gateway:
+    """A gateway whose one provider is the fake Vertex, priced as the Anthropic API, which
+    these tests compare with (the regional premium that us-east5 carries is tested in
+    tests/test_usage_shapes.py)."""
+    return await start_gateway(providers={"vertex": vertex_provider(vertex, multiplier="1")})
 
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_sdk_through_meterd_to_vertex_sees_a_normal_message_and_is_metered_exactly(
-        start_gateway: StartGateway, vertex: Served, stream: bool) -> None:
-    gw = await vertex_gateway(start_gateway, vertex)
+        gw: Gateway, vertex: Served, stream: bool) -> None:
     vertex.fake.behaviour.usage = USAGE
     key = await gw.developer()
     async with sdk_for(gw, key) as sdk:
@@ -55,8 +55,7 @@ async def test_sdk_through_meterd_to_vertex_sees_a_normal_message_and_is_metered
 
 
 async def test_the_service_account_token_is_cached_and_refreshed_before_expiry(
-        start_gateway: StartGateway, vertex: Served) -> None:
-    gw = await vertex_gateway(start_gateway, vertex)
+        gw: Gateway, vertex: Served) -> None:
     key = await gw.developer()
     async with sdk_for(gw, key) as sdk:
         for _ in range(3):
@@ -75,16 +74,13 @@ async def test_the_service_account_token_is_cached_and_refreshed_before_expiry(
 
 
 async def test_vertex_errors_reach_the_client_as_anthropic_errors(
-        start_gateway: StartGateway, vertex: Served) -> None:
-    gw = await vertex_gateway(start_gateway, vertex)
+        gw: Gateway, vertex: Served) -> None:
     vertex.fake.behaviour.status = 429
     assert await rate_limit_error(gw) == {"type": "error", "error": {
         "type": "rate_limit_error", "message": "Vertex could not serve the request."}}
 
 
-async def test_count_tokens_goes_to_vertex_count_tokens(start_gateway: StartGateway,
-                                                        vertex: Served) -> None:
-    gw = await vertex_gateway(start_gateway, vertex)
+async def test_count_tokens_goes_to_vertex_count_tokens(gw: Gateway, vertex: Served) -> None:
     assert await counted_tokens(gw) > 0
     (sent,) = vertex.fake.recorded
     assert sent["path"] == f"{MODELS}count-tokens:rawPredict"
@@ -93,8 +89,7 @@ async def test_count_tokens_goes_to_vertex_count_tokens(start_gateway: StartGate
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_vertex_format_client_is_served_from_the_gateways_project_and_metered(
-        start_gateway: StartGateway, vertex: Served, stream: bool) -> None:
-    gw = await vertex_gateway(start_gateway, vertex)
+        gw: Gateway, vertex: Served, stream: bool) -> None:
     vertex.fake.behaviour.usage = USAGE
     key = await gw.developer()
     # The developer's machine names some project and region; the gateway's provider decides.
@@ -114,8 +109,7 @@ async def test_vertex_format_client_is_served_from_the_gateways_project_and_mete
 
 
 async def test_vertex_format_request_is_admitted_and_recorded_at_the_gates_clock(
-        start_gateway: StartGateway, vertex: Served) -> None:
-    gw = await vertex_gateway(start_gateway, vertex)
+        gw: Gateway, vertex: Served) -> None:
     key = await gw.developer()
     at = datetime(2026, 3, 12, 9, 41, 30, tzinfo=UTC)
     gw.proxy.gate.clock = lambda: at
@@ -128,3 +122,28 @@ async def test_vertex_format_request_is_admitted_and_recorded_at_the_gates_clock
     assert resp.status == 200
     (event,) = await gw.settled(1)
     assert event["ts_ms"] == str(int(at.timestamp() * 1000))
+
+
+@pytest.mark.parametrize("tail", ["claude-sonnet-4-6:rawPredict",
+                                  "claude-sonnet-4-6:streamRawPredict",
+                                  "count-tokens:rawPredict"])
+async def test_a_cookie_vertex_sets_never_reaches_a_vertex_format_client(
+        gw: Gateway, vertex: Served, tail: str) -> None:
+    """One provider session serves every developer: a cookie set for one must not reach
+    another, nor be kept for the next."""
+    vertex.fake.behaviour.set_cookie = "GCLB=for-whoever-came-first; Path=/"
+    key = await gw.developer()
+    doc: dict[str, Any] = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 64,
+                           "messages": BODY["messages"]}
+    if tail.endswith("streamRawPredict"):
+        doc["stream"] = True
+    if tail.startswith("count-tokens"):
+        doc["model"] = "claude-sonnet-4-6"
+    for _ in range(2):
+        resp = await gw.client.post(f"/vertex{MODELS}{tail}", data=orjson.dumps(doc),
+                                    headers={"authorization": f"Bearer {key}"})
+        await resp.read()
+        assert resp.status == 200
+        assert "set-cookie" not in resp.headers
+    # Nor was it kept and sent back with the next request.
+    assert "cookie" not in {name.lower() for name in vertex.fake.recorded[1]["headers"]}

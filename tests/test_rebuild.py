@@ -18,9 +18,12 @@ from ledger.gate import BudgetExceeded, Estimate, Gate, MeteringUnavailable, Tic
 from ledger.keyspace import KeySpace
 from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
 from ledger.policy import Cap, Principal
+from ledger.pricing import Cost
 from ledger.rebuild import ensure_counters
 from ledger.rollup import Rollup
+from ledger.settlement import Settlement
 from ledger.spool import Spool
+from ledger.usage import Usage
 from tests.test_rollup import assert_rolled_up_once, fresh_db, inline_db, make_events, send
 
 KS = KeySpace()
@@ -31,7 +34,7 @@ ALL_FIELDS = ("spent",)
 DAILY_FIELDS = ("in", "out", "cw5", "cw1", "cr", "ws", "est")
 EVENT_FOR_FIELD = {"in": "input_tokens", "out": "output_tokens", "cw5": "cache_write_5m",
                    "cw1": "cache_write_1h", "cr": "cache_read", "ws": "web_search",
-                   "est": "estimated"}
+                   "est": "estimated"}  # restated on purpose: what the script must write
 TEAMS = {"dev_a": "team_x", "dev_b": "team_x", "dev_c": "team_y"}
 
 
@@ -43,13 +46,17 @@ async def settle(gate: Gate, event: dict[str, Any], caps: tuple[Cap, ...] = ()) 
     """Admit and settle one request as the proxy does, at the event's start time."""
     at = datetime.fromtimestamp(event["ts_ms"] / 1000, UTC)
     ticket = await gate.admit(principal(event["developer_id"], caps), event["id"], SMALL, at)
-    tokens = {"input": event["input_tokens"], "output": event["output_tokens"],
-              "cache_write_5m": event["cache_write_5m"],
-              "cache_write_1h": event["cache_write_1h"], "cache_read": event["cache_read"],
-              "web_search": event["web_search"], "estimated": event["estimated"],
-              "rate_input": event["input_tokens"] + event["cache_write_5m"]
-              + event["cache_write_1h"]}
-    await gate.settle(ticket, event["cost_micros"], tokens, event)
+    usage = Usage(**{f: event[f] for f in ("input_tokens", "output_tokens", "cache_write_5m",
+                                           "cache_write_1h", "cache_read", "web_search",
+                                           "service_tier", "speed", "inference_geo")})
+    cost = Cost(event["cost_micros"], event["price_row"], bool(event["priced"]),
+                event["price_version"])
+    settlement = Settlement.of(ticket, usage, cost, **{
+        f: event[f] for f in ("model", "provider", "status", "stream", "estimated",
+                              "latency_ms", "ttfb_ms", "error_type", "session_id", "agent_id",
+                              "parent_agent_id", "request_class", "prompt_id")})
+    assert settlement == Settlement(**event)  # the event, as the proxy would have built it
+    await gate.settle(ticket, settlement)
     return ticket
 
 
@@ -164,7 +171,7 @@ async def test_an_exhausted_budget_stays_exhausted_after_a_flush(
     spend = this_period_events(12, seed=3, prefix="spend_")
     today = int(datetime(2026, 3, 18, 9, tzinfo=UTC).timestamp() * 1000)
     for i, e in enumerate(spend):
-        e.update(developer_id="dev_a", team_id="team_x", cost_micros=100_000,
+        e.update(developer_id="dev_a", team_id="team_x", key_id="key_dev_a", cost_micros=100_000,
                  ts_ms=today + i)
     for e in spend[:10]:
         await settle(gate, e, caps)  # the whole 1 $

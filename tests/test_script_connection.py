@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,7 +21,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ledger.events import pack_event
 from ledger.gate import Estimate, Gate
 from ledger.keyspace import KeySpace
 from ledger.policy import Cap, Limits, Principal
@@ -36,11 +33,10 @@ from ledger.redis_client import (
     encode_command,
 )
 from ledger.spool import Spool
-from tests.conftest import RedisServer, free_port, need
+from tests.conftest import RedisServer, free_port
+from tests.settlements import settlement
 
 ECHO = "return {#KEYS, ARGV[1], tonumber(ARGV[2]) + 1, {'nested', 7}}"
-TOKENS = {"input": 100, "output": 50, "cache_write_5m": 0, "cache_write_1h": 0,
-          "cache_read": 0, "web_search": 0, "estimated": 0, "rate_input": 100}
 
 
 @pytest.fixture
@@ -228,9 +224,9 @@ async def test_a_settlement_lands_before_the_next_admission_after_redis_lost_its
     estimate = Estimate(100, 50, 1000, 5000)  # reserves 1,000 of the 1,500
     first = await gate.admit(ada, "r1", estimate)
     await client.script_flush()
-    gate.settle_soon(first, 100, TOKENS, {"id": "r1"})
+    gate.settle_soon(first, settlement(first, 100))
     second = await gate.admit(ada, "r2", estimate)  # 100 spent + 1,000 held: room
-    gate.settle_soon(second, 100, TOKENS, {"id": "r2"})
+    gate.settle_soon(second, settlement(second, 100))
     await gate.drain()
     assert await client.xlen(keyspace.events) == 2 and spool.depth == 0
     spool.close()
@@ -305,32 +301,17 @@ async def test_a_silent_redis_times_out_every_waiting_call() -> None:
 
 
 async def test_the_connection_selects_the_database_and_authenticates(
-        tmp_path: Any) -> None:
-    need(shutil.which("redis-server") is not None, "redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--requirepass", "s3cret", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        redis = connect_redis(f"redis://:s3cret@127.0.0.1:{port}/3")
-        script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
-        await script(keys=["where"], args=["db3"])
-        assert await redis.get("where") == b"db3"
-        await redis.aclose()
-        wrong = connect_redis(f"redis://:nope@127.0.0.1:{port}/3")
-        with pytest.raises(RedisConnectionError):
-            await wrong.register_script("return 1")()
-        await wrong.aclose()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        start_own_redis: Callable[..., RedisServer]) -> None:
+    port = start_own_redis("--requirepass", "s3cret").port
+    redis = connect_redis(f"redis://:s3cret@127.0.0.1:{port}/3")
+    script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+    await script(keys=["where"], args=["db3"])
+    assert await redis.get("where") == b"db3"
+    await redis.aclose()
+    wrong = connect_redis(f"redis://:nope@127.0.0.1:{port}/3")
+    with pytest.raises(RedisConnectionError):
+        await wrong.register_script("return 1")()
+    await wrong.aclose()
 
 
 async def test_the_embedded_backend_keeps_redis_py_scripts() -> None:
@@ -364,7 +345,8 @@ async def test_an_admission_answered_too_late_keeps_nothing_reserved(
         await direct.set(keyspace.ready, 1)
         gate = Gate(slow, keyspace, spool)
         try:
-            await gate.settle(await gate.admit(ada, "warm", estimate), 0, TOKENS, {"id": "warm"})
+            warm = await gate.admit(ada, "warm", estimate)
+            await gate.settle(warm, settlement(warm, 0))
             late.add(1)  # the script connection, open now with its scripts loaded
             ticket = await gate.admit(ada, "r1", estimate)
             assert not ticket.admitted  # timed out: served unmetered, settled later
@@ -391,12 +373,12 @@ async def test_settlements_sent_without_a_task_land_or_spool(
     estimate = Estimate(100, 50, 1000, 5000)
     first = await gate.admit(ada, "r1", estimate)
     await client.script_flush()
-    gate.settle_soon(first, 700, TOKENS, {"id": "r1"})
+    gate.settle_soon(first, settlement(first, 700))
     await gate.drain()
     assert await client.xlen(keyspace.events) == 1 and spool.depth == 0
     second = await gate.admit(ada, "r2", estimate)
     own_redis.stop()
-    gate.settle_soon(second, 700, TOKENS, {"id": "r2"})
+    gate.settle_soon(second, settlement(second, 700))
     await asyncio.wait_for(gate.drain(), 5)
     assert spool.depth == 1
     own_redis.start()  # empty: this server keeps nothing across restarts
@@ -405,5 +387,5 @@ async def test_settlements_sent_without_a_task_land_or_spool(
     with contextlib.suppress(RedisConnectionError):  # redis-py's pooled connection was cut
         await client.ping()
     assert [e for _, e in await client.xrange(keyspace.events)] == [
-        {b"e": pack_event({"id": "r2"}).encode()}]
+        {b"e": settlement(second, 700).packed().encode()}]
     spool.close()

@@ -20,8 +20,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ledger import gate as gate_module
 from ledger.redis_client import connect_redis
+from ledger.settlement import Settlement
 from meterd.apps import DB_FILE, create_root_app
 from meterd.settings import Settings
 from tests.conftest import Gateway, RedisServer, free_port
@@ -195,15 +195,15 @@ async def test_a_fault_while_packing_the_event_still_charges_the_cost(
         gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     key = await gateway.developer()
     faults = iter([RuntimeError("a bug in packing")])
-    packing = gate_module.pack_event
+    packing = Settlement.packed
 
-    def broken_once(event: dict[str, object]) -> str:
+    def broken_once(settlement: Settlement) -> str:
         fault = next(faults, None)
         if fault is not None:
             raise fault
-        return packing(event)
+        return packing(settlement)
 
-    monkeypatch.setattr(gate_module, "pack_event", broken_once)
+    monkeypatch.setattr(Settlement, "packed", broken_once)
     resp = await gateway.client.post("/v1/messages", data=body("claude-sonnet-4-6"),
                                      headers={"x-api-key": key})
     assert resp.status == 200

@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestServer
 from ledger.money import parse_usd
 from tests.conftest import Gateway
 from tests.sso import SSO
-from tests.sso_fixtures import *  # noqa: F403
 from tests.test_budgets import BODY, COST, new_session
+
+pytest_plugins = ("tests.sso_fixtures",)
 
 U = "anthropic-ratelimit-unified-"
 

@@ -12,8 +12,8 @@ from fractions import Fraction
 import orjson
 from multidict import CIMultiDictProxy
 
-from ledger.pricing import PriceTable, normalise_model_id
-from proxy.providers.base import Outbound, Provider, load_json
+from ledger.pricing import PriceTable
+from proxy.providers.base import Outbound, Provider, load_json, table_model
 from proxy.upstream import AnthropicUpstream
 
 
@@ -42,7 +42,7 @@ class AnthropicProvider(Provider):
                   model: str) -> Outbound:
         upstream = self.upstream
         if self.models:
-            mapped = self.models.get(model) or self.models.get(normalise_model_id(model))
+            mapped = table_model(self.models, model)
             if mapped and mapped != model:
                 # Only a configured rename re-serializes the body; otherwise it goes unchanged.
                 doc = load_json(body)

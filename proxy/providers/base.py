@@ -8,7 +8,7 @@ the identity and the body goes on byte-for-byte; Bedrock and Vertex re-serialize
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -18,8 +18,9 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ledger.pricing import Cost, PriceTable, ServerTool
+from ledger.pricing import Cost, PriceTable, ServerTool, normalise_model_id
 from ledger.usage import Usage
+from proxy.errors import ProxyError
 from proxy.upstream import response_headers
 
 
@@ -135,22 +136,6 @@ async def replay(first: bytes, response: aiohttp.ClientResponse) -> AsyncIterato
         yield chunk
 
 
-def envelope(kind: str, message: str) -> bytes:
-    """An Anthropic error body."""
-    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
-
-
-def error_kind(status: int) -> str:
-    """The Anthropic error type that goes with an HTTP status."""
-    return _KINDS.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
-
-
-_KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
-          429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error",
-          529: "overloaded_error"}
-
-
 def merge_betas(header: str | None, body_betas: Any, drop: Iterable[str] = ()) -> list[str]:
     """Beta values from the `anthropic-beta` header and a body `anthropic_beta` list, in
     order, without repeats, minus `drop`. An open list: everything else passes."""
@@ -167,7 +152,42 @@ def merge_betas(header: str | None, body_betas: Any, drop: Iterable[str] = ()) -
 
 
 def load_json(body: bytes) -> dict[str, Any]:
-    """The request body as a dict; the handler already checked it is a JSON object."""
-    doc = orjson.loads(body)
-    assert isinstance(doc, dict)
+    """The request body as a dict (the handler checked it is a JSON object, but a 400 here
+    rather than a crash if a new path forgets to)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise ProxyError(400, "invalid_request_error", "request body must be a JSON object")
     return doc
+
+
+def table_model(models: Mapping[str, str], model: str) -> str | None:
+    """The provider's id for a client's model name from a model table (the name as sent, or
+    its normalised form), None if the table has neither."""
+    return models.get(model) or models.get(normalise_model_id(model))
+
+
+class CloudProvider(Provider):
+    """A cloud platform's Claude (Bedrock, Vertex): the model goes in the URL, so the body is
+    rebuilt with the platform's `anthropic_version`, without the fields and betas it refuses."""
+
+    def __init__(self, name: str, base_url: str, models: Mapping[str, str],
+                 anthropic_version: str, drop_betas: Iterable[str], drop_fields: Iterable[str],
+                 multiplier: Fraction | None, prices: PriceTable | None) -> None:
+        super().__init__(name, multiplier, prices)
+        self.base_url = base_url.rstrip("/")
+        self.models = dict(models)  # the platform's defaults with configuration over them
+        self.anthropic_version = anthropic_version
+        self.drop_betas = frozenset(drop_betas)
+        self.drop_fields = tuple(drop_fields)
+
+    def platform_body(self, body: bytes) -> dict[str, Any]:
+        """The client's body with the platform's `anthropic_version` (unless it names one) and
+        without the fields the platform refuses."""
+        doc = load_json(body)
+        doc.setdefault("anthropic_version", self.anthropic_version)
+        for name in self.drop_fields:
+            doc.pop(name, None)
+        return doc

@@ -25,18 +25,17 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ledger.pricing import PriceTable, normalise_model_id
+from ledger.pricing import PriceTable
+from proxy.envelope import error_body, error_type
 from proxy.meter import Metered, StreamMeter
 from proxy.providers.base import (
+    CloudProvider,
     Outbound,
-    Provider,
     ProviderUnavailable,
     Relayed,
-    envelope,
-    error_kind,
-    load_json,
     merge_betas,
     replay,
+    table_model,
 )
 from proxy.upstream import response_headers
 
@@ -108,7 +107,7 @@ Credentials = Any  # botocore Credentials / RefreshableCredentials
 CredentialSource = Callable[[], Credentials | None]
 
 
-class BedrockProvider(Provider):
+class BedrockProvider(CloudProvider):
     """Bedrock Runtime in one region, with the organization's AWS credentials."""
 
     kind = "bedrock"
@@ -120,14 +119,11 @@ class BedrockProvider(Provider):
                  drop_betas: Iterable[str] = DEFAULT_DROP_BETAS,
                  drop_fields: Iterable[str] = DEFAULT_DROP_FIELDS, ping_interval: float = 5.0,
                  multiplier: Fraction | None = None, prices: PriceTable | None = None) -> None:
-        super().__init__(name, multiplier, prices)
+        super().__init__(name, base_url or f"https://bedrock-runtime.{region}.amazonaws.com",
+                         {**DEFAULT_MODELS, **(models or {})}, anthropic_version, drop_betas,
+                         drop_fields, multiplier, prices)
         self.region = region
-        self.base_url = (base_url or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
-        self.models = {**DEFAULT_MODELS, **(models or {})}
         self.prefix = f"{inference_profile}." if inference_profile else ""
-        self.anthropic_version = anthropic_version
-        self.drop_betas = frozenset(drop_betas)
-        self.drop_fields = tuple(drop_fields)
         self.ping_interval = ping_interval
         self._source = credentials
         self._credentials: Credentials | None = None
@@ -142,7 +138,7 @@ class BedrockProvider(Provider):
         provider's inference profile prefix, e.g. `us.`), else the name unchanged."""
         if "anthropic." in model or model.startswith("arn:"):
             return model
-        mapped = self.models.get(model) or self.models.get(normalise_model_id(model))
+        mapped = table_model(self.models, model)
         if mapped is None:
             return model
         return self.prefix + mapped if mapped.startswith("anthropic.") else mapped
@@ -158,18 +154,15 @@ class BedrockProvider(Provider):
     def body(self, body: bytes, headers: CIMultiDictProxy[str]) -> tuple[dict[str, Any], bool]:
         """Bedrock's form of an Anthropic Messages body (model and `stream` out, version and
         the header's betas in), and whether it streams."""
-        doc = load_json(body)
+        doc = self.platform_body(body)
         doc.pop("model", None)
         stream = doc.pop("stream", False) is True
-        doc.setdefault("anthropic_version", self.anthropic_version)
         betas = merge_betas(headers.get("anthropic-beta"), doc.get("anthropic_beta"),
                             self.drop_betas)
         if betas:
             doc["anthropic_beta"] = betas
         else:
             doc.pop("anthropic_beta", None)
-        for name in self.drop_fields:
-            doc.pop(name, None)
         return doc, stream
 
     async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
@@ -254,7 +247,7 @@ class BedrockProvider(Provider):
         try:
             count = orjson.loads(payload)["inputTokens"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            return 502, envelope("api_error", "Bedrock count-tokens answered without a count")
+            return 502, error_body("api_error", "Bedrock count-tokens answered without a count")
         return 200, orjson.dumps({"input_tokens": count})
 
 
@@ -355,7 +348,7 @@ def frame_sse(message: EventStreamMessage) -> bytes:
         text = str(headers.get(":error-message", "")) or name
     else:
         return b""
-    body = envelope(_ERROR_KINDS.get(name.lower(), "api_error"), text)
+    body = error_body(_ERROR_KINDS.get(name.lower(), "api_error"), text)
     return b"event: error\ndata: " + body + b"\n\n"
 
 
@@ -392,8 +385,8 @@ def _error_body(response: aiohttp.ClientResponse, payload: bytes) -> bytes:
             name = str(doc.get("__type", "")).rsplit("#", 1)[-1] if isinstance(doc, dict) else ""
         except orjson.JSONDecodeError:
             name = ""
-    kind = _ERROR_KINDS.get(name.lower()) or error_kind(response.status)
-    return envelope(kind, _message(payload) or name or f"Bedrock answered {response.status}")
+    kind = _ERROR_KINDS.get(name.lower()) or error_type(response.status)
+    return error_body(kind, _message(payload) or name or f"Bedrock answered {response.status}")
 
 
 async def _translated_error(response: aiohttp.ClientResponse,

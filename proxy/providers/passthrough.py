@@ -12,23 +12,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
 
-from proxy.errors import ProxyError, UpstreamError
-from proxy.handlers import Relay
+from proxy.errors import ProxyError, upstream_failure
+from proxy.handlers import Relay, check_model
 from proxy.providers.base import Outbound, Provider, Relayed
 from proxy.providers.bedrock import EVENT_STREAM, BedrockProvider, EventStreamMeter
 from proxy.providers.routing import first_answer
 from proxy.providers.vertex import VertexProvider
-from proxy.request_fields import read_fields
+from proxy.request_fields import read_fields, request_model
 from proxy.state import STATE, ProxyState
 
 _BEDROCK_ACTIONS = {"invoke": False, "invoke-with-response-stream": True}
 # The request to one provider of the chain, for the client's body. The body is an argument,
 # not captured: the handler hands it over in the relay, which lets go of it once sent.
 Build = Callable[[Provider, bytes], Awaitable[Outbound]]
+P = TypeVar("P", bound=Provider)
 
 
 class EventStreamRelay(Relay):
@@ -50,6 +52,14 @@ class Passthrough:
             relay.state.session, self.chain, lambda provider: self.build(provider, body),
             relay.stream, translate=False)
         return response  # type: ignore[no-any-return]
+
+
+def _of_kind(provider: Provider, cls: type[P]) -> P:
+    """`provider` as the class its route's kind promises (`_chain` picks by kind)."""
+    if not isinstance(provider, cls):
+        raise TypeError(f"provider {provider.name} of a {cls.kind} chain is a {provider.kind} "
+                        "provider")
+    return provider
 
 
 def _chain(state: ProxyState, kind: str, model: str) -> tuple[Provider, ...]:
@@ -76,8 +86,7 @@ async def bedrock_invoke(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
 
     def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
-        assert isinstance(provider, BedrockProvider)
-        return provider.passthrough(model, action, body)
+        return _of_kind(provider, BedrockProvider).passthrough(model, action, body)
 
     allowance = read_fields(body).allowance  # the stream flag is in the URL
     relay = EventStreamRelay(state, request, model, stream, t0, body)
@@ -89,13 +98,12 @@ async def bedrock_invoke(request: web.Request) -> web.StreamResponse:
 async def bedrock_count_tokens(request: web.Request) -> web.StreamResponse:
     """POST /bedrock/model/{model}/count-tokens: forwarded for any valid key, never metered."""
     state = request.app[STATE]
-    state.authenticate(request.headers)
     model = request.match_info["model"]
+    check_model(state.authenticate(request.headers), model)
     body = await request.read()
 
     def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
-        assert isinstance(provider, BedrockProvider)
-        return provider.passthrough(model, "count-tokens", body)
+        return _of_kind(provider, BedrockProvider).passthrough(model, "count-tokens", body)
 
     return await _forward(state, _chain(state, "bedrock", model), build, body)
 
@@ -119,10 +127,11 @@ async def vertex_predict(request: web.Request) -> web.StreamResponse:
     headers = request.headers
 
     def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
-        assert isinstance(provider, VertexProvider)
-        return provider.passthrough(tail, headers, body)
+        return _of_kind(provider, VertexProvider).passthrough(tail, headers, body)
 
-    if model == "count-tokens":
+    if model == "count-tokens":  # the model is in the body
+        if principal.models is not None:
+            check_model(principal, request_model(body))
         return await _forward(state, chain, build, body)
     if method not in ("rawPredict", "streamRawPredict"):
         raise ProxyError(404, "not_found_error", f"not found: POST {request.path}")
@@ -141,11 +150,8 @@ async def _forward(state: ProxyState, chain: Sequence[Provider], build: Build,
                                          lambda provider: build(provider, body), False,
                                          translate=False)
         payload = b"".join([chunk async for chunk in response.iter_any()])
-    except TimeoutError:
-        raise UpstreamError(504, "api_error", "upstream did not answer in time") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(502, "api_error",
-                            f"upstream unreachable ({type(exc).__name__})") from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise upstream_failure(exc) from None
     response.release()
     return web.Response(status=response.status, body=payload, headers=response.headers)
 

@@ -19,17 +19,15 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ledger.pricing import PriceTable, normalise_model_id
+from ledger.pricing import PriceTable
+from proxy.envelope import error_body, error_type
 from proxy.providers.base import (
+    CloudProvider,
     Outbound,
-    Provider,
     ProviderUnavailable,
     Relayed,
-    envelope,
-    error_kind,
-    load_json,
     merge_betas,
-    replay,
+    table_model,
 )
 from proxy.upstream import AnthropicUpstream, response_headers
 
@@ -120,7 +118,7 @@ def default_base_url(region: str) -> str:
     return f"https://{region}-aiplatform.googleapis.com/v1"
 
 
-class VertexProvider(Provider):
+class VertexProvider(CloudProvider):
     """Claude on Vertex AI in one project and region."""
 
     kind = "vertex"
@@ -132,13 +130,10 @@ class VertexProvider(Provider):
                  drop_betas: Iterable[str] = DEFAULT_DROP_BETAS,
                  drop_fields: Iterable[str] = DEFAULT_DROP_FIELDS,
                  multiplier: Fraction | None = None, prices: PriceTable | None = None) -> None:
-        super().__init__(name, multiplier, prices)
+        super().__init__(name, base_url or default_base_url(region),
+                         {**DEFAULT_MODELS, **(models or {})}, anthropic_version, drop_betas,
+                         drop_fields, multiplier, prices)
         self.project, self.region = project, region
-        self.base_url = (base_url or default_base_url(region)).rstrip("/")
-        self.models = {**DEFAULT_MODELS, **(models or {})}
-        self.anthropic_version = anthropic_version
-        self.drop_betas = frozenset(drop_betas)
-        self.drop_fields = tuple(drop_fields)
         self.tokens = tokens
         self._headers = AnthropicUpstream(self.base_url, "")  # the header rules, no key
         self._models_url = (f"{self.base_url}/projects/{quote(project, safe='')}/locations/"
@@ -152,11 +147,11 @@ class VertexProvider(Provider):
         """The Vertex model id for a client's model name (ids with `@` pass as given)."""
         if "@" in model:
             return model
-        return self.models.get(model) or self.models.get(normalise_model_id(model)) or model
+        return table_model(self.models, model) or model
 
     async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
                        model: str, stream: bool) -> Outbound:
-        doc = self._body(body)
+        doc = self.platform_body(body)
         doc.pop("model", None)
         method = "streamRawPredict" if stream else "rawPredict"
         url = f"{self._models_url}{quote(self.model_id(model), safe='@')}:{method}"
@@ -164,7 +159,7 @@ class VertexProvider(Provider):
 
     async def count_tokens(self, path_qs: str, headers: CIMultiDictProxy[str],
                            body: bytes, model: str) -> Outbound:
-        doc = self._body(body)
+        doc = self.platform_body(body)
         doc["model"] = self.model_id(model)
         url = f"{self._models_url}count-tokens:rawPredict"
         return Outbound(url, await self._request_headers(headers), orjson.dumps(doc))
@@ -175,13 +170,6 @@ class VertexProvider(Provider):
         unchanged, sent to this provider's project and region."""
         return Outbound(self._models_url + quote(tail, safe="@:"),
                         await self._request_headers(headers), body)
-
-    def _body(self, body: bytes) -> dict[str, Any]:
-        doc = load_json(body)
-        doc.setdefault("anthropic_version", self.anthropic_version)
-        for name in self.drop_fields:
-            doc.pop(name, None)
-        return doc
 
     async def _request_headers(self, incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         headers = self._headers.request_headers(incoming.items())
@@ -195,7 +183,7 @@ class VertexProvider(Provider):
     def respond(self, response: aiohttp.ClientResponse, stream: bool,
                 first: bytes = b"") -> Relayed:
         if response.status < 400:
-            return Relayed(response, replay(first, response))
+            return super().respond(response, stream, first)  # unchanged
         headers = response_headers(response.headers.items())
         headers.popall("content-type", None)
         headers["content-type"] = "application/json"
@@ -205,16 +193,16 @@ class VertexProvider(Provider):
     async def count_tokens_answer(self, response: aiohttp.ClientResponse,
                                   payload: bytes) -> tuple[int, bytes]:
         if response.status >= 400:
-            return response.status, error_body(response.status, payload)
+            return response.status, as_anthropic_error(response.status, payload)
         return response.status, payload
 
 
-def error_body(status: int, payload: bytes) -> bytes:
+def as_anthropic_error(status: int, payload: bytes) -> bytes:
     """An Anthropic error envelope for a Vertex error body (unchanged if it is one already)."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return envelope(error_kind(status), payload.decode("utf-8", "replace")[:500]
+        return error_body(error_type(status), payload.decode("utf-8", "replace")[:500]
                         or f"Vertex answered {status}")
     if isinstance(doc, dict) and doc.get("type") == "error":
         return payload
@@ -222,11 +210,11 @@ def error_body(status: int, payload: bytes) -> bytes:
         doc = doc[0]
     error = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(error, dict):
-        kind = _GOOGLE_KINDS.get(str(error.get("status", ""))) or error_kind(status)
-        return envelope(kind, str(error.get("message") or f"Vertex answered {status}"))
-    return envelope(error_kind(status), f"Vertex answered {status}")
+        kind = _GOOGLE_KINDS.get(str(error.get("status", ""))) or error_type(status)
+        return error_body(kind, str(error.get("message") or f"Vertex answered {status}"))
+    return error_body(error_type(status), f"Vertex answered {status}")
 
 
 async def _translated_error(response: aiohttp.ClientResponse,
                             first: bytes) -> AsyncIterator[bytes]:
-    yield error_body(response.status, first + await response.read())
+    yield as_anthropic_error(response.status, first + await response.read())

@@ -40,6 +40,7 @@ class Behaviour:
     status: int = 0  # answer every request with this error status
     fail: str = ""  # "drop-before", "drop-mid", "exception"
     gap_ms: int = 0  # silence after message_start
+    set_cookie: str = ""  # on every answer, as a provider's load balancer may
     reject_betas: frozenset[str] = frozenset({"files-api-2025-04-14", "oauth-2025-04-20"})
 
 
@@ -56,7 +57,12 @@ class FakeBedrock:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/model/{model}/{action}", self.handle)
+        app.on_response_prepare.append(self._set_cookie)
         return app
+
+    async def _set_cookie(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self.behaviour.set_cookie:
+            response.headers["Set-Cookie"] = self.behaviour.set_cookie
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()

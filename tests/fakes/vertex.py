@@ -48,6 +48,7 @@ class Behaviour:
     usage: dict[str, Any] = field(default_factory=dict)
     text_chunks: int = 6
     gap_ms: int = 0  # silence after message_start
+    set_cookie: str = ""  # on every answer, as a provider's load balancer may
     status: int = 0  # answer model calls with this error (Google error format)
     token_lifetime: int = 3600
 
@@ -75,7 +76,12 @@ class FakeVertex:
         app.router.add_post(
             "/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{tail}",
             self.predict)
+        app.on_response_prepare.append(self._set_cookie)
         return app
+
+    async def _set_cookie(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self.behaviour.set_cookie:
+            response.headers["Set-Cookie"] = self.behaviour.set_cookie
 
     async def token(self, request: web.Request) -> web.Response:
         self.token_requests += 1
