@@ -3,7 +3,11 @@ and past 95 % of the developer's cap its footer says "You've used NN% of your us
 resets …" (from the `anthropic-ratelimit-unified-*` headers), not before; and `/usage` shows
 the cap in dollars (from GET /api/oauth/usage).
 
-The notice exists only on screen: `claude -p` never prints it, so the pane is what is read."""
+The notice exists only on screen (`claude -p` never prints it, gateway protocol notes), so the
+pane is what is read. The spend that carries the developer past each threshold is made
+elsewhere, by the test: Claude Code's own requests cost 4,500 µ$ on the mock but each holds a
+~130,000 µ$ reservation while it runs, so a cap sized for its prompts alone would hang on the
+client version's request size."""
 
 from __future__ import annotations
 
