@@ -25,6 +25,7 @@ from dashboard.oidc import OidcClient, OidcConfig
 from dashboard.routes import API_ROUTES, PAGE_ROUTES, add_routes
 from dashboard.sessions import load_secret
 from dashboard.state import ADMIN
+from proxy.errors import unreadable_body_middleware
 
 
 def _asset_dir(name: str) -> Path:
@@ -52,6 +53,9 @@ def setup_api(app: web.Application, config: DashboardConfig) -> None:
     app.middlewares.append(forwarded_middleware(forwarding))
     provider = str(URL(config.oidc.issuer).origin()) if config.oidc else ""
     app.on_response_prepare.append(security_headers(forwarding, provider))
+    # Outside auth, which reads a form's CSRF token: a body aiohttp cannot read is a 400 that
+    # the process's error handling (proxy.errors, on the root app) answers.
+    app.middlewares.append(unreadable_body_middleware)
     app.middlewares.append(auth.auth_middleware)
     add_routes(app, API_ROUTES)
     auth.check_routes(app)

@@ -146,6 +146,12 @@ class Policy:
                              final=True)
         found = self._principals.get(claims.sid)
         if found is None:
+            if claims.sub not in self.developers:
+                # Signed by this gateway, so issued to a developer it provisioned: one signed
+                # in a moment ago reaches this proxy with its next policy refresh. Retryable,
+                # or Claude Code would ask to sign in again right after signing in.
+                raise KeyRefused("this proxy has not yet heard of the signed-in developer; "
+                                 "retry in a moment", final=False)
             found = self._principals[claims.sid] = self._build(
                 {"id": claims.sid, "developer_id": claims.sub})
         return found

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from dashboard.oauth import create_oauth_app, well_known
 from dashboard.site import setup_dashboard
 from dashboard.state import ADMIN, AdminState
+from dashboard.unreadable import page_for
 from ledger.catalog import Catalog, connect
 from ledger.gate import Gate
 from ledger.keyspace import KeySpace
@@ -28,7 +29,7 @@ from ledger.telemetry import TelemetryRollup
 from meterd.providers_config import providers_context
 from meterd.settings import Settings
 from proxy.access_log import AccessLog
-from proxy.errors import error_middleware
+from proxy.errors import ERROR_PAGE, error_middleware, setup_errors
 from proxy.handlers import end_relays, setup_routes
 from proxy.managed import setup_managed_routes
 from proxy.managed_seen import seen_context
@@ -199,9 +200,12 @@ def create_root_app(settings: Settings, proxy: bool = True, admin: bool = True,
     """What one process serves: the proxy at /, the admin side at /admin, or both (`serve`)."""
     app = (create_proxy_app(settings, reload_settings, reuse_port) if proxy
            else web.Application())
+    if not proxy:  # the proxy sets it up for its own routes
+        setup_errors(app)
     if admin:
         app[ADMIN_APP] = create_admin_app(settings)
         app.add_subapp("/admin", app[ADMIN_APP])
+        app[ERROR_PAGE] = page_for(app[ADMIN_APP])
         if settings.oidc_issuer:  # developers sign in with the device flow (dashboard/oauth.py)
             app.add_subapp("/oauth", create_oauth_app(settings, app[ADMIN_APP]))
             app.router.add_get("/.well-known/oauth-authorization-server",
