@@ -1,4 +1,4 @@
-"""Spend as the proxies see it right now: the Redis period counters (µ$, field `spent`).
+"""Spend as the proxies see it right now: the Redis period counters (µ$, field `SPENT`).
 
 The rollups in DuckDB trail these by one rollup interval, so headline numbers and budget bars
 read Redis, while breakdowns and charts read the rollups. When Redis cannot be reached the
@@ -18,6 +18,7 @@ from ledger import caps
 from ledger.keyspace import KeySpace
 from ledger.periods import period_end, period_start
 from ledger.reports import MIN_ELAPSED
+from ledger.settlement import SPENT
 
 log = logging.getLogger("meterd.dashboard")
 
@@ -33,7 +34,7 @@ async def spent(redis: Any, keyspace: KeySpace, scopes: Iterable[Scope],
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for scope, scope_id, period in wanted:
-                pipe.hget(keyspace.counter(scope, scope_id, period, now), "spent")
+                pipe.hget(keyspace.counter(scope, scope_id, period, now), SPENT)
             values = await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("live counters unavailable (%s); showing rolled-up spend", exc)
