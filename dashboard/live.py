@@ -43,14 +43,11 @@ async def spent(redis: Any, keyspace: KeySpace, scopes: Iterable[Scope],
 
 
 def title(scope: str, label: str) -> str:
-    """How a budget is named in a list: 'Team platform (pool)', 'Developer Ada'…"""
-    if scope == "team":
-        return f"Team {label} (pool)"
-    if scope == "developer":
-        return f"Developer {label}"
-    if scope == "team_member":
-        return label[:1].upper() + label[1:]
-    return "Organization"
+    """How a forecast row is named in a list: 'Team platform', 'Developer Ada'… (its label
+    names a developer's or team's budget by name alone, the others in words already)."""
+    if scope in ("developer", "team"):
+        return caps.describe(scope, label, capital=True)
+    return label[:1].upper() + label[1:]
 
 
 def project(spent_micros: int, period: str, now: datetime) -> int:
