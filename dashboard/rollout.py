@@ -34,8 +34,11 @@ exec cat "${{XDG_CONFIG_HOME:-$HOME/.config}}/meterd/key"
 def managed_settings(proxy_url: str) -> dict[str, object]:
     """The managed-settings.json every machine gets: the base URL, and a helper that prints
     the developer's own key (Claude Code sends it as both x-api-key and Bearer, and runs the
-    helper again after a 401, so a rotated key is picked up without a restart)."""
-    return {"env": {"ANTHROPIC_BASE_URL": proxy_url}, "apiKeyHelper": HELPER_PATH}
+    helper again after a 401, so a rotated key is picked up without a restart). Gateway mode
+    (CLAUDE_CODE_USE_GATEWAY) makes Claude Code show the caps meterd reports, with a static
+    key too."""
+    return {"env": {"ANTHROPIC_BASE_URL": proxy_url, "CLAUDE_CODE_USE_GATEWAY": "1"},
+            "apiKeyHelper": HELPER_PATH}
 
 
 def login_settings(proxy_url: str) -> dict[str, object]:

@@ -248,7 +248,7 @@ async def test_rollout_page_generates_managed_settings(dashboard: Dashboard) -> 
     page = await developer.page("/admin/rollout")
     managed = orjson.loads(one(page, "#managed-settings").get_text())
     proxy_url = dashboard.gateway.admin.proxy_url
-    assert managed == {"env": {"ANTHROPIC_BASE_URL": proxy_url},
+    assert managed == {"env": {"ANTHROPIC_BASE_URL": proxy_url, "CLAUDE_CODE_USE_GATEWAY": "1"},
                        "apiKeyHelper": "/usr/local/bin/meterd-key"}
     assert one(page, "#proxy-url").get_text() == proxy_url
     assert "meterd doctor" in page.get_text()
@@ -266,7 +266,8 @@ async def test_rollout_page_shows_the_login_settings_next_to_the_static_key_ones
     assert login == {"forceLoginMethod": "gateway",
                      "forceLoginGatewayUrl": "http://gw.example.com:8080"}
     static = orjson.loads(one(page, "#managed-key #managed-settings").get_text())
-    assert static["env"] == {"ANTHROPIC_BASE_URL": "http://gw.example.com:8080"}
+    assert static["env"] == {"ANTHROPIC_BASE_URL": "http://gw.example.com:8080",
+                             "CLAUDE_CODE_USE_GATEWAY": "1"}
     # No identity provider here: the page says so beside the file.
     assert "oidc_issuer" in one(page, "#managed-login .flash-error").get_text()
     status, text = await finance.get(attr(one(page, "#managed-login a[download]"), "href"))
