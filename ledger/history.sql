@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS requests (
     request_class VARCHAR NOT NULL,
     prompt_id VARCHAR NOT NULL
 );
+-- Columns added after the first release, so a ledger made by an older meterd gains them (the
+-- rollup writes every column; DuckDB cannot add a NOT NULL column IF NOT EXISTS).
+-- The project a request was for (the billing-group tag of its body), '' when none.
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS project VARCHAR DEFAULT '';
 
 -- day × developer × team × model. Kept when raw rows are purged.
 CREATE TABLE IF NOT EXISTS usage_daily (
@@ -85,4 +89,25 @@ CREATE TABLE IF NOT EXISTS usage_sessions (
     cost_micros BIGINT NOT NULL,
     cache_saved_micros BIGINT NOT NULL,
     PRIMARY KEY (day, session_id, developer_id, team_id)
+);
+
+-- day × project (× developer and team; project '' = requests without the billing-group
+-- tag), for reports by project. Requests rolled up before projects existed are not in it.
+CREATE TABLE IF NOT EXISTS usage_projects (
+    day DATE NOT NULL,
+    project VARCHAR NOT NULL,
+    developer_id VARCHAR NOT NULL,
+    team_id VARCHAR NOT NULL,
+    requests BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    estimated BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cache_write_5m BIGINT NOT NULL,
+    cache_write_1h BIGINT NOT NULL,
+    cache_read BIGINT NOT NULL,
+    web_search BIGINT NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    cache_saved_micros BIGINT NOT NULL,
+    PRIMARY KEY (day, project, developer_id, team_id)
 );
