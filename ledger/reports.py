@@ -3,8 +3,9 @@ connection, every amount an integer (µ$ or tokens).
 
 Spend, totals, top spenders, cache savings and forecasts read the rollups: `usage_daily` (one
 row per day × developer × team × model) and, for the session and project dimensions,
-`usage_sessions` and `usage_projects` (day × session or project × developer × team). They stay small at any number of requests and complete after raw
-rows are purged. Only the request log and the raw export read `requests`.
+`usage_sessions` and `usage_projects` (day × session or project × developer × team). They
+stay small at any number of requests and complete after raw rows are purged. Only the request
+log and the raw export read `requests`.
 
 Dates are UTC days; `end` is exclusive. Weeks start on Monday (ISO), months on the 1st.
 """
