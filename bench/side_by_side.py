@@ -8,6 +8,11 @@ IdP on 26100, fake Messages API on 26200, gateway on 26300). Starts `meterd serv
 port against that IdP and upstream (embedded Redis, a temporary data directory), signs one user
 in on each through the device flow, headlessly, the way a browser would, then sends each probe
 to both and prints one row per probe: what each answered (status and the fields that matter).
+
+Then the caps, each on a fresh user with a $1 monthly cap set through each gateway's own admin
+interface: the usage-limit headers as spend passes 75 % and 95 %, the 429 once blocked and
+`/api/oauth/usage`; and 100 concurrent requests against the cap (the fake upstream charges
+about $0.08 per request), with the spend each gateway let through.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from run import free_port  # noqa: E402
 IDP = "http://127.0.0.1:26100"
 UPSTREAM = "http://127.0.0.1:26200"
 UPSTREAM_KEY = "sk-ant-fake-upstream-key"  # the reference setup's gw/env.sh
+REFERENCE_WRITE_KEY = "cag-admin-write-key-0123456789abcdef0123"  # its admin write key
 CLIENT_ID, CLIENT_SECRET = "cag-client", "cag-secret-0123456789abcdef"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 32,
@@ -129,8 +135,10 @@ async def poll(gw: Gateway, code: str) -> tuple[int, dict[str, str], Any]:
                       data={"grant_type": DEVICE_GRANT, "device_code": code})
 
 
-async def sign_in(gw: Gateway) -> tuple[dict[str, Any], str]:
-    """The token answer of a whole device flow, and the used device code."""
+async def sign_in(gw: Gateway, user: dict[str, Any] = USER) -> tuple[dict[str, Any], str]:
+    """The token answer of a whole device flow for `user` (the IdP approves whoever was set
+    last), and the used device code."""
+    await call("POST", IDP + "/_user", json=user)
     code = await device_code(gw)
     async with browser() as b:
         await gw.approve(gw, b, code)
@@ -214,8 +222,98 @@ async def probes(gw: Gateway) -> dict[str, str]:
     return out
 
 
+U = "anthropic-ratelimit-unified-"
+CAP_CENTS = 100
+BURST_BODY = orjson.dumps({"model": "claude-opus-4-8", "max_tokens": 1024, "stream": True,
+                           "messages": [{"role": "user", "content": "hello"}]})
+
+
+async def cap_reference(gw: Gateway, user: dict[str, Any], data_dir: str) -> None:
+    status, _, body = await call(
+        "POST", gw.url + "/v1/organizations/spend_limits",
+        headers={"x-api-key": REFERENCE_WRITE_KEY},
+        json={"scope": {"type": "user", "user_id": user["sub"]}, "amount": str(CAP_CENTS),
+              "period": "monthly"})
+    if status != 200:
+        raise RuntimeError(f"the reference refused the cap: {status} {body}")
+
+
+async def cap_meterd(gw: Gateway, user: dict[str, Any], data_dir: str) -> None:
+    """`meterd budget set` reaches the running `meterd serve` over its admin socket."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meterd.cli", "budget", "set", "developer", user["email"],
+        "--usd", f"{CAP_CENTS / 100:.2f}", "--period", "monthly",
+        env={**os.environ, "MTD_DATA_DIR": data_dir}, cwd=HERE.parent,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"meterd budget set failed: {err.decode()}")
+    await asyncio.sleep(1)  # the proxies' next policy refresh
+
+
+async def streamed(session: aiohttp.ClientSession, gw: Gateway,
+                   token: str) -> tuple[int, dict[str, str], str]:
+    async with session.post(gw.url + "/v1/messages", data=BURST_BODY,
+                            headers=bearer(token)) as r:
+        text = await r.text()
+        headers = {k.lower(): v for k, v in r.headers.items() if k.lower().startswith(U)}
+        for name in ("retry-after", "x-should-retry"):
+            if name in r.headers:
+                headers[name] = r.headers[name]
+        return r.status, headers, text
+
+
+async def spent_cents(gw: Gateway, token: str) -> Any:
+    _, _, doc = await call("GET", gw.url + "/api/oauth/usage", headers=bearer(token))
+    return doc.get("extra_usage", {}).get("used_credits") if isinstance(doc, dict) else None
+
+
+async def notices(gw: Gateway, cap: Any, data_dir: str) -> dict[str, str]:
+    """One request at a time until refused: the headers of the first answer, of the first past
+    75 % and 95 %, the 429's, and the usage document once blocked."""
+    user = {"sub": f"notices-{gw.name[:6]}", "email": f"notices-{len(gw.name)}@example.com",
+            "name": "Notices", "groups": ["eng"]}
+    answer, _ = await sign_in(gw, user)
+    token = answer["access_token"]
+    await cap(gw, user, data_dir)
+    out: dict[str, str] = {}
+    async with aiohttp.ClientSession() as session:
+        for n in range(1, 40):
+            status, headers, text = await streamed(session, gw, token)
+            passed = headers.get(U + "overage-surpassed-threshold")
+            label = ("first answer" if n == 1 else "429 (blocked)" if status == 429
+                     else f"first answer past {passed}" if passed else "")
+            if label and label not in out:
+                out[label] = f"#{n} {status} " + " ".join(
+                    f"{k.removeprefix(U)}={v}" for k, v in sorted(headers.items()))
+                if status == 429:
+                    out["429 message"] = text[:200]
+            if status != 200:
+                break
+    _, _, doc = await call("GET", gw.url + "/api/oauth/usage", headers=bearer(token))
+    out["/api/oauth/usage once blocked"] = orjson.dumps(doc).decode()[:400]
+    return out
+
+
+async def burst(gw: Gateway, cap: Any, data_dir: str, n: int = 100) -> str:
+    """`n` concurrent streamed requests from one user with a $1 cap: what was let through."""
+    user = {"sub": f"burst-{gw.name[:6]}", "email": f"burst-{len(gw.name)}@example.com",
+            "name": "Burst", "groups": ["eng"]}
+    answer, _ = await sign_in(gw, user)
+    token = answer["access_token"]
+    await cap(gw, user, data_dir)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        results = await asyncio.gather(*(streamed(session, gw, token) for _ in range(n)))
+    await asyncio.sleep(2)  # settlement after the last answer
+    served = sum(1 for status, _, _ in results if status == 200)
+    spent = await spent_cents(gw, token)
+    times = f"{spent / CAP_CENTS:.2f}x the cap" if isinstance(spent, int | float) else "?"
+    return (f"{served} of {n} served, {sum(1 for s, _, _ in results if s == 429)} refused; "
+            f"spent {spent} cents of {CAP_CENTS} ({times})")
+
+
 @contextlib.asynccontextmanager
-async def meterd() -> AsyncIterator[str]:
+async def meterd() -> AsyncIterator[tuple[str, str]]:
     """`meterd serve` against the reference IdP and upstream, on a free port."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="meterd-sbs-") as tmp:
@@ -241,7 +339,7 @@ async def meterd() -> AsyncIterator[str]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((Path(tmp) / "meterd.log").read_text()[-2000:])
                 await asyncio.sleep(0.2)
-            yield url
+            yield url, tmp
         finally:
             proc.terminate()
             proc.wait(30)
@@ -251,17 +349,28 @@ async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", default="http://127.0.0.1:26300")
     args = parser.parse_args(argv)
-    status, _, _ = await call("POST", IDP + "/_user", json=USER)
+    status, _, _ = await call("GET", IDP + "/.well-known/openid-configuration")
     if status != 200:
         raise SystemExit(f"the reference IdP at {IDP} answered {status}: is setup.sh running?")
     reference = Gateway("Anthropic's gateway", args.reference, approve_reference)
-    async with meterd() as url:
+    async with meterd() as (url, data_dir):
         ours = Gateway("meterd", url, approve_meterd)
         theirs, mine = await probes(reference), await probes(ours)
+        caps = [(await notices(reference, cap_reference, ""),
+                 await notices(ours, cap_meterd, data_dir))]
+        bursts = (await burst(reference, cap_reference, ""),
+                  await burst(ours, cap_meterd, data_dir))
     print(f"| probe | {reference.name} | meterd |\n|---|---|---|")
     for probe in theirs:
         same = "" if theirs[probe] != mine.get(probe) else " (same)"
-        print(f"| {probe} | `{theirs[probe]}` | `{mine.get(probe, '')}`{same} |")
+        print(f"| {probe} | `{theirs[probe]}` | `{mine.get(probe, '')}` {same} |")
+    print(f"\n$1 monthly cap, one request at a time\n\n| | {reference.name} | meterd |\n"
+          "|---|---|---|")
+    for theirs_cap, mine_cap in caps:
+        for label in dict.fromkeys([*theirs_cap, *mine_cap]):
+            print(f"| {label} | `{theirs_cap.get(label, '')}` | `{mine_cap.get(label, '')}` |")
+    print(f"\n100 concurrent requests, $1 monthly cap\n\n| {reference.name} | meterd |\n"
+          f"|---|---|\n| {bursts[0]} | {bursts[1]} |")
     return 0
 
 

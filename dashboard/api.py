@@ -16,10 +16,11 @@ from aiohttp import web
 from dashboard.accounts import Accounts, hash_password
 from dashboard.appkeys import IDENTITY
 from dashboard.auth import ADMINS, READERS, allow
-from dashboard.jsonio import json_response, read_json
+from dashboard.jsonio import Body, json_response, read_body
 from dashboard.params import Query, parse_expiry, query, text, whole
 from dashboard.spend_limits import meterd_scope
 from dashboard.state import ADMIN, AdminState
+from ledger.catalog import LIMIT_FIELDS
 from ledger.money import parse_cents, parse_usd
 
 
@@ -46,8 +47,9 @@ async def list_teams(request: web.Request) -> web.Response:
 
 @allow(*ADMINS)
 async def create_team(request: web.Request) -> web.Response:
-    state, doc = _state(request), await read_json(request)
-    return json_response(await _change(request, state.catalog.create_team, str(doc["name"])), 201)
+    state, body = _state(request), await read_body(request)
+    return json_response(await _change(request, state.catalog.create_team, body.text("name")),
+                         201)
 
 
 @allow(*READERS)
@@ -59,10 +61,10 @@ async def list_developers(request: web.Request, q: Query) -> web.Response:
 
 @allow(*ADMINS)
 async def create_developer(request: web.Request) -> web.Response:
-    state, doc = _state(request), await read_json(request)
+    state, body = _state(request), await read_body(request)
     return json_response(await _change(request, state.catalog.create_developer,
-                                       str(doc["name"]), str(doc["email"]), str(doc["team"])),
-                         201)
+                                       body.text("name"), body.text("email"),
+                                       body.text("team")), 201)
 
 
 @allow(*READERS)
@@ -72,17 +74,17 @@ async def list_keys(request: web.Request, q: Query) -> web.Response:
     return json_response({"data": await state.db(state.catalog.keys, q["developer"])})
 
 
-def _when(value: Any) -> datetime | None:
+def _when(body: Body) -> datetime | None:
     """An `expires_at`: a date is the end of that UTC day, a date-time that instant."""
-    return None if value in (None, "") else parse_expiry(str(value))
+    value = body.text("expires_at", "")
+    return parse_expiry(value) if value else None
 
 
 @allow(*ADMINS)
 async def issue_key(request: web.Request) -> web.Response:
     """The secret is in this response and nowhere else, ever."""
-    state, doc = _state(request), await read_json(request)
-    key = await _change(request, state.catalog.issue_key, str(doc["developer"]),
-                        _when(doc.get("expires_at")))
+    state, body = _state(request), await read_body(request)
+    key = await _change(request, state.catalog.issue_key, body.text("developer"), _when(body))
     return json_response({"id": key.id, "developer_id": key.developer_id, "secret": key.secret,
                           "display": key.display, "expires_at": key.expires_at}, 201)
 
@@ -96,8 +98,8 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 @allow(*ADMINS)
 async def expire_key(request: web.Request) -> web.Response:
-    state, doc = _state(request), await read_json(request)
-    when = _when(doc.get("expires_at")) or datetime.now(UTC)
+    state, body = _state(request), await read_body(request)
+    when = _when(body) or datetime.now(UTC)
     return json_response(await _change(request, state.catalog.expire_key,
                                        request.match_info["key_id"], when))
 
@@ -108,28 +110,28 @@ async def list_budgets(request: web.Request) -> web.Response:
     return json_response({"data": await state.db(state.catalog.budgets)})
 
 
-def _amount(doc: dict[str, Any]) -> int:
+def _amount(body: Body) -> int:
     """Dollars (`amount_usd`), µ$ (`amount_micros`), or Anthropic Admin API whole cents as a
     string (`amount`)."""
-    if "amount_micros" in doc:
-        return int(doc["amount_micros"])
-    if "amount_usd" in doc:
-        return parse_usd(doc["amount_usd"])
-    return parse_cents(doc["amount"])
+    if not body.absent("amount_micros"):
+        return body.whole("amount_micros")
+    if not body.absent("amount_usd"):
+        return parse_usd(body.figure("amount_usd"))
+    return parse_cents(body.figure("amount"))
 
 
 @allow(*ADMINS)
 async def set_budget(request: web.Request) -> web.Response:
     """meterd's shape ({scope: "team", target: "platform", period, amount_usd, mode}) or the
     Admin API spend-limit shape ({scope: {type: "workspace", workspace_id}, amount, period})."""
-    state, doc = _state(request), await read_json(request)
-    if isinstance(doc.get("scope"), dict):
-        scope, target = await state.db(meterd_scope, state.catalog, doc["scope"])
+    state, body = _state(request), await read_body(request)
+    if isinstance(body.fields.get("scope"), dict):
+        scope, target = await state.db(meterd_scope, state.catalog, body.object("scope"))
     else:
-        scope, target = str(doc["scope"]), str(doc.get("target", ""))
+        scope, target = body.text("scope"), body.text("target", "")
     return json_response(await _change(
-        request, state.catalog.set_budget, scope, target, str(doc.get("period", "monthly")),
-        _amount(doc), str(doc.get("mode", "estimate"))), 201)
+        request, state.catalog.set_budget, scope, target, body.text("period", "monthly"),
+        _amount(body), body.text("mode", "estimate")), 201)
 
 
 @allow(*ADMINS)
@@ -147,10 +149,10 @@ async def list_limits(request: web.Request) -> web.Response:
 
 @allow(*ADMINS)
 async def set_limits(request: web.Request) -> web.Response:
-    state, doc = _state(request), await read_json(request)
-    values = {k: int(doc[k]) for k in ("rpm", "itpm", "otpm", "concurrency") if k in doc}
-    return json_response(await _change(request, state.catalog.set_limits, str(doc["scope"]),
-                                       str(doc["target"]), **values))
+    state, body = _state(request), await read_body(request)
+    values = {k: body.whole(k) for k in LIMIT_FIELDS if not body.absent(k)}
+    return json_response(await _change(request, state.catalog.set_limits, body.text("scope"),
+                                       body.text("target"), **values))
 
 
 @allow(*READERS)
@@ -179,19 +181,19 @@ async def list_users(request: web.Request) -> web.Response:
 
 @allow(*ADMINS)
 async def create_user(request: web.Request) -> web.Response:
-    doc = await read_json(request)
-    stored = await _hash(str(doc["password"]))
+    body = await read_body(request)
+    stored = await _hash(body.text("password"))
     return json_response(await _change(request, _accounts(request).create_user,
-                                       str(doc["name"]), "", str(doc["role"]),
+                                       body.text("name"), "", body.text("role"),
                                        password_hash=stored), 201)
 
 
 @allow(*ADMINS)
 async def set_password(request: web.Request) -> web.Response:
-    doc = await read_json(request)
+    body = await read_body(request)
     name = request.match_info["name"]
     await _change(request, _accounts(request).set_password, name,
-                  await _hash(str(doc["password"])))
+                  await _hash(body.text("password")))
     return json_response({"name": name, "password_changed": True})
 
 
@@ -215,9 +217,9 @@ async def list_admin_keys(request: web.Request) -> web.Response:
 @allow(*ADMINS)
 async def issue_admin_key(request: web.Request) -> web.Response:
     """The secret is in this response and nowhere else, ever."""
-    doc = await read_json(request)
+    body = await read_body(request)
     row, secret = await _change(request, _accounts(request).issue_admin_key,
-                                str(doc.get("role", "ro")), str(doc.get("label", "")))
+                                body.text("role", "ro"), body.text("label", ""))
     return json_response({**row, "secret": secret}, 201)
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from dashboard.appkeys import IDENTITY
 from dashboard.auth import ADMINS, READERS, allow
-from dashboard.jsonio import json_response, read_json
+from dashboard.jsonio import json_response, read_body
 from dashboard.state import ADMIN
 from ledger.catalog import NotFound
 from ledger.models_allowed import AllowedModels
@@ -25,9 +25,9 @@ async def list_allowed_models(request: web.Request) -> web.Response:
 
 @allow(*ADMINS)
 async def put_allowed_models(request: web.Request) -> web.Response:
-    state, doc = request.app[ADMIN], await read_json(request)
+    state, body = request.app[ADMIN], await read_body(request)
     saved = await state.db(_allowed(request).set, request.match_info["scope"],
-                           doc.get("models"), actor=request[IDENTITY].actor)
+                           body.texts("models"), actor=request[IDENTITY].actor)
     await state.publish()
     return json_response(saved)
 

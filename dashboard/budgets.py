@@ -1,4 +1,5 @@
-"""Budget and rate-limit forms, and the caps that apply to one developer, with live spend."""
+"""The caps that apply to one developer, with live spend; the organization's budget form and
+removing a budget."""
 
 from __future__ import annotations
 
@@ -9,44 +10,10 @@ from aiohttp import web
 
 from dashboard import live
 from dashboard.auth import ADMINS, allow
-from dashboard.render import admin_state, change, field, form, redirect_back
-from ledger.catalog import LIMIT_FIELDS
-from ledger.money import parse_usd
+from dashboard.cap_forms import save_budget
+from dashboard.render import admin_state, change, redirect_back, url
+from ledger import caps
 from ledger.periods import PERIODS, period_end
-
-LIMIT_WORDS = {"rpm": "Requests per minute", "itpm": "Input tokens per minute",
-               "otpm": "Output tokens per minute", "concurrency": "Concurrent requests"}
-
-
-def budget_values(data: Any) -> tuple[str, int, str]:
-    """(period, amount µ$, mode) from a budget form."""
-    period = field(data, "period", "monthly")
-    if period not in PERIODS:
-        raise ValueError(f"period must be one of {', '.join(PERIODS)}")
-    try:
-        amount = parse_usd(field(data, "amount", limit=20))
-    except ValueError:
-        raise ValueError("the amount is in dollars, e.g. 500 or 99.50") from None
-    mode = field(data, "mode", "estimate")
-    return period, amount, mode
-
-
-def limit_values(data: Any) -> dict[str, int]:
-    """Rate limits from a form; an empty box means no limit (0)."""
-    out = {}
-    for name in LIMIT_FIELDS:
-        raw = field(data, name, "0", 15).replace(",", "").replace("_", "")
-        if not raw.isdigit():
-            raise ValueError(f"{LIMIT_WORDS[name].lower()} must be a whole number (0 = none)")
-        out[name] = int(raw)
-    return out
-
-
-def limits_of(rows: list[dict[str, Any]], scope: str, scope_id: str) -> dict[str, int]:
-    for row in rows:
-        if row["scope"] == scope and row["scope_id"] == scope_id:
-            return {f: int(row[f]) for f in LIMIT_FIELDS}
-    return dict.fromkeys(LIMIT_FIELDS, 0)
 
 
 async def caps_for_developer(request: web.Request, developer_id: str, team_id: str,
@@ -54,12 +21,9 @@ async def caps_for_developer(request: web.Request, developer_id: str, team_id: s
     """Every cap that applies to a developer, with what counts against it right now: their
     own spend for developer and per-member caps, the team's for the pool, the org's."""
     state = admin_state(request)
-    applies = {("developer", developer_id), ("team", team_id), ("team_member", team_id),
-               ("org", "")}
     rows = [b for b in await state.db(state.catalog.budgets)
-            if (b["scope"], b["scope_id"]) in applies]
-    counters = {b["id"]: ("developer", developer_id) if b["scope"] == "team_member"
-                else (b["scope"], b["scope_id"]) for b in rows}
+            if caps.applies(b["scope"], b["scope_id"], developer_id, team_id)]
+    counters = {b["id"]: caps.counter(b["scope"], b["scope_id"], developer_id) for b in rows}
     found = await live.spent(state.redis, state.keyspace,
                              [(*counters[b["id"]], b["period"]) for b in rows], now) or {}
     out = []
@@ -84,7 +48,5 @@ async def delete_budget(request: web.Request) -> web.StreamResponse:
 
 @allow(*ADMINS)
 async def set_org_budget(request: web.Request) -> web.StreamResponse:
-    state = admin_state(request)
-    period, amount, mode = budget_values(await form(request))
-    await change(request, state.catalog.set_budget, "org", "", period, amount, mode)
-    return redirect_back(request, "Organization budget saved.", "ok")
+    return await save_budget(request, "org", "", url(request, "teams"),
+                             "Organization budget saved.")

@@ -1,9 +1,9 @@
 """CSRF protection for the HTML side: every unsafe request carries the session's token.
 
-Forms send it as the hidden field `csrf` (templates render it with `csrf_field()`); scripts
-send it as the `X-CSRF-Token` header. The token lives in the signed session cookie, which a
-page on another site cannot read, and SameSite=Lax keeps the cookie off cross-site POSTs too.
-The admin JSON API is not cookie-authenticated, so it needs no token.
+Forms send it as the hidden field `csrf` (templates render it with the `csrf()` macro of
+_macros.html); scripts send it as the `X-CSRF-Token` header. The token lives in the signed
+session cookie, which a page on another site cannot read, and SameSite=Lax keeps the cookie off
+cross-site POSTs too. The admin JSON API is not cookie-authenticated, so it needs no token.
 """
 
 from __future__ import annotations

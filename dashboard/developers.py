@@ -9,8 +9,8 @@ from aiohttp import web
 
 from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, allow
-from dashboard.budgets import LIMIT_WORDS, budget_values, caps_for_developer, limits_of
-from dashboard.limits_form import save_limits
+from dashboard.budgets import caps_for_developer
+from dashboard.cap_forms import LIMIT_WORDS, limits_of, save_budget, save_limits
 from dashboard.params import Query, parse_expiry, query, text
 from dashboard.render import (
     admin_state,
@@ -161,13 +161,10 @@ async def expire_key(request: web.Request) -> web.StreamResponse:
 
 @allow(*ADMINS)
 async def set_developer_budget(request: web.Request) -> web.StreamResponse:
-    state = admin_state(request)
     developer_id = request.match_info["developer_id"]
-    period, amount, mode = budget_values(await form(request))
-    await change(request, state.catalog.set_budget, "developer", developer_id, period, amount,
-                 mode)
-    return see_other(request, url(request, "developer", developer_id=developer_id),
-                     "Personal cap saved.")
+    return await save_budget(request, "developer", developer_id,
+                             url(request, "developer", developer_id=developer_id),
+                             "Personal cap saved.")
 
 
 @allow(*ADMINS)

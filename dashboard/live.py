@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ledger import caps
 from ledger.keyspace import KeySpace
 from ledger.periods import period_end, period_start
 from ledger.reports import MIN_ELAPSED
@@ -59,26 +60,19 @@ def project(spent_micros: int, period: str, now: datetime) -> int:
     return spent_micros * int((end - start).total_seconds()) // int(elapsed.total_seconds())
 
 
-async def budget_status(redis: Any, keyspace: KeySpace, forecast: list[dict[str, Any]],
-                        members: dict[str, list[str]], now: datetime) -> list[dict[str, Any]]:
+async def forecast_with_live_spend(
+        redis: Any, keyspace: KeySpace, forecast: list[dict[str, Any]],
+        members: dict[str, list[str]], now: datetime) -> list[dict[str, Any]]:
     """The forecast rows with spent, projection and percent taken from the live counters
     where Redis has them. `members` maps team id → developer ids (for per-member caps)."""
-    scopes: list[Scope] = []
-    for row in forecast:
-        if row["scope"] == "team_member":
-            scopes += [("developer", d, row["period"]) for d in members.get(row["scope_id"], [])]
-        else:
-            scopes.append((row["scope"], row["scope_id"], row["period"]))
-    live = await spent(redis, keyspace, scopes, now)
+    compared = [[(*c, row["period"]) for c in caps.counters(
+        row["scope"], row["scope_id"], members.get(row["scope_id"], []))] for row in forecast]
+    live = await spent(redis, keyspace, [s for scopes in compared for s in scopes], now)
     out = []
-    for row in forecast:
+    for row, scopes in zip(forecast, compared, strict=True):
         row = dict(row, title=title(row["scope"], row["label"]))
         if live is not None:
-            if row["scope"] == "team_member":
-                value = max((live[("developer", d, row["period"])]
-                             for d in members.get(row["scope_id"], [])), default=0)
-            else:
-                value = live[(row["scope"], row["scope_id"], row["period"])]
+            value = max((live[s] for s in scopes), default=0)
             amount = int(row["amount_micros"])
             row["spent_micros"] = value
             row["projected_micros"] = project(value, row["period"], now)

@@ -35,6 +35,7 @@ from dashboard.appkeys import SECRET
 from dashboard.device_codes import DeviceCodes, normalize
 from dashboard.forwarded import Forwarding, forwarded_middleware
 from dashboard.oidc import Identity, OidcClient, OidcConfig, OidcError, ProviderRefused, pkce_pair
+from dashboard.params import BadQuery, Query, query, text
 from dashboard.site import TEMPLATES
 from dashboard.state import ADMIN, AdminState
 from ledger import tokens
@@ -80,6 +81,7 @@ def create_oauth_app(settings: Any, admin_app: web.Application) -> web.Applicati
     # Behind a reverse proxy: the client's address (rate limits) and scheme (cookies, URLs).
     app.middlewares.append(forwarded_middleware(Forwarding(
         settings.trusted_proxies, settings.proxy_url.startswith("https://"))))
+    app.middlewares.append(_bad_link)
     app.cleanup_ctx.append(lambda a: _context(a, settings, admin_app))
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                          undefined=jinja2.StrictUndefined)
@@ -402,9 +404,20 @@ async def _checked(request: web.Request) -> tuple[dict[str, str], web.Response |
     return form, None
 
 
-async def device_page(request: web.Request) -> web.Response:
+@web.middleware
+async def _bad_link(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A query parameter a page does not take (dashboard.params): a 400 page, not a 500."""
+    try:
+        return await handler(request)
+    except BadQuery as exc:
+        return await _message(request, "This link is not valid", f"{exc}. Start again from "
+                              "Claude Code.", 400)
+
+
+@query(text("user_code"))
+async def device_page(request: web.Request, q: Query) -> web.Response:
     """GET: the form for the user code; a code in the link is filled in, never submitted."""
-    code = normalize(request.query.get("user_code", "")) or ""
+    code = normalize(q["user_code"] or "") or ""
     return await _page(request, "device.html", {"user_code": code, "error": ""})
 
 
@@ -447,22 +460,24 @@ def _callback_url(request: web.Request) -> str:
     return f"{base_url(request)}/oauth/callback"
 
 
-async def callback(request: web.Request) -> web.Response:
+# What the provider sends back (RFC 6749 4.1.2): an authorization code can be long.
+@query(text("state"), text("code", limit=4000), text("error"))
+async def callback(request: web.Request, q: Query) -> web.Response:
     """GET: back from the provider. Check who signed in, provision them, ask to approve."""
     state = request.app[OAUTH]
-    flow = request.query.get("state", "")
+    flow = q["state"] or ""
     raw = await state.admin.redis.getdel(_flow_key(state, flow)) if flow else None
     saved = orjson.loads(raw) if raw else None
     if saved is None or saved["browser"] != _binding(_browser(request)[0]):
         return await _message(request, "This sign-in has expired", "It took too long, or it "
                               "was opened in another browser. Start again from Claude Code.",
                               400)
-    if "error" in request.query or "code" not in request.query:
-        provider, error = state.oidc.config.provider_name, request.query.get("error", "")
+    if q["error"] is not None or q["code"] is None:
+        provider, error = state.oidc.config.provider_name, q["error"] or ""
         return await _message(request, "You were not signed in", f"{provider} did not sign "
                               f"you in ({error[:100] or 'no code'}).", 403)
     try:
-        identity = await state.oidc.exchange(request.query["code"], saved["verifier"],
+        identity = await state.oidc.exchange(q["code"], saved["verifier"],
                                              _callback_url(request), saved["nonce"])
     except ProviderRefused as exc:
         log.warning("sign-in refused by the identity provider: %s", exc)

@@ -26,7 +26,7 @@ async def budgets_now(request: web.Request, now: datetime) -> list[dict[str, Any
     """Every budget with live spend, projection and percent, fullest first."""
     state = admin_state(request)
     forecast = await report(request, reports.forecast, now=now)
-    return await live.budget_status(state.redis, state.keyspace, forecast,
+    return await live.forecast_with_live_spend(state.redis, state.keyspace, forecast,
                                     await members_by_team(request), now)
 
 

@@ -37,6 +37,11 @@ QueryHandler = Callable[[web.Request, Query], Awaitable[web.StreamResponse]]
 _PARAMS_ATTR = "__meterd_params__"
 
 
+class BadQuery(ValueError):
+    """A query parameter's value that it does not take: a 400 (dashboard.auth answers it as
+    any ValueError; the sign-in pages of dashboard.oauth, which have no auth, answer this)."""
+
+
 def parse_int(text: str, what: str, low: int, high: int) -> int:
     """A whole number from `low` to `high`; ValueError naming `what` otherwise."""
     if not _WHOLE.fullmatch(text) or not low <= int(text) <= high:
@@ -155,7 +160,11 @@ def query(*params: Param) -> Callable[[QueryHandler], Handler]:
     def wrap(handler: QueryHandler) -> Handler:
         @functools.wraps(handler)
         async def parsed(request: web.Request) -> web.StreamResponse:
-            return await handler(request, {p.name: p.parse(request.query) for p in params})
+            try:
+                values = {p.name: p.parse(request.query) for p in params}
+            except ValueError as exc:
+                raise BadQuery(str(exc)) from None
+            return await handler(request, values)
         setattr(parsed, _PARAMS_ATTR, params)
         return parsed
     return wrap

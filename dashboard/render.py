@@ -88,12 +88,14 @@ def cookie_path(request: web.Request) -> str:
     return request.app[BASE] + "/"
 
 
-async def error_page(request: web.Request, status: int, message: str) -> web.Response:
+async def error_page(request: web.Request, status: int, message: str,
+                     request_id: str = "") -> web.Response:
+    """The error page; `request_id` names a 500's log entry (dashboard.errors)."""
     titles = {400: "That did not work", 403: "Not allowed", 404: "Not found",
               405: "Not allowed", 429: "Too many attempts"}
     return await render(request, "error.html", {
         "status": status, "title": titles.get(status, "Something went wrong"),
-        "message": message}, status=status)
+        "message": message, "request_id": request_id}, status=status)
 
 
 def see_other(request: web.Request, location: URL | str, message: str | None = None,

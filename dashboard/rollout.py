@@ -36,6 +36,24 @@ def managed_settings(proxy_url: str) -> dict[str, object]:
     return {"env": {"ANTHROPIC_BASE_URL": proxy_url}, "apiKeyHelper": HELPER_PATH}
 
 
+OTEL_HELPER_PATH = "/usr/local/bin/meterd-otel-headers"
+OTEL_HELPER = f"""#!/bin/sh
+# {OTEL_HELPER_PATH}: the developer's meterd key as the header of Claude Code's telemetry.
+printf '{{"x-api-key":"%s"}}\\n' "$({HELPER_PATH})"
+"""
+
+
+def telemetry_settings(proxy_url: str) -> dict[str, object]:
+    """What to add to the managed settings so that Claude Code on a static-key machine sends
+    its OpenTelemetry to the gateway (/v1/metrics, /v1/logs), under the developer's own key
+    (a signed-in client in gateway mode needs none of this). The key comes from a helper, so
+    the file stays the same on every machine."""
+    return {"env": {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
+                    "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": proxy_url},
+            "otelHeadersHelper": OTEL_HELPER_PATH}
+
+
 def managed_json(proxy_url: str) -> str:
     return orjson.dumps(managed_settings(proxy_url), option=orjson.OPT_INDENT_2).decode() + "\n"
 
@@ -46,6 +64,9 @@ async def rollout(request: web.Request) -> web.StreamResponse:
     return await render(request, "rollout.html", {
         "proxy_url": proxy_url, "managed": managed_json(proxy_url),
         "managed_paths": MANAGED_PATHS, "helpers": HELPERS, "helper_path": HELPER_PATH,
+        "telemetry": orjson.dumps(telemetry_settings(proxy_url),
+                                  option=orjson.OPT_INDENT_2).decode(),
+        "otel_helper": OTEL_HELPER,
     })
 
 

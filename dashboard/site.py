@@ -14,11 +14,13 @@ from dashboard import auth, charts, formatting
 from dashboard.accounts import SignInThrottle
 from dashboard.appkeys import BASE, CONFIG, PAGES, SECRET, THROTTLE
 from dashboard.config import DashboardConfig
+from dashboard.errors import error_middleware
 from dashboard.forwarded import Forwarding, forwarded_middleware
 from dashboard.headers import security_headers
 from dashboard.routes import API_ROUTES, PAGE_ROUTES, add_routes
 from dashboard.sessions import load_secret
 from dashboard.state import ADMIN
+from proxy.errors import unreadable_body_middleware
 
 
 def _asset_dir(name: str) -> Path:
@@ -39,10 +41,15 @@ def setup_api(app: web.Application, config: DashboardConfig) -> None:
     if BASE in app:
         return
     app[BASE] = ""
-    # First: everything after it sees the client's address and scheme, not a proxy's.
+    # Outermost: whatever escapes the others is a 500 with a request id, not aiohttp's page.
+    app.middlewares.append(error_middleware)
+    # Next: everything after it sees the client's address and scheme, not a proxy's.
     forwarding = Forwarding(config.trusted_proxies, config.proxy_url.startswith("https://"))
     app.middlewares.append(forwarded_middleware(forwarding))
     app.on_response_prepare.append(security_headers(forwarding))
+    # Outside auth, which reads a form's CSRF token: a body aiohttp cannot read is a 400 that
+    # the process's error handling (proxy.errors, on the root app) answers.
+    app.middlewares.append(unreadable_body_middleware)
     app.middlewares.append(auth.auth_middleware)
     add_routes(app, API_ROUTES)
     auth.check_routes(app)

@@ -20,7 +20,7 @@ from aiohttp import web
 from dashboard.appkeys import IDENTITY
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.identity import Identity
-from dashboard.jsonio import json_response, read_json
+from dashboard.jsonio import Body, json_response, read_body
 from dashboard.params import Query, many, query
 from dashboard.render import admin_state
 from ledger.catalog import Catalog, NotFound
@@ -32,16 +32,16 @@ _FROM_METERD = {v: k for k, v in _TO_METERD.items()}
 _ID_FIELD = {"user": "user_id", "workspace": "workspace_id"}
 
 
-def meterd_scope(catalog: Catalog, scope: Any) -> tuple[str, str]:
-    """(meterd scope, scope id) for an Admin API scope object; KeyError/ValueError if bad."""
-    if not isinstance(scope, dict) or scope.get("type") not in _TO_METERD:
+def meterd_scope(catalog: Catalog, scope: Body) -> tuple[str, str]:
+    """(meterd scope, scope id) for an Admin API scope object; ValueError if bad."""
+    kind = scope.fields.get("type")
+    if not isinstance(kind, str) or kind not in _TO_METERD:
         raise ValueError("scope must be {\"type\": \"user\", \"user_id\": …}, "
                          "{\"type\": \"workspace\", \"workspace_id\": …} or "
                          "{\"type\": \"organization\"}")
-    kind = str(scope["type"])
     if kind == "organization":
         return "org", ""
-    ref = str(scope[_ID_FIELD[kind]])
+    ref = scope.text(_ID_FIELD[kind])
     return (_TO_METERD[kind],
             catalog.developer_id(ref) if kind == "user" else catalog.team_id(ref))
 
@@ -66,27 +66,27 @@ def as_spend_limit(budget: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def apply_spend_limit(catalog: Catalog, doc: dict[str, Any], actor: str) -> dict[str, Any]:
+def apply_spend_limit(catalog: Catalog, body: Body, actor: str) -> dict[str, Any]:
     """Upsert (or, with amount null, remove) the cap of one scope and period. Runs on the
     DuckDB thread as one catalog operation."""
-    scope, scope_id = meterd_scope(catalog, doc.get("scope"))
-    period = str(doc.get("period") or "monthly")
+    scope, scope_id = meterd_scope(catalog, body.object("scope"))
+    period = body.text("period", "monthly")
     if period not in PERIODS:
         raise ValueError(f"period must be one of {', '.join(PERIODS)}")
     with catalog.lock:
         found = [b for b in catalog.budgets() if b["scope"] == scope
                  and b["scope_id"] == scope_id and b["period"] == period]
-        if doc.get("amount") is None:
+        if body.absent("amount"):
             # No cap for this scope and period (the other periods' caps still apply).
             if found:
                 catalog.delete_budget(found[0]["id"], actor=actor)
             now = _stamp(datetime.now(UTC).replace(tzinfo=None))
             return {"type": "spend_limit", "id": found[0]["id"] if found else "",
                     "amount": None, "currency": "USD", "is_enabled": True, "period": period,
-                    "scope": doc["scope"], "created_at": now, "updated_at": now}
+                    "scope": body.fields["scope"], "created_at": now, "updated_at": now}
         mode = found[0]["mode"] if found else "estimate"
-        row = catalog.set_budget(scope, scope_id, period, parse_cents(doc["amount"]), mode,
-                                 actor=actor)
+        row = catalog.set_budget(scope, scope_id, period, parse_cents(body.figure("amount")),
+                                 mode, actor=actor)
     return as_spend_limit(row)
 
 
@@ -122,8 +122,8 @@ async def get_spend_limit(request: web.Request) -> web.StreamResponse:
 @allow(*ADMINS)
 async def set_spend_limit(request: web.Request) -> web.StreamResponse:
     state = admin_state(request)
-    doc = await read_json(request)
-    row = await state.db(apply_spend_limit, state.catalog, doc, _who(request).actor)
+    body = await read_body(request)
+    row = await state.db(apply_spend_limit, state.catalog, body, _who(request).actor)
     await state.publish()
     return json_response(row)
 

@@ -11,8 +11,7 @@ from yarl import URL
 
 from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, allow
-from dashboard.budgets import LIMIT_WORDS, budget_values, limits_of
-from dashboard.limits_form import save_limits
+from dashboard.cap_forms import LIMIT_WORDS, limits_of, save_budget, save_limits
 from dashboard.render import (
     admin_state,
     change,
@@ -25,7 +24,7 @@ from dashboard.render import (
     see_other,
     url,
 )
-from ledger import reports
+from ledger import caps, reports
 from ledger.catalog import NotFound
 from ledger.models_allowed import ORG, AllowedModels, split
 from ledger.periods import PERIODS, period_end
@@ -91,11 +90,8 @@ async def team(request: web.Request) -> web.StreamResponse:
         m["today"] = found.get(("developer", m["id"], "daily"), 0)
         m["month"] = found.get(("developer", m["id"], "monthly"), 0)
     for b in budgets:
-        if b["scope"] == "team":
-            b["spent"] = found.get(("team", row["id"], b["period"]), 0)
-        else:
-            b["spent"] = max((found.get(("developer", m["id"], b["period"]), 0)
-                              for m in members), default=0)
+        b["spent"] = max((found.get((*c, b["period"]), 0) for c in caps.counters(
+            b["scope"], b["scope_id"], [m["id"] for m in members])), default=0)
         b["projected"] = live.project(b["spent"], b["period"], now)
         b["resets"] = period_end(b["period"], now)
     start, end = last_days(30)
@@ -123,16 +119,13 @@ async def team(request: web.Request) -> web.StreamResponse:
 @allow(*ADMINS)
 async def set_team_budget(request: web.Request) -> web.StreamResponse:
     """The team pool (`scope=team`) or the per-member default cap (`scope=team_member`)."""
-    state = admin_state(request)
     team_id = request.match_info["team_id"]
-    data = await form(request)
-    scope = field(data, "scope", "team")
+    scope = field(await form(request), "scope", "team")
     if scope not in ("team", "team_member"):
         raise ValueError("scope must be team or team_member")
-    period, amount, mode = budget_values(data)
-    await change(request, state.catalog.set_budget, scope, team_id, period, amount, mode)
     what = "Team budget" if scope == "team" else "Per-member cap"
-    return see_other(request, url(request, "team", team_id=team_id), f"{what} saved.")
+    return await save_budget(request, scope, team_id, url(request, "team", team_id=team_id),
+                             f"{what} saved.")
 
 
 @allow(*ADMINS)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ledger import tokens
+from ledger import caps, tokens
 from ledger.keyspace import KeySpace
 from ledger.models_allowed import Allowlist
 
@@ -31,7 +31,7 @@ def hash_key(secret: str) -> str:
 class Cap:
     budget_id: str
     scope: str  # developer, team, team_member (the per-member default of a team) or org
-    scope_id: str
+    scope_id: str  # of a per-member cap: the member's, whose own spend it is compared with
     scope_name: str
     period: str  # daily, weekly, monthly
     amount: int  # µ$
@@ -39,9 +39,8 @@ class Cap:
 
     @property
     def counter_scope(self) -> tuple[str, str]:
-        """The spend counter the cap is compared with: a member cap reads the member's own."""
-        return ("developer", self.scope_id) if self.scope == "team_member" else (
-            self.scope, self.scope_id)
+        """The spend counter the cap is compared with (see ledger/caps.py)."""
+        return caps.COUNTER_OF[self.scope], self.scope_id
 
     def describe(self) -> str:
         who = {"developer": "developer", "team": "team", "team_member": "member of team",
@@ -148,6 +147,12 @@ class Policy:
                              final=True)
         found = self._principals.get(claims.sid)
         if found is None:
+            if claims.sub not in self.developers:
+                # Signed by this gateway, so issued to a developer it provisioned: one signed
+                # in a moment ago reaches this proxy with its next policy refresh. Retryable,
+                # or Claude Code would ask to sign in again right after signing in.
+                raise KeyRefused("this proxy has not yet heard of the signed-in developer; "
+                                 "retry in a moment", final=False)
             found = self._principals[claims.sid] = self._build(
                 {"id": claims.sid, "developer_id": claims.sub}, signed_in=True)
         return found
@@ -160,13 +165,12 @@ class Policy:
                              final=True)
         team_id = dev.get("team_id") or ""
         team_name = self.teams.get(team_id, {}).get("name", "")
-        applies = {("developer", dev_id), ("team", team_id), ("team_member", team_id), ("org", "")}
         names = {"developer": dev["name"], "team": team_name, "team_member": team_name, "org": ""}
-        caps = tuple(
-            Cap(bid, b["scope"], b["scope_id"] if b["scope"] != "team_member" else dev_id,
+        applying = tuple(
+            Cap(bid, b["scope"], caps.counter(b["scope"], b.get("scope_id", ""), dev_id)[1],
                 names[b["scope"]], b["period"], int(b["amount"]), b.get("mode", "estimate"))
             for bid, b in sorted(self.budgets.items())
-            if (b["scope"], b.get("scope_id", "")) in applies
+            if caps.applies(b["scope"], b.get("scope_id", ""), dev_id, team_id)
         )
         limits = tuple(
             Limits(scope, scope_id, names[scope], **{k: int(v or 0) for k, v in lim.items()})
@@ -174,7 +178,7 @@ class Policy:
             if (lim := self.limits.get(f"{scope}:{scope_id}"))
         )
         models = self._allowlists.get(team_id) or self._allowlists.get("org")
-        return Principal(key["id"], dev_id, dev["name"], team_id, team_name, caps, limits,
+        return Principal(key["id"], dev_id, dev["name"], team_id, team_name, applying, limits,
                          models, signed_in)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import duckdb
 
+from ledger import caps
 from ledger.periods import PERIODS, period_end, period_start
 from ledger.rollup import ERROR_SQL
 
@@ -166,21 +167,23 @@ def forecast(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[str
         "LEFT JOIN developers d ON b.scope = 'developer' AND d.id = b.scope_id "
         "LEFT JOIN teams t ON b.scope IN ('team', 'team_member') AND t.id = b.scope_id "
         "ORDER BY b.scope, b.scope_id, b.period"))
-    members: dict[str, list[tuple[str, str]]] = {}
+    members: dict[str, list[str]] = {}
+    names: dict[str, str] = {}
     for dev_id, name, team_id in conn.execute(
             "SELECT id, name, team_id FROM developers").fetchall():
-        members.setdefault(team_id, []).append((dev_id, name))
+        members.setdefault(team_id, []).append(dev_id)
+        names[dev_id] = name
     out = []
     for b in budgets:
         period, scope, scope_id = b["period"], b["scope"], b["scope_id"]
         sums = spent_by[period]
+        compared = caps.counters(scope, scope_id, members.get(scope_id, []))
+        spent, top = max(((sums.get(c, 0), names.get(c[1], "")) for c in compared),
+                         default=(0, ""))
         if scope == "team_member":
-            spent, top = max(((sums.get(("developer", d), 0), n)
-                              for d, n in members.get(scope_id, [])), default=(0, ""))
             label = f"each member of {b['team_name'] or scope_id}" + (
                 f" (highest: {top})" if top else "")
         else:
-            spent = sums.get((scope, scope_id), 0)
             label = {"developer": b["dev_name"], "team": b["team_name"]}.get(
                 scope) or ("organization" if scope == "org" else scope_id)
         length = ends[period] - starts[period]

@@ -55,6 +55,7 @@ import duckdb
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError, ResponseError, WatchError
 
+from ledger import telemetry
 from ledger.keyspace import KeySpace
 from ledger.pricing import MTOK, US_GEO_MULTIPLIER, PriceTable
 from ledger.rebuild import ensure_counters
@@ -521,13 +522,18 @@ def purge(conn: duckdb.DuckDBPyConnection, retention_days: int, now: datetime) -
 
 
 def schedule_purge(scheduler: AsyncIOScheduler, conn: duckdb.DuckDBPyConnection, db: Db,
-                   retention_days: int, every_hours: float = 6) -> None:
-    """Apply the retention every few hours (first at once)."""
+                   retention_days: int, every_hours: float = 6,
+                   telemetry_days: int = 90) -> None:
+    """Apply the retentions (requests, telemetry) every few hours (first at once)."""
     async def job() -> None:
         deleted = await db(purge, conn, retention_days, datetime.now(UTC))
         if deleted:
             log.info("retention: deleted %d request rows older than %d days", deleted,
                      retention_days)
+        deleted = await db(telemetry.purge, conn, telemetry_days, datetime.now(UTC))
+        if deleted:
+            log.info("retention: deleted %d telemetry rows older than %d days", deleted,
+                     telemetry_days)
 
     scheduler.add_job(job, "interval", hours=every_hours, id=PURGE_JOB_ID, name="purge",
                       max_instances=1, coalesce=True, replace_existing=True,

@@ -40,6 +40,18 @@ class Provisioned:
     changed: bool  # the catalog changed (new developer, team or team move): publish
 
 
+def _display_name(name: str, email: str) -> str:
+    """The provider's name claim when it is a name meterd can store, else the email: the
+    claim is only a label, and a line break or 300 characters in it must not stop a sign-in
+    (nor reach the headers, logs and exports names are written into)."""
+    from ledger.catalog import CatalogError, check_name  # here: ledger.catalog imports this
+
+    try:
+        return check_name(name, "developer name")
+    except CatalogError:
+        return email
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -93,6 +105,8 @@ class SignIns:
                   groups: list[str], actor: str) -> Provisioned:
         """The developer behind an identity, created on first sign-in and kept in `team` (made
         when missing) after that. A disabled developer is refused."""
+        from ledger.catalog import CatalogError  # here: ledger.catalog imports this module
+
         email = email.strip().lower()
         catalog = self.catalog
         with catalog.lock:
@@ -105,7 +119,12 @@ class SignIns:
                 changed = True
             dev = self._developer(issuer, subject, email)
             if dev is None:
-                dev = catalog.create_developer(name or email, email, team_id, actor)
+                try:
+                    dev = catalog.create_developer(_display_name(name, email), email, team_id,
+                                                   actor)
+                except CatalogError as exc:  # an email it cannot store (a control character)
+                    raise SignInRefused(f"meterd cannot make a developer of this sign-in: "
+                                        f"{exc}.") from None
                 changed = True
             elif dev["disabled"]:
                 raise SignInRefused(f"The developer account of {email} is disabled in meterd. "

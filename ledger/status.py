@@ -11,8 +11,8 @@ from ledger.periods import PERIODS, period_end
 from ledger.policy import Principal
 
 
-async def budget_status(redis: Any, keyspace: KeySpace, principal: Principal,
-                        now: datetime | None = None) -> list[dict[str, Any]]:
+async def cap_balances(redis: Any, keyspace: KeySpace, principal: Principal,
+                       now: datetime | None = None) -> list[dict[str, Any]]:
     """One entry per cap: spent (settled), held (in flight), remaining, and the reset time."""
     now = now or datetime.now(UTC)
     counters = [keyspace.counter(*cap.counter_scope, cap.period, now) for cap in principal.caps]
@@ -38,7 +38,7 @@ async def standings(redis: Any, keyspace: KeySpace, principal: Principal,
     """Each cap with what counts against it now: settled spend and amounts held in flight."""
     return [Standing(cap, row["spent_micros"] + row["held_micros"])
             for cap, row in zip(principal.caps,
-                                await budget_status(redis, keyspace, principal, now),
+                                await cap_balances(redis, keyspace, principal, now),
                                 strict=True)]
 
 

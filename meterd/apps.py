@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from dashboard.oauth import create_oauth_app, well_known
 from dashboard.site import setup_dashboard
 from dashboard.state import ADMIN, AdminState
+from dashboard.unreadable import page_for
 from ledger.catalog import Catalog, connect
 from ledger.gate import Gate
 from ledger.keyspace import KeySpace
@@ -24,16 +25,18 @@ from ledger.pricing import PriceTable
 from ledger.redis_client import connect_redis
 from ledger.rollup import Rollup, schedule, schedule_purge
 from ledger.spool import Spool
+from ledger.telemetry import TelemetryRollup
 from meterd.providers_config import providers_context
 from meterd.settings import Settings
 from proxy.access_log import AccessLog
-from proxy.errors import error_middleware
+from proxy.errors import ERROR_PAGE, error_middleware, setup_errors
 from proxy.handlers import end_relays, setup_routes
 from proxy.managed import setup_managed_routes
 from proxy.managed_seen import seen_context
 from proxy.metrics import ProxyMetrics
 from proxy.providers.passthrough import setup_provider_routes
 from proxy.state import STATE, ProxyState
+from proxy.telemetry import setup_telemetry
 from proxy.upstream import AnthropicUpstream
 
 log = logging.getLogger("meterd")
@@ -56,6 +59,7 @@ def create_proxy_app(settings: Settings,
     setup_routes(app)
     setup_provider_routes(app)
     setup_managed_routes(app)
+    setup_telemetry(app, settings.telemetry_max_bytes, settings.telemetry_per_minute)
     app.on_shutdown.append(partial(_end_relays, settings.shutdown_grace))
     return app
 
@@ -158,17 +162,22 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
                                                  settings.fallback_input_usd,
                                                  settings.fallback_output_usd))
 
-    async def republish_if_lost() -> None:  # a flushed Redis also lost the policy mirror
-        if not await redis.exists(state.keyspace.policy_version):
+    telemetry = TelemetryRollup(redis, state.keyspace, catalog.conn, state.db)
+
+    async def after_rollup() -> None:
+        if not await redis.exists(state.keyspace.policy_version):  # a flushed Redis lost it
             await state.publish()
+        if state.rollup is not None and state.rollup.leader:  # one mover, as for usage
+            await telemetry.tick()
 
     scheduler = AsyncIOScheduler(timezone=UTC)
     # APScheduler logs two info lines per job run: a rollup every few seconds would fill the
     # log. Its warnings and errors still show.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # Before the first run: the lock's heartbeat keeps it through a long one.
-    schedule(scheduler, state.rollup, settings.rollup_interval, republish_if_lost)
-    schedule_purge(scheduler, catalog.conn, state.db, settings.retention_days)
+    schedule(scheduler, state.rollup, settings.rollup_interval, after_rollup)
+    schedule_purge(scheduler, catalog.conn, state.db, settings.retention_days,
+                   telemetry_days=settings.telemetry_retention_days)
     try:
         await state.rollup.run_once()  # rebuilds lost counters before budgets are enforced
     except RedisError as exc:
@@ -192,9 +201,12 @@ def create_root_app(settings: Settings, proxy: bool = True, admin: bool = True,
     """What one process serves: the proxy at /, the admin side at /admin, or both (`serve`)."""
     app = (create_proxy_app(settings, reload_settings, reuse_port) if proxy
            else web.Application())
+    if not proxy:  # the proxy sets it up for its own routes
+        setup_errors(app)
     if admin:
         app[ADMIN_APP] = create_admin_app(settings)
         app.add_subapp("/admin", app[ADMIN_APP])
+        app[ERROR_PAGE] = page_for(app[ADMIN_APP])
         if settings.oidc_issuer:  # developers sign in with the device flow (dashboard/oauth.py)
             app.add_subapp("/oauth", create_oauth_app(settings, app[ADMIN_APP]))
             app.router.add_get("/.well-known/oauth-authorization-server",

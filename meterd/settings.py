@@ -83,6 +83,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_grace", "Seconds open streams may take to finish on shutdown."),
     Setting("rollup_interval", "Seconds between rollups of usage events into DuckDB."),
     Setting("retention_days", "Days raw request rows are kept (daily rollups are kept)."),
+    Setting("telemetry_max_bytes", "Largest OTLP telemetry body accepted on /v1/metrics, "
+            "/v1/logs, /v1/traces (413 above)."),
+    Setting("telemetry_per_minute", "OTLP exports a developer may send per minute; more are "
+            "dropped (answered 200 with partial_success)."),
+    Setting("telemetry_retention_days", "Days telemetry rows are kept in DuckDB."),
     Setting("session_secret", "Dashboard cookie signing secret, at least 32 bytes (env or "
             "file only; generated into the data dir when empty).", secret=True),
     Setting("trusted_proxies", "Addresses or CIDR networks of reverse proxies whose "
@@ -158,6 +163,9 @@ class Settings:
     shutdown_grace: float = 30.0
     rollup_interval: float = 5.0
     retention_days: int = 400
+    telemetry_max_bytes: int = 1_048_576
+    telemetry_per_minute: int = 120
+    telemetry_retention_days: int = 90
     session_secret: str = field(default="", repr=False)
     trusted_proxies: tuple[str, ...] = ()
     tls_cert_file: str = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,14 @@ log = logging.getLogger("meterd.proxy")
 _ENCODINGS = frozenset({"identity", "gzip", "deflate"})
 _ENCODING_REFUSED = ("the request body's content-encoding is not supported: send it "
                      "uncompressed, or as gzip or deflate")
+_UNREADABLE_BODY = ("the request body cannot be read: it is not what its content-encoding "
+                    "says, or it was cut short")
+
+# Where a process also serves pages (the dashboard): its error page for a refused request to
+# one of them, given the path, status and message; None for the envelope. Set on the app
+# setup_errors answers for, by the process that mounts the pages (meterd.apps).
+ErrorPage = Callable[[str, int, str], web.Response | None]
+ERROR_PAGE: web.AppKey[ErrorPage] = web.AppKey("error_page")
 
 
 INCREASE = "ask your meterd administrator for an increase"
@@ -101,9 +110,7 @@ async def error_middleware(
     except (KeyRefused, BudgetExceeded, RateLimited, MeteringUnavailable) as exc:
         err = to_proxy_error(exc, increase_text(request))
     except RequestPayloadError:
-        err = ProxyError(400, "invalid_request_error",
-                         "the request body cannot be read: it is not what its "
-                         "content-encoding says, or it was cut short")
+        err = ProxyError(400, "invalid_request_error", _UNREADABLE_BODY)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -123,16 +130,52 @@ async def error_middleware(
         err = ProxyError(500, "api_error", "internal error in the gateway")
     if STATE in request.app:
         request.app[STATE].metrics.rejections[err.kind] += 1
-    return envelope(err.status, err.kind, err.message, err.headers)
+    return _answer(request.app.get(ERROR_PAGE), request.path, err)
+
+
+def _answer(page: ErrorPage | None, path: str, err: ProxyError) -> web.Response:
+    """The error page when `path` is a page's, else the envelope."""
+    shown = page(path, err.status, err.message) if page is not None else None
+    return shown if shown is not None else envelope(err.status, err.kind, err.message,
+                                                    err.headers)
+
+
+@web.middleware
+async def unreadable_body_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """For an app mounted under one that setup_errors answers for, with its own handling of
+    unexpected exceptions (the admin app): a body aiohttp cannot read is the client's error,
+    a 400 error_middleware answers, not a fault of meterd's. Add it inside that handling."""
+    try:
+        return await handler(request)
+    except RequestPayloadError:
+        raise web.HTTPBadRequest(text=_UNREADABLE_BODY) from None
+
+
+# The request line that starts a chunk a client sent: the path of the request aiohttp's
+# parser refuses, which it does not tell (clients send a request's head in one write).
+_REQUEST_LINE = re.compile(rb"[A-Z]{3,10} (/[^ ?#]*)")
 
 
 class _Connection(RequestHandler):
     """aiohttp's HTTP connection, answering what its parser refuses before any handler runs
     (an over-long header or request line, too many headers, a body encoding it cannot
-    decode, bytes that are not HTTP) in the envelope rather than aiohttp's plain text. It
-    neither echoes nor logs the refused bytes: an over-long line may hold a key."""
+    decode, bytes that are not HTTP) in the envelope (a page's: the error page) rather than
+    aiohttp's plain text. It neither echoes nor logs the refused bytes: an over-long line may
+    hold a key. An over-long line is a 431, as RFC 6585 names it, not a plain 400."""
 
-    __slots__ = ()
+    __slots__ = ("_path",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._path = "/"
+
+    def data_received(self, data: bytes) -> None:
+        line = _REQUEST_LINE.match(data)
+        if line is not None:
+            self._path = line[1].decode("latin-1")
+        super().data_received(data)
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
@@ -154,19 +197,25 @@ class _Connection(RequestHandler):
         if err.status < 500:
             log.info("refused a request aiohttp could not read: %d %s (%s)", err.status,
                      err.message, type(exc).__name__)
-        response = envelope(err.status, err.kind, err.message)
+        assert isinstance(self._manager, _Server)
+        response = _answer(self._manager.error_page, self._path, err)
         response.force_close()
         return response
 
 
 class _Server(web.Server):
+    def __init__(self, *args: Any, error_page: ErrorPage | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error_page = error_page
+
     def __call__(self) -> RequestHandler:
         return _Connection(self, loop=self._loop, **self._kwargs)
 
 
 def setup_errors(app: web.Application) -> None:
-    """Every error of `app` in the envelope: what its handlers raise (error_middleware), and
-    what aiohttp's HTTP parser refuses before a handler runs (_Connection).
+    """Every error of `app` in the envelope, or on the error page for a path that
+    app[ERROR_PAGE] says is a page: what its handlers raise (error_middleware), and what
+    aiohttp's HTTP parser refuses before a handler runs (_Connection).
 
     aiohttp has no hook for the second (aio-libs/aiohttp#3287): its connection class is
     fixed. So the server `app` makes for its runner (web.run_app's, the tests') is made
@@ -179,6 +228,6 @@ def setup_errors(app: web.Application) -> None:
         made = make_server(**kwargs)
         return _Server(made.request_handler, request_factory=made.request_factory,
                        handler_cancellation=made.handler_cancellation, loop=made._loop,
-                       **made._kwargs)
+                       error_page=app.get(ERROR_PAGE), **made._kwargs)
 
     object.__setattr__(app, "_make_handler", make_handler)

@@ -15,7 +15,7 @@ from aiohttp import web
 from ledger.gate import Ticket
 from ledger.policy import Principal
 from ledger.settlement import Settlement, clean_text
-from ledger.status import budget_status
+from ledger.status import cap_balances
 from ledger.usage import Usage
 from proxy.errors import ProxyError, setup_errors, upstream_failure
 from proxy.managed_seen import SEEN
@@ -332,7 +332,7 @@ async def me(request: web.Request) -> web.Response:
     """GET /meterd/v1/me: who the gateway thinks the caller is, and their budgets (doctor)."""
     state = request.app[STATE]
     p = state.authenticate(request.headers)
-    budgets = await budget_status(state.redis, state.keyspace, p)
+    budgets = await cap_balances(state.redis, state.keyspace, p)
     limits = [{"scope": lim.scope, "name": lim.scope_name, "rpm": lim.rpm, "itpm": lim.itpm,
                "otpm": lim.otpm, "concurrency": lim.concurrency} for lim in p.limits]
     return web.json_response({

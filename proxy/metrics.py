@@ -70,6 +70,7 @@ class ProxyMetrics:
         self.cost_micros = 0
         self.rejections: Counter[str] = Counter()  # by error type
         self.estimated = 0
+        self.telemetry_dropped: Counter[str] = Counter()  # OTLP records, by reason
         self._redis_errors, self._spool_depth = redis_errors, spool_depth
         self._token = token.encode()
         self.registry = CollectorRegistry()
@@ -101,6 +102,11 @@ class ProxyMetrics:
         yield CounterMetricFamily("meterd_estimated_requests",
                                   "Requests billed from an estimate (stream cut short).",
                                   value=self.estimated)
+        dropped = CounterMetricFamily("meterd_telemetry_dropped",
+                                      "Telemetry records dropped, by reason.", labels=["reason"])
+        for reason, n in sorted(self.telemetry_dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
         yield GaugeMetricFamily("meterd_redis_errors",
                                 "Redis failures seen by admission and settlement.",
                                 value=self._redis_errors())

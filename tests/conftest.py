@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import settings as hypothesis_settings
 
 from dashboard.state import ADMIN, AdminState
 from ledger.redis_client import connect_redis
@@ -38,6 +39,11 @@ from proxy.state import STATE, ProxyState
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MOCK_KEY = "sk-ant-upstream-test"
+
+# No per-example deadline for any Hypothesis test: on a loaded machine an example that runs
+# the gateway, or just prices a request, passes 200 ms for reasons that are not its own.
+hypothesis_settings.register_profile("meterd", deadline=None)
+hypothesis_settings.load_profile("meterd")
 
 
 def need(condition: bool, what: str) -> None:

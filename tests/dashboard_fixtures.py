@@ -20,6 +20,7 @@ from bs4 import BeautifulSoup, Tag
 from dashboard.accounts import Accounts, hash_password
 from dashboard.appkeys import PAGES
 from dashboard.site import setup_dashboard
+from ledger.catalog import Catalog
 from ledger.redis_client import connect_redis
 from meterd.apps import ADMIN_APP, create_admin_app, create_proxy_app
 from meterd.settings import Settings
@@ -152,6 +153,20 @@ class Dashboard:
         else:
             await browser.get("/admin/signin")
         return browser
+
+
+def break_teams(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """A bug in the admin app: reading the teams raises `error` (until monkeypatch undoes)."""
+    def bug(self: Catalog, *args: Any) -> Any:
+        raise error
+    monkeypatch.setattr(Catalog, "teams", bug)
+
+
+def logged_error(caplog: pytest.LogCaptureFixture, request_id: str) -> type[BaseException]:
+    """The type of the exception logged, with its traceback, under one request id."""
+    (record,) = [r for r in caplog.records if request_id in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[0] is not None
+    return record.exc_info[0]
 
 
 def root_app(settings: Settings) -> web.Application:

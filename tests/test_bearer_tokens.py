@@ -74,3 +74,14 @@ def test_the_cache_of_verified_tokens_is_bounded(monkeypatch: pytest.MonkeyPatch
     for i in range(20):
         policy.principal(_token(sid=f"sgn_{i}"))
     assert len(tokens._verified) == 5
+
+
+def test_a_developer_signed_in_before_this_proxys_policy_refresh_is_retryable_not_final() -> None:
+    """Provisioned at sign-in, the developer reaches each proxy with its next policy refresh;
+    a request in between must not make Claude Code ask to sign in again (final = the client's
+    x-should-retry: false)."""
+    token = tokens.issue(KEY, issuer="https://gw.example", developer_id="dev_new",
+                         sid="sgn_new", email="new@example.com", ttl=900)[0]
+    with pytest.raises(KeyRefused, match="not yet heard") as refused:
+        _policy().principal(token)
+    assert not refused.value.final

@@ -11,6 +11,7 @@ from typing import Any
 
 import anthropic
 import duckdb
+import orjson
 import pytest
 
 from dashboard.accounts import Accounts
@@ -18,7 +19,7 @@ from dashboard.commands import add_account_commands
 from meterd.client import call
 from meterd.settings import Settings
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import Dashboard
+from tests.dashboard_fixtures import Dashboard, break_teams, logged_error
 from tests.test_hostile_input import run_cli, serve_socket
 
 
@@ -327,3 +328,47 @@ async def test_api_parquet_export_ends_the_day_before_end_like_every_api_range(
         found = duckdb.connect().execute("SELECT count(*) FROM read_parquet(?)",
                                          [str(target)]).fetchone()
         assert found == (rows,), (start, end)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "says"), [
+    ("POST", "teams", {"name": ["infra"]}, "name must be a string"),
+    ("POST", "developers", {"name": "Bo", "team": "platform"}, "email is required"),
+    ("PUT", "rate_limits", {"scope": "team", "target": "platform", "rpm": "lots"},
+     "rpm must be a whole number"),
+    ("PUT", "rate_limits", {"scope": "team", "target": "platform", "rpm": [60]},
+     "rpm must be a whole number"),
+    ("POST", "budgets", {"scope": {"type": "user"}, "amount": "100"},
+     "scope.user_id is required"),
+    ("POST", "organizations/spend_limits",
+     {"scope": {"type": "workspace", "workspace_id": 7}, "amount": "100"},
+     "scope.workspace_id must be a string"),
+])
+async def test_a_bad_field_is_a_400_naming_it_and_changes_nothing(
+        dashboard: Dashboard, method: str, path: str, body: dict[str, Any], says: str) -> None:
+    await _team(dashboard)
+    admin = dashboard.gateway.admin
+    key = await dashboard.admin_key("rw")
+    before = await admin.db(admin.catalog.audit)
+    async with dashboard.client.request(method, f"/admin/api/v1/{path}", json=body,
+                                        headers={"x-api-key": key}) as r:
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert error["type"] == "invalid_request_error"
+    assert says in error["message"]
+    assert await admin.db(admin.catalog.audit) == before
+
+
+async def test_a_bug_is_a_500_with_a_request_id_logged_with_its_traceback(
+        dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    key = await dashboard.admin_key("ro")
+    break_teams(monkeypatch, KeyError("internal_column"))
+    async with dashboard.client.get("/admin/api/v1/teams", headers={"x-api-key": key}) as r:
+        assert r.status == 500
+        request_id = r.headers["request-id"]
+        body = await r.text()
+    assert request_id.startswith("merr_")
+    assert orjson.loads(body) == {"type": "error", "error": {
+        "type": "api_error", "message": f"internal error in meterd (request id {request_id})"}}
+    assert "internal_column" not in body
+    assert logged_error(caplog, request_id) is KeyError

@@ -18,7 +18,7 @@ import pytest
 from ledger.money import format_usd, parse_usd
 from tests.conftest import need
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import PASSWORDS, Dashboard
+from tests.dashboard_fixtures import PASSWORDS, Dashboard, break_teams
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -147,3 +147,24 @@ async def test_pages_fit_a_phone_screen(dashboard: Dashboard, chromium: Any) -> 
         overflow = await page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, path
+
+
+async def test_a_bug_shows_the_error_page_with_a_request_id_and_a_way_back(
+        dashboard: Dashboard, chromium: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    await dashboard.account("alice", "admin")
+    page = await (await chromium.new_context()).new_page()
+    base = dashboard.gateway.url
+    await _sign_in(page, base, "alice", PASSWORDS["admin"])
+    break_teams(monkeypatch, RuntimeError("duckdb: /var/lib/meterd/meterd.duckdb is locked"))
+    async with page.expect_response(f"{base}/admin/teams") as answer:
+        await page.click("nav >> text=Teams")
+    response = await answer.value
+    assert response.status == 500
+    await page.wait_for_selector("h1:has-text('Something went wrong')")
+    assert await page.title() == "Something went wrong · meterd"
+    assert await page.inner_text(".request-id") == response.headers["request-id"]
+    assert "duckdb" not in await page.content()
+    monkeypatch.undo()
+    await page.click("text=Back to the dashboard")
+    await page.wait_for_url(f"{base}/admin/")
+    assert await page.locator(".error-card").count() == 0

@@ -7,11 +7,20 @@ import csv
 import io
 
 import orjson
+import pytest
 
 from dashboard.accounts import Accounts
 from ledger.money import format_usd, parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import Browser, Dashboard, attr, one, parse
+from tests.dashboard_fixtures import (
+    Browser,
+    Dashboard,
+    attr,
+    break_teams,
+    logged_error,
+    one,
+    parse,
+)
 
 MESSAGE = {"model": "claude-sonnet-4-6", "max_tokens": 10,
            "messages": [{"role": "user", "content": "hi"}]}
@@ -81,6 +90,29 @@ async def test_team_budget_set_through_the_form_is_audited_and_shown(
         "team", parse_usd("1250.50"), "strict")
     audit = (await gw.db(gw.catalog.audit))[0]
     assert (audit["actor"], audit["action"]) == ("carol", "budget.set")
+
+
+@pytest.mark.parametrize(("owner", "scope", "page", "saved"), [
+    ("developer", "developer", "/admin/developers/{dev}", "Personal cap saved."),
+    ("team", "team_member", "/admin/teams/{team}", "Per-member cap saved."),
+    ("org", "org", "/admin/teams", "Organization budget saved."),
+])
+async def test_every_budget_form_saves_and_returns_to_its_page(
+        dashboard: Dashboard, owner: str, scope: str, page: str, saved: str) -> None:
+    await dashboard.gateway.developer("Ada", "platform")
+    gw = dashboard.gateway.admin
+    ids = {"dev": (await gw.db(gw.catalog.developers))[0]["id"],
+           "team": await _team_id(dashboard)}
+    admin = await dashboard.signed_in("admin")
+    action = {"developer": "/admin/developers/{dev}/budget", "team": "/admin/teams/{team}/budget",
+              "org": "/admin/org/budget"}[owner].format(**ids)
+    status, _, headers = await admin.post(action, {
+        "scope": scope, "amount": "75", "period": "weekly", "mode": "estimate"})
+    assert (status, headers["Location"]) == (303, page.format(**ids))
+    assert saved in one(await admin.page(headers["Location"]), ".flash").get_text()
+    (budget,) = await gw.db(gw.catalog.budgets)
+    assert (budget["scope"], budget["period"], budget["amount_micros"]) == (
+        scope, "weekly", parse_usd("75"))
 
 
 async def test_bad_amount_is_explained_not_saved(dashboard: Dashboard) -> None:
@@ -244,6 +276,18 @@ async def test_rollout_page_generates_managed_settings(dashboard: Dashboard) -> 
     assert status == 200 and orjson.loads(text) == managed
 
 
+async def test_rollout_page_points_static_key_telemetry_at_the_gateway(
+        dashboard: Dashboard) -> None:
+    page = await (await dashboard.signed_in("developer")).page("/admin/rollout")
+    telemetry = orjson.loads(one(page, "#telemetry-settings").get_text())
+    assert telemetry["env"] == {
+        "CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": dashboard.gateway.admin.proxy_url}
+    helper = one(page, "#otel-helper").get_text()
+    assert telemetry["otelHeadersHelper"] in helper and "/usr/local/bin/meterd-key" in helper
+
+
 async def test_settings_page_lists_prices_and_policies(dashboard: Dashboard) -> None:
     finance = await dashboard.signed_in("finance")
     page = await finance.page("/admin/settings")
@@ -347,3 +391,22 @@ async def test_every_form_that_posts_carries_the_csrf_token(dashboard: Dashboard
             assert token is not None and attr(token, "value") == admin.csrf, (path, form)
             forms += 1
     assert forms > 15
+
+
+async def test_a_bug_on_a_page_is_the_error_page_with_a_request_id_and_nothing_internal(
+        dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    admin = await dashboard.signed_in("admin")
+    break_teams(monkeypatch, RuntimeError("duckdb: /var/lib/meterd/meterd.duckdb is locked"))
+    async with admin.session.get("/admin/teams") as r:
+        assert (r.status, r.content_type) == (500, "text/html")
+        request_id = r.headers["request-id"]
+        html = await r.text()
+    page = parse(html)
+    assert one(page, "h1").get_text(strip=True) == "Something went wrong"
+    assert one(page, ".status-code").get_text(strip=True) == "500"
+    assert one(page, ".request-id").get_text(strip=True) == request_id
+    assert one(page, ".who-name").get_text(strip=True).startswith("admin")  # still signed in
+    for internal in ("duckdb", "RuntimeError", "Traceback", "teams.py"):
+        assert internal not in html
+    assert logged_error(caplog, request_id) is RuntimeError

@@ -146,6 +146,31 @@ async def test_someone_outside_every_group_rule_is_refused_and_the_device_told_s
     assert denied["target"] == "eve@example.com"
 
 
+@pytest.mark.parametrize("name", ["Ada\r\nSet-Cookie: a=b", "A" * 300],
+                         ids=["cr lf", "300 characters"])
+async def test_a_name_claim_meterd_cannot_store_signs_in_under_the_email(
+        sso: SSO, name: str) -> None:
+    sso.idp.add_user("u-ada", "ada@example.com", ["eng-platform"], name=name)
+    answer = await sso.sign_in("u-ada", "ada@example.com", ["eng-platform"])
+    assert answer["token_type"] == "Bearer"
+    devs = await sso.gateway.admin.db(sso.gateway.admin.catalog.developers)
+    assert [(d["name"], d["email"]) for d in devs] == [("ada@example.com", "ada@example.com")]
+
+
+async def test_an_email_claim_meterd_cannot_store_is_refused_on_the_page(sso: SSO) -> None:
+    sso.idp.add_user("u-mal", "mal\r\n@example.com", ["eng"])
+    sso.idp.sign_in("u-mal")
+    async with sso.browser() as cli, sso.browser() as browser:
+        code = await sso.device_code(cli)
+        status, page = await sso.verify(browser, code["user_code"])
+        assert status == 403, page
+        text = BeautifulSoup(page, "html.parser").select_one("#device-message").get_text(" ")
+        assert "You cannot sign in to meterd" in text and "control characters" in text
+        status, body = await sso.poll(cli, code["device_code"])
+        assert (status, body["error"]) == (400, "access_denied")
+    assert await sso.gateway.admin.db(sso.gateway.admin.catalog.developers) == []
+
+
 async def test_a_default_team_takes_whoever_no_rule_maps(start_sso: Any) -> None:
     sso = await start_sso(oidc_default_team="everyone")
     await sso.sign_in("u-eve", "eve@example.com", ["marketing"])
@@ -327,6 +352,8 @@ async def test_removed_or_disabled_at_the_provider_gets_invalid_grant(sso: SSO) 
 async def test_a_developer_disabled_in_meterd_is_refused_on_the_proxy_and_at_refresh(
         sso: SSO) -> None:
     answer = await sso.sign_in("u-ada", "ada@example.com", ["eng"])
+    await sso.gateway.proxy.refresh_policy()
+    assert (await sso.messages(answer["access_token"])).status == 200
     admin = sso.gateway.admin
     dev_id = claims(answer["access_token"])["sub"]
     with admin.catalog.lock:

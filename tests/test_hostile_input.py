@@ -19,7 +19,9 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from yarl import URL
 
+from dashboard import oauth
 from dashboard.accounts import Accounts
 from dashboard.auth import roles_of
 from dashboard.identity import ROLES
@@ -29,6 +31,9 @@ from ledger.catalog import Catalog, CatalogError, connect
 from meterd.apps import ADMIN_APP, SOCKET_FILE
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Dashboard, parse
+from tests.sso import SSO
+
+pytest_plugins = ("tests.sso_fixtures",)
 
 # Model names and session ids a developer can send, each a formula in a spreadsheet unless
 # escaped, and the label the CSV must carry for it. The last one hides a formula after the
@@ -331,6 +336,53 @@ async def test_every_query_parameter_of_every_route_survives_hostile_values(
         assert (canonical, "finance", name) in walked, (canonical, name)
 
 
+@pytest.mark.parametrize("redis_url", ["real"], indirect=True)
+async def test_every_query_parameter_of_the_sign_in_pages_survives_hostile_values(
+        sso: SSO) -> None:
+    """The device flow's pages under /oauth (a browser follows a link to them, and the
+    identity provider redirects back to one): a value is answered with the page, a 400 that
+    says the link is not valid, or the flow's own refusal, never a 500."""
+    walked: set[tuple[str, str]] = set()
+    wrong: list[str] = []
+    async with sso.browser() as browser:
+        for route in sso.gateway.app.router.routes():
+            params = params_of(route.handler)
+            canonical = route.resource.canonical if route.resource else ""
+            # The admin app's routes are the walk above's.
+            if not params or route.method == "HEAD" or canonical.startswith("/admin/"):
+                continue
+            assert canonical.startswith("/oauth/") and route.method == "GET", canonical
+            names = [p.name for p in params]
+            for group in [[name] for name in names] + [names]:
+                for value in HOSTILE_VALUES:
+                    if len(group) > 1 and len(value) > 100:
+                        continue
+                    walked.update((canonical, name) for name in group)
+                    url = URL(sso.url + canonical).with_query(dict.fromkeys(group, value))
+                    async with browser.get(url, allow_redirects=False) as r:
+                        body = (await r.read()).decode("utf-8", "replace")
+                        where = f"GET {canonical}?{'&'.join(group)}={value[:40]!r}"
+                        page = parse(body)
+                        if r.status >= 500 or r.content_type != "text/html" or (
+                                r.status >= 400 and page.select_one("#device-message") is None):
+                            wrong.append(f"{where}: {r.status} {body[:120]}")
+    assert not wrong, "\n".join(wrong[:40]) + f"\n({len(wrong)} in all)"
+    assert walked == {("/oauth/device", "user_code"), ("/oauth/callback", "state"),
+                      ("/oauth/callback", "code"), ("/oauth/callback", "error")}
+
+
+@pytest.mark.parametrize("redis_url", ["real"], indirect=True)
+@pytest.mark.parametrize("query", [{"user_code": "x" * 201}, {"state": "x" * 201},
+                                   {"error": "x" * 201}, {"code": "x" * 4001}])
+async def test_a_sign_in_link_with_a_value_too_long_is_a_400_that_says_so(
+        sso: SSO, query: dict[str, str]) -> None:
+    path = "/oauth/device" if "user_code" in query else "/oauth/callback"
+    async with sso.browser() as browser, browser.get(sso.url + path, params=query) as r:
+        assert r.status == 400
+        text = parse(await r.text()).select_one("#device-message").get_text(" ")
+    assert "This link is not valid" in text and f"{next(iter(query))} is longer than" in text
+
+
 TWENTY_FIVE_DIGITS = "1" * 25
 # What the issue found answering a bare 500 (or, for dates far out, an answer about year 1),
 # and its kin: each is a 400 that names the parameter.
@@ -395,7 +447,7 @@ def test_admin_handlers_read_the_query_string_only_through_declared_parameters()
     """The walk above feeds the parameters a handler declares; one that read request.query
     itself would escape it. Checked in every module an admin route's handler comes from."""
     modules = {inspect.getmodule(inspect.unwrap(handler))
-               for _, _, handler, _ in PAGE_ROUTES + API_ROUTES}
+               for _, _, handler, _ in PAGE_ROUTES + API_ROUTES} | {oauth}
     found = []
     for module in sorted(modules, key=lambda m: getattr(m, "__name__", "")):
         assert module is not None and module.__file__ is not None

@@ -268,6 +268,9 @@ async def test_malformed_event_fields_get_defaults_instead_of_blocking_the_strea
 # --- crashes at every step ------------------------------------------------------------------
 
 
+CRASH_LOCK_MS = 1_500
+
+
 @pytest.mark.parametrize("rerun", ["same process", "new process after lock expiry"])
 @pytest.mark.parametrize("step", STEPS)
 async def test_crash_at_any_rollup_step_then_rerun_neither_loses_nor_double_counts(
@@ -282,7 +285,9 @@ async def test_crash_at_any_rollup_step_then_rerun_neither_loses_nor_double_coun
         if at == step and calls[at] == 2:  # the second batch dies at this step
             raise Crash(at)
 
-    first = Rollup(redis, KS, conn, inline_db, batch=100, fault=fault, lock_ttl_ms=300)
+    # A lock long enough that a loaded machine's batch never outlives its lease: the crash,
+    # not a lapse, must end the first run.
+    first = Rollup(redis, KS, conn, inline_db, batch=100, fault=fault, lock_ttl_ms=CRASH_LOCK_MS)
     with pytest.raises(Crash):
         await first.run_once()
     committed = table_totals(conn, "requests")["requests"]
@@ -297,9 +302,9 @@ async def test_crash_at_any_rollup_step_then_rerun_neither_loses_nor_double_coun
         first.fault = None
         again = first
     else:  # the process died holding the lock: a new one waits for it to expire
-        again = Rollup(redis, KS, conn, inline_db, batch=100, lock_ttl_ms=300)
+        again = Rollup(redis, KS, conn, inline_db, batch=100, lock_ttl_ms=CRASH_LOCK_MS)
         assert await again.run_once() == 0
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(CRASH_LOCK_MS / 1000 + 0.1)
     assert await again.run_once() == 300 - committed
     assert_rolled_up_once(conn, events)
     assert await backlog(redis) == (0, 0)

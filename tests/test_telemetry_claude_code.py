@@ -1,0 +1,107 @@
+"""Real Claude Code (pinned) sends its OpenTelemetry to meterd, set up as the rollout page tells
+a static-key machine to: the rows land under the developer, and the cost Claude Code reports
+for each request (`api_request` `cost_usd_micros`) equals what meterd metered for it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from dashboard.rollout import HELPER_PATH, OTEL_HELPER, telemetry_settings
+from ledger.telemetry import TelemetryRollup
+from tests.conftest import Gateway, need
+from tests.test_processes import CLAUDE
+
+
+def _rollout_settings(gw: Gateway, key: str, home: Path) -> None:
+    """The rollout page's telemetry settings, its header helper reading the key from a file
+    (as the key helper does on a developer's machine)."""
+    key_helper, otel_helper = home / "meterd-key", home / "meterd-otel-headers"
+    key_helper.write_text(f"#!/bin/sh\necho {key}\n")
+    otel_helper.write_text(OTEL_HELPER.replace(HELPER_PATH, str(key_helper)))
+    for script in (key_helper, otel_helper):
+        script.chmod(0o700)
+    settings = telemetry_settings(gw.url) | {"otelHeadersHelper": str(otel_helper)}
+    (home / ".claude").mkdir()
+    (home / ".claude" / "settings.json").write_bytes(orjson.dumps(settings))
+
+
+async def _claude(gw: Gateway, key: str, home: Path, protocol: str) -> tuple[int, str]:
+    """`claude -p` with a static key, sending its telemetry to meterd: "rollout" as the
+    rollout page sets it up (dashboard/rollout.py), else with the OTLP env variables."""
+    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE}")
+    need(shutil.which("node") is not None or CLAUDE.resolve().suffix != ".js",
+         "node is not installed")
+    home.mkdir(exist_ok=True)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
+           "CLAUDE_CONFIG_DIR": str(home / ".claude"), "ANTHROPIC_BASE_URL": gw.url,
+           "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+           "ANTHROPIC_API_KEY": key,
+           # Flushed well within the run (Claude Code also flushes when it exits).
+           "OTEL_METRIC_EXPORT_INTERVAL": "500", "OTEL_LOGS_EXPORT_INTERVAL": "200"}
+    if protocol == "rollout":
+        _rollout_settings(gw, key, home)
+    else:
+        env |= {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
+                "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": gw.url,
+                "OTEL_EXPORTER_OTLP_HEADERS": f"x-api-key={key}"}
+    proc = await asyncio.create_subprocess_exec(
+        str(CLAUDE), "-p", "Say hello", "--model", "claude-sonnet-4-6", cwd=home, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, (out + err).decode()
+
+
+async def _stored(gw: Gateway) -> list[dict[str, Any]]:
+    admin = gw.admin
+    await TelemetryRollup(admin.redis, admin.keyspace, admin.catalog.conn, admin.db).run_once()
+
+    def read(conn: Any) -> list[dict[str, Any]]:
+        cur = conn.execute("SELECT developer_id, team_id, signal, name, session_id, "
+                           "request_id, cost_micros, attrs FROM telemetry")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    return list(await admin.db(read, admin.catalog.conn))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("redis_url", ["real"], indirect=True)
+@pytest.mark.parametrize("protocol", ["rollout", "http/json"])
+async def test_claude_code_telemetry_lands_under_the_developer_with_meterd_s_cost(
+        gateway: Gateway, tmp_path: Path, protocol: str) -> None:
+    key = await gateway.developer("Ada")
+    await _check(gateway, key, tmp_path, protocol)
+
+
+async def _check(gateway: Gateway, key: str, tmp_path: Path, protocol: str) -> None:
+    returncode, out = await _claude(gateway, key, tmp_path / "home", protocol)
+    assert returncode == 0, out[-2000:]
+    assert "Hello from the meterd mock upstream" in out
+    [dev] = await gateway.admin.db(gateway.admin.catalog.developers)
+    served = [e for e in await gateway.settled(1) if e["status"] == "200"]
+    assert served
+
+    rows = await _stored(gateway)
+    assert rows and all((r["developer_id"], r["team_id"]) == (dev["id"], dev["team_id"])
+                        for r in rows)
+    names = {r["name"] for r in rows}
+    assert {"claude_code.api_request", "claude_code.cost.usage",
+            "claude_code.token.usage"} <= names, names
+    requests = [r for r in rows if r["name"] == "claude_code.api_request"]
+    assert len(requests) == len(served)
+    # The session Claude Code names in its telemetry is the one meterd metered.
+    assert {r["session_id"] for r in requests} == {e["session_id"] for e in served}
+    # Claude Code's own price for each request is exactly what meterd charged for it.
+    assert sorted(r["cost_micros"] for r in requests) == sorted(
+        int(e["cost_micros"]) for e in served)
+    assert all(r["cost_micros"] > 0 and r["request_id"].startswith("req_mock_")
+               for r in requests)
+    assert all(orjson.loads(r["attrs"]).get("model") == "claude-sonnet-4-6" for r in requests)
