@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS usage_sessions (
 );
 
 -- day × project (× developer and team; project '' = requests without the billing-group
--- tag), for reports by project. Requests rolled up before projects existed are not in it.
+-- tag), for reports by project.
 CREATE TABLE IF NOT EXISTS usage_projects (
     day DATE NOT NULL,
     project VARCHAR NOT NULL,
@@ -111,3 +111,13 @@ CREATE TABLE IF NOT EXISTS usage_projects (
     cache_saved_micros BIGINT NOT NULL,
     PRIMARY KEY (day, project, developer_id, team_id)
 );
+
+-- A ledger from before projects: its requests named none, so they are the '' rows, taken
+-- from usage_daily once (usage_projects is empty only then; a new ledger has no usage either).
+INSERT INTO usage_projects
+SELECT day, '' AS project, developer_id, team_id, sum(requests), sum(errors), sum(estimated),
+       sum(input_tokens), sum(output_tokens), sum(cache_write_5m), sum(cache_write_1h),
+       sum(cache_read), sum(web_search), sum(cost_micros), sum(cache_saved_micros)
+FROM usage_daily
+WHERE NOT EXISTS (SELECT 1 FROM usage_projects)
+GROUP BY day, developer_id, team_id;

@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import duckdb
 import orjson
 import pytest
 
-import ledger
 from ledger import reports
 from ledger.catalog import connect
 from ledger.rollup import Rollup
@@ -26,7 +24,6 @@ from tests.test_rollup import KS, fresh_db, inline_db, make_events, send
 
 pytest_plugins = ("tests.sso_fixtures",)
 
-HISTORY_SQL = Path(ledger.__file__).parent / "history.sql"
 TAGS_BETA = "request-tags-2026-08-21"
 OTHER_BETA = "interleaved-thinking-2025-05-14"
 TAGGED = {"model": "claude-sonnet-4-6", "max_tokens": 64,
@@ -152,22 +149,42 @@ async def test_the_configured_tag_names_the_project_and_long_names_are_cut(
 # --- the ledger -----------------------------------------------------------------------------
 
 
-def test_a_ledger_from_before_projects_gains_the_column(tmp_path: Path) -> None:
-    """A DuckDB file whose `requests` has no `project` column (meterd before projects) gets
-    it on open, its rows with '' (no project); the rollup then writes projects into it."""
+async def test_a_ledger_from_before_projects_gains_the_column_and_its_usage_by_project(
+        redis: Any, tmp_path: Path) -> None:
+    """A DuckDB file of meterd before projects (no `project` column, no usage_projects) gets
+    both on open: its requests named no project, so they are all '' rows, counted once."""
     path = tmp_path / "old.duckdb"
-    old_schema = HISTORY_SQL.read_text().split("ALTER TABLE")[0]
-    with duckdb.connect(str(path)) as old:
-        old.execute(old_schema)
-        columns = old.execute("SELECT column_name, data_type FROM information_schema.columns "
-                              "WHERE table_name = 'requests'").fetchall()
-        assert "project" not in dict(columns)
-        zero = {"VARCHAR": "", "BOOLEAN": False, "TIMESTAMP": datetime(2026, 1, 2)}
-        values = [zero.get(kind, 0) for _, kind in columns]
-        values[0] = "r_old"
-        old.execute(f"INSERT INTO requests VALUES ({', '.join('?' * len(values))})", values)
     conn = connect(path)
-    assert conn.execute("SELECT id, project FROM requests").fetchall() == [("r_old", "")]
+    await send(redis, make_events(60, seed=4, start=datetime(2026, 2, 1, tzinfo=UTC)))
+    rollup = Rollup(redis, KS, conn, inline_db)
+    assert await rollup.run_once() == 60
+    await rollup.close()
+    conn.execute("ALTER TABLE requests DROP COLUMN project")
+    conn.execute("DROP TABLE usage_projects")
+    conn.close()
+
+    for _ in range(2):  # every open runs the schema: the second adds nothing
+        conn = connect(path)
+        assert conn.execute("SELECT DISTINCT project FROM requests").fetchall() == [("",)]
+        by_project = reports.spend(conn, start=date(2026, 2, 1), end=date(2026, 3, 1),
+                                   grain="month", dimension="project")
+        totals = reports.totals(conn, start=date(2026, 2, 1), end=date(2026, 3, 1))
+        assert [(r["label"], r["requests"], r["cost_micros"]) for r in by_project] == [
+            (reports.NO_PROJECT, 60, totals["cost_micros"])]
+        conn.close()
+
+    conn = connect(path)
+    tagged = make_events(3, seed=5, start=datetime(2026, 2, 3, tzinfo=UTC), days=1)
+    for e in tagged:
+        e.update(project="apollo", cost_micros=1_000)
+    await send(redis, tagged)
+    rollup = Rollup(redis, KS, conn, inline_db)
+    assert await rollup.run_once() == 3
+    await rollup.close()
+    rows = reports.spend(conn, start=date(2026, 2, 1), end=date(2026, 3, 1), grain="month",
+                         dimension="project")
+    assert {r["label"]: r["requests"] for r in rows} == {reports.NO_PROJECT: 60, "apollo": 3}
+    assert rows[-1]["cost_micros"] == 3_000  # 3 × 1_000 µ$, the cheapest row
     conn.close()
 
 
