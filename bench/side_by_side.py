@@ -12,7 +12,8 @@ to both and prints one row per probe: what each answered (status and the fields 
 Then the caps, each on a fresh user with a $1 monthly cap set through each gateway's own admin
 interface: the usage-limit headers as spend passes 75 % and 95 %, the 429 once blocked and
 `/api/oauth/usage`; and 100 concurrent requests against the cap (the fake upstream charges
-about $0.08 per request), with the spend each gateway let through.
+about $0.08 per request, for ~46,000 prompt tokens the body carries), with the spend each
+gateway let through.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -145,6 +147,9 @@ async def sign_in(gw: Gateway, user: dict[str, Any] = USER) -> tuple[dict[str, A
     for _ in range(10):
         status, _, body = await poll(gw, code["device_code"])
         if status == 200:
+            # A client polls every few seconds: by its first request every proxy has the
+            # new developer (meterd's proxies refresh their policy every 0.25 s).
+            await asyncio.sleep(0.5)
             return dict(body), code["device_code"]
         await asyncio.sleep(1)
     raise RuntimeError(f"{gw.name}: the device flow did not complete: {status} {body}")
@@ -224,7 +229,12 @@ async def probes(gw: Gateway) -> dict[str, str]:
 
 U = "anthropic-ratelimit-unified-"
 CAP_CENTS = 100
+RUN = secrets.token_hex(3)  # fresh users each run: the reference keeps its spend in Postgres
+# The fake upstream answers every request with ~46,000 prompt tokens (mostly cache reads) and
+# 321 output tokens: the body carries that much context (~4 bytes a token), as a Claude Code
+# request whose usage says so would.
 BURST_BODY = orjson.dumps({"model": "claude-opus-4-8", "max_tokens": 1024, "stream": True,
+                           "system": "You are a careful coding assistant. " * 5_300,
                            "messages": [{"role": "user", "content": "hello"}]})
 
 
@@ -271,8 +281,9 @@ async def spent_cents(gw: Gateway, token: str) -> Any:
 async def notices(gw: Gateway, cap: Any, data_dir: str) -> dict[str, str]:
     """One request at a time until refused: the headers of the first answer, of the first past
     75 % and 95 %, the 429's, and the usage document once blocked."""
-    user = {"sub": f"notices-{gw.name[:6]}", "email": f"notices-{len(gw.name)}@example.com",
-            "name": "Notices", "groups": ["eng"]}
+    user = {"sub": f"notices-{RUN}-{len(gw.name)}",
+            "email": f"notices-{RUN}-{len(gw.name)}@example.com", "name": "Notices",
+            "groups": ["eng"]}
     answer, _ = await sign_in(gw, user)
     token = answer["access_token"]
     await cap(gw, user, data_dir)
@@ -297,8 +308,9 @@ async def notices(gw: Gateway, cap: Any, data_dir: str) -> dict[str, str]:
 
 async def burst(gw: Gateway, cap: Any, data_dir: str, n: int = 100) -> str:
     """`n` concurrent streamed requests from one user with a $1 cap: what was let through."""
-    user = {"sub": f"burst-{gw.name[:6]}", "email": f"burst-{len(gw.name)}@example.com",
-            "name": "Burst", "groups": ["eng"]}
+    user = {"sub": f"burst-{RUN}-{len(gw.name)}",
+            "email": f"burst-{RUN}-{len(gw.name)}@example.com", "name": "Burst",
+            "groups": ["eng"]}
     answer, _ = await sign_in(gw, user)
     token = answer["access_token"]
     await cap(gw, user, data_dir)

@@ -161,9 +161,8 @@ async def _html(request: web.Request, handler: Handler) -> web.StreamResponse:
     session = sessions.decode(request.cookies.get(sessions.COOKIE), secret)
     identity = await session_identity(request, session) if session else None
     fresh = session is None or identity is None
-    if fresh:
+    if session is None or identity is None:
         session, identity = Session.anonymous(), ANONYMOUS
-    assert session is not None and identity is not None
     request[SESSION], request[IDENTITY] = session, identity
     try:
         response = await _guarded(request, handler, identity, session)

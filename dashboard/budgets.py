@@ -16,11 +16,12 @@ from ledger import caps
 from ledger.periods import PERIODS, period_end
 
 
-async def caps_for_developer(request: web.Request, developer_id: str, team_id: str,
-                             team_name: str, now: datetime) -> list[dict[str, Any]]:
+async def caps_for_developer(request: web.Request, dev: dict[str, Any],
+                             now: datetime) -> list[dict[str, Any]]:
     """Every cap that applies to a developer, with what counts against it right now: their
     own spend for developer and per-member caps, the team's for the pool, the org's."""
     state = admin_state(request)
+    developer_id, team_id = dev["id"], dev["team_id"]
     rows = [b for b in await state.db(state.catalog.budgets)
             if caps.applies(b["scope"], b["scope_id"], developer_id, team_id)]
     counters = {b["id"]: caps.counter(b["scope"], b["scope_id"], developer_id) for b in rows}
@@ -29,9 +30,8 @@ async def caps_for_developer(request: web.Request, developer_id: str, team_id: s
     out = []
     for b in rows:
         spent = found.get((*counters[b["id"]], b["period"]), 0)
-        label = {"developer": "Personal cap", "team": f"Team pool ({team_name})",
-                 "team_member": f"Per-member cap of {team_name}",
-                 "org": "Organization"}[b["scope"]]
+        name = dev["name"] if b["scope"] == "developer" else dev["team_name"] or team_id
+        label = caps.describe(b["scope"], name, capital=True)
         out.append({**b, "label": label, "spent_micros": spent,
                     "projected_micros": live.project(spent, b["period"], now),
                     "resets": period_end(b["period"], now)})

@@ -65,7 +65,7 @@ def daily_bars(points: Sequence[tuple[date, int]], title: str = "Spend per day")
     return Markup("".join(parts))
 
 
-def level(spent: int, cap: int, thresholds: Sequence[int] = (75, 95)) -> str:
+def level(spent: int, cap: int, thresholds: Sequence[int]) -> str:
     """ok, warn (past the first soft threshold), high (past the last) or over (at the cap)."""
     if cap <= 0:
         return "over" if spent > 0 else "ok"
@@ -79,7 +79,7 @@ def level(spent: int, cap: int, thresholds: Sequence[int] = (75, 95)) -> str:
     return "ok"
 
 
-def meter(spent: int, cap: int, thresholds: Sequence[int] = (75, 95),
+def meter(spent: int, cap: int, thresholds: Sequence[int],
           projected: int | None = None) -> Markup:
     """A usage bar of spend against a cap, with the soft thresholds marked and, optionally,
     where the period is projected to end."""

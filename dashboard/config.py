@@ -12,25 +12,28 @@ from ledger.redis_client import is_embedded
 
 @dataclass(frozen=True)
 class DashboardConfig:
+    """Made by `from_settings` only: the defaults are Settings' (meterd/settings.py), not
+    restated here."""
+
     data_dir: Path
-    session_secret: str = field(default="", repr=False)  # empty: generated into data_dir
-    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-* headers are believed
-    proxy_url: str = "http://127.0.0.1:4000"
-    upstream_url: str = "https://api.anthropic.com"
-    upstream_auth: str = "x-api-key"
-    redis_embedded: bool = True
-    redis_outage_policy: str = "fail_open"
-    thresholds: tuple[int, ...] = (75, 95)
-    models: tuple[str, ...] = ()
-    rollup_interval: float = 5.0
-    retention_days: int = 400
-    reservation_ttl: int = 900
-    fallback_input_usd: str = "5"
-    fallback_output_usd: str = "25"
-    prices: PriceTable = field(default_factory=PriceTable.load, repr=False)
+    session_secret: str = field(repr=False)  # empty: generated into data_dir
+    trusted_proxies: tuple[str, ...]  # whose X-Forwarded-* headers are believed
+    proxy_url: str
+    upstream_url: str
+    upstream_auth: str
+    redis_embedded: bool
+    redis_outage_policy: str
+    thresholds: tuple[int, ...]
+    models: tuple[str, ...]
+    rollup_interval: float
+    retention_days: int
+    reservation_ttl: int
+    fallback_input_usd: str
+    fallback_output_usd: str
+    prices: PriceTable = field(repr=False)
     # [providers.NAME] tables (their non-secret keys) and [[routes]], when configured.
-    providers: tuple[tuple[str, dict[str, str]], ...] = ()
-    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    providers: tuple[tuple[str, dict[str, str]], ...]
+    routes: tuple[tuple[str, tuple[str, ...]], ...]
 
     @classmethod
     def from_settings(cls, settings: Any) -> DashboardConfig:

@@ -111,8 +111,7 @@ async def developer(request: web.Request) -> web.StreamResponse:
     limits = await state.db(state.catalog.rate_limits)
     return await render(request, "developer.html", {
         "dev": dev, "keys": keys, "periods": PERIODS,
-        "caps": await caps_for_developer(request, dev["id"], dev["team_id"],
-                                         dev["team_name"] or "", now),
+        "caps": await caps_for_developer(request, dev, now),
         "spent_today": found.get(("developer", dev["id"], "daily"), 0),
         "spent_month": found.get(("developer", dev["id"], "monthly"), 0),
         "limits": limits_of(limits, "developer", dev["id"]), "limit_words": LIMIT_WORDS,

@@ -44,7 +44,12 @@ def normalize(user_code: str) -> str | None:
     letters = [c for c in user_code.upper() if c.isalnum()]
     if len(letters) != 8 or any(c not in ALPHABET for c in letters):
         return None
-    return "".join(letters[:4]) + "-" + "".join(letters[4:])
+    return _shown("".join(letters))
+
+
+def _shown(letters: str) -> str:
+    """Eight ALPHABET letters as a user code is shown and stored: `WDJB-MJHT`."""
+    return f"{letters[:4]}-{letters[4:]}"
 
 
 def _digest(device_code: str) -> str:
@@ -69,8 +74,7 @@ class DeviceCodes:
         device_code = secrets.token_urlsafe(32)  # 256 bits
         digest = _digest(device_code)
         while True:
-            user_code = normalize("".join(secrets.choice(ALPHABET) for _ in range(8)))
-            assert user_code is not None
+            user_code = _shown("".join(secrets.choice(ALPHABET) for _ in range(8)))
             if await self.redis.set(self._user_key(user_code), digest, ex=EXPIRES_IN, nx=True):
                 break
         async with self.redis.pipeline(transaction=True) as pipe:

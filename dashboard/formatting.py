@@ -8,8 +8,6 @@ from typing import Any
 from ledger.money import format_usd
 
 PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
-SCOPE_WORDS = {"developer": "Developer", "team": "Team pool", "team_member": "Each member of",
-               "org": "Organization"}
 
 
 def usd(micros: Any, exact: bool = False) -> str:
@@ -76,4 +74,4 @@ def millis(value: Any) -> str:
 
 FILTERS = {"usd": usd, "rate": rate, "tokens": tokens, "count": count, "when": when, "day": day,
            "millis": millis}
-GLOBALS = {"percent": percent, "period_words": PERIOD_WORDS, "scope_words": SCOPE_WORDS}
+GLOBALS = {"percent": percent, "period_words": PERIOD_WORDS}

@@ -1,4 +1,4 @@
-"""Spend as the proxies see it right now: the Redis period counters (µ$, field `spent`).
+"""Spend as the proxies see it right now: the Redis period counters (µ$, field `SPENT`).
 
 The rollups in DuckDB trail these by one rollup interval, so headline numbers and budget bars
 read Redis, while breakdowns and charts read the rollups. When Redis cannot be reached the
@@ -18,6 +18,7 @@ from ledger import caps
 from ledger.keyspace import KeySpace
 from ledger.periods import period_end, period_start
 from ledger.reports import MIN_ELAPSED
+from ledger.settlement import SPENT
 
 log = logging.getLogger("meterd.dashboard")
 
@@ -33,7 +34,7 @@ async def spent(redis: Any, keyspace: KeySpace, scopes: Iterable[Scope],
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for scope, scope_id, period in wanted:
-                pipe.hget(keyspace.counter(scope, scope_id, period, now), "spent")
+                pipe.hget(keyspace.counter(scope, scope_id, period, now), SPENT)
             values = await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("live counters unavailable (%s); showing rolled-up spend", exc)
@@ -42,14 +43,11 @@ async def spent(redis: Any, keyspace: KeySpace, scopes: Iterable[Scope],
 
 
 def title(scope: str, label: str) -> str:
-    """How a budget is named in a list: 'Team platform (pool)', 'Developer Ada'…"""
-    if scope == "team":
-        return f"Team {label} (pool)"
-    if scope == "developer":
-        return f"Developer {label}"
-    if scope == "team_member":
-        return label[:1].upper() + label[1:]
-    return "Organization"
+    """How a forecast row is named in a list: 'Team platform', 'Developer Ada'… (its label
+    names a developer's or team's budget by name alone, the others in words already)."""
+    if scope in ("developer", "team"):
+        return caps.describe(scope, label, capital=True)
+    return label[:1].upper() + label[1:]
 
 
 def project(spent_micros: int, period: str, now: datetime) -> int:

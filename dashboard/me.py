@@ -31,8 +31,7 @@ async def me(request: web.Request) -> web.StreamResponse:
                              [("developer", dev["id"], p) for p in PERIODS], now) or {}
     return await render(request, "me.html", {
         "dev": dev, "keys": keys, "proxy_url": state.proxy_url,
-        "caps": await caps_for_developer(request, dev["id"], dev["team_id"],
-                                         dev["team_name"] or "", now),
+        "caps": await caps_for_developer(request, dev, now),
         "spent_today": found.get(("developer", dev["id"], "daily"), 0),
         "spent_month": found.get(("developer", dev["id"], "monthly"), 0),
         **await usage_context(request, dev["id"]),

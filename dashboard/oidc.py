@@ -173,15 +173,15 @@ class OidcClient:
         stale = time.monotonic() - self._jwks_at >= JWKS_REFETCH
         known = self._jwks is not None and (kid is None or any(
             k.kid == kid for k in self._jwks.keys))
-        if self._jwks is None or (not known and stale):
+        jwks = self._jwks
+        if jwks is None or (not known and stale):
             doc = await self._get_json(str((await self.metadata())["jwks_uri"]))
             try:
-                self._jwks = KeySet.import_key_set(doc)  # type: ignore[arg-type]
+                jwks = self._jwks = KeySet.import_key_set(doc)  # type: ignore[arg-type]
             except (JoseError, ValueError, TypeError) as exc:
                 raise OidcError(f"the provider's JWKS cannot be read: {exc}") from None
             self._jwks_at = time.monotonic()
-        assert self._jwks is not None
-        return self._jwks
+        return jwks
 
     async def authorization_url(self, redirect_uri: str, state: str, nonce: str,
                                 challenge: str) -> str:

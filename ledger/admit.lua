@@ -10,6 +10,7 @@
 -- Returns {1, used per budget..., requests/input/output per window..., in flight per set...}
 --      or {0, kind, index (1-based within its kind), used, limit}
 --      or {-1} when the counters are not rebuilt yet (Redis came back empty).
+-- SPENT and HELD, the counter field names, come first: ledger.settlement.lua_prelude.
 local now = tonumber(ARGV[1])
 local req_id = ARGV[2]
 local hold_expire = tonumber(ARGV[3])
@@ -28,7 +29,7 @@ local function purge_holds(counter, holds)
     for _, member in ipairs(expired) do
       freed = freed + tonumber(string.match(member, ':(%d+)$'))
     end
-    redis.call('HINCRBY', counter, 'held', -freed)
+    redis.call('HINCRBY', counter, HELD, -freed)
     redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
   end
 end
@@ -38,7 +39,7 @@ for i = 1, nb do
   local counter, holds = KEYS[2 * i - 1], KEYS[2 * i]
   local cap, reserve = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   purge_holds(counter, holds)
-  local v = redis.call('HMGET', counter, 'spent', 'held')
+  local v = redis.call('HMGET', counter, SPENT, HELD)
   local u = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
   if u + reserve > cap then
     return {0, 'budget', i, u, cap}
@@ -83,7 +84,7 @@ for i = 1, nb do
   -- when it empties) is new, and so may be the counter. The TTLs outlast the period.
   if reserve > 0 then
     redis.call('ZADD', holds, hold_expire, req_id .. ':' .. reserve)
-    if redis.call('HINCRBY', counter, 'held', reserve) == reserve then
+    if redis.call('HINCRBY', counter, HELD, reserve) == reserve then
       redis.call('EXPIRE', holds, ttl)
       redis.call('EXPIRE', counter, ttl, 'NX')
     end

@@ -13,9 +13,21 @@ from collections.abc import Iterable
 
 Counter = tuple[str, str]  # a spend counter: (developer | team | org, id)
 
+# How a cap's scope is said wherever a cap is named: the proxy's refusal, the dashboard's
+# lists, the forecast. `{}` is the developer's or team's name.
+_SAID = {"developer": "developer {}", "team": "team {}", "team_member": "each member of {}",
+         "org": "organization"}
+
 # The kind of spend counter a budget of each scope is compared with.
 COUNTER_OF = {"developer": "developer", "team": "team", "team_member": "developer",
               "org": "org"}
+
+
+def describe(scope: str, name: str, *, capital: bool = False) -> str:
+    """A cap's scope in words: 'developer Ada', 'team platform', 'each member of platform',
+    'organization' (with `capital`, to start a line: 'Team platform')."""
+    said = _SAID[scope].format(name)
+    return said[:1].upper() + said[1:] if capital else said
 
 
 def applies(scope: str, scope_id: str, developer_id: str, team_id: str) -> bool:

@@ -46,7 +46,8 @@ SETTLEMENT_ERROR = "settlement_error"  # the error_type of a request charged by 
 
 
 def _script(name: str) -> str:
-    return resources.files("ledger").joinpath(name).read_text()
+    """A Lua script, after the counter field names it shares with Python."""
+    return lua_prelude() + resources.files("ledger").joinpath(name).read_text()
 
 
 def utc_now() -> datetime:
@@ -135,7 +136,7 @@ class Gate:
         # the proxy's handlers read it here too, so a test can fix it.
         self.clock = clock
         self._admit = redis.register_script(_script("admit.lua"))
-        self._settle = redis.register_script(lua_prelude() + _script("settle.lua"))
+        self._settle = redis.register_script(_script("settle.lua"))
         self._release = redis.register_script(_script("release.lua"))
         self._in_flight: set[asyncio.Future[Any]] = set()  # settlements and releases
         self.redis_errors = 0

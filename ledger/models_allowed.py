@@ -126,10 +126,10 @@ class AllowedModels:
                 "DELETE FROM allowed_models WHERE scope = ? AND scope_id = ?", [scope, scope_id])
             self.catalog.conn.execute("INSERT INTO allowed_models VALUES (?, ?, ?, ?)",
                                       [scope, scope_id, models, _now()])
-            after = self.get(ref)
+            # The row just written, read back under the same lock as the views show it.
+            after = self._select("WHERE a.scope = ? AND a.scope_id = ?", [scope, scope_id])[0]
             self.catalog._audit(actor, "allowed_models.set", f"{scope}:{scope_id}", before,
                                 after)
-        assert after is not None
         return after
 
     def clear(self, ref: str, actor: str = "cli") -> bool:

@@ -43,10 +43,7 @@ class Cap:
         return caps.COUNTER_OF[self.scope], self.scope_id
 
     def describe(self) -> str:
-        who = {"developer": "developer", "team": "team", "team_member": "member of team",
-               "org": "organization"}[self.scope]
-        name = "" if self.scope == "org" else f" {self.scope_name}"
-        return f"{who}{name}, {self.period}"
+        return f"{caps.describe(self.scope, self.scope_name)}, {self.period}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,11 +181,11 @@ def forecast(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[str
         spent, top = max(((sums.get(c, 0), names.get(c[1], "")) for c in compared),
                          default=(0, ""))
         if scope == "team_member":
-            label = f"each member of {b['team_name'] or scope_id}" + (
+            label = caps.describe(scope, b["team_name"] or scope_id) + (
                 f" (highest: {top})" if top else "")
-        else:
+        else:  # a developer's or team's budget by name alone
             label = {"developer": b["dev_name"], "team": b["team_name"]}.get(
-                scope) or ("organization" if scope == "org" else scope_id)
+                scope) or (caps.describe(scope, "") if scope == "org" else scope_id)
         length = ends[period] - starts[period]
         elapsed = max(at - starts[period], MIN_ELAPSED)
         projected = spent * int(length.total_seconds()) // int(elapsed.total_seconds())

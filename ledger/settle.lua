@@ -14,7 +14,7 @@
 --       nt, then nt thresholds (percent)
 --       then the event as field, value pairs
 -- Returns 1, or 0 when this request id was already settled.
--- SPENT and TOKEN_FIELDS, the counter field names, come first: ledger.settlement.lua_prelude.
+-- SPENT, HELD and TOKEN_FIELDS, the counter field names, come first: ledger.settlement.lua_prelude.
 local unpack = unpack or table.unpack  -- Lua 5.1 in Redis, 5.4 in the embedded backend
 local now = ARGV[1]
 local req_id = ARGV[2]
@@ -66,7 +66,7 @@ for i = 1, nh do
   local reserved, cap = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   -- A hold that expired was already released by admission; release only a live one.
   if reserved > 0 and redis.call('ZREM', KEYS[base + i], req_id .. ':' .. reserved) == 1 then
-    redis.call('HINCRBY', counter, 'held', -reserved)
+    redis.call('HINCRBY', counter, HELD, -reserved)
   end
   if cap > 0 then
     local spent = spent_after[index]

@@ -115,9 +115,10 @@ FIELDS: tuple[str, ...] = Settlement._fields
 STREAM_FIELD = "e"  # the stream entry's one field
 US, RS = "\x1f", "\x1e"  # between values; between settlements (in a rollup batch)
 
-# Counter hash fields. Every counter adds up spend; daily ones also tokens: hash field →
-# settlement field. settle.lua gets these names from `lua_prelude`, the rebuild reads them here.
-SPENT = "spent"
+# Counter hash fields. Every counter adds up spend and holds what admission reserved; daily
+# ones also count tokens: hash field → settlement field. The Lua scripts get these names from
+# `lua_prelude`; Python (the rebuild, live balances) imports them from here.
+SPENT, HELD = "spent", "held"
 TOKEN_COUNTERS = {"in": "input_tokens", "out": "output_tokens", "cw5": "cache_write_5m",
                   "cw1": "cache_write_1h", "cr": "cache_read", "ws": "web_search",
                   "est": "estimated"}
@@ -125,10 +126,10 @@ _COUNTED = itemgetter(*(FIELDS.index(f) for f in ("cost_micros", *TOKEN_COUNTERS
 
 
 def lua_prelude() -> str:
-    """The counter field names as settle.lua's first lines (the values come in ARGV in
-    `counted()` order)."""
+    """The counter field names as a Lua script's first lines (settle.lua's token amounts
+    come in ARGV in `counted()` order)."""
     tokens = ", ".join(f"'{name}'" for name in TOKEN_COUNTERS)
-    return f"local SPENT = '{SPENT}'\nlocal TOKEN_FIELDS = {{{tokens}}}\n"
+    return f"local SPENT, HELD = '{SPENT}', '{HELD}'\nlocal TOKEN_FIELDS = {{{tokens}}}\n"
 
 
 def _sql_columns() -> tuple[tuple[str, str, str], ...]:

@@ -9,6 +9,7 @@ from ledger.keyspace import KeySpace
 from ledger.notices import Standing
 from ledger.periods import PERIODS, period_end
 from ledger.policy import Principal
+from ledger.settlement import HELD, SPENT
 
 
 async def cap_balances(redis: Any, keyspace: KeySpace, principal: Principal,
@@ -18,7 +19,7 @@ async def cap_balances(redis: Any, keyspace: KeySpace, principal: Principal,
     counters = [keyspace.counter(*cap.counter_scope, cap.period, now) for cap in principal.caps]
     async with redis.pipeline(transaction=False) as pipe:
         for key in counters:
-            pipe.hmget(key, "spent", "held")
+            pipe.hmget(key, SPENT, HELD)
         values = await pipe.execute() if counters else []
     status = []
     for cap, (spent, held) in zip(principal.caps, values, strict=True):
@@ -48,6 +49,6 @@ async def developer_spend(redis: Any, keyspace: KeySpace, principal: Principal,
     async with redis.pipeline(transaction=False) as pipe:
         for period in PERIODS:
             pipe.hget(keyspace.counter("developer", principal.developer_id, period, now),
-                      "spent")
+                      SPENT)
         values = await pipe.execute()
     return {period: int(v or 0) for period, v in zip(PERIODS, values, strict=True)}

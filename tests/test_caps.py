@@ -15,7 +15,7 @@ from ledger import caps, reports
 from ledger.catalog import Catalog, connect
 from ledger.keyspace import KeySpace
 from ledger.periods import period_start
-from ledger.policy import Policy
+from ledger.policy import Cap, Policy
 
 # Ada and Bo are in platform, Cy in research; the table is read for Ada.
 DEVS = {"ada": "platform", "bo": "platform", "cy": "research"}
@@ -79,13 +79,17 @@ def catalog_of_the_table() -> Catalog:
     return catalog
 
 
-def test_the_proxy_gives_a_key_the_caps_of_the_table() -> None:
-    catalog = catalog_of_the_table()
+def caps_of_ada(catalog: Catalog) -> tuple[Cap, ...]:
+    """The caps the proxy's policy gives a key of Ada's."""
     secret = catalog.issue_key("ada").secret
     docs = catalog.policy_documents()
     policy = Policy(1, *({k: orjson.loads(v) for k, v in docs[name].items()} for name in (
         "keys", "devs", "teams", "budgets", "limits", "tokens", "managed")))
-    got = policy.principal(secret).caps
+    return policy.principal(secret).caps
+
+
+def test_the_proxy_gives_a_key_the_caps_of_the_table() -> None:
+    got = caps_of_ada(catalog_of_the_table())
     assert {(c.scope, c.period, c.counter_scope) for c in got} == APPLYING
     assert len(got) == len(APPLYING)
 
@@ -116,3 +120,20 @@ async def test_the_dashboard_compares_each_cap_with_the_live_counters_of_the_tab
     rows = await live.forecast_with_live_spend(redis, keyspace, forecast, TEAMS, NOW)
     got = {(r["scope"], r["scope_id"], r["period"]): r["spent_micros"] for r in rows}
     assert got == {row[:3]: expected_spent(*row[:3]) for row in TABLE}
+
+
+def test_a_cap_is_named_alike_by_the_proxy_and_the_dashboard() -> None:
+    """The proxy's refusal and the dashboard's budget list name a cap in the same words."""
+    catalog = catalog_of_the_table()
+    refused = {(c.scope, c.period): c.describe() for c in caps_of_ada(catalog)}
+    # (a per-member cap's row adds whose spend it shows: " (highest: Bo)")
+    listed = {(r["scope"], r["period"]): live.title(r["scope"], r["label"]).split(" (")[0]
+              for r in reports.forecast(catalog.conn, now=NOW) if r["scope_id"] in ("ada",
+                                                                                  "platform", "")}
+    assert refused == {
+        ("developer", "daily"): "developer Ada, daily",
+        ("team", "weekly"): "team platform, weekly",
+        ("team_member", "monthly"): "each member of platform, monthly",
+        ("org", "daily"): "organization, daily", ("org", "monthly"): "organization, monthly"}
+    assert listed == {key: said[:1].upper() + said[1:].rsplit(",", 1)[0]
+                      for key, said in refused.items()}

@@ -191,7 +191,7 @@ async def test_usage_shows_on_overview_and_budget_near_cap_is_flagged(
     assert [one(r, "td").get_text(strip=True) for r in team_rows] == ["platform"]
     watch = page.select("#budget-watch tbody tr")
     assert len(watch) == 1 and "level-over" in watch[0]["class"]
-    assert "Team platform (pool)" in watch[0].get_text()
+    assert "Team platform" in watch[0].get_text()
     chart = one(page, "figure.chart-wrap svg.chart")
     assert len(chart.select("rect.bar")) == 30
     assert one(chart.select("rect.bar")[-1], "title").get_text().endswith(format_usd(today))
@@ -351,7 +351,7 @@ async def test_developer_self_service_page(dashboard: Dashboard) -> None:
     assert await me.sign_in_key(key) == 303
     page = await me.page("/admin/me")
     caps = [td.get_text(strip=True) for td in page.select("#caps-table tbody td")]
-    assert caps[:3] == ["Per-member cap of platform", "daily", "$10.00"]
+    assert caps[:3] == ["Each member of platform", "daily", "$10.00"]
     assert len(page.select("#recent-requests tbody tr")) == 2
     assert "this session" in one(page, "#keys").get_text()
     assert [a.get_text() for a in page.select("nav.nav a")] == ["My usage", "Rollout"]

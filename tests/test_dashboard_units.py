@@ -98,7 +98,7 @@ def test_daily_chart_has_a_bar_per_day_with_its_amount() -> None:
 
 
 def test_meter_level_follows_the_thresholds() -> None:
-    assert [charts.level(s, 100) for s in (10, 75, 95, 100, 150)] == [
+    assert [charts.level(s, 100, (75, 95)) for s in (10, 75, 95, 100, 150)] == [
         "ok", "warn", "high", "over", "over"]
     svg = BeautifulSoup(str(charts.meter(50, 100, (75, 95), projected=120)), "html.parser")
     assert attr(one(svg, "rect.fill"), "width") == "50.00"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ledger import status
 from ledger.gate import BudgetExceeded, Estimate, Gate, RateLimited
 from ledger.keyspace import KeySpace
 from ledger.periods import period_end, period_tag
@@ -54,6 +55,20 @@ async def test_admission_reserves_and_settlement_replaces_the_reservation(gate: 
     assert int(daily[b"in"]) == 100 and int(daily[b"out"]) == 50
     for scope, scope_id in (("team", "t1"), ("org", "")):
         assert (await state(gate, scope, scope_id))["spent"] == 1234
+
+
+async def test_balances_read_what_admission_holds_and_settlement_spends(gate: Gate) -> None:
+    """The Python readers (ledger.status) and the scripts name the counter fields alike."""
+    p = principal()
+    ticket = await gate.admit(p, "r1", EST, NOW)
+    (held,) = await status.cap_balances(gate.redis, gate.keyspace, p, NOW)
+    assert (held["spent_micros"], held["held_micros"], held["remaining_micros"]) == (0, 1000, 9000)
+    await gate.settle(ticket, settlement(ticket, 1234))
+    (spent,) = await status.cap_balances(gate.redis, gate.keyspace, p, NOW)
+    assert (spent["spent_micros"], spent["held_micros"], spent["remaining_micros"]) == \
+        (1234, 0, 8766)
+    assert await status.developer_spend(gate.redis, gate.keyspace, p, NOW) == {
+        "daily": 1234, "weekly": 1234, "monthly": 1234}
 
 
 async def test_settling_the_same_request_twice_counts_it_once(gate: Gate) -> None:

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 import meterd.apps
+from dashboard.config import DashboardConfig
 from ledger.keyspace import KeySpace
 from ledger.money import parse_usd
 from ledger.redis_client import connect_redis
@@ -128,6 +129,21 @@ def test_every_setting_has_one_field_whose_default_the_readme_states() -> None:
         else:
             stated = str(value)
         assert rows.get(s.name) == stated, s.name
+
+
+def test_the_dashboard_takes_its_settings_without_defaults_of_its_own(tmp_path: Path) -> None:
+    """DashboardConfig restates no default: what it holds of a setting is the setting's."""
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               for f in dataclasses.fields(DashboardConfig))
+    settings = Settings(data_dir=str(tmp_path))
+    config = DashboardConfig.from_settings(settings)
+    derived = ("data_dir", "prices", "providers", "routes")  # converted, not copied
+    shared = [f.name for f in dataclasses.fields(DashboardConfig)
+              if f.name in {s.name for s in SETTINGS} and f.name not in derived]
+    assert "rollup_interval" in shared and "redis_outage_policy" in shared
+    for name in shared:
+        value = getattr(settings, name)
+        assert getattr(config, name) == (tuple(value) if isinstance(value, list) else value), name
 
 
 async def test_a_failing_shutdown_step_does_not_skip_the_later_ones(
