@@ -7,8 +7,8 @@ Everything is generated in SQL from `range(N)` with hash-based pseudo-random val
 arguments give the same file): requests in time order over `--days` days ending the day
 before `--end`, developers in teams, four models, about three Claude Code sessions per developer
 per day, Claude Code-like token counts, ~3% errors. Then the catalog (teams, developers,
-budgets of every scope and period) and the rollups (`usage_daily`, `usage_sessions`) are filled
-exactly as the rollup job would have left them. Default output:
+budgets of every scope and period) and the rollups (`usage_daily`, `usage_sessions`,
+`usage_projects`) are filled exactly as the rollup job would have left them. Default output:
 $TMPDIR/meterd-bench/requests.duckdb (outside the repository: it is about a gigabyte).
 """
 
@@ -63,7 +63,10 @@ def generate(out: Path, rows: int, days: int, developers: int, teams: int, end: 
             'standard' AS service_tier, '' AS speed, 'not_available' AS inference_geo,
             printf('%08x-%04d-4b2d-9d7e-%012d', dev, (i * {days} // {rows}) % 10000,
                    h(i, 15) % 3) AS session_id,
-            '' AS agent_id, '' AS parent_agent_id, '' AS request_class, '' AS prompt_id
+            '' AS agent_id, '' AS parent_agent_id, '' AS request_class, '' AS prompt_id,
+            -- a developer works on one or two of 40 projects; a quarter of requests name none
+            CASE WHEN h(i, 16) % 4 = 0 THEN ''
+                ELSE printf('project-%02d', (dev + h(i, 16) % 2) % 40) END AS project
         FROM (SELECT range AS i, h(range, 1) % {developers} AS dev FROM range({rows}))
         ORDER BY i
     """)
@@ -93,7 +96,7 @@ def generate(out: Path, rows: int, days: int, developers: int, teams: int, end: 
     conn.execute("CHECKPOINT")
     t2 = time.perf_counter()
     sizes = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()
-             for t in ("usage_daily", "usage_sessions", "budgets")}
+             for t in ("usage_daily", "usage_sessions", "usage_projects", "budgets")}
     print(f"catalog and rollups in {t2 - t1:.1f} s: " + ", ".join(
         f"{t} {n[0]:,}" for t, n in sizes.items() if n))
     conn.close()

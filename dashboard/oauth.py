@@ -62,6 +62,7 @@ class OAuthState:
     public_url: str  # "" = the origin each request came to
     access_ttl: int
     refresh_ttl: int
+    billing_group_tag: str
     css: str
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -105,6 +106,7 @@ async def _context(app: web.Application, settings: Any,
         codes=DeviceCodes(admin.redis, admin.keyspace.base), signing_key=key,
         secret=admin_app[SECRET], public_url=settings.public_url.rstrip("/"),
         access_ttl=settings.access_token_ttl, refresh_ttl=settings.refresh_token_ttl,
+        billing_group_tag=settings.billing_group_tag,
         css=str(admin_app.router["static"].url_for(filename="app.css")),
         headers={
             # The form posts here and is sent on to the provider (form-action covers that
@@ -217,7 +219,8 @@ async def _device_grant(request: web.Request, device_code: str) -> web.Response:
         access_expires=access_expires)
     access, _ = tokens.issue(state.signing_key, issuer=base_url(request),
                              developer_id=r["developer_id"], sid=sid, email=r["email"],
-                             ttl=state.access_ttl, now=now)
+                             ttl=state.access_ttl, billing_group_tag=state.billing_group_tag,
+                             now=now)
     log.info("developer %s signed in (sign-in %s)", r["developer_id"], sid)
     return _json({"access_token": access, "token_type": "Bearer",
                   "expires_in": state.access_ttl, "refresh_token": refresh,
@@ -265,7 +268,8 @@ async def _refresh_grant(request: web.Request, refresh: str) -> web.Response:
         return _error(401, "invalid_grant", "this refresh token was already used")
     access, _ = tokens.issue(state.signing_key, issuer=base_url(request),
                              developer_id=row["developer_id"], sid=row["id"],
-                             email=row["email"], ttl=state.access_ttl, now=now)
+                             email=row["email"], ttl=state.access_ttl,
+                             billing_group_tag=state.billing_group_tag, now=now)
     return _json({"access_token": access, "token_type": "Bearer",
                   "expires_in": state.access_ttl, "refresh_token": new_refresh})
 

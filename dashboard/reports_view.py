@@ -21,7 +21,7 @@ from ledger import reports
 
 GRAIN_WORDS = {"day": "Day", "week": "Week", "month": "Month"}
 DIMENSION_WORDS = {"team": "Team", "developer": "Developer", "model": "Model",
-                   "session": "Claude Code session"}
+                   "session": "Claude Code session", "project": "Project"}
 MAX_DAYS = 3 * 366
 DAYS = (day("start"), day("end"))
 REPORT = (*DAYS, choice("grain", reports.GRAINS, "day"),

@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS requests (
     request_class VARCHAR NOT NULL,
     prompt_id VARCHAR NOT NULL
 );
+-- Columns added after the first release, so a ledger made by an older meterd gains them (the
+-- rollup writes every column; DuckDB cannot add a NOT NULL column IF NOT EXISTS).
+-- The project a request was for (the billing-group tag of its body), '' when none.
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS project VARCHAR DEFAULT '';
 
 -- day × developer × team × model. Kept when raw rows are purged.
 CREATE TABLE IF NOT EXISTS usage_daily (
@@ -86,3 +90,34 @@ CREATE TABLE IF NOT EXISTS usage_sessions (
     cache_saved_micros BIGINT NOT NULL,
     PRIMARY KEY (day, session_id, developer_id, team_id)
 );
+
+-- day × project (× developer and team; project '' = requests without the billing-group
+-- tag), for reports by project.
+CREATE TABLE IF NOT EXISTS usage_projects (
+    day DATE NOT NULL,
+    project VARCHAR NOT NULL,
+    developer_id VARCHAR NOT NULL,
+    team_id VARCHAR NOT NULL,
+    requests BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    estimated BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cache_write_5m BIGINT NOT NULL,
+    cache_write_1h BIGINT NOT NULL,
+    cache_read BIGINT NOT NULL,
+    web_search BIGINT NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    cache_saved_micros BIGINT NOT NULL,
+    PRIMARY KEY (day, project, developer_id, team_id)
+);
+
+-- A ledger from before projects: its requests named none, so they are the '' rows, taken
+-- from usage_daily once (usage_projects is empty only then; a new ledger has no usage either).
+INSERT INTO usage_projects
+SELECT day, '' AS project, developer_id, team_id, sum(requests), sum(errors), sum(estimated),
+       sum(input_tokens), sum(output_tokens), sum(cache_write_5m), sum(cache_write_1h),
+       sum(cache_read), sum(web_search), sum(cost_micros), sum(cache_saved_micros)
+FROM usage_daily
+WHERE NOT EXISTS (SELECT 1 FROM usage_projects)
+GROUP BY day, developer_id, team_id;

@@ -69,6 +69,7 @@ class Principal:
     caps: tuple[Cap, ...]
     limits: tuple[Limits, ...]
     models: Allowlist | None = None  # the models the team may call; None: any
+    signed_in: bool = False  # a bearer token from /login, not a static key
 
 
 class KeyRefused(Exception):
@@ -150,10 +151,10 @@ class Policy:
                 raise KeyRefused("this proxy has not yet heard of the signed-in developer; "
                                  "retry in a moment", final=False)
             found = self._principals[claims.sid] = self._build(
-                {"id": claims.sid, "developer_id": claims.sub})
+                {"id": claims.sid, "developer_id": claims.sub}, signed_in=True)
         return found
 
-    def _build(self, key: dict[str, Any]) -> Principal:
+    def _build(self, key: dict[str, Any], signed_in: bool = False) -> Principal:
         dev_id = key["developer_id"]
         dev = self.developers.get(dev_id)
         if dev is None or dev.get("disabled"):
@@ -175,7 +176,7 @@ class Policy:
         )
         models = self._allowlists.get(team_id) or self._allowlists.get("org")
         return Principal(key["id"], dev_id, dev["name"], team_id, team_name, applying, limits,
-                         models)
+                         models, signed_in)
 
 
 async def load_policy(redis: Any, keyspace: KeySpace, known_version: int) -> Policy | None:

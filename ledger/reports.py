@@ -2,9 +2,10 @@
 connection, every amount an integer (µ$ or tokens).
 
 Spend, totals, top spenders, cache savings and forecasts read the rollups: `usage_daily` (one
-row per day × developer × team × model) and, for the session dimension, `usage_sessions` (day ×
-session × developer × team). They stay small at any number of requests and complete after raw
-rows are purged. Only the request log and the raw export read `requests`.
+row per day × developer × team × model) and, for the session and project dimensions,
+`usage_sessions` and `usage_projects` (day × session or project × developer × team). They
+stay small at any number of requests and complete after raw rows are purged. Only the request
+log and the raw export read `requests`.
 
 Dates are UTC days; `end` is exclusive. Weeks start on Monday (ISO), months on the 1st.
 """
@@ -24,13 +25,14 @@ from ledger import caps
 from ledger.periods import PERIODS, period_end, period_start
 from ledger.rollup import ERROR_SQL
 
-DIMENSIONS = ("developer", "team", "model", "session")
+DIMENSIONS = ("developer", "team", "model", "session", "project")
 GRAINS = ("day", "week", "month")
 MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cache_write_5m",
             "cache_write_1h", "cache_read", "web_search", "cost_micros")
 STATUSES = ("ok", "error")
 SPEND_COLUMNS = ("period", "key", "label", *MEASURES)  # of a spend() row
 NO_SESSION = "(no session)"
+NO_PROJECT = "(no project)"
 # Projections divide by the time elapsed in the period; not less than this, so the first
 # minutes of a day do not project absurd amounts.
 MIN_ELAPSED = timedelta(hours=1)
@@ -45,6 +47,8 @@ _DIMENSION_SQL = {
     "model": ("usage_daily", "model", "g.key", ""),
     "session": ("usage_sessions", "session_id",
                 f"CASE WHEN g.key = '' THEN '{NO_SESSION}' ELSE g.key END", ""),
+    "project": ("usage_projects", "project",
+                f"CASE WHEN g.key = '' THEN '{NO_PROJECT}' ELSE g.key END", ""),
 }
 
 
@@ -111,7 +115,7 @@ def totals(conn: duckdb.DuckDBPyConnection, *, start: date, end: date,
 
 def top_spenders(conn: duckdb.DuckDBPyConnection, *, start: date, end: date,
                  dimension: str = "developer", limit: int = 10) -> list[dict[str, Any]]:
-    """The `limit` highest-cost developers (teams, models, sessions) in the range."""
+    """The `limit` highest-cost developers (teams, models, sessions, projects) in the range."""
     _check(dimension, DIMENSIONS, "dimension")
     table, key, label, join = _DIMENSION_SQL[dimension]
     sql = (

@@ -5,7 +5,8 @@ One pass over a batch of events:
 1. read them with the consumer group (first the entries this consumer read but never
    acknowledged, i.e. a batch whose run died; then new ones);
 2. in ONE DuckDB transaction: insert the requests that are not in `requests` yet (the request id
-   is the primary key), and add exactly those rows to `usage_daily` and `usage_sessions`;
+   is the primary key), and add exactly those rows to `usage_daily`, `usage_sessions` and
+   `usage_projects`;
 3. commit; then XACK and XDEL the entries (so the stream stays short).
 
 A crash before the commit rolls the transaction back and the entries stay pending: the rerun
@@ -149,12 +150,13 @@ def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
 
 def add_to_rollups(conn: duckdb.DuckDBPyConnection, source: str,
                    fault: Fault | None = None) -> None:
-    """Add the request rows of `source` (a table or view shaped like `requests`) to the daily
-    and per-session rollups. The caller owns the transaction."""
+    """Add the request rows of `source` (a table or view shaped like `requests`) to the daily,
+    per-session and per-project rollups. The caller owns the transaction."""
     _add(conn, "usage_daily", ("day", "developer_id", "team_id", "model"), source)
     if fault is not None:
         fault("daily")
     _add(conn, "usage_sessions", ("day", "session_id", "developer_id", "team_id"), source)
+    _add(conn, "usage_projects", ("day", "project", "developer_id", "team_id"), source)
 
 
 class Savings:

@@ -70,12 +70,17 @@ def public_keys(jwks: Mapping[str, Mapping[str, Any]]) -> dict[str, ECKey]:
 
 
 def issue(key: ECKey, *, issuer: str, developer_id: str, sid: str, email: str, ttl: int,
-          now: float | None = None) -> tuple[str, int]:
-    """A signed access token and its expiry (Unix seconds)."""
+          billing_group_tag: str = "", now: float | None = None) -> tuple[str, int]:
+    """A signed access token and its expiry (Unix seconds). With `billing_group_tag`, Claude
+    Code puts the developer's `attributionProject` setting in each Messages body under that
+    name in `tags` (protocol: only for a gateway that takes `tags` out before any upstream,
+    as the proxy does for a signed-in developer)."""
     iat = int(time.time() if now is None else now)
     exp = iat + ttl
-    claims = {"iss": issuer, "aud": AUDIENCE, "sub": developer_id, "sid": sid,
-              "email": email, "iat": iat, "exp": exp}
+    claims: dict[str, Any] = {"iss": issuer, "aud": AUDIENCE, "sub": developer_id, "sid": sid,
+                              "email": email, "iat": iat, "exp": exp}
+    if billing_group_tag:
+        claims["billing_group_tag"] = billing_group_tag
     token = jwt.encode({"alg": ALG, "kid": key.kid, "typ": "JWT"}, claims, key,
                        algorithms=[ALG])
     return token, exp

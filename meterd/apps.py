@@ -104,6 +104,7 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
             estimate_output_tokens=settings.estimate_output_tokens,
             policy_refresh=settings.policy_refresh,
             public_url=settings.public_url.rstrip("/"),
+            billing_group_tag=settings.billing_group_tag,
             access_log=AccessLog() if settings.log_level in ("debug", "info") else None,
         )
         if state.access_log is not None:

@@ -374,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("report", cmd_report, "spend and tokens per period and dimension")
     p.add_argument("--grain", choices=("day", "week", "month"), default="day")
-    p.add_argument("--by", choices=("team", "developer", "model", "session"), default="team")
+    p.add_argument("--by", choices=("team", "developer", "model", "session", "project"),
+                   default="team")
     p.add_argument("--start", help="first day (default: the 1st of this month)")
     p.add_argument("--end", help="day after the last (default: tomorrow)")
     p.add_argument("--team", help="only this team (id)")

@@ -120,6 +120,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(refresh renews it)."),
     Setting("refresh_token_ttl", "Seconds a sign-in may be refreshed without "
             "signing in again."),
+    Setting("billing_group_tag", "Request tag that names the project a request is for: "
+            "signed-in developers' tokens carry it, so Claude Code sends its "
+            "attributionProject setting under it; reports by project read it. Empty: none."),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 _TOML_ONLY = frozenset({"prices", "providers", "routes", "oidc_group_rules"})
@@ -182,6 +185,7 @@ class Settings:
     local_accounts: bool = True
     access_token_ttl: int = 900
     refresh_token_ttl: int = 30 * 86400
+    billing_group_tag: str = "project"
 
     @property
     def data_path(self) -> Path:

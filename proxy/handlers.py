@@ -24,6 +24,7 @@ from proxy.metrics import TOKEN_CATEGORIES
 from proxy.oauth_usage import setup_oauth_usage
 from proxy.request_fields import Allowance, parse_request, request_model
 from proxy.state import STATE, ProxyState
+from proxy.tags import has_tags_beta, without_tags
 from proxy.upstream import response_headers
 
 log = logging.getLogger("meterd.proxy")
@@ -47,12 +48,17 @@ async def messages(request: web.Request) -> web.StreamResponse:
     principal = state.authenticate(request.headers)
     request.app[SEEN].note(principal, request.headers)  # which managed settings it runs
     body = await request.read()
-    model, stream, allowance = parse_request(body)
-    relay = Relay(state, request, model, stream, t0, body)
+    fields = parse_request(body)
+    headers = request.headers
+    tagged = fields.tags is not None
+    if principal.signed_in and (tagged or has_tags_beta(headers)):
+        body, headers = without_tags(body, headers, tagged)  # see proxy.tags
+    relay = Relay(state, request, fields.model, fields.stream, t0, body)
     del body  # the relay lets go of it once the provider has it
+    relay.headers, relay.project = headers, fields.project(state.billing_group_tag)
     if state.router is not None:  # providers configured: route, translate, fall back
         relay.route = state.router
-    return await relay.serve(principal, allowance, started)
+    return await relay.serve(principal, fields.allowance, started)
 
 
 class Relay:
@@ -72,6 +78,8 @@ class Relay:
     def __init__(self, state: ProxyState, request: web.Request, model: str, stream: bool,
                  t0: float, body: bytes) -> None:
         self.state, self.request, self.body = state, request, body
+        self.headers = request.headers  # what goes to the provider (proxy.tags may trim them)
+        self.project = ""  # the billing-group tag's value (proxy.request_fields.Fields.project)
         self.model, self.stream, self.t0 = model, stream, t0
         self.status = 0
         self.ttfb: float | None = None
@@ -121,7 +129,7 @@ class Relay:
             if self.route is None:
                 upstream = await state.session.post(
                     state.upstream.url(request.path_qs), data=body,
-                    headers=state.upstream.request_headers(request.headers.items()))
+                    headers=state.upstream.request_headers(self.headers.items()))
             else:
                 upstream = await self.route.open(self, body)
             del body
@@ -249,7 +257,7 @@ class Relay:
             stream=self.stream, estimated=metered.estimated,
             latency_ms=int((ended - self.t0) * 1000),
             ttfb_ms=int((self.ttfb - self.t0) * 1000) if self.ttfb else -1,
-            error_type=self.error_type or metered.error_type,
+            error_type=self.error_type or metered.error_type, project=self.project,
             **{name: headers.get(header, "") for name, header in _CLIENT_HEADERS.items()})
         state.gate.settle_soon(ticket, settlement)
         self.settled = True

@@ -1,4 +1,5 @@
-"""The request fields the gateway reads: model, stream, max_tokens and the server tools.
+"""The request fields the gateway reads: model, stream, max_tokens, the server tools and the
+request tags (which name the project a request is for).
 
 Claude Code's requests are 50-100 KB of system prompt and tool schemas. Turning all of that into
 Python objects to read a few top-level fields cost more than the rest of the gateway's work on a
@@ -46,6 +47,7 @@ class _Fields(msgspec.Struct):
     stream: Any = None
     max_tokens: Any = msgspec.UNSET
     tools: list[_Tool] | None = None
+    tags: Any = msgspec.UNSET  # a few short strings when present
 
 
 _decode = msgspec.json.Decoder(_Fields).decode
@@ -62,6 +64,13 @@ class Fields(NamedTuple):
     model: Any  # as sent: a provider-format body names it in the URL instead
     stream: bool
     allowance: Allowance
+    # The body's `tags`: its string values by name; None when the body has no `tags` field.
+    tags: dict[str, str] | None = None
+
+    def project(self, tag: str) -> str:
+        """The project the request is for: the value of the tag named `tag` (the
+        `billing_group_tag` setting; Claude Code's `attributionProject`), else ''."""
+        return self.tags.get(tag, "") if tag and self.tags else ""
 
 
 def parse_request(body: bytes) -> Fields:
@@ -75,9 +84,10 @@ def parse_request(body: bytes) -> Fields:
 def read_fields(body: bytes) -> Fields:
     """The fields of a Messages body whose model may be elsewhere (a provider-format URL), or a
     400 ProxyError for a body that is not a JSON object or a max_tokens out of range."""
-    model, stream, max_tokens, tools = _read(body)
+    model, stream, max_tokens, tools, tags = _read(body)
     return Fields(model, stream is True, Allowance(_max_tokens(max_tokens),
-                                                   _server_tools(tools) if tools else ()))
+                                                   _server_tools(tools) if tools else ()),
+                  None if tags is msgspec.UNSET else _tags(tags))
 
 
 def request_model(body: bytes) -> str:
@@ -87,17 +97,17 @@ def request_model(body: bytes) -> str:
     return model  # type: ignore[no-any-return]
 
 
-def _read(body: bytes) -> tuple[Any, Any, Any, list[_Tool] | None]:
+def _read(body: bytes) -> tuple[Any, Any, Any, list[_Tool] | None, Any]:
     try:
         fields = _decode(body)
         if not body.isascii():
             body.decode()  # msgspec does not check the UTF-8 of strings it skips
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return _read_slowly(body)
-    return fields.model, fields.stream, fields.max_tokens, fields.tools
+    return fields.model, fields.stream, fields.max_tokens, fields.tools, fields.tags
 
 
-def _read_slowly(body: bytes) -> tuple[Any, Any, Any, list[_Tool] | None]:
+def _read_slowly(body: bytes) -> tuple[Any, Any, Any, list[_Tool] | None, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -110,7 +120,16 @@ def _read_slowly(body: bytes) -> tuple[Any, Any, Any, list[_Tool] | None]:
                  for t in tools if isinstance(t, dict)]
     else:
         tools = None
-    return doc.get("model"), doc.get("stream"), doc.get("max_tokens", msgspec.UNSET), tools
+    return (doc.get("model"), doc.get("stream"), doc.get("max_tokens", msgspec.UNSET), tools,
+            doc.get("tags", msgspec.UNSET))
+
+
+def _tags(value: Any) -> dict[str, str]:
+    """The string values of a `tags` object by name (the provider refuses any other shape;
+    which is not for meterd to decide, so another shape is simply no tags)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(v, str)}
 
 
 def _check_model(model: Any) -> None:

@@ -58,6 +58,7 @@ class ProxyState:
     estimate_output_tokens: int = 4096
     policy_refresh: float = 0.25
     public_url: str = ""  # the gateway as developers reach it ("" = not configured)
+    billing_group_tag: str = ""  # the request tag that names a request's project
     policy: Policy = field(default_factory=Policy.empty)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Providers and routes when configured (swapped whole on reload); None: `upstream` only.

@@ -243,6 +243,27 @@ async def test_report_csv_totals_match_the_page(dashboard: Dashboard) -> None:
     assert status == 200 and body.startswith("PAR1")
 
 
+async def test_report_by_project_shows_each_project_and_the_untagged_rest(
+        dashboard: Dashboard) -> None:
+    key = await dashboard.gateway.developer("Ada", "platform")
+    for tags in ({"project": "apollo"}, {"project": "apollo"}, {"project": "zephyr"}, None):
+        body = {**MESSAGE, **({"tags": tags} if tags else {})}
+        async with dashboard.client.post("/v1/messages", json=body,
+                                         headers={"x-api-key": key}) as r:
+            assert r.status == 200
+    await dashboard.roll_up()
+    finance = await dashboard.signed_in("finance")
+    page = await finance.page("/admin/reports?dimension=project&grain=month")
+    rows = {tr.select("td")[1].get_text(strip=True): tr.select("td")[2].get_text(strip=True)
+            for tr in page.select("#report tbody tr")}
+    assert rows == {"apollo": "2", "zephyr": "1", "(no project)": "1"}
+    status, text = await finance.get(attr(one(page, "#download-csv"), "href"))
+    assert status == 200
+    costs = {r["label"]: int(r["cost_micros"]) for r in csv.DictReader(io.StringIO(text))}
+    assert costs["apollo"] == 2 * costs["zephyr"] == 2 * costs["(no project)"] > 0
+    assert sum(costs.values()) == int(attr(one(page, "#report-total"), "data-micros"))
+
+
 async def test_rollout_page_generates_managed_settings(dashboard: Dashboard) -> None:
     developer = await dashboard.signed_in("developer")
     page = await developer.page("/admin/rollout")

@@ -50,6 +50,8 @@ HOSTILE_MODELS = {
 }
 HOSTILE_SESSIONS = {"=cmd|' /C notepad'!A1": "'=cmd|' /C notepad'!A1", "@SUM(9,9)": "'@SUM(9,9)",
                     "+1": "'+1", "-1": "'-1"}
+# Projects (the billing-group tag a client sends), one per session above.
+HOSTILE_PROJECTS = {"=1+2": "'=1+2", "@A1": "'@A1", "-cmd": "'-cmd", "+x|y": "'+x|y"}
 
 
 @pytest.fixture
@@ -61,9 +63,9 @@ def short_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 async def _hostile_usage(dash: Dashboard) -> None:
     key = await dash.gateway.developer("Ada", "platform")
     for model in HOSTILE_MODELS:
-        for session in HOSTILE_SESSIONS:
+        for session, project in zip(HOSTILE_SESSIONS, HOSTILE_PROJECTS, strict=True):
             async with dash.client.post("/v1/messages", json={
-                    "model": model, "max_tokens": 10,
+                    "model": model, "max_tokens": 10, "tags": {"project": project},
                     "messages": [{"role": "user", "content": "hi"}]},
                     headers={"x-api-key": key, "x-claude-code-session-id": session}) as r:
                 assert r.status == 200, await r.text()
@@ -104,7 +106,8 @@ async def test_csv_exports_escape_cells_that_would_be_formulas(
     finance = await dash.signed_in("finance")
     headers = {"x-api-key": await dash.admin_key("ro")}
     await serve_socket(dash, short_data_dir)
-    for dimension, hostile in (("model", HOSTILE_MODELS), ("session", HOSTILE_SESSIONS)):
+    for dimension, hostile in (("model", HOSTILE_MODELS), ("session", HOSTILE_SESSIONS),
+                               ("project", HOSTILE_PROJECTS)):
         status, page_csv = await finance.get(f"/admin/reports.csv?dimension={dimension}")
         assert status == 200
         async with dash.client.get(f"/admin/api/v1/usage?format=csv&dimension={dimension}",

@@ -81,12 +81,14 @@ def period_of(day: date, grain: str) -> date:
 
 
 KEY_FIELD = {"developer": "developer_id", "team": "team_id", "model": "model",
-             "session": "session_id"}
+             "session": "session_id", "project": "project"}
 
 
 def label(ledger: Ledger, dimension: str, key: str) -> str:
     if dimension == "session":
         return key or reports.NO_SESSION
+    if dimension == "project":
+        return key or reports.NO_PROJECT
     return ledger.names.get(dimension, {}).get(key, key)
 
 

@@ -50,6 +50,11 @@ BODIES = [
     b'{"model":"a","tools":[{"type":"web_fetch_20250910"},7,{"name":"Bash"}]}',
     b'{"model":"a","tools":{"type":"web_search_20250305"}}',
     b'{"model":"a","tools":[{"type":"advisor_20260301","model":"m","max_tokens":1e3}]}',
+    b'{"model":"a","tags":{"project":"p","n":7,"x":null,"project":"q"}}',
+    b'{"model":"a","tags":{"project":"p","big":18446744073709551616}}',
+    b'{"model":"a","tags":["project"]}', b'{"model":"a","tags":null}',
+    b'{"model":"a","t\\u0061gs":{"pr\\u006fject":"\\u00e9"}}',
+    b'{"model":"a","tags":{"project":"p","deep":' + b"[" * 1100 + b"]" * 1100 + b"}}",
 ]
 
 
@@ -85,7 +90,8 @@ _json = st.recursive(
 
 
 @settings(max_examples=300)
-@given(st.dictionaries(st.sampled_from(["model", "stream", "max_tokens", "system", "tools"]),
+@given(st.dictionaries(st.sampled_from(["model", "stream", "max_tokens", "system", "tools",
+                                        "tags"]),
                        _json, max_size=5), _json, st.booleans())
 def test_any_document_gives_the_same_fields_both_ways(doc: dict[str, Any], extra: Any,
                                                       ascii_only: bool) -> None:
@@ -123,6 +129,17 @@ def test_missing_max_tokens_is_read_as_the_most_any_model_writes() -> None:
     # The provider refuses it; until then it is not reserved as a cheap request.
     assert request_fields.parse_request(b'{"model":"m"}').allowance.max_tokens == MAX
     assert request_fields.MAX_OUTPUT_TOKENS == MAX
+
+
+def test_tags_are_read_for_the_project_and_their_presence_noted() -> None:
+    def read(body: bytes) -> request_fields.Fields:
+        return request_fields.parse_request(b'{"model":"m",' + body + b"}")
+
+    fields = read(b'"tags":{"project":"apollo","n":1}')
+    assert fields.tags == {"project": "apollo"} and fields.project("project") == "apollo"
+    assert fields.project("cost-center") == "" and fields.project("") == ""
+    assert read(b'"x":1').tags is None  # no field: nothing to take out
+    assert read(b'"tags":"apollo"').tags == {} == read(b'"tags":null').tags
 
 
 def test_count_tokens_reads_only_the_model() -> None:

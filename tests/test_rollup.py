@@ -97,6 +97,7 @@ def make_events(n: int, *, seed: int = 1, start: datetime | None = None, days: i
             "inference_geo": rng.choice(("", "not_available", "us")),
             "session_id": rng.choice(("", f"sess-{dev}-1", f"sess-{dev}-2")),
             "agent_id": "", "parent_agent_id": "", "request_class": "", "prompt_id": "",
+            "project": ("", "apollo", "zephyr")[i % 3],  # not drawn: seeds keep their events
         })
     return events
 
@@ -140,9 +141,9 @@ def table_totals(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, int]:
 
 def assert_rolled_up_once(conn: duckdb.DuckDBPyConnection,
                           events: Iterable[dict[str, Any]]) -> None:
-    """requests and both rollups hold exactly the events sent, to the micro-dollar."""
+    """requests and the rollups hold exactly the events sent, to the micro-dollar."""
     want = expected_totals(events)
-    for table in ("requests", "usage_daily", "usage_sessions"):
+    for table in ("requests", "usage_daily", "usage_sessions", "usage_projects"):
         assert table_totals(conn, table) == want, table
 
 
@@ -294,6 +295,7 @@ async def test_crash_at_any_rollup_step_then_rerun_neither_loses_nor_double_coun
     # The rollup tables never hold a partial batch.
     assert table_totals(conn, "usage_daily") == table_totals(conn, "requests")
     assert table_totals(conn, "usage_sessions") == table_totals(conn, "requests")
+    assert table_totals(conn, "usage_projects") == table_totals(conn, "requests")
     assert (await backlog(redis))[1] > 0  # the failed batch is still unacknowledged
 
     if rerun == "same process":
@@ -520,6 +522,7 @@ async def test_purge_deletes_old_raw_rows_but_keeps_the_daily_rollups(redis: Any
         e for e in events if e["ts_ms"] >= cutoff_ms)
     assert table_totals(conn, "usage_daily") == before
     assert table_totals(conn, "usage_sessions") == before
+    assert table_totals(conn, "usage_projects") == before
     assert purge(conn, 10, now) == 0
     with pytest.raises(ValueError):
         purge(conn, 0, now)

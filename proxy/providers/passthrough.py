@@ -135,7 +135,7 @@ async def vertex_predict(request: web.Request) -> web.StreamResponse:
         return await _forward(state, chain, build, body)
     if method not in ("rawPredict", "streamRawPredict"):
         raise ProxyError(404, "not_found_error", f"not found: POST {request.path}")
-    _, stream, allowance = read_fields(body)
+    _, stream, allowance, _ = read_fields(body)
     relay = Relay(state, request, model, stream, t0, body)
     del body  # the relay lets go of it once the provider has it
     relay.route = Passthrough(chain, build)

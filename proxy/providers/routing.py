@@ -130,7 +130,7 @@ class Router:
         """Send the relay's Messages request to its route; record who served it on the relay
         (`served`), which prices and attributes the request by that provider."""
         request, model, stream = relay.request, relay.model, relay.stream
-        path_qs, headers = request.path_qs, request.headers
+        path_qs, headers = request.path_qs, relay.headers
 
         def build(provider: Provider) -> Awaitable[Outbound]:
             return provider.messages(path_qs, headers, body, model, stream)
