@@ -1,0 +1,205 @@
+"""Real Claude Code signed in to `meterd serve` over https, the way `/login` leaves it: the
+credential from meterd's device flow and the pinned certificate in `.credentials.json`. The
+client then fetches its team's managed settings and applies them, and renews an expired sign-in
+with the refresh grant.
+
+How the client keeps a gateway sign-in (read from the 2.1.332 binary): `$CLAUDE_CONFIG_DIR/
+.credentials.json` (plaintext on Linux) holds `enterpriseGateway` = {url, jwt, expiresAt (ms),
+idpRefreshToken, email, ...} and `gatewayTrust` = {hostname: hex SHA-256 of the leaf}. At start it
+restores that sign-in only when the pin matches the live certificate; such a sign-in is "pinned"
+and fetches `<url>/managed/settings` (an env `ANTHROPIC_AUTH_TOKEN` is "unpinned" and does not).
+It refreshes when `expiresAt` is less than 5 minutes away, POSTing the refresh grant to
+`<url>/oauth/token`, and writes the renewed credential back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from tests.conftest import MOCK_KEY, Gateway, Upstream, free_port, need
+from tests.fakes.idp import CLIENT_ID, CLIENT_SECRET, FakeIdP
+from tests.sso import SSO, claims
+from tests.test_processes import CLAUDE
+from tests.test_tls import make_certificate, trusting
+
+pytest_plugins = ("tests.sso_fixtures",)
+
+POLICY = {"model": "claude-sonnet-4-6", "env": {"MTD_POLICY_MARK": "platform"}}
+
+
+@dataclass
+class HttpsSSO(SSO):
+    """The device-flow client of tests/sso.py against a meterd in its own https process."""
+
+    base: str = ""
+    trust: ssl.SSLContext | None = None
+
+    @property
+    def url(self) -> str:
+        return self.base
+
+    def browser(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                     connector=aiohttp.TCPConnector(ssl=self.trust))
+
+
+@dataclass
+class Served:
+    url: str
+    cert: Path
+    env: dict[str, str]
+
+    async def cli(self, *args: str, stdin: bytes = b"") -> str:
+        """`meterd …` against the running server (its admin API on the data dir's socket)."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meterd.cli", *args, env=self.env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate(stdin)
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+
+@pytest.fixture
+async def served(tmp_path: Path, upstream: Upstream, idp: FakeIdP) -> AsyncIterator[Served]:
+    """`meterd serve` on https://localhost:<port> with a fresh certificate, signing developers
+    in through the loopback identity provider into team platform."""
+    cert, key = make_certificate(tmp_path)
+    port = free_port()
+    env = {**os.environ, "MTD_UPSTREAM_URL": upstream.url, "MTD_UPSTREAM_KEY": MOCK_KEY,
+           "MTD_LOG_LEVEL": "warning", "MTD_DATA_DIR": str(tmp_path / "data"),
+           "MTD_TLS_CERT_FILE": str(cert), "MTD_TLS_KEY_FILE": str(key),
+           "MTD_OIDC_ISSUER": idp.issuer, "MTD_OIDC_CLIENT_ID": CLIENT_ID,
+           "MTD_OIDC_CLIENT_SECRET": CLIENT_SECRET, "MTD_OIDC_ALLOW_LOOPBACK": "1",
+           "MTD_OIDC_ALLOWED_DOMAINS": "example.com", "MTD_OIDC_DEFAULT_TEAM": "platform"}
+    env.pop("MTD_REDIS_URL", None)
+    env.pop("REDIS_URL", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meterd.cli", "serve", "--port", str(port), env=env)
+    url = f"https://localhost:{port}"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                ssl=trusting(cert))) as s:
+            for _ in range(300):
+                try:
+                    async with s.get(url + "/.well-known/oauth-authorization-server") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert proc.returncode is None, "meterd serve exited"
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("meterd serve did not answer over https")
+        yield Served(url, cert, env)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def _fingerprint(cert: Path) -> str:
+    leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    return leaf.fingerprint(hashes.SHA256()).hex()
+
+
+def _sign_in_as_login_does(config: Path, served: Served, answer: dict[str, Any],
+                           expires_at_ms: int) -> None:
+    """What `/login` leaves in the config dir after the user confirmed the certificate."""
+    config.mkdir(parents=True, exist_ok=True)
+    (config / ".credentials.json").write_text(json.dumps({
+        "enterpriseGateway": {"url": served.url, "jwt": answer["access_token"],
+                              "expiresAt": expires_at_ms,
+                              "idpRefreshToken": answer["refresh_token"],
+                              "email": answer["email"]},
+        "gatewayTrust": {"localhost": _fingerprint(served.cert)}}))
+    (config / ".credentials.json").chmod(0o600)
+
+
+async def _claude(home: Path, served: Served) -> tuple[int, str, str]:
+    """`claude -p` with no credential in the environment: (exit status, output, debug log)."""
+    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE} (.ci/run installs "
+                          "@anthropic-ai/claude-code there; or set MTD_CLAUDE_BIN)")
+    config = home / ".claude"
+    debug = home / "debug.log"
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
+           "CLAUDE_CONFIG_DIR": str(config), "NODE_EXTRA_CA_CERTS": str(served.cert),
+           "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        str(CLAUDE), "-p", "Say hello", "--debug-file", str(debug), cwd=home, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, (out + err).decode(), debug.read_text() if debug.exists() else ""
+
+
+def _models(upstream: Upstream) -> list[str]:
+    return [json.loads(r["body"])["model"] for r in upstream.recorded
+            if r["path_qs"].startswith("/v1/messages") and r["body"]]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
+async def test_signed_in_claude_code_fetches_and_applies_its_team_managed_settings(
+        served: Served, idp: FakeIdP, upstream: Upstream, tmp_path: Path,
+        redis_url: str) -> None:
+    await served.cli("team", "create", "platform")
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    saved = await served.cli("managed", "set", "platform", str(policy))
+    sso = HttpsSSO(cast(Gateway, None), idp, served.url, trusting(served.cert))
+    answer = await sso.sign_in("u-ada", "ada@example.com", ["eng-platform"])
+    home = tmp_path / "home"
+    _sign_in_as_login_does(home / ".claude", served, answer,
+                           claims(answer["access_token"])["exp"] * 1000)
+
+    for run in (1, 2):
+        returncode, out, debug = await _claude(home, served)
+        assert returncode == 0, out[-2000:] + debug[-3000:]
+        assert "Hello from the meterd mock upstream" in out
+        assert "Remote settings: Fetched successfully" in debug, debug[-3000:]
+        # No --model: the model came from the team's managed settings.
+        assert "dispatching to gateway model=claude-sonnet-4-6" in debug
+        assert _models(upstream)[-1] == "claude-sonnet-4-6"
+        # `claude -p` cannot show the consent prompt, so it applies the settings for the run
+        # without caching them; the next run fetches unconditionally (no If-None-Match, no 304).
+        assert "consent deferred" in debug
+        assert "304 Not Modified" not in debug
+        assert not (home / ".claude" / "remote-settings.json").exists()
+    assert "sha256:" in saved
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
+async def test_claude_code_renews_an_expired_sign_in_with_the_refresh_grant_and_goes_on(
+        served: Served, idp: FakeIdP, upstream: Upstream, tmp_path: Path,
+        redis_url: str) -> None:
+    await served.cli("team", "create", "platform")
+    sso = HttpsSSO(cast(Gateway, None), idp, served.url, trusting(served.cert))
+    answer = await sso.sign_in("u-ada", "ada@example.com", ["eng-platform"])
+    home = tmp_path / "home"
+    expired = int(time.time() * 1000) - 1000
+    _sign_in_as_login_does(home / ".claude", served, answer, expired)
+
+    returncode, out, debug = await _claude(home, served)
+    assert returncode == 0, out[-2000:] + debug[-3000:]
+    assert "Hello from the meterd mock upstream" in out
+    stored = json.loads((home / ".claude" / ".credentials.json").read_text())
+    renewed = stored["enterpriseGateway"]
+    assert renewed["jwt"] != answer["access_token"]
+    assert renewed["expiresAt"] > expired
+    assert claims(renewed["jwt"])["sid"] == claims(answer["access_token"])["sid"]
+    sent = [r for r in upstream.recorded if r["path_qs"].startswith("/v1/messages")]
+    assert sent
