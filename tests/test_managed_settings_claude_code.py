@@ -37,7 +37,9 @@ from tests.test_tls import make_certificate, trusting
 
 pytest_plugins = ("tests.sso_fixtures",)
 
-POLICY = {"model": "claude-sonnet-4-6", "env": {"MTD_POLICY_MARK": "platform"}}
+# Nothing the client counts as dangerous (env, hooks, ...): `claude -p` cannot ask the user to
+# approve those, so it would apply them for the run without caching, and never send If-None-Match.
+POLICY = {"model": "claude-sonnet-4-6"}
 
 
 @dataclass
@@ -134,6 +136,7 @@ async def _claude(home: Path, served: Served) -> tuple[int, str, str]:
                           "@anthropic-ai/claude-code there; or set MTD_CLAUDE_BIN)")
     config = home / ".claude"
     debug = home / "debug.log"
+    debug.unlink(missing_ok=True)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
            "CLAUDE_CONFIG_DIR": str(config), "NODE_EXTRA_CA_CERTS": str(served.cert),
            "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1"}
@@ -158,27 +161,30 @@ async def test_signed_in_claude_code_fetches_and_applies_its_team_managed_settin
     await served.cli("team", "create", "platform")
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps(POLICY))
-    saved = await served.cli("managed", "set", "platform", str(policy))
+    await served.cli("managed", "set", "platform", str(policy))
     sso = HttpsSSO(cast(Gateway, None), idp, served.url, trusting(served.cert))
     answer = await sso.sign_in("u-ada", "ada@example.com", ["eng-platform"])
     home = tmp_path / "home"
     _sign_in_as_login_does(home / ".claude", served, answer,
                            claims(answer["access_token"])["exp"] * 1000)
 
-    for run in (1, 2):
-        returncode, out, debug = await _claude(home, served)
-        assert returncode == 0, out[-2000:] + debug[-3000:]
-        assert "Hello from the meterd mock upstream" in out
-        assert "Remote settings: Fetched successfully" in debug, debug[-3000:]
-        # No --model: the model came from the team's managed settings.
-        assert "dispatching to gateway model=claude-sonnet-4-6" in debug
-        assert _models(upstream)[-1] == "claude-sonnet-4-6"
-        # `claude -p` cannot show the consent prompt, so it applies the settings for the run
-        # without caching them; the next run fetches unconditionally (no If-None-Match, no 304).
-        assert "consent deferred" in debug
-        assert "304 Not Modified" not in debug
-        assert not (home / ".claude" / "remote-settings.json").exists()
-    assert "sha256:" in saved
+    returncode, out, debug = await _claude(home, served)
+    assert returncode == 0, out[-2000:] + debug[-3000:]
+    assert "Hello from the meterd mock upstream" in out
+    assert "Remote settings: Fetched successfully" in debug, debug[-3000:]
+    assert "Remote settings: Applied new settings successfully" in debug
+    # No --model: the model came from the team's managed settings.
+    assert "dispatching to gateway model=claude-sonnet-4-6" in debug
+    assert _models(upstream)[-1] == "claude-sonnet-4-6"
+    cached = home / ".claude" / "remote-settings.json"
+    assert json.loads(cached.read_text()) == POLICY
+
+    # The next start asks with the checksum it has (If-None-Match) and meterd answers 304.
+    returncode, out, debug = await _claude(home, served)
+    assert returncode == 0, out[-2000:] + debug[-3000:]
+    assert "Remote settings: Cache still valid (304 Not Modified)" in debug, debug[-3000:]
+    assert "Remote settings: Fetched successfully" not in debug
+    assert _models(upstream)[-1] == "claude-sonnet-4-6"
 
 
 @pytest.mark.timeout(300)
