@@ -14,6 +14,7 @@ It refreshes when `expiresAt` is less than 5 minutes away, POSTing the refresh g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import ssl
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 
 from tests.conftest import MOCK_KEY, Gateway, Upstream, free_port, need
 from tests.fakes.idp import CLIENT_ID, CLIENT_SECRET, FakeIdP
-from tests.sso import SSO, claims
+from tests.sso import BODY, SSO, claims
 from tests.test_processes import CLAUDE
 from tests.test_tls import make_certificate, trusting
 
@@ -57,6 +58,14 @@ class HttpsSSO(SSO):
         return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
                                      connector=aiohttp.TCPConnector(ssl=self.trust))
 
+    async def messages(self, bearer: str, url: str | None = None) -> aiohttp.ClientResponse:
+        async with self.browser() as s, s.post(
+                (url or self.url) + "/v1/messages", data=BODY,
+                headers={"Authorization": f"Bearer {bearer}",
+                         "content-type": "application/json"}) as r:
+            await r.read()
+            return r
+
 
 @dataclass
 class Served:
@@ -75,10 +84,11 @@ class Served:
         return out.decode()
 
 
-@pytest.fixture
-async def served(tmp_path: Path, upstream: Upstream, idp: FakeIdP) -> AsyncIterator[Served]:
+@contextlib.asynccontextmanager
+async def _serve(tmp_path: Path, upstream: Upstream, idp: FakeIdP,
+                 **more: str) -> AsyncIterator[Served]:
     """`meterd serve` on https://localhost:<port> with a fresh certificate, signing developers
-    in through the loopback identity provider into team platform."""
+    in through the loopback identity provider into team platform (more `MTD_*` in `more`)."""
     cert, key = make_certificate(tmp_path)
     port = free_port()
     env = {**os.environ, "MTD_UPSTREAM_URL": upstream.url, "MTD_UPSTREAM_KEY": MOCK_KEY,
@@ -86,8 +96,9 @@ async def served(tmp_path: Path, upstream: Upstream, idp: FakeIdP) -> AsyncItera
            "MTD_TLS_CERT_FILE": str(cert), "MTD_TLS_KEY_FILE": str(key),
            "MTD_OIDC_ISSUER": idp.issuer, "MTD_OIDC_CLIENT_ID": CLIENT_ID,
            "MTD_OIDC_CLIENT_SECRET": CLIENT_SECRET, "MTD_OIDC_ALLOW_LOOPBACK": "1",
-           "MTD_OIDC_ALLOWED_DOMAINS": "example.com", "MTD_OIDC_DEFAULT_TEAM": "platform"}
-    env.pop("MTD_REDIS_URL", None)
+           "MTD_OIDC_ALLOWED_DOMAINS": "example.com", "MTD_OIDC_DEFAULT_TEAM": "platform",
+           **more}
+    env.pop("MTD_REDIS_URL", None)  # the embedded Redis: one process, nothing shared
     env.pop("REDIS_URL", None)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meterd.cli", "serve", "--port", str(port), env=env)
@@ -106,7 +117,9 @@ async def served(tmp_path: Path, upstream: Upstream, idp: FakeIdP) -> AsyncItera
                 await asyncio.sleep(0.05)
             else:
                 pytest.fail("meterd serve did not answer over https")
-        yield Served(url, cert, env)
+        served = Served(url, cert, env)
+        await served.cli("team", "create", "platform")
+        yield served
     finally:
         proc.terminate()
         await proc.wait()
@@ -156,9 +169,13 @@ def _models(upstream: Upstream) -> list[str]:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
 async def test_signed_in_claude_code_fetches_and_applies_its_team_managed_settings(
-        served: Served, idp: FakeIdP, upstream: Upstream, tmp_path: Path,
-        redis_url: str) -> None:
-    await served.cli("team", "create", "platform")
+        idp: FakeIdP, upstream: Upstream, tmp_path: Path, redis_url: str) -> None:
+    async with _serve(tmp_path, upstream, idp) as served:
+        await _fetches_then_304(served, idp, upstream, tmp_path)
+
+
+async def _fetches_then_304(served: Served, idp: FakeIdP, upstream: Upstream,
+                            tmp_path: Path) -> None:
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps(POLICY))
     await served.cli("managed", "set", "platform", str(policy))
@@ -190,22 +207,20 @@ async def test_signed_in_claude_code_fetches_and_applies_its_team_managed_settin
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
 async def test_claude_code_renews_an_expired_sign_in_with_the_refresh_grant_and_goes_on(
-        served: Served, idp: FakeIdP, upstream: Upstream, tmp_path: Path,
-        redis_url: str) -> None:
-    await served.cli("team", "create", "platform")
-    sso = HttpsSSO(cast(Gateway, None), idp, served.url, trusting(served.cert))
-    answer = await sso.sign_in("u-ada", "ada@example.com", ["eng-platform"])
-    home = tmp_path / "home"
-    expired = int(time.time() * 1000) - 1000
-    _sign_in_as_login_does(home / ".claude", served, answer, expired)
+        idp: FakeIdP, upstream: Upstream, tmp_path: Path, redis_url: str) -> None:
+    async with _serve(tmp_path, upstream, idp, MTD_ACCESS_TOKEN_TTL="8") as served:
+        sso = HttpsSSO(cast(Gateway, None), idp, served.url, trusting(served.cert))
+        answer = await sso.sign_in("u-ada", "ada@example.com", ["eng-platform"])
+        expires_at = claims(answer["access_token"])["exp"] * 1000
+        home = tmp_path / "home"
+        _sign_in_as_login_does(home / ".claude", served, answer, expires_at)
+        refused = await sso.refused_within(answer["access_token"], 12.0, served.url)
+        assert refused.status == 401  # meterd no longer takes the bearer
 
-    returncode, out, debug = await _claude(home, served)
+        returncode, out, debug = await _claude(home, served)
     assert returncode == 0, out[-2000:] + debug[-3000:]
     assert "Hello from the meterd mock upstream" in out
-    stored = json.loads((home / ".claude" / ".credentials.json").read_text())
-    renewed = stored["enterpriseGateway"]
+    renewed = json.loads((home / ".claude" / ".credentials.json").read_text())["enterpriseGateway"]
     assert renewed["jwt"] != answer["access_token"]
-    assert renewed["expiresAt"] > expired
+    assert renewed["expiresAt"] > expires_at
     assert claims(renewed["jwt"])["sid"] == claims(answer["access_token"])["sid"]
-    sent = [r for r in upstream.recorded if r["path_qs"].startswith("/v1/messages")]
-    assert sent
