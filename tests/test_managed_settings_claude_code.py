@@ -19,7 +19,6 @@ import json
 import os
 import ssl
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,14 +56,6 @@ class HttpsSSO(SSO):
     def browser(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
                                      connector=aiohttp.TCPConnector(ssl=self.trust))
-
-    async def messages(self, bearer: str, url: str | None = None) -> aiohttp.ClientResponse:
-        async with self.browser() as s, s.post(
-                (url or self.url) + "/v1/messages", data=BODY,
-                headers={"Authorization": f"Bearer {bearer}",
-                         "content-type": "application/json"}) as r:
-            await r.read()
-            return r
 
 
 @dataclass
@@ -161,6 +152,24 @@ async def _claude(home: Path, served: Served) -> tuple[int, str, str]:
     return proc.returncode, (out + err).decode(), debug.read_text() if debug.exists() else ""
 
 
+async def _answer(sso: SSO, bearer: str) -> tuple[int, str]:
+    async with sso.browser() as s, s.post(sso.url + "/v1/messages", data=BODY, headers={
+            "Authorization": f"Bearer {bearer}", "content-type": "application/json"}) as r:
+        return r.status, await r.text()
+
+
+async def _until(sso: SSO, bearer: str, status: int, seconds: float) -> str:
+    """Send requests with `bearer` until one is answered `status`; its body."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        got, body = await _answer(sso, bearer)
+        if got == status:
+            return body
+        assert loop.time() < deadline, f"no {status} within {seconds} s: {got} {body}"
+        await asyncio.sleep(0.05)
+
+
 def _models(upstream: Upstream) -> list[str]:
     return [json.loads(r["body"])["model"] for r in upstream.recorded
             if r["path_qs"].startswith("/v1/messages") and r["body"]]
@@ -214,8 +223,9 @@ async def test_claude_code_renews_an_expired_sign_in_with_the_refresh_grant_and_
         expires_at = claims(answer["access_token"])["exp"] * 1000
         home = tmp_path / "home"
         _sign_in_as_login_does(home / ".claude", served, answer, expires_at)
-        refused = await sso.refused_within(answer["access_token"], 12.0, served.url)
-        assert refused.status == 401  # meterd no longer takes the bearer
+        # Served once the proxy's snapshot has the new developer, then refused as expired.
+        await _until(sso, answer["access_token"], 200, 5.0)
+        assert "has expired" in await _until(sso, answer["access_token"], 401, 12.0)
 
         returncode, out, debug = await _claude(home, served)
     assert returncode == 0, out[-2000:] + debug[-3000:]
