@@ -9,7 +9,11 @@ idpRefreshToken, email, ...} and `gatewayTrust` = {hostname: hex SHA-256 of the 
 restores that sign-in only when the pin matches the live certificate; such a sign-in is "pinned"
 and fetches `<url>/managed/settings` (an env `ANTHROPIC_AUTH_TOKEN` is "unpinned" and does not).
 It refreshes when `expiresAt` is less than 5 minutes away, POSTing the refresh grant to
-`<url>/oauth/token`, and writes the renewed credential back."""
+`<url>/oauth/token`, and writes the renewed credential back.
+
+Managed settings are cached in `remote-settings.json` and asked for again with `If-None-Match`
+only when the client may keep them: settings it counts as dangerous (`env`, hooks, ...) need the
+user's approval, which `claude -p` cannot ask for, so it applies them for that run only."""
 
 from __future__ import annotations
 
@@ -37,9 +41,7 @@ from tests.test_tls import make_certificate, trusting
 
 pytest_plugins = ("tests.sso_fixtures",)
 
-# Nothing the client counts as dangerous (env, hooks, ...): `claude -p` cannot ask the user to
-# approve those, so it would apply them for the run without caching, and never send If-None-Match.
-POLICY = {"model": "claude-sonnet-4-6"}
+POLICY = {"model": "claude-sonnet-4-6"}  # nothing that needs the user's approval
 
 
 @dataclass
@@ -73,6 +75,17 @@ class Served:
         out, err = await proc.communicate(stdin)
         assert proc.returncode == 0, err.decode()
         return out.decode()
+
+    async def set_policy(self, settings: dict[str, Any]) -> None:
+        """Team platform's managed settings, saved through the admin API (`meterd managed set`)."""
+        await self.cli("managed", "set", "platform", "-", stdin=json.dumps(settings).encode())
+
+    def sso(self, idp: FakeIdP) -> HttpsSSO:
+        return HttpsSSO(cast(Gateway, None), idp, self.url, trusting(self.cert))
+
+    async def sign_in(self, idp: FakeIdP) -> dict[str, Any]:
+        """Ada's device flow, approved at the verification page: the token answer."""
+        return await self.sso(idp).sign_in("u-ada", "ada@example.com", ["eng-platform"])
 
 
 @contextlib.asynccontextmanager
@@ -179,22 +192,17 @@ def _models(upstream: Upstream) -> list[str]:
 @pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
 async def test_signed_in_claude_code_fetches_and_applies_its_team_managed_settings(
         idp: FakeIdP, upstream: Upstream, tmp_path: Path, redis_url: str) -> None:
-    async with _serve(tmp_path, upstream, idp) as served:
-        await _fetches_then_304(served, idp, upstream, tmp_path)
-
-
-async def _fetches_then_304(served: Served, idp: FakeIdP, upstream: Upstream,
-                            tmp_path: Path) -> None:
-    policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps(POLICY))
-    await served.cli("managed", "set", "platform", str(policy))
-    sso = HttpsSSO(cast(Gateway, None), idp, served.url, trusting(served.cert))
-    answer = await sso.sign_in("u-ada", "ada@example.com", ["eng-platform"])
     home = tmp_path / "home"
-    _sign_in_as_login_does(home / ".claude", served, answer,
-                           claims(answer["access_token"])["exp"] * 1000)
+    async with _serve(tmp_path, upstream, idp) as served:
+        await served.set_policy(POLICY)
+        answer = await served.sign_in(idp)
+        _sign_in_as_login_does(home / ".claude", served, answer,
+                               claims(answer["access_token"])["exp"] * 1000)
+        first = await _claude(home, served)
+        # The next start asks with the checksum it has (If-None-Match) and meterd answers 304.
+        second = await _claude(home, served)
 
-    returncode, out, debug = await _claude(home, served)
+    returncode, out, debug = first
     assert returncode == 0, out[-2000:] + debug[-3000:]
     assert "Hello from the meterd mock upstream" in out
     assert "Remote settings: Fetched successfully" in debug, debug[-3000:]
@@ -205,8 +213,7 @@ async def _fetches_then_304(served: Served, idp: FakeIdP, upstream: Upstream,
     cached = home / ".claude" / "remote-settings.json"
     assert json.loads(cached.read_text()) == POLICY
 
-    # The next start asks with the checksum it has (If-None-Match) and meterd answers 304.
-    returncode, out, debug = await _claude(home, served)
+    returncode, out, debug = second
     assert returncode == 0, out[-2000:] + debug[-3000:]
     assert "Remote settings: Cache still valid (304 Not Modified)" in debug, debug[-3000:]
     assert "Remote settings: Fetched successfully" not in debug
@@ -218,8 +225,8 @@ async def _fetches_then_304(served: Served, idp: FakeIdP, upstream: Upstream,
 async def test_claude_code_renews_an_expired_sign_in_with_the_refresh_grant_and_goes_on(
         idp: FakeIdP, upstream: Upstream, tmp_path: Path, redis_url: str) -> None:
     async with _serve(tmp_path, upstream, idp, MTD_ACCESS_TOKEN_TTL="8") as served:
-        sso = HttpsSSO(cast(Gateway, None), idp, served.url, trusting(served.cert))
-        answer = await sso.sign_in("u-ada", "ada@example.com", ["eng-platform"])
+        sso = served.sso(idp)
+        answer = await served.sign_in(idp)
         expires_at = claims(answer["access_token"])["exp"] * 1000
         home = tmp_path / "home"
         _sign_in_as_login_does(home / ".claude", served, answer, expires_at)
@@ -234,3 +241,23 @@ async def test_claude_code_renews_an_expired_sign_in_with_the_refresh_grant_and_
     assert renewed["jwt"] != answer["access_token"]
     assert renewed["expiresAt"] > expires_at
     assert claims(renewed["jwt"])["sid"] == claims(answer["access_token"])["sid"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
+async def test_claude_p_applies_settings_needing_approval_for_the_run_without_caching_them(
+        idp: FakeIdP, upstream: Upstream, tmp_path: Path, redis_url: str) -> None:
+    async with _serve(tmp_path, upstream, idp) as served:
+        await served.set_policy({**POLICY, "env": {"CLAUDE_CODE_GATEWAY_HINT_HEADERS": "1"}})
+        answer = await served.sign_in(idp)
+        home = tmp_path / "home"
+        _sign_in_as_login_does(home / ".claude", served, answer,
+                               claims(answer["access_token"])["exp"] * 1000)
+        for _ in range(2):
+            returncode, out, debug = await _claude(home, served)
+            assert returncode == 0, out[-2000:] + debug[-3000:]
+            assert "Remote settings: Fetched successfully" in debug, debug[-3000:]
+            assert "consent deferred" in debug
+            assert "dispatching to gateway model=claude-sonnet-4-6" in debug
+            assert "304 Not Modified" not in debug
+            assert not (home / ".claude" / "remote-settings.json").exists()
