@@ -27,6 +27,7 @@ def page_for(admin: web.Application) -> ErrorPage:
             return None
         body = aiohttp_jinja2.get_env(admin).get_template("error.html").render(
             app=admin, config=admin[CONFIG], me=None, nav=[], section=None, flash=None,
+            home=admin.router["signin"].url_for(),
             csrf_token="", status=status, title="That did not work", message=message,
             request_id="")  # a refusal, not a fault: no log entry to name
         # What dashboard.headers adds to the admin app's answers; this one may come before
