@@ -11,7 +11,7 @@ they always describe the same cap (gateway protocol, "Usage-limit headers").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from ledger.money import MICROS_PER_CENT
@@ -32,13 +32,30 @@ class Standing(NamedTuple):
     used: int  # µ$
 
 
+_ENDS: dict[tuple[str, date], tuple[datetime, str]] = {}
+
+
+def _reset(period: str, at: datetime) -> tuple[datetime, str]:
+    """When a cap of `period` resets, and that instant as the headers give it (Unix seconds).
+    Every period ends at a UTC midnight, so the answer holds for the whole UTC day of `at`:
+    remembered per day, it costs the hot path a lookup instead of a calendar computation."""
+    key = (period, at.date())
+    found = _ENDS.get(key)
+    if found is None:
+        if len(_ENDS) >= 64:
+            _ENDS.clear()
+        end = period_end(period, at)
+        found = _ENDS[key] = (end, str(int(end.timestamp())))
+    return found
+
+
 def fullest(standings: Sequence[Standing], at: datetime) -> Standing | None:
     """The cap to describe: the most used (as a fraction of its amount), and of those the one
     that resets last (it blocks longest)."""
-    if not standings:
-        return None
+    if len(standings) <= 1:
+        return standings[0] if standings else None
     return max(standings, key=lambda s: (
-        s.used * 10**6 // max(s.cap.amount, 1), period_end(s.cap.period, at)))
+        s.used * 10**6 // max(s.cap.amount, 1), _reset(s.cap.period, at)[0]))
 
 
 def headers(standing: Standing, at: datetime, thresholds: Sequence[int]) -> dict[str, str]:
@@ -46,7 +63,7 @@ def headers(standing: Standing, at: datetime, thresholds: Sequence[int]) -> dict
     cap = standing.cap
     percent = _percent(standing)
     status = "allowed_warning" if thresholds and percent >= min(thresholds) else "allowed"
-    reset = str(int(period_end(cap.period, at).timestamp()))
+    reset = _reset(cap.period, at)[1]
     out = {
         _PREFIX + "status": status,
         _PREFIX + "representative-claim": "overage",
