@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS requests (
     request_class VARCHAR NOT NULL,
     prompt_id VARCHAR NOT NULL
 );
+-- Columns added after the first release, so a ledger made by an older meterd gains them (the
+-- rollup writes every column; DuckDB cannot add a NOT NULL column IF NOT EXISTS).
+-- The provider's request id (its `request-id` header), '' when none: what Claude Code's
+-- telemetry names the request by.
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS upstream_request_id VARCHAR DEFAULT '';
 
 -- day × developer × team × model. Kept when raw rows are purged.
 CREATE TABLE IF NOT EXISTS usage_daily (
