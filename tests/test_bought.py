@@ -9,11 +9,18 @@ from typing import Any
 import duckdb
 import orjson
 import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 
 from ledger import bought
 from ledger.rollup import Rollup
 from ledger.settlement import Settlement
+from ledger.telemetry import TelemetryRollup
+from tests.dashboard_fixtures import *  # noqa: F403
+from tests.dashboard_fixtures import PASSWORDS, Dashboard
+from tests.test_dashboard_browser import _sign_in, chromium  # noqa: F401
 from tests.test_rollup import KS, fresh_db, inline_db, send
+from tests.test_telemetry import CHAT, _kv, post
+from tests.test_telemetry import api_request as api_request_export
 
 AT = datetime(2026, 3, 1, 10, tzinfo=UTC)
 START, END = date(2026, 3, 1), date(2026, 3, 2)
@@ -107,3 +114,55 @@ def test_reconciliation_by_request_id(ledger: duckdb.DuckDBPyConnection) -> None
     empty = bought.reconcile(ledger, start=START, end=END, developer_id="dev_b")
     assert (empty["drift_micros"], empty["drift_percent"], empty["differences"]) == (
         0, None, [])
+
+
+@pytest.mark.timeout(120)
+async def test_finance_sees_cost_per_pr_and_the_drift_in_chromium(
+        dashboard: Dashboard, chromium: Any) -> None:  # noqa: F811
+    """A request through the proxy (meterd records the provider's request id), Claude Code's
+    telemetry for it at 123 µ$ more plus one request meterd never saw, and 2 pull requests:
+    the page shows cost per PR and the drift."""
+    gw = dashboard.gateway
+    key = await gw.developer("Ada")
+    resp = await gw.client.post("/v1/messages", data=CHAT, headers={"x-api-key": key})
+    assert resp.status == 200
+    upstream_id = resp.headers["request-id"]
+    [event] = await gw.settled(1)
+    assert event["upstream_request_id"] == upstream_id
+    metered = int(event["cost_micros"])
+    assert metered > 0
+    await gw.admin.rollup.run_once()
+    for rid, cost in ((upstream_id, metered + 123), ("req_elsewhere", 40)):
+        export = api_request_export(cost, rid)
+        export.resource_logs[0].scope_logs[0].log_records[0].time_unix_nano = \
+            int(datetime.now(UTC).timestamp() * 1e9)
+        assert (await post(gw, "logs", export.SerializeToString(), key))[0] == 200
+    prs = metrics_pb.ExportMetricsServiceRequest()
+    metric = prs.resource_metrics.add().scope_metrics.add().metrics.add()
+    metric.name = "claude_code.pull_request.count"
+    metric.sum.aggregation_temporality = 1  # delta
+    point = metric.sum.data_points.add(time_unix_nano=int(datetime.now(UTC).timestamp() * 1e9),
+                                       as_int=2)
+    point.attributes.extend(_kv(session__id="s-1"))
+    assert (await post(gw, "metrics", prs.SerializeToString(), key))[0] == 200
+    admin = gw.admin
+    await TelemetryRollup(admin.redis, admin.keyspace, admin.catalog.conn, admin.db).run_once()
+
+    await dashboard.account("fred", "finance")
+    page = await (await chromium.new_context()).new_page()
+    await _sign_in(page, gw.url, "fred", PASSWORDS["finance"])
+    await page.click("nav >> text=What it bought")
+    await page.wait_for_selector("h1:has-text('What the spend bought')")
+    [dev] = await admin.db(admin.catalog.developers)
+    row = page.locator(f"#bought tr[data-key='{dev['id']}']")
+    cells = [await c.get_attribute("data-sort") for c in await row.locator("td.num").all()]
+    assert cells[1] == str(metered) and await row.locator("td").nth(6).inner_text() == "2"
+    assert cells[-2] == str(metered // 2)  # cost per PR
+    assert cells[-1] == "-1"  # no accepted edits: no cost per edit
+    # Claude Code: metered + 123 + 40; meterd: metered. Drift 163 µ$.
+    assert await page.get_attribute("#drift", "data-micros") == "163"
+    assert await page.inner_text("#drift-percent") == f"{round(16300 / metered, 2)} %"
+    differing = [await r.get_attribute("data-request")
+                 for r in await page.locator("#differences tbody tr").all()]
+    assert differing == [upstream_id, "req_elsewhere"]
+
