@@ -46,7 +46,8 @@ _NAMES = ", ".join(sorted({f"'{name}'" for name, _, _ in WORK.values()}))
 
 def _where(column: str, start: date, end: date, developer_id: str | None,
            team_id: str | None) -> tuple[str, list[Any]]:
-    where, params = [f"{column} >= ?", f"{column} < ?"], [start, end]
+    where = [f"{column} >= ?", f"{column} < ?"]
+    params: list[Any] = [start, end]
     for sql, value in (("developer_id = ?", developer_id), ("team_id = ?", team_id)):
         if value is not None:
             where.append(sql)
