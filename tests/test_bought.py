@@ -3,6 +3,8 @@ reconciliation of Claude Code's cost against meterd's by request id, with hand-c
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -166,3 +168,34 @@ async def test_finance_sees_cost_per_pr_and_the_drift_in_chromium(
                  for r in await page.locator("#differences tbody tr").all()]
     assert differing == [upstream_id, "req_elsewhere"]
 
+
+
+async def test_admin_api_answers_json_and_an_escaped_csv(dashboard: Dashboard) -> None:
+    """finance's read-only key: the reconciliation as JSON, the per-session view as CSV with
+    a session id that would be a spreadsheet formula escaped."""
+    gw = dashboard.gateway
+    key = await gw.developer("Ada")
+    resp = await gw.client.post("/v1/messages", data=CHAT, headers={
+        "x-api-key": key, "x-claude-code-session-id": "=HYPERLINK(\"x\")"})
+    assert resp.status == 200
+    [event] = await gw.settled(1)
+    await dashboard.roll_up()
+    headers = {"x-api-key": await dashboard.admin_key("ro")}
+    async with dashboard.client.get("/admin/api/v1/bought/reconciliation",
+                                    headers=headers) as r:
+        check = await r.json()
+    # Claude Code sent no telemetry: the request is meterd's alone, drift minus its cost.
+    cost = int(event["cost_micros"])
+    assert (check["metered_micros"], check["drift_micros"], check["drift_percent"]) == (
+        cost, -cost, -100.0)
+    assert [(d["request_id"], d["claude_code_micros"]) for d in check["differences"]] == [
+        (resp.headers["request-id"], None)]
+    async with dashboard.client.get("/admin/api/v1/bought?dimension=session&format=csv",
+                                    headers=headers) as r:
+        assert r.content_type == "text/csv"
+        header, row = csv.reader(io.StringIO(await r.text()))
+    assert header == [*bought.OUTCOME_COLUMNS, "cost_usd"]
+    assert row[:4] == ["'=HYPERLINK(\"x\")", "'=HYPERLINK(\"x\")", "1", str(cost)]
+    async with dashboard.client.get("/admin/api/v1/bought?dimension=nope",
+                                    headers=headers) as r:
+        assert r.status == 400
