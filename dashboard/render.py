@@ -28,6 +28,7 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("developers", "Developers", ("admin", "finance")),
     ("requests", "Requests", ("admin", "finance")),
     ("reports", "Reports", ("admin", "finance", "team_lead")),
+    ("bought", "What it bought", ("admin", "finance")),
     ("rollout", "Rollout", ("admin", "finance", "team_lead", "developer")),
     ("managed", "Managed", ("admin",)),
     ("settings", "Settings", ("admin", "finance")),
@@ -38,7 +39,8 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 # Pages that belong to a navigation entry other than their own name.
 SECTION = {"team": "teams", "developer": "developers", "issue_key": "developers",
            "create_user": "access", "reset_password": "access", "create_admin_key": "access",
-           "managed_edit": "managed", "managed_preview": "managed", "managed_save": "managed"}
+           "managed_edit": "managed", "managed_preview": "managed", "managed_save": "managed",
+           "bought_csv": "bought"}
 
 
 def admin_state(request: web.Request) -> AdminState:

@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS requests (
 -- rollup writes every column; DuckDB cannot add a NOT NULL column IF NOT EXISTS).
 -- The project a request was for (the billing-group tag of its body), '' when none.
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS project VARCHAR DEFAULT '';
+-- The provider's request id (its `request-id` header), '' when none: what Claude Code's
+-- telemetry names the request by.
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS upstream_request_id VARCHAR DEFAULT '';
 
 -- day × developer × team × model. Kept when raw rows are purged.
 CREATE TABLE IF NOT EXISTS usage_daily (

@@ -68,15 +68,20 @@ class Settlement(NamedTuple):
     request_class: str = ""
     prompt_id: str = ""
     # The project the request was for: the value of the `billing_group_tag` tag in its body
-    # (Claude Code's `attributionProject`), '' when none. Last: a column added to old ledgers.
+    # (Claude Code's `attributionProject`), '' when none.
     project: str = ""
+    # The provider's own id of the request (its `request-id` header), '' when it gave none:
+    # what Claude Code's telemetry names the request by (ledger/bought.py reconciles on it).
+    # Last: a column added to old ledgers.
+    upstream_request_id: str = ""
 
     @classmethod
     def of(cls, ticket: Ticket, usage: Usage, cost: Cost, *, model: str = "",
            provider: str = "", status: int = 0, stream: bool = False, estimated: bool = False,
            latency_ms: int = 0, ttfb_ms: int = -1, error_type: str = "",
            session_id: str = "", agent_id: str = "", parent_agent_id: str = "",
-           request_class: str = "", prompt_id: str = "", project: str = "") -> Settlement:
+           request_class: str = "", prompt_id: str = "", project: str = "",
+           upstream_request_id: str = "") -> Settlement:
         """The settlement of `ticket`'s request: who (the ticket), what it used (`usage`),
         what that cost (`cost`), and how it went. Free text (client headers, model names,
         what the provider wrote: any bytes, any length) is cleaned, so the settlement packs,
@@ -90,7 +95,7 @@ class Settlement(NamedTuple):
             ttfb_ms, int(estimated), clean_text(error_type), clean_text(usage.service_tier),
             clean_text(usage.speed), clean_text(usage.inference_geo), clean_text(session_id),
             clean_text(agent_id), clean_text(parent_agent_id), clean_text(request_class),
-            clean_text(prompt_id), clean_text(project))
+            clean_text(prompt_id), clean_text(project), clean_text(upstream_request_id))
 
     @property
     def rate_input(self) -> int:

@@ -82,6 +82,7 @@ class Relay:
         self.project = ""  # the billing-group tag's value (proxy.request_fields.Fields.project)
         self.model, self.stream, self.t0 = model, stream, t0
         self.status = 0
+        self.upstream_request_id = ""  # the provider's `request-id` header
         self.ttfb: float | None = None
         self.error_type = ""
         self.meter: StreamMeter | None = None
@@ -144,6 +145,7 @@ class Relay:
                 else "upstream_unreachable"
             raise failure from None
         self.status = upstream.status
+        self.upstream_request_id = upstream.headers.get("request-id", "")
         headers = response_headers(upstream.headers.items())
         headers.update(self.ticket.headers)
         headers["x-meterd-request-id"] = self.ticket.request_id
@@ -258,6 +260,7 @@ class Relay:
             latency_ms=int((ended - self.t0) * 1000),
             ttfb_ms=int((self.ttfb - self.t0) * 1000) if self.ttfb else -1,
             error_type=self.error_type or metered.error_type, project=self.project,
+            upstream_request_id=self.upstream_request_id,
             **{name: headers.get(header, "") for name, header in _CLIENT_HEADERS.items()})
         state.gate.settle_soon(ticket, settlement)
         self.settled = True

@@ -54,7 +54,8 @@ async def settle(gate: Gate, event: dict[str, Any], caps: tuple[Cap, ...] = ()) 
     settlement = Settlement.of(ticket, usage, cost, **{
         f: event[f] for f in ("model", "provider", "status", "stream", "estimated",
                               "latency_ms", "ttfb_ms", "error_type", "session_id", "agent_id",
-                              "parent_agent_id", "request_class", "prompt_id", "project")})
+                              "parent_agent_id", "request_class", "prompt_id", "project",
+                              "upstream_request_id")})
     assert settlement == Settlement(**event)  # the event, as the proxy would have built it
     await gate.settle(ticket, settlement)
     return ticket

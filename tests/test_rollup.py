@@ -98,6 +98,7 @@ def make_events(n: int, *, seed: int = 1, start: datetime | None = None, days: i
             "session_id": rng.choice(("", f"sess-{dev}-1", f"sess-{dev}-2")),
             "agent_id": "", "parent_agent_id": "", "request_class": "", "prompt_id": "",
             "project": ("", "apollo", "zephyr")[i % 3],  # not drawn: seeds keep their events
+            "upstream_request_id": f"req_{seed}_{i:06d}",
         })
     return events
 

@@ -92,20 +92,20 @@ def test_a_misspelt_or_unknown_field_is_an_error() -> None:
 
 def test_the_packed_line_is_the_one_meterd_wrote_before(gate: Gate) -> None:
     """Fields are only ever added at the end: a settlement without the newer ones (here
-    `project`) packs as the old line plus their separators."""
+    `project`, `upstream_request_id`) packs as the old line plus their separators."""
     settlement = Settlement.of(ticket(gate), USAGE, COST, **DETAILS)
-    assert settlement.packed().encode() == (OLD_LINE + US).encode()
+    assert settlement.packed().encode() == (OLD_LINE + US + US).encode()
     assert [v.decode() for v in entry_values({b"e": OLD_LINE.encode()})] == [
         str(v) for v in settlement]
 
 
 def test_the_settlement_script_gets_the_arguments_it_got_before(gate: Gate) -> None:
     """Same keys, same arguments: what a spooled settlement holds did not change (but for
-    the event line's new empty `project` at its end)."""
+    the event line's new empty `project`, `upstream_request_id` at its end)."""
     settlement = Settlement.of(ticket(gate), USAGE, COST, **DETAILS)
     old = orjson.loads(OLD_SPOOL.read_bytes())
     assert old["args"][-1] == OLD_LINE
-    old["args"][-1] += US
+    old["args"][-1] += US + US
     assert gate._settlement(ticket(gate), settlement) == old
 
 
@@ -114,7 +114,7 @@ def test_a_line_with_fewer_fields_reads_with_their_defaults() -> None:
     rollup reads as the field's default."""
     values = unpack_entry({b"e": b"r1\x1f1795867205250\x1fd1"})
     assert values["id"] == "r1" and values["developer_id"] == "d1"
-    assert values["prompt_id"] == values["ttfb_ms"] == ""
+    assert values["prompt_id"] == values["ttfb_ms"] == values["upstream_request_id"] == ""
     assert list(values) == list(FIELDS)
 
 

@@ -1,12 +1,14 @@
 """Real Claude Code (pinned) sends its OpenTelemetry to meterd, set up as the rollout page tells
 a static-key machine to: the rows land under the developer, and the cost Claude Code reports
-for each request (`api_request` `cost_usd_micros`) equals what meterd metered for it."""
+for each request (`api_request` `cost_usd_micros`) equals what meterd metered for it, and the
+reconciliation by request id (ledger/bought.py) finds no drift."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import orjson
 import pytest
 
 from dashboard.rollout import HELPER_PATH, OTEL_HELPER, telemetry_settings
+from ledger import bought
 from ledger.telemetry import TelemetryRollup
 from tests.conftest import Gateway, need
 from tests.test_processes import CLAUDE
@@ -105,3 +108,11 @@ async def _check(gateway: Gateway, key: str, tmp_path: Path, protocol: str) -> N
     assert all(r["cost_micros"] > 0 and r["request_id"].startswith("req_mock_")
                for r in requests)
     assert all(orjson.loads(r["attrs"]).get("model") == "claude-sonnet-4-6" for r in requests)
+    # The reconciliation matches every request by the provider's id: no drift, no difference.
+    assert {e["upstream_request_id"] for e in served} == {r["request_id"] for r in requests}
+    await gateway.admin.rollup.run_once()
+    today = datetime.now(UTC).date()
+    check = await gateway.admin.db(bought.reconcile, gateway.admin.catalog.conn, start=today,
+                                   end=today + timedelta(days=1))
+    assert (check["matched"], check["drift_micros"], check["drift_percent"],
+            check["differences"]) == (len(served), 0, 0.0, [])
