@@ -29,7 +29,7 @@ pytest_plugins = ("tests.sso_fixtures",)
 
 # The minimum that turns the client's telemetry on; no endpoint, no headers, no credential.
 TELEMETRY = {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
-             "OTEL_LOGS_EXPORTER": "otlp"}
+             "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
 
 
 async def _claude(home: Path, cert: Path) -> tuple[int, str, str]:
