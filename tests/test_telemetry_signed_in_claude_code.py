@@ -5,8 +5,10 @@ cost it reports for the request (`api_request` `cost_usd_micros`) is what meterd
 What the client needs (read from the 2.1.332 binary): in a pinned gateway session the exporter
 goes to `<gateway url>/v1/{metrics,logs}` with `Authorization: Bearer <jwt>` by itself, with no
 OTLP endpoint or headers, but telemetry is only started when `CLAUDE_CODE_ENABLE_TELEMETRY` is
-on and an exporter is `otlp` (`OTEL_METRICS_EXPORTER` / `OTEL_LOGS_EXPORTER`): the same three
-variables the gateway built into the client pushes through its own managed settings."""
+on, an exporter is `otlp` (`OTEL_METRICS_EXPORTER` / `OTEL_LOGS_EXPORTER`) and
+`OTEL_EXPORTER_OTLP_PROTOCOL` is set (without it: "No protocol is set for the metrics OTLP
+exporter, and its endpoint ... is unset"). dashboard/rollout.py's SIGNED_IN_TELEMETRY, which
+the test serves as the team's managed settings (these variables need no approval)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import duckdb
 import orjson
 import pytest
 
+from dashboard.rollout import SIGNED_IN_TELEMETRY
 from tests.conftest import Upstream, need
 from tests.fakes.idp import FakeIdP
 from tests.sso import claims
@@ -27,9 +30,6 @@ from tests.test_processes import CLAUDE
 
 pytest_plugins = ("tests.sso_fixtures",)
 
-# The minimum that turns the client's telemetry on; no endpoint, no headers, no credential.
-TELEMETRY = {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
-             "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
 
 
 async def _claude(home: Path, cert: Path) -> tuple[int, str, str]:
@@ -37,9 +37,7 @@ async def _claude(home: Path, cert: Path) -> tuple[int, str, str]:
     debug = home / "debug.log"
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
            "CLAUDE_CONFIG_DIR": str(home / ".claude"), "NODE_EXTRA_CA_CERTS": str(cert),
-           "DISABLE_ERROR_REPORTING": "1", **TELEMETRY,
-           # Flushed well within the run (Claude Code also flushes when it exits).
-           "OTEL_METRIC_EXPORT_INTERVAL": "500", "OTEL_LOGS_EXPORT_INTERVAL": "200"}
+           "DISABLE_ERROR_REPORTING": "1"}
     proc = await asyncio.create_subprocess_exec(
         str(CLAUDE), "-p", "Say hello", "--model", "claude-sonnet-4-6",
         "--debug-file", str(debug), cwd=home, env=env,
@@ -62,6 +60,9 @@ async def test_signed_in_claude_code_sends_telemetry_under_the_signed_in_develop
         idp: FakeIdP, upstream: Upstream, tmp_path: Path, redis_url: str) -> None:
     home = tmp_path / "home"
     async with _serve(tmp_path, upstream, idp, MTD_ROLLUP_INTERVAL="0.2") as served:
+        # Managed settings turn telemetry on (as the rollout page's login file does); no
+        # endpoint, header or credential: the client takes them from its sign-in.
+        await served.set_policy({"env": SIGNED_IN_TELEMETRY})
         answer = await served.sign_in(idp)
         _sign_in_as_login_does(home / ".claude", served, answer,
                                claims(answer["access_token"])["exp"] * 1000)
