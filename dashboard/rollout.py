@@ -41,12 +41,22 @@ def managed_settings(proxy_url: str) -> dict[str, object]:
             "apiKeyHelper": HELPER_PATH}
 
 
+# What turns on a signed-in client's telemetry. In gateway mode Claude Code (2.1.332) exports
+# to `<gateway>/v1/{metrics,logs}` with its sign-in's bearer token by itself, but starts no
+# exporter unless telemetry is enabled, an exporter is `otlp` and a protocol is set.
+SIGNED_IN_TELEMETRY = {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
+                       "OTEL_LOGS_EXPORTER": "otlp",
+                       "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+
+
 def login_settings(proxy_url: str) -> dict[str, object]:
     """The managed-settings.json that makes `/login` sign in to this gateway: Claude Code's
     gateway mode (the device flow through the organization's identity provider, then a
-    bearer token), with the gateway's URL filled in and no other login method offered.
-    Claude Code honors both keys only from admin-controlled managed settings."""
-    return {"forceLoginMethod": "gateway", "forceLoginGatewayUrl": proxy_url}
+    bearer token), with the gateway's URL filled in and no other login method offered, and
+    its telemetry sent to the gateway. Claude Code honors the login keys only from
+    admin-controlled managed settings."""
+    return {"forceLoginMethod": "gateway", "forceLoginGatewayUrl": proxy_url,
+            "env": SIGNED_IN_TELEMETRY}
 
 
 OTEL_HELPER_PATH = "/usr/local/bin/meterd-otel-headers"
@@ -59,8 +69,8 @@ printf '{{"x-api-key":"%s"}}\\n' "$({HELPER_PATH})"
 def telemetry_settings(proxy_url: str) -> dict[str, object]:
     """What to add to the managed settings so that Claude Code on a static-key machine sends
     its OpenTelemetry to the gateway (/v1/metrics, /v1/logs), under the developer's own key
-    (a signed-in client in gateway mode needs none of this). The key comes from a helper, so
-    the file stays the same on every machine."""
+    (a signed-in client needs only SIGNED_IN_TELEMETRY, in login_settings). The key comes from
+    a helper, so the file stays the same on every machine."""
     return {"env": {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
                     "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                     "OTEL_EXPORTER_OTLP_ENDPOINT": proxy_url},

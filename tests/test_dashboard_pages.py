@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from dashboard.accounts import Accounts
+from dashboard.rollout import SIGNED_IN_TELEMETRY
 from ledger.money import format_usd, parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import (
@@ -285,7 +286,8 @@ async def test_rollout_page_shows_the_login_settings_next_to_the_static_key_ones
     login = orjson.loads(one(page, "#managed-login #managed-settings-login").get_text())
     # The keys and value Claude Code's /login reads from managed settings (2.1.332).
     assert login == {"forceLoginMethod": "gateway",
-                     "forceLoginGatewayUrl": "http://gw.example.com:8080"}
+                     "forceLoginGatewayUrl": "http://gw.example.com:8080",
+                     "env": SIGNED_IN_TELEMETRY}
     static = orjson.loads(one(page, "#managed-key #managed-settings").get_text())
     assert static["env"] == {"ANTHROPIC_BASE_URL": "http://gw.example.com:8080",
                              "CLAUDE_CODE_USE_GATEWAY": "1"}
