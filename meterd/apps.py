@@ -186,6 +186,8 @@ async def _admin_context(settings: Settings, app: web.Application) -> AsyncItera
     app[ADMIN] = state
     yield
     scheduler.shutdown(wait=False)
+    if state.rollup.leader:
+        await telemetry.tick()  # what the proxies took in, while the lock is still ours
     await state.rollup.final_run()  # what is left, then the lock goes to a standby
     state.executor.shutdown(wait=True)
     catalog.conn.close()

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 import pytest
 from google.protobuf import json_format
@@ -18,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from ledger.telemetry import TelemetryRollup, purge, stream_key
+from meterd.apps import DB_FILE
 from tests.conftest import Gateway, RedisServer
 from tests.sso import SSO
 
@@ -255,3 +258,14 @@ async def test_the_admin_rollup_moves_telemetry_on_its_schedule(start_gateway: A
         await asyncio.sleep(0.05)
     assert [r["value"] for r in rows] == [7.0]
     assert await queued(gw) == 0
+
+
+async def test_telemetry_taken_in_before_the_admin_stops_is_stored_at_its_shutdown(
+        gateway: Gateway, tmp_path: Path) -> None:
+    """The last rollup at shutdown moves telemetry too: with the embedded Redis, whatever is
+    still in the stream when the process ends is gone."""
+    key = await gateway.developer()
+    assert (await post(gateway, "metrics", lines_added(5).SerializeToString(), key))[0] == 200
+    await gateway.client.close()  # the admin's shutdown: no scheduled rollup ran (3600 s)
+    with duckdb.connect(str(tmp_path / "data" / DB_FILE), read_only=True) as conn:
+        assert conn.execute("SELECT value FROM telemetry").fetchall() == [(5.0,)]
