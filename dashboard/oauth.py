@@ -12,6 +12,7 @@ there, disabled here, or no longer in a mapped group is turned away.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -62,6 +63,7 @@ class OAuthState:
     public_url: str  # "" = the origin each request came to
     access_ttl: int
     refresh_ttl: int
+    policy_refresh: float  # how long a proxy may take to hear of a change (seconds)
     billing_group_tag: str
     css: str
     headers: dict[str, str] = field(default_factory=dict)
@@ -106,7 +108,7 @@ async def _context(app: web.Application, settings: Any,
         codes=DeviceCodes(admin.redis, admin.keyspace.base), signing_key=key,
         secret=admin_app[SECRET], public_url=settings.public_url.rstrip("/"),
         access_ttl=settings.access_token_ttl, refresh_ttl=settings.refresh_token_ttl,
-        billing_group_tag=settings.billing_group_tag,
+        policy_refresh=settings.policy_refresh, billing_group_tag=settings.billing_group_tag,
         css=str(admin_app.router["static"].url_for(filename="app.css")),
         headers={
             # The form posts here and is sent on to the provider (form-action covers that
@@ -210,6 +212,12 @@ async def _device_grant(request: web.Request, device_code: str) -> web.Response:
     if poll.outcome != "approved":
         return _error(*_POLL_ERRORS[poll.outcome])
     r = poll.record
+    # The developer this sign-in placed reaches each proxy with its next policy refresh: hand
+    # the token out no sooner, so the client's first request is served, not refused. (A client
+    # polls every few seconds; only a poll right after the approval waits.)
+    wait = float(r.get("placed_at") or 0) + 2 * state.policy_refresh - time.time()
+    if wait > 0:
+        await asyncio.sleep(wait)
     now = time.time()
     access_expires = int(now) + state.access_ttl
     sid, refresh = await state.admin.db(
@@ -492,7 +500,8 @@ async def callback(request: web.Request, q: Query) -> web.Response:
         "digest": saved["digest"], "browser": saved["browser"],
         "grant": {"developer_id": placed.developer_id, "email": identity.email,
                   "issuer": identity.issuer, "subject": identity.subject,
-                  "idp_refresh": identity.refresh_token or ""}}), ex=APPROVE_TTL)
+                  "idp_refresh": identity.refresh_token or "",
+                  "placed_at": str(time.time())}}), ex=APPROVE_TTL)
     return await _page(request, "device_approve.html", {
         "user_code": saved["user_code"], "email": identity.email, "team": placed.team_name,
         "approval": approval})

@@ -461,3 +461,11 @@ async def test_another_proxy_process_verifies_bearers_and_drops_a_revoked_one_wi
         assert r.status == 200
     r = await sso.refused_within(answer["access_token"], 1.0, second_proxy)
     assert r.status == 401 and r.headers["x-should-retry"] == "false"
+
+
+async def test_the_first_request_right_after_signing_in_is_served(start_sso: Any) -> None:
+    """The token is handed out once every proxy can have heard of the developer the sign-in
+    created (policy_refresh, here 1 s): a client that calls at once is served, not refused."""
+    sso = await start_sso(policy_refresh=1.0)
+    answer = await sso.sign_in("u-new", "new@example.com", ["eng"])
+    assert (await sso.messages(answer["access_token"])).status == 200
