@@ -304,6 +304,7 @@ class Rollup:
         self._lock_ops = asyncio.Lock()
         self._lease_until = 0.0  # monotonic time until which the lock is surely ours
         self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False  # ends the heartbeat's loop (see close)
 
     async def run_once(self) -> int:
         """Roll up everything in the stream if we hold (or get) the lock; returns how many
@@ -348,6 +349,9 @@ class Rollup:
     async def close(self) -> None:
         """Stop the heartbeat and release the lock (if ours) so a standby takes over at once."""
         if self._heartbeat is not None:
+            # A flag as well as the cancel: redis-py can swallow a CancelledError that lands
+            # inside a command, and the loop would then run (and this wait) forever.
+            self._closing = True
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
@@ -364,10 +368,11 @@ class Rollup:
         """Every fifth of the lock's TTL, renew the lock if ours or take it if free, until
         `close`. `on_taken` is called when this process takes the lock (a standby, or a
         restart after a holder died), so that it rolls up at once."""
+        self._closing = False
         self._heartbeat = asyncio.create_task(self._beat(on_taken), name="rollup-heartbeat")
 
     async def _beat(self, on_taken: Callable[[], None]) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.lock_ttl_ms / 5000)
             held_before = self.leader
             try:

@@ -7,6 +7,7 @@ The helpers at the top are shared with test_rebuild.py and test_reports.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -562,3 +563,24 @@ async def test_scheduled_purge_applies_the_retention_at_start(redis: Any) -> Non
         scheduler.shutdown(wait=False)
     assert table_totals(conn, "requests") == expected_totals(recent)
     assert table_totals(conn, "usage_daily") == expected_totals(old + recent)
+
+
+async def test_closing_ends_the_heartbeat_even_when_a_redis_call_swallows_the_cancel(
+        redis: Any) -> None:
+    """redis-py can swallow a CancelledError that lands inside a command: the heartbeat must
+    still end, or the admin's shutdown waits for it forever."""
+    rollup = Rollup(redis, KS, fresh_db(), inline_db, lock_ttl_ms=100)
+    inside = asyncio.Event()
+
+    async def swallowing_hold() -> bool:
+        inside.set()
+        with contextlib.suppress(asyncio.CancelledError):  # as redis-py may, mid-command
+            await asyncio.sleep(0.05)
+        return False
+
+    rollup._hold = swallowing_hold  # type: ignore[method-assign]
+    rollup.start_heartbeat(lambda: None)
+    await inside.wait()
+    closing = asyncio.ensure_future(rollup.close())
+    done, _ = await asyncio.wait({closing}, timeout=2.0)
+    assert closing in done, "close() is still waiting for the heartbeat"
