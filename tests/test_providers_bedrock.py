@@ -133,10 +133,12 @@ async def test_pings_fill_a_silent_bedrock_stream(start_gateway: StartGateway,
 
 
 async def test_bedrock_errors_reach_the_client_as_anthropic_errors(
-        gw: Gateway, bedrock: Served) -> None:
+        gw: Gateway, bedrock: Served, caplog: pytest.LogCaptureFixture) -> None:
     bedrock.fake.behaviour.status = 429
     assert await rate_limit_error(gw) == {"type": "error", "error": {
-        "type": "rate_limit_error", "message": "Bedrock is unavailable right now."}}
+        "type": "rate_limit_error", "message": "provider bedrock-us answered 429 "
+        "(rate_limit_error); the gateway's log has its message"}}
+    assert "answered 429 rate_limit_error: Bedrock is unavailable right now." in caplog.text
     (event,) = await gw.settled(1)
     assert event["status"] == "429" and event["cost_micros"] == "0"
     assert event["provider"] == "bedrock-us"

@@ -77,7 +77,8 @@ async def test_vertex_errors_reach_the_client_as_anthropic_errors(
         gw: Gateway, vertex: Served) -> None:
     vertex.fake.behaviour.status = 429
     assert await rate_limit_error(gw) == {"type": "error", "error": {
-        "type": "rate_limit_error", "message": "Vertex could not serve the request."}}
+        "type": "rate_limit_error", "message": "provider vertex answered 429 "
+        "(rate_limit_error); the gateway's log has its message"}}
 
 
 async def test_count_tokens_goes_to_vertex_count_tokens(gw: Gateway, vertex: Served) -> None:

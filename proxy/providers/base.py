@@ -7,6 +7,8 @@ the identity and the body goes on byte-for-byte; Bedrock and Vertex re-serialize
 
 from __future__ import annotations
 
+import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -20,8 +22,20 @@ from yarl import URL
 
 from ledger.pricing import Cost, PriceTable, ServerTool, normalise_model_id
 from ledger.usage import Usage
+from proxy.envelope import error_body
 from proxy.errors import ProxyError
 from proxy.upstream import response_headers
+
+log = logging.getLogger("meterd.providers")
+
+# A provider's 401/403 is about the organization's credential, never the developer's.
+CREDENTIAL_REFUSED = frozenset({401, 403})
+# Provider error messages the client's recovery reads (Claude Code compacts on "prompt is too
+# long", Bedrock's "Input is too long." and Vertex's request-size sentence): relayed as they
+# are. Every other provider message may quote what it was sent (an AWS signature mismatch
+# quotes the canonical request, session token included): the operator's log gets it.
+_KEPT = re.compile(r"prompt is too long|Input is too long\.$|"
+                   r"Request payload size exceeds the limit: \d+ bytes\.$")
 
 
 class ProviderUnavailable(aiohttp.ClientError):
@@ -95,6 +109,38 @@ class Provider(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+def public_error(provider: str, status: int, kind: str, text: str) -> bytes:
+    """The error body a developer sees for a provider's error: the provider's message when the
+    client's recovery needs it, else a generic one with the same `error.type`. The provider's
+    own text goes to the operator's log."""
+    log.warning("provider %s answered %d %s: %s", provider, status, kind, text[:2000])
+    if _KEPT.match(text):
+        return error_body(kind, text)
+    return error_body(kind, f"provider {provider} answered {status} ({kind}); "
+                            "the gateway's log has its message")
+
+
+def refused_credential(provider: Provider, response: aiohttp.ClientResponse,
+                       first: bytes = b"") -> Relayed:
+    """A provider's 401/403 as the client sees it: a 502 `api_error` (the gateway's credential
+    was refused, which no retry or re-login of the developer's fixes), the provider's text
+    logged for the operator."""
+
+    async def body() -> AsyncIterator[bytes]:
+        payload = first + await response.read()
+        log.warning("provider %s refused the gateway's credential (%d): %s", provider.name,
+                    response.status, payload[:2000].decode("utf-8", "replace"))
+        yield error_body("api_error", f"provider {provider.name} refused the gateway's "
+                                      "credential; an operator must fix its configuration")
+
+    headers: CIMultiDict[str] = CIMultiDict({"content-type": "application/json"})
+    rid = response.headers.get("request-id") or response.headers.get("x-amzn-requestid")
+    if rid:
+        headers["request-id"] = rid
+    return Relayed(response, body(), status=502, headers=headers,
+                   content_type="application/json")
 
 
 class Relayed:

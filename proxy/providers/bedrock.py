@@ -34,6 +34,7 @@ from proxy.providers.base import (
     ProviderUnavailable,
     Relayed,
     merge_betas,
+    public_error,
     replay,
     table_model,
 )
@@ -225,7 +226,8 @@ class BedrockProvider(CloudProvider):
                 first: bytes = b"") -> Relayed:
         if response.status >= 400:
             headers = _error_headers(response)
-            return Relayed(response, _translated_error(response, first), headers=headers,
+            return Relayed(response, _translated_error(self.name, response, first),
+                           headers=headers,
                            content_type="application/json")
         if response.content_type == EVENT_STREAM:
             headers = response_headers(response.headers.items())
@@ -243,7 +245,7 @@ class BedrockProvider(CloudProvider):
     async def count_tokens_answer(self, response: aiohttp.ClientResponse,
                                   payload: bytes) -> tuple[int, bytes]:
         if response.status >= 400:
-            return response.status, _error_body(response, payload)
+            return response.status, _error_body(self.name, response, payload)
         try:
             count = orjson.loads(payload)["inputTokens"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
@@ -377,7 +379,7 @@ def _message(payload: bytes) -> str:
     return ""
 
 
-def _error_body(response: aiohttp.ClientResponse, payload: bytes) -> bytes:
+def _error_body(provider: str, response: aiohttp.ClientResponse, payload: bytes) -> bytes:
     name = response.headers.get("x-amzn-errortype", "").split(":", 1)[0]
     if not name:
         try:
@@ -386,13 +388,13 @@ def _error_body(response: aiohttp.ClientResponse, payload: bytes) -> bytes:
         except orjson.JSONDecodeError:
             name = ""
     kind = _ERROR_KINDS.get(name.lower()) or error_type(response.status)
-    return error_body(kind, _message(payload) or name or f"Bedrock answered {response.status}")
+    return public_error(provider, response.status, kind, _message(payload) or name)
 
 
-async def _translated_error(response: aiohttp.ClientResponse,
+async def _translated_error(provider: str, response: aiohttp.ClientResponse,
                             first: bytes) -> AsyncIterator[bytes]:
     payload = first + await response.read()
-    yield _error_body(response, payload)
+    yield _error_body(provider, response, payload)
 
 
 def _error_headers(response: aiohttp.ClientResponse) -> CIMultiDict[str]:

@@ -20,7 +20,15 @@ import aiohttp
 from aiohttp import web
 
 from ledger.pricing import normalise_model_id
-from proxy.providers.base import Outbound, Provider, Relayed, replay
+from proxy.envelope import error_body
+from proxy.providers.base import (
+    CREDENTIAL_REFUSED,
+    Outbound,
+    Provider,
+    Relayed,
+    refused_credential,
+    replay,
+)
 from proxy.upstream import response_headers
 
 log = logging.getLogger("meterd.providers")
@@ -79,8 +87,10 @@ async def first_answer(session: aiohttp.ClientSession, chain: Sequence[Provider]
     """Send to each provider of `chain` in turn until one answers; return it and its answer.
 
     A provider is passed over (unless it is the last) when it cannot be reached, answers 5xx,
-    or answers 2xx but closes before the first byte of the body. The last provider's failure
-    is the caller's: its exception propagates, or its answer is returned as it is.
+    refuses the organization's credential (401/403), or answers 2xx but closes before the
+    first byte of the body. The last provider's failure is the caller's: its exception
+    propagates, or its answer is returned as it is, except a refused credential, which never
+    reaches the client as such.
     """
     last = len(chain) - 1
     for i, provider in enumerate(chain):
@@ -94,7 +104,7 @@ async def first_answer(session: aiohttp.ClientSession, chain: Sequence[Provider]
             continue
         first = b""
         if i < last:
-            if response.status >= 500:
+            if response.status >= 500 or response.status in CREDENTIAL_REFUSED:
                 response.close()
                 _passed_over(provider, chain[i + 1], f"status {response.status}")
                 continue
@@ -109,6 +119,8 @@ async def first_answer(session: aiohttp.ClientSession, chain: Sequence[Provider]
                     response.close()
                     _passed_over(provider, chain[i + 1], "empty answer")
                     continue
+        if response.status in CREDENTIAL_REFUSED:
+            return provider, refused_credential(provider, response, first)
         if not translate:
             return provider, Relayed(response, replay(first, response))
         return provider, provider.respond(response, stream, first)
@@ -149,9 +161,17 @@ class Router:
                 out = await provider.count_tokens(request.path_qs, request.headers, body, model)
                 async with session.post(out.url, data=out.body, headers=out.headers) as upstream:
                     payload = await upstream.read()
-                    if upstream.status >= 500 and i < last:
+                    refused = upstream.status in CREDENTIAL_REFUSED
+                    if (upstream.status >= 500 or refused) and i < last:
                         _passed_over(provider, chain[i + 1], f"status {upstream.status}")
                         continue
+                    if refused:
+                        log.warning("provider %s refused the gateway's credential (%d): %s",
+                                    provider.name, upstream.status,
+                                    payload[:2000].decode("utf-8", "replace"))
+                        return web.json_response(status=502, body=error_body(
+                            "api_error", f"provider {provider.name} refused the gateway's "
+                            "credential; an operator must fix its configuration"))
                     status, answer = await provider.count_tokens_answer(upstream, payload)
                     headers = response_headers(upstream.headers.items())
                     headers["content-type"] = "application/json"

@@ -20,13 +20,14 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ledger.pricing import PriceTable
-from proxy.envelope import error_body, error_type
+from proxy.envelope import error_type
 from proxy.providers.base import (
     CloudProvider,
     Outbound,
     ProviderUnavailable,
     Relayed,
     merge_betas,
+    public_error,
     table_model,
 )
 from proxy.upstream import AnthropicUpstream, response_headers
@@ -187,34 +188,40 @@ class VertexProvider(CloudProvider):
         headers = response_headers(response.headers.items())
         headers.popall("content-type", None)
         headers["content-type"] = "application/json"
-        return Relayed(response, _translated_error(response, first), headers=headers,
+        return Relayed(response, _translated_error(self.name, response, first), headers=headers,
                        content_type="application/json")
 
     async def count_tokens_answer(self, response: aiohttp.ClientResponse,
                                   payload: bytes) -> tuple[int, bytes]:
         if response.status >= 400:
-            return response.status, as_anthropic_error(response.status, payload)
+            return response.status, as_anthropic_error(self.name, response.status, payload)
         return response.status, payload
 
 
-def as_anthropic_error(status: int, payload: bytes) -> bytes:
-    """An Anthropic error envelope for a Vertex error body (unchanged if it is one already)."""
+def as_anthropic_error(provider: str, status: int, payload: bytes) -> bytes:
+    """An Anthropic error envelope for a Vertex error body: an Anthropic envelope's 400/413
+    as it is (`prompt is too long: ...`), otherwise `public_error`'s."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return error_body(error_type(status), payload.decode("utf-8", "replace")[:500]
-                        or f"Vertex answered {status}")
+        return public_error(provider, status, error_type(status),
+                            payload.decode("utf-8", "replace"))
     if isinstance(doc, dict) and doc.get("type") == "error":
-        return payload
+        error = doc.get("error")
+        if status in (400, 413):
+            return payload
+        if isinstance(error, dict):
+            return public_error(provider, status, str(error.get("type") or error_type(status)),
+                                str(error.get("message", "")))
     if isinstance(doc, list) and doc:
         doc = doc[0]
     error = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(error, dict):
         kind = _GOOGLE_KINDS.get(str(error.get("status", ""))) or error_type(status)
-        return error_body(kind, str(error.get("message") or f"Vertex answered {status}"))
-    return error_body(error_type(status), f"Vertex answered {status}")
+        return public_error(provider, status, kind, str(error.get("message", "")))
+    return public_error(provider, status, error_type(status), "")
 
 
-async def _translated_error(response: aiohttp.ClientResponse,
+async def _translated_error(provider: str, response: aiohttp.ClientResponse,
                             first: bytes) -> AsyncIterator[bytes]:
-    yield as_anthropic_error(response.status, first + await response.read())
+    yield as_anthropic_error(provider, response.status, first + await response.read())

@@ -38,6 +38,7 @@ class Behaviour:
     usage: dict[str, Any] = field(default_factory=dict)
     text_chunks: int = 6
     status: int = 0  # answer every request with this error status
+    message: str = "Bedrock is unavailable right now."  # that error's message
     fail: str = ""  # "drop-before", "drop-mid", "exception"
     gap_ms: int = 0  # silence after message_start
     set_cookie: str = ""  # on every answer, as a provider's load balancer may
@@ -88,9 +89,9 @@ class FakeBedrock:
                           "The provided model identifier is invalid.", rid)
         b = self.behaviour
         if b.status:
-            name = {429: "ThrottlingException", 503: "ServiceUnavailableException"}.get(
-                b.status, "InternalServerException")
-            return _error(b.status, name, "Bedrock is unavailable right now.", rid)
+            name = {400: "ValidationException", 429: "ThrottlingException",
+                    503: "ServiceUnavailableException"}.get(b.status, "InternalServerException")
+            return _error(b.status, name, b.message, rid)
         if b.fail == "drop-before":
             request.transport.close()  # type: ignore[union-attr]
             return web.Response()

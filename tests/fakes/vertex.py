@@ -50,6 +50,8 @@ class Behaviour:
     gap_ms: int = 0  # silence after message_start
     set_cookie: str = ""  # on every answer, as a provider's load balancer may
     status: int = 0  # answer model calls with this error (Google error format)
+    message: str = "Vertex could not serve the request."  # that error's message
+    envelope: bool = False  # that error in the Anthropic envelope (the model's own errors)
     token_lifetime: int = 3600
 
 
@@ -143,8 +145,11 @@ class FakeVertex:
             return _google_error(404, "NOT_FOUND", f"Publisher model {model} not found.")
         b = self.behaviour
         if b.status:
-            status = {429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}.get(b.status, "INTERNAL")
-            return _google_error(b.status, status, "Vertex could not serve the request.")
+            if b.envelope:
+                return _anthropic_error(b.status, "invalid_request_error", b.message)
+            status = {400: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+                      503: "UNAVAILABLE"}.get(b.status, "INTERNAL")
+            return _google_error(b.status, status, b.message)
         msg_id = f"msg_vrtx_{next(self._ids)}"
         streaming = doc.get("stream") is True
         if streaming != (method == "streamRawPredict"):
