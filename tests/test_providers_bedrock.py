@@ -159,7 +159,8 @@ async def test_a_stream_exception_becomes_an_error_event_and_is_billed(
 
 async def test_count_tokens_goes_to_bedrock_count_tokens(gw: Gateway, bedrock: Served) -> None:
     assert await counted_tokens(gw) > 0
-    assert bedrock.fake.recorded[0]["path"] == "/model/us.anthropic.claude-sonnet-4-6/count-tokens"
+    # CountTokens takes the foundation model, not the route's inference profile (`us.`).
+    assert bedrock.fake.recorded[0]["path"] == "/model/anthropic.claude-sonnet-4-6/count-tokens"
     assert not bedrock.fake.rejected and await gw.events() == []  # never metered
 
 
@@ -265,3 +266,37 @@ async def test_bedrock_format_request_is_admitted_and_recorded_at_the_gates_cloc
     assert resp.status == 200
     (event,) = await gw.settled(1)
     assert event["ts_ms"] == str(int(at.timestamp() * 1000))
+
+
+ARN = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123"
+
+
+async def test_count_tokens_for_a_model_no_provider_can_count_is_not_supported(
+        gw: Gateway, bedrock: Served) -> None:
+    """An application inference profile names no foundation model: the client is told to
+    count by itself, and not to retry."""
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages/count_tokens",
+                                data=orjson.dumps({**BODY, "model": ARN}),
+                                headers={"x-api-key": key})
+    assert resp.status == 501
+    assert resp.headers["x-should-retry"] == "false"
+    assert (await resp.json())["error"]["type"] == "not_supported"
+    resp = await gw.client.post(f"/bedrock/model/{ARN.replace('/', '%2F')}/count-tokens",
+                                data=b"{}", headers={"authorization": f"Bearer {key}"})
+    assert resp.status == 501
+    assert resp.headers["x-should-retry"] == "false"
+    assert bedrock.fake.recorded == []
+
+
+async def test_a_bedrock_format_count_tokens_goes_out_with_the_foundation_model(
+        gw: Gateway, bedrock: Served) -> None:
+    key = await gw.developer()
+    inner = orjson.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 1,
+                          "messages": BODY["messages"]})
+    body = orjson.dumps({"input": {"invokeModel": {"body": base64.b64encode(inner).decode()}}})
+    resp = await gw.client.post("/bedrock/model/us.anthropic.claude-sonnet-4-6/count-tokens",
+                                data=body, headers={"authorization": f"Bearer {key}"})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["inputTokens"] == len(inner) // 4
+    assert bedrock.fake.recorded[0]["path"] == "/model/anthropic.claude-sonnet-4-6/count-tokens"

@@ -276,3 +276,18 @@ def test_bad_provider_configuration_is_refused_naming_the_setting(
 
 def test_without_providers_the_single_upstream_stays(tmp_path: Path) -> None:
     assert build_routing(Settings(), {}) is None
+
+
+async def test_count_tokens_a_provider_cannot_count_goes_to_the_next(
+        start_gateway: StartGateway, upstream: Upstream, bedrock: Served,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123"
+    gw = await start_gateway(providers={"bedrock": bedrock_provider(bedrock),
+                                        "anthropic": anthropic_provider(upstream, monkeypatch)})
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages/count_tokens",
+                                data=orjson.dumps({**BODY, "model": arn}),
+                                headers={"x-api-key": key})
+    assert resp.status == 200, await resp.text()
+    assert bedrock.fake.recorded == []
+    assert [r for r in upstream.recorded if r["path_qs"] == "/v1/messages/count_tokens"]

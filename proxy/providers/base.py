@@ -43,6 +43,17 @@ class ProviderUnavailable(aiohttp.ClientError):
     of ClientError so the relay and the router treat it like an unreachable provider."""
 
 
+class CannotCount(ProviderUnavailable):
+    """The provider cannot count tokens for this model (a Bedrock application inference
+    profile has no foundation model to count with): the next provider may; if none can,
+    the client is told `not_supported` and counts by itself."""
+
+
+def not_countable(model: str) -> ProxyError:
+    return ProxyError(501, "not_supported", f"no provider can count tokens for {model!r}",
+                      headers={"x-should-retry": "false"})
+
+
 @dataclass(frozen=True, slots=True)
 class Outbound:
     """One request to a provider, ready to send on the shared session."""

@@ -29,6 +29,7 @@ from ledger.pricing import PriceTable
 from proxy.envelope import error_body, error_type
 from proxy.meter import Metered, StreamMeter
 from proxy.providers.base import (
+    CannotCount,
     CloudProvider,
     Outbound,
     ProviderUnavailable,
@@ -144,6 +145,16 @@ class BedrockProvider(CloudProvider):
             return model
         return self.prefix + mapped if mapped.startswith("anthropic.") else mapped
 
+    def foundation_model_id(self, model: str) -> str:
+        """The foundation-model id CountTokens takes (it refuses inference profiles): the
+        model id without its geographic or global profile prefix (`us.`, `global.`...).
+        An ARN names no foundation model: CannotCount."""
+        model_id = self.model_id(model)
+        if model_id.startswith("arn:"):
+            raise CannotCount(f"provider {self.name}: {model_id} names no foundation model")
+        _, dot, rest = model_id.partition(".")
+        return rest if dot and rest.startswith("anthropic.") else model_id
+
     def regional(self, model: str) -> bool:
         """Every id but a global inference profile (`global.` prefix, or its ARN) is served
         regionally: a geographic profile (`us.`, `eu.`...), a base model id in this region, or
@@ -177,11 +188,15 @@ class BedrockProvider(CloudProvider):
         doc, _ = self.body(body, headers)
         doc.setdefault("max_tokens", 1)  # InvokeModel's body requires it; counting ignores it
         wrapped = {"input": {"invokeModel": {"body": base64.b64encode(orjson.dumps(doc)).decode()}}}
-        return await self.signed(self._model_path(self.model_id(model), "count-tokens"),
-                                 orjson.dumps(wrapped))
+        return await self.signed(
+            self._model_path(self.foundation_model_id(model), "count-tokens"),
+            orjson.dumps(wrapped))
 
     async def passthrough(self, model_id: str, action: str, body: bytes) -> Outbound:
-        """A Bedrock-format client's request, body unchanged, signed for this endpoint."""
+        """A Bedrock-format client's request, body unchanged, signed for this endpoint
+        (count-tokens with the foundation model of the id the client names)."""
+        if action == "count-tokens":
+            model_id = self.foundation_model_id(model_id)
         return await self.signed(self._model_path(model_id, action), body)
 
     def _model_path(self, model_id: str, action: str) -> str:

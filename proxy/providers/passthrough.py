@@ -19,7 +19,7 @@ from aiohttp import web
 
 from proxy.errors import ProxyError, upstream_failure
 from proxy.handlers import Relay, check_model
-from proxy.providers.base import Outbound, Provider, Relayed
+from proxy.providers.base import CannotCount, Outbound, Provider, Relayed, not_countable
 from proxy.providers.bedrock import EVENT_STREAM, BedrockProvider, EventStreamMeter
 from proxy.providers.routing import first_answer
 from proxy.providers.vertex import VertexProvider
@@ -105,7 +105,7 @@ async def bedrock_count_tokens(request: web.Request) -> web.StreamResponse:
     def build(provider: Provider, body: bytes) -> Awaitable[Outbound]:
         return _of_kind(provider, BedrockProvider).passthrough(model, "count-tokens", body)
 
-    return await _forward(state, _chain(state, "bedrock", model), build, body)
+    return await _forward(state, _chain(state, "bedrock", model), build, body, model)
 
 
 async def bedrock_inference_profiles(request: web.Request) -> web.Response:
@@ -132,7 +132,7 @@ async def vertex_predict(request: web.Request) -> web.StreamResponse:
     if model == "count-tokens":  # the model is in the body
         if principal.models is not None:
             check_model(principal, request_model(body))
-        return await _forward(state, chain, build, body)
+        return await _forward(state, chain, build, body, request_model(body))
     if method not in ("rawPredict", "streamRawPredict"):
         raise ProxyError(404, "not_found_error", f"not found: POST {request.path}")
     _, stream, allowance, _ = read_fields(body)
@@ -143,13 +143,15 @@ async def vertex_predict(request: web.Request) -> web.StreamResponse:
 
 
 async def _forward(state: ProxyState, chain: Sequence[Provider], build: Build,
-                   body: bytes) -> web.Response:
+                   body: bytes, model: str) -> web.Response:
     """Forward an unmetered request (count-tokens) along the chain; answer it unchanged."""
     try:
         _, response = await first_answer(state.session, chain,
                                          lambda provider: build(provider, body), False,
                                          translate=False)
         payload = b"".join([chunk async for chunk in response.iter_any()])
+    except CannotCount:
+        raise not_countable(model) from None
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise upstream_failure(exc) from None
     response.release()

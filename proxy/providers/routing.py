@@ -23,9 +23,11 @@ from ledger.pricing import normalise_model_id
 from proxy.envelope import error_body
 from proxy.providers.base import (
     CREDENTIAL_REFUSED,
+    CannotCount,
     Outbound,
     Provider,
     Relayed,
+    not_countable,
     refused_credential,
     replay,
 )
@@ -178,6 +180,8 @@ class Router:
                     return web.Response(status=status, body=answer, headers=headers)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 if i == last:
+                    if isinstance(exc, CannotCount):
+                        raise not_countable(model) from None
                     raise
                 _passed_over(provider, chain[i + 1], type(exc).__name__)
         raise AssertionError("empty provider chain")

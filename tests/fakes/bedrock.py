@@ -79,6 +79,9 @@ class FakeBedrock:
         if action not in ("invoke", "invoke-with-response-stream", "count-tokens"):
             return _error(404, "UnknownOperationException", "unknown operation", rid)
         if action == "count-tokens":
+            if not model.startswith("anthropic."):  # CountTokens takes foundation models only
+                return _error(400, "ValidationException",
+                              "The provided model identifier is invalid.", rid)
             return self._count_tokens(body, rid)
         try:
             doc = self._check_body(body)
