@@ -291,3 +291,32 @@ async def test_count_tokens_a_provider_cannot_count_goes_to_the_next(
     assert resp.status == 200, await resp.text()
     assert bedrock.fake.recorded == []
     assert [r for r in upstream.recorded if r["path_qs"] == "/v1/messages/count_tokens"]
+
+
+@pytest.mark.parametrize(("model", "bedrock_models"), [
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", {}),
+    ("arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123",
+     {"claude-sonnet-4-5": "arn:aws:bedrock:us-east-1:123456789012:"
+                           "application-inference-profile/abc123"}),
+])
+async def test_a_bedrock_form_id_falling_back_reaches_vertex_and_anthropic_translated(
+        start_gateway: StartGateway, upstream: Upstream, bedrock: Served, vertex: Served,
+        monkeypatch: pytest.MonkeyPatch, model: str, bedrock_models: dict[str, str]) -> None:
+    gw = await start_gateway(providers={
+        "bedrock": bedrock_provider(bedrock, models=bedrock_models),
+        "vertex": vertex_provider(vertex),
+        "anthropic": anthropic_provider(upstream, monkeypatch)})
+    bedrock.fake.behaviour.status = 503
+    vertex.fake.behaviour.status = 503
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages", data=orjson.dumps({**BODY, "model": model}),
+                                headers={"x-api-key": key})
+    assert resp.status == 200, await resp.text()
+    assert bedrock.fake.recorded[0]["path"].startswith("/model/" + model.replace(
+        ":", "%3A").replace("/", "%2F"))
+    assert vertex.fake.recorded[-1]["path"].endswith(
+        "/models/claude-sonnet-4-5@20250929:rawPredict")
+    (sent,) = [r for r in upstream.recorded if r["path_qs"] == "/v1/messages"]
+    assert orjson.loads(sent["body"])["model"] == "claude-sonnet-4-5"
+    (event,) = await gw.settled(1)
+    assert event["provider"] == "anthropic"

@@ -13,7 +13,7 @@ import orjson
 from multidict import CIMultiDictProxy
 
 from ledger.pricing import PriceTable
-from proxy.providers.base import Outbound, Provider, load_json, table_model
+from proxy.providers.base import Outbound, Provider, foreign_form, load_json, table_model
 from proxy.upstream import AnthropicUpstream
 
 
@@ -41,9 +41,12 @@ class AnthropicProvider(Provider):
     def _outbound(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
                   model: str) -> Outbound:
         upstream = self.upstream
-        if self.models:
-            mapped = table_model(self.models, model)
-            if mapped and mapped != model:
+        foreign = foreign_form(model)
+        if self.models or foreign:
+            # A Bedrock- or Vertex-form id (a fallback from a cloud route) is translated.
+            target = self.bare_model(model) if foreign else model
+            mapped = table_model(self.models, target) or target
+            if mapped != model:
                 # Only a configured rename re-serializes the body; otherwise it goes unchanged.
                 doc = load_json(body)
                 doc["model"] = mapped

@@ -76,6 +76,14 @@ class Provider(ABC):
         # premium; None: the premium applies where `regional` says so.
         self.multiplier = multiplier
         self.prices = prices  # None: the gateway's table
+        # Configured ARNs (application inference profiles) -> the model name they serve, from
+        # every provider of the routing table: what a Bedrock-form client's ARN means
+        # elsewhere on its route.
+        self.aliases: Mapping[str, str] = {}
+
+    def bare_model(self, model: str) -> str:
+        """The Anthropic model name of a Bedrock- or Vertex-form id or ARN."""
+        return self.aliases.get(model) or normalise_model_id(model)
 
     def regional(self, model: str) -> bool:
         """Whether this provider serves `model` from a regional (not global) endpoint, which
@@ -206,6 +214,11 @@ def merge_betas(header: str | None, body_betas: Any, drop: Iterable[str] = ()) -
         if beta and beta not in dropped and beta not in out:
             out.append(beta)
     return out
+
+
+def foreign_form(model: str) -> bool:
+    """Whether a model id is in a cloud platform's form (Bedrock id or ARN, Vertex `@`)."""
+    return "anthropic." in model or model.startswith("arn:") or "@" in model
 
 
 def load_json(body: bytes) -> dict[str, Any]:

@@ -62,6 +62,11 @@ class RoutingTable:
         self.providers = dict(providers)
         self.routes = tuple(routes)
         self.default = tuple(self.providers.values())
+        aliases = {mapped: name for p in self.default
+                   for name, mapped in getattr(p, "models", {}).items()
+                   if mapped.startswith("arn:")}
+        for provider in self.default:
+            provider.aliases = aliases
         self._chains: dict[str, tuple[Provider, ...]] = {}
 
     def chain(self, model: str) -> tuple[Provider, ...]:

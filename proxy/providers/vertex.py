@@ -26,6 +26,7 @@ from proxy.providers.base import (
     Outbound,
     ProviderUnavailable,
     Relayed,
+    foreign_form,
     merge_betas,
     public_error,
     table_model,
@@ -145,9 +146,12 @@ class VertexProvider(CloudProvider):
         return self.region != "global"
 
     def model_id(self, model: str) -> str:
-        """The Vertex model id for a client's model name (ids with `@` pass as given)."""
+        """The Vertex model id for a client's model name (ids with `@` pass as given; a
+        Bedrock-form id or ARN becomes the model it names)."""
         if "@" in model:
             return model
+        if foreign_form(model):
+            model = self.bare_model(model)
         return table_model(self.models, model) or model
 
     async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,

@@ -87,7 +87,7 @@ class FakeBedrock:
             doc = self._check_body(body)
         except ValueError as exc:
             return _error(400, "ValidationException", str(exc), rid)
-        if "anthropic.claude" not in model:
+        if "anthropic.claude" not in model and ":application-inference-profile/" not in model:
             return _error(400, "ValidationException",
                           "The provided model identifier is invalid.", rid)
         b = self.behaviour
