@@ -108,8 +108,8 @@ async def test_betas_move_into_the_body_and_the_ones_bedrock_rejects_are_dropped
     assert b"message_stop" in await resp.read()
     sent = orjson.loads(bedrock.fake.recorded[0]["body"])
     assert sent["anthropic_version"] == "bedrock-2023-05-31"
-    assert sent["anthropic_beta"] == ["context-1m-2025-08-07", "claude-code-20250219",
-                                      "effort-2025-11-24"]
+    # Only what Claude Code's native Bedrock mode sends (test_providers_native_betas.py).
+    assert sent["anthropic_beta"] == ["context-1m-2025-08-07"]
     assert "model" not in sent and "stream" not in sent
     assert sent["messages"] == BODY["messages"] and sent["max_tokens"] == BODY["max_tokens"]
     headers = {k.lower() for k in bedrock.fake.recorded[0]["headers"]}

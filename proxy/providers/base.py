@@ -201,9 +201,11 @@ async def replay(first: bytes, response: aiohttp.ClientResponse) -> AsyncIterato
         yield chunk
 
 
-def merge_betas(header: str | None, body_betas: Any, drop: Iterable[str] = ()) -> list[str]:
+def merge_betas(header: str | None, body_betas: Any, drop: Iterable[str] = (),
+                rename: Mapping[str, tuple[str, ...]] | None = None) -> list[str]:
     """Beta values from the `anthropic-beta` header and a body `anthropic_beta` list, in
-    order, without repeats, minus `drop`. An open list: everything else passes."""
+    order, without repeats, minus `drop`, each in `rename` replaced by its values. An open
+    list: everything else passes."""
     dropped = set(drop)
     out: list[str] = []
     values: list[Any] = list(body_betas) if isinstance(body_betas, list) else []
@@ -211,8 +213,9 @@ def merge_betas(header: str | None, body_betas: Any, drop: Iterable[str] = ()) -
         values.extend(header.split(","))
     for value in values:
         beta = str(value).strip()
-        if beta and beta not in dropped and beta not in out:
-            out.append(beta)
+        for name in (rename or {}).get(beta, (beta,)):
+            if name and name not in dropped and name not in out:
+                out.append(name)
     return out
 
 
@@ -252,6 +255,9 @@ class CloudProvider(Provider):
         self.anthropic_version = anthropic_version
         self.drop_betas = frozenset(drop_betas)
         self.drop_fields = tuple(drop_fields)
+        # Betas whose name on this platform differs from the Anthropic API's, as Claude Code's
+        # native mode for the platform sends them.
+        self.rename_betas: Mapping[str, tuple[str, ...]] = {}
 
     def platform_body(self, body: bytes) -> dict[str, Any]:
         """The client's body with the platform's `anthropic_version` (unless it names one) and

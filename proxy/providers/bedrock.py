@@ -76,17 +76,24 @@ DEFAULT_MODELS: Mapping[str, str] = {
     "claude-fable-5-2": "anthropic.claude-fable-5-2",
 }
 # Beta values Bedrock answers with 400 "invalid beta flag": features of Anthropic's own API
-# (files, MCP connector, OAuth, server-side web tools, environments) and the request-tags beta
-# that Claude Code's own gateway strips for Bedrock and Vertex. Everything else passes: the
-# list is a denylist, and configuration (`drop_betas`) replaces it.
+# (files, MCP connector, OAuth, server-side web tools, environments), the request-tags beta
+# that Claude Code's own gateway strips for Bedrock and Vertex, and the betas Claude Code's
+# native Bedrock mode (CLAUDE_CODE_USE_BEDROCK) never sends, recorded from the pinned
+# Claude Code (tests/test_providers_native_betas.py). Everything else passes: the list is a
+# denylist, and configuration (`drop_betas`) replaces it.
 DEFAULT_DROP_BETAS: tuple[str, ...] = (
     "oauth-2025-04-20", "files-api-2025-04-14", "mcp-client-2025-04-04",
     "mcp-servers-2025-12-04", "environments-2025-11-01", "ccr-byoc-2025-07-29",
     "web-search-2025-03-05", "web-fetch-2025-09-10", "code-execution-2025-08-25",
-    "skills-2025-10-02", "advanced-tool-use-2025-11-20", "prompt-caching-scope-2026-01-05",
-    "request-tags-2026-08-21",
+    "skills-2025-10-02", "prompt-caching-scope-2026-01-05", "request-tags-2026-08-21",
+    "claude-code-20250219", "context-management-2025-06-27", "effort-2025-11-24",
+    "mid-conversation-tool-changes-2026-07-01", "thinking-token-count-2026-05-13",
 )
-DEFAULT_DROP_FIELDS: tuple[str, ...] = ("tags",)  # gated by the request-tags beta
+# `tags` is gated by the request-tags beta, `context_management` by its beta.
+DEFAULT_DROP_FIELDS: tuple[str, ...] = ("tags", "context_management")
+# The tool-search beta under the name the native mode sends.
+RENAME_BETAS: Mapping[str, tuple[str, ...]] = {
+    "advanced-tool-use-2025-11-20": ("tool-search-tool-2025-10-19",)}
 
 # Bedrock's error and stream-exception names -> Anthropic error types.
 _ERROR_KINDS = {
@@ -124,6 +131,7 @@ class BedrockProvider(CloudProvider):
         super().__init__(name, base_url or f"https://bedrock-runtime.{region}.amazonaws.com",
                          {**DEFAULT_MODELS, **(models or {})}, anthropic_version, drop_betas,
                          drop_fields, multiplier, prices)
+        self.rename_betas = RENAME_BETAS
         self.region = region
         self.prefix = f"{inference_profile}." if inference_profile else ""
         self.ping_interval = ping_interval
@@ -170,7 +178,7 @@ class BedrockProvider(CloudProvider):
         doc.pop("model", None)
         stream = doc.pop("stream", False) is True
         betas = merge_betas(headers.get("anthropic-beta"), doc.get("anthropic_beta"),
-                            self.drop_betas)
+                            self.drop_betas, self.rename_betas)
         if betas:
             doc["anthropic_beta"] = betas
         else:

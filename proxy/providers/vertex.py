@@ -53,8 +53,18 @@ DEFAULT_MODELS: Mapping[str, str] = {
     "claude-opus-4-1": "claude-opus-4-1@20250805",
     "claude-opus-4-5": "claude-opus-4-5@20251101",
 }
-DEFAULT_DROP_BETAS: tuple[str, ...] = ("request-tags-2026-08-21",)
-DEFAULT_DROP_FIELDS: tuple[str, ...] = ("tags",)
+# The request-tags beta, and the betas Claude Code's native Vertex mode
+# (CLAUDE_CODE_USE_VERTEX) never sends, recorded from the pinned Claude Code
+# (tests/test_providers_native_betas.py).
+DEFAULT_DROP_BETAS: tuple[str, ...] = (
+    "request-tags-2026-08-21", "context-management-2025-06-27",
+    "mid-conversation-tool-changes-2026-07-01", "thinking-token-count-2026-05-13")
+DEFAULT_DROP_FIELDS: tuple[str, ...] = ("tags", "context_management")
+# As the native mode sends them: tool search under its Vertex name, and Claude Code's requests
+# with the web-search beta that Vertex needs for its web search tool.
+RENAME_BETAS: Mapping[str, tuple[str, ...]] = {
+    "advanced-tool-use-2025-11-20": ("tool-search-tool-2025-10-19",),
+    "claude-code-20250219": ("claude-code-20250219", "web-search-2025-03-05")}
 _GOOGLE_KINDS = {
     "INVALID_ARGUMENT": "invalid_request_error", "FAILED_PRECONDITION": "invalid_request_error",
     "UNAUTHENTICATED": "authentication_error", "PERMISSION_DENIED": "permission_error",
@@ -135,6 +145,7 @@ class VertexProvider(CloudProvider):
         super().__init__(name, base_url or default_base_url(region),
                          {**DEFAULT_MODELS, **(models or {})}, anthropic_version, drop_betas,
                          drop_fields, multiplier, prices)
+        self.rename_betas = RENAME_BETAS
         self.project, self.region = project, region
         self.tokens = tokens
         self._headers = AnthropicUpstream(self.base_url, "")  # the header rules, no key
@@ -178,8 +189,9 @@ class VertexProvider(CloudProvider):
 
     async def _request_headers(self, incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         headers = self._headers.request_headers(incoming.items())
-        if self.drop_betas and "anthropic-beta" in headers:
-            betas = merge_betas(headers.popone("anthropic-beta"), None, self.drop_betas)
+        if "anthropic-beta" in headers:
+            betas = merge_betas(headers.popone("anthropic-beta"), None, self.drop_betas,
+                                self.rename_betas)
             if betas:
                 headers["anthropic-beta"] = ",".join(betas)
         headers["authorization"] = f"Bearer {await self.tokens.token()}"
