@@ -300,7 +300,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     try:
         if state.router is not None:
             return await state.router.count_tokens(state.session, request, body,
-                                                   request_model(body))
+                                                   request_model(body), state.metrics.fallbacks)
         async with state.session.post(
             state.upstream.url(request.path_qs), data=body,
             headers=state.upstream.request_headers(request.headers.items()),

@@ -71,6 +71,8 @@ class ProxyMetrics:
         self.rejections: Counter[str] = Counter()  # by error type
         self.estimated = 0
         self.telemetry_dropped: Counter[str] = Counter()  # OTLP records, by reason
+        # Requests a provider failed before answering, by (that provider, the next tried).
+        self.fallbacks: Counter[tuple[str, str]] = Counter()
         self._redis_errors, self._spool_depth = redis_errors, spool_depth
         self._token = token.encode()
         self.registry = CollectorRegistry()
@@ -107,6 +109,13 @@ class ProxyMetrics:
         for reason, n in sorted(self.telemetry_dropped.items()):
             dropped.add_metric([reason], n)
         yield dropped
+        fallbacks = CounterMetricFamily(
+            "meterd_provider_fallbacks",
+            "Requests passed to the next provider of their route, by the provider that failed.",
+            labels=["provider", "next"])
+        for (provider, next_provider), n in sorted(self.fallbacks.items()):
+            fallbacks.add_metric([provider, next_provider], n)
+        yield fallbacks
         yield GaugeMetricFamily("meterd_redis_errors",
                                 "Redis failures seen by admission and settlement.",
                                 value=self._redis_errors())

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client.exposition import generate_latest
 
 from tests.conftest import Upstream
 from tests.fakes.bedrock import FakeBedrock
@@ -52,6 +53,12 @@ async def test_a_signature_mismatch_moves_the_request_to_the_next_provider(
     assert wrong_secret_bedrock.fake.rejected == [MISMATCH]
     assert "provider bedrock failed before answering (status 403); trying anthropic" \
         in caplog.text
+    resp = await gw.client.post("/v1/messages/count_tokens", data=orjson.dumps(BODY),
+                                headers={"x-api-key": key})
+    assert resp.status == 200
+    exposition = generate_latest(gw.proxy.metrics.registry).decode().splitlines()
+    assert 'meterd_provider_fallbacks_total{next="anthropic",provider="bedrock"} 2.0' \
+        in exposition
 
 
 async def test_a_refused_credential_on_the_last_provider_is_a_502_that_leaks_nothing(

@@ -50,7 +50,7 @@ class Passthrough:
     async def open(self, relay: Relay, body: bytes) -> Relayed:
         relay.served, response = await first_answer(
             relay.state.session, self.chain, lambda provider: self.build(provider, body),
-            relay.stream, translate=False)
+            relay.stream, translate=False, passed=relay.state.metrics.fallbacks)
         return response  # type: ignore[no-any-return]
 
 
@@ -148,7 +148,7 @@ async def _forward(state: ProxyState, chain: Sequence[Provider], build: Build,
     try:
         _, response = await first_answer(state.session, chain,
                                          lambda provider: build(provider, body), False,
-                                         translate=False)
+                                         translate=False, passed=state.metrics.fallbacks)
         payload = b"".join([chunk async for chunk in response.iter_any()])
     except CannotCount:
         raise not_countable(model) from None

@@ -11,6 +11,7 @@ in flight keep the providers they started with.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -89,8 +90,12 @@ class RoutingTable:
 Build = Callable[[Provider], Awaitable[Outbound]]
 
 
+Fallbacks = Counter[tuple[str, str]]  # (provider passed over, provider tried next)
+
+
 async def first_answer(session: aiohttp.ClientSession, chain: Sequence[Provider], build: Build,
-                       stream: bool, translate: bool = True) -> tuple[Provider, Any]:
+                       stream: bool, translate: bool = True,
+                       passed: Fallbacks | None = None) -> tuple[Provider, Any]:
     """Send to each provider of `chain` in turn until one answers; return it and its answer.
 
     A provider is passed over (unless it is the last) when it cannot be reached, answers 5xx,
@@ -107,24 +112,24 @@ async def first_answer(session: aiohttp.ClientSession, chain: Sequence[Provider]
         except (TimeoutError, aiohttp.ClientError) as exc:
             if i == last:
                 raise
-            _passed_over(provider, chain[i + 1], type(exc).__name__)
+            _passed_over(provider, chain[i + 1], type(exc).__name__, passed)
             continue
         first = b""
         if i < last:
             if response.status >= 500 or response.status in CREDENTIAL_REFUSED:
                 response.close()
-                _passed_over(provider, chain[i + 1], f"status {response.status}")
+                _passed_over(provider, chain[i + 1], f"status {response.status}", passed)
                 continue
             if response.status < 300:
                 try:
                     first = await response.content.readany()
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     response.close()
-                    _passed_over(provider, chain[i + 1], type(exc).__name__)
+                    _passed_over(provider, chain[i + 1], type(exc).__name__, passed)
                     continue
                 if not first:
                     response.close()
-                    _passed_over(provider, chain[i + 1], "empty answer")
+                    _passed_over(provider, chain[i + 1], "empty answer", passed)
                     continue
         if response.status in CREDENTIAL_REFUSED:
             return provider, refused_credential(provider, response, first)
@@ -134,7 +139,10 @@ async def first_answer(session: aiohttp.ClientSession, chain: Sequence[Provider]
     raise AssertionError("empty provider chain")
 
 
-def _passed_over(provider: Provider, next_provider: Provider, why: str) -> None:
+def _passed_over(provider: Provider, next_provider: Provider, why: str,
+                 passed: Fallbacks | None) -> None:
+    if passed is not None:
+        passed[provider.name, next_provider.name] += 1
     log.warning("provider %s failed before answering (%s); trying %s", provider.name, why,
                 next_provider.name)
 
@@ -155,11 +163,13 @@ class Router:
             return provider.messages(path_qs, headers, body, model, stream)
 
         relay.served, response = await first_answer(
-            relay.state.session, self.table.chain(model), build, stream)
+            relay.state.session, self.table.chain(model), build, stream,
+            passed=relay.state.metrics.fallbacks)
         return response  # type: ignore[no-any-return]
 
     async def count_tokens(self, session: aiohttp.ClientSession, request: web.Request,
-                           body: bytes, model: str) -> web.Response:
+                           body: bytes, model: str,
+                           passed: Fallbacks | None = None) -> web.Response:
         """Forward a count_tokens request along the model's route (same fallback)."""
         chain = self.table.chain(model)
         last = len(chain) - 1
@@ -170,7 +180,7 @@ class Router:
                     payload = await upstream.read()
                     refused = upstream.status in CREDENTIAL_REFUSED
                     if (upstream.status >= 500 or refused) and i < last:
-                        _passed_over(provider, chain[i + 1], f"status {upstream.status}")
+                        _passed_over(provider, chain[i + 1], f"status {upstream.status}", passed)
                         continue
                     if refused:
                         log.warning("provider %s refused the gateway's credential (%d): %s",
@@ -188,5 +198,5 @@ class Router:
                     if isinstance(exc, CannotCount):
                         raise not_countable(model) from None
                     raise
-                _passed_over(provider, chain[i + 1], type(exc).__name__)
+                _passed_over(provider, chain[i + 1], type(exc).__name__, passed)
         raise AssertionError("empty provider chain")
