@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -320,3 +321,35 @@ async def test_a_bedrock_form_id_falling_back_reaches_vertex_and_anthropic_trans
     assert orjson.loads(sent["body"])["model"] == "claude-sonnet-4-5"
     (event,) = await gw.settled(1)
     assert event["provider"] == "anthropic"
+
+
+async def test_a_json_answer_cut_mid_body_is_billed_by_its_estimate(
+        start_gateway: StartGateway, aiohttp_server: Callable[..., Awaitable[TestServer]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def half(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        body = b'{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"te'
+        response = web.StreamResponse(headers={"Content-Type": "application/json",
+                                               "Content-Length": str(len(body) * 2)})
+        await response.prepare(request)
+        await response.write(body)
+        assert request.transport is not None
+        request.transport.close()  # the provider broke off mid-body
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", half)
+    server = await aiohttp_server(app)
+    monkeypatch.setenv("MTD_PROVIDER_HALF_KEY", "k")
+    gw = await start_gateway(providers={"half": {"kind": "anthropic",
+                                                 "base_url": str(server.make_url(""))}})
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages", data=orjson.dumps(BODY),
+                                headers={"x-api-key": key})
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):  # the client's answer breaks off too
+        await resp.read()
+    (event,) = await gw.settled(1)
+    assert event["error_type"] == "upstream_reset" and event["estimated"] == "1"
+    assert event["output_tokens"] == str(BODY["max_tokens"])
+    assert int(event["cost_micros"]) > 0
