@@ -39,7 +39,7 @@ from aiohttp import web
 from ledger.pricing import PriceError, PriceTable
 from meterd.settings import Settings, SettingsError
 from proxy.providers import Provider, Route, Router, RoutingTable
-from proxy.providers.anthropic import AnthropicProvider
+from proxy.providers.anthropic import AnthropicProvider, FoundryProvider, foundry_base_url
 from proxy.providers.bedrock import BedrockProvider
 from proxy.providers.vertex import SCOPES, StaticToken, TokenSource, VertexProvider
 from proxy.state import STATE, ProxyState
@@ -49,6 +49,7 @@ log = logging.getLogger("meterd.providers")
 _COMMON = {"kind", "models", "multiplier", "prices"}
 _KEYS = {
     "anthropic": _COMMON | {"base_url", "auth", "headers"},
+    "foundry": _COMMON | {"resource", "base_url"},
     "bedrock": _COMMON | {"region", "base_url", "profile", "inference_profile",
                           "anthropic_version", "drop_betas", "drop_fields", "ping_interval"},
     "vertex": _COMMON | {"project", "region", "base_url", "anthropic_version", "drop_betas",
@@ -85,7 +86,7 @@ def _provider(name: str, spec: Any, settings: Settings, environ: Mapping[str, st
     kind = spec.get("kind")
     if kind not in _KEYS:
         raise SettingsError(f"setting {where}.kind: {kind!r} is not one of anthropic, bedrock, "
-                            "vertex")
+                            "vertex, foundry")
     for key in spec:
         if key in _SECRETS:
             raise SettingsError(f"setting {where}.{key}: a secret; set {env_name(name, 'KEY')} "
@@ -109,6 +110,15 @@ def _provider(name: str, spec: Any, settings: Settings, environ: Mapping[str, st
         return AnthropicProvider(name, base_url, key, auth,
                                  _strings(spec.get("headers", {}), f"{where}.headers"),
                                  **common)
+    if kind == "foundry":
+        if "base_url" not in spec and not spec.get("resource"):
+            raise SettingsError(f"setting {where}.resource: required (or base_url)")
+        base_url = str(spec.get("base_url") or foundry_base_url(str(spec["resource"])))
+        if not base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"setting {where}.base_url: {base_url!r} is not an http(s) URL")
+        if not key:
+            raise SettingsError(f"provider {name}: no API key; set {env_name(name, 'KEY')}")
+        return FoundryProvider(name, base_url, key, **common)
     optional = {k: spec[k] for k in ("base_url", "anthropic_version") if k in spec}
     for k in ("drop_betas", "drop_fields"):
         if k in spec:

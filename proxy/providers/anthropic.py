@@ -52,3 +52,15 @@ class AnthropicProvider(Provider):
                 doc["model"] = mapped
                 body = orjson.dumps(doc)
         return Outbound(upstream.url(path_qs), upstream.request_headers(headers.items()), body)
+
+
+class FoundryProvider(AnthropicProvider):
+    """Claude on Microsoft Foundry: the Anthropic Messages API under a resource's
+    `/anthropic` path, with the resource's API key (sent as x-api-key, which the endpoint
+    authenticates). Priced with its own multiplier like any provider."""
+
+    kind = "foundry"
+
+
+def foundry_base_url(resource: str) -> str:
+    return f"https://{resource}.services.ai.azure.com/anthropic"
