@@ -17,6 +17,7 @@ from proxy.providers.anthropic import FoundryProvider
 from tests.conftest import MOCK_KEY, Upstream
 from tests.fakes.gateways import Served, StartGateway, bedrock_provider
 from tests.provider_requests import BODY
+from tests.test_providers_claude_code import run_claude
 from tests.test_sdk import USAGE
 
 pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
@@ -56,3 +57,20 @@ def test_foundry_is_configured_by_resource_and_needs_a_key(tmp_path: Path) -> No
     assert isinstance(provider, FoundryProvider) and provider.kind == "foundry"
     assert provider.upstream.url("/v1/messages") == (
         "https://contoso-ai.services.ai.azure.com/anthropic/v1/messages")
+
+
+@pytest.mark.parametrize("redis_url", ["real"], indirect=True)
+async def test_claude_code_in_foundry_mode_is_served_and_metered(
+        start_gateway: StartGateway, upstream: Upstream, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """Claude Code's own Foundry mode (CLAUDE_CODE_USE_FOUNDRY) pointed at meterd, with the
+    developer's gateway key as its Foundry API key."""
+    monkeypatch.setenv("MTD_PROVIDER_AZURE_KEY", MOCK_KEY)
+    gw = await start_gateway(providers={"azure": {"kind": "foundry", "base_url": upstream.url}})
+    key = await gw.developer()
+    out = await run_claude(gw, tmp_path, key, CLAUDE_CODE_USE_FOUNDRY="1",
+                           ANTHROPIC_FOUNDRY_BASE_URL=gw.url, ANTHROPIC_FOUNDRY_API_KEY=key)
+    assert out.strip()
+    events = [e for e in await gw.settled(1) if e["status"] == "200"]
+    assert events and all(e["provider"] == "azure" for e in events)
+    assert all(int(e["cost_micros"]) > 0 and e["estimated"] == "0" for e in events)
