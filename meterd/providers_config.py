@@ -95,7 +95,7 @@ def _provider(name: str, spec: Any, settings: Settings, environ: Mapping[str, st
             raise SettingsError(f"setting {where}.{key}: unknown for kind {kind} (expected "
                                 f"{', '.join(sorted(_KEYS[kind]))})")
     common: dict[str, Any] = {
-        "multiplier": _multiplier(spec["multiplier"], where) if "multiplier" in spec else None,
+        "multiplier": _multipliers(spec["multiplier"], where) if "multiplier" in spec else None,
         "prices": _prices(spec.get("prices"), settings, where),
         "models": _strings(spec.get("models", {}), f"{where}.models"),
     }
@@ -202,6 +202,13 @@ def _route(index: int, spec: Any, providers: Mapping[str, Provider]) -> Route:
         raise SettingsError(f"setting {where}.providers: no provider named "
                             f"{', '.join(unknown)}")
     return Route(match, tuple(providers[n] for n in names))
+
+
+def _multipliers(value: Any, where: str) -> Fraction | dict[str, Fraction]:
+    """One multiplier, or a table of model glob -> multiplier."""
+    if isinstance(value, dict):
+        return {str(glob): _multiplier(v, f"{where}.{glob}") for glob, v in value.items()}
+    return _multiplier(value, where)
 
 
 def _multiplier(value: Any, where: str) -> Fraction:

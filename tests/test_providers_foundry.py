@@ -74,3 +74,23 @@ async def test_claude_code_in_foundry_mode_is_served_and_metered(
     events = [e for e in await gw.settled(1) if e["status"] == "200"]
     assert events and all(e["provider"] == "azure" for e in events)
     assert all(int(e["cost_micros"]) > 0 and e["estimated"] == "0" for e in events)
+
+
+@pytest.mark.parametrize(("model", "factor"), [
+    ("claude-sonnet-4-6", Fraction(5, 4)), ("claude-opus-4-6", Fraction(3, 2)),
+    ("claude-haiku-4-5", Fraction(1))])
+async def test_a_provider_prices_each_model_with_its_own_multiplier(
+        start_gateway: StartGateway, upstream: Upstream, monkeypatch: pytest.MonkeyPatch,
+        model: str, factor: Fraction) -> None:
+    monkeypatch.setenv("MTD_PROVIDER_AZURE_KEY", MOCK_KEY)
+    gw = await start_gateway(providers={"azure": {
+        "kind": "foundry", "base_url": upstream.url,
+        "multiplier": {"claude-sonnet-*": "1.25", "claude-opus-*": "1.5"}}})
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages", data=orjson.dumps({**BODY, "model": model}),
+                                headers={"x-api-key": key,
+                                         "x-mock-usage": orjson.dumps(USAGE).decode()})
+    assert resp.status == 200, await resp.text()
+    (event,) = await gw.settled(1)
+    expected = PriceTable.load().cost(model, Usage.from_api(USAGE), factor).micros
+    assert event["cost_micros"] == str(expected)

@@ -7,13 +7,19 @@ replaced by the provider's; `proxy.upstream.AnthropicUpstream` holds the header 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from fractions import Fraction
 
 import orjson
 from multidict import CIMultiDictProxy
 
 from ledger.pricing import PriceTable
-from proxy.providers.base import Outbound, Provider, foreign_form, load_json, table_model
+from proxy.providers.base import (
+    Multiplier,
+    Outbound,
+    Provider,
+    foreign_form,
+    load_json,
+    table_model,
+)
 from proxy.upstream import AnthropicUpstream
 
 
@@ -24,7 +30,7 @@ class AnthropicProvider(Provider):
 
     def __init__(self, name: str, base_url: str, key: str, auth: str = "x-api-key",
                  extra_headers: Mapping[str, str] | None = None,
-                 models: Mapping[str, str] | None = None, multiplier: Fraction | None = None,
+                 models: Mapping[str, str] | None = None, multiplier: Multiplier | None = None,
                  prices: PriceTable | None = None) -> None:
         super().__init__(name, multiplier, prices)
         self.upstream = AnthropicUpstream(base_url, key, auth, dict(extra_headers or {}))

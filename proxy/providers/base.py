@@ -12,6 +12,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -43,6 +44,9 @@ class ProviderUnavailable(aiohttp.ClientError):
     of ClientError so the relay and the router treat it like an unreachable provider."""
 
 
+Multiplier = Fraction | Mapping[str, Fraction]  # one for all models, or per model glob
+
+
 class CannotCount(ProviderUnavailable):
     """The provider cannot count tokens for this model (a Bedrock application inference
     profile has no foundation model to count with): the next provider may; if none can,
@@ -69,11 +73,11 @@ class Provider(ABC):
 
     kind: ClassVar[str]
 
-    def __init__(self, name: str, multiplier: Fraction | None = None,
+    def __init__(self, name: str, multiplier: Multiplier | None = None,
                  prices: PriceTable | None = None) -> None:
         self.name = name
-        # Set by hand, it prices every request this provider serves, in place of the regional
-        # premium; None: the premium applies where `regional` says so.
+        # Set by hand, it prices the requests this provider serves (all, or per model glob), in
+        # place of the regional premium; None: the premium applies where `regional` says so.
         self.multiplier = multiplier
         self.prices = prices  # None: the gateway's table
         # Configured ARNs (application inference profiles) -> the model name they serve, from
@@ -85,6 +89,18 @@ class Provider(ABC):
         """The Anthropic model name of a Bedrock- or Vertex-form id or ARN."""
         return self.aliases.get(model) or normalise_model_id(model)
 
+    def multiplier_for(self, model: str) -> Fraction | None:
+        """The multiplier set by hand for `model`: the provider's, or the first model glob's
+        (as routes match) that matches it; None: none set."""
+        multiplier = self.multiplier
+        if multiplier is None or isinstance(multiplier, Fraction):
+            return multiplier
+        bare = normalise_model_id(model)
+        for pattern, factor in multiplier.items():
+            if fnmatchcase(model.lower(), pattern.lower()) or fnmatchcase(bare, pattern.lower()):
+                return factor
+        return None
+
     def regional(self, model: str) -> bool:
         """Whether this provider serves `model` from a regional (not global) endpoint, which
         costs more for the models whose price row says so (Bedrock, Vertex)."""
@@ -93,16 +109,18 @@ class Provider(ABC):
     def cost(self, prices: PriceTable, model: str, usage: Usage) -> Cost:
         """What a request this provider served cost."""
         table = self.prices or prices
-        if self.multiplier is not None:
-            return table.cost(model, usage, self.multiplier)
+        multiplier = self.multiplier_for(model)
+        if multiplier is not None:
+            return table.cost(model, usage, multiplier)
         return table.cost(model, usage, regional=self.regional(model))
 
     def worst_case(self, prices: PriceTable, model: str, prompt_tokens: int, max_tokens: int,
                    tools: tuple[ServerTool, ...]) -> int:
         """The most in µ$ a request may cost if this provider serves it (PriceTable.worst_case)."""
         table = self.prices or prices
-        if self.multiplier is not None:
-            return table.worst_case(model, prompt_tokens, max_tokens, self.multiplier, tools)
+        multiplier = self.multiplier_for(model)
+        if multiplier is not None:
+            return table.worst_case(model, prompt_tokens, max_tokens, multiplier, tools)
         return table.worst_case(model, prompt_tokens, max_tokens, tools=tools,
                                 regional=self.regional(model))
 
@@ -248,7 +266,7 @@ class CloudProvider(Provider):
 
     def __init__(self, name: str, base_url: str, models: Mapping[str, str],
                  anthropic_version: str, drop_betas: Iterable[str], drop_fields: Iterable[str],
-                 multiplier: Fraction | None, prices: PriceTable | None) -> None:
+                 multiplier: Multiplier | None, prices: PriceTable | None) -> None:
         super().__init__(name, multiplier, prices)
         self.base_url = base_url.rstrip("/")
         self.models = dict(models)  # the platform's defaults with configuration over them

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from fractions import Fraction
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +30,7 @@ from proxy.meter import Metered, StreamMeter
 from proxy.providers.base import (
     CannotCount,
     CloudProvider,
+    Multiplier,
     Outbound,
     ProviderUnavailable,
     Relayed,
@@ -127,7 +127,7 @@ class BedrockProvider(CloudProvider):
                  anthropic_version: str = ANTHROPIC_VERSION,
                  drop_betas: Iterable[str] = DEFAULT_DROP_BETAS,
                  drop_fields: Iterable[str] = DEFAULT_DROP_FIELDS, ping_interval: float = 5.0,
-                 multiplier: Fraction | None = None, prices: PriceTable | None = None) -> None:
+                 multiplier: Multiplier | None = None, prices: PriceTable | None = None) -> None:
         super().__init__(name, base_url or f"https://bedrock-runtime.{region}.amazonaws.com",
                          {**DEFAULT_MODELS, **(models or {})}, anthropic_version, drop_betas,
                          drop_fields, multiplier, prices)

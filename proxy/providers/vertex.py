@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from fractions import Fraction
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +22,7 @@ from ledger.pricing import PriceTable
 from proxy.envelope import error_type
 from proxy.providers.base import (
     CloudProvider,
+    Multiplier,
     Outbound,
     ProviderUnavailable,
     Relayed,
@@ -141,7 +141,7 @@ class VertexProvider(CloudProvider):
                  anthropic_version: str = ANTHROPIC_VERSION,
                  drop_betas: Iterable[str] = DEFAULT_DROP_BETAS,
                  drop_fields: Iterable[str] = DEFAULT_DROP_FIELDS,
-                 multiplier: Fraction | None = None, prices: PriceTable | None = None) -> None:
+                 multiplier: Multiplier | None = None, prices: PriceTable | None = None) -> None:
         super().__init__(name, base_url or default_base_url(region),
                          {**DEFAULT_MODELS, **(models or {})}, anthropic_version, drop_betas,
                          drop_fields, multiplier, prices)
