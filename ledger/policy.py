@@ -76,9 +76,13 @@ class KeyRefused(Exception):
     """The credential is unknown, revoked or expired; the message says which, never the key.
     `final`: retrying cannot help (revoked, expired, forged), so clients are told not to."""
 
-    def __init__(self, message: str, final: bool = False) -> None:
+    def __init__(self, message: str, final: bool = False,
+                 who: tuple[str, str, str] | None = None) -> None:
         super().__init__(message)
         self.final = final
+        # (key id, developer id, team id) when the key is known (revoked, expired): the
+        # refusal is then a row in that developer's request log.
+        self.who = who
 
 
 @dataclass
@@ -116,11 +120,14 @@ class Policy:
         key = self.keys.get(digest)
         if key is None:
             raise KeyRefused("invalid gateway key")
-        if key.get("revoked"):
-            raise KeyRefused("gateway key has been revoked", final=True)
         expires = key.get("expires_at") or 0
-        if expires and (time.time() if now is None else now) >= expires:
-            raise KeyRefused("gateway key has expired", final=True)
+        expired = bool(expires) and (time.time() if now is None else now) >= expires
+        if key.get("revoked") or expired:
+            dev_id = key.get("developer_id") or ""
+            who = (key.get("id") or "", dev_id,
+                   self.developers.get(dev_id, {}).get("team_id") or "")
+            raise KeyRefused("gateway key has been revoked" if key.get("revoked")
+                             else "gateway key has expired", final=True, who=who)
         found = self._principals.get(digest)
         if found is None:
             found = self._principals[digest] = self._build(key)

@@ -140,7 +140,7 @@ def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE rollup_sums AS SELECT {select}, count(*) AS requests, "
         f"count(*) FILTER (WHERE {ERROR_SQL}) AS errors, count(*) FILTER (WHERE estimated) "
-        f"AS estimated, {sums} FROM {source} GROUP BY ALL")
+        f"AS estimated, {sums} FROM {source} WHERE refusal = '' GROUP BY ALL")
     match = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     conn.execute(f"UPDATE {table} t SET {', '.join(f'{m} = t.{m} + s.{m}' for m in MEASURES)} "
                  f"FROM rollup_sums s WHERE {match}")
@@ -151,7 +151,8 @@ def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
 def add_to_rollups(conn: duckdb.DuckDBPyConnection, source: str,
                    fault: Fault | None = None) -> None:
     """Add the request rows of `source` (a table or view shaped like `requests`) to the daily,
-    per-session and per-project rollups. The caller owns the transaction."""
+    per-session and per-project rollups. The caller owns the transaction. Refusals (a
+    `refusal` set) are left out: they are not usage, only rows of the request log."""
     _add(conn, "usage_daily", ("day", "developer_id", "team_id", "model"), source)
     if fault is not None:
         fault("daily")
