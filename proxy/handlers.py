@@ -295,7 +295,8 @@ def refusal(exc: ProxyError | BudgetExceeded | RateLimited) -> str:
     until when it holds."""
     if isinstance(exc, BudgetExceeded):
         cap = exc.cap
-        return (f"budget: {cap.describe()} {format_usd(cap.amount)} · until "
+        amount = format_usd(cap.amount, exact=cap.amount % 10_000 != 0)  # cents, or every µ$
+        return (f"budget: {cap.describe()} {amount} · until "
                 f"{exc.resets_at:%Y-%m-%d %H:%M} UTC")
     if isinstance(exc, RateLimited):
         return f"rate limit: {str(exc).removeprefix('rate limit reached: ')}"
