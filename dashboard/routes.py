@@ -56,6 +56,8 @@ PAGE_ROUTES: tuple[Route, ...] = (
     ("POST", "/developers", developers.create_developer, "create_developer"),
     ("GET", "/developers/{developer_id}", developers.developer, "developer"),
     ("POST", "/developers/{developer_id}/keys", developers.issue_key, "issue_key"),
+    ("GET", "/developers/{developer_id}/keys/issued/{token}", developers.key_issued,
+     "key_issued"),
     ("POST", "/developers/{developer_id}/budget", developers.set_developer_budget,
      "set_developer_budget"),
     ("POST", "/developers/{developer_id}/limits", developers.set_developer_limits,

@@ -96,7 +96,9 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "create_developer": ("/developers", {"name": "New Dev", "email": "new.dev@example.com",
                                          "team": "{team}"}, change()),
     "developer": ("/developers/{dev}", None, team_read()),
-    "issue_key": ("/developers/{dev}/keys", {"expires": ""}, team_change(201)),
+    "issue_key": ("/developers/{dev}/keys", {"expires": ""}, team_change()),
+    # A token that holds no secret: who may ask is redirected to the developer's page.
+    "key_issued": ("/developers/{dev}/keys/issued/not-a-token", None, team_change()),
     "set_developer_budget": ("/developers/{dev}/budget", {"amount": "50"}, team_change()),
     "set_developer_limits": ("/developers/{dev}/limits", {"concurrency": "3"},
                              team_change()),
