@@ -1,0 +1,65 @@
+"""In Chromium, as the people who use them: finance finds a refused request in the request
+log with the cap that refused it; an admin reloads the key page and sees no second key."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.dashboard_fixtures import *  # noqa: F403
+from tests.dashboard_fixtures import PASSWORDS, Dashboard
+from tests.test_budgets import new_session, send
+from tests.test_dashboard_browser import _sign_in, chromium  # noqa: F401
+
+
+@pytest.mark.timeout(120)
+async def test_finance_filters_the_request_log_to_refused_requests(
+        dashboard: Dashboard, chromium: Any) -> None:  # noqa: F811
+    gw = dashboard.gateway
+    key = await gw.developer("Ada", "platform")
+    await gw.change(gw.admin.catalog.set_budget, "developer", "Ada", "daily", 0)
+    async with new_session() as s:
+        assert (await send(s, gw.url, key))[0] == 429
+    await dashboard.roll_up()
+    await dashboard.account("fred", "finance")
+
+    page = await (await chromium.new_context()).new_page()
+    await _sign_in(page, gw.url, "fred", PASSWORDS["finance"])
+    await page.click("nav >> text=Requests")
+    await page.select_option("select[name=status]", "refused")
+    await page.click("form button[type=submit]:has-text('Filter')")
+    await page.wait_for_url("**status=refused**")
+    rows = page.locator("#requests tbody tr")
+    assert await rows.count() == 1
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    text = await rows.first.inner_text()
+    assert "429 refused" in text
+    assert f"budget: developer Ada, daily $0.00 · until {tomorrow:%Y-%m-%d} 00:00 UTC" in text
+    assert "$0.00" in await rows.first.locator("td.num[data-sort]").nth(4).inner_text()
+    # Failed requests are another filter: the refusal is not among them.
+    await page.select_option("select[name=status]", "error")
+    await page.click("form button[type=submit]:has-text('Filter')")
+    await page.wait_for_url("**status=error**")
+    assert await page.locator("#requests tbody tr").count() == 0
+
+
+@pytest.mark.timeout(120)
+async def test_admin_reloads_the_key_page_and_gets_no_second_key(
+        dashboard: Dashboard, chromium: Any) -> None:  # noqa: F811
+    gw = dashboard.gateway
+    await gw.developer("Ada", "platform")
+    dev = (await gw.admin.db(gw.admin.catalog.developers))[0]["id"]
+    await dashboard.account("alice", "admin")
+    page = await (await chromium.new_context()).new_page()
+    await _sign_in(page, gw.url, "alice", PASSWORDS["admin"])
+    await page.goto(f"{gw.url}/admin/developers/{dev}")
+    await page.click("#issue-key button[type=submit]")
+    secret = (await page.inner_text("#new-key-secret")).strip()
+    assert secret.startswith("mtd_")
+    await page.reload()
+    assert await page.locator("#new-key-secret").count() == 0
+    assert secret not in await page.content()
+    assert "shown once only" in await page.inner_text(".flash")
+    assert len(await gw.admin.db(gw.admin.catalog.keys)) == 2  # Ada's first, and this one
