@@ -63,3 +63,31 @@ async def test_admin_reloads_the_key_page_and_gets_no_second_key(
     assert secret not in await page.content()
     assert "shown once only" in await page.inner_text(".flash")
     assert len(await gw.admin.db(gw.admin.catalog.keys)) == 2  # Ada's first, and this one
+
+
+@pytest.mark.timeout(120)
+async def test_admin_confirms_a_cap_that_blocks_a_developer_before_it_is_saved(
+        dashboard: Dashboard, chromium: Any) -> None:  # noqa: F811
+    gw = dashboard.gateway
+    key = await gw.developer("Ada", "platform")
+    async with new_session() as s:
+        assert (await send(s, gw.url, key))[0] == 200  # Ada spent 4500 µ$ today
+    await gw.proxy.drain()
+    ada = (await gw.admin.db(gw.admin.catalog.developers))[0]["id"]
+    await dashboard.account("alice", "admin")
+    page = await (await chromium.new_context()).new_page()
+    await _sign_in(page, gw.url, "alice", PASSWORDS["admin"])
+    await page.goto(f"{gw.url}/admin/developers/{ada}")
+    form = page.locator(f"form[action$='/developers/{ada}/budget']")
+    await form.locator("input[name=amount]").fill("0.004")  # below what she spent
+    await form.locator("select[name=period]").select_option("daily")
+    await form.locator("button[type=submit]").click()
+    # Not saved yet: the page names who it blocks now, with what they spent.
+    await page.wait_for_selector("#cap-confirm")
+    assert await gw.admin.db(gw.admin.catalog.budgets) == []
+    assert await page.locator("#blocked tbody tr").all_inner_texts() == [
+        "Ada\tplatform\t$0.00"]
+    await page.click("#cap-confirm button[type=submit]")
+    await page.wait_for_selector(".flash:has-text('Personal cap saved')")
+    [cap] = await gw.admin.db(gw.admin.catalog.budgets)
+    assert (cap["scope"], cap["period"], cap["amount_micros"]) == ("developer", "daily", 4000)
