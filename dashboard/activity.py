@@ -8,10 +8,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from dashboard.auth import READERS, allow
+from dashboard.auth import ADMINS, READERS, allow
 from dashboard.params import MAX_OFFSET, Query, choice, moment, query, text, whole
-from dashboard.render import admin_state, render, report
+from dashboard.render import admin_state, change, render, report, see_other, url
 from ledger import reports
+from ledger.catalog import CatalogError, NotFound
 
 PAGE_SIZE = 50
 # The filters of the request log, on the Requests page and the API (empty boxes ignored).
@@ -78,3 +79,31 @@ async def audit(request: web.Request, q: Query) -> web.StreamResponse:
     return await render(request, "audit.html", {
         "rows": shown, "actors": sorted({r["actor"] for r in rows}),
         "actions": sorted({r["action"] for r in rows}), "actor": actor, "action": action})
+
+
+def _audit_row(conn: Any, audit_id: int) -> dict[str, Any] | None:
+    cur = conn.execute("SELECT * FROM admin_audit WHERE id = ?", [audit_id])
+    row = cur.fetchone()
+    return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+
+
+@allow(*ADMINS)
+async def undo_budget_delete(request: web.Request) -> web.StreamResponse:
+    """Put back the cap an audited budget.delete removed (same scope, period, amount and
+    mode); the restore is itself audited, as a budget.set by whoever pressed undo."""
+    state = admin_state(request)
+    try:
+        audit_id = int(request.match_info["audit_id"])
+    except ValueError:
+        raise NotFound("no such audit entry") from None
+    row = await report(request, _audit_row, audit_id)
+    if row is None or row["action"] != "budget.delete" or not row["before"]:
+        raise NotFound("no removed cap to put back in that audit entry")
+    cap = orjson.loads(row["before"]) if isinstance(row["before"], str) else row["before"]
+    if any(b["scope"] == cap["scope"] and b["scope_id"] == cap["scope_id"]
+           and b["period"] == cap["period"] for b in await state.db(state.catalog.budgets)):
+        raise CatalogError(f"a {cap['period']} cap of that scope exists again: edit it "
+                           "instead of undoing the removal")
+    await change(request, state.catalog.set_budget, cap["scope"], cap["scope_id"] or "org",
+                 cap["period"], int(cap["amount_micros"]), cap.get("mode") or "estimate")
+    return see_other(request, url(request, "audit"), "Removed cap restored.")

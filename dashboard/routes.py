@@ -81,6 +81,7 @@ PAGE_ROUTES: tuple[Route, ...] = (
     ("GET", "/settings", system.settings_page, "settings"),
     ("POST", "/settings/reload-providers", system.reload_providers, "reload_providers"),
     ("GET", "/audit", activity.audit, "audit"),
+    ("POST", "/audit/{audit_id}/undo", activity.undo_budget_delete, "undo_budget_delete"),
     ("GET", "/access", access.access, "access"),
     ("POST", "/access/users", access.create_user, "create_user"),
     ("POST", "/access/users/{name}/password", access.reset_password, "reset_password"),

@@ -124,6 +124,8 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "settings": ("/settings", None, read()),
     "reload_providers": ("/settings/reload-providers", {}, change()),
     "audit": ("/audit", None, read()),
+    # An entry that removed no cap: an admin is told so (test_refusals_browser.py undoes one).
+    "undo_budget_delete": ("/audit/999999/undo", {}, change(404)),
     "access": ("/access", None, read()),
     "create_user": ("/access/users", {"name": "new-finance", "role": "finance",
                                       "password": "a long enough password"}, change()),

@@ -91,3 +91,27 @@ async def test_admin_confirms_a_cap_that_blocks_a_developer_before_it_is_saved(
     await page.wait_for_selector(".flash:has-text('Personal cap saved')")
     [cap] = await gw.admin.db(gw.admin.catalog.budgets)
     assert (cap["scope"], cap["period"], cap["amount_micros"]) == ("developer", "daily", 4000)
+
+
+@pytest.mark.timeout(120)
+async def test_admin_undoes_a_removed_cap_from_the_audit_page(
+        dashboard: Dashboard, chromium: Any) -> None:  # noqa: F811
+    gw = dashboard.gateway
+    cat = gw.admin.catalog
+    await gw.developer("Ada", "platform")
+    cap = await gw.change(cat.set_budget, "team", "platform", "monthly", 250_000_000)
+    await gw.change(cat.delete_budget, cap["id"])
+    assert await gw.admin.db(cat.budgets) == []
+    await dashboard.account("alice", "admin")
+    page = await (await chromium.new_context()).new_page()
+    await _sign_in(page, gw.url, "alice", PASSWORDS["admin"])
+    await page.goto(f"{gw.url}/admin/audit")
+    row = page.locator("#audit tbody tr", has_text="budget.delete")
+    await row.locator("form.undo button").click()
+    await page.wait_for_selector(".flash:has-text('Removed cap restored')")
+    [back] = await gw.admin.db(cat.budgets)
+    assert (back["scope"], back["scope_id"], back["period"], back["amount_micros"],
+            back["mode"]) == ("team", cap["scope_id"], "monthly", 250_000_000, cap["mode"])
+    # The undo is audited, under the admin who pressed it.
+    [latest] = await gw.admin.db(cat.audit, 1)
+    assert (latest["actor"], latest["action"]) == ("alice", "budget.set")
