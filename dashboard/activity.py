@@ -13,6 +13,7 @@ from dashboard.params import MAX_OFFSET, Query, choice, moment, query, text, who
 from dashboard.render import admin_state, change, render, report, see_other, url
 from ledger import reports
 from ledger.catalog import CatalogError, NotFound
+from ledger.money import format_usd
 
 PAGE_SIZE = 50
 # The filters of the request log, on the Requests page and the API (empty boxes ignored).
@@ -68,13 +69,33 @@ def _changes(before: Any, after: Any) -> list[tuple[str, Any, Any]]:
             if old.get(k) != new.get(k)]
 
 
+def _readable(name: str, value: Any, links: dict[str, tuple[str, Any]]) -> Any:
+    """An audited value as people read it: dollars for µ$, a name for a developer's or a
+    team's id (the id stays in the row's data for the API)."""
+    if value is None:
+        return None
+    if name.endswith("_micros") and isinstance(value, int):
+        return format_usd(value, exact=value % 10_000 != 0)
+    if isinstance(value, str) and value in links:
+        return links[value][0]
+    return value
+
+
 @allow(*READERS)
 @query(text("actor"), text("action"))
 async def audit(request: web.Request, q: Query) -> web.StreamResponse:
     state = admin_state(request)
     rows = await state.db(state.catalog.audit, 500)
     actor, action = q["actor"] or "", q["action"] or ""
-    shown = [dict(r, changes=_changes(r["before"], r["after"])) for r in rows
+    devs = await state.db(state.catalog.developers)
+    teams = await state.db(state.catalog.teams)
+    links = {d["id"]: (d["name"], url(request, "developer", developer_id=d["id"]))
+             for d in devs} | {t["id"]: (t["name"], url(request, "team", team_id=t["id"]))
+                              for t in teams}
+    shown = [dict(r, changes=[(k, _readable(k, old, links), _readable(k, new, links))
+                              for k, old, new in _changes(r["before"], r["after"])],
+                  target_link=links.get(r["target"]))
+             for r in rows
              if (not actor or r["actor"] == actor) and (not action or r["action"] == action)]
     return await render(request, "audit.html", {
         "rows": shown, "actors": sorted({r["actor"] for r in rows}),

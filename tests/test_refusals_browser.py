@@ -107,6 +107,10 @@ async def test_admin_undoes_a_removed_cap_from_the_audit_page(
     await _sign_in(page, gw.url, "alice", PASSWORDS["admin"])
     await page.goto(f"{gw.url}/admin/audit")
     row = page.locator("#audit tbody tr", has_text="budget.delete")
+    # Names and dollars, not ids and µ$.
+    text = await row.inner_text()
+    assert "$250.00" in text and "platform" in text
+    assert "250000000" not in text and cap["scope_id"] not in text
     await row.locator("form.undo button").click()
     await page.wait_for_selector(".flash:has-text('Removed cap restored')")
     [back] = await gw.admin.db(cat.budgets)
