@@ -124,8 +124,9 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "settings": ("/settings", None, read()),
     "reload_providers": ("/settings/reload-providers", {}, change()),
     "audit": ("/audit", None, read()),
-    # An entry that removed no cap: an admin is told so (test_refusals_browser.py undoes one).
-    "undo_budget_delete": ("/audit/999999/undo", {}, change(404)),
+    # An entry that removed no cap: an admin goes back with the error (a form's way);
+    # test_refusals_browser.py undoes a real one.
+    "undo_budget_delete": ("/audit/999999/undo", {}, change()),
     "access": ("/access", None, read()),
     "create_user": ("/access/users", {"name": "new-finance", "role": "finance",
                                       "password": "a long enough password"}, change()),
