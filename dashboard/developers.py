@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 from aiohttp import web
@@ -111,11 +111,14 @@ async def usage_context(request: web.Request, developer_id: str) -> dict[str, An
                             grain="month", dimension="model", developer_id=developer_id)
     recent, total = await report(request, reports.requests_page, developer_id=developer_id,
                                  limit=10)
+    _, refused = await report(request, reports.requests_page, developer_id=developer_id,
+                              status="refused", start=datetime.combine(start, time(), UTC),
+                              limit=0)
     return {
         "trend": charts.daily_bars(fill_days(trend, start, end), "Spend per day, last 30 days"),
         "by_model": by_model, "model_peak": max((r["cost_micros"] for r in by_model),
                                                 default=0),
-        "recent": recent, "request_count": total,
+        "recent": recent, "request_count": total, "refused_count": refused,
     }
 
 

@@ -38,6 +38,13 @@ async def test_finance_filters_the_request_log_to_refused_requests(
     assert "429 refused" in text
     assert f"budget: developer Ada, daily $0.00 · until {tomorrow:%Y-%m-%d} 00:00 UTC" in text
     assert "$0.00" in await rows.first.locator("td.num[data-sort]").nth(4).inner_text()
+    # The developer's page counts it and links to it.
+    ada = (await gw.admin.db(gw.admin.catalog.developers))[0]["id"]
+    await page.goto(f"{gw.url}/admin/developers/{ada}")
+    assert (await page.inner_text("#refused-count")).startswith("1 refused by the gateway")
+    await page.click("#refused-count a")
+    await page.wait_for_url("**status=refused**")
+    assert await page.locator("#requests tbody tr").count() == 1
     # Failed requests are another filter: the refusal is not among them.
     await page.select_option("select[name=status]", "error")
     await page.click("form button[type=submit]:has-text('Filter')")
