@@ -84,9 +84,11 @@ def _when(body: Body) -> datetime | None:
 async def issue_key(request: web.Request) -> web.Response:
     """The secret is in this response and nowhere else, ever."""
     state, body = _state(request), await read_body(request)
-    key = await _change(request, state.catalog.issue_key, body.text("developer"), _when(body))
+    key = await _change(request, state.catalog.issue_key, body.text("developer"), _when(body),
+                        label=body.text("label", ""))
     return json_response({"id": key.id, "developer_id": key.developer_id, "secret": key.secret,
-                          "display": key.display, "expires_at": key.expires_at}, 201)
+                          "display": key.display, "expires_at": key.expires_at,
+                          "label": key.label}, 201)
 
 
 @allow(*ADMINS)

@@ -33,7 +33,7 @@ from ledger.periods import PERIODS, period_end
 
 async def find_team(request: web.Request, team_id: str) -> dict[str, Any]:
     state = admin_state(request)
-    for team in await state.db(state.catalog.teams):
+    for team in await state.db(state.catalog.teams, True):  # an archived team's page too
         if team["id"] == team_id:
             return team
     raise NotFound(f"no team {team_id!r}")
