@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from ledger.lifecycle import Lifecycle
 from ledger.rollup import Rollup
 from tests.conftest import MOCK_KEY, Gateway, Upstream
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import Dashboard
+from tests.dashboard_fixtures import PASSWORDS, Dashboard
+from tests.test_dashboard_browser import _sign_in, chromium  # noqa: F401
 from tests.test_processes import BODY, REAL_ONLY, seconds_until_refused
 from tests.test_rollup import KS, fresh_db, inline_db, make_events, send
 
@@ -274,3 +275,89 @@ def test_cli_disables_moves_renames_and_deletes(tmp_path: Path, upstream: Upstre
     assert "outcome: deleted" in cli("dev", "delete", "ada@example.com")
     assert "outcome: deleted" in cli("team", "delete", "core")
     assert "core" not in cli("team", "list")
+
+
+@pytest.mark.timeout(180)
+async def test_admin_offboards_moves_renames_and_deletes_in_the_browser(
+        dashboard: Dashboard, chromium: Any) -> None:  # noqa: F811
+    gw = dashboard.gateway
+    key = await gw.developer("Ada", "platform")
+    await gw.developer("Bo", "platform")
+    await gw.admin.db(gw.admin.catalog.create_team, "research")
+    await gw.admin.db(gw.admin.catalog.create_team, "spare")
+    await dashboard.account("alice", "admin")
+    page = await (await chromium.new_context()).new_page()
+    confirmations: list[str] = []
+
+    async def accept(dialog: Any) -> None:
+        confirmations.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", accept)
+    await _sign_in(page, gw.url, "alice", PASSWORDS["admin"])
+
+    # Offboard Ada: asked first, then her key is refused; re-enabled, it works again.
+    assert await _status(gw, key) == 200
+    await page.goto(f"{gw.url}/admin/developers")
+    await page.click("text=Ada")
+    await page.click("#set-disabled button")
+    await page.wait_for_selector(".flash:has-text('Ada disabled')")
+    assert confirmations and "Disable Ada?" in confirmations[-1]
+    assert await page.is_visible("#developer-disabled")
+    assert await _until(gw, key, 401) == 401
+    await page.click("#set-disabled button:has-text('Re-enable')")
+    await page.wait_for_selector(".flash:has-text('enabled again')")
+    assert not await page.is_visible("#developer-disabled")
+    assert await _until(gw, key, 200) == 200
+    await dashboard.roll_up()
+
+    # In platform for a week; moved to research from yesterday: today's spend goes with her.
+    today = datetime.now(UTC).date()
+    await gw.admin.db(gw.admin.catalog.conn.execute,
+                      "UPDATE memberships SET valid_from = ?", [today - timedelta(days=7)])
+    await page.reload()
+    await page.select_option("#move-developer select[name=team]", label="research")
+    await page.fill("#move-developer input[name=since]", (today - timedelta(days=1)).isoformat())
+    await page.click("#move-developer button")
+    await page.wait_for_selector(".flash:has-text('Moved to team research')")
+    stays = await page.locator("#memberships tbody tr td:first-child").all_inner_texts()
+    assert stays == ["research", "platform"]
+    dev_url = page.url
+    spent = await gw.admin.db(lambda: gw.admin.catalog.conn.execute(
+        "SELECT sum(cost_micros) FROM requests").fetchone()[0])
+    await page.goto(f"{gw.url}/admin/teams")
+    today_by_team = dict(zip(
+        await page.locator("#teams tbody tr td:first-child").all_inner_texts(),
+        [int(v) for v in await page.locator("#teams tbody tr td:nth-child(3)").evaluate_all(
+            "cells => cells.map(c => c.dataset.sort)")], strict=True))
+    assert today_by_team == {"platform": 0, "research": spent, "spare": 0}
+    await page.goto(dev_url)
+
+    # Rename her; the key list shows the key's use (the refused requests were not served).
+    await page.fill("#rename-developer input[name=name]", "Ada Lovelace")
+    await page.click("#rename-developer button")
+    await page.wait_for_selector("#developer-name:has-text('Ada Lovelace')")
+    assert await page.inner_text("#keys tbody tr .key-requests") == "2"
+
+    # Teams: platform (Bo still in it) cannot be deleted; spare (never used) can.
+    await page.goto(f"{gw.url}/admin/teams")
+    await page.click("main >> text=platform")
+    await page.fill("#rename-team input[name=name]", "core")
+    await page.click("#rename-team button")
+    await page.wait_for_selector(".flash:has-text('Team renamed to core')")
+    await page.click("#delete-team button")
+    await page.wait_for_selector("text=has 1 member")
+    await page.goto(f"{gw.url}/admin/teams")
+    await page.click("main >> text=spare")
+    await page.click("#delete-team button")
+    await page.wait_for_selector(".flash:has-text('Team spare deleted')")
+    assert "spare" not in await page.inner_text("#teams")
+
+    # Deleting Ada, who has spend, archives her.
+    await page.goto(dev_url)
+    await page.click("#delete-developer button")
+    await page.wait_for_selector(".flash:has-text('archived')")
+    assert await page.is_visible("#developer-archived")
+    assert "revoked" in await page.inner_text("#keys tbody tr")
+    await page.goto(f"{gw.url}/admin/developers")
+    assert "Ada" not in await page.inner_text("#developers")
