@@ -89,7 +89,9 @@ async def developers(request: web.Request, q: Query) -> web.StreamResponse:
         dev["keys"] = active.get(dev["id"], 0)
     teams = await state.db(state.catalog.teams)
     return await render(request, "developers.html", {
-        "developers": rows, "teams": teams, "team_filter": q["team"] or ""})
+        "developers": rows, "teams": teams, "team_filter": q["team"] or "",
+        "archived": [d for d in await state.db(state.catalog.developers, None, True)
+                     if d["archived_at"]]})
 
 
 @allow(*ADMINS)

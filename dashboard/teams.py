@@ -64,6 +64,7 @@ async def teams(request: web.Request) -> web.StreamResponse:
     models = await state.db(AllowedModels(state.catalog).get, ORG)
     return await render(request, "teams.html", {
         "teams": rows, "org_budgets": org, "periods": PERIODS,
+        "archived": [t for t in await state.db(state.catalog.teams, True) if t["archived_at"]],
         "models_from": "org" if models else "any", "models": models["models"] if models else []})
 
 

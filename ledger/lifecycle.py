@@ -50,10 +50,12 @@ class Lifecycle:
                                   [team_id])[0]
 
     def memberships(self, developer: str) -> list[dict[str, Any]]:
-        """A developer's stays in teams, the latest first."""
+        """A developer's stays in teams, the latest first (`last_day`: the day before
+        `valid_to`, None while it lasts)."""
         dev_id = self.catalog.developer_id(developer)
         return self.catalog._rows(
-            "SELECT m.team_id, t.name AS team_name, m.valid_from, m.valid_to FROM memberships m "
+            "SELECT m.team_id, t.name AS team_name, m.valid_from, m.valid_to, "
+            "m.valid_to - 1 AS last_day FROM memberships m "
             "LEFT JOIN teams t ON t.id = m.team_id WHERE m.developer_id = ? "
             "ORDER BY m.valid_from DESC", [dev_id])
 

@@ -361,3 +361,7 @@ async def test_admin_offboards_moves_renames_and_deletes_in_the_browser(
     assert "revoked" in await page.inner_text("#keys tbody tr")
     await page.goto(f"{gw.url}/admin/developers")
     assert "Ada" not in await page.inner_text("#developers")
+    await page.click("#archived-developers >> text=Ada Lovelace")
+    assert await page.is_visible("#developer-archived")
+    last_days = await page.locator("#memberships tbody tr td:nth-child(3)").all_inner_texts()
+    assert last_days == ["still a member", (today - timedelta(days=2)).isoformat()]
