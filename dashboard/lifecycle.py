@@ -25,7 +25,7 @@ def lifecycle(request: web.Request) -> Lifecycle:
 
 
 def since_day(text: str) -> date:
-    """The first day of a move (UTC); empty means today."""
+    """The first day of a move (UTC; a later day schedules it); empty means today."""
     return parse_day(text, "move date") if text else datetime.now(UTC).date()
 
 
@@ -63,9 +63,16 @@ async def move_developer_form(request: web.Request) -> web.StreamResponse:
         request.match_info["developer_id"], field(data, "team", limit=100),
         since_day(field(data, "since", "")))
     team = await admin_state(request).db(lifecycle(request)._team, moved["team_id"])
+    if moved["cancelled"]:
+        message = f"The move to team {team['name']} on {moved['since']} is cancelled."
+    elif moved["scheduled"]:
+        message = (f"Moves to team {team['name']} on {moved['since']} (00:00 UTC); until "
+                   "then nothing changes.")
+    else:
+        message = (f"Moved to team {team['name']} from {moved['since']}; spend before that "
+                   "day stays with the old team.")
     return see_other(request, url(request, "developer", developer_id=moved["developer_id"]),
-                     f"Moved to team {team['name']} from {moved['since']}; spend before that "
-                     "day stays with the old team.")
+                     message)
 
 
 @allow(*ADMINS)

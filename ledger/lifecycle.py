@@ -4,9 +4,10 @@ rename, and delete — which archives whatever has history, so no spend is ever 
 Rules a finance team expects:
 - Disabling a developer refuses every key and sign-in of theirs on every proxy with the next
   policy refresh; their keys, history and caps stay, and re-enabling brings the keys back.
-- A move takes effect from the start of a UTC day, today or in the past, never before the
-  developer's current stay began. Requests before that day stay with the old team (in the
-  ledger, the rollups and the team's live counters); those from it on belong to the new one.
+- A move takes effect from the start of a UTC day, never before the developer's current stay
+  began: at once from today or a past day, or scheduled for a later day. Requests before that
+  day stay with the old team (in the ledger, the rollups and the team's live counters); those
+  from it on belong to the new one.
 - Reports name teams and developers by id, so a rename shows everywhere at once.
 - Deleting a developer who ever made a request archives them (disabled, hidden from lists,
   keys revoked); one without any request is erased with their keys and caps.
@@ -51,13 +52,14 @@ class Lifecycle:
 
     def memberships(self, developer: str) -> list[dict[str, Any]]:
         """A developer's stays in teams, the latest first (`last_day`: the day before
-        `valid_to`, None while it lasts)."""
+        `valid_to`, None while it lasts; `pending`: a scheduled move's stay)."""
         dev_id = self.catalog.developer_id(developer)
-        return self.catalog._rows(
+        today = _now().date()
+        return [{**row, "pending": row["valid_from"] > today} for row in self.catalog._rows(
             "SELECT m.team_id, t.name AS team_name, m.valid_from, m.valid_to, "
             "m.valid_to - 1 AS last_day FROM memberships m "
             "LEFT JOIN teams t ON t.id = m.team_id WHERE m.developer_id = ? "
-            "ORDER BY m.valid_from DESC", [dev_id])
+            "ORDER BY m.valid_from DESC", [dev_id])]
 
     # -- disable, re-enable, rename ------------------------------------------------------------
 
@@ -106,58 +108,100 @@ class Lifecycle:
 
     def move(self, developer: str, team: str, since: date, actor: str = "cli",
              today: date | None = None) -> dict[str, Any]:
-        """Move a developer to `team` from the start of the UTC day `since`: the ledger's
-        rows from that day on are re-attributed to the new team, in one transaction.
+        """Move a developer to `team` from the start of the UTC day `since`.
+
+        From today or a past day: at once, and the ledger's rows from that day on are
+        re-attributed to the new team, in one transaction. From a later day: scheduled (the
+        admin's rollup tick starts it that day, `start_due_moves`). A new move replaces a
+        scheduled one; a "move" back to the current team cancels it.
 
         Returns the move with `moved`: per period of the live counters, the spend and tokens
         (of those periods' days from `since` on) that the team counters must pass from the
         old team to the new one (`move_counters` does that in Redis).
         """
         today = today or _now().date()
-        if since > today:
-            raise CatalogError("a move takes effect today or from a past day, not later")
         with self.catalog.lock:
             dev = self._developer(developer)
             new = self._team(team)
             if new["archived_at"] is not None:
                 raise CatalogError(f"team {new['name']} is archived")
-            if new["id"] == dev["team_id"]:
+            conn = self.catalog.conn
+            pending = self.catalog._rows(
+                "SELECT team_id, valid_from FROM memberships WHERE developer_id = ? AND "
+                "valid_from > ?", [dev["id"], today])
+            if new["id"] == dev["team_id"] and not pending:
                 raise CatalogError(f"{dev['name']} is already in team {new['name']}")
             current = self.catalog._rows(
                 "SELECT team_id, valid_from FROM memberships WHERE developer_id = ? AND "
-                "valid_to IS NULL", [dev["id"]])
-            stay_from = current[0]["valid_from"] if current else since
+                "valid_from <= ? AND (valid_to IS NULL OR valid_to > ?)",
+                [dev["id"], today, today])
+            stay_from = current[0]["valid_from"] if current else min(since, today)
             if since < stay_from:
                 raise CatalogError(f"{dev['name']} has been in their team since {stay_from}: "
                                    "a move cannot start before that")
-            conn = self.catalog.conn
+            result = {"developer_id": dev["id"], "from_team_id": dev["team_id"],
+                      "team_id": new["id"], "since": since, "scheduled": since > today,
+                      "cancelled": False}
+            moved: dict[str, dict[str, int]] = {}
             conn.execute("BEGIN")
             try:
-                if since == stay_from:  # a correction of the current stay from its first day
-                    conn.execute("DELETE FROM memberships WHERE developer_id = ? AND "
-                                 "valid_from = ?", [dev["id"], since])
+                # A scheduled move is replaced (or, back to the current team, cancelled).
+                conn.execute("DELETE FROM memberships WHERE developer_id = ? AND "
+                             "valid_from > ?", [dev["id"], today])
+                conn.execute("UPDATE memberships SET valid_to = NULL WHERE developer_id = ? "
+                             "AND valid_from = ?", [dev["id"], stay_from])
+                if new["id"] == dev["team_id"]:
+                    action = "developer.move.cancel"
+                    result.update(since=pending[0]["valid_from"], scheduled=False,
+                                  team_id=pending[0]["team_id"], cancelled=True)
                 else:
-                    conn.execute("UPDATE memberships SET valid_to = ? WHERE developer_id = ? "
-                                 "AND valid_to IS NULL", [since, dev["id"]])
-                conn.execute("INSERT INTO memberships VALUES (?, ?, ?, NULL)",
-                             [dev["id"], new["id"], since])
-                conn.execute("UPDATE developers SET team_id = ? WHERE id = ?",
-                             [new["id"], dev["id"]])
-                conn.execute("UPDATE requests SET team_id = ? WHERE developer_id = ? AND "
-                             "ts >= ?", [new["id"], dev["id"], since])
-                for table in _DAILY_TABLES:
-                    conn.execute(f"UPDATE {table} SET team_id = ? WHERE developer_id = ? AND "
-                                 "day >= ?", [new["id"], dev["id"], since])
-                moved = self._moved_usage(dev["id"], since)
-                result = {"developer_id": dev["id"], "from_team_id": dev["team_id"],
-                          "team_id": new["id"], "since": since}
-                self.catalog._audit(actor, "developer.move", dev["id"],
+                    action = "developer.move"
+                    if since == stay_from:  # a correction of the current stay from its start
+                        conn.execute("DELETE FROM memberships WHERE developer_id = ? AND "
+                                     "valid_from = ?", [dev["id"], since])
+                    else:
+                        conn.execute("UPDATE memberships SET valid_to = ? WHERE "
+                                     "developer_id = ? AND valid_to IS NULL", [since, dev["id"]])
+                    conn.execute("INSERT INTO memberships VALUES (?, ?, ?, NULL)",
+                                 [dev["id"], new["id"], since])
+                    if since <= today:
+                        self._reattribute(dev["id"], new["id"], since)
+                        moved = self._moved_usage(dev["id"], since)
+                self.catalog._audit(actor, action, dev["id"],
                                     {"team_id": dev["team_id"], "since": stay_from}, result)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         return {**result, "moved": moved}
+
+    def _reattribute(self, dev_id: str, team_id: str, since: date) -> None:
+        """The developer's team from `since` on: theirs now, and in the ledger's rows."""
+        conn = self.catalog.conn
+        conn.execute("UPDATE developers SET team_id = ? WHERE id = ?", [team_id, dev_id])
+        conn.execute("UPDATE requests SET team_id = ? WHERE developer_id = ? AND ts >= ?",
+                     [team_id, dev_id, since])
+        for table in _DAILY_TABLES:
+            conn.execute(f"UPDATE {table} SET team_id = ? WHERE developer_id = ? AND "
+                         "day >= ?", [team_id, dev_id, since])
+
+    def start_due_moves(self, today: date | None = None) -> int:
+        """Start the scheduled moves whose day has come: each developer's team becomes the
+        one of their stay that covers today. Returns how many moved (then publish)."""
+        today = today or _now().date()
+        with self.catalog.lock:
+            due = self.catalog._rows(
+                "SELECT d.id, d.team_id AS old, m.team_id AS new, m.valid_from FROM "
+                "developers d JOIN memberships m ON m.developer_id = d.id AND m.valid_from <= ? "
+                "AND (m.valid_to IS NULL OR m.valid_to > ?) WHERE d.team_id <> m.team_id",
+                [today, today])
+            for row in due:
+                self.catalog.conn.execute("UPDATE developers SET team_id = ? WHERE id = ?",
+                                          [row["new"], row["id"]])
+                self.catalog._audit("scheduler", "developer.move.start", row["id"],
+                                    {"team_id": row["old"]},
+                                    {"team_id": row["new"], "since": row["valid_from"]})
+        return len(due)
 
     def _moved_usage(self, dev_id: str, since: date) -> dict[str, dict[str, int]]:
         """Per period: what the developer's usage from `since` added to the team counter of

@@ -314,10 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("developer_id")
     p = add("move", _manage("POST", "developers/{developer_id}/move", lambda a: {
         "team": a.team, "since": a.since or ""}), "move to another team from a UTC day "
-        "(spend before it stays with the old team)", dev)
+        "(spend before it stays with the old team; a later day schedules it)", dev)
     p.add_argument("developer_id")
     p.add_argument("--team", required=True, help="the new team (id or name)")
-    p.add_argument("--since", help="first day in the new team, e.g. 2026-12-01 (default: today)")
+    p.add_argument("--since", help="first day in the new team, e.g. 2026-12-01 (default: "
+                   "today); moving back to the current team cancels a scheduled move")
     p = add("teams", _manage("GET", "developers/{developer_id}/memberships"),
             "the teams a developer was in, and when", dev)
     p.add_argument("developer_id")

@@ -134,15 +134,49 @@ async def test_spend_before_a_move_stays_with_the_old_team(redis: Any) -> None:
     assert audit["actor"] == "alice"
 
 
-def test_a_move_cannot_start_in_the_future_or_before_the_current_stay() -> None:
+def test_a_move_cannot_start_before_the_current_stay_nor_go_nowhere() -> None:
     catalog, _ = _ledger_with_ada()
     lifecycle = Lifecycle(catalog)
-    with pytest.raises(CatalogError, match="today or from a past day"):
-        lifecycle.move("Ada", "research", date(2026, 3, 16), today=date(2026, 3, 15))
     with pytest.raises(CatalogError, match="since 2026-01-01"):
         lifecycle.move("Ada", "research", date(2025, 12, 31), today=date(2026, 3, 15))
     with pytest.raises(CatalogError, match="already in team platform"):
         lifecycle.move("Ada", "platform", date(2026, 3, 1), today=date(2026, 3, 15))
+
+
+async def test_a_move_to_a_later_day_is_scheduled_starts_that_day_and_can_be_cancelled(
+        redis: Any) -> None:
+    catalog, ids = _ledger_with_ada()
+    lifecycle = Lifecycle(catalog)
+
+    def team_now() -> str:
+        return str(catalog.developers()[0]["team_id"])
+
+    moved = lifecycle.move("Ada", "research", date(2026, 4, 1), today=date(2026, 3, 15))
+    assert moved["scheduled"] and moved["moved"] == {}
+    assert team_now() == ids["platform"]  # nothing changes before the day
+    assert lifecycle.start_due_moves(today=date(2026, 3, 31)) == 0
+    # A new move replaces the scheduled one; a move back to platform cancels it.
+    lifecycle.move("Ada", "research", date(2026, 4, 2), today=date(2026, 3, 15))
+    cancelled = lifecycle.move("Ada", "platform", date(2026, 3, 15), today=date(2026, 3, 15))
+    assert cancelled["cancelled"] and str(cancelled["since"]) == "2026-04-02"
+    assert [(m["team_id"], m["valid_to"]) for m in lifecycle.memberships("Ada")] == [
+        (ids["platform"], None)]
+    lifecycle.move("Ada", "research", date(2026, 4, 1), today=date(2026, 3, 15))
+    assert lifecycle.start_due_moves(today=date(2026, 4, 1)) == 1
+    assert team_now() == ids["research"]
+    assert lifecycle.start_due_moves(today=date(2026, 4, 1)) == 0
+    # A request of 31 March that settles after the move started stays with platform.
+    await send(redis, _events(ids, ("2026-03-31T23:59:00", 700_000),
+                              ("2026-04-01T00:01:00", 20_000)))
+    rollup = Rollup(redis, KS, catalog.conn, inline_db, rebuild=False)
+    assert await rollup.run_once() == 2
+    await rollup.close()
+    by_team = {r["label"]: r["cost_micros"] for r in reports.spend(
+        catalog.conn, start=date(2026, 3, 1), end=date(2026, 5, 1), grain="month")}
+    assert by_team == {"platform": 700_000, "research": 20_000}
+    actions = [a["action"] for a in catalog.audit()]
+    assert actions[:2] == ["developer.move.start", "developer.move"]
+    assert "developer.move.cancel" in actions
 
 
 async def test_a_move_from_today_moves_today_s_spend_between_the_live_team_counters(
@@ -175,8 +209,8 @@ async def test_a_move_from_today_moves_today_s_spend_between_the_live_team_count
                              end=date.fromordinal(now.date().toordinal() + 1))
     assert [(row["label"], row["cost_micros"]) for row in rows] == [("research", spent)]
     r = await gw.client.post(f"{API}/developers/{dev}/move", headers=rw,
-                             json={"team": "platform", "since": "2999-01-01"})
-    assert r.status == 400 and "past day" in (await r.json())["error"]["message"]
+                             json={"team": "platform", "since": "2026-13-01"})
+    assert r.status == 400 and "not a date" in (await r.json())["error"]["message"]
 
 
 async def test_rename_and_delete_follow_a_finance_team_s_rules(dashboard: Dashboard) -> None:
@@ -266,8 +300,10 @@ def test_cli_disables_moves_renames_and_deletes(tmp_path: Path, upstream: Upstre
     today = datetime.now(UTC).date().isoformat()
     cli("dev", "move", "ada@example.com", "--team", "research", "--since", today)
     assert cli("dev", "teams", "ada@example.com").splitlines()[1].split()[1] == "research"
-    assert "past day" in cli("dev", "move", "ada@example.com", "--team", "platform",
-                             "--since", "2999-01-01", code=2)
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
+    assert "scheduled: True" in cli("dev", "move", "ada@example.com", "--team", "platform",
+                                    "--since", tomorrow)
+    assert "cancelled: True" in cli("dev", "move", "ada@example.com", "--team", "research")
     assert "name: Ada Lovelace" in cli("dev", "rename", "ada@example.com", "Ada Lovelace")
     assert "name: core" in cli("team", "rename", "research", "core")
     assert "has 1 member" in cli("team", "delete", "core", code=2)
@@ -332,6 +368,17 @@ async def test_admin_offboards_moves_renames_and_deletes_in_the_browser(
             "cells => cells.map(c => c.dataset.sort)")], strict=True))
     assert today_by_team == {"platform": 0, "research": spent, "spare": 0}
     await page.goto(dev_url)
+
+    # A move to spare tomorrow is scheduled, and cancelled.
+    await page.select_option("#move-developer select[name=team]", label="spare")
+    await page.fill("#move-developer input[name=since]", (today + timedelta(days=1)).isoformat())
+    await page.click("#move-developer button")
+    await page.wait_for_selector(".flash:has-text('Moves to team spare on')")
+    assert "scheduled" in await page.inner_text("#memberships tbody tr:first-child")
+    await page.click("#cancel-move button")
+    await page.wait_for_selector(".flash:has-text('is cancelled')")
+    stays = await page.locator("#memberships tbody tr td:first-child").all_inner_texts()
+    assert stays == ["research", "platform"]
 
     # Rename her; the key list shows the key's use (the refused requests were not served).
     await page.fill("#rename-developer input[name=name]", "Ada Lovelace")
