@@ -12,7 +12,7 @@ Rules a finance team expects:
 - Deleting a developer who ever made a request archives them (disabled, hidden from lists,
   keys revoked); one without any request is erased with their keys and caps.
 - Deleting a team with current members is refused; one with history (past members, usage)
-  is archived; an unused team is erased with its caps and limits.
+  is archived; an unused team is erased with its caps, limits, managed settings and models.
 Every change is audited with its actor, before and after (Catalog._audit).
 """
 
@@ -277,6 +277,9 @@ class Lifecycle:
                              "scope_id = ?", [row["id"]])
                 conn.execute("DELETE FROM rate_limits WHERE scope = 'team' AND scope_id = ?",
                              [row["id"]])
+                for table in ("managed_settings", "allowed_models"):
+                    conn.execute(f"DELETE FROM {table} WHERE scope = 'team' AND scope_id = ?",
+                                 [row["id"]])
                 conn.execute("DELETE FROM teams WHERE id = ?", [row["id"]])
                 after = None
             self.catalog._audit(actor, f"team.{'archive' if history else 'delete'}",

@@ -19,6 +19,7 @@ from dashboard import live
 from ledger import reports
 from ledger.catalog import Catalog, CatalogError
 from ledger.lifecycle import Lifecycle
+from ledger.models_allowed import AllowedModels
 from ledger.rollup import Rollup
 from tests.conftest import MOCK_KEY, Gateway, Upstream
 from tests.dashboard_fixtures import *  # noqa: F403
@@ -247,6 +248,12 @@ async def test_rename_and_delete_follow_a_finance_team_s_rules(dashboard: Dashbo
     assert (await r.json())["outcome"] == "archived"
     r = await gw.client.get(f"{API}/usage?dimension=team", headers=rw)
     assert [row["label"] for row in (await r.json())["data"]] == ["core"]
+    # An unused team is erased whole, with its model list.
+    spare = (await gw.admin.db(gw.admin.catalog.create_team, "spare"))["id"]
+    await gw.admin.db(AllowedModels(gw.admin.catalog).set, spare, ["claude-haiku-4-5"])
+    r = await gw.client.delete(f"{API}/teams/{spare}", headers=rw)
+    assert (await r.json())["outcome"] == "deleted"
+    assert await gw.admin.db(AllowedModels(gw.admin.catalog).all) == []
     actions = {a["action"] for a in await gw.admin.db(gw.admin.catalog.audit)}
     assert {"team.rename", "developer.rename", "developer.delete", "developer.archive",
             "team.archive"} <= actions
