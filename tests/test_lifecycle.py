@@ -243,11 +243,17 @@ async def test_rename_and_delete_follow_a_finance_team_s_rules(dashboard: Dashbo
     assert kept["revoked_at"] is not None and kept["revoked_by"].startswith("api-key:")
     listed = await (await gw.client.get(f"{API}/developers", headers=rw)).json()
     assert listed["data"] == []
+    listed = await (await gw.client.get(f"{API}/developers?archived=1", headers=rw)).json()
+    assert [(d["name"], d["archived_at"] is not None) for d in listed["data"]] == [
+        ("Ada L.", True)]
     # The team now has history and no members: archived, its spend still reported.
     r = await gw.client.delete(f"{API}/teams/{team}", headers=rw)
     assert (await r.json())["outcome"] == "archived"
     r = await gw.client.get(f"{API}/usage?dimension=team", headers=rw)
     assert [row["label"] for row in (await r.json())["data"]] == ["core"]
+    assert (await (await gw.client.get(f"{API}/teams", headers=rw)).json())["data"] == []
+    teams = (await (await gw.client.get(f"{API}/teams?archived=1", headers=rw)).json())["data"]
+    assert [t["name"] for t in teams] == ["core"]
     # An unused team is erased whole, with its model list.
     spare = (await gw.admin.db(gw.admin.catalog.create_team, "spare"))["id"]
     await gw.admin.db(AllowedModels(gw.admin.catalog).set, spare, ["claude-haiku-4-5"])
