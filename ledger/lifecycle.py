@@ -136,6 +136,15 @@ class Lifecycle:
                 "valid_from <= ? AND (valid_to IS NULL OR valid_to > ?)",
                 [dev["id"], today, today])
             stay_from = current[0]["valid_from"] if current else min(since, today)
+            recorded_from = stay_from
+            if current and not self.catalog._rows(
+                    "SELECT 1 FROM memberships WHERE developer_id = ? AND valid_from < ?",
+                    [dev["id"], stay_from]):
+                # Their first stay: it began with their first request if that came earlier
+                # (usage imported, or a ledger older than memberships).
+                first = self.catalog._rows("SELECT min(day) AS day FROM usage_daily WHERE "
+                                           "developer_id = ?", [dev["id"]])[0]["day"]
+                stay_from = min(stay_from, first or stay_from)
             if since < stay_from:
                 raise CatalogError(f"{dev['name']} has been in their team since {stay_from}: "
                                    "a move cannot start before that")
@@ -145,6 +154,8 @@ class Lifecycle:
             moved: dict[str, dict[str, int]] = {}
             conn.execute("BEGIN")
             try:
+                conn.execute("UPDATE memberships SET valid_from = ? WHERE developer_id = ? "
+                             "AND valid_from = ?", [stay_from, dev["id"], recorded_from])
                 # A scheduled move is replaced (or, back to the current team, cancelled).
                 conn.execute("DELETE FROM memberships WHERE developer_id = ? AND "
                              "valid_from > ?", [dev["id"], today])

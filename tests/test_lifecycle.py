@@ -135,6 +135,29 @@ async def test_spend_before_a_move_stays_with_the_old_team(redis: Any) -> None:
     assert audit["actor"] == "alice"
 
 
+async def test_a_first_stay_began_with_the_first_request_when_that_came_earlier(
+        redis: Any) -> None:
+    """Usage older than the developer's record (imported, or a ledger from before
+    memberships): a move can start within it, and the old stay is dated from it."""
+    catalog = Catalog(fresh_db())
+    ids = {n: catalog.create_team(n)["id"] for n in ("platform", "research")}
+    ids["ada"] = catalog.create_developer("Ada", "ada@example.com", "platform")["id"]
+    today = datetime.now(UTC).date()
+    await send(redis, _events(ids, (f"{today - timedelta(days=10)}T12:00:00", 600_000),
+                              (f"{today - timedelta(days=2)}T12:00:00", 90_000)))
+    rollup = Rollup(redis, KS, catalog.conn, inline_db, rebuild=False)
+    assert await rollup.run_once() == 2
+    await rollup.close()
+    Lifecycle(catalog).move("Ada", "research", today - timedelta(days=5))
+    assert [(m["team_name"], m["valid_from"], m["valid_to"])
+            for m in Lifecycle(catalog).memberships("Ada")] == [
+        ("research", today - timedelta(days=5), None),
+        ("platform", today - timedelta(days=10), today - timedelta(days=5))]
+    by_team = {r["label"]: r["cost_micros"] for r in reports.spend(
+        catalog.conn, start=today - timedelta(days=30), end=today, grain="month")}
+    assert by_team == {"platform": 600_000, "research": 90_000}
+
+
 def test_a_move_cannot_start_before_the_current_stay_nor_go_nowhere() -> None:
     catalog, _ = _ledger_with_ada()
     lifecycle = Lifecycle(catalog)
