@@ -6,6 +6,7 @@ admin API and the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -448,3 +449,25 @@ async def test_admin_offboards_moves_renames_and_deletes_in_the_browser(
     assert await page.is_visible("#developer-archived")
     last_days = await page.locator("#memberships tbody tr td:nth-child(3)").all_inner_texts()
     assert last_days == ["still a member", (today - timedelta(days=2)).isoformat()]
+
+
+async def test_the_admin_starts_a_scheduled_move_on_its_day_and_every_proxy_hears_of_it(
+        start_gateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = await start_gateway(rollup_interval=0.1)
+    key = await gw.developer("Ada", "platform")
+    await gw.change(gw.admin.catalog.create_team, "research")
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    moved = await gw.admin.db(Lifecycle(gw.admin.catalog).move, "Ada", "research",
+                              tomorrow.date())
+    assert moved["scheduled"]
+    assert gw.proxy.policy.principal(key).team_name == "platform"
+    monkeypatch.setattr("ledger.lifecycle._now", lambda: tomorrow.replace(tzinfo=None))
+    for _ in range(200):  # the rollup tick (every 0.1 s here) starts it and publishes
+        await gw.proxy.refresh_policy()
+        if gw.proxy.policy.principal(key).team_name == "research":
+            break
+        await asyncio.sleep(0.05)
+    assert gw.proxy.policy.principal(key).team_name == "research"
+    (started,) = [a for a in await gw.admin.db(gw.admin.catalog.audit)
+                  if a["action"] == "developer.move.start"]
+    assert started["actor"] == "scheduler"
