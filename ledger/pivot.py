@@ -1,0 +1,204 @@
+"""The pivot report (dimension rows × period columns), the monthly chargeback statement and
+their CSV, streamed: what finance reads for a year of a large organization.
+
+A pivot shows the `top` costliest keys of the range (after `offset`, for paging) and folds
+every other key into one "others" row, so the page stays the same size at any number of
+developers or sessions. All amounts are integer µ$ from the rollups (see ledger/reports.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+
+from ledger.reports import _DIMENSION_SQL, DIMENSIONS, GRAINS, _check, _cell, _filters
+
+OTHERS = "(others)"
+# Names, emails and teams exported with a developer key; team names with a team key.
+_PEOPLE = {
+    "developer": ("LEFT JOIN developers d ON d.id = g.key LEFT JOIN teams t ON t.id = d.team_id",
+                  "coalesce(d.name, g.key)", "coalesce(d.email, '')", "coalesce(t.name, '')"),
+    "team": ("LEFT JOIN teams t ON t.id = g.key", "coalesce(t.name, g.key)", "''",
+             "coalesce(t.name, g.key)"),
+}
+
+
+def periods(start: date, end: date, grain: str) -> list[date]:
+    """The first day of every day/week/month touching [start, end)."""
+    _check(grain, GRAINS, "grain")
+    if grain == "day":
+        first = start
+    elif grain == "week":
+        first = start - timedelta(days=start.weekday())
+    else:
+        first = start.replace(day=1)
+    out = []
+    while first < end:
+        out.append(first)
+        if grain == "day":
+            first += timedelta(days=1)
+        elif grain == "week":
+            first += timedelta(days=7)
+        else:
+            first = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return out
+
+
+def _keyed(dimension: str, start: date, end: date, grain: str, developer_id: str | None,
+           team_id: str | None) -> tuple[str, list[Any]]:
+    """SQL of (period, key, cost_micros, requests) per period × key over the range."""
+    table, key, _, _ = _DIMENSION_SQL[dimension]
+    where, params = _filters(start, end, developer_id, team_id)
+    return (f"SELECT CAST(date_trunc('{grain}', day) AS DATE) AS period, {key} AS key, "
+            "CAST(sum(cost_micros) AS BIGINT) AS cost_micros, "
+            f"CAST(sum(requests) AS BIGINT) AS requests FROM {table} WHERE {where} "
+            "GROUP BY ALL"), params
+
+
+def _labels(dimension: str) -> tuple[str, str, str, str]:
+    """(join, name, email, team) SQL over a grouped row `g` with a `key` column."""
+    if dimension in _PEOPLE:
+        return _PEOPLE[dimension]
+    _, _, label, join = _DIMENSION_SQL[dimension]
+    return join, label, "''", "''"
+
+
+def pivot(conn: duckdb.DuckDBPyConnection, *, start: date, end: date, grain: str = "day",
+          dimension: str = "team", developer_id: str | None = None,
+          team_id: str | None = None, top: int = 20, offset: int = 0) -> dict[str, Any]:
+    """Rows × periods of cost: keys ranked by their cost over the whole range (ties by key),
+    `top` of them from `offset`, then an "others" row with every key before and after the
+    page, and a total row. Each row: key, label, email, team, `cells` (µ$ per period, in
+    `periods` order), cost_micros and requests. `keys` is how many keys had usage."""
+    _check(dimension, DIMENSIONS, "dimension")
+    cols = periods(start, end, grain)
+    inner, params = _keyed(dimension, start, end, grain, developer_id, team_id)
+    join, name, email, team = _labels(dimension)
+    sql = (
+        f"WITH a AS ({inner}), r AS (SELECT key, sum(cost_micros) AS cost, "
+        "row_number() OVER (ORDER BY sum(cost_micros) DESC, key) AS rank FROM a GROUP BY key), "
+        "p AS (SELECT CASE WHEN r.rank > ? AND r.rank <= ? THEN r.rank ELSE 0 END AS rank, "
+        "CASE WHEN r.rank > ? AND r.rank <= ? THEN a.key ELSE NULL END AS key, a.period, "
+        "CAST(sum(a.cost_micros) AS BIGINT) AS cost_micros, "
+        "CAST(sum(a.requests) AS BIGINT) AS requests FROM a JOIN r USING (key) GROUP BY ALL) "
+        f"SELECT g.rank, g.key, {name} AS label, {email} AS email, {team} AS team, g.period, "
+        f"g.cost_micros, g.requests, (SELECT count(*) FROM r) AS keys FROM p AS g {join} "
+        "ORDER BY g.rank, g.period")
+    bounds = [max(0, offset), max(0, offset) + max(0, top)] * 2
+    index = {p: i for i, p in enumerate(cols)}
+    rows: dict[int, dict[str, Any]] = {}
+    keys = 0
+    for rank, key, label, mail, team_name, period, cost, requests, keys in conn.execute(
+            sql, [*params, *bounds]).fetchall():
+        row = rows.setdefault(rank, {
+            "key": key or "", "label": OTHERS if rank == 0 else label,
+            "email": "" if rank == 0 else mail, "team": "" if rank == 0 else team_name,
+            "cells": [0] * len(cols), "cost_micros": 0, "requests": 0})
+        row["cells"][index[period]] += int(cost)
+        row["cost_micros"] += int(cost)
+        row["requests"] += int(requests)
+    others = rows.pop(0, None)
+    shown = [rows[r] for r in sorted(rows)]
+    total_cells = [sum(r["cells"][i] for r in [*shown, *([others] if others else [])])
+                   for i in range(len(cols))]
+    return {"periods": cols, "rows": shown, "others": others, "keys": int(keys),
+            "offset": max(0, offset), "top": top,
+            "total": {"cells": total_cells, "cost_micros": sum(total_cells),
+                      "requests": sum(r["requests"] for r in
+                                      [*shown, *([others] if others else [])])}}
+
+
+def statement(conn: duckdb.DuckDBPyConnection, *, month: date) -> dict[str, Any]:
+    """The chargeback statement of a calendar month: cost, requests and tokens per team ×
+    model, each team's subtotal and the grand total (integer µ$ and tokens)."""
+    start = month.replace(day=1)
+    end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    lines = conn.execute(
+        "SELECT u.team_id, coalesce(t.name, u.team_id) AS team, u.model, "
+        "CAST(sum(u.requests) AS BIGINT), CAST(sum(u.input_tokens + u.cache_write_5m + "
+        "u.cache_write_1h + u.cache_read) AS BIGINT), CAST(sum(u.output_tokens) AS BIGINT), "
+        "CAST(sum(u.cost_micros) AS BIGINT) FROM usage_daily u "
+        "LEFT JOIN teams t ON t.id = u.team_id WHERE u.day >= ? AND u.day < ? "
+        "GROUP BY ALL ORDER BY team, u.team_id, u.model", [start, end]).fetchall()
+    teams: list[dict[str, Any]] = []
+    for team_id, team, model, requests, prompt, output, cost in lines:
+        if not teams or teams[-1]["team_id"] != team_id:
+            teams.append({"team_id": team_id, "team": team, "models": [], "requests": 0,
+                          "prompt_tokens": 0, "output_tokens": 0, "cost_micros": 0})
+        entry = teams[-1]
+        entry["models"].append({"model": model, "requests": int(requests),
+                                "prompt_tokens": int(prompt), "output_tokens": int(output),
+                                "cost_micros": int(cost)})
+        for k, v in (("requests", requests), ("prompt_tokens", prompt),
+                     ("output_tokens", output), ("cost_micros", cost)):
+            entry[k] += int(v)
+    return {"month": start, "end": end, "teams": teams,
+            "cost_micros": sum(t["cost_micros"] for t in teams),
+            "requests": sum(t["requests"] for t in teams)}
+
+
+def _usd(micros: int) -> Decimal:
+    return Decimal(int(micros)).scaleb(-6)
+
+
+def _lines(rows: Iterator[list[Any]]) -> Iterator[str]:
+    """CSV text (RFC 4180, CRLF) of rows, formula-escaped, in chunks of up to 1,000 lines."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    n = 0
+    for row in rows:
+        writer.writerow([_cell(v) for v in row])
+        n += 1
+        if n % 1000 == 0:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    if out.tell():
+        yield out.getvalue()
+
+
+def pivot_csv(conn: duckdb.DuckDBPyConnection, *, start: date, end: date, grain: str = "day",
+              dimension: str = "team", developer_id: str | None = None,
+              team_id: str | None = None) -> Iterator[str]:
+    """Every period × key of the pivot as CSV lines with the key's name, email and team,
+    read from DuckDB in batches (so a year of sessions never sits in memory at once)."""
+    _check(dimension, DIMENSIONS, "dimension")
+    _check(grain, GRAINS, "grain")
+    inner, params = _keyed(dimension, start, end, grain, developer_id, team_id)
+    join, name, email, team = _labels(dimension)
+    cur = conn.execute(
+        f"WITH g AS ({inner}) SELECT g.period, g.key, {name}, {email}, {team}, g.requests, "
+        f"g.cost_micros FROM g {join} ORDER BY g.period, g.cost_micros DESC, g.key", params)
+
+    def rows() -> Iterator[list[Any]]:
+        yield ["period", dimension, "name", "email", "team", "requests", "cost_micros",
+               "cost_usd"]
+        while batch := cur.fetchmany(5000):
+            for period, key, label, mail, team_name, requests, cost in batch:
+                yield [period, key, label, mail, team_name, requests, cost, _usd(cost)]
+
+    return _lines(rows())
+
+
+def statement_csv(found: dict[str, Any]) -> Iterator[str]:
+    """A statement() as CSV: one line per team × model, a subtotal per team, a grand total."""
+    def rows() -> Iterator[list[Any]]:
+        yield ["month", "team", "model", "requests", "prompt_tokens", "output_tokens",
+               "cost_micros", "cost_usd"]
+        month = found["month"]
+        for t in found["teams"]:
+            for m in t["models"]:
+                yield [month, t["team"], m["model"], m["requests"], m["prompt_tokens"],
+                       m["output_tokens"], m["cost_micros"], _usd(m["cost_micros"])]
+            yield [month, t["team"], "(team total)", t["requests"], t["prompt_tokens"],
+                   t["output_tokens"], t["cost_micros"], _usd(t["cost_micros"])]
+        yield [month, "(all teams)", "", found["requests"], "", "", found["cost_micros"],
+               _usd(found["cost_micros"])]
+
+    return _lines(rows())
