@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from ledger.reports import _DIMENSION_SQL, DIMENSIONS, GRAINS, _check, _cell, _filters
+from ledger.reports import _DIMENSION_SQL, DIMENSIONS, GRAINS, _cell, _check, _filters
 
 OTHERS = "(others)"
 # Names, emails and teams exported with a developer key; team names with a team key.
@@ -94,8 +94,9 @@ def pivot(conn: duckdb.DuckDBPyConnection, *, start: date, end: date, grain: str
     index = {p: i for i, p in enumerate(cols)}
     rows: dict[int, dict[str, Any]] = {}
     keys = 0
-    for rank, key, label, mail, team_name, period, cost, requests, keys in conn.execute(
+    for rank, key, label, mail, team_name, period, cost, requests, counted in conn.execute(
             sql, [*params, *bounds]).fetchall():
+        keys = counted
         row = rows.setdefault(rank, {
             "key": key or "", "label": OTHERS if rank == 0 else label,
             "email": "" if rank == 0 else mail, "team": "" if rank == 0 else team_name,
@@ -151,10 +152,8 @@ def _lines(rows: Iterator[list[Any]]) -> Iterator[str]:
     """CSV text (RFC 4180, CRLF) of rows, formula-escaped, in chunks of up to 1,000 lines."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    n = 0
-    for row in rows:
+    for n, row in enumerate(rows, start=1):
         writer.writerow([_cell(v) for v in row])
-        n += 1
         if n % 1000 == 0:
             yield out.getvalue()
             out.seek(0)
