@@ -47,7 +47,7 @@ def month_end(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[st
         caps[("" if scope == "org" else scope_id, period)] = int(amount)
     names = dict(conn.execute("SELECT id, name FROM teams").fetchall())
     ids = ["", *sorted(set(spent) - {""} | {i for i, _ in caps} - {""} | set(names))]
-    out = []
+    out: list[dict[str, Any]] = []
     for scope_id in ids:
         month_spent, recent = spent.get(scope_id, (0, 0))
         rate = recent // RATE_DAYS
