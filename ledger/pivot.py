@@ -1,5 +1,5 @@
-"""The pivot report (dimension rows × period columns), the monthly chargeback statement and
-their CSV, streamed: what finance reads for a year of a large organization.
+"""The pivot report (dimension rows × period columns) and the monthly chargeback statement:
+what finance reads for a year of a large organization (their CSV: ledger/exports.py).
 
 A pivot shows the `top` costliest keys of the range (after `offset`, for paging) and folds
 every other key into one "others" row, so the page stays the same size at any number of
@@ -8,16 +8,12 @@ developers or sessions. All amounts are integer µ$ from the rollups (see ledger
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from datetime import date, timedelta
-from decimal import Decimal
 from typing import Any
 
 import duckdb
 
-from ledger.reports import _DIMENSION_SQL, DIMENSIONS, GRAINS, _cell, _check, _filters
+from ledger.reports import _DIMENSION_SQL, DIMENSIONS, GRAINS, _check, _filters
 
 OTHERS = "(others)"
 # Names, emails and teams exported with a developer key; team names with a team key.
@@ -50,7 +46,7 @@ def periods(start: date, end: date, grain: str) -> list[date]:
     return out
 
 
-def _keyed(dimension: str, start: date, end: date, grain: str, developer_id: str | None,
+def keyed(dimension: str, start: date, end: date, grain: str, developer_id: str | None,
            team_id: str | None) -> tuple[str, list[Any]]:
     """SQL of (period, key, cost_micros, requests) per period × key over the range."""
     table, key, _, _ = _DIMENSION_SQL[dimension]
@@ -61,7 +57,7 @@ def _keyed(dimension: str, start: date, end: date, grain: str, developer_id: str
             "GROUP BY ALL"), params
 
 
-def _labels(dimension: str) -> tuple[str, str, str, str]:
+def labels(dimension: str) -> tuple[str, str, str, str]:
     """(join, name, email, team) SQL over a grouped row `g` with a `key` column."""
     if dimension in _PEOPLE:
         return _PEOPLE[dimension]
@@ -78,8 +74,8 @@ def pivot(conn: duckdb.DuckDBPyConnection, *, start: date, end: date, grain: str
     `periods` order), cost_micros and requests. `keys` is how many keys had usage."""
     _check(dimension, DIMENSIONS, "dimension")
     cols = periods(start, end, grain)
-    inner, params = _keyed(dimension, start, end, grain, developer_id, team_id)
-    join, name, email, team = _labels(dimension)
+    inner, params = keyed(dimension, start, end, grain, developer_id, team_id)
+    join, name, email, team = labels(dimension)
     sql = (
         f"WITH a AS ({inner}), r AS (SELECT key, sum(cost_micros) AS cost, "
         "row_number() OVER (ORDER BY sum(cost_micros) DESC, key) AS rank FROM a GROUP BY key), "
@@ -142,62 +138,3 @@ def statement(conn: duckdb.DuckDBPyConnection, *, month: date) -> dict[str, Any]
     return {"month": start, "end": end, "teams": teams,
             "cost_micros": sum(t["cost_micros"] for t in teams),
             "requests": sum(t["requests"] for t in teams)}
-
-
-def _usd(micros: int) -> Decimal:
-    return Decimal(int(micros)).scaleb(-6)
-
-
-def _lines(rows: Iterator[list[Any]]) -> Iterator[str]:
-    """CSV text (RFC 4180, CRLF) of rows, formula-escaped, in chunks of up to 1,000 lines."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    for n, row in enumerate(rows, start=1):
-        writer.writerow([_cell(v) for v in row])
-        if n % 1000 == 0:
-            yield out.getvalue()
-            out.seek(0)
-            out.truncate()
-    if out.tell():
-        yield out.getvalue()
-
-
-def pivot_csv(conn: duckdb.DuckDBPyConnection, *, start: date, end: date, grain: str = "day",
-              dimension: str = "team", developer_id: str | None = None,
-              team_id: str | None = None) -> Iterator[str]:
-    """Every period × key of the pivot as CSV lines with the key's name, email and team,
-    read from DuckDB in batches (so a year of sessions never sits in memory at once)."""
-    _check(dimension, DIMENSIONS, "dimension")
-    _check(grain, GRAINS, "grain")
-    inner, params = _keyed(dimension, start, end, grain, developer_id, team_id)
-    join, name, email, team = _labels(dimension)
-    cur = conn.execute(
-        f"WITH g AS ({inner}) SELECT g.period, g.key, {name}, {email}, {team}, g.requests, "
-        f"g.cost_micros FROM g {join} ORDER BY g.period, g.cost_micros DESC, g.key", params)
-
-    def rows() -> Iterator[list[Any]]:
-        yield ["period", dimension, "name", "email", "team", "requests", "cost_micros",
-               "cost_usd"]
-        while batch := cur.fetchmany(5000):
-            for period, key, label, mail, team_name, requests, cost in batch:
-                yield [period, key, label, mail, team_name, requests, cost, _usd(cost)]
-
-    return _lines(rows())
-
-
-def statement_csv(found: dict[str, Any]) -> Iterator[str]:
-    """A statement() as CSV: one line per team × model, a subtotal per team, a grand total."""
-    def rows() -> Iterator[list[Any]]:
-        yield ["month", "team", "model", "requests", "prompt_tokens", "output_tokens",
-               "cost_micros", "cost_usd"]
-        month = found["month"]
-        for t in found["teams"]:
-            for m in t["models"]:
-                yield [month, t["team"], m["model"], m["requests"], m["prompt_tokens"],
-                       m["output_tokens"], m["cost_micros"], _usd(m["cost_micros"])]
-            yield [month, t["team"], "(team total)", t["requests"], t["prompt_tokens"],
-                   t["output_tokens"], t["cost_micros"], _usd(t["cost_micros"])]
-        yield [month, "(all teams)", "", found["requests"], "", "", found["cost_micros"],
-               _usd(found["cost_micros"])]
-
-    return _lines(rows())

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 import duckdb
 import pytest
 
-from ledger import forecasts, pivot
+from ledger import exports, forecasts, pivot
 from ledger.catalog import connect
 
 ROWS = [  # day, developer, team, model, requests, cost µ$
@@ -77,7 +77,7 @@ def test_pivot_follows_the_team_filter(conn: duckdb.DuckDBPyConnection) -> None:
 
 def test_pivot_csv_carries_names_emails_teams_and_escapes_formulas(
         conn: duckdb.DuckDBPyConnection) -> None:
-    text = "".join(pivot.pivot_csv(conn, start=date(2026, 3, 9), end=date(2026, 3, 16),
+    text = "".join(exports.pivot_csv(conn, start=date(2026, 3, 9), end=date(2026, 3, 16),
                                    grain="day", dimension="developer"))
     rows = list(csv.reader(io.StringIO(text)))
     assert rows == [
@@ -98,7 +98,7 @@ def test_statement_totals_team_by_model_for_the_month(conn: duckdb.DuckDBPyConne
     ]
     assert got["cost_micros"] == 2_285_000
     assert got["requests"] == 2 + 1 + 1 + 1 + 4 + 1
-    lines = list(csv.reader(io.StringIO("".join(pivot.statement_csv(got)))))
+    lines = list(csv.reader(io.StringIO("".join(exports.statement_csv(got)))))
     # Platform: 4 rollup rows of 10 prompt and 5 output tokens each.
     assert lines[3] == ["2026-03-01", "Platform", "(team total)", "5", "40", "20",
                         "2250000", "2.250000"]
