@@ -21,6 +21,7 @@ from ledger.models_allowed import AllowedModels
 from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Browser, Dashboard
+from tests.request_rows import insert_request
 
 # team_lead leads the seeded team (the one every {team} and {dev} below belongs to);
 # lead_other is a team lead of another team.
@@ -107,6 +108,11 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "reports": ("/reports?team={team}", None, team_read()),
     "reports_csv": ("/reports.csv?team={team}", None, team_read()),
     "reports_parquet": ("/reports.parquet", None, read()),
+    "statement": ("/reports/statement", None, read()),
+    "statement_csv": ("/reports/statement.csv", None, read()),
+    "requests_csv": ("/requests.csv?team={team}", None, read()),
+    # A session of the seeded team's developer: another developer's is a 404 to a developer.
+    "session": ("/sessions/sess-route", None, {**team_read(), "developer": 404}),
     "bought": ("/bought", None, read()),
     "bought_csv": ("/bought.csv", None, read()),
     "rollout": ("/rollout", None, ROLLOUT),
@@ -219,6 +225,8 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
         row, _ = await gw.admin.db(accounts.issue_admin_key, "ro", name)
         ids[name] = row["id"]
     ids["team_managed"] = (await gw.admin.db(catalog.create_team, "managed-victim"))["id"]
+    await gw.admin.db(insert_request, catalog.conn, id="req-route", session_id="sess-route",
+                      developer_id=dev, team_id=team, model="claude-sonnet-4-6")
     for scope in ("org", team, ids["team_managed"]):
         saved = await gw.admin.db(ManagedSettings(catalog).set, scope, {"env": {}})
     ids["org_checksum"] = saved["checksum"]  # the same document everywhere
