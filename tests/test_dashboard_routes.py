@@ -109,6 +109,7 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "reports_csv": ("/reports.csv?team={team}", None, team_read()),
     "reports_parquet": ("/reports.parquet", None, read()),
     "statement": ("/reports/statement", None, read()),
+    "forecasts": ("/forecasts", None, read()),
     "statement_csv": ("/reports/statement.csv", None, read()),
     "requests_csv": ("/requests.csv?team={team}", None, read()),
     # A session of the seeded team's developer: another developer's is a 404 to a developer.
