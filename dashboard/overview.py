@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from dashboard import charts, live
-from dashboard.forecasts_view import TOP_ON_OVERVIEW
 from dashboard.appkeys import CONFIG
 from dashboard.auth import READERS, allow
+from dashboard.forecasts_view import TOP_ON_OVERVIEW
 from dashboard.render import admin_state, fill_days, render, report, today
 from ledger import forecasts, reports
 
