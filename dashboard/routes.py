@@ -43,6 +43,8 @@ PAGE_ROUTES: tuple[Route, ...] = (
     ("GET", "/signin/sso/callback", sso.sso_callback, "signin_sso_callback"),
     ("POST", "/signout", signin.signout, "signout"),
     ("GET", "/me", me.me, "me"),
+    ("GET", "/me/usage.csv", me.me_csv, "me_csv"),
+    ("POST", "/me/keys/{key_id}/revoke", me.revoke_own_key, "revoke_own_key"),
     ("GET", "/teams", teams.teams, "teams"),
     ("POST", "/teams", teams.create_team, "create_team"),
     ("GET", "/teams/{team_id}", teams.team, "team"),
