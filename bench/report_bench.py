@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 
-from ledger import reports
+from ledger import exports, forecasts, pivot, reports, session_report
 
 DEFAULT_DB = Path(tempfile.gettempdir()) / "meterd-bench" / "requests.duckdb"
 BUDGET_MS = 300
@@ -80,6 +80,18 @@ def queries(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, Callable[[], Any
             page, start=datetime.combine(week, dtime(0), UTC), status="ok", offset=100)),
         ("CSV export of spend day x team (30 d)",
          lambda: reports.export_csv(spend(start=month))),
+        *((f"pivot week x {d}, top 20 ({(end - quarter).days} d)", partial(
+            pivot.pivot, c, start=quarter, end=end, grain="week", dimension=d))
+          for d in reports.DIMENSIONS),
+        ("pivot day x developer, page 5 (30 d)", partial(
+            pivot.pivot, c, start=month, end=end, dimension="developer", offset=80)),
+        ("statement (last month)", partial(pivot.statement, c, month=month)),
+        ("month-end forecasts (org + every team)", partial(forecasts.month_end, c, now=now)),
+        ("session view", partial(session_report.session, c, session[0])),
+        ("CSV stream week x developer (90 d)", lambda: "".join(exports.pivot_csv(
+            c, start=quarter, end=end, grain="week", dimension="developer"))),
+        ("CSV stream of requests, one team, 7 d", lambda: "".join(exports.requests_csv(
+            c, team_id=team[0], start=datetime.combine(week, dtime(0), UTC)))),
     ]
     return out
 

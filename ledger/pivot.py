@@ -76,39 +76,48 @@ def pivot(conn: duckdb.DuckDBPyConnection, *, start: date, end: date, grain: str
     cols = periods(start, end, grain)
     inner, params = keyed(dimension, start, end, grain, developer_id, team_id)
     join, name, email, team = labels(dimension)
+    # Rank only the page's keys (a top-k, not a window over every key: sessions number in
+    # the hundreds of thousands a quarter); "others" is then each period's total minus the
+    # page's, so no key outside the page is ever labelled or joined.
+    page = max(0, top)
     sql = (
-        f"WITH a AS ({inner}), r AS (SELECT key, sum(cost_micros) AS cost, "
-        "row_number() OVER (ORDER BY sum(cost_micros) DESC, key) AS rank FROM a GROUP BY key), "
-        "p AS (SELECT CASE WHEN r.rank > ? AND r.rank <= ? THEN r.rank ELSE 0 END AS rank, "
-        "CASE WHEN r.rank > ? AND r.rank <= ? THEN a.key ELSE NULL END AS key, a.period, "
-        "CAST(sum(a.cost_micros) AS BIGINT) AS cost_micros, "
-        "CAST(sum(a.requests) AS BIGINT) AS requests FROM a JOIN r USING (key) GROUP BY ALL) "
+        f"WITH a AS MATERIALIZED ({inner}), "
+        "k AS (SELECT key, sum(cost_micros) AS cost FROM a GROUP BY key), "
+        "r AS (SELECT key, row_number() OVER (ORDER BY cost DESC, key) AS rank FROM "
+        "(SELECT * FROM k ORDER BY cost DESC, key LIMIT ? OFFSET ?)), "
+        "g AS (SELECT r.rank, a.key, a.period, a.cost_micros, a.requests FROM a JOIN r "
+        "USING (key)) "
         f"SELECT g.rank, g.key, {name} AS label, {email} AS email, {team} AS team, g.period, "
-        f"g.cost_micros, g.requests, (SELECT count(*) FROM r) AS keys FROM p AS g {join} "
-        "ORDER BY g.rank, g.period")
-    bounds = [max(0, offset), max(0, offset) + max(0, top)] * 2
+        f"g.cost_micros, g.requests FROM g {join} "
+        "UNION ALL SELECT 0, NULL, NULL, NULL, NULL, period, CAST(sum(cost_micros) AS BIGINT),"
+        " CAST(sum(requests) AS BIGINT) FROM a GROUP BY period "
+        "UNION ALL SELECT -1, NULL, NULL, NULL, NULL, NULL, count(*), 0 FROM k "
+        "ORDER BY 1, 6")
     index = {p: i for i, p in enumerate(cols)}
     rows: dict[int, dict[str, Any]] = {}
+    total: dict[str, Any] = {"cells": [0] * len(cols), "cost_micros": 0, "requests": 0}
     keys = 0
-    for rank, key, label, mail, team_name, period, cost, requests, counted in conn.execute(
-            sql, [*params, *bounds]).fetchall():
-        keys = counted
-        row = rows.setdefault(rank, {
-            "key": key or "", "label": OTHERS if rank == 0 else label,
-            "email": "" if rank == 0 else mail, "team": "" if rank == 0 else team_name,
+    for rank, key, label, mail, team_name, period, cost, requests in conn.execute(
+            sql, [*params, page, max(0, offset)]).fetchall():
+        if rank == -1:
+            keys = int(cost)
+            continue
+        row = total if rank == 0 else rows.setdefault(rank, {
+            "key": key, "label": label, "email": mail, "team": team_name,
             "cells": [0] * len(cols), "cost_micros": 0, "requests": 0})
         row["cells"][index[period]] += int(cost)
         row["cost_micros"] += int(cost)
         row["requests"] += int(requests)
-    others = rows.pop(0, None)
     shown = [rows[r] for r in sorted(rows)]
-    total_cells = [sum(r["cells"][i] for r in [*shown, *([others] if others else [])])
-                   for i in range(len(cols))]
-    return {"periods": cols, "rows": shown, "others": others, "keys": int(keys),
-            "offset": max(0, offset), "top": top,
-            "total": {"cells": total_cells, "cost_micros": sum(total_cells),
-                      "requests": sum(r["requests"] for r in
-                                      [*shown, *([others] if others else [])])}}
+    others = None
+    if keys > len(shown):
+        others = {"key": "", "label": OTHERS, "email": "", "team": "",
+                  "cells": [t - sum(r["cells"][i] for r in shown)
+                            for i, t in enumerate(total["cells"])],
+                  "cost_micros": total["cost_micros"] - sum(r["cost_micros"] for r in shown),
+                  "requests": total["requests"] - sum(r["requests"] for r in shown)}
+    return {"periods": cols, "rows": shown, "others": others, "keys": keys,
+            "offset": max(0, offset), "top": top, "total": total}
 
 
 def statement(conn: duckdb.DuckDBPyConnection, *, month: date) -> dict[str, Any]:
