@@ -74,31 +74,36 @@ def pivot(conn: duckdb.DuckDBPyConnection, *, start: date, end: date, grain: str
     `periods` order), cost_micros and requests. `keys` is how many keys had usage."""
     _check(dimension, DIMENSIONS, "dimension")
     cols = periods(start, end, grain)
-    inner, params = keyed(dimension, start, end, grain, developer_id, team_id)
+    table, key, _, _ = _DIMENSION_SQL[dimension]
+    where, params = _filters(start, end, developer_id, team_id)
     join, name, email, team = labels(dimension)
-    # Rank only the page's keys (a top-k, not a window over every key: sessions number in
-    # the hundreds of thousands a quarter); "others" is then each period's total minus the
-    # page's, so no key outside the page is ever labelled or joined.
-    page = max(0, top)
+    # Rank only the page's keys (a top-k over one aggregation per key, not a window over
+    # period × key: sessions number in the hundreds of thousands a quarter); then read the
+    # page's keys per period, and "others" is each period's total minus the page's, so no
+    # key outside the page is ever labelled or joined.
+    period = f"CAST(date_trunc('{grain}', day) AS DATE)"
     sql = (
-        f"WITH a AS MATERIALIZED ({inner}), "
-        "k AS (SELECT key, sum(cost_micros) AS cost FROM a GROUP BY key), "
-        "r AS (SELECT key, row_number() OVER (ORDER BY cost DESC, key) AS rank FROM "
-        "(SELECT * FROM k ORDER BY cost DESC, key LIMIT ? OFFSET ?)), "
-        "g AS (SELECT r.rank, a.key, a.period, a.cost_micros, a.requests FROM a JOIN r "
-        "USING (key)) "
+        "WITH r AS (SELECT key, keys, row_number() OVER (ORDER BY cost DESC, key) AS rank "
+        f"FROM (SELECT {key} AS key, sum(cost_micros) AS cost, count(*) OVER () AS keys "
+        f"FROM {table} WHERE {where} GROUP BY key ORDER BY cost DESC, key LIMIT ? OFFSET ?)), "
+        f"g AS (SELECT r.rank, r.key, {period} AS period, "
+        "CAST(sum(cost_micros) AS BIGINT) AS cost_micros, "
+        f"CAST(sum(requests) AS BIGINT) AS requests FROM {table} JOIN r ON {key} = r.key "
+        f"WHERE {where} GROUP BY ALL) "
         f"SELECT g.rank, g.key, {name} AS label, {email} AS email, {team} AS team, g.period, "
         f"g.cost_micros, g.requests FROM g {join} "
-        "UNION ALL SELECT 0, NULL, NULL, NULL, NULL, period, CAST(sum(cost_micros) AS BIGINT),"
-        " CAST(sum(requests) AS BIGINT) FROM a GROUP BY period "
-        "UNION ALL SELECT -1, NULL, NULL, NULL, NULL, NULL, count(*), 0 FROM k "
+        f"UNION ALL SELECT 0, NULL, NULL, NULL, NULL, {period}, "
+        "CAST(sum(cost_micros) AS BIGINT), CAST(sum(requests) AS BIGINT) "
+        f"FROM {table} WHERE {where} GROUP BY ALL "
+        "UNION ALL SELECT -1, NULL, NULL, NULL, NULL, NULL, coalesce(max(keys), 0), 0 FROM r "
         "ORDER BY 1, 6")
+    params = [*params, max(0, top), max(0, offset), *params, *params]
     index = {p: i for i, p in enumerate(cols)}
     rows: dict[int, dict[str, Any]] = {}
     total: dict[str, Any] = {"cells": [0] * len(cols), "cost_micros": 0, "requests": 0}
     keys = 0
     for rank, key, label, mail, team_name, period, cost, requests in conn.execute(
-            sql, [*params, page, max(0, offset)]).fetchall():
+            sql, params).fetchall():
         if rank == -1:
             keys = int(cost)
             continue
