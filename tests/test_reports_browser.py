@@ -181,3 +181,33 @@ async def test_developer_serves_itself_and_revokes_a_leaked_key(
     assert sum(k["revoked_at"] is None for k in keys.values()) == 1  # her session's key
     audit = await gw.admin.db(gw.admin.catalog.audit, 5)
     assert audit[0]["target"] == leaked.id or leaked.id in str(audit[0])
+
+
+async def test_request_log_fits_a_laptop_and_a_phone_shows_today_and_a_menu(
+        dashboard: Dashboard, chromium: Any) -> None:  # noqa: F811
+    await _seed(dashboard)
+    await dashboard.account("alice", "admin")
+    base = dashboard.gateway.url
+    laptop = await (await chromium.new_context(viewport={"width": 1440, "height": 900})
+                    ).new_page()
+    await _sign_in(laptop, base, "alice", PASSWORDS["admin"])
+    await laptop.goto(f"{base}/admin/requests")
+    wrap = "#requests >> xpath=.."
+    assert await laptop.locator(wrap).evaluate("w => w.scrollWidth - w.clientWidth") <= 0
+    assert not await laptop.locator("#requests th.low").first.is_visible()
+
+    phone = await (await chromium.new_context(viewport={"width": 390, "height": 844},
+                                              is_mobile=True)).new_page()
+    await _sign_in(phone, base, "alice", PASSWORDS["admin"])
+    # The 30-day chart is wider than the phone: it opens on its right end, today's bar.
+    fits = await phone.locator(".chart-wrap").first.evaluate(
+        "w => { const bars = w.querySelectorAll('rect.bar'); const last = bars[bars.length - 1]"
+        ".getBoundingClientRect(); const box = w.getBoundingClientRect();"
+        " return [w.scrollWidth > w.clientWidth, last.right <= box.right + 1,"
+        " last.left >= box.left]; }")
+    assert fits == [True, True, True]
+    # The navigation is a menu.
+    assert not await phone.locator("nav.nav").is_visible()
+    await phone.click("button.nav-toggle")
+    await phone.click("nav.nav >> text=Reports")
+    await phone.wait_for_url("**/reports")
