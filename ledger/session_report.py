@@ -36,21 +36,28 @@ def session(conn: duckdb.DuckDBPyConnection, session_id: str,
     if developer_id is not None:
         where += " AND r.developer_id = ?"
         params.append(developer_id)
-    totals = _dicts(conn.execute(
-        f"SELECT {_SUMS}, any_value(r.developer_id) AS developer_id, "
-        "any_value(coalesce(d.name, r.developer_id)) AS developer, "
-        "any_value(r.team_id) AS team_id, any_value(coalesce(t.name, r.team_id)) AS team, "
-        "any_value(r.project) AS project FROM requests r "
-        "LEFT JOIN developers d ON d.id = r.developer_id "
-        f"LEFT JOIN teams t ON t.id = r.team_id WHERE {where}", params))[0]
+    # One scan of `requests` (no index on session_id): its rows once, then three groupings.
+    rows = _dicts(conn.execute(
+        f"WITH s AS MATERIALIZED (SELECT * FROM requests r WHERE {where}) "
+        f"SELECT 'total' AS grp, NULL AS model, NULL AS agent_id, NULL AS parent_agent_id, "
+        f"{_SUMS} FROM s "
+        f"UNION ALL SELECT 'model', model, NULL, NULL, {_SUMS} FROM s GROUP BY model "
+        f"UNION ALL SELECT 'agent', NULL, agent_id, any_value(parent_agent_id), {_SUMS} "
+        "FROM s GROUP BY agent_id", params))
+    totals = next(r for r in rows if r["grp"] == "total")
     if not totals["requests"]:
         return None
+    who = conn.execute(
+        "SELECT r.developer_id, coalesce(d.name, r.developer_id), r.team_id, "
+        "coalesce(t.name, r.team_id), r.project FROM requests r "
+        "LEFT JOIN developers d ON d.id = r.developer_id LEFT JOIN teams t ON t.id = r.team_id "
+        f"WHERE {where} AND r.ts = ? LIMIT 1", [*params, totals["first"]]).fetchone()
+    assert who is not None
+    totals.update(zip(("developer_id", "developer", "team_id", "team", "project"), who,
+                      strict=True))
     totals["seconds"] = int((totals["last"] - totals["first"]).total_seconds())
-    models = _dicts(conn.execute(
-        f"SELECT model, {_SUMS} FROM requests r WHERE {where} GROUP BY model "
-        "ORDER BY cost_micros DESC, model", params))
-    agents = _dicts(conn.execute(
-        f"SELECT agent_id, any_value(parent_agent_id) AS parent_agent_id, {_SUMS} "
-        f"FROM requests r WHERE {where} GROUP BY agent_id "
-        "ORDER BY first, agent_id", params))
+    models = sorted((r for r in rows if r["grp"] == "model"),
+                    key=lambda r: (-r["cost_micros"], r["model"]))
+    agents = sorted((r for r in rows if r["grp"] == "agent"),
+                    key=lambda r: (r["first"], r["agent_id"]))
     return {"session_id": session_id, **totals, "models": models, "agents": agents}
