@@ -261,7 +261,7 @@ async def test_report_by_project_shows_each_project_and_the_untagged_rest(
     assert rows == {"apollo": "2", "zephyr": "1", "(no project)": "1"}
     status, text = await finance.get(attr(one(page, "#download-csv"), "href"))
     assert status == 200
-    costs = {r["label"]: int(r["cost_micros"]) for r in csv.DictReader(io.StringIO(text))}
+    costs = {r["name"]: int(r["cost_micros"]) for r in csv.DictReader(io.StringIO(text))}
     assert costs["apollo"] == 2 * costs["zephyr"] == 2 * costs["(no project)"] > 0
     assert sum(costs.values()) == int(attr(one(page, "#report-total"), "data-micros"))
 
