@@ -11,7 +11,7 @@ from typing import Any
 
 import duckdb
 
-from ledger.reports import ERROR_SQL
+from ledger.reports import ERROR_SQL, _dicts
 
 _SUMS = (f"count(*) AS requests, CAST(count(*) FILTER (WHERE {ERROR_SQL}) AS BIGINT) AS errors, "
          "CAST(sum(input_tokens) AS BIGINT) AS input_tokens, "
@@ -20,11 +20,6 @@ _SUMS = (f"count(*) AS requests, CAST(count(*) FILTER (WHERE {ERROR_SQL}) AS BIG
          "CAST(sum(cache_read) AS BIGINT) AS cache_read, "
          "CAST(sum(cost_micros) AS BIGINT) AS cost_micros, "
          "min(ts) AS first, max(ts) AS last")
-
-
-def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    names = [d[0] for d in cur.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def session(conn: duckdb.DuckDBPyConnection, session_id: str,
