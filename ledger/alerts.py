@@ -1,0 +1,245 @@
+"""Alerts: budget events told to people through apprise (Slack, Teams, email, webhooks…).
+
+An event is sent once per period and scope: its dedupe key is claimed in Redis with SET NX and
+a TTL to the end of the period, so two admin processes, or one restarted, never send it twice.
+Each destination is tried a few times with back-off, and every outcome is a row in alert_log.
+Destination URLs are secrets: only `mask` of one is ever shown, and none is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import apprise
+import orjson
+
+from ledger import caps
+from ledger.catalog import Catalog, CatalogError, NotFound
+from ledger.keyspace import KeySpace
+from ledger.periods import period_end, period_start
+from ledger.reports import MIN_ELAPSED
+from ledger.settlement import SPENT
+
+log = logging.getLogger("meterd.alerts")
+
+EVENTS = {
+    "threshold": "Soft threshold crossed",
+    "blocked": "Cap reached: requests are refused",
+    "forecast": "Forecast to pass the cap this period",
+    "increase": "Increase requested",
+    "test": "Test message",
+}
+Db = Callable[..., Awaitable[Any]]
+
+
+def mask(url: str) -> str:
+    """What may be shown of a destination URL: its scheme and last four characters."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://…{rest[-4:]}" if len(rest) > 8 else f"{scheme}://…"
+
+
+def check_url(url: str) -> str:
+    """An URL apprise can send to, else CatalogError (without echoing the URL)."""
+    url = url.strip()
+    if not url or apprise.Apprise.instantiate(url) is None:
+        raise CatalogError("that is not a notification URL apprise knows "
+                           "(e.g. slack://…, msteams://…, mailtos://…, json://…)")
+    return url
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Destinations:
+    """Alert destinations and the delivery log, on the catalog's DuckDB connection."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def add(self, scope: str, scope_id: str, label: str, url: str, events: Sequence[str],
+            actor: str = "cli") -> dict[str, Any]:
+        if scope not in ("org", "team"):
+            raise CatalogError("an alert destination is for the org or for a team")
+        unknown = set(events) - set(EVENTS)
+        if unknown or not events:
+            raise CatalogError(f"choose events among {', '.join(EVENTS)}")
+        url = check_url(url)
+        cat = self.catalog
+        with cat.lock:
+            if scope == "team":
+                scope_id = cat.team_id(scope_id)
+            dest_id = f"dst_{secrets.token_hex(5)}"
+            cat.conn.execute("INSERT INTO alert_destinations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             [dest_id, scope, "" if scope == "org" else scope_id, label, url,
+                              orjson.dumps(sorted(set(events))).decode(), _now()])
+            shown = self.shown()
+            after = next(d for d in shown if d["id"] == dest_id)
+            cat._audit(actor, "alert.destination.add", dest_id, None, after)
+        return after
+
+    def remove(self, dest_id: str, actor: str = "cli") -> None:
+        cat = self.catalog
+        with cat.lock:
+            before = next((d for d in self.shown() if d["id"] == dest_id), None)
+            if before is None:
+                raise NotFound(f"no alert destination {dest_id!r}")
+            cat.conn.execute("DELETE FROM alert_destinations WHERE id = ?", [dest_id])
+            cat._audit(actor, "alert.destination.remove", dest_id, before, None)
+
+    def _all(self) -> list[dict[str, Any]]:
+        rows = self.catalog._rows("SELECT * FROM alert_destinations ORDER BY created_at")
+        for row in rows:
+            row["events"] = orjson.loads(row["events"])
+        return rows
+
+    def shown(self) -> list[dict[str, Any]]:
+        """Every destination with its URL masked: what pages and the audit may hold."""
+        return [{**d, "url": mask(d["url"])} for d in self._all()]
+
+    def secret(self, dest_id: str) -> dict[str, Any]:
+        found = next((d for d in self._all() if d["id"] == dest_id), None)
+        if found is None:
+            raise NotFound(f"no alert destination {dest_id!r}")
+        return found
+
+    def for_event(self, event: str, team_id: str | None) -> list[dict[str, Any]]:
+        """The destinations that hear `event`: the org's, and the team's when it is about one."""
+        return [d for d in self._all() if event in d["events"] and
+                (d["scope"] == "org" or (team_id and d["scope_id"] == team_id))]
+
+    def record(self, event: str, dedupe: str, dest_id: str, title: str, status: str,
+               attempts: int, why: str) -> None:
+        with self.catalog.lock:
+            self.catalog.conn.execute(
+                "INSERT INTO alert_log VALUES (nextval('alert_log_seq'), ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_now(), event, dedupe, dest_id, title, status, attempts, why[:500]])
+
+    def log(self, limit: int = 200) -> list[dict[str, Any]]:
+        return self.catalog._rows(
+            "SELECT l.*, d.label FROM alert_log l LEFT JOIN alert_destinations d "
+            "ON d.id = l.destination_id ORDER BY l.id DESC LIMIT ?", [limit])
+
+
+async def deliver(url: str, title: str, body: str, attempts: int = 3,
+                  backoff: float = 0.5) -> tuple[bool, int, str]:
+    """Send one message to one apprise URL, retrying with doubling back-off.
+    (sent, attempts made, why it failed: apprise's own words, with the URL masked)."""
+    why = ""
+    for attempt in range(1, attempts + 1):
+        sender = apprise.Apprise()
+        sender.add(url)
+        with apprise.LogCapture(level=logging.WARNING) as captured:
+            ok = await sender.async_notify(body=body, title=title)
+        if ok:
+            return True, attempt, ""
+        why = (captured.getvalue().strip().splitlines() or ["apprise reported a failure"])[-1]
+        why = why.replace(url, mask(url))
+        if attempt < attempts:
+            await asyncio.sleep(backoff * 2 ** (attempt - 1))
+    return False, attempts, why
+
+
+@dataclass
+class Alerter:
+    """Sends events once per dedupe key to the destinations that want them."""
+
+    destinations: Destinations
+    db: Db
+    redis: Any
+    keyspace: KeySpace
+    attempts: int = 3
+    backoff: float = 0.5
+
+    def _claim_key(self, dedupe: str) -> str:
+        return f"{self.keyspace.base}:alert:{dedupe}"
+
+    async def fire(self, event: str, dedupe: str, ttl_seconds: int, title: str, body: str,
+                   team_id: str | None = None) -> bool:
+        """Send `event` unless its dedupe key was claimed already; True when this call sent."""
+        if not await self.redis.set(self._claim_key(dedupe), "1", nx=True,
+                                    ex=max(ttl_seconds, 60)):
+            return False
+        for dest in await self.db(self.destinations.for_event, event, team_id):
+            await self.send(event, dedupe, dest, title, body)
+        return True
+
+    async def send(self, event: str, dedupe: str, dest: dict[str, Any], title: str,
+                   body: str) -> bool:
+        ok, tries, why = await deliver(dest["url"], title, body, self.attempts, self.backoff)
+        await self.db(self.destinations.record, event, dedupe, dest["id"], title,
+                      "sent" if ok else "failed", tries, why)
+        if not ok:
+            log.warning("alert %s to destination %s failed after %d attempts", event,
+                        dest["id"], tries)
+        return ok
+
+
+async def evaluate_budgets(alerter: Alerter, catalog: Catalog, thresholds: Sequence[int],
+                           now: datetime | None = None) -> int:
+    """Compare every cap with its live counter: soft thresholds crossed, the cap reached,
+    the linear forecast past the cap. Returns how many events were sent."""
+    at = (now or datetime.now(UTC)).astimezone(UTC)
+    db = alerter.db
+    budgets = await db(catalog.budgets)
+    names = {t["id"]: t["name"] for t in await db(catalog.teams)}
+    members: dict[str, list[str]] = {}
+    team_of = {}
+    for d in await db(catalog.developers):
+        members.setdefault(d["team_id"], []).append(d["id"])
+        team_of[d["id"]] = d["team_id"]
+        names[d["id"]] = d["name"]
+    checks = [(b, c) for b in budgets
+              for c in caps.counters(b["scope"], b["scope_id"], members.get(b["scope_id"], []))]
+    if not checks:
+        return 0
+    async with alerter.redis.pipeline(transaction=False) as pipe:
+        for b, (scope, scope_id) in checks:
+            pipe.hget(alerter.keyspace.counter(scope, scope_id, b["period"], at), SPENT)
+        values = await pipe.execute()
+    sent = 0
+    for (b, (scope, scope_id)), value in zip(checks, values, strict=True):
+        amount, spent = int(b["amount_micros"]), int(value or 0)
+        if amount <= 0:
+            continue
+        start, end = period_start(b["period"], at), period_end(b["period"], at)
+        ttl = int((end - at).total_seconds()) + 3600
+        team = scope_id if scope == "team" else team_of.get(scope_id)
+        who = caps.describe(scope, names.get(scope_id, scope_id), capital=True)
+        base = f"{b['id']}:{scope}:{scope_id}:{start:%Y%m%d}"
+        percent = spent * 100 // amount
+        events = [(f"threshold{t}", "threshold", f"{who}: {t}% of the {b['period']} cap")
+                  for t in thresholds if percent >= t and t < 100]
+        if spent >= amount:
+            events.append(("blocked", "blocked", f"{who}: {b['period']} cap reached"))
+        elapsed = max(at - start, MIN_ELAPSED)
+        projected = spent * int((end - start).total_seconds()) // int(elapsed.total_seconds())
+        if spent < amount < projected:
+            events.append(("forecast", "forecast",
+                           f"{who}: forecast to pass the {b['period']} cap"))
+        for tag, event, title in events[-1:] if events else []:  # the worst only
+            body = (f"{title}. Spent {spent} µ$ of {amount} µ$; forecast {projected} µ$ by "
+                    f"{end:%Y-%m-%d %H:%M} UTC.")
+            sent += await alerter.fire(event, f"{base}:{tag}", ttl, title, body, team)
+    return sent
+
+
+async def notify_developer(catalog: Catalog, db: Db, developer: dict[str, Any], title: str,
+                           body: str) -> None:
+    """Email a developer through the org's email destinations (mailto/mailtos URLs), sent to
+    their address instead of the destination's own recipients."""
+    dests = [d for d in await db(Destinations(catalog).for_event, "increase", None)
+             if d["url"].startswith(("mailto://", "mailtos://")) and d["scope"] == "org"]
+    for dest in dests:
+        base, _, query = dest["url"].partition("?")
+        kept = "&".join(p for p in query.split("&") if p and not p.startswith("to="))
+        url = f"{base}?{kept + '&' if kept else ''}to={developer['email']}"
+        ok, tries, why = await deliver(url, title, body, attempts=2)
+        await db(Destinations(catalog).record, "increase", f"notify:{developer['id']}",
+                 dest["id"], title, "sent" if ok else "failed", tries, why)
