@@ -135,7 +135,7 @@ async def deliver(url: str, title: str, body: str, attempts: int = 3,
     for attempt in range(1, attempts + 1):
         sender = apprise.Apprise()
         sender.add(url)
-        with apprise.LogCapture(level=logging.WARNING) as captured:
+        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
             ok = await sender.async_notify(body=body, title=title)
         if ok:
             return True, attempt, ""
@@ -213,17 +213,19 @@ async def evaluate_budgets(alerter: Alerter, catalog: Catalog, thresholds: Seque
         team = scope_id if scope == "team" else team_of.get(scope_id)
         who = caps.describe(scope, names.get(scope_id, scope_id), capital=True)
         base = f"{b['id']}:{scope}:{scope_id}:{start:%Y%m%d}"
-        percent = spent * 100 // amount
-        events = [(f"threshold{t}", "threshold", f"{who}: {t}% of the {b['period']} cap")
-                  for t in thresholds if percent >= t and t < 100]
-        if spent >= amount:
-            events.append(("blocked", "blocked", f"{who}: {b['period']} cap reached"))
+        crossed = [t for t in thresholds if spent * 100 >= t * amount and t < 100]
+        events = []
+        if crossed:  # the highest only: a jump from 0 to 96 % is one message, not two
+            events.append((f"threshold{max(crossed)}", "threshold",
+                           f"{who}: {max(crossed)}% of the {b['period']} cap"))
         elapsed = max(at - start, MIN_ELAPSED)
         projected = spent * int((end - start).total_seconds()) // int(elapsed.total_seconds())
-        if spent < amount < projected:
+        if spent >= amount:
+            events.append(("blocked", "blocked", f"{who}: {b['period']} cap reached"))
+        elif projected > amount:
             events.append(("forecast", "forecast",
                            f"{who}: forecast to pass the {b['period']} cap"))
-        for tag, event, title in events[-1:] if events else []:  # the worst only
+        for tag, event, title in events:
             body = (f"{title}. Spent {spent} µ$ of {amount} µ$; forecast {projected} µ$ by "
                     f"{end:%Y-%m-%d %H:%M} UTC.")
             sent += await alerter.fire(event, f"{base}:{tag}", ttl, title, body, team)

@@ -1,0 +1,187 @@
+"""Alerts: each budget event reaches a webhook once and only once across two admin processes
+and a restart; an email destination reaches a local SMTP sink; destination URLs stay secret;
+the alerts page's forms need their CSRF token and its test button records what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from aiosmtpd.controller import Controller
+
+from ledger.alerts import Destinations, mask
+from ledger.catalog import Catalog, connect
+from ledger.keyspace import KeySpace
+from ledger.money import parse_usd
+from ledger.redis_client import connect_redis
+from ledger.settlement import SPENT
+from meterd.ports import free_port
+from tests.conftest import RedisServer, need
+from tests.dashboard_fixtures import *  # noqa: F403
+from tests.dashboard_fixtures import Dashboard
+
+ROOT = Path(__file__).parent.parent
+MID_MONTH = datetime(2026, 12, 16, 12, 0, tzinfo=UTC)  # half of December gone
+
+
+@pytest.fixture
+async def webhook(aiohttp_server: Any) -> AsyncIterator[tuple[TestServer, list[dict[str, Any]]]]:
+    """A loopback receiver of apprise's json:// posts."""
+    got: list[dict[str, Any]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(text="ok")
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    yield await aiohttp_server(app), got
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.mail: list[tuple[list[str], str]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.mail.append((list(envelope.rcpt_tos), envelope.content.decode()))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Sink, int]]:
+    sink, port = Sink(), free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield sink, port
+    controller.stop()
+
+
+async def _tick(db_file: Path, redis_url: str, now: datetime) -> int:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.alert_evaluator", str(db_file), redis_url,
+        now.isoformat(), cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    return int(out)
+
+
+async def test_each_budget_alert_reaches_the_webhook_once_across_two_admins_and_a_restart(
+        redis_server: RedisServer | None, webhook: tuple[TestServer, list[dict[str, Any]]],
+        tmp_path: Path) -> None:
+    need(redis_server is not None, "redis-server is not installed (apt-get install redis-server)")
+    assert redis_server is not None
+    server, got = webhook
+    seed = tmp_path / "seed.duckdb"
+    catalog = Catalog(connect(seed))
+    catalog.create_team("platform")
+    dev = catalog.create_developer("Ada", "ada@example.com", "platform")["id"]
+    catalog.set_budget("developer", dev, "monthly", parse_usd("100"))
+    Destinations(catalog).add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+                              ["threshold", "blocked", "forecast"])
+    catalog.conn.close()
+    # Two admin processes, each with its own DuckDB file (DuckDB has one writer) and one Redis.
+    one, two = tmp_path / "one.duckdb", tmp_path / "two.duckdb"
+    shutil.copy(seed, one)
+    shutil.copy(seed, two)
+    redis = connect_redis(redis_server.url)
+    await redis.flushdb()
+    counter = KeySpace().counter("developer", dev, "monthly", MID_MONTH)
+    try:
+        # $80 of $100 at mid-month: past 75 %, and on course for $160.
+        await redis.hset(counter, SPENT, parse_usd("80"))
+        sent = await asyncio.gather(*(_tick(f, redis_server.url, MID_MONTH)
+                                      for f in (one, two)))
+        assert sum(sent) == 2  # each event by whichever process claimed it first
+        # Both restarted: nothing is sent again.
+        sent = await asyncio.gather(*(_tick(f, redis_server.url, MID_MONTH)
+                                      for f in (one, two)))
+        assert sent == [0, 0]
+        assert sorted(m["title"] for m in got) == [
+            "Developer Ada: 75% of the monthly cap",
+            "Developer Ada: forecast to pass the monthly cap"]
+        # A restart sends nothing again; reaching the cap is a new event, sent once.
+        await redis.hset(counter, SPENT, parse_usd("100"))
+        sent = await asyncio.gather(*(_tick(f, redis_server.url, MID_MONTH)
+                                      for f in (one, two)))
+        assert sum(sent) == 2
+        assert await _tick(one, redis_server.url, MID_MONTH) == 0
+        assert sorted(m["title"] for m in got[2:]) == [
+            "Developer Ada: 95% of the monthly cap", "Developer Ada: monthly cap reached"]
+        assert len(got) == 4
+        blocked = next(m for m in got if m["title"].endswith("cap reached"))
+        assert blocked["message"].startswith(
+            "Developer Ada: monthly cap reached. Spent 100000000 µ$ of 100000000 µ$;")
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+
+
+def test_a_destination_url_is_never_shown_back_in_full(tmp_path: Path) -> None:
+    catalog = Catalog(connect(tmp_path / "c.duckdb"))
+    url = "mailtos://user:hunter2-secret@smtp.example.com?to=finance@example.com"
+    dest = Destinations(catalog).add("org", "", "finance mail", url, ["blocked"], actor="t")
+    assert dest["url"] == mask(url) == "mailtos://….com"
+    assert "hunter2" not in str(Destinations(catalog).shown())
+    assert "hunter2" not in str(catalog.audit())
+    assert Destinations(catalog).secret(dest["id"])["url"] == url
+
+
+async def test_the_test_button_emails_through_a_local_smtp_sink_and_logs_it(
+        dashboard: Dashboard, smtp: tuple[Sink, int]) -> None:
+    sink, port = smtp
+    admin = await dashboard.signed_in("admin")
+    secret = f"mailto://127.0.0.1:{port}?from=meterd@example.com&to=finance@example.com" \
+             "&mode=insecure&pass=smtp-secret"
+    status, _, _ = await admin.post("/admin/alerts/destinations", {
+        "label": "finance mail", "url": secret, "events": "blocked"})
+    assert status == 303
+    page = await admin.page("/admin/alerts")
+    assert "smtp-secret" not in str(page)
+    row = page.select_one("#destinations tbody tr")
+    assert row is not None
+    status, _, _ = await admin.post(f"/admin/alerts/destinations/{row['data-id']}/test")
+    assert status == 303
+    assert len(sink.mail) == 1
+    to, message = sink.mail[0]
+    assert to == ["finance@example.com"] and "Subject: meterd test alert" in message
+    log = (await admin.page("/admin/alerts")).select("#alert-log tbody tr")
+    assert [td.get_text(strip=True) for td in log[0].select("td")][1:6] == [
+        "test", "finance mail", "meterd test alert", "sent", "1"]
+
+
+async def test_a_failing_destination_is_retried_and_logged_failed_with_why(
+        dashboard: Dashboard) -> None:
+    admin = await dashboard.signed_in("admin")
+    catalog = dashboard.gateway.admin.catalog
+    dead = f"json://127.0.0.1:{free_port()}/hook"  # nothing listens
+    dest = await dashboard.gateway.admin.db(Destinations(catalog).add, "org", "", "dead",
+                                            dead, ["blocked"])
+    status, _, _ = await admin.post(f"/admin/alerts/destinations/{dest['id']}/test")
+    assert status == 303
+    cells = [td.get_text(strip=True) for td in
+             (await admin.page("/admin/alerts")).select("#alert-log tbody tr")[0].select("td")]
+    assert cells[4:6] == ["failed", "3"]
+    assert "connection error" in cells[6].lower() and dead not in cells[6]
+
+
+async def test_alert_forms_need_their_csrf_token(dashboard: Dashboard) -> None:
+    admin = await dashboard.signed_in("admin")
+    catalog = dashboard.gateway.admin.catalog
+    dest = await dashboard.gateway.admin.db(Destinations(catalog).add, "org", "", "hook",
+                                            "json://127.0.0.1:9/hook", ["blocked"])
+    for path, body in (("/admin/alerts/destinations",
+                        {"label": "x", "url": "json://127.0.0.1:9/x", "events": "blocked"}),
+                       (f"/admin/alerts/destinations/{dest['id']}/test", {}),
+                       (f"/admin/alerts/destinations/{dest['id']}/delete", {})):
+        status, _, _ = await admin.post(path, body, csrf=False)
+        assert status == 403, path
+    assert [d["id"] for d in await dashboard.gateway.admin.db(Destinations(catalog).shown)] \
+        == [dest["id"]]
+    assert await dashboard.gateway.admin.db(Destinations(catalog).log) == []
