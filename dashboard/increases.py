@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dashboard.alerts_view import alerter
 from dashboard.auth import TEAM_ADMINS, TEAM_READERS, allow, require_team
 from dashboard.render import admin_state, change, field, form, identity, render, see_other, url
 from ledger.alerts import notify_developer
@@ -38,9 +39,13 @@ async def ask_increase(request: web.Request) -> web.StreamResponse:
     who = identity(request)
     data = await form(request)
     state = admin_state(request)
-    await state.db(_increases(request).ask, who.developer_id, field(data, "period", "monthly"),
-                   _amount(data), _days(data), field(data, "reason", limit=1000),
-                   actor=who.actor)
+    asked = await state.db(_increases(request).ask, who.developer_id,
+                           field(data, "period", "monthly"), _amount(data), _days(data),
+                           field(data, "reason", limit=1000), actor=who.actor)
+    title = f"{who.name} asks for {format_usd(asked['amount_micros'])} more ({asked['period']})"
+    await alerter(request).fire("increase", f"increase:{asked['id']}", 3600, title,
+                                f"{title} for {asked['days']} days: {asked['reason']}. "
+                                f"Decide at {url(request, 'increases')}.", asked["team_id"])
     return see_other(request, url(request, "me").with_fragment("increase"),
                      "Request sent: your team lead or an admin will decide on it.")
 
