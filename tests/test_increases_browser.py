@@ -14,8 +14,8 @@ from ledger.alerts import Destinations
 from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import PASSWORDS, Dashboard
-from tests.test_alerts import Sink, smtp  # noqa: F401
-from tests.test_dashboard_browser import _sign_in, chromium  # noqa: F401
+from tests.test_alerts import Sink, smtp  # noqa: F401  (a fixture)
+from tests.test_dashboard_browser import _sign_in, chromium  # noqa: F401  (a fixture)
 
 PUBLIC = "https://gw.example.com"
 
@@ -28,7 +28,7 @@ async def _ask_claude(key: str, base: str) -> Any:
 
 @pytest.mark.timeout(180)
 async def test_a_refused_developer_asks_for_more_and_an_admin_approves_it(
-        start_dashboard: Any, chromium: Any, smtp: tuple[Sink, int]) -> None:
+        start_dashboard: Any, chromium: Any, smtp: tuple[Sink, int]) -> None:  # noqa: F811
     sink, port = smtp
     dashboard: Dashboard = await start_dashboard(public_url=PUBLIC)
     gw = dashboard.gateway
