@@ -19,9 +19,10 @@ from typing import Any
 import apprise
 import orjson
 
-from ledger import caps
+from ledger import alert_rules, caps
 from ledger.catalog import Catalog, CatalogError, NotFound
 from ledger.keyspace import KeySpace
+from ledger.money import format_usd
 from ledger.periods import period_end, period_start
 from ledger.reports import MIN_ELAPSED
 from ledger.settlement import SPENT
@@ -32,7 +33,13 @@ EVENTS = {
     "threshold": "Soft threshold crossed",
     "blocked": "Cap reached: requests are refused",
     "forecast": "Forecast to pass the cap this period",
+    "unusual": "Unusual spend: a developer's day far above their usual",
+    "upstream": "Upstream errors",
+    "redis": "Redis outage",
     "increase": "Increase requested",
+    "developer": "Email the developer concerned (email destinations)",
+    "digest_daily": "Daily digest for finance",
+    "digest_weekly": "Weekly digest for finance",
     "test": "Test message",
 }
 Db = Callable[..., Awaitable[Any]]
@@ -191,7 +198,8 @@ async def evaluate_budgets(alerter: Alerter, catalog: Catalog, thresholds: Seque
     names = {t["id"]: t["name"] for t in await db(catalog.teams)}
     members: dict[str, list[str]] = {}
     team_of = {}
-    for d in await db(catalog.developers):
+    devs = {d["id"]: d for d in await db(catalog.developers)}
+    for d in devs.values():
         members.setdefault(d["team_id"], []).append(d["id"])
         team_of[d["id"]] = d["team_id"]
         names[d["id"]] = d["name"]
@@ -226,22 +234,77 @@ async def evaluate_budgets(alerter: Alerter, catalog: Catalog, thresholds: Seque
             events.append(("forecast", "forecast",
                            f"{who}: forecast to pass the {b['period']} cap"))
         for tag, event, title in events:
-            body = (f"{title}. Spent {spent} µ$ of {amount} µ$; forecast {projected} µ$ by "
-                    f"{end:%Y-%m-%d %H:%M} UTC.")
-            sent += await alerter.fire(event, f"{base}:{tag}", ttl, title, body, team)
+            body = (f"{title}. Spent {format_usd(spent)} of {format_usd(amount)}; forecast "
+                    f"{format_usd(projected)} by {end:%Y-%m-%d %H:%M} UTC.")
+            if await alerter.fire(event, f"{base}:{tag}", ttl, title, body, team):
+                sent += 1
+                if scope == "developer" and scope_id in devs:
+                    await notify_developer(catalog, db, devs[scope_id], title, body)
     return sent
 
 
 async def notify_developer(catalog: Catalog, db: Db, developer: dict[str, Any], title: str,
                            body: str) -> None:
-    """Email a developer through the org's email destinations (mailto/mailtos URLs), sent to
-    their address instead of the destination's own recipients."""
-    dests = [d for d in await db(Destinations(catalog).for_event, "increase", None)
+    """Email a developer through the org's email destinations (mailto/mailtos URLs) that
+    chose the `developer` event, sent to their address instead of the destination's own."""
+    dests = [d for d in await db(Destinations(catalog).for_event, "developer", None)
              if d["url"].startswith(("mailto://", "mailtos://")) and d["scope"] == "org"]
     for dest in dests:
         base, _, query = dest["url"].partition("?")
         kept = "&".join(p for p in query.split("&") if p and not p.startswith("to="))
         url = f"{base}?{kept + '&' if kept else ''}to={developer['email']}"
         ok, tries, why = await deliver(url, title, body, attempts=2)
-        await db(Destinations(catalog).record, "increase", f"notify:{developer['id']}",
+        await db(Destinations(catalog).record, "developer", f"notify:{developer['id']}",
                  dest["id"], title, "sent" if ok else "failed", tries, why)
+
+
+async def evaluate_ledger(alerter: Alerter, catalog: Catalog,
+                          now: datetime | None = None) -> int:
+    """The alerts read from the rollups: unusual spend today, and provider failures this UTC
+    hour. Returns how many events were sent."""
+    at = (now or datetime.now(UTC)).astimezone(UTC)
+    hour = at.replace(minute=0, second=0, microsecond=0, tzinfo=None)
+
+    def read() -> tuple[list[dict[str, Any]], int, dict[str, dict[str, Any]]]:
+        with catalog.lock:
+            return (alert_rules.unusual_spend(catalog.conn, at.date()),
+                    alert_rules.upstream_errors(catalog.conn, hour),
+                    {d["id"]: d for d in catalog.developers()})
+    unusual, errors, devs = await alerter.db(read)
+    sent = 0
+    ttl = 2 * 86_400
+    for row in unusual:
+        dev = devs.get(row["developer_id"], {"name": row["developer_id"], "team_id": None})
+        title = f"Unusual spend: {dev['name']}"
+        body = (f"{dev['name']} spent {format_usd(row['spent_micros'])} today, against a usual "
+                f"day of {format_usd(row['median_micros'])} (median of the last "
+                f"{alert_rules.HISTORY_DAYS} days).")
+        sent += await alerter.fire("unusual", f"unusual:{row['developer_id']}:{at:%Y%m%d}",
+                                   ttl, title, body, dev["team_id"])
+    if errors >= alert_rules.UPSTREAM_ERRORS:
+        title = "The provider is failing requests"
+        body = (f"{errors} requests failed upstream (5xx) since {hour:%Y-%m-%d %H:%M} UTC; "
+                "see the requests page.")
+        sent += await alerter.fire("upstream", f"upstream:{hour:%Y%m%d%H}", 7200, title, body)
+    return sent
+
+
+async def send_digest(alerter: Alerter, catalog: Catalog, days: int,
+                      now: datetime | None = None) -> bool:
+    """Finance's digest of the last `days` whole UTC days (1: daily, 7: weekly)."""
+    at = (now or datetime.now(UTC)).astimezone(UTC)
+
+    def read() -> dict[str, Any]:
+        with catalog.lock:
+            return alert_rules.digest(catalog.conn, at.date(), days)
+    found = await alerter.db(read)
+    kind = "daily" if days == 1 else "weekly"
+    lines = [f"Spent {format_usd(found['spent_micros'])} (the {days} day(s) before: "
+             f"{format_usd(found['before_micros'])}).",
+             f"This month so far {format_usd(found['month_micros'])}; forecast "
+             f"{format_usd(found['forecast_micros'])}.",
+             "Top movers: " + (", ".join(f"{name} {'+' if d >= 0 else '-'}"
+                                         f"{format_usd(abs(d))}" for name, d in
+                                         found["movers"]) or "none")]
+    return await alerter.fire(f"digest_{kind}", f"digest:{kind}:{at:%Y%m%d}", 86_400,
+                              f"meterd {kind} digest, {at:%Y-%m-%d}", "\n".join(lines))

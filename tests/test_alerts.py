@@ -8,7 +8,7 @@ import asyncio
 import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 
-from ledger.alerts import Destinations, mask
+from ledger.alerts import Alerter, Destinations, evaluate_ledger, mask, send_digest
 from ledger.catalog import Catalog, connect
 from ledger.keyspace import KeySpace
 from ledger.money import parse_usd
@@ -117,7 +117,8 @@ async def test_each_budget_alert_reaches_the_webhook_once_across_two_admins_and_
         assert len(got) == 4
         blocked = next(m for m in got if m["title"].endswith("cap reached"))
         assert blocked["message"].startswith(
-            "Developer Ada: monthly cap reached. Spent 100000000 µ$ of 100000000 µ$;")
+            "Developer Ada: monthly cap reached. Spent $100.00 of $100.00; forecast $200.00 by "
+            "2027-01-01 00:00 UTC.")
     finally:
         await redis.flushdb()
         await redis.aclose()
@@ -185,3 +186,88 @@ async def test_alert_forms_need_their_csrf_token(dashboard: Dashboard) -> None:
     assert [d["id"] for d in await dashboard.gateway.admin.db(Destinations(catalog).shown)] \
         == [dest["id"]]
     assert await dashboard.gateway.admin.db(Destinations(catalog).log) == []
+
+
+def _request_row(conn: Any, request_id: str, ts: datetime, status: int) -> None:
+    """A request log row: every column at its type's zero but the ones a test is about."""
+    zero = {"VARCHAR": "", "BOOLEAN": False, "TIMESTAMP": ts, "DATE": ts.date()}
+    cols = conn.execute("DESCRIBE requests").fetchall()
+    values = {c[0]: zero.get(c[1], 0) for c in cols}
+    values.update(id=request_id, ts=ts, status=status)
+    conn.execute(f"INSERT INTO requests ({', '.join(values)}) VALUES "
+                 f"({', '.join('?' * len(values))})", list(values.values()))
+
+
+def _day(conn: Any, day: Any, developer_id: str, micros: int) -> None:
+    conn.execute("INSERT INTO usage_daily VALUES (?, ?, 'team', 'claude-sonnet-4-6', 1, 0, 0, "
+                 "0, 0, 0, 0, 0, 0, ?, 0)", [day, developer_id, micros])
+
+
+@pytest.fixture
+async def hooked(redis: Any, tmp_path: Path, webhook: tuple[TestServer, list[dict[str, Any]]]
+                 ) -> AsyncIterator[tuple[Alerter, Catalog, list[dict[str, Any]]]]:
+    server, got = webhook
+    catalog = Catalog(connect(tmp_path / "c.duckdb"))
+    dests = Destinations(catalog)
+    dests.add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+              ["unusual", "upstream", "digest_daily"])
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+    yield Alerter(dests, db, redis, KeySpace(), backoff=0.01), catalog, got
+    catalog.conn.close()
+
+
+async def test_a_day_far_above_a_developers_usual_is_told_once(
+        hooked: tuple[Alerter, Catalog, list[dict[str, Any]]]) -> None:
+    alerter, catalog, got = hooked
+    today = MID_MONTH.date()
+    for n in range(1, 7):  # six usual days of $2 each
+        for dev in ("dev_ada", "dev_bob"):
+            _day(catalog.conn, today - timedelta(days=n), dev, parse_usd("2"))
+    _day(catalog.conn, today, "dev_ada", parse_usd("10"))  # 5× her median: unusual
+    _day(catalog.conn, today, "dev_bob", parse_usd("5.99"))  # under 3×: not
+    assert await evaluate_ledger(alerter, catalog, MID_MONTH) == 1
+    assert await evaluate_ledger(alerter, catalog, MID_MONTH) == 0
+    assert [m["title"] for m in got] == ["Unusual spend: dev_ada"]
+    assert got[0]["message"] == ("dev_ada spent $10.00 today, against a usual day of $2.00 "
+                                 "(median of the last 28 days).")
+
+
+async def test_upstream_failures_in_an_hour_are_told_once_past_the_threshold(
+        hooked: tuple[Alerter, Catalog, list[dict[str, Any]]]) -> None:
+    alerter, catalog, got = hooked
+    hour = MID_MONTH.replace(tzinfo=None)
+    for n in range(9):
+        _request_row(catalog.conn, f"r{n}", hour + timedelta(minutes=n), 502)
+    _request_row(catalog.conn, "ok", hour, 200)
+    _request_row(catalog.conn, "earlier", hour - timedelta(minutes=1), 504)
+    assert await evaluate_ledger(alerter, catalog, MID_MONTH) == 0  # 9 in this hour
+    _request_row(catalog.conn, "r9", hour + timedelta(minutes=30), 529)
+    assert await evaluate_ledger(alerter, catalog, MID_MONTH + timedelta(minutes=40)) == 1
+    assert await evaluate_ledger(alerter, catalog, MID_MONTH + timedelta(minutes=50)) == 0
+    assert [m["title"] for m in got] == ["The provider is failing requests"]
+    assert got[0]["message"].startswith("10 requests failed upstream (5xx) since "
+                                        "2026-12-16 12:00 UTC")
+
+
+async def test_the_daily_digest_gives_spend_forecast_and_top_movers(
+        hooked: tuple[Alerter, Catalog, list[dict[str, Any]]]) -> None:
+    alerter, catalog, got = hooked
+    catalog.create_team("platform")
+    ada = catalog.create_developer("Ada", "ada@example.com", "platform")["id"]
+    bob = catalog.create_developer("Bob", "bob@example.com", "platform")["id"]
+    today = MID_MONTH.date()  # Dec 16: the digest covers Dec 15, against Dec 14
+    _day(catalog.conn, today - timedelta(days=1), ada, parse_usd("30"))
+    _day(catalog.conn, today - timedelta(days=2), ada, parse_usd("10"))
+    _day(catalog.conn, today - timedelta(days=1), bob, parse_usd("5"))
+    _day(catalog.conn, today - timedelta(days=2), bob, parse_usd("20"))
+    _day(catalog.conn, today, bob, parse_usd("99"))  # today is not in it
+    assert await send_digest(alerter, catalog, 1, MID_MONTH)
+    assert not await send_digest(alerter, catalog, 1, MID_MONTH)  # once a day
+    assert [m["title"] for m in got] == ["meterd daily digest, 2026-12-16"]
+    # Month so far $65 over 15 days of December's 31: $65 × 31 / 15 = $134.333333.
+    assert got[0]["message"].splitlines() == [
+        "Spent $35.00 (the 1 day(s) before: $30.00).",
+        "This month so far $65.00; forecast $134.33.",
+        "Top movers: Ada +$20.00, Bob -$15.00"]

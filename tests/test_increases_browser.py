@@ -38,7 +38,7 @@ async def test_a_refused_developer_asks_for_more_and_an_admin_approves_it(
     await gw.change(catalog.set_budget, "developer", "ada@example.com", "monthly", 1)
     await gw.admin.db(Destinations(catalog).add, "org", "", "mail",
                       f"mailto://127.0.0.1:{port}?from=meterd@example.com"
-                      "&to=leads@example.com&mode=insecure", ["increase"])
+                      "&to=leads@example.com&mode=insecure", ["increase", "developer"])
     await dashboard.account("alice", "admin")
 
     with pytest.raises(anthropic.RateLimitError) as refused:
