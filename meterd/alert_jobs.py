@@ -33,6 +33,7 @@ def schedule_alerts(scheduler: AsyncIOScheduler, state: AdminState,
         if await state.db(increases.end_expired):
             await state.publish()  # the raised caps go back down on every proxy
         try:
+            await state.redis.ping()  # an outage shows even with no cap to check
             await evaluate_budgets(alerter, state.catalog, thresholds)
             await evaluate_ledger(alerter, state.catalog)
         except (RedisError, OSError) as exc:  # the rollup logs the outage itself

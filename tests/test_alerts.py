@@ -17,12 +17,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 
+from dashboard.state import AdminState
 from ledger.alerts import Alerter, Destinations, evaluate_ledger, mask, send_digest
 from ledger.catalog import Catalog, connect
 from ledger.keyspace import KeySpace
 from ledger.money import parse_usd
 from ledger.redis_client import connect_redis
 from ledger.settlement import SPENT
+from meterd.alert_jobs import schedule_alerts
 from meterd.ports import free_port
 from tests.conftest import RedisServer, need
 from tests.dashboard_fixtures import *  # noqa: F403
@@ -271,3 +273,40 @@ async def test_the_daily_digest_gives_spend_forecast_and_top_movers(
         "Spent $35.00 (the 1 day(s) before: $30.00).",
         "This month so far $65.00; forecast $134.33.",
         "Top movers: Ada +$20.00, Bob -$15.00"]
+
+
+class Jobs:
+    """Stands in for the scheduler: keeps the jobs so a test runs a tick when it wants."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Any] = {}
+
+    def add_job(self, fn: Any, *args: Any, id: str, **kwargs: Any) -> None:
+        self.jobs[id] = fn
+
+
+async def test_a_redis_outage_is_told_once_when_redis_answers_again(
+        own_redis: RedisServer, tmp_path: Path,
+        webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
+    catalog = Catalog(connect(tmp_path / "c.duckdb"))
+    Destinations(catalog).add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+                              ["redis"])
+    state = AdminState(catalog, connect_redis(own_redis.url), KeySpace(), "")
+    jobs = Jobs()
+    schedule_alerts(jobs, state, (75, 95), 1.0)  # type: ignore[arg-type]
+    tick = jobs.jobs["alerts"]
+    try:
+        await tick()
+        own_redis.stop()
+        await tick()
+        await tick()
+        assert got == []  # nothing can be claimed, so nothing is sent, while it is away
+        own_redis.start()
+        await tick()
+        await tick()
+        assert [m["title"] for m in got] == ["Redis was unreachable"]
+    finally:
+        await state.redis.aclose()
+        state.executor.shutdown(wait=True)
+        catalog.conn.close()
