@@ -23,9 +23,10 @@ def alerter(request: web.Request) -> Alerter:
 async def alerts_page(request: web.Request) -> web.StreamResponse:
     state = admin_state(request)
     dests = _destinations(request)
+    teams = await state.db(state.catalog.teams)
     return await render(request, "alerts.html", {
         "destinations": await state.db(dests.shown), "log": await state.db(dests.log),
-        "events": EVENTS, "teams": await state.db(state.catalog.teams)})
+        "events": EVENTS, "teams": teams, "team_names": {t["id"]: t["name"] for t in teams}})
 
 
 @allow(*ADMINS)

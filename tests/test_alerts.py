@@ -18,7 +18,14 @@ from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 
 from dashboard.state import AdminState
-from ledger.alerts import Alerter, Destinations, evaluate_ledger, mask, send_digest
+from ledger.alerts import (
+    Alerter,
+    Destinations,
+    evaluate_budgets,
+    evaluate_ledger,
+    mask,
+    send_digest,
+)
 from ledger.catalog import Catalog, connect
 from ledger.keyspace import KeySpace
 from ledger.money import parse_usd
@@ -310,3 +317,27 @@ async def test_a_redis_outage_is_told_once_when_redis_answers_again(
         await state.redis.aclose()
         state.executor.shutdown(wait=True)
         catalog.conn.close()
+
+
+async def test_a_team_destination_hears_its_own_team_only(
+        redis: Any, tmp_path: Path, webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
+    catalog = Catalog(connect(tmp_path / "c.duckdb"))
+    catalog.create_team("platform")
+    catalog.create_team("data")
+    ada = catalog.create_developer("Ada", "ada@example.com", "platform")["id"]
+    bob = catalog.create_developer("Bob", "bob@example.com", "data")["id"]
+    for dev in (ada, bob):
+        catalog.set_budget("developer", dev, "monthly", parse_usd("10"))
+    dests = Destinations(catalog)
+    dests.add("team", "platform", "platform hook", f"json://127.0.0.1:{server.port}/hook",
+              ["blocked"])
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+    for dev in (ada, bob):
+        await redis.hset(KeySpace().counter("developer", dev, "monthly", MID_MONTH), SPENT,
+                         parse_usd("10"))
+    alerter = Alerter(dests, db, redis, KeySpace(), backoff=0.01)
+    assert await evaluate_budgets(alerter, catalog, (75, 95), MID_MONTH) == 4  # 2 × 95 %, cap
+    assert [m["title"] for m in got] == ["Developer Ada: monthly cap reached"]
