@@ -26,7 +26,9 @@ async def alerts_page(request: web.Request) -> web.StreamResponse:
     teams = await state.db(state.catalog.teams)
     return await render(request, "alerts.html", {
         "destinations": await state.db(dests.shown), "log": await state.db(dests.log),
-        "events": EVENTS, "teams": teams, "team_names": {t["id"]: t["name"] for t in teams}})
+        "events": EVENTS, "teams": teams, "team_names": {t["id"]: t["name"] for t in teams},
+        "budgets": await state.db(state.catalog.budgets),
+        "own_thresholds": await state.db(dests.thresholds)})
 
 
 @allow(*ADMINS)
@@ -39,6 +41,19 @@ async def add_destination(request: web.Request) -> web.StreamResponse:
                    field(data, "label", limit=100), field(data, "url", limit=2000), events,
                    actor=identity(request).actor)
     return see_other(request, url(request, "alerts"), "Destination added.")
+
+
+@allow(*ADMINS)
+async def set_thresholds(request: web.Request) -> web.StreamResponse:
+    """A cap's own soft thresholds, e.g. "50, 80"; empty: the defaults again."""
+    data = await form(request)
+    raw = [p.strip().rstrip("%") for p in field(data, "thresholds", "", 100).split(",")]
+    if not all(p.isdigit() for p in raw if p):
+        raise ValueError("thresholds are whole percentages, e.g. 50, 80, 95")
+    state = admin_state(request)
+    await state.db(_destinations(request).set_thresholds, field(data, "budget", limit=40),
+                   [int(p) for p in raw if p], actor=identity(request).actor)
+    return see_other(request, url(request, "alerts"), "Thresholds saved.")
 
 
 @allow(*ADMINS)

@@ -49,6 +49,7 @@ PAGE_ROUTES: tuple[Route, ...] = (
     ("POST", "/increases/{request_id}/deny", increases.deny_increase, "deny_increase"),
     ("GET", "/alerts", alerts_view.alerts_page, "alerts"),
     ("POST", "/alerts/destinations", alerts_view.add_destination, "add_alert_destination"),
+    ("POST", "/alerts/thresholds", alerts_view.set_thresholds, "set_alert_thresholds"),
     ("POST", "/alerts/destinations/{dest_id}/delete", alerts_view.remove_destination,
      "remove_alert_destination"),
     ("POST", "/alerts/destinations/{dest_id}/test", alerts_view.test_destination,

@@ -121,6 +121,27 @@ class Destinations:
         return [d for d in self._all() if event in d["events"] and
                 (d["scope"] == "org" or (team_id and d["scope_id"] == team_id))]
 
+    def set_thresholds(self, budget_id: str, thresholds: Sequence[int],
+                       actor: str = "cli") -> None:
+        """A cap's own soft thresholds (1–99 %); none: the org's defaults again."""
+        if any(not 0 < t < 100 for t in thresholds):
+            raise CatalogError("thresholds are percentages between 1 and 99")
+        cat = self.catalog
+        with cat.lock:
+            if not cat._rows("SELECT id FROM budgets WHERE id = ?", [budget_id]):
+                raise NotFound(f"no budget {budget_id!r}")
+            before = self.thresholds().get(budget_id)
+            cat.conn.execute("DELETE FROM alert_thresholds WHERE budget_id = ?", [budget_id])
+            after = sorted(set(thresholds)) or None
+            if after:
+                cat.conn.execute("INSERT INTO alert_thresholds VALUES (?, ?)",
+                                 [budget_id, orjson.dumps(after).decode()])
+            cat._audit(actor, "alert.thresholds", budget_id, before, after)
+
+    def thresholds(self) -> dict[str, list[int]]:
+        return {r["budget_id"]: orjson.loads(r["thresholds"])
+                for r in self.catalog._rows("SELECT * FROM alert_thresholds")}
+
     def record(self, event: str, dedupe: str, dest_id: str, title: str, status: str,
                attempts: int, why: str) -> None:
         with self.catalog.lock:
@@ -195,6 +216,7 @@ async def evaluate_budgets(alerter: Alerter, catalog: Catalog, thresholds: Seque
     at = (now or datetime.now(UTC)).astimezone(UTC)
     db = alerter.db
     budgets = await db(catalog.budgets)
+    own = await db(alerter.destinations.thresholds)
     names = {t["id"]: t["name"] for t in await db(catalog.teams)}
     members: dict[str, list[str]] = {}
     team_of = {}
@@ -221,7 +243,8 @@ async def evaluate_budgets(alerter: Alerter, catalog: Catalog, thresholds: Seque
         team = scope_id if scope == "team" else team_of.get(scope_id)
         who = caps.describe(scope, names.get(scope_id, scope_id), capital=True)
         base = f"{b['id']}:{scope}:{scope_id}:{start:%Y%m%d}"
-        crossed = [t for t in thresholds if spent * 100 >= t * amount and t < 100]
+        crossed = [t for t in own.get(b["id"], thresholds) if spent * 100 >= t * amount
+                   and t < 100]
         events = []
         if crossed:  # the highest only: a jump from 0 to 96 % is one message, not two
             events.append((f"threshold{max(crossed)}", "threshold",

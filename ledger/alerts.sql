@@ -24,3 +24,9 @@ CREATE TABLE IF NOT EXISTS alert_log (
     attempts INTEGER NOT NULL,
     why VARCHAR NOT NULL
 );
+
+-- A cap's own soft thresholds (percent), in place of the org's MTD_THRESHOLDS for that cap.
+CREATE TABLE IF NOT EXISTS alert_thresholds (
+    budget_id VARCHAR PRIMARY KEY,
+    thresholds JSON NOT NULL
+);

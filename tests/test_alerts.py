@@ -26,7 +26,7 @@ from ledger.alerts import (
     mask,
     send_digest,
 )
-from ledger.catalog import Catalog, connect
+from ledger.catalog import Catalog, CatalogError, connect
 from ledger.keyspace import KeySpace
 from ledger.money import parse_usd
 from ledger.redis_client import connect_redis
@@ -341,3 +341,28 @@ async def test_a_team_destination_hears_its_own_team_only(
     alerter = Alerter(dests, db, redis, KeySpace(), backoff=0.01)
     assert await evaluate_budgets(alerter, catalog, (75, 95), MID_MONTH) == 4  # 2 × 95 %, cap
     assert [m["title"] for m in got] == ["Developer Ada: monthly cap reached"]
+
+
+async def test_a_cap_with_its_own_thresholds_warns_at_those(
+        redis: Any, tmp_path: Path, webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
+    catalog = Catalog(connect(tmp_path / "c.duckdb"))
+    catalog.create_team("platform")
+    ada = catalog.create_developer("Ada", "ada@example.com", "platform")["id"]
+    cap = catalog.set_budget("developer", ada, "monthly", parse_usd("100"))
+    dests = Destinations(catalog)
+    dests.add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook", ["threshold"])
+    dests.set_thresholds(cap["id"], [50, 60], actor="alice")
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+    alerter = Alerter(dests, db, redis, KeySpace(), backoff=0.01)
+    counter = KeySpace().counter("developer", ada, "monthly", MID_MONTH)
+    await redis.hset(counter, SPENT, parse_usd("50"))  # 50 %: under the defaults, not hers
+    await evaluate_budgets(alerter, catalog, (75, 95), MID_MONTH)
+    await redis.hset(counter, SPENT, parse_usd("60"))
+    await evaluate_budgets(alerter, catalog, (75, 95), MID_MONTH)
+    assert [m["title"] for m in got] == ["Developer Ada: 50% of the monthly cap",
+                                         "Developer Ada: 60% of the monthly cap"]
+    with pytest.raises(CatalogError, match="between 1 and 99"):
+        dests.set_thresholds(cap["id"], [100])

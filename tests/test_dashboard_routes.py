@@ -91,6 +91,8 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "alerts": ("/alerts", None, read()),
     "add_alert_destination": ("/alerts/destinations", {
         "label": "hook", "url": "json://127.0.0.1:9/hook", "events": "blocked"}, change()),
+    "set_alert_thresholds": ("/alerts/thresholds", {"budget": "{budget_read}",
+                                                    "thresholds": "50, 80"}, change()),
     "remove_alert_destination": ("/alerts/destinations/{dest_remove}/delete", {}, change()),
     "test_alert_destination": ("/alerts/destinations/{dest_test}/test", {}, change()),
     "teams": ("/teams", None, read()),
@@ -271,7 +273,7 @@ async def _snapshot(dash: Dashboard) -> tuple[Any, ...]:
     return tuple([await admin.db(fn) for fn in (
         catalog.teams, catalog.developers, catalog.keys, catalog.budgets, catalog.rate_limits,
         accounts.users, accounts.admin_keys, AllowedModels(catalog).all,
-        Destinations(catalog).shown,
+        Destinations(catalog).shown, Destinations(catalog).thresholds,
         # A developer's own request (a new row, audited) is theirs to make; the seeded ones
         # stay undecided.
         lambda: [r for r in Increases(catalog).listing() if r["reason"] == "seed"],
