@@ -67,12 +67,14 @@ async def _decide(request: web.Request) -> tuple[Increases, dict[str, Any]]:
     return increases, found
 
 
-async def _tell(request: web.Request, decided: dict[str, Any]) -> None:
+async def _tell(request: web.Request, decided: dict[str, Any]) -> str:
+    """Email the developer the decision (their page shows it too); returns their name."""
     state = admin_state(request)
     dev = next(d for d in await state.db(state.catalog.developers)
                if d["id"] == decided["developer_id"])
     await notify_developer(state.catalog, state.db, dev, f"Budget increase {decided['status']}",
                            _decision_text(decided))
+    return str(dev["name"])
 
 
 def _decision_text(row: dict[str, Any]) -> str:
@@ -87,9 +89,8 @@ async def approve_increase(request: web.Request) -> web.StreamResponse:
     increases, found = await _decide(request)
     data = await form(request)
     decided = await change(request, increases.approve, found["id"], _amount(data), _days(data))
-    await _tell(request, decided)
-    return see_other(request, url(request, "increases"),
-                     f"Approved: {decided['developer_id']}'s cap is raised.")
+    name = await _tell(request, decided)
+    return see_other(request, url(request, "increases"), f"Approved: {name}'s cap is raised.")
 
 
 @allow(*TEAM_ADMINS)

@@ -18,6 +18,7 @@ from typing import Any
 
 import apprise
 import orjson
+from redis.exceptions import RedisError
 
 from ledger import alert_rules, caps
 from ledger.catalog import Catalog, CatalogError, NotFound
@@ -191,8 +192,13 @@ class Alerter:
     async def fire(self, event: str, dedupe: str, ttl_seconds: int, title: str, body: str,
                    team_id: str | None = None) -> bool:
         """Send `event` unless its dedupe key was claimed already; True when this call sent."""
-        if not await self.redis.set(self._claim_key(dedupe), "1", nx=True,
-                                    ex=max(ttl_seconds, 60)):
+        try:
+            claimed = await self.redis.set(self._claim_key(dedupe), "1", nx=True,
+                                           ex=max(ttl_seconds, 60))
+        except (RedisError, OSError) as exc:  # no dedupe without Redis: not sent, not twice
+            log.warning("alert %s not sent, Redis is unavailable: %s", event, exc)
+            return False
+        if not claimed:
             return False
         for dest in await self.db(self.destinations.for_event, event, team_id):
             await self.send(event, dedupe, dest, title, body)

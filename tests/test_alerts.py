@@ -366,3 +366,21 @@ async def test_a_cap_with_its_own_thresholds_warns_at_those(
                                          "Developer Ada: 60% of the monthly cap"]
     with pytest.raises(CatalogError, match="between 1 and 99"):
         dests.set_thresholds(cap["id"], [100])
+
+
+async def test_without_redis_an_event_is_not_sent_rather_than_sent_twice(
+        tmp_path: Path, webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
+    catalog = Catalog(connect(tmp_path / "c.duckdb"))
+    dests = Destinations(catalog)
+    dests.add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook", ["increase"])
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+    away = connect_redis(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    try:
+        alerter = Alerter(dests, db, away, KeySpace(), backoff=0.01)
+        assert not await alerter.fire("increase", "increase:x", 60, "t", "b")
+    finally:
+        await away.aclose()
+    assert got == []
