@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from ledger import grants
 from ledger.keyspace import KeySpace
 from ledger.managed import ManagedSettings
 from ledger.models_allowed import AllowedModels
@@ -299,6 +300,7 @@ class Catalog:
             "tokens": SignIns(self).mirror(time.time()),
             "managed": ManagedSettings(self).mirror(),
             "models": AllowedModels(self).mirror(),
+            "grants": grants.mirror(self),
         }
 
 

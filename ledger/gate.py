@@ -109,6 +109,7 @@ class _Plan:
     flights: list[Limits]  # limits on concurrent requests
     flight_keys: list[str]
     concurrency: list[int]
+    until: float  # epoch seconds: when a grant ends and the caps must be looked at again
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,31 +165,35 @@ class Gate:
         return found
 
     def _groups(self, principal: Principal, at: datetime) -> dict[int, list[Cap]]:
-        """Caps grouped by the counter they compare with (a member cap shares the developer's)."""
+        """Caps as they stand at `at` (with their running grants), grouped by the counter they
+        compare with (a member cap shares the developer's)."""
         groups: dict[int, list[Cap]] = {}
-        for cap in principal.caps:
+        now = at.timestamp()
+        for cap in (c.at(now) for c in principal.caps):
             scope, _ = cap.counter_scope
             index = PERIODS.index(cap.period) * 3 + COUNTER_SCOPES.index(scope) + 1
             groups.setdefault(index, []).append(cap)
         return groups
 
-    def _plan(self, principal: Principal) -> _Plan:
+    def _plan(self, principal: Principal, at: datetime) -> _Plan:
         """What admission checks for this principal; kept until the policy is reloaded (a new
-        policy makes new Principal objects)."""
+        policy makes new Principal objects) or one of its grants ends."""
         entry = self._plans.get(id(principal))
-        if entry is not None and entry.principal is principal:
+        now = at.timestamp()
+        if entry is not None and entry.principal is principal and now < entry.until:
             return entry
         if len(self._plans) >= _CACHE_LIMIT:
             self._plans.clear()
         groups = [(index, min(caps, key=lambda c: c.amount),
                    any(c.mode == "strict" for c in caps), any(c.mode != "strict" for c in caps))
-                  for index, caps in sorted(self._groups(principal, self.clock()).items())]
+                  for index, caps in sorted(self._groups(principal, at).items())]
         windows = [lim for lim in principal.limits if lim.rpm or lim.itpm or lim.otpm]
         flights = [lim for lim in principal.limits if lim.concurrency]
         plan = self._plans[id(principal)] = _Plan(
             principal, groups, [g[1] for g in groups], windows, flights,
             [self.keyspace.in_flight(lim.scope, lim.scope_id) for lim in flights],
-            [lim.concurrency for lim in flights])
+            [lim.concurrency for lim in flights],
+            min((c.next_change(now) for c in principal.caps), default=math.inf))
         return plan
 
     async def admit(self, principal: Principal, request_id: str, estimate: Estimate,
@@ -197,7 +202,7 @@ class Gate:
         at = now or self.clock()
         now_ms = int(at.timestamp() * 1000)
         ticket = Ticket(request_id, principal, at, estimate=estimate)
-        plan = self._plan(principal)
+        plan = self._plan(principal, at)
         if not (plan.groups or plan.windows or plan.flights):
             return ticket  # nothing to check: no Redis round trip before forwarding
         keys: list[str] = []

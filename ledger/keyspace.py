@@ -30,7 +30,7 @@ class KeySpace:
         self.policy_hashes = {
             name: f"{self.base}:pol:{name}"
             for name in ("keys", "devs", "teams", "budgets", "limits", "tokens",
-                         "managed", "models")
+                         "managed", "models", "grants")
         }
 
     def counter(self, scope: str, scope_id: str, period: str, now: datetime) -> str:

@@ -9,13 +9,14 @@ proxy within a second without a Redis round trip on the hot path.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
-from ledger import caps, tokens
+from ledger import caps, grants, tokens
 from ledger.keyspace import KeySpace
 from ledger.models_allowed import Allowlist
 
@@ -36,6 +37,19 @@ class Cap:
     period: str  # daily, weekly, monthly
     amount: int  # µ$
     mode: str  # estimate or strict
+    grants: tuple[grants.Grant, ...] = ()  # what may raise it (ledger/grants.py)
+    granted: int = 0  # of a cap as it stands (`at`): the µ$ of `amount` that grants add
+
+    def at(self, now: float) -> Cap:
+        """The cap as it stands at `now` (epoch seconds): its amount plus the running grants,
+        so a grant ends at its expiry without anyone taking it back."""
+        extra = grants.granted(self.grants, now)
+        return replace(self, amount=self.amount + extra, granted=extra, grants=()) \
+            if extra else self
+
+    def next_change(self, now: float) -> float:
+        """When a running grant of this cap ends (epoch seconds); inf when none runs."""
+        return min((g.expires_at for g in self.grants if g.expires_at > now), default=math.inf)
 
     @property
     def counter_scope(self) -> tuple[str, str]:
@@ -96,6 +110,8 @@ class Policy:
     managed: dict[str, Any] = field(default_factory=dict)
     # Models per team (ledger/models_allowed.py): "org" or a team id → the list.
     models: dict[str, list[str]] = field(default_factory=dict)
+    # Grants (ledger/grants.py): grant id → scope, scope id, period (None: all), amount, expiry.
+    grants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Policy:
@@ -165,7 +181,8 @@ class Policy:
         names = {"developer": dev["name"], "team": team_name, "team_member": team_name, "org": ""}
         applying = tuple(
             Cap(bid, b["scope"], caps.counter(b["scope"], b.get("scope_id", ""), dev_id)[1],
-                names[b["scope"]], b["period"], int(b["amount"]), b.get("mode", "estimate"))
+                names[b["scope"]], b["period"], int(b["amount"]), b.get("mode", "estimate"),
+                grants.applying(self.grants, b["scope"], b.get("scope_id", ""), b["period"]))
             for bid, b in sorted(self.budgets.items())
             if caps.applies(b["scope"], b.get("scope_id", ""), dev_id, team_id)
         )
