@@ -335,7 +335,8 @@ async def me(request: web.Request) -> web.Response:
     """GET /meterd/v1/me: who the gateway thinks the caller is, and their budgets (doctor)."""
     state = request.app[STATE]
     p = state.authenticate(request.headers)
-    budgets = await cap_balances(state.redis, state.keyspace, p)
+    # The admission clock: grants and periods as admission sees them.
+    budgets = await cap_balances(state.redis, state.keyspace, p, state.gate.clock())
     limits = [{"scope": lim.scope, "name": lim.scope_name, "rpm": lim.rpm, "itpm": lim.itpm,
                "otpm": lim.otpm, "concurrency": lim.concurrency} for lim in p.limits]
     return web.json_response({
