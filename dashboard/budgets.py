@@ -3,7 +3,7 @@ removing a budget."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +12,7 @@ from dashboard import live
 from dashboard.auth import ADMINS, TEAM_ADMINS, allow, require_team
 from dashboard.cap_forms import save_budget
 from dashboard.render import admin_state, change, identity, redirect_back, url
-from ledger import caps
+from ledger import caps, grants
 from ledger.catalog import NotFound
 from ledger.periods import PERIODS, period_end
 
@@ -28,12 +28,17 @@ async def caps_for_developer(request: web.Request, dev: dict[str, Any],
     counters = {b["id"]: caps.counter(b["scope"], b["scope_id"], developer_id) for b in rows}
     found = await live.spent(state.redis, state.keyspace,
                              [(*counters[b["id"]], b["period"]) for b in rows], now) or {}
+    running = await state.db(grants.active, state.catalog, now)
     out = []
     for b in rows:
         spent = found.get((*counters[b["id"]], b["period"]), 0)
         name = dev["name"] if b["scope"] == "developer" else dev["team_name"] or team_id
         label = caps.describe(b["scope"], name, capital=True)
+        # The cap as admission applies it: its amount plus the grants running now.
+        granted, until = grants.running(running, b["scope"], b["scope_id"], b["period"])
         out.append({**b, "label": label, "spent_micros": spent,
+                    "amount_micros": b["amount_micros"] + granted, "granted_micros": granted,
+                    "grant_until": until and until.replace(tzinfo=UTC),
                     "projected_micros": live.project(spent, b["period"], now),
                     "resets": period_end(b["period"], now)})
     out.sort(key=lambda r: (PERIODS.index(r["period"]), r["label"]))

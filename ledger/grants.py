@@ -131,3 +131,13 @@ def applying(grants: dict[str, dict[str, Any]], scope: str, scope_id: str,
 def granted(grants: tuple[Grant, ...], now: float) -> int:
     """µ$ the running grants add at `now` (epoch seconds): the effective cap is cap + this."""
     return sum(g.amount for g in grants if g.expires_at > now)
+
+
+def running(rows: list[dict[str, Any]], scope: str, scope_id: str,
+            period: str) -> tuple[int, datetime | None]:
+    """Of the `active` grants `rows`: the µ$ they add to the cap of (scope, scope_id, period),
+    and when the first of them ends (naive UTC, as stored), to show beside the cap."""
+    mine = [g for g in rows if g["scope"] == scope and g["scope_id"] == scope_id
+            and g["period"] in (None, period)]
+    return sum(int(g["amount_micros"]) for g in mine), min(
+        (g["expires_at"] for g in mine), default=None)

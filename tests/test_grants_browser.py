@@ -1,0 +1,48 @@
+"""A grant made in the dashboard shows beside the cap it raises, and the proxy applies it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.dashboard_fixtures import *  # noqa: F403
+from tests.dashboard_fixtures import PASSWORDS, Dashboard
+from tests.test_dashboard_browser import _sign_in, chromium
+
+__all__ = ["chromium"]  # the fixture, used by name
+
+
+@pytest.mark.timeout(120)
+async def test_a_grant_shows_beside_the_cap_and_the_proxy_applies_it(
+        dashboard: Dashboard, chromium: Any) -> None:
+    gw = dashboard.gateway
+    key = await gw.developer("Ada", "platform")
+    cat = gw.admin.catalog
+    await gw.change(cat.set_budget, "developer", "Ada", "daily", 10_000_000)
+    dev_id = (await gw.admin.db(cat.developers))[0]["id"]
+    await dashboard.account("alice", "admin")
+    page = await (await chromium.new_context()).new_page()
+    await _sign_in(page, gw.url, "alice", PASSWORDS["admin"])
+
+    await page.goto(f"{gw.url}/admin/developers/{dev_id}")
+    until = (datetime.now(UTC) + timedelta(days=3)).date()
+    await page.fill("#grant-form input[name=amount]", "5.25")
+    await page.fill("#grant-form input[name=until]", until.isoformat())
+    await page.fill("#grant-form input[name=reason]", "<b>release</b> week")
+    await page.click("#grant-form button[type=submit]")
+    await page.wait_for_selector(".flash:has-text('Grant saved')")
+    row = await page.inner_text("#caps-table tbody tr")
+    # $10 cap + $5.25 granted = $15.25, until the end of that UTC day.
+    assert "+$5.25 granted until" in row and "$15.25" in row, row
+    assert f"{until.isoformat()} 23:59" in row
+
+    await gw.proxy.refresh_policy()
+    async with aiohttp.ClientSession() as s, s.get(
+            gw.url + "/meterd/v1/me", headers={"x-api-key": key}) as r:
+        (budget,) = (await r.json())["budgets"]
+    assert (budget["amount_micros"], budget["granted_micros"]) == (15_250_000, 5_250_000)
+    (audit,) = [a for a in await gw.admin.db(cat.audit) if a["action"] == "grant.create"]
+    assert audit["actor"] == "alice"
