@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ledger import notices
 from ledger.keyspace import KeySpace
 from ledger.notices import Standing
-from ledger.periods import COUNTER_TTL, PERIODS, period_end
+from ledger.periods import COUNTER_TTL, PERIODS, local_day, period_end
 from ledger.policy import Cap, Limits, Principal
 from ledger.pricing import Cost
 from ledger.redis_client import FastScript
@@ -151,9 +151,9 @@ class Gate:
         """The nine period counters a request lands on: (day, week, month) × (dev, team, org).
 
         Daily ones come first: the settlement script counts tokens on those. The names change
-        once a day, so they are remembered per developer, team and UTC day.
+        once a day, so they are remembered per developer, team and the organization's day.
         """
-        cache_key = (principal.developer_id, principal.team_id, at.astimezone(UTC).date())
+        cache_key = (principal.developer_id, principal.team_id, local_day(at))
         found = self._counter_names.get(cache_key)
         if found is None:
             if len(self._counter_names) >= _CACHE_LIMIT:

@@ -16,6 +16,7 @@ import pytest
 
 from dashboard.accounts import Accounts, hash_password
 from dashboard.routes import API_ROUTES, PAGE_ROUTES
+from ledger import grants
 from ledger.managed import ManagedSettings
 from ledger.models_allowed import AllowedModels
 from ledger.money import parse_usd
@@ -98,6 +99,8 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "developer": ("/developers/{dev}", None, team_read()),
     "issue_key": ("/developers/{dev}/keys", {"expires": ""}, team_change(201)),
     "set_developer_budget": ("/developers/{dev}/budget", {"amount": "50"}, team_change()),
+    "grant_to_developer": ("/developers/{dev}/grant", {"amount": "5", "until": TOMORROW,
+                                                       "reason": "on call"}, change()),
     "set_developer_limits": ("/developers/{dev}/limits", {"concurrency": "3"},
                              team_change()),
     "revoke_key": ("/keys/{key_html}/revoke", {}, team_change()),
@@ -150,6 +153,11 @@ APIS: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
                                          "period": "weekly", "amount_usd": "20"},
                        api_change(201)),
     "api.delete_budget": (f"{V1}/budgets/{{budget_api}}", None, api_change()),
+    "api.grants": (f"{V1}/grants", None, api_read()),
+    "api.create_grant": (f"{V1}/grants", {"scope": "team", "target": "{team}", "reason": "x",
+                                          "amount_usd": "5", "expires_at": TOMORROW},
+                         api_change(201)),
+    "api.revoke_grant": (f"{V1}/grants/{{grant_api}}/revoke", {}, api_change()),
     "api.rate_limits": (f"{V1}/rate_limits", None, api_read()),
     "api.set_limits": (f"{V1}/rate_limits", {"scope": "team", "target": "{team}", "rpm": 100},
                        api_change()),
@@ -212,6 +220,9 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
             "budget_html_lead": ("developer", dev, "daily")}.items():
         ids[name] = (await gw.admin.db(catalog.set_budget, scope, ref, period,
                                        parse_usd("100")))["id"]
+    ids["grant_api"] = (await gw.admin.db(
+        grants.create_grant, catalog, "org", "", 1, datetime.now(UTC) + timedelta(days=1),
+        "seed", "a grant to revoke"))["id"]
     for n in range(1, 6):
         await gw.admin.db(accounts.create_user, f"victim{n}", "", "finance",
                           password_hash=hash_password("victim's password"))
