@@ -22,7 +22,9 @@ async def cap_balances(redis: Any, keyspace: KeySpace, principal: Principal,
     """One entry per cap: spent (settled), held (in flight), remaining, and the reset time."""
     now = now or datetime.now(UTC)
     caps = _standing_caps(principal, now)
-    counters = [keyspace.counter(*cap.counter_scope, cap.period, now) for cap in caps]
+    counters = [keyspace.model_counter(*cap.counter_scope, cap.period, now, cap.models)
+                if cap.models else keyspace.counter(*cap.counter_scope, cap.period, now)
+                for cap in caps]
     async with redis.pipeline(transaction=False) as pipe:
         for key in counters:
             pipe.hmget(key, SPENT, HELD)
@@ -32,6 +34,7 @@ async def cap_balances(redis: Any, keyspace: KeySpace, principal: Principal,
         spent_micros, held_micros = int(spent or 0), int(held or 0)
         status.append({
             "cap": cap.describe(), "scope": cap.scope, "period": cap.period, "mode": cap.mode,
+            "models": list(cap.models),
             "amount_micros": cap.amount, "granted_micros": cap.granted,
             "spent_micros": spent_micros,
             "held_micros": held_micros,
