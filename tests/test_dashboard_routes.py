@@ -18,6 +18,7 @@ from dashboard.accounts import Accounts, hash_password
 from dashboard.routes import API_ROUTES, PAGE_ROUTES
 from ledger import grants
 from ledger.managed import ManagedSettings
+from ledger.model_caps import ModelCaps
 from ledger.models_allowed import AllowedModels
 from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
@@ -158,6 +159,12 @@ APIS: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
                                           "amount_usd": "5", "expires_at": TOMORROW},
                          api_change(201)),
     "api.revoke_grant": (f"{V1}/grants/{{grant_api}}/revoke", {}, api_change()),
+    "api.model_budgets": (f"{V1}/model_budgets", None, api_read()),
+    "api.set_model_budget": (f"{V1}/model_budgets", {
+        "scope": "team", "target": "{team}", "period": "daily", "models": ["opus"],
+        "amount_usd": "5", "mode": "strict"}, api_change(201)),
+    "api.delete_model_budget": (f"{V1}/model_budgets/{{model_budget_api}}", None,
+                                api_change()),
     "api.rate_limits": (f"{V1}/rate_limits", None, api_read()),
     "api.set_limits": (f"{V1}/rate_limits", {"scope": "team", "target": "{team}", "rpm": 100},
                        api_change()),
@@ -220,6 +227,8 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
             "budget_html_lead": ("developer", dev, "daily")}.items():
         ids[name] = (await gw.admin.db(catalog.set_budget, scope, ref, period,
                                        parse_usd("100")))["id"]
+    ids["model_budget_api"] = (await gw.admin.db(
+        ModelCaps(catalog).set, "org", "", "weekly", ["haiku"], 1))["id"]
     ids["grant_api"] = (await gw.admin.db(
         grants.create_grant, catalog, "org", "", 1, datetime.now(UTC) + timedelta(days=1),
         "seed", "a grant to revoke"))["id"]
