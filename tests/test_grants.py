@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from dashboard.accounts import Accounts
 from ledger import grants
 from ledger.catalog import Catalog, connect
 from ledger.grants import GrantInvalid, create_grant, revoke_grant
@@ -128,3 +129,25 @@ async def test_a_grant_raises_a_cap_live_and_ends_at_its_expiry(gateway: Gateway
     day = gateway.proxy.keyspace.counter("developer", (await gateway.admin.db(cat.developers))[
         0]["id"], "daily", AT)
     assert int(await gateway.proxy.redis.hget(day, "spent")) == 3 * COST
+
+
+@pytest.mark.parametrize(("doc", "says"), [
+    ({"scope": "org", "amount_micros": -1, "expires_at": "2099-01-01", "reason": "x"},
+     "amount_micros must be a whole number"),
+    ({"scope": "org", "amount_usd": "5", "expires_at": "2099-01-01", "reason": " "},
+     "say why"),
+    ({"scope": "org", "amount_usd": "5", "expires_at": "2000-01-01", "reason": "x"},
+     "expire in the future"),
+    ({"scope": "developer", "target": "nobody", "amount_usd": "5", "expires_at": "2099-01-01",
+      "reason": "x"}, "nobody"),
+])
+async def test_the_api_refuses_a_bad_grant_in_the_error_envelope(
+        gateway: Gateway, doc: dict[str, object], says: str) -> None:
+    _, secret = await gateway.admin.db(Accounts(gateway.admin.catalog).issue_admin_key, "rw",
+                                       "")
+    async with new_session() as s, s.post(gateway.url + "/admin/api/v1/grants", json=doc,
+                                          headers={"x-api-key": str(secret)}) as r:
+        body = await r.json()
+    assert r.status in (400, 404) and body["type"] == "error"
+    assert says in body["error"]["message"]
+    assert await gateway.admin.db(grants.active, gateway.admin.catalog) == []
