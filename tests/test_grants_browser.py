@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ledger.grants import create_grant
 from ledger.model_caps import ModelCaps
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import PASSWORDS, Dashboard
@@ -54,3 +55,12 @@ async def test_a_grant_shows_beside_the_cap_and_the_proxy_applies_it(
     assert (budget["amount_micros"], budget["granted_micros"]) == (15_250_000, 5_250_000)
     (audit,) = [a for a in await gw.admin.db(cat.audit) if a["action"] == "grant.create"]
     assert audit["actor"] == "alice"
+
+    # A team's pool shows its grant beside the cap on the team page: $100 + $7.50.
+    team_id = (await gw.admin.db(cat.teams))[0]["id"]
+    await gw.change(cat.set_budget, "team", "platform", "monthly", 100_000_000)
+    await gw.change(create_grant, cat, "team", "platform", 7_500_000,
+                    datetime.now(UTC) + timedelta(days=1), "alice", "hackathon")
+    await page.goto(f"{gw.url}/admin/teams/{team_id}")
+    pool = await page.inner_text("#pool-budgets tbody tr")
+    assert "$107.50" in pool and "incl. +$7.50 granted" in pool, pool
