@@ -101,7 +101,7 @@ def _connect_sentinel(url: str) -> MeterdRedis:
         path[0], redis_class=MeterdRedis, connection_pool_class=_SentinelPool,
         db=int(path[1]) if len(path) == 2 else 0, max_connections=64, timeout=2.0,
         health_check_interval=10, **auth)
-    client.sentinel = sentinel
+    client.sentinels = sentinel
     return client
 
 
@@ -113,7 +113,7 @@ class MeterdRedis(aioredis.Redis):
     """redis-py's client, whose Lua scripts run over a pipelined `ScriptConnection`."""
 
     _scripts: ScriptConnection | None = None
-    sentinel: Sentinel | None = None  # its connections to the Sentinels, closed with it
+    sentinels: Sentinel | None = None  # its connections to the Sentinels, closed with it
 
     def script_connection(self) -> ScriptConnection | None:
         """The connection scripts use, made on first use; None for TLS (redis-py runs them)."""
@@ -146,8 +146,8 @@ class MeterdRedis(aioredis.Redis):
         if self._scripts is not None:
             self._scripts.close()
         await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            await self.sentinel.aclose()
+        if self.sentinels is not None:
+            await self.sentinels.aclose()
 
 
 def _sentinel_primary(pool: SentinelConnectionPool) -> Resolver:
