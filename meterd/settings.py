@@ -55,7 +55,9 @@ SETTINGS: tuple[Setting, ...] = (
             "MTD_METRICS_TOKEN or MTD_METRICS_TOKEN_FILE only); empty: the proxy port does not "
             "serve /metrics.", secret=True),
     Setting("data_dir", "Directory for the DuckDB file, the spool and the socket."),
-    Setting("redis_url", "Redis URL; empty runs an embedded in-process Redis (one process)."),
+    Setting("redis_url", "Redis URL: redis://, rediss://, redis+sentinel://HOST:PORT,.../MASTER "
+            "(Sentinels), redis+cluster://HOST:PORT,... (Cluster); empty runs an embedded "
+            "in-process Redis (one process)."),
     Setting("redis_prefix", "Prefix (a Redis Cluster hash tag) of every Redis key."),
     Setting("upstream_url", "Base URL of the provider API."),
     Setting("upstream_auth", "How the provider key is sent: x-api-key or bearer."),

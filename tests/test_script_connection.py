@@ -389,3 +389,14 @@ async def test_settlements_sent_without_a_task_land_or_spool(
     assert [e for _, e in await client.xrange(keyspace.events)] == [
         {b"e": settlement(second, 700).packed().encode()}]
     spool.close()
+
+
+@pytest.mark.parametrize("url, message", [
+    ("redis+sentinel://127.0.0.1:26379", "needs /MASTER_NAME"),
+    ("redis+sentinel://sentinel-a/meterd", "HOST:PORT"),
+    ("redis+cluster://10.0.0.1:7000,10.0.0.2", "HOST:PORT"),
+])
+def test_a_malformed_sentinel_or_cluster_url_is_refused_with_what_it_needs(
+        url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        connect_redis(url)
