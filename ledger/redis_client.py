@@ -64,6 +64,15 @@ def connect_redis(url: str) -> Any:
     return MeterdRedis.from_pool(pool)
 
 
+def check_url(url: str) -> None:
+    """Raise ValueError (saying what is missing, never echoing a password) for a malformed
+    Sentinel or Cluster URL."""
+    if url.startswith(SENTINEL):
+        _sentinel_parts(url)
+    elif url.startswith(CLUSTER):
+        _split(url, CLUSTER)
+
+
 def _split(url: str, scheme: str) -> tuple[dict[str, Any], list[tuple[str, int]], list[str]]:
     """The credentials, the host:port list and the path segments of a multi-host URL (which
     urllib cannot parse: a netloc has one port)."""
@@ -91,10 +100,15 @@ class _SentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
     a burst queues for connections instead of failing."""
 
 
-def _connect_sentinel(url: str) -> MeterdRedis:
+def _sentinel_parts(url: str) -> tuple[dict[str, Any], list[tuple[str, int]], list[str]]:
     auth, hosts, path = _split(url, SENTINEL)
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError("redis+sentinel:// URL needs /MASTER_NAME[/DB] after the Sentinels")
+    return auth, hosts, path
+
+
+def _connect_sentinel(url: str) -> MeterdRedis:
+    auth, hosts, path = _sentinel_parts(url)
     # The Sentinels' own password, if any, is not the data nodes': not supported here.
     sentinel = Sentinel(hosts, sentinel_kwargs=dict(_TIMEOUTS), **_TIMEOUTS)
     client: MeterdRedis = sentinel.master_for(

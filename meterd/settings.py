@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboard.oidc import secure_url
+from ledger.redis_client import check_url as check_redis_url
 
 MIN_SESSION_SECRET = 32  # bytes: an HMAC-SHA256 key as long as its output
 
@@ -300,6 +301,10 @@ def _validated(settings: Settings) -> Settings:
     if not settings.upstream_url.startswith(("http://", "https://")):
         raise SettingsError(
             f"setting upstream_url: {settings.upstream_url!r} is not an http(s) URL")
+    try:
+        check_redis_url(settings.redis_url)
+    except ValueError as exc:
+        raise SettingsError(f"setting redis_url: {exc}") from None
     _validate_oidc(settings)
     if 0 < len(settings.session_secret.encode()) < MIN_SESSION_SECRET:
         # Anyone who guesses it can sign cookies for any account; never echo it.

@@ -33,6 +33,7 @@ from ledger.redis_client import (
     encode_command,
 )
 from ledger.spool import Spool
+from meterd.settings import Settings, SettingsError
 from tests.conftest import RedisServer, free_port
 from tests.settlements import settlement
 
@@ -400,3 +401,5 @@ def test_a_malformed_sentinel_or_cluster_url_is_refused_with_what_it_needs(
         url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         connect_redis(url)
+    with pytest.raises(SettingsError, match=f"setting redis_url: .*{message}"):
+        Settings(redis_url=url).replace()
