@@ -318,7 +318,7 @@ class _Protocol(asyncio.Protocol):
                     if source is not None and str(value).startswith("NOSCRIPT"):
                         owner.retry(future, ["EVAL", source, *args[2:]])
                     elif str(value).startswith(_NOT_HERE):
-                        owner.moved(value)
+                        future.set_exception(owner.moved(value))
                         return
                     else:
                         future.set_exception(value)
@@ -481,12 +481,15 @@ class ScriptConnection:
         finally:
             self._connecting = None
 
-    def moved(self, reply: RedisError) -> None:
+    def moved(self, reply: RedisError) -> RedisConnectionError:
         """The node is no longer the primary: fail everything waiting (none of it ran after
-        this reply, and order must hold) and reconnect to wherever the primary is now."""
+        this reply, and order must hold) and reconnect to wherever the primary is now.
+        Returns the error for the command that got the reply."""
         if self.on_moved is not None:
             self.on_moved()
-        self.abort(RedisConnectionError(f"redis primary moved: {reply}"))
+        exc = RedisConnectionError(f"redis primary moved: {reply}")
+        self.abort(exc)
+        return exc
 
     def abort(self, exc: RedisError) -> None:
         for protocol in (self._protocol, self._opening):

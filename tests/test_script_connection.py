@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -403,3 +403,27 @@ def test_a_malformed_sentinel_or_cluster_url_is_refused_with_what_it_needs(
         connect_redis(url)
     with pytest.raises(SettingsError, match=f"setting redis_url: .*{message}"):
         Settings(redis_url=url).replace()
+
+
+async def test_a_demoted_primary_is_left_and_the_primary_asked_for_again(
+        start_own_redis: Callable[..., RedisServer]) -> None:
+    """A node that answers READONLY (a primary a failover demoted) is no longer written to:
+    the command fails like a lost connection, and the next connect resolves the primary anew."""
+    primary = start_own_redis()
+    replica = start_own_redis("--replicaof", "127.0.0.1", str(primary.port))
+    answers = [("127.0.0.1", replica.port), ("127.0.0.1", primary.port)]
+    asked: list[Sequence[Any]] = []
+
+    async def resolve(command: Sequence[Any]) -> tuple[str, int]:
+        asked.append(command)
+        return answers[min(len(asked), 2) - 1]
+
+    connection = ScriptConnection(resolve)
+    script = FastScript(connection, "return redis.call('INCR', KEYS[1])")
+    try:
+        with pytest.raises(RedisConnectionError, match="primary moved: READONLY"):
+            await script(keys=["{t}:n"])
+        assert await script(keys=["{t}:n"]) == 1  # on the primary now
+        assert [c[3] for c in asked] == ["{t}:n", "{t}:n"]  # resolved with the command's key
+    finally:
+        connection.close()
