@@ -20,6 +20,7 @@ from dashboard.state import ADMIN, AdminState
 from dashboard.unreadable import page_for
 from ledger.catalog import Catalog, connect
 from ledger.gate import Gate
+from ledger.journal import Journal
 from ledger.keyspace import KeySpace
 from ledger.pricing import PriceTable
 from ledger.redis_client import connect_redis
@@ -78,9 +79,12 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
         keyspace = KeySpace(settings.redis_prefix)
         spool = Spool(settings.data_path / "spool")
         releases.callback(spool.close)
+        journal = Journal(settings.data_path / "journal")
+        releases.callback(journal.close)
         gate = Gate(redis, keyspace, spool,
                     fail_open=settings.redis_outage_policy == "fail_open",
-                    reservation_ttl=settings.reservation_ttl, thresholds=settings.thresholds)
+                    reservation_ttl=settings.reservation_ttl, thresholds=settings.thresholds,
+                    journal=journal)
         session = aiohttp.ClientSession(
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, connect=settings.upstream_connect_timeout,
@@ -118,6 +122,9 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
         app[STATE] = state
         maintenance = asyncio.create_task(state.maintain())
         releases.push_async_callback(_stop_maintenance, state, maintenance)
+        keeping = asyncio.create_task(journal.keep(redis, keyspace.epoch, keyspace.rolled_until,
+                                                   gate.apply, state.stopping))
+        releases.push_async_callback(_stop_maintenance, state, keeping)
         yield
 
 
