@@ -301,13 +301,15 @@ class Rollup:
     def __init__(self, redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyConnection,
                  db: Db, *, batch: int = 10_000, lock_ttl_ms: int = LOCK_TTL_MS,
                  prices: PriceTable | None = None, fault: Fault | None = None,
-                 rebuild: bool = True, clock: Callable[[], datetime] | None = None) -> None:
+                 rebuild: bool = True, clock: Callable[[], datetime] | None = None,
+                 token: str | None = None) -> None:
         """`db` runs a sync function on the DuckDB thread (AdminState.db). Without the
         heartbeat (`start_heartbeat`, which `schedule` starts) the lock lapses `lock_ttl_ms`
         after a run's last batch. `prices` (the admin's configured table) prices what caching
         saved. `fault` is called at each of STEPS (tests make it raise). `rebuild=False`
         leaves the counter rebuild to the caller (see ledger.rebuild). `clock` gives "now"
-        (tests pin it)."""
+        (tests pin it). `token`: the lock's token when the caller already took it
+        (`take_lease`: a standby admin, before it opened the DuckDB file)."""
         self.redis, self.keyspace, self.db = redis, keyspace, db
         # Our own connection to the database: our transaction never mixes with catalog writes.
         self.conn = conn.cursor()
@@ -316,7 +318,7 @@ class Rollup:
         self.fault, self.rebuild = fault, rebuild
         self.clock = clock or (lambda: datetime.now(UTC))
         self.lock = lock_key(keyspace)
-        self.token = secrets.token_hex(16)
+        self.token = token or secrets.token_hex(16)
         self.leader = False  # held the lock when we last asked
         self.redis_down = False  # the last run could not reach Redis
         self._group_ready = False
@@ -327,6 +329,7 @@ class Rollup:
         self._lease_until = 0.0  # monotonic time until which the lock is surely ours
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False  # ends the heartbeat's loop (see close)
+        self.on_lost: Callable[[], None] | None = None  # called when the lock is taken from us
 
     async def run_once(self) -> int:
         """Roll up everything in the stream if we hold (or get) the lock; returns how many
@@ -410,6 +413,8 @@ class Rollup:
             self.redis_answered()
             if held and not held_before:
                 on_taken()
+            if held_before and not held and self.on_lost is not None:
+                self.on_lost()
 
     def redis_failed(self, exc: RedisError) -> None:
         """Note a run that could not reach Redis. Logged when Redis goes away, not on every
@@ -517,6 +522,25 @@ class Rollup:
                 return True
             except WatchError:
                 return False
+
+
+async def take_lease(redis: Any, keyspace: KeySpace, token: str,
+                     ttl_ms: int = LOCK_TTL_MS) -> bool:
+    """Take the rollup lock with `token` if it is free (or already ours)."""
+    key = lock_key(keyspace)
+    if await redis.set(key, token, nx=True, px=ttl_ms):
+        return True
+    async with redis.pipeline(transaction=True) as pipe:  # ours: renewed, only while ours
+        try:
+            await pipe.watch(key)
+            if _text(await pipe.get(key) or b"") != token:
+                return False
+            pipe.multi()
+            pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
+            return True
+        except WatchError:
+            return False
 
 
 def schedule(scheduler: AsyncIOScheduler, rollup: Rollup, interval: float,

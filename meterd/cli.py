@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -74,8 +75,6 @@ def _run(app: web.Application, settings: Settings, port: int, unix: bool = False
     data directory's socket (plain: the CLI's channel), until SIGINT or SIGTERM."""
     ssl_context = server_context(settings)  # a bad file stops the start, with its name
     path = str(settings.data_path / SOCKET_FILE) if unix else None
-    if path and os.path.exists(path):
-        os.unlink(path)  # left by a process that died; a live owner holds the DuckDB lock
     app.on_startup.append(_tune_gc)  # after the cleanup contexts: their state is loaded
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         runner.run(_serve(app, settings, port, path, ssl_context, reuse_port))
@@ -97,6 +96,10 @@ async def _serve(app: web.Application, settings: Settings, port: int, path: str 
         await web.TCPSite(runner, settings.host, port, ssl_context=ssl_context, backlog=1024,
                           reuse_port=reuse_port or None).start()
         if path:
+            # Left by a process that died: we hold the DuckDB file now (a standby admin got
+            # here only once it led), so no live process owns it.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             await web.UnixSite(runner, path, backlog=1024).start()
         await stop.wait()
     finally:
@@ -144,7 +147,8 @@ def cmd_admin(args: argparse.Namespace) -> None:
     settings = _settings(args)
     _prepare_data_dir(settings)
     _setup_logging(settings.log_level)
-    _run(create_root_app(settings, proxy=False), settings, settings.admin_port, unix=True)
+    _run(create_root_app(settings, proxy=False, standby=True), settings, settings.admin_port,
+         unix=True)
 
 
 def cmd_mock(args: argparse.Namespace) -> None:
