@@ -73,11 +73,12 @@ async def _redirector(settings: Settings, redis: Any,
     """Answer on the admin port while standing by: 307 to the leader, or 503 if none is
     known. None if the port is taken (then nothing answers until this admin leads)."""
     async def redirect(request: web.Request) -> web.StreamResponse:
-        with contextlib.suppress(Exception):
+        leader = None
+        with contextlib.suppress(Exception):  # Redis away: no leader known
             leader = await redis.get(leader_key(keyspace))
-            if leader:
-                url = (leader.decode() if isinstance(leader, bytes) else leader)
-                raise web.HTTPTemporaryRedirect(url + request.rel_url.raw_path_qs)
+        if leader:
+            url = leader.decode() if isinstance(leader, bytes) else leader
+            raise web.HTTPTemporaryRedirect(url + request.rel_url.raw_path_qs)
         raise web.HTTPServiceUnavailable(text="standby admin: no leader known yet\n")
 
     app = web.Application()

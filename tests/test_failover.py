@@ -23,7 +23,6 @@ from pathlib import Path
 import aiohttp
 import duckdb
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from ledger.keyspace import KeySpace
@@ -187,14 +186,14 @@ async def test_no_answered_request_is_lost_or_doubled_through_faults(
     found = re.search(r"\bmtd_\S+", out)
     assert found is not None, out
     c.key = found.group(0)
-    first = await c.admin()
-    await leads(first)
-    second = await c.admin()
-    await until_answers(f"http://127.0.0.1:{second}/admin/", {307})  # the standby redirects
-    for name in ("proxy0", "proxy1"):
-        await c.proxy(name)
     rows = []
     try:
+        first = await c.admin()
+        await leads(first)
+        second = await c.admin()
+        await until_answers(f"http://127.0.0.1:{second}/admin/", {307})  # the standby redirects
+        for name in ("proxy0", "proxy1"):
+            await c.proxy(name)
         for case, fault in FAULTS:
             before = len(c.answered)
             stop = asyncio.Event()
