@@ -56,10 +56,12 @@ class Journal:
         # Unbuffered: each append is in the kernel at once, so a killed process loses nothing.
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held for life
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._file.truncate(0)  # a reused pid's leftovers were adopted by whoever was alive
         self.entries: list[tuple[int, bytes]] = []  # (sent at ms, line), oldest first
         self._unsynced = False
-        self.adopted = self._adopt()
+        # Ours by name but left by a dead process with our pid (a pid reused after a reboot).
+        self.adopted = self._read(self.path.read_bytes())
+        self._file.truncate(0)
+        self.adopted += self._adopt()
         self.epoch: bytes | None = None
         self.run_id: bytes | None = None
         self.watermark = 0
@@ -76,18 +78,23 @@ class Journal:
                     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # alive
-                for line in other.read().splitlines():
-                    try:
-                        sent, _ = orjson.loads(line)
-                    except (orjson.JSONDecodeError, ValueError, TypeError):
-                        continue  # a line torn by the crash: it was never fsynced
-                    self.entries.append((int(sent), line))
-                    count += 1
-            path.unlink()
-        if count:
+                count += self._read(other.read())
+                path.unlink()  # under the lock: no other process adopts it too
+        if self.entries:
             self.entries.sort(key=lambda e: e[0])
             self._file.write(b"".join(line + b"\n" for _, line in self.entries))
             self._sync()
+        return count
+
+    def _read(self, data: bytes) -> int:
+        count = 0
+        for line in data.splitlines():
+            try:
+                sent, _ = orjson.loads(line)
+            except (orjson.JSONDecodeError, ValueError, TypeError):
+                continue  # a line torn by a crash: it was never fsynced
+            self.entries.append((int(sent), line))
+            count += 1
         return count
 
     def append(self, entry: Entry) -> None:
@@ -145,8 +152,11 @@ class Journal:
             pipe.get(epoch_key)
             pipe.get(watermark_key)
             pipe.info("server")
-            epoch, mark, info = await pipe.execute()
-        run_id = str(info.get("run_id", "")).encode()
+            epoch, mark, info = await pipe.execute(raise_on_error=False)
+        # The embedded backend has no INFO (and no other server to fail over to).
+        run_id = str(info.get("run_id", "")).encode() if isinstance(info, dict) else b""
+        if isinstance(epoch, Exception) or isinstance(mark, Exception):
+            raise epoch if isinstance(epoch, Exception) else mark
         lost = (self.epoch is not None and epoch != self.epoch) or (
             self.run_id is not None and run_id != self.run_id)
         first = self.epoch is None

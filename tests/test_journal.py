@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import orjson
 import pytest
 
 from ledger.journal import CLOCK_SKEW_MS, Journal
+from ledger.redis_client import connect_redis
 from tests.conftest import MOCK_KEY, Gateway, RedisServer, proxy_process
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
@@ -136,3 +138,19 @@ def test_the_journal_keeps_what_the_ledger_may_not_have(tmp_path: Path) -> None:
     again = Journal(tmp_path)  # another process adopts what a dead one left
     assert again.adopted == 1
     again.close()
+    third = Journal(tmp_path)  # a dead process with our own pid (reused after a reboot)
+    assert third.adopted == 1 and not (tmp_path / "dead-1.journal").exists()
+    third.close()
+
+
+async def test_the_embedded_backend_trims_the_journal_too(tmp_path: Path) -> None:
+    redis = connect_redis("embedded://journal-test")  # no INFO command there
+    journal = Journal(tmp_path)
+    journal.append({"keys": ["a"], "args": [1]})
+
+    async def apply(entry: dict[str, Any]) -> int:
+        return 0
+    await redis.set("{j}:mark", int(time.time() * 1000) + CLOCK_SKEW_MS + 1000)
+    assert not await journal.watch(redis, "{j}:epoch", "{j}:mark", apply)
+    assert journal.entries == []
+    journal.close()
