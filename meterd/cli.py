@@ -84,11 +84,22 @@ async def _serve(app: web.Application, settings: Settings, port: int, path: str 
                  ssl_context: ssl.SSLContext | None, reuse_port: bool) -> None:
     # web.run_app would put TLS on the Unix socket too, which the CLI reaches over plain http.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
-    await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Before the setup, which a standby admin spends waiting to lead: a signal then stops it
+    # there, and one that comes as the setup ends is a clean shutdown after it.
+    starting = asyncio.ensure_future(runner.setup())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return
+    stopping.cancel()
+    starting.result()  # a setup that failed raises here
     try:
         # backlog: a fleet of Claude Code sessions reconnecting at once (after a deploy) must
         # queue for accept(), not be reset; the default, 128, overflows under a burst of about
