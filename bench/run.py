@@ -167,6 +167,7 @@ class WrkResult:
     p999_ms: float
     events: int | None = None  # usage events meterd wrote for this run (meterd targets)
     cpu_us: float = 0  # CPU time of the target (all its processes) per completed request
+    redis_cpu_us: float = 0  # Redis's CPU (INFO cpu, user + sys) per completed request
     foreign_cpus: float = 0  # CPUs' worth of work by processes outside the benchmark
     machine_cpus: float = 0  # CPUs' worth of work by every process (of os.cpu_count())
 
@@ -211,10 +212,35 @@ class Stack:
     key: str = ""
     bearer: str = ""
     meterd_pid: int = 0
+    sentinel: bool = False  # meterd reaches Redis through three Sentinels (and a replica)
+    sentinel_ports: list[int] = field(default_factory=list)
 
     @property
     def redis_url(self) -> str:
+        if self.sentinel:
+            return ("redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+                    + "/bench")
         return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def start_sentinels(self) -> None:
+        """A replica of the bench Redis and three Sentinels watching it (as `bench`)."""
+        replica = free_port()
+        self.spawn(["redis-server", "--port", str(replica), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", str(self.workdir), "--dbfilename",
+                    "replica.rdb", "--replicaof", "127.0.0.1", str(self.redis_port)],
+                   "redis-replica", replica)
+        for i in range(3):
+            port = free_port()
+            conf = self.workdir / f"sentinel-{i}.conf"
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                            f"sentinel monitor bench 127.0.0.1 {self.redis_port} 2\n")
+            self.spawn(["redis-server", str(conf), "--sentinel"], f"sentinel-{i}", port)
+            self.sentinel_ports.append(port)
+
+    def redis_cpu_s(self) -> float:
+        """CPU seconds the Redis primary has used (user + sys), from INFO cpu."""
+        info = self.redis().info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     def url(self, port: int) -> str:
         return f"http://127.0.0.1:{port}"
@@ -257,6 +283,8 @@ class Stack:
         self.spawn(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
                     "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
                    "redis-server", self.redis_port)
+        if self.sentinel:
+            self.start_sentinels()
         self.setup_identity()
         self.mock_port = free_port()
         self.spawn([sys.executable, "-m", "meterd.cli", "mock-upstream", "--port",
@@ -353,12 +381,12 @@ print("BEARER", token, flush=True)
 
 
 @contextlib.contextmanager
-def stack(log_level: str = "info") -> Iterator[Stack]:
+def stack(log_level: str = "info", sentinel: bool = False) -> Iterator[Stack]:
     for tool in ("wrk", "redis-server"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench: {tool} is not installed (apt-get install {tool})")
     with tempfile.TemporaryDirectory(prefix="meterd-bench-") as tmp:
-        s = Stack(Path(tmp), log_level)
+        s = Stack(Path(tmp), log_level, sentinel=sentinel)
         try:
             s.start()
             yield s
@@ -366,10 +394,11 @@ def stack(log_level: str = "info") -> Iterator[Stack]:
             s.close()
 
 
-def stack_or(on: Stack | None, log_level: str = "info") -> contextlib.AbstractContextManager[Stack]:
+def stack_or(on: Stack | None, log_level: str = "info",
+             sentinel: bool = False) -> contextlib.AbstractContextManager[Stack]:
     """`on`, a stack the caller started and stops (the tests share one between scripts), or
     a new one of this run's own."""
-    return contextlib.nullcontext(on) if on is not None else stack(log_level)
+    return contextlib.nullcontext(on) if on is not None else stack(log_level, sentinel)
 
 
 @dataclass
@@ -388,12 +417,14 @@ class Bench:
             key: str | None = None, record: bool = True, duration: int | None = None
             ) -> WrkResult:
         before = self.s.events() if metered else 0
+        redis_before = self.s.redis_cpu_s()
         with LoadMeter({self.s.sessions[TARGET_PROCESS[target]]},
                        set(self.s.sessions.values())) as load:
             result = run_wrk(self.s.url(port), self.files[body], key or self.s.key,
                              duration or self.duration, rate=rate,
                              headers_file=self.headers_file, target=target, body=body)
         result.cpu_us = load.target_cpu_s * 1e6 / max(result.requests, 1)
+        result.redis_cpu_us = (self.s.redis_cpu_s() - redis_before) * 1e6 / max(result.requests, 1)
         result.machine_cpus, result.foreign_cpus = load.busy(result.window_s)
         if metered:
             result.events = self.s.wait_events(before + result.ok_2xx) - before
@@ -590,6 +621,8 @@ def main(argv: list[str] | None = None, on: Stack | None = None) -> int:
                         help="meterd's log level (info writes the access log; default info)")
     parser.add_argument("--against", type=Path, metavar="TREE",
                         help="A/B: compare with meterd run from this other checkout")
+    parser.add_argument("--sentinel", action="store_true",
+                        help="meterd finds Redis through three Sentinels (and a replica)")
     parser.add_argument("--rounds", type=int, default=10, help="A/B rounds (default 10)")
     parser.add_argument("--serve", action="store_true",
                         help="start the stack, print its URLs and key, wait for Ctrl-C "
@@ -600,7 +633,7 @@ def main(argv: list[str] | None = None, on: Stack | None = None) -> int:
     duration = args.duration or (1 if args.smoke else 3 if args.quick else 10)
     warmup = 0 if (args.quick or args.smoke) else 2
 
-    with stack_or(on, args.log_level) as s:
+    with stack_or(on, args.log_level, args.sentinel) as s:
         files = {"small": s.workdir / "small.json", "large": s.workdir / "large.json"}
         files["small"].write_bytes(small_body())
         files["large"].write_bytes(large_body())
@@ -621,6 +654,10 @@ def main(argv: list[str] | None = None, on: Stack | None = None) -> int:
             print()
             for line in verdicts(b.results):
                 print(line)
+            print("\nRedis CPU per request (INFO cpu user+sys delta / requests; the primary):")
+            for r in b.results:
+                if r.events is not None:
+                    print(f"  {r.body:<7}{r.target:<20}{r.redis_cpu_us:>7.1f} us")
         total = sum(r.requests for r in b.results if r.events is not None)
         events = sum(r.events or 0 for r in b.results)
         if b.unmetered:

@@ -111,7 +111,9 @@ class DeviceCodes:
         fields = {"status": "approved" if approved else "denied", **grant}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
-            pipe.delete(self._user_key(_text(record.get(b"user_code", record.get("user_code")))))
+            user_code = _text(record.get(b"user_code", record.get("user_code")))
+            # Not pipe.delete: on a Cluster pipeline that is a coroutine, and queues nothing.
+            pipe.execute_command("DEL", self._user_key(user_code))
             await pipe.execute()
         return True
 

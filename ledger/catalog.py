@@ -305,7 +305,9 @@ class Catalog:
 def queue_publish(pipe: Any, keyspace: KeySpace, docs: dict[str, dict[str, bytes]]) -> None:
     """Queue the full policy replacement on a (sync or async) transactional pipeline."""
     for name, key in keyspace.policy_hashes.items():
-        pipe.delete(key)
+        # Not pipe.delete: on redis-py's Cluster pipeline that is a coroutine, so unawaited it
+        # would queue nothing and the old fields would stay.
+        pipe.execute_command("DEL", key)
         if docs[name]:
             pipe.hset(key, mapping=docs[name])
     pipe.incr(keyspace.policy_version)

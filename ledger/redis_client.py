@@ -7,6 +7,13 @@ returns a `FastScript` that runs over one pipelined connection per process
 (`ScriptConnection`): the commands of one event-loop turn go out in one write, and replies
 resolve their callers in order.
 Everything else (policy reloads, reports, rollup) uses the ordinary redis-py client.
+
+Three deployments: one Redis (`redis://`), a primary that Sentinels watch
+(`redis+sentinel://HOST:PORT,HOST:PORT/MASTER[/DB]`, redis-py's Sentinel client), and a Cluster
+(`redis+cluster://HOST:PORT[,HOST:PORT]`, redis-py's RedisCluster). Every key shares one hash
+tag, so on a Cluster everything lives in one slot; the script connection asks Sentinel or the
+slot map where that is each time it connects, and reconnects when the node answers that it no
+longer is (READONLY after a failover, MOVED after a resharding).
 """
 
 from __future__ import annotations
@@ -14,18 +21,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import fakeredis
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 EMBEDDED = "embedded://"
+SENTINEL = "redis+sentinel://"
+CLUSTER = "redis+cluster://"
+# Short timeouts: during a real outage a request should meet the outage policy, not hang.
+_TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
 _servers: dict[str, fakeredis.FakeServer] = {}
 
 
@@ -37,13 +51,72 @@ def connect_redis(url: str) -> Any:
         server = _servers.setdefault(name, fakeredis.FakeServer())
         return fakeredis.FakeAsyncRedis(server=server, max_connections=64,
                                         connection_pool_class=aioredis.BlockingConnectionPool)
+    if url.startswith(SENTINEL):
+        return _connect_sentinel(url)
+    if url.startswith(CLUSTER):
+        auth, hosts, _ = _split(url, CLUSTER)
+        return MeterdCluster(startup_nodes=[ClusterNode(host, port) for host, port in hosts],
+                             max_connections=64, **auth, **_TIMEOUTS)
     # A bounded pool that makes a burst queue for connections (a plain pool fails the excess
-    # with "Too many connections", which would look like an outage). Short timeouts: during a
-    # real outage a request should meet the outage policy, not hang.
+    # with "Too many connections", which would look like an outage).
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=64, timeout=2.0, socket_connect_timeout=1.0, socket_timeout=2.0,
-        health_check_interval=10)
+        url, max_connections=64, timeout=2.0, health_check_interval=10, **_TIMEOUTS)
     return MeterdRedis.from_pool(pool)
+
+
+def check_url(url: str) -> None:
+    """Raise ValueError (saying what is missing, never echoing a password) for a malformed
+    Sentinel or Cluster URL."""
+    if url.startswith(SENTINEL):
+        _sentinel_parts(url)
+    elif url.startswith(CLUSTER):
+        _split(url, CLUSTER)
+
+
+def _split(url: str, scheme: str) -> tuple[dict[str, Any], list[tuple[str, int]], list[str]]:
+    """The credentials, the host:port list and the path segments of a multi-host URL (which
+    urllib cannot parse: a netloc has one port)."""
+    rest = url[len(scheme):]
+    netloc, _, path = rest.partition("/")
+    auth: dict[str, Any] = {}
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            auth["password"] = unquote(password)
+        if user:
+            auth["username"] = unquote(user)
+    hosts = []
+    for part in netloc.split(","):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{scheme} URL needs HOST:PORT[,HOST:PORT...], not {part!r}")
+        hosts.append((host.strip("[]"), int(port)))
+    return auth, hosts, [p for p in path.split("/") if p]
+
+
+class _SentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's pool (asks the Sentinels where the primary is), bounded like the plain one:
+    a burst queues for connections instead of failing."""
+
+
+def _sentinel_parts(url: str) -> tuple[dict[str, Any], list[tuple[str, int]], list[str]]:
+    auth, hosts, path = _split(url, SENTINEL)
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("redis+sentinel:// URL needs /MASTER_NAME[/DB] after the Sentinels")
+    return auth, hosts, path
+
+
+def _connect_sentinel(url: str) -> MeterdRedis:
+    auth, hosts, path = _sentinel_parts(url)
+    # The Sentinels' own password, if any, is not the data nodes': not supported here.
+    sentinel = Sentinel(hosts, sentinel_kwargs=dict(_TIMEOUTS), **_TIMEOUTS)
+    client: MeterdRedis = sentinel.master_for(
+        path[0], redis_class=MeterdRedis, connection_pool_class=_SentinelPool,
+        db=int(path[1]) if len(path) == 2 else 0, max_connections=64, timeout=2.0,
+        health_check_interval=10, **auth)
+    client.sentinels = sentinel
+    return client
 
 
 def is_embedded(url: str) -> bool:
@@ -54,15 +127,18 @@ class MeterdRedis(aioredis.Redis):
     """redis-py's client, whose Lua scripts run over a pipelined `ScriptConnection`."""
 
     _scripts: ScriptConnection | None = None
+    sentinels: Sentinel | None = None  # its connections to the Sentinels, closed with it
 
     def script_connection(self) -> ScriptConnection | None:
         """The connection scripts use, made on first use; None for TLS (redis-py runs them)."""
         if self._scripts is None:
             pool = self.connection_pool
             kw = pool.connection_kwargs
-            if pool.connection_class is Connection:
-                address: tuple[str, int] | str = (kw.get("host", "localhost"),
-                                                  int(kw.get("port", 6379)))
+            if isinstance(pool, SentinelConnectionPool) and \
+                    pool.connection_class is SentinelManagedConnection:
+                address: Address = _sentinel_primary(pool)
+            elif pool.connection_class is Connection:
+                address = (kw.get("host", "localhost"), int(kw.get("port", 6379)))
             elif pool.connection_class is UnixDomainSocketConnection:
                 address = kw["path"]
             else:
@@ -84,6 +160,55 @@ class MeterdRedis(aioredis.Redis):
         if self._scripts is not None:
             self._scripts.close()
         await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            await self.sentinels.aclose()
+
+
+def _sentinel_primary(pool: SentinelConnectionPool) -> Resolver:
+    async def primary(_: Sequence[Any]) -> tuple[str, int]:
+        host, port = await pool.get_master_address()
+        return host, int(port)
+    return primary
+
+
+class MeterdCluster(RedisCluster):
+    """redis-py's Cluster client, whose Lua scripts run over a pipelined `ScriptConnection` to
+    the primary of the slot of the scripts' keys (one slot: the keys share a hash tag)."""
+
+    _scripts: ScriptConnection | None = None
+    _stale = False  # a node answered MOVED: read the slot map again before reconnecting
+
+    def script_connection(self) -> ScriptConnection:
+        if self._scripts is None:
+            kw = self.connection_kwargs
+            self._scripts = ScriptConnection(
+                self._slot_primary, username=kw.get("username"), password=kw.get("password"),
+                connect_timeout=kw.get("socket_connect_timeout") or 1.0,
+                timeout=kw.get("socket_timeout") or 2.0)
+            self._scripts.on_moved = self._moved
+        return self._scripts
+
+    def _moved(self) -> None:
+        self._stale = True
+
+    async def _slot_primary(self, command: Sequence[Any]) -> tuple[str, int]:
+        """The primary of the slot of the first key of the command about to be sent."""
+        if self._initialize:
+            await self.initialize()
+        elif self._stale:
+            self._stale = False
+            await self.nodes_manager.initialize()
+        key = command[3] if len(command) > 3 and int(command[2]) > 0 else ""
+        node = self.nodes_manager.get_node_from_slot(self.keyslot(key))
+        return node.host, int(node.port)
+
+    def register_script(self, script: str | bytes) -> Any:  # type: ignore[override]
+        return FastScript(self.script_connection(), script)
+
+    async def aclose(self, *args: Any, **kwargs: Any) -> None:
+        if self._scripts is not None:
+            self._scripts.close()
+        await super().aclose(*args, **kwargs)
 
 
 class FastScript:
@@ -159,6 +284,14 @@ def _to_bytes(arg: Any) -> bytes:
 # script called by SHA the script's source (sent instead if Redis answers NOSCRIPT), and its
 # bytes on the wire.
 _Command = tuple[asyncio.Future[Any], float, Sequence[Any], bytes | None, bytes]
+# Where Redis is: a TCP address, a Unix socket path, or (Sentinel, Cluster) asked on each
+# connect, given the first command waiting to be sent.
+Resolver = Callable[[Sequence[Any]], Awaitable[tuple[str, int]]]
+Address = tuple[str, int] | str | Resolver
+# Replies that say "not here": the primary moved (a failover demoted this node, a resharding
+# moved the slot). The command did not run; the connection is dropped so the next one asks
+# where the primary is now.
+_NOT_HERE = ("READONLY", "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
 
 
 class _Protocol(asyncio.Protocol):
@@ -184,6 +317,9 @@ class _Protocol(asyncio.Protocol):
                 elif isinstance(value, RedisError):
                     if source is not None and str(value).startswith("NOSCRIPT"):
                         owner.retry(future, ["EVAL", source, *args[2:]])
+                    elif str(value).startswith(_NOT_HERE):
+                        future.set_exception(owner.moved(value))
+                        return
                     else:
                         future.set_exception(value)
                 else:
@@ -213,7 +349,9 @@ class ScriptConnection:
     same client's next admission, or that admission finds both reservations.
     """
 
-    def __init__(self, address: tuple[str, int] | str, *, db: int = 0,
+    on_moved: Callable[[], None] | None = None  # told when a node answers _NOT_HERE
+
+    def __init__(self, address: Address, *, db: int = 0,
                  username: str | None = None, password: str | None = None,
                  connect_timeout: float = 1.0, timeout: float = 2.0) -> None:
         self.address, self.db = address, db
@@ -298,15 +436,19 @@ class ScriptConnection:
         try:
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    if isinstance(self.address, str):
+                    address = self.address
+                    if callable(address):
+                        waiting = self._retries or self._queue
+                        address = await address(waiting[0][2] if waiting else ())
+                    if isinstance(address, str):
                         _, protocol = await loop.create_unix_connection(
-                            lambda: _Protocol(self), self.address)
+                            lambda: _Protocol(self), address)
                     else:
                         _, protocol = await loop.create_connection(
-                            lambda: _Protocol(self), *self.address)
-            except (OSError, TimeoutError) as exc:
+                            lambda: _Protocol(self), *address)
+            except (OSError, TimeoutError, RedisError) as exc:  # RedisError: no primary known
                 self._fail(RedisConnectionError(
-                    f"cannot connect to redis at {self.address}: {exc or 'timed out'}"))
+                    f"cannot connect to redis at {address}: {exc or 'timed out'}"))
                 return
             if protocol.transport is None:  # lost before this task resumed: `lost` ignored it
                 self._fail(RedisConnectionError("connection to redis lost while connecting"))
@@ -338,6 +480,16 @@ class ScriptConnection:
             self._flush()
         finally:
             self._connecting = None
+
+    def moved(self, reply: RedisError) -> RedisConnectionError:
+        """The node is no longer the primary: fail everything waiting (none of it ran after
+        this reply, and order must hold) and reconnect to wherever the primary is now.
+        Returns the error for the command that got the reply."""
+        if self.on_moved is not None:
+            self.on_moved()
+        exc = RedisConnectionError(f"redis primary moved: {reply}")
+        self.abort(exc)
+        return exc
 
     def abort(self, exc: RedisError) -> None:
         for protocol in (self._protocol, self._opening):

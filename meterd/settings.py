@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboard.oidc import secure_url
+from ledger.redis_client import check_url as check_redis_url
 
 MIN_SESSION_SECRET = 32  # bytes: an HMAC-SHA256 key as long as its output
 
@@ -55,7 +56,9 @@ SETTINGS: tuple[Setting, ...] = (
             "MTD_METRICS_TOKEN or MTD_METRICS_TOKEN_FILE only); empty: the proxy port does not "
             "serve /metrics.", secret=True),
     Setting("data_dir", "Directory for the DuckDB file, the spool and the socket."),
-    Setting("redis_url", "Redis URL; empty runs an embedded in-process Redis (one process)."),
+    Setting("redis_url", "Redis URL: redis://, rediss://, redis+sentinel://HOST:PORT,.../MASTER "
+            "(Sentinels), redis+cluster://HOST:PORT,... (Cluster); empty runs an embedded "
+            "in-process Redis (one process)."),
     Setting("redis_prefix", "Prefix (a Redis Cluster hash tag) of every Redis key."),
     Setting("upstream_url", "Base URL of the provider API."),
     Setting("upstream_auth", "How the provider key is sent: x-api-key or bearer."),
@@ -298,6 +301,10 @@ def _validated(settings: Settings) -> Settings:
     if not settings.upstream_url.startswith(("http://", "https://")):
         raise SettingsError(
             f"setting upstream_url: {settings.upstream_url!r} is not an http(s) URL")
+    try:
+        check_redis_url(settings.redis_url)
+    except ValueError as exc:
+        raise SettingsError(f"setting redis_url: {exc}") from None
     _validate_oidc(settings)
     if 0 < len(settings.session_secret.encode()) < MIN_SESSION_SECRET:
         # Anyone who guesses it can sign cookies for any account; never echo it.

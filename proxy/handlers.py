@@ -354,12 +354,22 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when Redis answers; the proxy still serves (per outage policy) when it does not."""
+    """Whether a load balancer should send this proxy requests: not while it would refuse them
+    (Redis unreachable under fail_closed) or hold them (the counters are being rebuilt after
+    Redis came back empty: admission waits for the ready marker). Under fail_open a proxy
+    that cannot reach Redis still serves, and says so. /healthz stays 200 throughout."""
     state = request.app[STATE]
     try:
-        await state.redis.ping()
+        complete = bool(await state.redis.exists(state.keyspace.ready))
     except Exception as exc:
-        return web.json_response({"status": "unready", "redis": type(exc).__name__}, status=503)
+        if not state.gate.fail_open:
+            return web.json_response({"status": "unready", "redis": type(exc).__name__},
+                                     status=503)
+        return web.json_response({"status": "ready", "redis": type(exc).__name__,
+                                  "admission": "fail_open",
+                                  "spool_depth": state.gate.spool.depth})
+    if not complete:
+        return web.json_response({"status": "unready", "counters": "rebuilding"}, status=503)
     return web.json_response({"status": "ready", "policy_version": state.policy.version,
                               "spool_depth": state.gate.spool.depth})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -33,6 +33,7 @@ from ledger.redis_client import (
     encode_command,
 )
 from ledger.spool import Spool
+from meterd.settings import Settings, SettingsError
 from tests.conftest import RedisServer, free_port
 from tests.settlements import settlement
 
@@ -389,3 +390,40 @@ async def test_settlements_sent_without_a_task_land_or_spool(
     assert [e for _, e in await client.xrange(keyspace.events)] == [
         {b"e": settlement(second, 700).packed().encode()}]
     spool.close()
+
+
+@pytest.mark.parametrize("url, message", [
+    ("redis+sentinel://127.0.0.1:26379", "needs /MASTER_NAME"),
+    ("redis+sentinel://sentinel-a/meterd", "HOST:PORT"),
+    ("redis+cluster://10.0.0.1:7000,10.0.0.2", "HOST:PORT"),
+])
+def test_a_malformed_sentinel_or_cluster_url_is_refused_with_what_it_needs(
+        url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        connect_redis(url)
+    with pytest.raises(SettingsError, match=f"setting redis_url: .*{message}"):
+        Settings(redis_url=url).replace()
+
+
+async def test_a_demoted_primary_is_left_and_the_primary_asked_for_again(
+        start_own_redis: Callable[..., RedisServer]) -> None:
+    """A node that answers READONLY (a primary a failover demoted) is no longer written to:
+    the command fails like a lost connection, and the next connect resolves the primary anew."""
+    primary = start_own_redis()
+    replica = start_own_redis("--replicaof", "127.0.0.1", str(primary.port))
+    answers = [("127.0.0.1", replica.port), ("127.0.0.1", primary.port)]
+    asked: list[Sequence[Any]] = []
+
+    async def resolve(command: Sequence[Any]) -> tuple[str, int]:
+        asked.append(command)
+        return answers[min(len(asked), 2) - 1]
+
+    connection = ScriptConnection(resolve)
+    script = FastScript(connection, "return redis.call('INCR', KEYS[1])")
+    try:
+        with pytest.raises(RedisConnectionError, match="primary moved: READONLY"):
+            await script(keys=["{t}:n"])
+        assert await script(keys=["{t}:n"]) == 1  # on the primary now
+        assert [c[3] for c in asked] == ["{t}:n", "{t}:n"]  # resolved with the command's key
+    finally:
+        connection.close()
