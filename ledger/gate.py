@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ledger import notices
+from ledger.journal import Journal
 from ledger.keyspace import KeySpace
 from ledger.notices import Standing
 from ledger.periods import COUNTER_TTL, PERIODS, period_end
@@ -125,8 +126,10 @@ class Gate:
     def __init__(self, redis: Any, keyspace: KeySpace, spool: Spool, *,
                  fail_open: bool = True, reservation_ttl: int = 900,
                  thresholds: tuple[int, ...] = (75, 95),
-                 clock: Callable[[], datetime] = utc_now) -> None:
+                 clock: Callable[[], datetime] = utc_now,
+                 journal: Journal | None = None) -> None:
         self.redis = redis
+        self.journal = journal  # every settlement, kept until the ledger has it
         self.keyspace = keyspace
         self.spool = spool
         self.fail_open = fail_open
@@ -356,6 +359,8 @@ class Gate:
         self._send(self._settlement(ticket, settlement), ticket.request_id)
 
     def _send(self, entry: dict[str, Any], request_id: str) -> None:
+        if self.journal is not None:
+            self.journal.append(entry)
         if not isinstance(self._settle, FastScript):  # redis-py's (TLS, embedded): a task
             self._keep(asyncio.ensure_future(self._record(entry, request_id)))
             return
@@ -437,7 +442,16 @@ class Gate:
 
     async def replay_spool(self) -> int:
         """Replay spooled settlements if Redis answers; returns how many were applied."""
+        apply = self.apply
+        if self.journal is not None:
+            journal = self.journal
+
+            async def apply(entry: dict[str, Any]) -> int:
+                # Journalled again: the ledger's watermark is compared with when it was sent,
+                # and this is when it reaches Redis.
+                journal.append(entry)
+                return await self.apply(entry)
         try:
-            return await self.spool.replay(self.apply)
+            return await self.spool.replay(apply)
         except RedisError:
             return 0

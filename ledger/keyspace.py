@@ -22,6 +22,11 @@ class KeySpace:
         # Set once the counters of the current periods are known to be complete (after a
         # rebuild from DuckDB if Redis came back empty); admission waits for it.
         self.ready = f"{self.base}:ready"
+        # Written (SET NX) by the first process that finds it missing: when it changes, Redis
+        # came back empty and the proxies replay their journals (ledger.journal).
+        self.epoch = f"{self.base}:epoch"
+        # Epoch ms: every settlement that reached Redis before it is in DuckDB (ledger.rollup).
+        self.rolled_until = f"{self.base}:rollup:rolled_until"
         # Bumped by the dashboard: every proxy reloads its providers and routes when it moves.
         self.providers_reload = f"{self.base}:providers:reload"
         # The managed-settings checksum each machine last sent (CLAUDE_CODE_GATEWAY_HINT_HEADERS):

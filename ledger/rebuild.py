@@ -86,10 +86,10 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
     for day, developer_id, team_id, cost, *tokens in rows:
         counters.add(day, developer_id, team_id, int(cost),
                      dict(zip(TOKEN_COUNTERS.values(), map(int, tokens), strict=True)))
-    for event in events:
-        if event["id"] in seen:  # in DuckDB and already in the fresh counters: once only
-            counters.add(event["day"], event["developer_id"], event["team_id"],
-                         event["cost_micros"], event, sign=-1)
+    twice = [event for event in events if event["id"] in seen]
+    for event in twice:  # in DuckDB and already in the fresh counters: once only
+        counters.add(event["day"], event["developer_id"], event["team_id"],
+                     event["cost_micros"], event, sign=-1)
     async with redis.pipeline(transaction=True) as pipe:
         try:
             await pipe.watch(keyspace.ready)
@@ -101,6 +101,10 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
                     if value:  # settle.lua never writes a zero token field
                         pipe.hincrby(key, name, value)
                 pipe.expire(key, counters.ttl[key], nx=True)
+            if twice:
+                # Gone from the stream with their subtraction, so that the rollup, which
+                # subtracts the replays it finds already in DuckDB, does not do it again.
+                pipe.xdel(keyspace.events, *[event["entry"] for event in twice])
             pipe.set(keyspace.ready, 1)
             await pipe.execute()
         except WatchError:
@@ -112,6 +116,25 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
     else:
         log.info("spend counters marked complete (nothing in DuckDB for the current periods)")
     return True
+
+
+async def subtract(redis: Any, keyspace: KeySpace, rows: list[tuple[Any, ...]],
+                   now: datetime) -> None:
+    """Take back from the live counters replayed settlements that DuckDB already held
+    (rows: day, developer_id, team_id, cost_micros, then TOKEN_COUNTERS' columns): the rebuild
+    counted them from DuckDB and the replay's settlement counted them again."""
+    counters = Counters(keyspace, now.astimezone(UTC))
+    for day, developer_id, team_id, cost, *tokens in rows:
+        counters.add(day, developer_id, team_id, int(cost),
+                     dict(zip(TOKEN_COUNTERS.values(), map(int, tokens), strict=True)), sign=-1)
+    async with redis.pipeline(transaction=True) as pipe:
+        for key, sums in counters.amounts.items():
+            for name, value in sums.items():
+                if value:
+                    pipe.hincrby(key, name, value)
+        await pipe.execute()
+    log.info("took back %d replayed settlements the ledger already had from the counters",
+             len(rows))
 
 
 def _history(conn: duckdb.DuckDBPyConnection, first: date, end: date,
@@ -141,7 +164,7 @@ async def _stream_events(redis: Any, keyspace: KeySpace, first: date,
     start = "-"
     while True:
         chunk = await redis.xrange(keyspace.events, min=start, max="+", count=10_000)
-        for _, fields in chunk:
+        for entry_id, fields in chunk:
             values = dict(zip(FIELDS, entry_values(fields), strict=True))
             event: dict[str, Any] = {
                 name: _text(values[name]) for name in ("id", "developer_id", "team_id")}
@@ -151,6 +174,7 @@ async def _stream_events(redis: Any, keyspace: KeySpace, first: date,
                 except ValueError:
                     event[name] = 0
             event["day"] = datetime.fromtimestamp(event["ts_ms"] // 1000, UTC).date()
+            event["entry"] = _text(entry_id)
             if event["id"] and first <= event["day"] < end:
                 events.append(event)
         if len(chunk) < 10_000:

@@ -56,10 +56,19 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ledger import telemetry
+from ledger.journal import REPLAY_FIELD
 from ledger.keyspace import KeySpace
 from ledger.pricing import MTOK, US_GEO_MULTIPLIER, PriceTable
-from ledger.rebuild import ensure_counters
-from ledger.settlement import REQUEST_COLUMNS, RS, SQL_COLUMNS, US, entry_values
+from ledger.rebuild import ensure_counters, subtract
+from ledger.settlement import (
+    FIELDS,
+    REQUEST_COLUMNS,
+    RS,
+    SQL_COLUMNS,
+    TOKEN_COUNTERS,
+    US,
+    entry_values,
+)
 from ledger.usage import Usage
 
 log = logging.getLogger("meterd.rollup")
@@ -69,6 +78,7 @@ Fault = Callable[[str], None]
 Fence = Callable[[], bool]  # may this batch still commit?
 
 GROUP = "rollup"
+_ID = FIELDS.index("id")
 CONSUMER = "rollup"  # one name for every lock holder: a new holder inherits what is pending
 STEPS = ("inserted", "daily", "committed")  # where a test's fault hook may strike
 JOB_ID = "meterd-rollup"
@@ -214,20 +224,29 @@ class LockLost(Exception):
 
 
 def write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings,
-                fault: Fault | None = None, fence: Fence | None = None) -> int:
+                fault: Fault | None = None, fence: Fence | None = None,
+                replays: list[str] | None = None,
+                known: list[tuple[Any, ...]] | None = None) -> int:
     """Insert one batch of events in one transaction; returns how many requests were new.
     `fence` is asked right before the commit; when it says no, the batch is rolled back and
-    LockLost raised."""
+    LockLost raised. The request ids in `replays` that `requests` already holds are added to
+    `known` (day, developer_id, team_id, cost_micros, TOKEN_COUNTERS' columns)."""
     try:
-        return _write_batch(conn, payload, savings, fault, fence, anywhere=False)
+        return _write_batch(conn, payload, savings, fault, fence, False, replays, known)
     except duckdb.ConstraintException:
         # A repeat outside its own time range (an event that carried no start time, so each
         # copy took its stream entry's): look for repeats in the whole table instead.
-        return _write_batch(conn, payload, savings, fault, fence, anywhere=True)
+        return _write_batch(conn, payload, savings, fault, fence, True, replays, known)
+
+
+_KNOWN_SQL = ("SELECT ts::DATE, developer_id, team_id, cost_micros, "
+              + ", ".join(TOKEN_COUNTERS.values()) + " FROM rollup_batch WHERE id IN "
+              "(SELECT unnest($1::VARCHAR[])) AND id IN (SELECT id FROM requests)")
 
 
 def _write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings,
-                 fault: Fault | None, fence: Fence | None, anywhere: bool) -> int:
+                 fault: Fault | None, fence: Fence | None, anywhere: bool,
+                 replays: list[str] | None, known: list[tuple[Any, ...]] | None) -> int:
     conn.execute("BEGIN")
     try:
         conn.execute(_BATCH_SQL, [payload])
@@ -237,6 +256,7 @@ def _write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings
         if repeats:  # the same request twice in one batch (a replayed settlement): keep one
             conn.execute("DELETE FROM rollup_batch WHERE rowid NOT IN "
                          "(SELECT min(rowid) FROM rollup_batch GROUP BY id)")
+        found = conn.execute(_KNOWN_SQL, [replays]).fetchall() if replays else []
         # Requests already rolled up (a rerun after a crash): same request, same start time,
         # so only that time range is searched and DuckDB skips every other row group.
         conn.execute("DELETE FROM rollup_batch WHERE id IN (SELECT id FROM requests WHERE "
@@ -265,6 +285,8 @@ def _write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    if known is not None:
+        known.extend(found)
     return int(row[0]) if row else 0
 
 
@@ -279,13 +301,15 @@ class Rollup:
     def __init__(self, redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyConnection,
                  db: Db, *, batch: int = 10_000, lock_ttl_ms: int = LOCK_TTL_MS,
                  prices: PriceTable | None = None, fault: Fault | None = None,
-                 rebuild: bool = True, clock: Callable[[], datetime] | None = None) -> None:
+                 rebuild: bool = True, clock: Callable[[], datetime] | None = None,
+                 token: str | None = None) -> None:
         """`db` runs a sync function on the DuckDB thread (AdminState.db). Without the
         heartbeat (`start_heartbeat`, which `schedule` starts) the lock lapses `lock_ttl_ms`
         after a run's last batch. `prices` (the admin's configured table) prices what caching
         saved. `fault` is called at each of STEPS (tests make it raise). `rebuild=False`
         leaves the counter rebuild to the caller (see ledger.rebuild). `clock` gives "now"
-        (tests pin it)."""
+        (tests pin it). `token`: the lock's token when the caller already took it
+        (`take_lease`: a standby admin, before it opened the DuckDB file)."""
         self.redis, self.keyspace, self.db = redis, keyspace, db
         # Our own connection to the database: our transaction never mixes with catalog writes.
         self.conn = conn.cursor()
@@ -294,7 +318,7 @@ class Rollup:
         self.fault, self.rebuild = fault, rebuild
         self.clock = clock or (lambda: datetime.now(UTC))
         self.lock = lock_key(keyspace)
-        self.token = secrets.token_hex(16)
+        self.token = token or secrets.token_hex(16)
         self.leader = False  # held the lock when we last asked
         self.redis_down = False  # the last run could not reach Redis
         self._group_ready = False
@@ -305,6 +329,7 @@ class Rollup:
         self._lease_until = 0.0  # monotonic time until which the lock is surely ours
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False  # ends the heartbeat's loop (see close)
+        self.on_lost: Callable[[], None] | None = None  # called when the lock is taken from us
 
     async def run_once(self) -> int:
         """Roll up everything in the stream if we hold (or get) the lock; returns how many
@@ -312,6 +337,7 @@ class Rollup:
         async with self._running:
             if not await self._hold():
                 return 0
+            started = int(time.time() * 1000)  # what is in the stream now is read below
             await self._ensure_counters()
             if not self._group_ready:
                 await self._create_group()
@@ -334,6 +360,10 @@ class Rollup:
                 # What we read and did not acknowledge stays pending for the next holder.
                 log.warning("lost the rollup lock during a run; another process continues")
                 self.leader = False
+                return done
+            # Everything that reached Redis before `started` is in DuckDB: the proxies may
+            # trim their journals up to it (ledger.journal).
+            await self.redis.set(self.keyspace.rolled_until, started)
             return done
 
     async def final_run(self) -> int:
@@ -358,7 +388,8 @@ class Rollup:
             self._heartbeat = None
         async with self._running, self._lock_ops:
             try:
-                await self._if_ours(lambda pipe: pipe.delete(self.lock))
+                # execute_command as in catalog.queue_publish (Cluster pipelines: delete is async).
+                await self._if_ours(lambda pipe: pipe.execute_command("DEL", self.lock))
             except RedisError as exc:
                 log.warning("could not release the rollup lock (it expires): %s", exc)
             self.leader = False
@@ -383,6 +414,8 @@ class Rollup:
             self.redis_answered()
             if held and not held_before:
                 on_taken()
+            if held_before and not held and self.on_lost is not None:
+                self.on_lost()
 
     def redis_failed(self, exc: RedisError) -> None:
         """Note a run that could not reach Redis. Logged when Redis goes away, not on every
@@ -431,8 +464,11 @@ class Rollup:
         if not await self._hold():  # renewed: a whole lease for this batch's write
             raise LockLost("another process holds the rollup lock")
         payload = _encode(entries)
+        replays = [_text(entry_values(fields)[_ID]) for _, fields in entries
+                   if fields and REPLAY_FIELD.encode() in fields]
+        known: list[tuple[Any, ...]] = []
         new = await self.db(write_batch, self.conn, payload, self.savings, self.fault,
-                            self._lease_valid) if payload else 0
+                            self._lease_valid, replays, known) if payload else 0
         if self.fault is not None:
             self.fault("committed")
         ids = [entry_id for entry_id, _ in entries if entry_id is not None]
@@ -446,6 +482,11 @@ class Rollup:
         async with self._lock_ops:
             if not await self._if_ours(acknowledge):
                 raise LockLost("the rollup lock passed on before the acknowledgement")
+        if known:
+            # Replays of settlements DuckDB had before Redis lost them: the rebuild counted
+            # them from DuckDB, their replay counted them again. (A crash right here leaves
+            # the counters over by them: budgets err towards refusing.)
+            await subtract(self.redis, self.keyspace, known, self.clock())
         return int(new)
 
     # -- the lock --------------------------------------------------------------------------
@@ -482,6 +523,25 @@ class Rollup:
                 return True
             except WatchError:
                 return False
+
+
+async def take_lease(redis: Any, keyspace: KeySpace, token: str,
+                     ttl_ms: int = LOCK_TTL_MS) -> bool:
+    """Take the rollup lock with `token` if it is free (or already ours)."""
+    key = lock_key(keyspace)
+    if await redis.set(key, token, nx=True, px=ttl_ms):
+        return True
+    async with redis.pipeline(transaction=True) as pipe:  # ours: renewed, only while ours
+        try:
+            await pipe.watch(key)
+            if _text(await pipe.get(key) or b"") != token:
+                return False
+            pipe.multi()
+            pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
+            return True
+        except WatchError:
+            return False
 
 
 def schedule(scheduler: AsyncIOScheduler, rollup: Rollup, interval: float,

@@ -20,6 +20,7 @@ from dashboard.state import ADMIN, AdminState
 from dashboard.unreadable import page_for
 from ledger.catalog import Catalog, connect
 from ledger.gate import Gate
+from ledger.journal import Journal
 from ledger.keyspace import KeySpace
 from ledger.pricing import PriceTable
 from ledger.redis_client import connect_redis
@@ -28,6 +29,7 @@ from ledger.spool import Spool
 from ledger.telemetry import TelemetryRollup
 from meterd.providers_config import providers_context
 from meterd.settings import Settings
+from meterd.standby import lead, step_down
 from proxy.access_log import AccessLog
 from proxy.errors import ERROR_PAGE, error_middleware, setup_errors
 from proxy.handlers import end_relays, setup_routes
@@ -78,9 +80,12 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
         keyspace = KeySpace(settings.redis_prefix)
         spool = Spool(settings.data_path / "spool")
         releases.callback(spool.close)
+        journal = Journal(settings.data_path / "journal")
+        releases.callback(journal.close)
         gate = Gate(redis, keyspace, spool,
                     fail_open=settings.redis_outage_policy == "fail_open",
-                    reservation_ttl=settings.reservation_ttl, thresholds=settings.thresholds)
+                    reservation_ttl=settings.reservation_ttl, thresholds=settings.thresholds,
+                    journal=journal)
         session = aiohttp.ClientSession(
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, connect=settings.upstream_connect_timeout,
@@ -118,6 +123,9 @@ async def _proxy_context(settings: Settings, app: web.Application) -> AsyncItera
         app[STATE] = state
         maintenance = asyncio.create_task(state.maintain())
         releases.push_async_callback(_stop_maintenance, state, maintenance)
+        keeping = asyncio.create_task(journal.keep(redis, keyspace.epoch, keyspace.rolled_until,
+                                                   gate.apply, state.stopping))
+        releases.push_async_callback(_stop_maintenance, state, keeping)
         yield
 
 
@@ -143,24 +151,34 @@ async def _metrics_listener(settings: Settings, reuse_port: bool,
     await runner.cleanup()
 
 
-def create_admin_app(settings: Settings) -> web.Application:
-    """The admin role: dashboard and admin API under /admin; owns the DuckDB file."""
+def create_admin_app(settings: Settings, standby: bool = False) -> web.Application:
+    """The admin role: dashboard and admin API under /admin; owns the DuckDB file. With
+    `standby`, it waits for the rollup lock before opening the file (meterd.standby)."""
     admin = web.Application()
-    admin.cleanup_ctx.append(partial(_admin_context, settings))
+    admin.cleanup_ctx.append(partial(_admin_context, settings, standby))
     setup_dashboard(admin, settings)
     return admin
 
 
-async def _admin_context(settings: Settings, app: web.Application) -> AsyncIterator[None]:
-    catalog = Catalog(connect(settings.data_path / DB_FILE))
+async def _admin_context(settings: Settings, standby: bool,
+                         app: web.Application) -> AsyncIterator[None]:
     redis = connect_redis(settings.redis_url)
+    token = None
+    if standby:
+        token, conn = await lead(settings, redis, KeySpace(settings.redis_prefix),
+                                 settings.data_path / DB_FILE)
+        catalog = Catalog(conn)
+    else:
+        catalog = Catalog(connect(settings.data_path / DB_FILE))
     state = AdminState(catalog, redis, KeySpace(settings.redis_prefix), settings.proxy_url)
     # The catalog is the truth: a fresh or flushed Redis gets the whole policy back.
     await state.publish()
     state.rollup = Rollup(redis, state.keyspace, catalog.conn, state.db, batch=20_000,
                           prices=PriceTable.load(dict(settings.prices),
                                                  settings.fallback_input_usd,
-                                                 settings.fallback_output_usd))
+                                                 settings.fallback_output_usd), token=token)
+    if standby:
+        state.rollup.on_lost = step_down
 
     telemetry = TelemetryRollup(redis, state.keyspace, catalog.conn, state.db)
 
@@ -199,14 +217,14 @@ ADMIN_APP = web.AppKey("admin_app", web.Application)
 
 def create_root_app(settings: Settings, proxy: bool = True, admin: bool = True,
                     reload_settings: Callable[[], Settings] | None = None,
-                    reuse_port: bool = False) -> web.Application:
+                    reuse_port: bool = False, standby: bool = False) -> web.Application:
     """What one process serves: the proxy at /, the admin side at /admin, or both (`serve`)."""
     app = (create_proxy_app(settings, reload_settings, reuse_port) if proxy
            else web.Application())
     if not proxy:  # the proxy sets it up for its own routes
         setup_errors(app)
     if admin:
-        app[ADMIN_APP] = create_admin_app(settings)
+        app[ADMIN_APP] = create_admin_app(settings, standby)
         app.add_subapp("/admin", app[ADMIN_APP])
         app[ERROR_PAGE] = page_for(app[ADMIN_APP])
         if settings.oidc_issuer:  # developers sign in with the device flow (dashboard/oauth.py)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -74,8 +75,6 @@ def _run(app: web.Application, settings: Settings, port: int, unix: bool = False
     data directory's socket (plain: the CLI's channel), until SIGINT or SIGTERM."""
     ssl_context = server_context(settings)  # a bad file stops the start, with its name
     path = str(settings.data_path / SOCKET_FILE) if unix else None
-    if path and os.path.exists(path):
-        os.unlink(path)  # left by a process that died; a live owner holds the DuckDB lock
     app.on_startup.append(_tune_gc)  # after the cleanup contexts: their state is loaded
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         runner.run(_serve(app, settings, port, path, ssl_context, reuse_port))
@@ -85,11 +84,22 @@ async def _serve(app: web.Application, settings: Settings, port: int, path: str 
                  ssl_context: ssl.SSLContext | None, reuse_port: bool) -> None:
     # web.run_app would put TLS on the Unix socket too, which the CLI reaches over plain http.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
-    await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Before the setup, which a standby admin spends waiting to lead: a signal then stops it
+    # there, and one that comes as the setup ends is a clean shutdown after it.
+    starting = asyncio.ensure_future(runner.setup())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return
+    stopping.cancel()
+    starting.result()  # a setup that failed raises here
     try:
         # backlog: a fleet of Claude Code sessions reconnecting at once (after a deploy) must
         # queue for accept(), not be reset; the default, 128, overflows under a burst of about
@@ -97,6 +107,10 @@ async def _serve(app: web.Application, settings: Settings, port: int, path: str 
         await web.TCPSite(runner, settings.host, port, ssl_context=ssl_context, backlog=1024,
                           reuse_port=reuse_port or None).start()
         if path:
+            # Left by a process that died: we hold the DuckDB file now (a standby admin got
+            # here only once it led), so no live process owns it.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             await web.UnixSite(runner, path, backlog=1024).start()
         await stop.wait()
     finally:
@@ -144,7 +158,8 @@ def cmd_admin(args: argparse.Namespace) -> None:
     settings = _settings(args)
     _prepare_data_dir(settings)
     _setup_logging(settings.log_level)
-    _run(create_root_app(settings, proxy=False), settings, settings.admin_port, unix=True)
+    _run(create_root_app(settings, proxy=False, standby=True), settings, settings.admin_port,
+         unix=True)
 
 
 def cmd_mock(args: argparse.Namespace) -> None:

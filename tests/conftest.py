@@ -255,7 +255,8 @@ async def proxy_process(gateway: Gateway, data_dir: Path,
                     await asyncio.sleep(0.05)
         yield url, proc
     finally:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):  # a test may have SIGKILLed it
+            proc.terminate()
         await proc.wait()
 
 
