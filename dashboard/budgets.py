@@ -3,7 +3,7 @@ removing a budget."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -12,9 +12,11 @@ from dashboard import live
 from dashboard.auth import ADMINS, TEAM_ADMINS, allow, require_team
 from dashboard.cap_forms import save_budget
 from dashboard.render import admin_state, change, identity, redirect_back, url
-from ledger import caps
+from ledger import caps, grants
 from ledger.catalog import NotFound
+from ledger.model_caps import ModelCaps
 from ledger.periods import PERIODS, period_end
+from ledger.settlement import SPENT
 
 
 async def caps_for_developer(request: web.Request, dev: dict[str, Any],
@@ -28,15 +30,48 @@ async def caps_for_developer(request: web.Request, dev: dict[str, Any],
     counters = {b["id"]: caps.counter(b["scope"], b["scope_id"], developer_id) for b in rows}
     found = await live.spent(state.redis, state.keyspace,
                              [(*counters[b["id"]], b["period"]) for b in rows], now) or {}
+    running = await state.db(grants.active, state.catalog, now)
     out = []
     for b in rows:
         spent = found.get((*counters[b["id"]], b["period"]), 0)
         name = dev["name"] if b["scope"] == "developer" else dev["team_name"] or team_id
         label = caps.describe(b["scope"], name, capital=True)
+        # The cap as admission applies it: its amount plus the grants running now.
+        granted, until = grants.running(running, b["scope"], b["scope_id"], b["period"])
         out.append({**b, "label": label, "spent_micros": spent,
+                    "amount_micros": b["amount_micros"] + granted, "granted_micros": granted,
+                    "models": [],
+                    "grant_until": until and until.replace(tzinfo=UTC),
                     "projected_micros": live.project(spent, b["period"], now),
                     "resets": period_end(b["period"], now)})
+    out += await _model_caps(request, dev, now)
     out.sort(key=lambda r: (PERIODS.index(r["period"]), r["label"]))
+    return out
+
+
+async def _model_caps(request: web.Request, dev: dict[str, Any],
+                      now: datetime) -> list[dict[str, Any]]:
+    """The per-model caps that apply to a developer, with their own counters' spend."""
+    state = admin_state(request)
+    rows = [b for b in await state.db(ModelCaps(state.catalog).all)
+            if caps.applies(b["scope"], b["scope_id"], dev["id"], dev["team_id"])]
+    if not rows:
+        return []
+    async with state.redis.pipeline(transaction=False) as pipe:
+        for b in rows:
+            pipe.hget(state.keyspace.model_counter(
+                *caps.counter(b["scope"], b["scope_id"], dev["id"]), b["period"], now,
+                tuple(b["models"])), SPENT)
+        values = await pipe.execute()
+    out = []
+    for b, raw in zip(rows, values, strict=True):
+        name = dev["name"] if b["scope"] == "developer" else dev["team_name"] or dev["team_id"]
+        spent = int(raw or 0)
+        out.append({**b, "label": f"{caps.describe(b['scope'], name, capital=True)} on "
+                                  f"{', '.join(b['models'])}",
+                    "spent_micros": spent, "granted_micros": 0,
+                    "projected_micros": live.project(spent, b["period"], now),
+                    "resets": period_end(b["period"], now)})
     return out
 
 

@@ -25,7 +25,7 @@ from dashboard.render import (
     see_other,
     url,
 )
-from ledger import caps, reports
+from ledger import caps, grants, reports
 from ledger.catalog import NotFound
 from ledger.models_allowed import ORG, AllowedModels, split
 from ledger.periods import PERIODS, period_end
@@ -91,7 +91,11 @@ async def team(request: web.Request) -> web.StreamResponse:
     for m in members:
         m["today"] = found.get(("developer", m["id"], "daily"), 0)
         m["month"] = found.get(("developer", m["id"], "monthly"), 0)
+    running = await state.db(grants.active, state.catalog, now)
     for b in budgets:
+        # The cap as admission applies it: its amount plus the grants running now.
+        b["granted_micros"], _ = grants.running(running, b["scope"], b["scope_id"], b["period"])
+        b["amount_micros"] += b["granted_micros"]
         b["spent"] = max((found.get((*c, b["period"]), 0) for c in caps.counters(
             b["scope"], b["scope_id"], [m["id"] for m in members])), default=0)
         b["projected"] = live.project(b["spent"], b["period"], now)

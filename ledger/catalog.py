@@ -20,8 +20,10 @@ from typing import Any
 import duckdb
 import orjson
 
+from ledger import grants
 from ledger.keyspace import KeySpace
 from ledger.managed import ManagedSettings
+from ledger.model_caps import ModelCaps
 from ledger.models_allowed import AllowedModels
 from ledger.periods import PERIODS
 from ledger.policy import KEY_PREFIX, hash_key
@@ -293,12 +295,14 @@ class Catalog:
             "teams": {t["id"]: orjson.dumps({"name": t["name"]}) for t in self.teams()},
             "budgets": {b["id"]: orjson.dumps({
                 "scope": b["scope"], "scope_id": b["scope_id"], "period": b["period"],
-                "amount": b["amount_micros"], "mode": b["mode"]}) for b in self.budgets()},
+                "amount": b["amount_micros"], "mode": b["mode"]}) for b in self.budgets()}
+            | ModelCaps(self).mirror(),
             "limits": {f"{r['scope']}:{r['scope_id']}": orjson.dumps(
                 {f: r[f] for f in LIMIT_FIELDS}) for r in self.rate_limits()},
             "tokens": SignIns(self).mirror(time.time()),
             "managed": ManagedSettings(self).mirror(),
             "models": AllowedModels(self).mirror(),
+            "grants": grants.mirror(self),
         }
 
 

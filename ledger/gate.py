@@ -25,7 +25,7 @@ from ledger import notices
 from ledger.journal import Journal
 from ledger.keyspace import KeySpace
 from ledger.notices import Standing
-from ledger.periods import COUNTER_TTL, PERIODS, period_end
+from ledger.periods import COUNTER_TTL, PERIODS, local_day, period_end
 from ledger.policy import Cap, Limits, Principal
 from ledger.pricing import Cost
 from ledger.redis_client import FastScript
@@ -97,6 +97,9 @@ class Ticket:
     admitted: bool = True  # False when fail_open let it through without Redis
     headers: dict[str, str] = field(default_factory=dict)
     estimate: Estimate | None = None  # what admission reserved against
+    # The counters of the per-model caps the request's model falls under (key, ttl): after
+    # the nine period counters, charged by settlement like them.
+    extra: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,8 @@ class _Plan:
     flights: list[Limits]  # limits on concurrent requests
     flight_keys: list[str]
     concurrency: list[int]
+    model_caps: list[Cap]  # per-model caps, checked when the request's model is one of theirs
+    until: float  # epoch seconds: when a grant ends and the caps must be looked at again
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +158,9 @@ class Gate:
         """The nine period counters a request lands on: (day, week, month) × (dev, team, org).
 
         Daily ones come first: the settlement script counts tokens on those. The names change
-        once a day, so they are remembered per developer, team and UTC day.
+        once a day, so they are remembered per developer, team and the organization's day.
         """
-        cache_key = (principal.developer_id, principal.team_id, at.astimezone(UTC).date())
+        cache_key = (principal.developer_id, principal.team_id, local_day(at))
         found = self._counter_names.get(cache_key)
         if found is None:
             if len(self._counter_names) >= _CACHE_LIMIT:
@@ -167,45 +172,54 @@ class Gate:
         return found
 
     def _groups(self, principal: Principal, at: datetime) -> dict[int, list[Cap]]:
-        """Caps grouped by the counter they compare with (a member cap shares the developer's)."""
+        """Caps as they stand at `at` (with their running grants), grouped by the counter they
+        compare with (a member cap shares the developer's)."""
         groups: dict[int, list[Cap]] = {}
-        for cap in principal.caps:
+        now = at.timestamp()
+        for cap in (c.at(now) for c in principal.caps if not c.models):
             scope, _ = cap.counter_scope
             index = PERIODS.index(cap.period) * 3 + COUNTER_SCOPES.index(scope) + 1
             groups.setdefault(index, []).append(cap)
         return groups
 
-    def _plan(self, principal: Principal) -> _Plan:
+    def _plan(self, principal: Principal, at: datetime) -> _Plan:
         """What admission checks for this principal; kept until the policy is reloaded (a new
-        policy makes new Principal objects)."""
+        policy makes new Principal objects) or one of its grants ends."""
         entry = self._plans.get(id(principal))
-        if entry is not None and entry.principal is principal:
+        now = at.timestamp()
+        if entry is not None and entry.principal is principal and now < entry.until:
             return entry
         if len(self._plans) >= _CACHE_LIMIT:
             self._plans.clear()
         groups = [(index, min(caps, key=lambda c: c.amount),
                    any(c.mode == "strict" for c in caps), any(c.mode != "strict" for c in caps))
-                  for index, caps in sorted(self._groups(principal, self.clock()).items())]
+                  for index, caps in sorted(self._groups(principal, at).items())]
         windows = [lim for lim in principal.limits if lim.rpm or lim.itpm or lim.otpm]
         flights = [lim for lim in principal.limits if lim.concurrency]
         plan = self._plans[id(principal)] = _Plan(
             principal, groups, [g[1] for g in groups], windows, flights,
             [self.keyspace.in_flight(lim.scope, lim.scope_id) for lim in flights],
-            [lim.concurrency for lim in flights])
+            [lim.concurrency for lim in flights],
+            [c.at(now) for c in principal.caps if c.models],
+            min((c.next_change(now) for c in principal.caps), default=math.inf))
         return plan
 
     async def admit(self, principal: Principal, request_id: str, estimate: Estimate,
-                    now: datetime | None = None) -> Ticket:
-        """Reserve for one request or raise BudgetExceeded, RateLimited, MeteringUnavailable."""
+                    now: datetime | None = None, model: str = "") -> Ticket:
+        """Reserve for one request or raise BudgetExceeded, RateLimited, MeteringUnavailable.
+        `model`: the model asked for, resolved as it is priced (per-model caps match it)."""
         at = now or self.clock()
         now_ms = int(at.timestamp() * 1000)
         ticket = Ticket(request_id, principal, at, estimate=estimate)
-        plan = self._plan(principal)
-        if not (plan.groups or plan.windows or plan.flights):
+        plan = self._plan(principal, at)
+        model_caps = [c for c in plan.model_caps if c.matches and c.matches(model)] \
+            if plan.model_caps else []
+        if not (plan.groups or plan.windows or plan.flights or model_caps):
             return ticket  # nothing to check: no Redis round trip before forwarding
         keys: list[str] = []
         args: list[Any] = [now_ms, request_id, now_ms + self.reservation_ttl * 1000,
-                           len(plan.groups), len(plan.windows), len(plan.flights)]
+                           len(plan.groups) + len(model_caps), len(plan.windows),
+                           len(plan.flights)]
         if plan.groups:
             counters = self.counters(principal, at)
             for index, tightest, strict, default in plan.groups:
@@ -218,6 +232,17 @@ class Gate:
                 keys += (counter, holds)
                 args += (tightest.amount, reserve, COUNTER_TTL[tightest.period])
                 ticket.holds.append(Hold(index, holds, reserve, tightest.amount))
+        for cap in model_caps:  # after the nine period counters, in the same script
+            counter = self.keyspace.model_counter(*cap.counter_scope, cap.period, at,
+                                                  cap.models)
+            ttl = COUNTER_TTL[cap.period]
+            reserve = estimate.strict_micros if cap.mode == "strict" else estimate.default_micros
+            holds = self.keyspace.holds(counter)
+            keys += (counter, holds)
+            args += (cap.amount, reserve, ttl)
+            ticket.extra.append((counter, ttl))
+            ticket.holds.append(Hold(len(_COUNTER_TTLS) + len(ticket.extra), holds, reserve,
+                                     cap.amount))
         if plan.windows:
             minute = now_ms // 60000
             for lim in plan.windows:
@@ -248,16 +273,17 @@ class Gate:
             raise
         if result[0] == -1:
             return self._outage(ticket, RedisError("counters are being rebuilt"))
+        checked = plan.caps + model_caps if model_caps else plan.caps
         if result[0] == 0:
-            self._reject(result, plan.caps, plan.windows, plan.flights, at, now_ms)
-        self._headers(ticket, result, plan.caps, plan.windows, estimate, now_ms)
+            self._reject(result, checked, plan.windows, plan.flights, at, now_ms)
+        self._headers(ticket, result, checked, plan.windows, estimate, now_ms)
         return ticket
 
     def _abandon(self, ticket: Ticket) -> None:
         """Release what admission may have reserved for `ticket`. Sent after the admission:
         on the same pipelined connection when its caller left, so Redis runs it second; on a
         new one when the admission timed out, after Redis had it."""
-        counters = self.counters(ticket.principal, ticket.at)
+        counters = self.counters(ticket.principal, ticket.at) + [k for k, _ in ticket.extra]
         keys = [key for h in ticket.holds for key in (counters[h.counter_index - 1], h.key)]
         keys += ticket.flights
         args = [ticket.request_id, len(ticket.holds), *(h.reserved for h in ticket.holds)]
@@ -394,6 +420,8 @@ class Gate:
         at = ticket.at
         now_ms = int(at.timestamp() * 1000)
         counters = self.counters(ticket.principal, at)
+        if ticket.extra:
+            counters = counters + [k for k, _ in ticket.extra]
         keys = [self.keyspace.settled(now_ms // 60000), self.keyspace.events,
                 self.keyspace.alerts, *counters]
         holds = ticket.holds
@@ -415,6 +443,7 @@ class Gate:
         args: list[Any] = [
             now_ms, ticket.request_id, SETTLED_TTL, len(counters), 3, len(holds), len(windows),
             len(ticket.flights), *settlement.counted(), *_COUNTER_TTLS,
+            *(ttl for _, ttl in ticket.extra),
         ]
         for h in holds:
             args += (h.counter_index, h.reserved, h.cap)

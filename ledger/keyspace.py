@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ledger.model_caps import set_key
 from ledger.periods import period_tag
 
 SCOPE_TAG = {"developer": "dev", "team": "team", "org": "org"}
@@ -35,12 +36,18 @@ class KeySpace:
         self.policy_hashes = {
             name: f"{self.base}:pol:{name}"
             for name in ("keys", "devs", "teams", "budgets", "limits", "tokens",
-                         "managed", "models")
+                         "managed", "models", "grants")
         }
 
     def counter(self, scope: str, scope_id: str, period: str, now: datetime) -> str:
         """Spend and token counter of one scope (developer, team, org) in one period."""
         return f"{self.base}:spend:{SCOPE_TAG[scope]}:{scope_id}:{period_tag(period, now)}"
+
+    def model_counter(self, scope: str, scope_id: str, period: str, now: datetime,
+                      models: tuple[str, ...]) -> str:
+        """Spend counter of one scope in one period, counting only some models (a per-model
+        cap's: ledger/model_caps.py), named for the model set."""
+        return f"{self.counter(scope, scope_id, period, now)}:x{set_key(models)}"
 
     @staticmethod
     def holds(counter: str) -> str:

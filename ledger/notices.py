@@ -15,7 +15,7 @@ from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from ledger.money import MICROS_PER_CENT
-from ledger.periods import period_end
+from ledger.periods import local_day, period_end
 from ledger.policy import Cap
 
 _PREFIX = "anthropic-ratelimit-unified-"
@@ -37,9 +37,9 @@ _ENDS: dict[tuple[str, date], tuple[datetime, str]] = {}
 
 def _reset(period: str, at: datetime) -> tuple[datetime, str]:
     """When a cap of `period` resets, and that instant as the headers give it (Unix seconds).
-    Every period ends at a UTC midnight, so the answer holds for the whole UTC day of `at`:
+    Every period ends at the organization's midnight, so the answer holds for its whole day:
     remembered per day, it costs the hot path a lookup instead of a calendar computation."""
-    key = (period, at.date())
+    key = (period, local_day(at))
     found = _ENDS.get(key)
     if found is None:
         if len(_ENDS) >= 64:

@@ -1,17 +1,52 @@
-"""Budget periods on UTC boundaries: days, weeks starting Monday, calendar months."""
+"""Budget periods: days, weeks starting Monday and calendar months, on the organization's
+local calendar (the `timezone` setting; UTC unless set), DST-correct: a day is 23 or 25 hours
+long on the days the clocks change.
+
+The zone is set once per process at start (`set_zone`), before any counter is named, so every
+proxy, the admin process and the rollup name the same counters and reset them at the same
+instant. Period starts and ends are returned as UTC instants.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PERIODS = ("daily", "weekly", "monthly")
 _TAG = {"daily": "d", "weekly": "w", "monthly": "m"}
 # Counters outlive their period so the dashboard and a counter rebuild can still read them.
 COUNTER_TTL = {"daily": 8 * 86400, "weekly": 36 * 86400, "monthly": 93 * 86400}
 
+_zone: tzinfo = UTC
 
-def period_start(period: str, now: datetime) -> datetime:
-    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+def check_zone(name: str) -> tzinfo:
+    """The IANA zone `name` (e.g. America/New_York; '' or UTC: UTC), or ValueError naming it."""
+    try:
+        return UTC if name in ("", "UTC") else ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; expected an IANA name such as "
+                         "America/New_York or UTC") from None
+
+
+def set_zone(name: str) -> None:
+    """Use the zone `name` for every period from now on (see check_zone)."""
+    global _zone
+    _zone = check_zone(name)
+
+
+def zone() -> tzinfo:
+    """The organization's time zone (UTC unless set)."""
+    return _zone
+
+
+def local_day(now: datetime) -> date:
+    """The organization's calendar day holding `now`."""
+    return now.astimezone(_zone).date()
+
+
+def _start_day(period: str, now: datetime) -> date:
+    day = local_day(now)
     if period == "daily":
         return day
     if period == "weekly":
@@ -21,16 +56,26 @@ def period_start(period: str, now: datetime) -> datetime:
     raise ValueError(f"unknown period {period!r}; expected one of {', '.join(PERIODS)}")
 
 
+def _midnight(day: date) -> datetime:
+    """The instant the organization's `day` begins, in UTC."""
+    return datetime.combine(day, time(0), _zone).astimezone(UTC)
+
+
+def period_start(period: str, now: datetime) -> datetime:
+    return _midnight(_start_day(period, now))
+
+
 def period_end(period: str, now: datetime) -> datetime:
     """The first instant of the next period: when a cap of this period resets."""
-    start = period_start(period, now)
+    start = _start_day(period, now)
     if period == "daily":
-        return start + timedelta(days=1)
+        return _midnight(start + timedelta(days=1))
     if period == "weekly":
-        return start + timedelta(days=7)
-    return (start + timedelta(days=32)).replace(day=1)
+        return _midnight(start + timedelta(days=7))
+    return _midnight((start + timedelta(days=32)).replace(day=1))
 
 
 def period_tag(period: str, now: datetime) -> str:
-    """Short stable name of the period holding `now`, used in counter keys: d:2026-11-28."""
-    return f"{_TAG[period]}:{period_start(period, now):%Y-%m-%d}"
+    """Short stable name of the period holding `now`, used in counter keys: d:2026-11-28
+    (the organization's local date the period starts on)."""
+    return f"{_TAG[period]}:{_start_day(period, now):%Y-%m-%d}"

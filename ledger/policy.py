@@ -9,14 +9,16 @@ proxy within a second without a Redis round trip on the hot path.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
-from ledger import caps, tokens
+from ledger import caps, grants, tokens
 from ledger.keyspace import KeySpace
+from ledger.model_caps import Matcher
 from ledger.models_allowed import Allowlist
 
 KEY_PREFIX = "mtd_"
@@ -36,6 +38,23 @@ class Cap:
     period: str  # daily, weekly, monthly
     amount: int  # µ$
     mode: str  # estimate or strict
+    grants: tuple[grants.Grant, ...] = ()  # what may raise it (ledger/grants.py)
+    granted: int = 0  # of a cap as it stands (`at`): the µ$ of `amount` that grants add
+    # A per-model cap (ledger/model_caps.py): the models whose spend it caps, and whether a
+    # (resolved) model is one of them. () for a cap on all spend.
+    models: tuple[str, ...] = ()
+    matches: Matcher | None = field(default=None, compare=False)
+
+    def at(self, now: float) -> Cap:
+        """The cap as it stands at `now` (epoch seconds): its amount plus the running grants,
+        so a grant ends at its expiry without anyone taking it back."""
+        extra = grants.granted(self.grants, now)
+        return replace(self, amount=self.amount + extra, granted=extra, grants=()) \
+            if extra else self
+
+    def next_change(self, now: float) -> float:
+        """When a running grant of this cap ends (epoch seconds); inf when none runs."""
+        return min((g.expires_at for g in self.grants if g.expires_at > now), default=math.inf)
 
     @property
     def counter_scope(self) -> tuple[str, str]:
@@ -43,7 +62,8 @@ class Cap:
         return caps.COUNTER_OF[self.scope], self.scope_id
 
     def describe(self) -> str:
-        return f"{caps.describe(self.scope, self.scope_name)}, {self.period}"
+        on = f" on {', '.join(self.models)}" if self.models else ""
+        return f"{caps.describe(self.scope, self.scope_name)}{on}, {self.period}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +116,8 @@ class Policy:
     managed: dict[str, Any] = field(default_factory=dict)
     # Models per team (ledger/models_allowed.py): "org" or a team id → the list.
     models: dict[str, list[str]] = field(default_factory=dict)
+    # Grants (ledger/grants.py): grant id → scope, scope id, period (None: all), amount, expiry.
+    grants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Policy:
@@ -107,6 +129,16 @@ class Policy:
         self._revoked: dict[str, Any] = self.tokens.get("revoked") or {}
         # One Allowlist per list, shared by its principals (and their remembered answers).
         self._allowlists = {scope: Allowlist(models) for scope, models in self.models.items()}
+        self._matchers: dict[tuple[str, ...], Matcher] = {}
+
+    def _matcher(self, models: list[str] | None) -> Matcher | None:
+        """A per-model cap's matcher, one per model set in the policy; None for other caps."""
+        if not models:
+            return None
+        found = self._matchers.get(tuple(models))
+        if found is None:
+            found = self._matchers[tuple(models)] = Matcher(tuple(models))
+        return found
 
     def principal(self, secret: str, now: float | None = None) -> Principal:
         """Resolve a presented key or signed-in bearer token, or raise KeyRefused."""
@@ -165,7 +197,9 @@ class Policy:
         names = {"developer": dev["name"], "team": team_name, "team_member": team_name, "org": ""}
         applying = tuple(
             Cap(bid, b["scope"], caps.counter(b["scope"], b.get("scope_id", ""), dev_id)[1],
-                names[b["scope"]], b["period"], int(b["amount"]), b.get("mode", "estimate"))
+                names[b["scope"]], b["period"], int(b["amount"]), b.get("mode", "estimate"),
+                grants.applying(self.grants, b["scope"], b.get("scope_id", ""), b["period"]),
+                models=tuple(b.get("models") or ()), matches=self._matcher(b.get("models")))
             for bid, b in sorted(self.budgets.items())
             if caps.applies(b["scope"], b.get("scope_id", ""), dev_id, team_id)
         )

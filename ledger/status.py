@@ -8,25 +8,35 @@ from typing import Any
 from ledger.keyspace import KeySpace
 from ledger.notices import Standing
 from ledger.periods import PERIODS, period_end
-from ledger.policy import Principal
+from ledger.policy import Cap, Principal
 from ledger.settlement import HELD, SPENT
+
+
+def _standing_caps(principal: Principal, now: datetime) -> list[Cap]:
+    """The caps as they stand at `now`: `amount` includes the running grants (`granted`)."""
+    return [cap.at(now.timestamp()) for cap in principal.caps]
 
 
 async def cap_balances(redis: Any, keyspace: KeySpace, principal: Principal,
                        now: datetime | None = None) -> list[dict[str, Any]]:
     """One entry per cap: spent (settled), held (in flight), remaining, and the reset time."""
     now = now or datetime.now(UTC)
-    counters = [keyspace.counter(*cap.counter_scope, cap.period, now) for cap in principal.caps]
+    caps = _standing_caps(principal, now)
+    counters = [keyspace.model_counter(*cap.counter_scope, cap.period, now, cap.models)
+                if cap.models else keyspace.counter(*cap.counter_scope, cap.period, now)
+                for cap in caps]
     async with redis.pipeline(transaction=False) as pipe:
         for key in counters:
             pipe.hmget(key, SPENT, HELD)
         values = await pipe.execute() if counters else []
     status = []
-    for cap, (spent, held) in zip(principal.caps, values, strict=True):
+    for cap, (spent, held) in zip(caps, values, strict=True):
         spent_micros, held_micros = int(spent or 0), int(held or 0)
         status.append({
             "cap": cap.describe(), "scope": cap.scope, "period": cap.period, "mode": cap.mode,
-            "amount_micros": cap.amount, "spent_micros": spent_micros,
+            "models": list(cap.models),
+            "amount_micros": cap.amount, "granted_micros": cap.granted,
+            "spent_micros": spent_micros,
             "held_micros": held_micros,
             "remaining_micros": max(0, cap.amount - spent_micros - held_micros),
             "resets_at": period_end(cap.period, now).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -38,7 +48,7 @@ async def standings(redis: Any, keyspace: KeySpace, principal: Principal,
                     now: datetime) -> list[Standing]:
     """Each cap with what counts against it now: settled spend and amounts held in flight."""
     return [Standing(cap, row["spent_micros"] + row["held_micros"])
-            for cap, row in zip(principal.caps,
+            for cap, row in zip(_standing_caps(principal, now),
                                 await cap_balances(redis, keyspace, principal, now),
                                 strict=True)]
 

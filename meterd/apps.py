@@ -18,6 +18,7 @@ from dashboard.oauth import create_oauth_app, well_known
 from dashboard.site import setup_dashboard
 from dashboard.state import ADMIN, AdminState
 from dashboard.unreadable import page_for
+from ledger import periods
 from ledger.catalog import Catalog, connect
 from ledger.gate import Gate
 from ledger.journal import Journal
@@ -53,6 +54,7 @@ def create_proxy_app(settings: Settings,
     """The proxy role: stateless, any number of them against one Redis. `reload_settings`
     re-reads configuration for a providers reload on SIGHUP (the CLI passes it);
     `reuse_port` lets the worker processes of `--workers` share the metrics listener too."""
+    periods.set_zone(settings.timezone)  # before any counter is named
     app = web.Application(client_max_size=settings.max_body_bytes)
     app.cleanup_ctx.append(partial(_proxy_context, settings))
     app.cleanup_ctx.append(seen_context)  # after the proxy state it writes with
@@ -154,6 +156,7 @@ async def _metrics_listener(settings: Settings, reuse_port: bool,
 def create_admin_app(settings: Settings, standby: bool = False) -> web.Application:
     """The admin role: dashboard and admin API under /admin; owns the DuckDB file. With
     `standby`, it waits for the rollup lock before opening the file (meterd.standby)."""
+    periods.set_zone(settings.timezone)  # before any counter is named
     admin = web.Application()
     admin.cleanup_ctx.append(partial(_admin_context, settings, standby))
     setup_dashboard(admin, settings)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboard.oidc import secure_url
+from ledger import periods
 from ledger.redis_client import check_url as check_redis_url
 
 MIN_SESSION_SECRET = 32  # bytes: an HMAC-SHA256 key as long as its output
@@ -75,6 +76,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("estimate_output_tokens", "Output tokens reserved per request by default-mode "
             "budgets and output-token rate limits (capped by max_tokens)."),
     Setting("thresholds", "Soft budget thresholds in percent."),
+    Setting("timezone", "The organization's IANA time zone (e.g. America/New_York): budget "
+            "periods start at its local midnight, DST-correct."),
     Setting("fallback_input_usd", "USD per million input tokens for unknown models."),
     Setting("fallback_output_usd", "USD per million output tokens for unknown models."),
     Setting("prices", "Price rows that override or extend the shipped table (TOML only)."),
@@ -159,6 +162,7 @@ class Settings:
     reservation_ttl: int = 900
     estimate_output_tokens: int = 4096
     thresholds: tuple[int, ...] = (75, 95)
+    timezone: str = "UTC"
     fallback_input_usd: str = "5"
     fallback_output_usd: str = "25"
     prices: Mapping[str, Any] = field(default_factory=dict)
@@ -306,6 +310,10 @@ def _validated(settings: Settings) -> Settings:
     except ValueError as exc:
         raise SettingsError(f"setting redis_url: {exc}") from None
     _validate_oidc(settings)
+    try:
+        periods.check_zone(settings.timezone)
+    except ValueError as exc:
+        raise SettingsError(f"setting timezone: {exc}") from None
     if 0 < len(settings.session_secret.encode()) < MIN_SESSION_SECRET:
         # Anyone who guesses it can sign cookies for any account; never echo it.
         raise SettingsError(

@@ -99,9 +99,13 @@ class Relay:
         hands the body over in the relay and keeps no reference to it (see `run`)."""
         state = self.state
         check_model(principal, self.model, allowance)
+        # Per-model caps match the model as it is priced: an alias or a provider's spelling
+        # resolves to its price row, so a new spelling cannot dodge them.
+        row = state.prices.row_for(self.model)
         self.ticket = await state.gate.admit(
             principal, state.request_ids(),
-            state.estimate(self.model, len(self.body), *allowance), started)
+            state.estimate(self.model, len(self.body), *allowance), started,
+            row.name if row is not None else self.model)
         state.metrics.overhead.observe(time.monotonic() - self.t0)
         self.task = asyncio.current_task()
         state.relays.add(self)
@@ -337,7 +341,8 @@ async def me(request: web.Request) -> web.Response:
     """GET /meterd/v1/me: who the gateway thinks the caller is, and their budgets (doctor)."""
     state = request.app[STATE]
     p = state.authenticate(request.headers)
-    budgets = await cap_balances(state.redis, state.keyspace, p)
+    # The admission clock: grants and periods as admission sees them.
+    budgets = await cap_balances(state.redis, state.keyspace, p, state.gate.clock())
     limits = [{"scope": lim.scope, "name": lim.scope_name, "rpm": lim.rpm, "itpm": lim.itpm,
                "otpm": lim.otpm, "concurrency": lim.concurrency} for lim in p.limits]
     return web.json_response({

@@ -16,7 +16,9 @@ import pytest
 
 from dashboard.accounts import Accounts, hash_password
 from dashboard.routes import API_ROUTES, PAGE_ROUTES
+from ledger import grants
 from ledger.managed import ManagedSettings
+from ledger.model_caps import ModelCaps
 from ledger.models_allowed import AllowedModels
 from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
@@ -98,6 +100,8 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "developer": ("/developers/{dev}", None, team_read()),
     "issue_key": ("/developers/{dev}/keys", {"expires": ""}, team_change(201)),
     "set_developer_budget": ("/developers/{dev}/budget", {"amount": "50"}, team_change()),
+    "grant_to_developer": ("/developers/{dev}/grant", {"amount": "5", "until": TOMORROW,
+                                                       "reason": "on call"}, change()),
     "set_developer_limits": ("/developers/{dev}/limits", {"concurrency": "3"},
                              team_change()),
     "revoke_key": ("/keys/{key_html}/revoke", {}, team_change()),
@@ -150,6 +154,17 @@ APIS: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
                                          "period": "weekly", "amount_usd": "20"},
                        api_change(201)),
     "api.delete_budget": (f"{V1}/budgets/{{budget_api}}", None, api_change()),
+    "api.grants": (f"{V1}/grants", None, api_read()),
+    "api.create_grant": (f"{V1}/grants", {"scope": "team", "target": "{team}", "reason": "x",
+                                          "amount_usd": "5", "expires_at": TOMORROW},
+                         api_change(201)),
+    "api.revoke_grant": (f"{V1}/grants/{{grant_api}}/revoke", {}, api_change()),
+    "api.model_budgets": (f"{V1}/model_budgets", None, api_read()),
+    "api.set_model_budget": (f"{V1}/model_budgets", {
+        "scope": "team", "target": "{team}", "period": "daily", "models": ["opus"],
+        "amount_usd": "5", "mode": "strict"}, api_change(201)),
+    "api.delete_model_budget": (f"{V1}/model_budgets/{{model_budget_api}}", None,
+                                api_change()),
     "api.rate_limits": (f"{V1}/rate_limits", None, api_read()),
     "api.set_limits": (f"{V1}/rate_limits", {"scope": "team", "target": "{team}", "rpm": 100},
                        api_change()),
@@ -212,6 +227,11 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
             "budget_html_lead": ("developer", dev, "daily")}.items():
         ids[name] = (await gw.admin.db(catalog.set_budget, scope, ref, period,
                                        parse_usd("100")))["id"]
+    ids["model_budget_api"] = (await gw.admin.db(
+        ModelCaps(catalog).set, "org", "", "weekly", ["haiku"], 1))["id"]
+    ids["grant_api"] = (await gw.admin.db(
+        grants.create_grant, catalog, "org", "", 1, datetime.now(UTC) + timedelta(days=1),
+        "seed", "a grant to revoke"))["id"]
     for n in range(1, 6):
         await gw.admin.db(accounts.create_user, f"victim{n}", "", "finance",
                           password_hash=hash_password("victim's password"))
