@@ -14,6 +14,7 @@ from dashboard.auth import allow
 from dashboard.budgets import caps_for_developer
 from dashboard.developers import find_developer, key_status, usage_context
 from dashboard.render import admin_state, identity, render
+from ledger.increases import Increases
 from ledger.periods import PERIODS
 
 
@@ -34,5 +35,7 @@ async def me(request: web.Request) -> web.StreamResponse:
         "caps": await caps_for_developer(request, dev, now),
         "spent_today": found.get(("developer", dev["id"], "daily"), 0),
         "spent_month": found.get(("developer", dev["id"], "monthly"), 0),
+        "periods": PERIODS,
+        "increases": await state.db(Increases(state.catalog).listing, None, dev["id"]),
         **await usage_context(request, dev["id"]),
     })

@@ -33,6 +33,8 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("managed", "Managed", ("admin",)),
     ("settings", "Settings", ("admin", "finance")),
     ("audit", "Audit", ("admin", "finance")),
+    ("increases", "Increases", ("admin", "finance", "team_lead")),
+    ("alerts", "Alerts", ("admin", "finance")),
     ("access", "Access", ("admin", "finance")),
 )
 

@@ -28,6 +28,7 @@ from ledger.redis_client import connect_redis
 from ledger.rollup import Rollup, schedule, schedule_purge
 from ledger.spool import Spool
 from ledger.telemetry import TelemetryRollup
+from meterd.alert_jobs import schedule_alerts
 from meterd.providers_config import providers_context
 from meterd.settings import Settings
 from meterd.standby import lead, step_down
@@ -199,6 +200,7 @@ async def _admin_context(settings: Settings, standby: bool,
     schedule(scheduler, state.rollup, settings.rollup_interval, after_rollup)
     schedule_purge(scheduler, catalog.conn, state.db, settings.retention_days,
                    telemetry_days=settings.telemetry_retention_days)
+    schedule_alerts(scheduler, state, settings.thresholds, settings.rollup_interval)
     try:
         await state.rollup.run_once()  # rebuilds lost counters before budgets are enforced
     except RedisError as exc:

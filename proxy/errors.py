@@ -91,7 +91,7 @@ def increase_text(request: web.Request) -> str:
     state = request.app.get(STATE)
     if state is None or not state.public_url:
         return INCREASE
-    return f"request an increase at {state.public_url}/admin/me"
+    return f"request an increase at {state.public_url}/admin/me#increase"
 
 
 @web.middleware

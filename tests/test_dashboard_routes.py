@@ -17,6 +17,8 @@ import pytest
 from dashboard.accounts import Accounts, hash_password
 from dashboard.routes import API_ROUTES, PAGE_ROUTES
 from ledger import grants
+from ledger.alerts import Destinations
+from ledger.increases import Increases
 from ledger.managed import ManagedSettings
 from ledger.model_caps import ModelCaps
 from ledger.models_allowed import AllowedModels
@@ -80,6 +82,21 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "signin_sso": ("/signin/sso", {}, NO_SSO),
     "signin_sso_callback": ("/signin/sso/callback?state=x&code=y", None, NO_SSO),
     "me": ("/me", None, SELF),
+    "ask_increase": ("/me/increase", {"amount": "25", "period": "monthly", "days": "7",
+                                      "reason": "a migration"}, {**SELF, "developer": 303}),
+    # A lead of any team has the page, showing its own team's requests only.
+    "increases": ("/increases", None, {**team_read(), "lead_other": 200}),
+    "approve_increase": ("/increases/{increase_approve}/approve", {"amount": "25", "days": "7"},
+                         team_change()),
+    "deny_increase": ("/increases/{increase_deny}/deny", {"reason": "not this month"},
+                      team_change()),
+    "alerts": ("/alerts", None, read()),
+    "add_alert_destination": ("/alerts/destinations", {
+        "label": "hook", "url": "json://127.0.0.1:9/hook", "events": "blocked"}, change()),
+    "set_alert_thresholds": ("/alerts/thresholds", {"budget": "{budget_read}",
+                                                    "thresholds": "50, 80"}, change()),
+    "remove_alert_destination": ("/alerts/destinations/{dest_remove}/delete", {}, change()),
+    "test_alert_destination": ("/alerts/destinations/{dest_test}/test", {}, change()),
     "teams": ("/teams", None, read()),
     "create_team": ("/teams", {"name": "made-by-admin"}, change()),
     "team": ("/teams/{team}", None, team_read()),
@@ -244,6 +261,14 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
     ids["org_checksum"] = saved["checksum"]  # the same document everywhere
     for scope in ("org", team):
         await gw.admin.db(AllowedModels(catalog).set, scope, ["claude-sonnet-4-6"])
+    for name in ("increase_approve", "increase_approve_lead", "increase_deny",
+                 "increase_deny_lead"):
+        ids[name] = (await gw.admin.db(Increases(catalog).ask, dev, "monthly",
+                                       parse_usd("25"), 7, "seed", actor="seed"))["id"]
+    # Nothing listens on the discard port: a test to it fails fast, and is logged.
+    for name in ("dest_remove", "dest_test"):
+        ids[name] = (await gw.admin.db(Destinations(catalog).add, "org", "", name,
+                                       "json://127.0.0.1:9/hook", ["blocked"]))["id"]
     await gw.admin.publish()
     return ids
 
@@ -251,7 +276,9 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
 def _fill(value: Any, ids: dict[str, str], role: str) -> Any:
     if role == "team_lead":  # its own targets: the admin's would be used up, and a lead
         # may remove a member's cap where the admin's target is the team's pool
-        ids = {**ids, "key_html": ids["key_html_lead"], "budget_html": ids["budget_html_lead"]}
+        ids = {**ids, "key_html": ids["key_html_lead"], "budget_html": ids["budget_html_lead"],
+               "increase_approve": ids["increase_approve_lead"],
+               "increase_deny": ids["increase_deny_lead"]}
     if isinstance(value, str):
         return value.format(role=role, **ids)
     if isinstance(value, dict):
@@ -266,7 +293,11 @@ async def _snapshot(dash: Dashboard) -> tuple[Any, ...]:
     return tuple([await admin.db(fn) for fn in (
         catalog.teams, catalog.developers, catalog.keys, catalog.budgets, catalog.rate_limits,
         accounts.users, accounts.admin_keys, AllowedModels(catalog).all,
-        lambda: catalog.audit(10_000))])
+        Destinations(catalog).shown, Destinations(catalog).thresholds,
+        # A developer's own request (a new row, audited) is theirs to make; the seeded ones
+        # stay undecided.
+        lambda: [r for r in Increases(catalog).listing() if r["reason"] == "seed"],
+        lambda: [a for a in catalog.audit(10_000) if a["action"] != "increase.request"])])
 
 
 def test_every_route_has_a_row_in_this_table() -> None:

@@ -111,7 +111,7 @@ async def test_a_team_pool_that_ran_out_says_so(start_gateway: Any) -> None:
     assert headers[U + "overage-scope"] == "group_pool"
     assert headers[U + "overage-period"] == "monthly"
     assert (await resp.json())["error"]["message"].endswith(
-        " · request an increase at https://gw.example.com/admin/me")
+        " · request an increase at https://gw.example.com/admin/me#increase")
 
 
 @pytest.fixture
