@@ -325,7 +325,7 @@ async def models(request: web.Request) -> web.Response:
         listed = [m for m in state.router.table.listed(offered)
                   if allowed is None or allowed.allows(m)]
     else:
-        listed = state.models if allowed is None else allowed.listed(state.models)
+        listed = list(state.models) if allowed is None else allowed.listed(state.models)
     data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
             for m in listed]
     return web.json_response({"data": data, "has_more": False,
