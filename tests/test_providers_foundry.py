@@ -81,6 +81,20 @@ async def test_claude_code_in_foundry_mode_is_served_and_metered(
     assert all(int(e["cost_micros"]) > 0 and e["estimated"] == "0" for e in events)
 
 
+@pytest.mark.parametrize("redis_url", ["real"], indirect=True)
+async def test_claude_code_in_foundry_mode_is_served_by_foundry_with_entra_id(
+        start_gateway: StartGateway, foundry: Served, tmp_path: Path) -> None:
+    gw = await start_gateway(providers={"azure": entra_provider(foundry)})
+    key = await gw.developer()
+    out = await run_claude(gw, tmp_path, key, CLAUDE_CODE_USE_FOUNDRY="1",
+                           ANTHROPIC_FOUNDRY_BASE_URL=gw.url, ANTHROPIC_FOUNDRY_API_KEY=key)
+    assert out.strip() == "Hello from the fake"  # the fake Foundry's answer
+    assert foundry.fake.rejected == [] and len(foundry.fake.entra.issued) == 1
+    assert foundry.fake.accepted and set(foundry.fake.accepted) == set(foundry.fake.entra.issued)
+    events = [e for e in await gw.settled(1) if e["status"] == "200"]
+    assert events and all(e["provider"] == "azure" and e["estimated"] == "0" for e in events)
+
+
 @pytest.mark.parametrize(("model", "factor"), [
     ("claude-sonnet-4-6", Fraction(5, 4)), ("claude-opus-4-6", Fraction(3, 2)),
     ("claude-haiku-4-5", Fraction(1))])
