@@ -1,7 +1,7 @@
 """Providers and routes from configuration, and their live reload.
 
 ```toml
-[providers.anthropic]            # kind = anthropic | bedrock | vertex
+[providers.anthropic]            # kind = anthropic | bedrock | vertex | foundry
 kind = "anthropic"               # key: MTD_PROVIDER_ANTHROPIC_KEY or ..._KEY_FILE
 
 [providers.bedrock-us]
@@ -18,7 +18,8 @@ providers = ["anthropic", "bedrock-us"]   # in order: the second serves when the
 No `[providers]` table: one Anthropic-format upstream from `upstream_url` / `upstream_key`, as
 before. Secrets never come from the file: a provider's key from `MTD_PROVIDER_<NAME>_KEY` (or
 `_KEY_FILE`), a Vertex service account from `MTD_PROVIDER_<NAME>_CREDENTIALS_FILE` (else
-Google's application default credentials), AWS credentials from botocore's chain.
+Google's application default credentials), AWS credentials from botocore's chain, a Foundry
+provider with `auth = "entra"` from azure-identity's default chain (AZURE_TENANT_ID, ...).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from ledger.pricing import PriceError, PriceTable
@@ -41,6 +43,7 @@ from meterd.settings import Settings, SettingsError
 from proxy.providers import Provider, Route, Router, RoutingTable
 from proxy.providers.anthropic import AnthropicProvider, FoundryProvider, foundry_base_url
 from proxy.providers.bedrock import BedrockProvider
+from proxy.providers.entra import EntraTokens, default_credential
 from proxy.providers.vertex import SCOPES, StaticToken, TokenSource, VertexProvider
 from proxy.state import STATE, ProxyState
 
@@ -49,7 +52,7 @@ log = logging.getLogger("meterd.providers")
 _COMMON = {"kind", "models", "multiplier", "prices"}
 _KEYS = {
     "anthropic": _COMMON | {"base_url", "auth", "headers"},
-    "foundry": _COMMON | {"resource", "base_url"},
+    "foundry": _COMMON | {"resource", "base_url", "auth"},
     "bedrock": _COMMON | {"region", "base_url", "profile", "inference_profile",
                           "anthropic_version", "drop_betas", "drop_fields", "ping_interval"},
     "vertex": _COMMON | {"project", "region", "base_url", "anthropic_version", "drop_betas",
@@ -64,22 +67,24 @@ def env_name(provider: str, suffix: str) -> str:
     return f"MTD_PROVIDER_{re.sub(r'[^A-Z0-9]', '_', provider.upper())}_{suffix}"
 
 
-def build_routing(settings: Settings,
-                  environ: Mapping[str, str] | None = None) -> RoutingTable | None:
+def build_routing(settings: Settings, environ: Mapping[str, str] | None = None,
+                  session: aiohttp.ClientSession | None = None) -> RoutingTable | None:
     """The routing table the settings describe; None for the single default upstream.
+    `session`: the upstream session, which Entra ID token requests share.
     Raises SettingsError naming the bad entry."""
     environ = os.environ if environ is None else environ
     if not settings.providers:
         if settings.routes:
             raise SettingsError("setting routes: routes need [providers.NAME] tables")
         return None
-    providers = {name: _provider(str(name), spec, settings, environ)
+    providers = {name: _provider(str(name), spec, settings, environ, session)
                  for name, spec in settings.providers.items()}
     routes = [_route(i, spec, providers) for i, spec in enumerate(settings.routes)]
     return RoutingTable(providers, routes)
 
 
-def _provider(name: str, spec: Any, settings: Settings, environ: Mapping[str, str]) -> Provider:
+def _provider(name: str, spec: Any, settings: Settings, environ: Mapping[str, str],
+              session: aiohttp.ClientSession | None) -> Provider:
     where = f"providers.{name}"
     if not isinstance(spec, Mapping):
         raise SettingsError(f"setting {where}: expected a table")
@@ -116,8 +121,15 @@ def _provider(name: str, spec: Any, settings: Settings, environ: Mapping[str, st
         base_url = str(spec.get("base_url") or foundry_base_url(str(spec["resource"])))
         if not base_url.startswith(("http://", "https://")):
             raise SettingsError(f"setting {where}.base_url: {base_url!r} is not an http(s) URL")
+        auth = spec.get("auth", "api-key")
+        if auth == "entra":
+            return FoundryProvider(name, base_url, tokens=EntraTokens(default_credential(session)),
+                                   **common)
+        if auth != "api-key":
+            raise SettingsError(f"setting {where}.auth: {auth!r} is not api-key or entra")
         if not key:
-            raise SettingsError(f"provider {name}: no API key; set {env_name(name, 'KEY')}")
+            raise SettingsError(f"provider {name}: no API key; set {env_name(name, 'KEY')} "
+                                "(or auth = \"entra\")")
         return FoundryProvider(name, base_url, key, **common)
     optional = {k: spec[k] for k in ("base_url", "anthropic_version") if k in spec}
     for k in ("drop_betas", "drop_fields"):
@@ -269,7 +281,7 @@ class ProviderConfig:
     def reload(self, settings: Settings | None = None) -> RoutingTable | None:
         """Re-read configuration (or take `settings`) and put its routing in force.
         Raises SettingsError, keeping the routing in force, if the configuration is bad."""
-        table = build_routing(settings or self._load(), self.environ)
+        table = build_routing(settings or self._load(), self.environ, self.state.session)
         self.state.router = Router(table) if table is not None else None
         log.info("providers in force: %s", ", ".join(table.providers) if table else
                  "the single upstream (upstream_url)")

@@ -319,11 +319,17 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.Response:
-    """GET /v1/models: the models the caller may use: their team's list (or the
-    organization's), else the configured `models`."""
+    """GET /v1/models: the models the caller may use: with routes, those the routes reach
+    (of the configured `models` and the caller's list), narrowed by their team's list (or
+    the organization's); else that list, or the configured `models`."""
     state = request.app[STATE]
     allowed = state.authenticate(request.headers).models
-    listed = state.models if allowed is None else allowed.listed(state.models)
+    if state.router is not None:
+        offered = (*state.models, *(allowed.models if allowed is not None else ()))
+        listed = [m for m in state.router.table.listed(offered)
+                  if allowed is None or allowed.allows(m)]
+    else:
+        listed = list(state.models) if allowed is None else allowed.listed(state.models)
     data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
             for m in listed]
     return web.json_response({"data": data, "has_more": False,

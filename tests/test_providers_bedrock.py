@@ -144,16 +144,29 @@ async def test_bedrock_errors_reach_the_client_as_anthropic_errors(
     assert event["provider"] == "bedrock-us"
 
 
+@pytest.mark.parametrize(("exception", "kind", "seen"), [
+    (("throttlingException", "Too many tokens, please wait before trying again."),
+     "rate_limit_error", "provider bedrock-us failed mid-stream (rate_limit_error); the "
+     "gateway's log has its message"),
+    # The message Claude Code's recovery reads is the one kept as Bedrock wrote it.
+    (("validationException", "Input is too long."), "invalid_request_error",
+     "Input is too long.")])
 async def test_a_stream_exception_becomes_an_error_event_and_is_billed(
-        gw: Gateway, bedrock: Served) -> None:
+        gw: Gateway, bedrock: Served, caplog: pytest.LogCaptureFixture,
+        exception: tuple[str, str], kind: str, seen: str) -> None:
     bedrock.fake.behaviour.fail = "exception"
+    bedrock.fake.behaviour.exception = exception
     key = await gw.developer()
     resp = await gw.client.post("/v1/messages", data=orjson.dumps({**BODY, "stream": True}),
                                 headers={"x-api-key": key})
     body = await resp.read()
-    assert b'event: error\ndata: {"type":"error","error":{"type":"rate_limit_error"' in body
+    error = b'event: error\ndata: ' + orjson.dumps(
+        {"type": "error", "error": {"type": kind, "message": seen}}) + b"\n\n"
+    assert body.endswith(error)
+    # The operator's log has Bedrock's own words.
+    assert f"provider bedrock-us failed mid-stream {kind}: {exception[1]}" in caplog.text
     (event,) = await gw.settled(1)
-    assert event["error_type"] == "rate_limit_error" and event["input_tokens"] == "1200"
+    assert event["error_type"] == kind and event["input_tokens"] == "1200"
     assert event["estimated"] == "1"
 
 

@@ -3,6 +3,7 @@ Code through meterd's translation: the provider receives the same betas and body
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,10 @@ from tests.test_providers_claude_code import run_claude
 pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
 
 
-def bedrock_sent(bedrock: Served) -> list[tuple[frozenset[str], frozenset[str]]]:
+Sent = list[tuple[frozenset[str], frozenset[str]]]
+
+
+def bedrock_sent(bedrock: Served) -> Sent:
     """(betas, body fields) of every model call the fake Bedrock received."""
     out = []
     for r in bedrock.fake.recorded:
@@ -26,7 +30,7 @@ def bedrock_sent(bedrock: Served) -> list[tuple[frozenset[str], frozenset[str]]]
     return out
 
 
-def vertex_sent(vertex: Served) -> list[tuple[frozenset[str], frozenset[str]]]:
+def vertex_sent(vertex: Served) -> Sent:
     out = []
     for r in vertex.fake.recorded:
         if "Predict" not in r["path"] or "count-tokens" in r["path"]:
@@ -36,34 +40,33 @@ def vertex_sent(vertex: Served) -> list[tuple[frozenset[str], frozenset[str]]]:
     return out
 
 
-@pytest.mark.parametrize("redis_url", ["real"], indirect=True)
-async def test_bedrock_receives_what_claude_codes_bedrock_mode_sends(
-        start_gateway: StartGateway, bedrock: Served, tmp_path: Path) -> None:
-    gw = await start_gateway(providers={"bedrock": bedrock_provider(bedrock)})
-    key = await gw.developer()
-    await run_claude(gw, tmp_path, key, CLAUDE_CODE_USE_BEDROCK="1",
-                     ANTHROPIC_BEDROCK_BASE_URL=gw.url + "/bedrock",
-                     CLAUDE_CODE_SKIP_BEDROCK_AUTH="1", AWS_REGION="us-east-1")
-    native = bedrock_sent(bedrock)
-    bedrock.fake.recorded.clear()
-    await run_claude(gw, tmp_path, key, ANTHROPIC_BASE_URL=gw.url)
-    translated = bedrock_sent(bedrock)
-    assert native and translated
-    assert translated[-1] == native[-1]
+# Per provider kind: its provider table, what it received, and Claude Code's native mode for it
+# pointed at meterd's passthrough path.
+NATIVE: dict[str, tuple[Callable[[Served], dict[str, Any]], Callable[[Served], Sent],
+                        Callable[[str], dict[str, str]]]] = {
+    "bedrock": (bedrock_provider, bedrock_sent, lambda url: {
+        "CLAUDE_CODE_USE_BEDROCK": "1", "ANTHROPIC_BEDROCK_BASE_URL": url + "/bedrock",
+        "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1", "AWS_REGION": "us-east-1"}),
+    "vertex": (vertex_provider, vertex_sent, lambda url: {
+        "CLAUDE_CODE_USE_VERTEX": "1", "ANTHROPIC_VERTEX_BASE_URL": url + "/vertex/v1",
+        "CLAUDE_CODE_SKIP_VERTEX_AUTH": "1", "ANTHROPIC_VERTEX_PROJECT_ID": "laptop-project",
+        "CLOUD_ML_REGION": "us-east5"}),
+}
 
 
 @pytest.mark.parametrize("redis_url", ["real"], indirect=True)
-async def test_vertex_receives_what_claude_codes_vertex_mode_sends(
-        start_gateway: StartGateway, vertex: Served, tmp_path: Path) -> None:
-    gw = await start_gateway(providers={"vertex": vertex_provider(vertex)})
+@pytest.mark.parametrize("kind", list(NATIVE))
+async def test_the_provider_receives_what_claude_codes_native_mode_sends(
+        start_gateway: StartGateway, bedrock: Served, vertex: Served, tmp_path: Path,
+        kind: str) -> None:
+    fake = {"bedrock": bedrock, "vertex": vertex}[kind]
+    provider, sent, native_env = NATIVE[kind]
+    gw = await start_gateway(providers={kind: provider(fake)})
     key = await gw.developer()
-    await run_claude(gw, tmp_path, key, CLAUDE_CODE_USE_VERTEX="1",
-                     ANTHROPIC_VERTEX_BASE_URL=gw.url + "/vertex/v1",
-                     CLAUDE_CODE_SKIP_VERTEX_AUTH="1",
-                     ANTHROPIC_VERTEX_PROJECT_ID="laptop-project", CLOUD_ML_REGION="us-east5")
-    native = vertex_sent(vertex)
-    vertex.fake.recorded.clear()
+    await run_claude(gw, tmp_path, key, **native_env(gw.url))
+    native = sent(fake)
+    fake.fake.recorded.clear()
     await run_claude(gw, tmp_path, key, ANTHROPIC_BASE_URL=gw.url)
-    translated = vertex_sent(vertex)
+    translated = sent(fake)
     assert native and translated
     assert translated[-1] == native[-1]

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from ledger.models_allowed import AllowedModels
 from meterd.providers_config import build_routing
 from meterd.settings import Settings, SettingsError
 from proxy.handlers import Relay
@@ -351,5 +352,33 @@ async def test_a_json_answer_cut_mid_body_is_billed_by_its_estimate(
         await resp.read()
     (event,) = await gw.settled(1)
     assert event["error_type"] == "upstream_reset" and event["estimated"] == "1"
-    assert event["output_tokens"] == str(BODY["max_tokens"])
-    assert int(event["cost_micros"]) > 0
+    # The estimate: a token per 4 bytes of the 94-byte body (24), and max_tokens (1024) out,
+    # at claude-sonnet-4-6's $3 / $15 per million tokens: 24 * 3 + 1024 * 15 µ$.
+    assert len(orjson.dumps(BODY)) == 94
+    assert (event["input_tokens"], event["output_tokens"]) == ("24", "1024")
+    assert event["cost_micros"] == "15432"
+
+
+async def test_v1_models_lists_what_the_routes_reach_for_the_sdk(
+        start_gateway: StartGateway, upstream: Upstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A route's own model, and the configured models its glob matches; a model no route
+    names (claude-sonnet-4-6) is not offered. A team's list narrows that further, and its own
+    ids that a route reaches are offered too."""
+    gw = await start_gateway(
+        models=("claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5"),
+        providers={"anthropic": anthropic_provider(upstream, monkeypatch)},
+        routes=({"match": "claude-opus-*", "providers": ["anthropic"]},
+                {"match": "claude-haiku-4-5-20251001", "providers": ["anthropic"]},
+                {"match": "claude-opus-4-8", "providers": ["anthropic"]}))
+    ada = await gw.developer("Ada", "platform")
+    async with sdk_for(gw, ada) as sdk:
+        page = await sdk.models.list()
+    assert [m.id for m in page.data] == ["claude-opus-4-8", "claude-haiku-4-5-20251001"]
+    assert (page.first_id, page.last_id, page.has_more) == (
+        "claude-opus-4-8", "claude-haiku-4-5-20251001", False)
+    await gw.change(AllowedModels(gw.admin.catalog).set, "platform",
+                    ["claude-haiku-*", "claude-opus-4-1", "claude-sonnet-4-5"])
+    async with sdk_for(gw, ada) as sdk:
+        ids = [m.id async for m in sdk.models.list()]
+    assert ids == ["claude-opus-4-1", "claude-haiku-4-5-20251001"]

@@ -20,6 +20,7 @@ from proxy.providers.base import (
     load_json,
     table_model,
 )
+from proxy.providers.entra import EntraTokens
 from proxy.upstream import AnthropicUpstream
 
 
@@ -62,10 +63,30 @@ class AnthropicProvider(Provider):
 
 class FoundryProvider(AnthropicProvider):
     """Claude on Microsoft Foundry: the Anthropic Messages API under a resource's
-    `/anthropic` path, with the resource's API key (sent as x-api-key, which the endpoint
-    authenticates). Priced with its own multiplier like any provider."""
+    `/anthropic` path, with the resource's API key (sent as x-api-key) or a Microsoft Entra
+    ID token (`tokens`, sent as Bearer). Priced with its own multiplier like any provider."""
 
     kind = "foundry"
+
+    def __init__(self, name: str, base_url: str, key: str = "",
+                 tokens: EntraTokens | None = None, models: Mapping[str, str] | None = None,
+                 multiplier: Multiplier | None = None, prices: PriceTable | None = None) -> None:
+        super().__init__(name, base_url, key, models=models, multiplier=multiplier,
+                         prices=prices)
+        self.tokens = tokens
+
+    async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
+                       model: str, stream: bool) -> Outbound:
+        return await self._signed(self._outbound(path_qs, headers, body, model))
+
+    async def count_tokens(self, path_qs: str, headers: CIMultiDictProxy[str],
+                           body: bytes, model: str) -> Outbound:
+        return await self._signed(self._outbound(path_qs, headers, body, model))
+
+    async def _signed(self, out: Outbound) -> Outbound:
+        if self.tokens is not None:
+            out.headers["authorization"] = f"Bearer {await self.tokens.token()}"
+        return out
 
 
 def foundry_base_url(resource: str) -> str:

@@ -148,15 +148,20 @@ class Provider(ABC):
         return f"<{type(self).__name__} {self.name}>"
 
 
-def public_error(provider: str, status: int, kind: str, text: str) -> bytes:
-    """The error body a developer sees for a provider's error: the provider's message when the
-    client's recovery needs it, else a generic one with the same `error.type`. The provider's
-    own text goes to the operator's log."""
-    log.warning("provider %s answered %d %s: %s", provider, status, kind, text[:2000])
+def public_message(provider: str, what: str, kind: str, text: str) -> str:
+    """The message a developer sees for a provider's error of type `kind` (`what` happened,
+    e.g. "answered 400"): the provider's text when the client's recovery needs it, else a
+    generic one. The provider's own text goes to the operator's log."""
+    log.warning("provider %s %s %s: %s", provider, what, kind, text[:2000])
     if _KEPT.match(text):
-        return error_body(kind, text)
-    return error_body(kind, f"provider {provider} answered {status} ({kind}); "
-                            "the gateway's log has its message")
+        return text
+    return f"provider {provider} {what} ({kind}); the gateway's log has its message"
+
+
+def public_error(provider: str, status: int, kind: str, text: str) -> bytes:
+    """The error body a developer sees for a provider's error answer (`public_message`),
+    with the same `error.type`."""
+    return error_body(kind, public_message(provider, f"answered {status}", kind, text))
 
 
 def refused_credential(provider: Provider, response: aiohttp.ClientResponse,

@@ -36,6 +36,7 @@ from proxy.providers.base import (
     Relayed,
     merge_betas,
     public_error,
+    public_message,
     replay,
     table_model,
 )
@@ -258,7 +259,8 @@ class BedrockProvider(CloudProvider):
             headers["content-type"] = "text/event-stream; charset=utf-8"
             headers["cache-control"] = "no-cache"
             _request_id(response, headers)
-            return Relayed(response, EventStreamToSSE(response, first, self.ping_interval),
+            return Relayed(response,
+                           EventStreamToSSE(self.name, response, first, self.ping_interval),
                            headers=headers, content_type="text/event-stream")
         # InvokeModel's body is an Anthropic Messages response already.
         headers = response_headers(response.headers.items())
@@ -281,7 +283,9 @@ class EventStreamToSSE:
     event whenever the provider stays silent for `interval` seconds (Claude Code gives up on
     a stream that sends nothing for minutes). An async iterator of bytes."""
 
-    def __init__(self, response: aiohttp.ClientResponse, first: bytes, interval: float) -> None:
+    def __init__(self, provider: str, response: aiohttp.ClientResponse, first: bytes,
+                 interval: float) -> None:
+        self._provider = provider
         self._reader = response.content
         self._buffer = EventStreamBuffer()
         self._interval = interval if interval > 0 else None
@@ -321,7 +325,7 @@ class EventStreamToSSE:
     def _translate(self, chunk: bytes) -> bytes:
         self._buffer.add_data(chunk)
         try:
-            return b"".join(frame_sse(message) for message in self._buffer)
+            return b"".join(frame_sse(message, self._provider) for message in self._buffer)
         except ParserError as exc:
             raise aiohttp.ClientPayloadError(f"corrupt Bedrock event stream: {exc}") from None
 
@@ -353,8 +357,10 @@ class EventStreamMeter:
         return self._meter.finish()
 
 
-def frame_sse(message: EventStreamMessage) -> bytes:
-    """One event-stream message as Anthropic SSE bytes ("" for frames that carry none)."""
+def frame_sse(message: EventStreamMessage, provider: str = "") -> bytes:
+    """One event-stream message as Anthropic SSE bytes ("" for frames that carry none). An
+    exception's text, for a client (`provider` named), follows the rule of provider errors
+    (`public_message`); the meter reads only its type."""
     headers = message.headers
     kind = headers.get(":message-type")
     if kind == "event":
@@ -373,7 +379,10 @@ def frame_sse(message: EventStreamMessage) -> bytes:
         text = str(headers.get(":error-message", "")) or name
     else:
         return b""
-    body = error_body(_ERROR_KINDS.get(name.lower(), "api_error"), text)
+    kind = _ERROR_KINDS.get(name.lower(), "api_error")
+    if provider:
+        text = public_message(provider, "failed mid-stream", kind, text)
+    body = error_body(kind, text)
     return b"event: error\ndata: " + body + b"\n\n"
 
 

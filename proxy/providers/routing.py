@@ -37,6 +37,7 @@ from proxy.upstream import response_headers
 log = logging.getLogger("meterd.providers")
 
 _CACHE_LIMIT = 1024  # distinct model strings remembered; clients choose them, so bound it
+_GLOB = frozenset("*?[")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,24 @@ class RoutingTable:
                 self._chains.clear()
             self._chains[model] = chain
         return chain
+
+    def listed(self, offered: Sequence[str]) -> list[str]:
+        """The models GET /v1/models shows: route by route, the model a route names, or the
+        `offered` ids its glob matches; with no routes, `offered` (any model reaches every
+        provider)."""
+        ids = [m for m in offered if not _GLOB & set(m)]
+        if not self.routes:
+            return ids
+        out: list[str] = []
+        seen: set[str] = set()
+        for route in self.routes:
+            named = [route.match] if not _GLOB & set(route.match) else [
+                m for m in ids if route.matches(m)]
+            for model in named:
+                if model.lower() not in seen:
+                    seen.add(model.lower())
+                    out.append(model)
+        return out
 
     def chain_of_kind(self, kind: str, model: str) -> tuple[Provider, ...]:
         """The providers of one kind for a model (Bedrock- or Vertex-format clients): those

@@ -40,6 +40,8 @@ class Behaviour:
     status: int = 0  # answer every request with this error status
     message: str = "Bedrock is unavailable right now."  # that error's message
     fail: str = ""  # "drop-before", "drop-mid", "exception"
+    exception: tuple[str, str] = (  # that exception's type and message
+        "throttlingException", "Too many tokens, please wait before trying again.")
     gap_ms: int = 0  # silence after message_start
     set_cookie: str = ""  # on every answer, as a provider's load balancer may
     reject_betas: frozenset[str] = frozenset({"files-api-2025-04-14", "oauth-2025-04-20"})
@@ -204,8 +206,7 @@ class FakeBedrock:
                 request.transport.close()  # type: ignore[union-attr]
                 return response
             if i == 3 and b.fail == "exception":
-                await response.write(exception_frame(
-                    "throttlingException", "Too many tokens, please wait before trying again."))
+                await response.write(exception_frame(*b.exception))
                 await response.write_eof()
                 return response
         await response.write_eof()
