@@ -75,8 +75,9 @@ async def test_a_refused_credential_on_the_last_provider_is_a_502_that_leaks_not
         "type": "api_error", "message": "provider bedrock refused the gateway's credential; "
         "an operator must fix its configuration"}}
     assert f"provider bedrock refused the gateway's credential (403): " \
-        f'{{"message":"{MISMATCH}"}}' in caplog.text
-    # Bedrock-format clients and count_tokens get the same.
+        f'{{"message":"{MISMATCH} Check your AWS Secret Access Key' in caplog.text
+    # Bedrock-format clients and count_tokens get the same (a Bedrock client in Bedrock's
+    # error shape: tests/test_providers_native_errors.py).
     resp = await gw.client.post("/bedrock/model/us.anthropic.claude-sonnet-4-6/invoke",
                                 data=orjson.dumps({"anthropic_version": "bedrock-2023-05-31",
                                                    "max_tokens": 8,

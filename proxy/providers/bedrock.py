@@ -28,6 +28,7 @@ from ledger.pricing import PriceTable
 from proxy.envelope import error_body, error_type
 from proxy.meter import Metered, StreamMeter
 from proxy.providers.base import (
+    CREDENTIAL_REFUSED,
     CannotCount,
     CloudProvider,
     Multiplier,
@@ -37,6 +38,7 @@ from proxy.providers.base import (
     merge_betas,
     public_error,
     public_message,
+    refused_credential,
     replay,
     table_model,
 )
@@ -267,6 +269,20 @@ class BedrockProvider(CloudProvider):
         _request_id(response, headers)
         return Relayed(response, replay(first, response), headers=headers)
 
+    def native(self, response: aiohttp.ClientResponse, stream: bool,
+               first: bytes = b"") -> Relayed:
+        """Bedrock's answer for a Bedrock-format client: errors in Bedrock's shape (with its
+        `x-amzn-errortype`) with the text `public_message` allows."""
+        if response.status in CREDENTIAL_REFUSED:
+            return refused_credential(self, response, first, aws_error)
+        if response.status >= 400:
+            headers = response_headers(response.headers.items())
+            headers.popall("content-type", None)
+            headers["content-type"] = "application/json"
+            return Relayed(response, _native_error(self.name, response, first), headers=headers,
+                           content_type="application/json")
+        return Relayed(response, replay(first, response))
+
     async def count_tokens_answer(self, response: aiohttp.ClientResponse,
                                   payload: bytes) -> tuple[int, bytes]:
         if response.status >= 400:
@@ -362,8 +378,7 @@ def frame_sse(message: EventStreamMessage, provider: str = "") -> bytes:
     exception's text, for a client (`provider` named), follows the rule of provider errors
     (`public_message`); the meter reads only its type."""
     headers = message.headers
-    kind = headers.get(":message-type")
-    if kind == "event":
+    if headers.get(":message-type") == "event":
         if headers.get(":event-type") != "chunk":
             return b""
         try:
@@ -371,6 +386,21 @@ def frame_sse(message: EventStreamMessage, provider: str = "") -> bytes:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return b""
         return b"event: " + _event_name(event) + b"\ndata: " + event + b"\n\n"
+    error = _frame_error(message)
+    if error is None:
+        return b""
+    kind, text = error
+    if provider:
+        text = public_message(provider, "failed mid-stream", kind, text)
+    body = error_body(kind, text)
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+def _frame_error(message: EventStreamMessage) -> tuple[str, str] | None:
+    """The Anthropic error type and the provider's text of an exception or error frame;
+    None for other frames."""
+    headers = message.headers
+    kind = headers.get(":message-type")
     if kind == "exception":
         name = str(headers.get(":exception-type", ""))
         text = _message(message.payload) or name
@@ -378,12 +408,8 @@ def frame_sse(message: EventStreamMessage, provider: str = "") -> bytes:
         name = str(headers.get(":error-code", ""))
         text = str(headers.get(":error-message", "")) or name
     else:
-        return b""
-    kind = _ERROR_KINDS.get(name.lower(), "api_error")
-    if provider:
-        text = public_message(provider, "failed mid-stream", kind, text)
-    body = error_body(kind, text)
-    return b"event: error\ndata: " + body + b"\n\n"
+        return None
+    return _ERROR_KINDS.get(name.lower(), "api_error"), text
 
 
 def _event_name(event: bytes) -> bytes:
@@ -411,7 +437,8 @@ def _message(payload: bytes) -> str:
     return ""
 
 
-def _error_body(provider: str, response: aiohttp.ClientResponse, payload: bytes) -> bytes:
+def _error(response: aiohttp.ClientResponse, payload: bytes) -> tuple[str, str]:
+    """The Anthropic error type and the provider's text of a Bedrock error answer."""
     name = response.headers.get("x-amzn-errortype", "").split(":", 1)[0]
     if not name:
         try:
@@ -420,13 +447,28 @@ def _error_body(provider: str, response: aiohttp.ClientResponse, payload: bytes)
         except orjson.JSONDecodeError:
             name = ""
     kind = _ERROR_KINDS.get(name.lower()) or error_type(response.status)
-    return public_error(provider, response.status, kind, _message(payload) or name)
+    return kind, _message(payload) or name
+
+
+def _error_body(provider: str, response: aiohttp.ClientResponse, payload: bytes) -> bytes:
+    return public_error(provider, response.status, *_error(response, payload))
 
 
 async def _translated_error(provider: str, response: aiohttp.ClientResponse,
                             first: bytes) -> AsyncIterator[bytes]:
     payload = first + await response.read()
     yield _error_body(provider, response, payload)
+
+
+def aws_error(message: str) -> bytes:
+    """An error body in Bedrock's own shape."""
+    return orjson.dumps({"message": message})
+
+
+async def _native_error(provider: str, response: aiohttp.ClientResponse,
+                        first: bytes) -> AsyncIterator[bytes]:
+    kind, text = _error(response, first + await response.read())
+    yield aws_error(public_message(provider, f"answered {response.status}", kind, text))
 
 
 def _error_headers(response: aiohttp.ClientResponse) -> CIMultiDict[str]:
