@@ -8,16 +8,18 @@ provider, or is a 502."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+import contextlib
 
+import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
+from botocore.eventstream import EventStreamBuffer
 
+from proxy.providers.bedrock import public_frame
+from proxy.providers.eventstream import encode_message
 from tests.conftest import Gateway
-from tests.fakes.bedrock import FakeBedrock
+from tests.fakes.eventstream import exception_frame
 from tests.fakes.gateways import (
-    AWS_KEY,
     AWS_TOKEN,
     VERTEX_PROJECT,
     VERTEX_REGION,
@@ -39,15 +41,6 @@ REFUSED = "provider bedrock refused the gateway's credential; an operator must f
           "configuration"
 VERTEX_MODELS = (f"/vertex/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_REGION}"
                  "/publishers/anthropic/models/")
-
-
-@pytest.fixture
-async def wrong_secret_bedrock(aiohttp_server: Callable[..., Awaitable[TestServer]],
-                               aws_env: None) -> Served:
-    """A Bedrock that knows the access key under another secret: every signature mismatches,
-    and its answer quotes the canonical request, session token included, as AWS's does."""
-    fake = FakeBedrock(AWS_KEY, "another-secret", "us-east-1", session_token=AWS_TOKEN)
-    return Served(fake, await aiohttp_server(fake.app()))
 
 
 async def bedrock_call(gw: Gateway, key: str, action: str) -> tuple[int, bytes]:
@@ -111,6 +104,40 @@ async def test_bedrock_errors_reach_a_bedrock_client_in_bedrocks_shape_keeping_o
     assert f"provider bedrock answered 400 invalid_request_error: {text}" in caplog.text
 
 
+@pytest.mark.parametrize(("exception", "seen"), [
+    (("throttlingException", f"Too many tokens for role session {AWS_TOKEN}"),
+     "provider bedrock failed mid-stream (rate_limit_error); the gateway's log has its message"),
+    (("validationException", "Input is too long."), "Input is too long.")])
+async def test_a_stream_exception_frame_reaches_a_bedrock_client_with_the_public_text(
+        start_gateway: StartGateway, bedrock: Served, caplog: pytest.LogCaptureFixture,
+        exception: tuple[str, str], seen: str) -> None:
+    gw = await start_gateway(providers={"bedrock": bedrock_provider(bedrock)})
+    bedrock.fake.behaviour.fail, bedrock.fake.behaviour.exception = "exception", exception
+    key = await gw.developer()
+    status, raw = await bedrock_call(gw, key, "invoke-with-response-stream")
+    assert status == 200
+    assert AWS_TOKEN.encode() not in raw
+    buffer = EventStreamBuffer()  # botocore checks both CRCs of every frame
+    buffer.add_data(raw)
+    *events, last = list(buffer)
+    assert [m.headers[":message-type"] for m in events] == ["event"] * 4
+    assert last.headers == {":exception-type": exception[0], ":content-type": "application/json",
+                            ":message-type": "exception"}
+    assert orjson.loads(last.payload) == {"message": seen}
+    if seen == exception[1]:  # kept: the very frame Bedrock sent
+        assert raw.endswith(exception_frame(*exception))
+    assert f"provider bedrock failed mid-stream {_kind(exception[0])}: {exception[1]}" \
+        in caplog.text
+    # Billed as today: what the stream showed before it failed.
+    (event,) = await gw.settled(1)
+    assert event["error_type"] == _kind(exception[0]) and event["input_tokens"] == "1200"
+
+
+def _kind(exception: str) -> str:
+    return {"throttlingException": "rate_limit_error",
+            "validationException": "invalid_request_error"}[exception]
+
+
 @pytest.mark.parametrize(("text", "seen"), [
     ("Request payload size exceeds the limit: 31457280 bytes.",
      "Request payload size exceeds the limit: 31457280 bytes."),
@@ -151,3 +178,35 @@ async def test_an_anthropic_envelope_400_reaches_a_vertex_client_as_vertex_sent_
     assert resp.status == 400
     assert await resp.json() == {"type": "error", "error": {
         "type": "invalid_request_error", "message": b.message}}
+
+
+def test_an_error_frame_is_re_encoded_with_the_public_text_in_its_header() -> None:
+    raw = encode_message({":message-type": "error", ":error-code": "InternalFailure",
+                          ":error-message": f"failed for session {AWS_TOKEN}"}, b"")
+    buffer = EventStreamBuffer()
+    buffer.add_data(raw)
+    (message,) = list(buffer)
+    buffer.add_data(public_frame("bedrock", message, raw))
+    (public,) = list(buffer)
+    assert public.headers == {":message-type": "error", ":error-code": "InternalFailure",
+                              ":error-message": "provider bedrock failed mid-stream "
+                              "(api_error); the gateway's log has its message"}
+    assert public.payload == b""
+
+
+async def test_a_bedrock_stream_the_provider_cuts_breaks_off_the_client_and_is_billed(
+        start_gateway: StartGateway, bedrock: Served) -> None:
+    gw = await start_gateway(providers={"bedrock": bedrock_provider(bedrock)})
+    bedrock.fake.behaviour.fail = "drop-mid"
+    key = await gw.developer()
+    resp = await gw.client.post(MODEL_PATH + "invoke-with-response-stream", data=BEDROCK_BODY,
+                                headers={"authorization": f"Bearer {key}"})
+    raw = b""
+    with contextlib.suppress(aiohttp.ClientPayloadError):
+        async for chunk in resp.content.iter_any():
+            raw += chunk
+    buffer = EventStreamBuffer()
+    buffer.add_data(raw)
+    assert [m.headers[":message-type"] for m in buffer] == ["event"] * 4
+    (event,) = await gw.settled(1)
+    assert event["error_type"] == "upstream_reset" and event["input_tokens"] == "1200"

@@ -42,6 +42,7 @@ from proxy.providers.base import (
     replay,
     table_model,
 )
+from proxy.providers.eventstream import encode_frame, encode_message
 from proxy.upstream import response_headers
 
 log = logging.getLogger("meterd.providers")
@@ -272,7 +273,7 @@ class BedrockProvider(CloudProvider):
     def native(self, response: aiohttp.ClientResponse, stream: bool,
                first: bytes = b"") -> Relayed:
         """Bedrock's answer for a Bedrock-format client: errors in Bedrock's shape (with its
-        `x-amzn-errortype`) with the text `public_message` allows."""
+        `x-amzn-errortype`) and stream exceptions with the text `public_message` allows."""
         if response.status in CREDENTIAL_REFUSED:
             return refused_credential(self, response, first, aws_error)
         if response.status >= 400:
@@ -281,6 +282,8 @@ class BedrockProvider(CloudProvider):
             headers["content-type"] = "application/json"
             return Relayed(response, _native_error(self.name, response, first), headers=headers,
                            content_type="application/json")
+        if response.content_type == EVENT_STREAM:
+            return Relayed(response, public_stream(self.name, response, first))
         return Relayed(response, replay(first, response))
 
     async def count_tokens_answer(self, response: aiohttp.ClientResponse,
@@ -410,6 +413,48 @@ def _frame_error(message: EventStreamMessage) -> tuple[str, str] | None:
     else:
         return None
     return _ERROR_KINDS.get(name.lower(), "api_error"), text
+
+
+def public_frame(provider: str, message: EventStreamMessage, raw: bytes) -> bytes:
+    """One frame (`raw`, decoded as `message`) as a Bedrock-format client sees it: as it came,
+    except an exception's or error's text, which follows the rule of provider errors
+    (`public_message`): the frame is re-encoded with the client's text in its place."""
+    error = _frame_error(message)
+    if error is None:
+        return raw
+    kind, text = error
+    public = public_message(provider, "failed mid-stream", kind, text)
+    if public == text:
+        return raw
+    if message.headers.get(":message-type") == "exception":
+        headers = raw[12:12 + message.prelude.headers_length]  # kept as encoded, types and all
+        return encode_frame(headers, aws_error(public))
+    # An error frame's text is a header; its headers are strings (AWS event-stream spec).
+    return encode_message({**{name: str(value) for name, value in message.headers.items()},
+                           ":error-message": public}, message.payload)
+
+
+async def public_stream(provider: str, response: aiohttp.ClientResponse,
+                        first: bytes) -> AsyncIterator[bytes]:
+    """Bedrock's event stream for a Bedrock-format client: whole frames as they arrive,
+    each as `public_frame` has it. A corrupt stream, or one that ends mid-frame, breaks off
+    (its frames could not be checked)."""
+    decoder, raw = EventStreamBuffer(), bytearray()
+    async for chunk in replay(first, response):
+        decoder.add_data(chunk)
+        raw += chunk
+        out: list[bytes] = []
+        try:
+            for message in decoder:
+                length = message.prelude.total_length
+                out.append(public_frame(provider, message, bytes(raw[:length])))
+                del raw[:length]
+        except ParserError as exc:
+            raise aiohttp.ClientPayloadError(f"corrupt Bedrock event stream: {exc}") from None
+        if out:
+            yield b"".join(out)
+    if raw:
+        raise aiohttp.ClientPayloadError("Bedrock event stream ended mid-frame")
 
 
 def _event_name(event: bytes) -> bytes:
