@@ -210,3 +210,33 @@ async def test_a_bedrock_stream_the_provider_cuts_breaks_off_the_client_and_is_b
     assert [m.headers[":message-type"] for m in buffer] == ["event"] * 4
     (event,) = await gw.settled(1)
     assert event["error_type"] == "upstream_reset" and event["input_tokens"] == "1200"
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+async def test_a_refused_credential_moves_a_vertex_client_on_or_is_a_502(
+        start_gateway: StartGateway, vertex: Served, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, fallback: bool) -> None:
+    monkeypatch.setenv("MTD_PROVIDER_VERTEX_STALE_KEY", "an-expired-token")  # Vertex: 401
+    providers = {"vertex-stale": vertex_provider(vertex)}
+    if fallback:
+        providers["vertex"] = vertex_provider(vertex)
+    gw = await start_gateway(providers=providers)
+    key = await gw.developer()
+    doc = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 64,
+           "messages": BODY["messages"]}
+    resp = await gw.client.post(f"{VERTEX_MODELS}claude-sonnet-4-6:rawPredict",
+                                data=orjson.dumps(doc),
+                                headers={"authorization": f"Bearer {key}"})
+    assert vertex.fake.rejected[0] == "bad token"
+    if fallback:
+        assert resp.status == 200
+        (event,) = await gw.settled(1)
+        assert event["provider"] == "vertex"
+        return
+    assert resp.status == 502
+    assert await resp.json() == {"type": "error", "error": {
+        "type": "api_error", "message": "provider vertex-stale refused the gateway's "
+        "credential; an operator must fix its configuration"}}
+    assert "provider vertex-stale refused the gateway's credential (401): " \
+        '{"error": {"code": 401, "message": "Request had invalid authentication' in caplog.text
+    assert "OAuth" not in await resp.text()
