@@ -56,7 +56,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ledger import telemetry
-from ledger.journal import REPLAY_FIELD
+from ledger.journal import AFTER_EMPTY, REPLAY_FIELD
 from ledger.keyspace import KeySpace
 from ledger.pricing import MTOK, US_GEO_MULTIPLIER, PriceTable
 from ledger.rebuild import ensure_counters, subtract
@@ -79,6 +79,7 @@ Fence = Callable[[], bool]  # may this batch still commit?
 
 GROUP = "rollup"
 _ID = FIELDS.index("id")
+_REPLAY_FIELD, _AFTER_EMPTY = REPLAY_FIELD.encode(), str(AFTER_EMPTY).encode()
 CONSUMER = "rollup"  # one name for every lock holder: a new holder inherits what is pending
 STEPS = ("inserted", "daily", "committed")  # where a test's fault hook may strike
 JOB_ID = "meterd-rollup"
@@ -464,8 +465,10 @@ class Rollup:
         if not await self._hold():  # renewed: a whole lease for this batch's write
             raise LockLost("another process holds the rollup lock")
         payload = _encode(entries)
+        # Only replays after an empty restart can be in the rebuilt counters twice (a replay
+        # after a failover filled in what the promoted replica's counters lacked).
         replays = [_text(entry_values(fields)[_ID]) for _, fields in entries
-                   if fields and REPLAY_FIELD.encode() in fields]
+                   if fields and fields.get(_REPLAY_FIELD) == _AFTER_EMPTY]
         known: list[tuple[Any, ...]] = []
         new = await self.db(write_batch, self.conn, payload, self.savings, self.fault,
                             self._lease_valid, replays, known) if payload else 0
