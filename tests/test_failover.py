@@ -7,14 +7,13 @@ request a client saw answered is in the ledger exactly once with its exact cost,
 match the ledger, and a strict cap that the load reached before the faults held through all
 of them (0 overshoot, and no request of its developer answered once one was refused).
 
-The sent / accounted / lost / doubled table is printed (shown with `-s`) and logged (shown in
-the test log, and by pytest with the captured log).
+The sent / accounted / lost / doubled table is printed (shown with `-s`), and written to the
+terminal report otherwise, so that the test log shows it either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 import signal
@@ -38,8 +37,6 @@ from meterd.ports import free_port
 from meterd.standby import leader_key
 from tests.conftest import MOCK_KEY, RedisServer, Upstream
 from tests.test_redis_topologies import MASTER, Sentinel
-
-log = logging.getLogger("meterd.test_failover")
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
                      "messages": [{"role": "user", "content": "Hello"}]})
@@ -292,7 +289,7 @@ def sentinels_ready(watchers: list[Sentinel]) -> bool:
 
 async def test_no_answered_request_is_lost_or_doubled_and_caps_hold_through_faults(
         redis_with_sentinels: tuple[list[RedisServer], list[Sentinel]], upstream: Upstream,
-        tmp_path: Path) -> None:
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
     nodes, watchers = redis_with_sentinels
     d = Deployment(nodes, watchers, upstream, tmp_path)
     await until(lambda: sentinels_ready(watchers), "the Sentinels to see each other")
@@ -373,7 +370,11 @@ async def test_no_answered_request_is_lost_or_doubled_and_caps_hold_through_faul
                  f"{len(d.capped_answered) - reached} answered after it)")
     table = "\n".join(lines)
     print("\n" + table)
-    log.warning("faults under load:\n%s", table)
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.getplugin("terminalreporter"), plugins.getplugin("capturemanager")
+    if reporter is not None and capture is not None and capture.is_capturing():
+        with capture.global_and_fixture_disabled():  # past the capture, into the test log
+            reporter.write_line("\n" + table)
 
     assert sums[2] == sums[3] == 0
     assert sums[1] == len(d.answered)
