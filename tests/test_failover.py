@@ -36,7 +36,7 @@ from ledger.rollup import lock_key
 from meterd.ports import free_port
 from meterd.standby import leader_key
 from tests.conftest import MOCK_KEY, RedisServer, Upstream
-from tests.test_redis_topologies import MASTER, Sentinel
+from tests.test_redis_topologies import MASTER, Sentinel, sentinels_ready
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
                      "messages": [{"role": "user", "content": "Hello"}]})
@@ -275,16 +275,6 @@ def redis_with_sentinels(
     finally:
         for sentinel in watchers:
             sentinel.stop()
-
-
-def sentinels_ready(watchers: list[Sentinel]) -> bool:
-    try:
-        return all(int(sync_redis.Redis(port=s.port).sentinel_master(MASTER)
-                       ["num-other-sentinels"]) == 2 for s in watchers) and \
-            int(sync_redis.Redis(port=watchers[0].port).sentinel_master(MASTER)
-                ["num-slaves"]) == 1
-    except (sync_redis.RedisError, KeyError):
-        return False
 
 
 async def test_no_answered_request_is_lost_or_doubled_and_caps_hold_through_faults(

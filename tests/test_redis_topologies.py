@@ -60,6 +60,17 @@ def sentinels() -> Iterator[Callable[[int], list[Sentinel]]]:
         sentinel.stop()
 
 
+def sentinels_ready(watchers: list[Sentinel]) -> bool:
+    """Every Sentinel knows the two others, and the first one knows the replica."""
+    try:
+        return all(int(sync_redis.Redis(port=s.port).sentinel_master(MASTER)
+                       ["num-other-sentinels"]) == 2 for s in watchers) and \
+            int(sync_redis.Redis(port=watchers[0].port).sentinel_master(MASTER)
+                ["num-slaves"]) == 1
+    except (sync_redis.RedisError, KeyError):
+        return False
+
+
 async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
@@ -84,12 +95,7 @@ async def test_requests_are_admitted_and_settled_after_a_sentinel_failover(
     ask = sync_redis.Redis(port=watchers[0].port)
 
     async def all_see_the_replica() -> bool:
-        try:
-            return all(int(sync_redis.Redis(port=s.port).sentinel_master(MASTER)
-                           ["num-other-sentinels"]) == 2 for s in watchers) and \
-                int(ask.sentinel_master(MASTER)["num-slaves"]) == 1
-        except (sync_redis.RedisError, KeyError):
-            return False
+        return sentinels_ready(watchers)
     await wait_for(all_see_the_replica, "the Sentinels to find each other and the replica")
 
     url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in watchers) + f"/{MASTER}"
@@ -222,12 +228,7 @@ async def test_a_failover_to_a_replica_that_lagged_replays_what_it_lost_exactly_
     ask = sync_redis.Redis(port=watchers[0].port)
 
     async def all_see_the_replica() -> bool:
-        try:
-            return all(int(sync_redis.Redis(port=s.port).sentinel_master(MASTER)
-                           ["num-other-sentinels"]) == 2 for s in watchers) and \
-                int(ask.sentinel_master(MASTER)["num-slaves"]) == 1
-        except (sync_redis.RedisError, KeyError):
-            return False
+        return sentinels_ready(watchers)
     await wait_for(all_see_the_replica, "the Sentinels to find each other and the replica")
 
     url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in watchers) + f"/{MASTER}"
