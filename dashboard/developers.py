@@ -29,12 +29,13 @@ from dashboard.render import (
 )
 from ledger import reports
 from ledger.catalog import NotFound
+from ledger.lifecycle import Lifecycle
 from ledger.periods import PERIODS
 
 
 async def find_developer(request: web.Request, developer_id: str) -> dict[str, Any]:
     state = admin_state(request)
-    for dev in await state.db(state.catalog.developers):
+    for dev in await state.db(state.catalog.developers, None, True):  # archived ones too
         if dev["id"] == developer_id:
             return dev
     raise NotFound(f"no developer {developer_id!r}")
@@ -88,7 +89,9 @@ async def developers(request: web.Request, q: Query) -> web.StreamResponse:
         dev["keys"] = active.get(dev["id"], 0)
     teams = await state.db(state.catalog.teams)
     return await render(request, "developers.html", {
-        "developers": rows, "teams": teams, "team_filter": q["team"] or ""})
+        "developers": rows, "teams": teams, "team_filter": q["team"] or "",
+        "archived": [d for d in await state.db(state.catalog.developers, None, True)
+                     if d["archived_at"]]})
 
 
 @allow(*ADMINS)
@@ -137,6 +140,8 @@ async def developer(request: web.Request) -> web.StreamResponse:
         "spent_month": found.get(("developer", dev["id"], "monthly"), 0),
         "limits": limits_of(limits, "developer", dev["id"]), "limit_words": LIMIT_WORDS,
         **await usage_context(request, dev["id"]),
+        "teams": await state.db(state.catalog.teams),
+        "memberships": await state.db(Lifecycle(state.catalog).memberships, dev["id"]),
     })
 
 
@@ -155,8 +160,10 @@ async def issue_key(request: web.Request) -> web.StreamResponse:
     """Issue a key and show its secret on this response only: never stored, never again."""
     state = admin_state(request)
     dev = await find_member(request, request.match_info["developer_id"])
-    expires = _expiry(field(await form(request), "expires", ""))
-    key = await change(request, state.catalog.issue_key, dev["id"], expires)
+    data = await form(request)
+    expires = _expiry(field(data, "expires", ""))
+    key = await change(request, state.catalog.issue_key, dev["id"], expires,
+                       label=field(data, "label", "", limit=100))
     return await render(request, "key_issued.html", {
         "dev": dev, "key": key, "proxy_url": state.proxy_url}, status=201)
 

@@ -121,6 +121,13 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
                                                        "reason": "on call"}, change()),
     "set_developer_limits": ("/developers/{dev}/limits", {"concurrency": "3"},
                              team_change()),
+    "set_developer_disabled": ("/developers/{dev_life}/disabled", {"disabled": "1"},
+                               change()),
+    "move_developer": ("/developers/{dev_move}/move", {"team": "{team_other}"}, change()),
+    "rename_developer": ("/developers/{dev_life}/rename", {"name": "Renamed Dev"}, change()),
+    "delete_developer": ("/developers/{dev_delete}/delete", {}, change()),
+    "rename_team": ("/teams/{team_life}/rename", {"name": "renamed-team"}, change()),
+    "delete_team": ("/teams/{team_delete}/delete", {}, change()),
     "revoke_key": ("/keys/{key_html}/revoke", {}, team_change()),
     "expire_key": ("/keys/{key_expire}/expire", {"expires": TOMORROW}, team_change()),
     "requests": ("/requests", None, read()),
@@ -161,6 +168,17 @@ APIS: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "api.developers": (f"{V1}/developers", None, api_read()),
     "api.create_developer": (f"{V1}/developers", {"name": "API Dev", "email": "api.dev@example.com",
                                                    "team": "{team}"}, api_change(201)),
+    "api.disable_developer": (f"{V1}/developers/{{dev_life}}/disable", {}, api_change()),
+    "api.enable_developer": (f"{V1}/developers/{{dev_life}}/enable", {}, api_change()),
+    "api.move_developer": (f"{V1}/developers/{{dev_move_api}}/move", {"team": "{team_other}"},
+                           api_change()),
+    "api.memberships": (f"{V1}/developers/{{dev}}/memberships", None, api_read()),
+    "api.update_developer": (f"{V1}/developers/{{dev_life}}", {"name": "API Renamed"},
+                             api_change()),
+    "api.delete_developer": (f"{V1}/developers/{{dev_delete_api}}", None, api_change()),
+    "api.update_team": (f"{V1}/teams/{{team_life}}", {"name": "api-renamed-team"},
+                        api_change()),
+    "api.delete_team": (f"{V1}/teams/{{team_delete_api}}", None, api_change()),
     "api.keys": (f"{V1}/keys", None, api_read()),
     "api.issue_key": (f"{V1}/keys", {"developer": "{dev}"}, api_change(201)),
     "api.revoke_key": (f"{V1}/keys/{{key_api}}/revoke", {}, api_change()),
@@ -256,6 +274,11 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
         row, _ = await gw.admin.db(accounts.issue_admin_key, "ro", name)
         ids[name] = row["id"]
     ids["team_managed"] = (await gw.admin.db(catalog.create_team, "managed-victim"))["id"]
+    for name in ("team_other", "team_life", "team_delete", "team_delete_api"):
+        ids[name] = (await gw.admin.db(catalog.create_team, f"victim-{name}"))["id"]
+    for name in ("dev_life", "dev_move", "dev_move_api", "dev_delete", "dev_delete_api"):
+        ids[name] = (await gw.admin.db(catalog.create_developer, name, f"{name}@example.com",
+                                       team))["id"]
     for scope in ("org", team, ids["team_managed"]):
         saved = await gw.admin.db(ManagedSettings(catalog).set, scope, {"env": {}})
     ids["org_checksum"] = saved["checksum"]  # the same document everywhere
