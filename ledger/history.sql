@@ -51,6 +51,8 @@ ALTER TABLE requests ADD COLUMN IF NOT EXISTS project VARCHAR DEFAULT '';
 -- The provider's request id (its `request-id` header), '' when none: what Claude Code's
 -- telemetry names the request by.
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS upstream_request_id VARCHAR DEFAULT '';
+-- What refused a request the gateway turned away, '' for one it let through (ledger/settlement.py).
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS refusal VARCHAR DEFAULT '';
 
 -- day × developer × team × model. Kept when raw rows are purged.
 CREATE TABLE IF NOT EXISTS usage_daily (

@@ -29,7 +29,7 @@ DIMENSIONS = ("developer", "team", "model", "session", "project")
 GRAINS = ("day", "week", "month")
 MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cache_write_5m",
             "cache_write_1h", "cache_read", "web_search", "cost_micros")
-STATUSES = ("ok", "error")
+STATUSES = ("ok", "error", "refused")  # refused: by the gateway (a cap, a limit, the key)
 SPEND_COLUMNS = ("period", "key", "label", *MEASURES)  # of a spend() row
 NO_SESSION = "(no session)"
 NO_PROJECT = "(no project)"
@@ -235,7 +235,8 @@ def requests_page(conn: duckdb.DuckDBPyConnection, *, start: datetime | None = N
                   status: str | None = None, session_id: str | None = None, limit: int = 50,
                   offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """One page of the request log, newest first, and how many requests match in total.
-    `status` is "ok", "error" or None (both); times are UTC (naive ones are taken as UTC)."""
+    `status` is "ok", "error" (failed after the gateway let it through), "refused" (by the
+    gateway) or None (all); times are UTC (naive ones are taken as UTC)."""
     where, params = _filters(_utc(start) if start else None, _utc(end) if end else None,
                              developer_id, team_id, column="ts")
     clauses = [where]
@@ -245,7 +246,8 @@ def requests_page(conn: duckdb.DuckDBPyConnection, *, start: datetime | None = N
             params.append(value)
     if status is not None:
         _check(status, STATUSES, "status")
-        clauses.append(ERROR_SQL if status == "error" else f"NOT {ERROR_SQL}")
+        clauses.append({"error": f"{ERROR_SQL} AND refusal = ''", "refused": "refusal <> ''",
+                        "ok": f"NOT {ERROR_SQL}"}[status])
     where = " AND ".join(clauses)
     rows = _dicts(conn.execute(
         f"SELECT * FROM requests WHERE {where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",

@@ -157,7 +157,7 @@ def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE rollup_sums AS SELECT {select}, count(*) AS requests, "
         f"count(*) FILTER (WHERE {ERROR_SQL}) AS errors, count(*) FILTER (WHERE estimated) "
-        f"AS estimated, {sums} FROM {source} GROUP BY ALL")
+        f"AS estimated, {sums} FROM {source} WHERE refusal = '' GROUP BY ALL")
     match = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     conn.execute(f"UPDATE {table} t SET {', '.join(f'{m} = t.{m} + s.{m}' for m in MEASURES)} "
                  f"FROM rollup_sums s WHERE {match}")
@@ -168,7 +168,8 @@ def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
 def add_to_rollups(conn: duckdb.DuckDBPyConnection, source: str,
                    fault: Fault | None = None) -> None:
     """Add the request rows of `source` (a table or view shaped like `requests`) to the daily,
-    per-session and per-project rollups. The caller owns the transaction."""
+    per-session and per-project rollups. The caller owns the transaction. Refusals (a
+    `refusal` set) are left out: they are not usage, only rows of the request log."""
     _add(conn, "usage_daily", ("day", "developer_id", "team_id", "model"), source)
     if fault is not None:
         fault("daily")
@@ -178,11 +179,12 @@ def add_to_rollups(conn: duckdb.DuckDBPyConnection, source: str,
 
 
 def _add_keys(conn: duckdb.DuckDBPyConnection, source: str) -> None:
-    """Per key: requests, spend and the last request's start (what the key list shows)."""
+    """Per key: requests, spend and the last request's start (what the key list shows);
+    refusals are not use, as they are not usage (_add)."""
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE rollup_keys AS SELECT key_id, count(*) AS requests, "
         f"CAST(sum(cost_micros) AS BIGINT) AS cost_micros, max(ts) AS last_used_at FROM {source} "
-        "GROUP BY key_id")
+        "WHERE refusal = '' GROUP BY key_id")
     conn.execute("UPDATE key_usage t SET requests = t.requests + s.requests, cost_micros = "
                  "t.cost_micros + s.cost_micros, last_used_at = greatest(t.last_used_at, "
                  "s.last_used_at) FROM rollup_keys s WHERE t.key_id = s.key_id")

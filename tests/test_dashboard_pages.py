@@ -138,10 +138,17 @@ async def test_key_issued_in_the_browser_is_shown_once_and_works(dashboard: Dash
     dev = (await gw.admin.db(gw.admin.catalog.developers))[0]["id"]
     admin = await dashboard.signed_in("admin")
     await admin.page(f"/admin/developers/{dev}")
-    status, text, headers = await admin.post(f"/admin/developers/{dev}/keys", {"expires": ""})
-    assert status == 201 and headers["Cache-Control"] == "no-store"
+    status, _, headers = await admin.post(f"/admin/developers/{dev}/keys", {"expires": ""})
+    assert status == 303  # post/redirect/get: the secret is on the next page
+    shown = headers["Location"]
+    status, text = await admin.get(shown)
+    assert status == 200
     secret = one(parse(text), "#new-key-secret").get_text(strip=True)
     assert secret.startswith("mtd_")
+    # Shown once: the same address again shows no secret and issues no key.
+    status, again = await admin.get(shown)
+    assert status == 303 and secret not in again
+    assert len(await gw.admin.db(gw.admin.catalog.keys)) == 2
     await gw.proxy.refresh_policy()
     assert await _send(dashboard, secret) == [200]
     page = await admin.page(f"/admin/developers/{dev}")

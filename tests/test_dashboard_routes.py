@@ -115,7 +115,9 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "create_developer": ("/developers", {"name": "New Dev", "email": "new.dev@example.com",
                                          "team": "{team}"}, change()),
     "developer": ("/developers/{dev}", None, team_read()),
-    "issue_key": ("/developers/{dev}/keys", {"expires": ""}, team_change(201)),
+    "issue_key": ("/developers/{dev}/keys", {"expires": ""}, team_change()),
+    # A token that holds no secret: who may ask is redirected to the developer's page.
+    "key_issued": ("/developers/{dev}/keys/issued/not-a-token", None, team_change()),
     "set_developer_budget": ("/developers/{dev}/budget", {"amount": "50"}, team_change()),
     "grant_to_developer": ("/developers/{dev}/grant", {"amount": "5", "until": TOMORROW,
                                                        "reason": "on call"}, change()),
@@ -150,6 +152,9 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "settings": ("/settings", None, read()),
     "reload_providers": ("/settings/reload-providers", {}, change()),
     "audit": ("/audit", None, read()),
+    # An entry that removed no cap: an admin goes back with the error (a form's way);
+    # test_refusals_browser.py undoes a real one.
+    "undo_budget_delete": ("/audit/999999/undo", {}, change()),
     "access": ("/access", None, read()),
     "create_user": ("/access/users", {"name": "new-finance", "role": "finance",
                                       "password": "a long enough password"}, change()),

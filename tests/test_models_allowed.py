@@ -79,14 +79,17 @@ async def test_the_sdk_gets_a_400_naming_a_model_its_team_may_not_use(gateway: G
         assert "claude-haiku-*" in err.value.message
         with pytest.raises(anthropic.BadRequestError, match="claude-opus-4-8"):
             await client.messages.count_tokens(model="claude-opus-4-8", messages=HELLO)
-        # Refused before admission: nothing reached the provider, nothing was metered.
-        assert not gateway.upstream.recorded and await gateway.events() == []
+        # Refused before admission: nothing reached the provider; the refusal is one $0 row
+        # of the request log (count_tokens is never metered).
+        assert not gateway.upstream.recorded
+        [refused] = await gateway.settled(1)
+        assert refused["cost_micros"] == "0" and refused["refusal"].startswith("model: ")
         ok = await client.messages.create(model="claude-haiku-4-5", max_tokens=64,
                                           messages=HELLO)
         assert ok.content[0].type == "text"
         counted = await client.messages.count_tokens(model="claude-haiku-4-5", messages=HELLO)
         assert counted.input_tokens > 0
-    assert len(await gateway.settled(1)) == 1
+    assert len(await gateway.settled(2)) == 2  # the refusal, then the served request
 
 
 async def test_an_advisor_tool_cannot_call_a_model_off_the_list(gateway: Gateway) -> None:

@@ -100,6 +100,7 @@ def make_events(n: int, *, seed: int = 1, start: datetime | None = None, days: i
             "agent_id": "", "parent_agent_id": "", "request_class": "", "prompt_id": "",
             "project": ("", "apollo", "zephyr")[i % 3],  # not drawn: seeds keep their events
             "upstream_request_id": f"req_{seed}_{i:06d}",
+            "refusal": "",
         })
     return events
 
