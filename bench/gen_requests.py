@@ -66,7 +66,8 @@ def generate(out: Path, rows: int, days: int, developers: int, teams: int, end: 
             '' AS agent_id, '' AS parent_agent_id, '' AS request_class, '' AS prompt_id,
             -- a developer works on one or two of 40 projects; a quarter of requests name none
             CASE WHEN h(i, 16) % 4 = 0 THEN ''
-                ELSE printf('project-%02d', (dev + h(i, 16) % 2) % 40) END AS project
+                ELSE printf('project-%02d', (dev + h(i, 16) % 2) % 40) END AS project,
+            '' AS upstream_request_id
         FROM (SELECT range AS i, h(range, 1) % {developers} AS dev FROM range({rows}))
         ORDER BY i
     """)

@@ -107,3 +107,55 @@ def share_bar(value: int, largest: int) -> Markup:
     return Markup('<svg class="share" viewBox="0 0 100 8" preserveAspectRatio="none" '
                   'aria-hidden="true" xmlns="http://www.w3.org/2000/svg">'
                   f'<rect x="0" y="0" width="{width:.2f}" height="8"/></svg>')
+
+
+SERIES_CLASSES = 8  # .s0 … .s7 in static/app.css; "others" is .s-others
+
+
+def stacked_bars(periods: Sequence[date], series: Sequence[tuple[str, Sequence[int]]],
+                 links: Sequence[str], title: str) -> Markup:
+    """A column per period (µ$), stacked by series in the order given (the last may be
+    "others"), each column a link (to that period's requests). `series` holds (label,
+    amount per period); the legend is the page's, with the same .sN classes."""
+    width, height, left, bottom, top_pad = 900, 240, 64, 28, 12
+    plot_w, plot_h = width - left - 8, height - bottom - top_pad
+    columns = [sum(cells[i] for _, cells in series) for i in range(len(periods))]
+    peak = max(columns, default=0)
+    step = nice_step(peak)
+    ceiling = max(step, -(-peak // step) * step)
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+             f"<title>{escape(title)}</title>"]
+    for tick in range(0, ceiling + 1, step):
+        y = top_pad + plot_h - plot_h * tick // ceiling
+        parts.append(f'<line class="grid" x1="{left}" y1="{y}" x2="{width - 8}" y2="{y}"/>'
+                     f'<text class="axis" x="{left - 6}" y="{y + 4}" text-anchor="end">'
+                     f"{escape(_axis_label(tick))}</text>")
+    n = max(len(periods), 1)
+    slot = plot_w / n
+    gap = min(2.0, slot * 0.2)
+    for i, day in enumerate(periods):
+        x = left + i * slot + gap / 2
+        base = float(top_pad + plot_h)
+        parts.append(f'<a class="column" href="{escape(links[i])}" data-day="{day}">'
+                     f"<title>{escape(day.isoformat())}: {escape(format_usd(columns[i]))}"
+                     "</title>")
+        for s, (label, cells) in enumerate(series):
+            h = plot_h * cells[i] / ceiling
+            if h <= 0:
+                continue
+            base -= h
+            css = "s-others" if label == "(others)" else f"s{s % SERIES_CLASSES}"
+            parts.append(f'<rect class="seg {css}" x="{x:.1f}" y="{base:.1f}" '
+                         f'width="{slot - gap:.1f}" height="{h:.1f}"><title>'
+                         f"{escape(day.isoformat())} · {escape(label)}: "
+                         f"{escape(format_usd(cells[i]))}</title></rect>")
+        parts.append("</a>")
+    labelled = {0, n // 2, n - 1} if periods else set()
+    for i in sorted(labelled):
+        x = left + i * slot + slot / 2
+        anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
+        parts.append(f'<text class="axis" x="{x:.1f}" y="{height - 8}" text-anchor="{anchor}">'
+                     f"{escape(periods[i].strftime('%b %d'))}</text>")
+    parts.append("</svg>")
+    return Markup("".join(parts))

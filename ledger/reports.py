@@ -237,6 +237,22 @@ def requests_page(conn: duckdb.DuckDBPyConnection, *, start: datetime | None = N
     """One page of the request log, newest first, and how many requests match in total.
     `status` is "ok", "error" (failed after the gateway let it through), "refused" (by the
     gateway) or None (all); times are UTC (naive ones are taken as UTC)."""
+    where, params = request_where(start=start, end=end, developer_id=developer_id,
+                                  team_id=team_id, model=model, status=status,
+                                  session_id=session_id)
+    rows = _dicts(conn.execute(
+        f"SELECT * FROM requests WHERE {where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
+        [*params, max(0, limit), max(0, offset)]))
+    row = conn.execute(f"SELECT count(*) FROM requests WHERE {where}", params).fetchone()
+    return rows, int(row[0]) if row else 0
+
+
+def request_where(*, start: datetime | None = None, end: datetime | None = None,
+                  developer_id: str | None = None, team_id: str | None = None,
+                  model: str | None = None, status: str | None = None,
+                  session_id: str | None = None) -> tuple[str, list[Any]]:
+    """The WHERE clause (over `requests`) and parameters of the request log's filters, shared
+    by its page and its CSV export so the export holds what the screen shows."""
     where, params = _filters(_utc(start) if start else None, _utc(end) if end else None,
                              developer_id, team_id, column="ts")
     clauses = [where]
@@ -248,12 +264,7 @@ def requests_page(conn: duckdb.DuckDBPyConnection, *, start: datetime | None = N
         _check(status, STATUSES, "status")
         clauses.append({"error": f"{ERROR_SQL} AND refusal = ''", "refused": "refusal <> ''",
                         "ok": f"NOT {ERROR_SQL}"}[status])
-    where = " AND ".join(clauses)
-    rows = _dicts(conn.execute(
-        f"SELECT * FROM requests WHERE {where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
-        [*params, max(0, limit), max(0, offset)]))
-    row = conn.execute(f"SELECT count(*) FROM requests WHERE {where}", params).fetchone()
-    return rows, int(row[0]) if row else 0
+    return " AND ".join(clauses), params
 
 
 def export_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = ()) -> str:

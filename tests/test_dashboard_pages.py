@@ -244,7 +244,7 @@ async def test_report_csv_totals_match_the_page(dashboard: Dashboard) -> None:
     status, text = await finance.get(attr(one(page, "#download-csv"), "href"))
     assert status == 200
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert sorted(r["label"] for r in rows) == ["Ada", "Bob"]
+    assert sorted(r["name"] for r in rows) == ["Ada", "Bob"]
     assert sum(int(r["cost_micros"]) for r in rows) == total
     assert format_usd(sum(int(r["cost_micros"]) for r in rows)) == shown
     status, body = await finance.get(attr(one(page, "#download-parquet"), "href"))
@@ -262,12 +262,13 @@ async def test_report_by_project_shows_each_project_and_the_untagged_rest(
     await dashboard.roll_up()
     finance = await dashboard.signed_in("finance")
     page = await finance.page("/admin/reports?dimension=project&grain=month")
-    rows = {tr.select("td")[1].get_text(strip=True): tr.select("td")[2].get_text(strip=True)
+    # The pivot: the project, a cell per period, then requests and the total.
+    rows = {tr.select("td")[0].get_text(strip=True): tr.select("td")[-2].get_text(strip=True)
             for tr in page.select("#report tbody tr")}
     assert rows == {"apollo": "2", "zephyr": "1", "(no project)": "1"}
     status, text = await finance.get(attr(one(page, "#download-csv"), "href"))
     assert status == 200
-    costs = {r["label"]: int(r["cost_micros"]) for r in csv.DictReader(io.StringIO(text))}
+    costs = {r["name"]: int(r["cost_micros"]) for r in csv.DictReader(io.StringIO(text))}
     assert costs["apollo"] == 2 * costs["zephyr"] == 2 * costs["(no project)"] > 0
     assert sum(costs.values()) == int(attr(one(page, "#report-total"), "data-micros"))
 

@@ -25,6 +25,7 @@ from ledger.models_allowed import AllowedModels
 from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Browser, Dashboard
+from tests.request_rows import insert_request
 
 # team_lead leads the seeded team (the one every {team} and {dev} below belongs to);
 # lead_other is a team lead of another team.
@@ -97,6 +98,10 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
                                                     "thresholds": "50, 80"}, change()),
     "remove_alert_destination": ("/alerts/destinations/{dest_remove}/delete", {}, change()),
     "test_alert_destination": ("/alerts/destinations/{dest_test}/test", {}, change()),
+    "me_csv": ("/me/usage.csv", None, SELF),
+    # Another developer's key: refused with the form's error message (a redirect back), and
+    # the snapshot below shows nothing changed; its own key: test_reports_browser.py.
+    "revoke_own_key": ("/me/keys/{key_html}/revoke", {}, {**SELF, "developer": 303}),
     "teams": ("/teams", None, read()),
     "create_team": ("/teams", {"name": "made-by-admin"}, change()),
     "team": ("/teams/{team}", None, team_read()),
@@ -137,6 +142,12 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "reports": ("/reports?team={team}", None, team_read()),
     "reports_csv": ("/reports.csv?team={team}", None, team_read()),
     "reports_parquet": ("/reports.parquet", None, read()),
+    "statement": ("/reports/statement", None, read()),
+    "forecasts": ("/forecasts", None, read()),
+    "statement_csv": ("/reports/statement.csv", None, read()),
+    "requests_csv": ("/requests.csv?team={team}", None, read()),
+    # A session of the seeded team's developer: another developer's is a 404 to a developer.
+    "session": ("/sessions/sess-route", None, {**team_read(), "developer": 404}),
     "bought": ("/bought", None, read()),
     "bought_csv": ("/bought.csv", None, read()),
     "rollout": ("/rollout", None, ROLLOUT),
@@ -284,6 +295,8 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
     for name in ("dev_life", "dev_move", "dev_move_api", "dev_delete", "dev_delete_api"):
         ids[name] = (await gw.admin.db(catalog.create_developer, name, f"{name}@example.com",
                                        team))["id"]
+    await gw.admin.db(insert_request, catalog.conn, id="req-route", session_id="sess-route",
+                      developer_id=dev, team_id=team, model="claude-sonnet-4-6")
     for scope in ("org", team, ids["team_managed"]):
         saved = await gw.admin.db(ManagedSettings(catalog).set, scope, {"env": {}})
     ids["org_checksum"] = saved["checksum"]  # the same document everywhere
