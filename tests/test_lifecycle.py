@@ -7,9 +7,6 @@ admin API and the CLI."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +19,10 @@ from ledger.catalog import Catalog, CatalogError
 from ledger.lifecycle import Lifecycle
 from ledger.models_allowed import AllowedModels
 from ledger.rollup import Rollup
-from tests.conftest import MOCK_KEY, Gateway, Upstream
+from tests.conftest import Gateway, Upstream
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import PASSWORDS, Dashboard
+from tests.operator_cli import operator_cli
 from tests.test_dashboard_browser import _sign_in, chromium  # noqa: F401
 from tests.test_processes import BODY, REAL_ONLY, seconds_until_refused
 from tests.test_rollup import KS, fresh_db, inline_db, make_events, send
@@ -318,14 +316,7 @@ async def test_keys_show_label_last_use_spend_and_who_revoked_them(
 @pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
 def test_cli_disables_moves_renames_and_deletes(tmp_path: Path, upstream: Upstream,
                                                 redis_url: str) -> None:
-    env = {**os.environ, "MTD_DATA_DIR": str(tmp_path / "data"), "MTD_LOG_LEVEL": "warning",
-           "MTD_UPSTREAM_KEY": MOCK_KEY}
-
-    def cli(*args: str, code: int = 0) -> str:
-        done = subprocess.run([sys.executable, "-m", "meterd.cli", *args], env=env,
-                              capture_output=True, timeout=60)
-        assert done.returncode == code, done.stderr.decode()
-        return (done.stdout + done.stderr).decode()
+    cli = operator_cli(tmp_path / "data")
 
     cli("team", "create", "platform")
     cli("team", "create", "research")
