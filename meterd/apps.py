@@ -23,6 +23,7 @@ from ledger.catalog import Catalog, connect
 from ledger.gate import Gate
 from ledger.journal import Journal
 from ledger.keyspace import KeySpace
+from ledger.lifecycle import Lifecycle
 from ledger.pricing import PriceTable
 from ledger.redis_client import connect_redis
 from ledger.rollup import Rollup, schedule, schedule_purge
@@ -191,6 +192,8 @@ async def _admin_context(settings: Settings, standby: bool,
             await state.publish()
         if state.rollup is not None and state.rollup.leader:  # one mover, as for usage
             await telemetry.tick()
+            if await state.db(Lifecycle(catalog).start_due_moves):  # a move's day has come
+                await state.publish()
 
     scheduler = AsyncIOScheduler(timezone=UTC)
     # APScheduler logs two info lines per job run: a rollup every few seconds would fill the
