@@ -332,10 +332,12 @@ async def test_no_answered_request_is_lost_or_doubled_and_caps_hold_through_faul
                 await proc.wait()  # the leader's SIGTERM rolls up what is left
 
     conn = duckdb.connect(str(tmp_path / "shared" / "meterd.duckdb"), read_only=True)
-    held = dict(conn.execute("SELECT id, count(*) FROM requests GROUP BY id").fetchall())
-    costs = {r[0] for r in conn.execute("SELECT DISTINCT cost_micros FROM requests").fetchall()}
+    # Usage: the request log also keeps refusals (cost 0), which are not.
+    conn.execute("CREATE TEMP VIEW usage AS SELECT * FROM requests WHERE refusal = ''")
+    held = dict(conn.execute("SELECT id, count(*) FROM usage GROUP BY id").fetchall())
+    costs = {r[0] for r in conn.execute("SELECT DISTINCT cost_micros FROM usage").fetchall()}
     totals = dict(conn.execute(
-        "SELECT d.email, sum(r.cost_micros) FROM requests r "
+        "SELECT d.email, sum(r.cost_micros) FROM usage r "
         "JOIN developers d ON d.id = r.developer_id GROUP BY ALL").fetchall())
     dev_ids = dict(conn.execute("SELECT email, id FROM developers").fetchall())
     conn.close()
