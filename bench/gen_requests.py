@@ -66,7 +66,8 @@ def generate(out: Path, rows: int, days: int, developers: int, teams: int, end: 
             '' AS agent_id, '' AS parent_agent_id, '' AS request_class, '' AS prompt_id,
             -- a developer works on one or two of 40 projects; a quarter of requests name none
             CASE WHEN h(i, 16) % 4 = 0 THEN ''
-                ELSE printf('project-%02d', (dev + h(i, 16) % 2) % 40) END AS project
+                ELSE printf('project-%02d', (dev + h(i, 16) % 2) % 40) END AS project,
+            '' AS upstream_request_id
         FROM (SELECT range AS i, h(range, 1) % {developers} AS dev FROM range({rows}))
         ORDER BY i
     """)
@@ -75,9 +76,11 @@ def generate(out: Path, rows: int, days: int, developers: int, teams: int, end: 
     t1 = time.perf_counter()
     print(f"requests: {rows:,} rows in {t1 - t0:.1f} s")
     conn.execute(f"""
-        INSERT INTO teams SELECT printf('team_%03d', t), printf('Team %03d', t), now()
+        INSERT INTO teams (id, name, created_at)
+        SELECT printf('team_%03d', t), printf('Team %03d', t), now()
         FROM range({teams}) r(t);
-        INSERT INTO developers SELECT printf('dev_%05d', d), printf('Developer %05d', d),
+        INSERT INTO developers (id, name, email, team_id, disabled, created_at)
+        SELECT printf('dev_%05d', d), printf('Developer %05d', d),
             printf('dev%05d@example.com', d), printf('team_%03d', d % {teams}), false, now()
         FROM range({developers}) r(d);
         INSERT INTO budgets SELECT printf('bud_t%03d', t), 'team', printf('team_%03d', t),

@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 
-from ledger import reports
+from ledger import exports, forecasts, pivot, reports, session_report
 
 DEFAULT_DB = Path(tempfile.gettempdir()) / "meterd-bench" / "requests.duckdb"
 BUDGET_MS = 300
@@ -80,8 +80,57 @@ def queries(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, Callable[[], Any
             page, start=datetime.combine(week, dtime(0), UTC), status="ok", offset=100)),
         ("CSV export of spend day x team (30 d)",
          lambda: reports.export_csv(spend(start=month))),
+        *((f"pivot week x {d}, top 20 ({(end - quarter).days} d)", partial(
+            pivot.pivot, c, start=quarter, end=end, grain="week", dimension=d))
+          for d in reports.DIMENSIONS),
+        ("pivot day x developer, page 5 (30 d)", partial(
+            pivot.pivot, c, start=month, end=end, dimension="developer", offset=80)),
+        ("statement (last month)", partial(pivot.statement, c, month=month)),
+        ("month-end forecasts (org + every team)", partial(forecasts.month_end, c, now=now)),
+        ("session view", partial(session_report.session, c, session[0])),
+        ("CSV stream week x developer (90 d)", lambda: "".join(exports.pivot_csv(
+            c, start=quarter, end=end, grain="week", dimension="developer"))),
+        ("CSV stream of requests, one team, 7 d", lambda: "".join(exports.requests_csv(
+            c, team_id=team[0], start=datetime.combine(week, dtime(0), UTC)))),
     ]
     return out
+
+
+def pages(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, Callable[[], Any]]]:
+    """The ledger calls each new page makes, together (its server time less the rendering)."""
+    c = conn
+    newest = c.execute("SELECT max(ts) FROM requests").fetchone()
+    session = c.execute("SELECT session_id FROM requests ORDER BY ts DESC LIMIT 1").fetchone()
+    dev = c.execute("SELECT developer_id FROM requests LIMIT 1").fetchone()
+    assert newest and session and dev
+    end = newest[0].date() + timedelta(days=1)
+    now = datetime.combine(newest[0].date(), dtime(15), UTC)
+
+    def report_page(days: int, grain: str, dim: str) -> Callable[[], Any]:
+        start = end - timedelta(days=days)
+        return lambda: (pivot.pivot(c, start=start, end=end, grain=grain, dimension=dim),
+                        reports.totals(c, start=start, end=end),
+                        reports.cache_savings(c, start=start, end=end))
+
+    def me_page() -> Any:
+        start = end - timedelta(days=30)
+        return (pivot.pivot(c, start=start, end=end, grain="month", dimension="model",
+                            developer_id=dev[0]),
+                pivot.pivot(c, start=start, end=end, grain="month", dimension="session",
+                            developer_id=dev[0]),
+                forecasts.month_end(c, now=now),
+                reports.requests_page(c, developer_id=dev[0], limit=10))
+
+    return [
+        ("/reports day x developer, 90 d", report_page(90, "day", "developer")),
+        ("/reports week x developer, 90 d", report_page(90, "week", "developer")),
+        ("/reports week x session, 90 d", report_page(90, "week", "session")),
+        ("/reports day x model, last 7 days", report_page(7, "day", "model")),
+        ("/reports/statement", lambda: pivot.statement(c, month=end - timedelta(days=1))),
+        ("/forecasts", lambda: forecasts.month_end(c, now=now)),
+        ("/sessions/{id}", lambda: session_report.session(c, session[0])),
+        ("/me (30 d)", me_page),
+    ]
 
 
 def rows_of(result: Any) -> int:
@@ -113,6 +162,18 @@ def main() -> None:
         flag = "" if worst < BUDGET_MS else f"  over {BUDGET_MS} ms"
         print(f"{name:<44} {statistics.median(times):>10.1f} {worst:>9.1f} "
               f"{rows_of(result):>6}{flag}")
+    print(f"\n{'page (its ledger calls together)':<44} {'median ms':>10} {'worst ms':>9}")
+    for name, run in pages(conn):
+        run()
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t0) * 1000)
+        worst = max(times)
+        slow += worst >= BUDGET_MS
+        flag = "" if worst < BUDGET_MS else f"  over {BUDGET_MS} ms"
+        print(f"{name:<44} {statistics.median(times):>10.1f} {worst:>9.1f}{flag}")
     with tempfile.TemporaryDirectory() as tmp:
         newest = conn.execute("SELECT max(ts)::DATE FROM requests").fetchone()
         assert newest

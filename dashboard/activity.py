@@ -8,10 +8,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from dashboard.auth import READERS, allow
+from dashboard.auth import ADMINS, READERS, allow
 from dashboard.params import MAX_OFFSET, Query, choice, moment, query, text, whole
-from dashboard.render import admin_state, render, report
+from dashboard.render import admin_state, change, render, report, see_other, url
 from ledger import reports
+from ledger.catalog import CatalogError, NotFound
+from ledger.money import format_usd
 
 PAGE_SIZE = 50
 # The filters of the request log, on the Requests page and the API (empty boxes ignored).
@@ -67,14 +69,62 @@ def _changes(before: Any, after: Any) -> list[tuple[str, Any, Any]]:
             if old.get(k) != new.get(k)]
 
 
+def _readable(name: str, value: Any, links: dict[str, tuple[str, Any]]) -> Any:
+    """An audited value as people read it: dollars for µ$, a name for a developer's or a
+    team's id (the id stays in the row's data for the API)."""
+    if value is None:
+        return None
+    if name.endswith("_micros") and isinstance(value, int):
+        return format_usd(value, exact=value % 10_000 != 0)
+    if isinstance(value, str) and value in links:
+        return links[value][0]
+    return value
+
+
 @allow(*READERS)
 @query(text("actor"), text("action"))
 async def audit(request: web.Request, q: Query) -> web.StreamResponse:
     state = admin_state(request)
     rows = await state.db(state.catalog.audit, 500)
     actor, action = q["actor"] or "", q["action"] or ""
-    shown = [dict(r, changes=_changes(r["before"], r["after"])) for r in rows
+    devs = await state.db(state.catalog.developers)
+    teams = await state.db(state.catalog.teams)
+    links = {d["id"]: (d["name"], url(request, "developer", developer_id=d["id"]))
+             for d in devs} | {t["id"]: (t["name"], url(request, "team", team_id=t["id"]))
+                              for t in teams}
+    shown = [dict(r, changes=[(k, _readable(k, old, links), _readable(k, new, links))
+                              for k, old, new in _changes(r["before"], r["after"])],
+                  target_link=links.get(r["target"]))
+             for r in rows
              if (not actor or r["actor"] == actor) and (not action or r["action"] == action)]
     return await render(request, "audit.html", {
         "rows": shown, "actors": sorted({r["actor"] for r in rows}),
         "actions": sorted({r["action"] for r in rows}), "actor": actor, "action": action})
+
+
+def _audit_row(conn: Any, audit_id: int) -> dict[str, Any] | None:
+    cur = conn.execute("SELECT * FROM admin_audit WHERE id = ?", [audit_id])
+    row = cur.fetchone()
+    return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+
+
+@allow(*ADMINS)
+async def undo_budget_delete(request: web.Request) -> web.StreamResponse:
+    """Put back the cap an audited budget.delete removed (same scope, period, amount and
+    mode); the restore is itself audited, as a budget.set by whoever pressed undo."""
+    state = admin_state(request)
+    try:
+        audit_id = int(request.match_info["audit_id"])
+    except ValueError:
+        raise NotFound("no such audit entry") from None
+    row = await report(request, _audit_row, audit_id)
+    if row is None or row["action"] != "budget.delete" or not row["before"]:
+        raise NotFound("no removed cap to put back in that audit entry")
+    cap = orjson.loads(row["before"]) if isinstance(row["before"], str) else row["before"]
+    if any(b["scope"] == cap["scope"] and b["scope_id"] == cap["scope_id"]
+           and b["period"] == cap["period"] for b in await state.db(state.catalog.budgets)):
+        raise CatalogError(f"a {cap['period']} cap of that scope exists again: edit it "
+                           "instead of undoing the removal")
+    await change(request, state.catalog.set_budget, cap["scope"], cap["scope_id"] or "org",
+                 cap["period"], int(cap["amount_micros"]), cap.get("mode") or "estimate")
+    return see_other(request, url(request, "audit"), "Removed cap restored.")

@@ -17,7 +17,7 @@ from dashboard.accounts import Accounts, hash_password
 from dashboard.appkeys import IDENTITY
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.jsonio import Body, json_response, read_body
-from dashboard.params import Query, parse_expiry, query, text, whole
+from dashboard.params import Query, choice, parse_expiry, query, text, whole
 from dashboard.spend_limits import meterd_scope
 from dashboard.state import ADMIN, AdminState
 from ledger.catalog import LIMIT_FIELDS
@@ -40,9 +40,11 @@ async def _change(request: web.Request, fn: Callable[..., Any], *args: Any, **kw
 
 
 @allow(*READERS)
-async def list_teams(request: web.Request) -> web.Response:
+@query(choice("archived", ("0", "1"), "0"))
+async def list_teams(request: web.Request, q: Query) -> web.Response:
+    """`archived=1`: the archived teams too (they have `archived_at`)."""
     state = _state(request)
-    return json_response({"data": await state.db(state.catalog.teams)})
+    return json_response({"data": await state.db(state.catalog.teams, q["archived"] == "1")})
 
 
 @allow(*ADMINS)
@@ -53,10 +55,12 @@ async def create_team(request: web.Request) -> web.Response:
 
 
 @allow(*READERS)
-@query(text("team"))
+@query(text("team"), choice("archived", ("0", "1"), "0"))
 async def list_developers(request: web.Request, q: Query) -> web.Response:
+    """`archived=1`: the archived developers too (they have `archived_at`)."""
     state = _state(request)
-    return json_response({"data": await state.db(state.catalog.developers, q["team"])})
+    return json_response({"data": await state.db(state.catalog.developers, q["team"],
+                                                 q["archived"] == "1")})
 
 
 @allow(*ADMINS)
@@ -84,9 +88,11 @@ def _when(body: Body) -> datetime | None:
 async def issue_key(request: web.Request) -> web.Response:
     """The secret is in this response and nowhere else, ever."""
     state, body = _state(request), await read_body(request)
-    key = await _change(request, state.catalog.issue_key, body.text("developer"), _when(body))
+    key = await _change(request, state.catalog.issue_key, body.text("developer"), _when(body),
+                        label=body.text("label", ""))
     return json_response({"id": key.id, "developer_id": key.developer_id, "secret": key.secret,
-                          "display": key.display, "expires_at": key.expires_at}, 201)
+                          "display": key.display, "expires_at": key.expires_at,
+                          "label": key.label}, 201)
 
 
 @allow(*ADMINS)

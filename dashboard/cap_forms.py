@@ -3,15 +3,17 @@ carry: reading what was posted, saving it, and the current limits to fill the fo
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from yarl import URL
 
-from dashboard.render import admin_state, change, field, form, see_other
+from dashboard.render import admin_state, change, field, form, render, see_other
 from ledger.catalog import LIMIT_FIELDS
 from ledger.money import parse_usd
 from ledger.periods import PERIODS
+from ledger.status import blocked_by
 
 LIMIT_WORDS = {"rpm": "Requests per minute", "itpm": "Input tokens per minute",
                "otpm": "Output tokens per minute", "concurrency": "Concurrent requests"}
@@ -50,11 +52,29 @@ def limits_of(rows: list[dict[str, Any]], scope: str, scope_id: str) -> dict[str
 
 
 async def save_budget(request: web.Request, scope: str, scope_id: str, page: URL,
-                      saved: str) -> web.Response:
-    """Save the posted budget of one scope, then go back to its `page` saying `saved`."""
+                      saved: str) -> web.StreamResponse:
+    """Save the posted budget of one scope, then go back to its `page` saying `saved`. A
+    cap that would refuse someone at once ($0, or at or below what they spent this period)
+    is saved only when the post says confirm=1: the first post answers a page naming them."""
     state = admin_state(request)
-    period, amount, mode = budget_values(await form(request))
-    await change(request, state.catalog.set_budget, scope, scope_id, period, amount, mode)
+    data = await form(request)
+    period, amount, mode = budget_values(data)
+    if field(data, "confirm", "") != "1":
+        devs = await state.db(state.catalog.developers)
+        blocked = await blocked_by(state.redis, state.keyspace, devs, scope, scope_id, period,
+                                   amount, datetime.now(UTC))
+        if blocked:
+            return await render(request, "cap_confirm.html", {
+                "blocked": blocked, "amount": amount, "period": period, "mode": mode,
+                "amount_text": f"{amount // 1_000_000}.{amount % 1_000_000:06d}",
+                "scope": scope, "action": request.path, "back": page})
+    before = await state.db(state.catalog.budgets)
+    row = await change(request, state.catalog.set_budget, scope, scope_id, period, amount, mode)
+    others = sorted({b["period"] for b in before if b["scope"] == row["scope"]
+                     and b["scope_id"] == row["scope_id"] and b["period"] != period})
+    if others:  # a second period is a second cap, not a change of the first
+        saved += (f" This scope now also has a {', '.join(others)} cap; each applies on its "
+                  "own (edit that one to change it).")
     return see_other(request, page, saved)
 
 

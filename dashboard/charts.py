@@ -30,39 +30,52 @@ def _axis_label(micros: int) -> str:
     return text[:-3] if text.endswith(".00") else text
 
 
-def daily_bars(points: Sequence[tuple[date, int]], title: str = "Spend per day") -> Markup:
-    """A bar per day (µ$), with a money axis and the first, middle and last dates."""
-    width, height, left, bottom, top_pad = 900, 240, 64, 28, 12
-    plot_w, plot_h = width - left - 8, height - bottom - top_pad
-    peak = max((v for _, v in points), default=0)
+# The chart's box (viewBox units): size, the money axis's margin, the date row, the top pad.
+WIDTH, HEIGHT, LEFT, BOTTOM, TOP_PAD = 900, 240, 64, 28, 12
+PLOT_W, PLOT_H = WIDTH - LEFT - 8, HEIGHT - BOTTOM - TOP_PAD
+
+
+def _frame(peak: int, count: int, title: str) -> tuple[list[str], int, float, float]:
+    """The opening of a bar chart of `count` columns up to `peak` µ$: the svg, its title and
+    the money axis with grid lines. Returns (parts, ceiling µ$, slot width, gap)."""
     step = nice_step(peak)
     ceiling = max(step, -(-peak // step) * step)
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
              f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
              f"<title>{escape(title)}</title>"]
     for tick in range(0, ceiling + 1, step):
-        y = top_pad + plot_h - plot_h * tick // ceiling
-        parts.append(f'<line class="grid" x1="{left}" y1="{y}" x2="{width - 8}" y2="{y}"/>'
-                     f'<text class="axis" x="{left - 6}" y="{y + 4}" text-anchor="end">'
+        y = TOP_PAD + PLOT_H - PLOT_H * tick // ceiling
+        parts.append(f'<line class="grid" x1="{LEFT}" y1="{y}" x2="{WIDTH - 8}" y2="{y}"/>'
+                     f'<text class="axis" x="{LEFT - 6}" y="{y + 4}" text-anchor="end">'
                      f"{escape(_axis_label(tick))}</text>")
-    n = max(len(points), 1)
-    slot = plot_w / n
-    gap = min(2.0, slot * 0.2)
+    slot = PLOT_W / max(count, 1)
+    return parts, ceiling, slot, min(2.0, slot * 0.2)
+
+
+def _close(parts: list[str], days: Sequence[date], slot: float) -> Markup:
+    """The first, middle and last dates under the columns, and the end of the svg."""
+    n = len(days)
+    for i in sorted({0, n // 2, n - 1} if days else set()):
+        x = LEFT + i * slot + slot / 2
+        anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
+        parts.append(f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">'
+                     f"{escape(days[i].strftime('%b %d'))}</text>")
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def daily_bars(points: Sequence[tuple[date, int]], title: str = "Spend per day") -> Markup:
+    """A bar per day (µ$), with a money axis and the first, middle and last dates."""
+    parts, ceiling, slot, gap = _frame(max((v for _, v in points), default=0), len(points),
+                                       title)
     for i, (day, value) in enumerate(points):
-        h = plot_h * value / ceiling if ceiling else 0.0
-        x = left + i * slot + gap / 2
-        top = top_pad + plot_h - h
+        h = PLOT_H * value / ceiling
+        x = LEFT + i * slot + gap / 2
+        top = TOP_PAD + PLOT_H - h
         parts.append(f'<rect class="bar" x="{x:.1f}" y="{top:.1f}" width="{slot - gap:.1f}" '
                      f'height="{max(h, 0.0):.1f}"><title>{escape(day.isoformat())}: '
                      f"{escape(format_usd(value))}</title></rect>")
-    labelled = {0, n // 2, n - 1} if points else set()
-    for i in sorted(labelled):
-        x = left + i * slot + slot / 2
-        anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
-        parts.append(f'<text class="axis" x="{x:.1f}" y="{height - 8}" text-anchor="{anchor}">'
-                     f"{escape(points[i][0].strftime('%b %d'))}</text>")
-    parts.append("</svg>")
-    return Markup("".join(parts))
+    return _close(parts, [day for day, _ in points], slot)
 
 
 def level(spent: int, cap: int, thresholds: Sequence[int]) -> str:
@@ -107,3 +120,33 @@ def share_bar(value: int, largest: int) -> Markup:
     return Markup('<svg class="share" viewBox="0 0 100 8" preserveAspectRatio="none" '
                   'aria-hidden="true" xmlns="http://www.w3.org/2000/svg">'
                   f'<rect x="0" y="0" width="{width:.2f}" height="8"/></svg>')
+
+
+SERIES_CLASSES = 8  # .s0 … .s7 in static/app.css; "others" is .s-others
+
+
+def stacked_bars(periods: Sequence[date], series: Sequence[tuple[str, Sequence[int]]],
+                 links: Sequence[str], title: str) -> Markup:
+    """A column per period (µ$), stacked by series in the order given (the last may be
+    "others"), each column a link (to that period's requests). `series` holds (label,
+    amount per period); the legend is the page's, with the same .sN classes."""
+    columns = [sum(cells[i] for _, cells in series) for i in range(len(periods))]
+    parts, ceiling, slot, gap = _frame(max(columns, default=0), len(periods), title)
+    for i, day in enumerate(periods):
+        x = LEFT + i * slot + gap / 2
+        base = float(TOP_PAD + PLOT_H)
+        parts.append(f'<a class="column" href="{escape(links[i])}" data-day="{day}">'
+                     f"<title>{escape(day.isoformat())}: {escape(format_usd(columns[i]))}"
+                     "</title>")
+        for s, (label, cells) in enumerate(series):
+            h = PLOT_H * cells[i] / ceiling
+            if h <= 0:
+                continue
+            base -= h
+            css = "s-others" if label == "(others)" else f"s{s % SERIES_CLASSES}"
+            parts.append(f'<rect class="seg {css}" x="{x:.1f}" y="{base:.1f}" '
+                         f'width="{slot - gap:.1f}" height="{h:.1f}"><title>'
+                         f"{escape(day.isoformat())} · {escape(label)}: "
+                         f"{escape(format_usd(cells[i]))}</title></rect>")
+        parts.append("</a>")
+    return _close(parts, periods, slot)

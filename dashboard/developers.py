@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 from aiohttp import web
 
-from dashboard import charts, live
+from dashboard import charts, live, shown_once
+from dashboard.appkeys import SESSION
 from dashboard.auth import ADMINS, READERS, TEAM_ADMINS, TEAM_READERS, allow, require_team
 from dashboard.budgets import caps_for_developer
 from dashboard.cap_forms import LIMIT_WORDS, limits_of, save_budget, save_limits
@@ -29,12 +30,13 @@ from dashboard.render import (
 )
 from ledger import reports
 from ledger.catalog import NotFound
+from ledger.lifecycle import Lifecycle
 from ledger.periods import PERIODS
 
 
 async def find_developer(request: web.Request, developer_id: str) -> dict[str, Any]:
     state = admin_state(request)
-    for dev in await state.db(state.catalog.developers):
+    for dev in await state.db(state.catalog.developers, None, True):  # archived ones too
         if dev["id"] == developer_id:
             return dev
     raise NotFound(f"no developer {developer_id!r}")
@@ -88,7 +90,9 @@ async def developers(request: web.Request, q: Query) -> web.StreamResponse:
         dev["keys"] = active.get(dev["id"], 0)
     teams = await state.db(state.catalog.teams)
     return await render(request, "developers.html", {
-        "developers": rows, "teams": teams, "team_filter": q["team"] or ""})
+        "developers": rows, "teams": teams, "team_filter": q["team"] or "",
+        "archived": [d for d in await state.db(state.catalog.developers, None, True)
+                     if d["archived_at"]]})
 
 
 @allow(*ADMINS)
@@ -110,11 +114,14 @@ async def usage_context(request: web.Request, developer_id: str) -> dict[str, An
                             grain="month", dimension="model", developer_id=developer_id)
     recent, total = await report(request, reports.requests_page, developer_id=developer_id,
                                  limit=10)
+    _, refused = await report(request, reports.requests_page, developer_id=developer_id,
+                              status="refused", start=datetime.combine(start, time(), UTC),
+                              limit=0)
     return {
         "trend": charts.daily_bars(fill_days(trend, start, end), "Spend per day, last 30 days"),
         "by_model": by_model, "model_peak": max((r["cost_micros"] for r in by_model),
                                                 default=0),
-        "recent": recent, "request_count": total,
+        "recent": recent, "request_count": total, "refused_count": refused,
     }
 
 
@@ -137,6 +144,8 @@ async def developer(request: web.Request) -> web.StreamResponse:
         "spent_month": found.get(("developer", dev["id"], "monthly"), 0),
         "limits": limits_of(limits, "developer", dev["id"]), "limit_words": LIMIT_WORDS,
         **await usage_context(request, dev["id"]),
+        "teams": await state.db(state.catalog.teams),
+        "memberships": await state.db(Lifecycle(state.catalog).memberships, dev["id"]),
     })
 
 
@@ -152,13 +161,30 @@ def _expiry(value: str) -> datetime | None:
 
 @allow(*TEAM_ADMINS)
 async def issue_key(request: web.Request) -> web.StreamResponse:
-    """Issue a key and show its secret on this response only: never stored, never again."""
+    """Issue a key, then redirect to the page that shows its secret once (post/redirect/get:
+    a reload neither issues a second key nor shows the secret again)."""
     state = admin_state(request)
     dev = await find_member(request, request.match_info["developer_id"])
-    expires = _expiry(field(await form(request), "expires", ""))
-    key = await change(request, state.catalog.issue_key, dev["id"], expires)
+    data = await form(request)
+    expires = _expiry(field(data, "expires", ""))
+    key = await change(request, state.catalog.issue_key, dev["id"], expires,
+                       label=field(data, "label", "", limit=100))
+    token = shown_once.KEYS.put(request[SESSION].csrf, key)
+    return see_other(request, url(request, "key_issued", developer_id=dev["id"], token=token))
+
+
+@allow(*TEAM_ADMINS)
+async def key_issued(request: web.Request) -> web.StreamResponse:
+    """The new key's secret, to the session that issued it, on the first visit only."""
+    state = admin_state(request)
+    dev = await find_member(request, request.match_info["developer_id"])
+    key = shown_once.KEYS.take(request[SESSION].csrf, request.match_info["token"])
+    if key is None or key.developer_id != dev["id"]:
+        return see_other(request, url(request, "developer", developer_id=dev["id"]),
+                         "A new key's secret is shown once only; issue another key if it "
+                         "was not copied.", "error")
     return await render(request, "key_issued.html", {
-        "dev": dev, "key": key, "proxy_url": state.proxy_url}, status=201)
+        "dev": dev, "key": key, "proxy_url": state.proxy_url})
 
 
 @allow(*TEAM_ADMINS)

@@ -10,8 +10,9 @@ from aiohttp import web
 from dashboard import charts, live
 from dashboard.appkeys import CONFIG
 from dashboard.auth import READERS, allow
+from dashboard.forecasts_view import TOP_ON_OVERVIEW
 from dashboard.render import admin_state, fill_days, render, report, today
-from ledger import reports
+from ledger import forecasts, reports
 
 
 async def members_by_team(request: web.Request) -> dict[str, list[str]]:
@@ -55,6 +56,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     watch = min(thresholds) if thresholds else 75
     teams = await state.db(state.catalog.teams)
     latest, _ = await report(request, reports.requests_page, limit=1)
+    month_end = await report(request, forecasts.month_end, now=now)
     return await render(request, "overview.html", {
         "spent_today": live_org[("org", "", "daily")] if live_org else
         today_totals["cost_micros"],
@@ -70,4 +72,6 @@ async def overview(request: web.Request) -> web.StreamResponse:
         "watch_from": watch, "thresholds": thresholds, "has_teams": bool(teams),
         "last_rollup": latest[0]["ts"] if latest else None,
         "month_start": month_start, "day": day,
+        "month_end": month_end[:TOP_ON_OVERVIEW + 1],  # the organization and the top teams
+        "month_end_teams": len(month_end) - 1,
     })

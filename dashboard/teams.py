@@ -33,7 +33,7 @@ from ledger.periods import PERIODS, period_end
 
 async def find_team(request: web.Request, team_id: str) -> dict[str, Any]:
     state = admin_state(request)
-    for team in await state.db(state.catalog.teams):
+    for team in await state.db(state.catalog.teams, True):  # an archived team's page too
         if team["id"] == team_id:
             return team
     raise NotFound(f"no team {team_id!r}")
@@ -64,6 +64,7 @@ async def teams(request: web.Request) -> web.StreamResponse:
     models = await state.db(AllowedModels(state.catalog).get, ORG)
     return await render(request, "teams.html", {
         "teams": rows, "org_budgets": org, "periods": PERIODS,
+        "archived": [t for t in await state.db(state.catalog.teams, True) if t["archived_at"]],
         "models_from": "org" if models else "any", "models": models["models"] if models else []})
 
 

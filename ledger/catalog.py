@@ -49,6 +49,7 @@ class IssuedKey:
     secret: str  # shown once, never stored
     display: str
     expires_at: datetime | None
+    label: str = ""
 
 
 def connect(path: Path | str) -> duckdb.DuckDBPyConnection:
@@ -84,23 +85,32 @@ class Catalog:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
-    def teams(self) -> list[dict[str, Any]]:
+    def teams(self, archived: bool = False) -> list[dict[str, Any]]:
+        """The teams (with `archived`, the archived ones too) and their current members."""
         return self._rows(
-            "SELECT t.id, t.name, t.created_at, count(d.id) AS members FROM teams t "
-            "LEFT JOIN developers d ON d.team_id = t.id GROUP BY ALL ORDER BY t.name"
+            "SELECT t.id, t.name, t.created_at, count(d.id) AS members, t.archived_at "
+            "FROM teams t LEFT JOIN developers d ON d.team_id = t.id AND d.archived_at IS NULL "
+            + ("" if archived else "WHERE t.archived_at IS NULL ")
+            + "GROUP BY ALL ORDER BY t.name"
         )
 
-    def developers(self, team: str | None = None) -> list[dict[str, Any]]:
+    def developers(self, team: str | None = None, archived: bool = False) -> list[dict[str, Any]]:
+        """The developers (with `archived`, the archived ones too), of one team or all."""
         sql = ("SELECT d.id, d.name, d.email, d.team_id, t.name AS team_name, d.disabled, "
-               "d.created_at FROM developers d LEFT JOIN teams t ON t.id = d.team_id")
+               "d.created_at, d.archived_at FROM developers d LEFT JOIN teams t ON "
+               "t.id = d.team_id WHERE " + ("true" if archived else "d.archived_at IS NULL"))
         if team is None:
             return self._rows(sql + " ORDER BY d.name")
-        return self._rows(sql + " WHERE d.team_id = ? ORDER BY d.name", [self.team_id(team)])
+        return self._rows(sql + " AND d.team_id = ? ORDER BY d.name", [self.team_id(team)])
 
     def keys(self, developer: str | None = None) -> list[dict[str, Any]]:
-        sql = ("SELECT k.id, k.developer_id, d.name AS developer_name, k.display, k.created_at, "
-               "k.expires_at, k.revoked_at FROM api_keys k JOIN developers d ON d.id = "
-               "k.developer_id")
+        """Keys (never their secrets) with their label, who revoked them, and what they were
+        used for as far as the rollup has counted (no request yet: 0 and no time)."""
+        sql = ("SELECT k.id, k.developer_id, d.name AS developer_name, k.display, k.label, "
+               "k.created_at, k.expires_at, k.revoked_at, k.revoked_by, u.last_used_at, "
+               "coalesce(u.requests, 0) AS requests, coalesce(u.cost_micros, 0) AS spent_micros "
+               "FROM api_keys k JOIN developers d ON d.id = k.developer_id "
+               "LEFT JOIN key_usage u ON u.key_id = k.id")
         if developer is None:
             return self._rows(sql + " ORDER BY k.created_at")
         return self._rows(sql + " WHERE k.developer_id = ? ORDER BY k.created_at",
@@ -150,7 +160,8 @@ class Catalog:
             if self._rows("SELECT 1 FROM teams WHERE name = ?", [name]):
                 raise CatalogError(f"a team named {name!r} already exists")
             row: dict[str, Any] = {"id": _new_id("team"), "name": name, "created_at": _now()}
-            self.conn.execute("INSERT INTO teams VALUES (?, ?, ?)", list(row.values()))
+            self.conn.execute("INSERT INTO teams (id, name, created_at) VALUES (?, ?, ?)",
+                              list(row.values()))
             self._audit(actor, "team.create", row["id"], None, row)
         return row
 
@@ -162,35 +173,44 @@ class Catalog:
             raise CatalogError(f"{email!r} is not an email address")
         with self.lock:
             team_id = self.team_id(team)
+            if self._rows("SELECT 1 FROM teams WHERE id = ? AND archived_at IS NOT NULL",
+                          [team_id]):
+                raise CatalogError("the team is archived: pick a current team")
             if self._rows("SELECT 1 FROM developers WHERE email = ?", [email]):
                 raise CatalogError(f"a developer with email {email!r} already exists")
             row: dict[str, Any] = {"id": _new_id("dev"), "name": name, "email": email,
                                    "team_id": team_id, "disabled": False, "created_at": _now()}
-            self.conn.execute("INSERT INTO developers VALUES (?, ?, ?, ?, ?, ?)",
-                              list(row.values()))
+            self.conn.execute("INSERT INTO developers (id, name, email, team_id, disabled, "
+                              "created_at) VALUES (?, ?, ?, ?, ?, ?)", list(row.values()))
+            self.conn.execute("INSERT INTO memberships VALUES (?, ?, ?, NULL)",
+                              [row["id"], team_id, row["created_at"].date()])
             self._audit(actor, "developer.create", row["id"], None, row)
         return row
 
     def issue_key(self, developer: str, expires_at: datetime | None = None,
-                  actor: str = "cli") -> IssuedKey:
-        """A new random key for a developer. The secret is returned once and never stored."""
+                  actor: str = "cli", label: str = "") -> IssuedKey:
+        """A new random key for a developer. The secret is returned once and never stored.
+        `label` says what it is for ("laptop", "CI")."""
+        label = check_name(label, "key label", limit=100, required=False)
         with self.lock:
             dev_id = self.developer_id(developer)
             secret = KEY_PREFIX + secrets.token_urlsafe(32)
             key = IssuedKey(_new_id("key"), dev_id, secret, secret[:8] + "…" + secret[-4:],
-                            expires_at)
+                            expires_at, label)
             expiry = expires_at.astimezone(UTC).replace(tzinfo=None) if expires_at else None
             self.conn.execute(
-                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                [key.id, dev_id, hash_key(secret), key.display, _now(), expiry],
+                "INSERT INTO api_keys (id, developer_id, hash, display, created_at, expires_at, "
+                "label) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [key.id, dev_id, hash_key(secret), key.display, _now(), expiry, label],
             )
             self._audit(actor, "key.issue", key.id, None,
-                        {"developer_id": dev_id, "display": key.display, "expires_at": expiry})
+                        {"developer_id": dev_id, "display": key.display, "expires_at": expiry,
+                         "label": label})
         return key
 
     def _key(self, key_id: str) -> dict[str, Any]:
-        rows = self._rows("SELECT id, developer_id, display, expires_at, revoked_at "
-                          "FROM api_keys WHERE id = ?", [key_id])
+        rows = self._rows("SELECT id, developer_id, display, label, expires_at, revoked_at, "
+                          "revoked_by FROM api_keys WHERE id = ?", [key_id])
         if not rows:
             raise NotFound(f"no key {key_id!r}")
         return rows[0]
@@ -199,8 +219,8 @@ class Catalog:
         with self.lock:
             before = self._key(key_id)
             if before["revoked_at"] is None:
-                self.conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?",
-                                  [_now(), key_id])
+                self.conn.execute("UPDATE api_keys SET revoked_at = ?, revoked_by = ? "
+                                  "WHERE id = ?", [_now(), actor, key_id])
             after = self._key(key_id)
             self._audit(actor, "key.revoke", key_id, before, after)
         return after

@@ -384,6 +384,18 @@ class Gate:
                                    stream=stream, estimated=True, error_type=SETTLEMENT_ERROR)
         self._send(self._settlement(ticket, settlement), ticket.request_id)
 
+    def refuse(self, ticket: Ticket, settlement: Settlement) -> None:
+        """Record a request the gateway refused (`Settlement.refused`), sent now and not
+        awaited: the settlement script with no counter, hold or window, so it costs one
+        idempotency mark and one stream entry, the same stream (and spool when Redis is away)
+        as a settlement, rolled up exactly once by request id, and never counted as spend."""
+        now_ms = int(ticket.at.timestamp() * 1000)
+        keys = [self.keyspace.settled(now_ms // 60000), self.keyspace.events,
+                self.keyspace.alerts]
+        args: list[Any] = [now_ms, ticket.request_id, SETTLED_TTL, 0, 0, 0, 0, 0,
+                           *settlement.counted(), 0, STREAM_FIELD, settlement.packed()]
+        self._send({"keys": keys, "args": args}, ticket.request_id)
+
     def _send(self, entry: dict[str, Any], request_id: str) -> None:
         if self.journal is not None:
             self.journal.append(entry)

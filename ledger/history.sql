@@ -51,6 +51,8 @@ ALTER TABLE requests ADD COLUMN IF NOT EXISTS project VARCHAR DEFAULT '';
 -- The provider's request id (its `request-id` header), '' when none: what Claude Code's
 -- telemetry names the request by.
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS upstream_request_id VARCHAR DEFAULT '';
+-- What refused a request the gateway turned away, '' for one it let through (ledger/settlement.py).
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS refusal VARCHAR DEFAULT '';
 
 -- day × developer × team × model. Kept when raw rows are purged.
 CREATE TABLE IF NOT EXISTS usage_daily (
@@ -124,3 +126,17 @@ SELECT day, '' AS project, developer_id, team_id, sum(requests), sum(errors), su
 FROM usage_daily
 WHERE NOT EXISTS (SELECT 1 FROM usage_projects)
 GROUP BY day, developer_id, team_id;
+
+-- Per gateway key: requests, spend and the start of its last request, added by the rollup in
+-- the batch's transaction (so the hot path writes nothing for it, and it survives the purge
+-- of raw rows). Seeded once from `requests` for a ledger from before it.
+CREATE TABLE IF NOT EXISTS key_usage (
+    key_id VARCHAR PRIMARY KEY,
+    requests BIGINT NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    last_used_at TIMESTAMP NOT NULL
+);
+INSERT INTO key_usage
+SELECT key_id, count(*), CAST(sum(cost_micros) AS BIGINT), max(ts) FROM requests
+WHERE NOT EXISTS (SELECT 1 FROM key_usage)
+GROUP BY key_id;

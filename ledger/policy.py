@@ -96,9 +96,13 @@ class KeyRefused(Exception):
     """The credential is unknown, revoked or expired; the message says which, never the key.
     `final`: retrying cannot help (revoked, expired, forged), so clients are told not to."""
 
-    def __init__(self, message: str, final: bool = False) -> None:
+    def __init__(self, message: str, final: bool = False,
+                 who: tuple[str, str, str] | None = None) -> None:
         super().__init__(message)
         self.final = final
+        # (key id, developer id, team id) when the key is known (revoked, expired): the
+        # refusal is then a row in that developer's request log.
+        self.who = who
 
 
 @dataclass
@@ -148,11 +152,14 @@ class Policy:
         key = self.keys.get(digest)
         if key is None:
             raise KeyRefused("invalid gateway key")
-        if key.get("revoked"):
-            raise KeyRefused("gateway key has been revoked", final=True)
         expires = key.get("expires_at") or 0
-        if expires and (time.time() if now is None else now) >= expires:
-            raise KeyRefused("gateway key has expired", final=True)
+        expired = bool(expires) and (time.time() if now is None else now) >= expires
+        if key.get("revoked") or expired:
+            dev_id = key.get("developer_id") or ""
+            who = (key.get("id") or "", dev_id,
+                   self.developers.get(dev_id, {}).get("team_id") or "")
+            raise KeyRefused("gateway key has been revoked" if key.get("revoked")
+                             else "gateway key has expired", final=True, who=who)
         found = self._principals.get(digest)
         if found is None:
             found = self._principals[digest] = self._build(key)
@@ -190,8 +197,12 @@ class Policy:
         dev_id = key["developer_id"]
         dev = self.developers.get(dev_id)
         if dev is None or dev.get("disabled"):
+            # An offboarded developer's attempt is a row of their request log; a removed
+            # one has no page to show it on.
             raise KeyRefused("credential belongs to a disabled or removed developer",
-                             final=True)
+                             final=True,
+                             who=None if dev is None else (key["id"], dev_id,
+                                                           dev.get("team_id") or ""))
         team_id = dev.get("team_id") or ""
         team_name = self.teams.get(team_id, {}).get("name", "")
         names = {"developer": dev["name"], "team": team_name, "team_member": team_name, "org": ""}

@@ -29,7 +29,7 @@ DIMENSIONS = ("developer", "team", "model", "session", "project")
 GRAINS = ("day", "week", "month")
 MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cache_write_5m",
             "cache_write_1h", "cache_read", "web_search", "cost_micros")
-STATUSES = ("ok", "error")
+STATUSES = ("ok", "error", "refused")  # refused: by the gateway (a cap, a limit, the key)
 SPEND_COLUMNS = ("period", "key", "label", *MEASURES)  # of a spend() row
 NO_SESSION = "(no session)"
 NO_PROJECT = "(no project)"
@@ -235,7 +235,24 @@ def requests_page(conn: duckdb.DuckDBPyConnection, *, start: datetime | None = N
                   status: str | None = None, session_id: str | None = None, limit: int = 50,
                   offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """One page of the request log, newest first, and how many requests match in total.
-    `status` is "ok", "error" or None (both); times are UTC (naive ones are taken as UTC)."""
+    `status` is "ok", "error" (failed after the gateway let it through), "refused" (by the
+    gateway) or None (all); times are UTC (naive ones are taken as UTC)."""
+    where, params = request_where(start=start, end=end, developer_id=developer_id,
+                                  team_id=team_id, model=model, status=status,
+                                  session_id=session_id)
+    rows = _dicts(conn.execute(
+        f"SELECT * FROM requests WHERE {where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
+        [*params, max(0, limit), max(0, offset)]))
+    row = conn.execute(f"SELECT count(*) FROM requests WHERE {where}", params).fetchone()
+    return rows, int(row[0]) if row else 0
+
+
+def request_where(*, start: datetime | None = None, end: datetime | None = None,
+                  developer_id: str | None = None, team_id: str | None = None,
+                  model: str | None = None, status: str | None = None,
+                  session_id: str | None = None) -> tuple[str, list[Any]]:
+    """The WHERE clause (over `requests`) and parameters of the request log's filters, shared
+    by its page and its CSV export so the export holds what the screen shows."""
     where, params = _filters(_utc(start) if start else None, _utc(end) if end else None,
                              developer_id, team_id, column="ts")
     clauses = [where]
@@ -245,13 +262,9 @@ def requests_page(conn: duckdb.DuckDBPyConnection, *, start: datetime | None = N
             params.append(value)
     if status is not None:
         _check(status, STATUSES, "status")
-        clauses.append(ERROR_SQL if status == "error" else f"NOT {ERROR_SQL}")
-    where = " AND ".join(clauses)
-    rows = _dicts(conn.execute(
-        f"SELECT * FROM requests WHERE {where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
-        [*params, max(0, limit), max(0, offset)]))
-    row = conn.execute(f"SELECT count(*) FROM requests WHERE {where}", params).fetchone()
-    return rows, int(row[0]) if row else 0
+        clauses.append({"error": f"{ERROR_SQL} AND refusal = ''", "refused": "refusal <> ''",
+                        "ok": f"NOT {ERROR_SQL}"}[status])
+    return " AND ".join(clauses), params
 
 
 def export_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = ()) -> str:

@@ -56,7 +56,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ledger import telemetry
-from ledger.journal import REPLAY_FIELD
+from ledger.journal import AFTER_EMPTY, REPLAY_FIELD
 from ledger.keyspace import KeySpace
 from ledger.pricing import MTOK, US_GEO_MULTIPLIER, PriceTable
 from ledger.rebuild import ensure_counters, subtract
@@ -79,6 +79,7 @@ Fence = Callable[[], bool]  # may this batch still commit?
 
 GROUP = "rollup"
 _ID = FIELDS.index("id")
+_REPLAY_FIELD, _AFTER_EMPTY = REPLAY_FIELD.encode(), str(AFTER_EMPTY).encode()
 CONSUMER = "rollup"  # one name for every lock holder: a new holder inherits what is pending
 STEPS = ("inserted", "daily", "committed")  # where a test's fault hook may strike
 JOB_ID = "meterd-rollup"
@@ -139,6 +140,13 @@ _SAVE_SQL = (
     " AND r.model = b.model AND r.speed = b.speed AND r.geo = b.inference_geo"
 )
 
+# memberships: ledger/tenure.sql (a stay covers the days valid_from .. valid_to - 1).
+_TEAM_SQL = (
+    "UPDATE rollup_batch b SET team_id = m.team_id FROM memberships m"
+    " WHERE m.developer_id = b.developer_id AND m.valid_from <= b.ts"
+    " AND (m.valid_to IS NULL OR b.ts < m.valid_to) AND b.team_id <> m.team_id"
+)
+
 
 def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
          source: str) -> None:
@@ -150,7 +158,7 @@ def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE rollup_sums AS SELECT {select}, count(*) AS requests, "
         f"count(*) FILTER (WHERE {ERROR_SQL}) AS errors, count(*) FILTER (WHERE estimated) "
-        f"AS estimated, {sums} FROM {source} GROUP BY ALL")
+        f"AS estimated, {sums} FROM {source} WHERE refusal = '' GROUP BY ALL")
     match = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     conn.execute(f"UPDATE {table} t SET {', '.join(f'{m} = t.{m} + s.{m}' for m in MEASURES)} "
                  f"FROM rollup_sums s WHERE {match}")
@@ -161,12 +169,28 @@ def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
 def add_to_rollups(conn: duckdb.DuckDBPyConnection, source: str,
                    fault: Fault | None = None) -> None:
     """Add the request rows of `source` (a table or view shaped like `requests`) to the daily,
-    per-session and per-project rollups. The caller owns the transaction."""
+    per-session and per-project rollups. The caller owns the transaction. Refusals (a
+    `refusal` set) are left out: they are not usage, only rows of the request log."""
     _add(conn, "usage_daily", ("day", "developer_id", "team_id", "model"), source)
     if fault is not None:
         fault("daily")
     _add(conn, "usage_sessions", ("day", "session_id", "developer_id", "team_id"), source)
     _add(conn, "usage_projects", ("day", "project", "developer_id", "team_id"), source)
+    _add_keys(conn, source)
+
+
+def _add_keys(conn: duckdb.DuckDBPyConnection, source: str) -> None:
+    """Per key: requests, spend and the last request's start (what the key list shows);
+    refusals are not use, as they are not usage (_add)."""
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE rollup_keys AS SELECT key_id, count(*) AS requests, "
+        f"CAST(sum(cost_micros) AS BIGINT) AS cost_micros, max(ts) AS last_used_at FROM {source} "
+        "WHERE refusal = '' GROUP BY key_id")
+    conn.execute("UPDATE key_usage t SET requests = t.requests + s.requests, cost_micros = "
+                 "t.cost_micros + s.cost_micros, last_used_at = greatest(t.last_used_at, "
+                 "s.last_used_at) FROM rollup_keys s WHERE t.key_id = s.key_id")
+    conn.execute("INSERT INTO key_usage BY NAME SELECT s.* FROM rollup_keys s "
+                 "ANTI JOIN key_usage t ON t.key_id = s.key_id")
 
 
 class Savings:
@@ -262,6 +286,9 @@ def _write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings
         conn.execute("DELETE FROM rollup_batch WHERE id IN (SELECT id FROM requests WHERE "
                      + ("true)" if anywhere else "ts BETWEEN ? AND ?)"),
                      [] if anywhere else [lo, hi])
+        # The team is the one the developer belonged to when the request started: a request
+        # admitted just before a move, or settled after a back-dated one, follows the move.
+        conn.execute(_TEAM_SQL)
         keys = conn.execute("SELECT DISTINCT model, speed, inference_geo FROM rollup_batch "
                             "WHERE cache_read > 0").fetchall()
         if keys:
@@ -464,8 +491,10 @@ class Rollup:
         if not await self._hold():  # renewed: a whole lease for this batch's write
             raise LockLost("another process holds the rollup lock")
         payload = _encode(entries)
+        # Only replays after an empty restart can be in the rebuilt counters twice (a replay
+        # after a failover filled in what the promoted replica's counters lacked).
         replays = [_text(entry_values(fields)[_ID]) for _, fields in entries
-                   if fields and REPLAY_FIELD.encode() in fields]
+                   if fields and fields.get(_REPLAY_FIELD) == _AFTER_EMPTY]
         known: list[tuple[Any, ...]] = []
         new = await self.db(write_batch, self.conn, payload, self.savings, self.fault,
                             self._lease_valid, replays, known) if payload else 0

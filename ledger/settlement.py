@@ -72,8 +72,13 @@ class Settlement(NamedTuple):
     project: str = ""
     # The provider's own id of the request (its `request-id` header), '' when it gave none:
     # what Claude Code's telemetry names the request by (ledger/bought.py reconciles on it).
-    # Last: a column added to old ledgers.
+    # A column added to old ledgers.
     upstream_request_id: str = ""
+    # What refused the request, in words ('budget: developer Ada, daily $5.00 · until ...'),
+    # '' for a request the gateway let through. A refusal costs nothing, is never counted
+    # toward spend and stays out of the usage rollups: it is a row of the request log only.
+    # Last: a column added to old ledgers.
+    refusal: str = ""
 
     @classmethod
     def of(cls, ticket: Ticket, usage: Usage, cost: Cost, *, model: str = "",
@@ -96,6 +101,18 @@ class Settlement(NamedTuple):
             clean_text(usage.speed), clean_text(usage.inference_geo), clean_text(session_id),
             clean_text(agent_id), clean_text(parent_agent_id), clean_text(request_class),
             clean_text(prompt_id), clean_text(project), clean_text(upstream_request_id))
+
+    @classmethod
+    def refused(cls, ticket: Ticket, refusal: str, *, model: str = "", status: int = 429,
+                error_type: str = "", session_id: str = "", agent_id: str = "",
+                project: str = "") -> Settlement:
+        """The zero-cost event of a request the gateway refused (`Gate.refuse`)."""
+        p = ticket.principal
+        return cls(
+            ticket.request_id, int(ticket.at.timestamp() * 1000), p.developer_id, p.team_id,
+            p.key_id, clean_text(model), status=status, priced=1, error_type=error_type,
+            session_id=clean_text(session_id), agent_id=clean_text(agent_id),
+            project=clean_text(project), refusal=clean_text(refusal))
 
     @property
     def rate_input(self) -> int:

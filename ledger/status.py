@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from ledger import caps
 from ledger.keyspace import KeySpace
 from ledger.notices import Standing
 from ledger.periods import PERIODS, period_end
@@ -62,3 +63,21 @@ async def developer_spend(redis: Any, keyspace: KeySpace, principal: Principal,
                       SPENT)
         values = await pipe.execute()
     return {period: int(v or 0) for period, v in zip(PERIODS, values, strict=True)}
+
+
+async def blocked_by(redis: Any, keyspace: KeySpace, developers: list[dict[str, Any]],
+                     scope: str, scope_id: str, period: str, amount: int,
+                     now: datetime) -> list[dict[str, Any]]:
+    """The developers (catalog rows) a cap of `amount` µ$ on (scope, scope_id, period) would
+    refuse right now: those it applies to whose counter has already reached it (a $0 cap:
+    all of them). Read live from the spend counters, as admission compares them."""
+    applying = [d for d in developers if not d.get("disabled")
+                and caps.applies(scope, scope_id, d["id"], d.get("team_id") or "")]
+    counters = [keyspace.counter(*caps.counter(scope, scope_id, d["id"]), period, now)
+                for d in applying]
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in counters:
+            pipe.hget(key, SPENT)
+        spent = await pipe.execute() if counters else []
+    return [dict(d, spent_micros=int(s or 0)) for d, s in zip(applying, spent, strict=True)
+            if int(s or 0) >= amount]

@@ -308,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("create", _manage("POST", "teams", lambda a: {"name": a.name}), "create a team", team)
     p.add_argument("name")
     add("list", _manage("GET", "teams"), "list teams", team)
+    p = add("rename", _manage("PATCH", "teams/{team_id}", lambda a: {"name": a.name}),
+            "rename a team (reports follow the id)", team)
+    p.add_argument("team_id")
+    p.add_argument("name")
+    p = add("delete", _manage("DELETE", "teams/{team_id}"), "delete a team: refused with "
+            "members, archived with history", team)
+    p.add_argument("team_id")
 
     dev = sub.add_parser("dev", help="developers").add_subparsers(dest="action", required=True)
     p = add("create", _manage("POST", "developers", lambda a: {
@@ -316,14 +323,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email", required=True)
     p.add_argument("--team", required=True)
     add("list", _manage("GET", "developers"), "list developers", dev)
+    for action, says in (("disable", "disable (offboard): every key refused at once"),
+                         ("enable", "re-enable a disabled developer")):
+        p = add(action, _manage("POST", f"developers/{{developer_id}}/{action}"), says, dev)
+        p.add_argument("developer_id")
+    p = add("move", _manage("POST", "developers/{developer_id}/move", lambda a: {
+        "team": a.team, "since": a.since or ""}), "move to another team from a UTC day "
+        "(spend before it stays with the old team; a later day schedules it)", dev)
+    p.add_argument("developer_id")
+    p.add_argument("--team", required=True, help="the new team (id or name)")
+    p.add_argument("--since", help="first day in the new team, e.g. 2026-12-01 (default: "
+                   "today); moving back to the current team cancels a scheduled move")
+    p = add("teams", _manage("GET", "developers/{developer_id}/memberships"),
+            "the teams a developer was in, and when", dev)
+    p.add_argument("developer_id")
+    p = add("rename", _manage("PATCH", "developers/{developer_id}", lambda a: {"name": a.name}),
+            "rename a developer", dev)
+    p.add_argument("developer_id")
+    p.add_argument("name")
+    p = add("delete", _manage("DELETE", "developers/{developer_id}"),
+            "delete a developer: archived (keys revoked, spend kept) if they have usage", dev)
+    p.add_argument("developer_id")
 
     key = sub.add_parser("key", help="gateway keys").add_subparsers(dest="action", required=True)
     p = add("issue", _manage("POST", "keys", lambda a: {
-        "developer": a.developer, "expires_at": a.expires}, _show_key),
+        "developer": a.developer, "expires_at": a.expires, "label": a.label or ""}, _show_key),
         "issue a key (shown once)", key)
     p.add_argument("developer", help="developer id, email or name")
     p.add_argument("--expires", type=_expiry,
                    help="last day the key works (UTC), e.g. 2026-12-31, or a date-time")
+    p.add_argument("--label", help="what the key is for, e.g. laptop or CI")
     add("list", _manage("GET", "keys"), "list keys (never their secrets)", key)
     p = add("revoke", _manage("POST", "keys/{key_id}/revoke"), "revoke a key now", key)
     p.add_argument("key_id")

@@ -12,8 +12,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from ledger.gate import Ticket
-from ledger.policy import Principal
+from ledger.gate import BudgetExceeded, RateLimited, Ticket
+from ledger.money import format_usd
+from ledger.policy import KeyRefused, Principal
 from ledger.settlement import Settlement, clean_text
 from ledger.status import cap_balances
 from ledger.usage import Usage
@@ -47,7 +48,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages: authenticate, admit, relay the provider's answer, meter, settle."""
     state = request.app[STATE]
     started, t0 = state.gate.clock(), time.monotonic()
-    principal = state.authenticate(request.headers)
+    try:
+        principal = state.authenticate(request.headers)
+    except KeyRefused as exc:
+        if exc.who is not None:  # a revoked or expired key: its developer sees the refusal
+            key_id, dev_id, team_id = exc.who
+            who = Principal(key_id, dev_id, "", team_id, "", (), ())
+            refuse(state, request, who, started, f"key: {exc}", 401, "authentication_error")
+        raise
     request.app[SEEN].note(principal, request.headers)  # which managed settings it runs
     body = await request.read()
     fields = parse_request(body)
@@ -98,14 +106,21 @@ class Relay:
         """Admit, relay and settle: a metered request once its fields are read. The caller
         hands the body over in the relay and keeps no reference to it (see `run`)."""
         state = self.state
-        check_model(principal, self.model, allowance)
+        request_id = state.request_ids()
         # Per-model caps match the model as it is priced: an alias or a provider's spelling
         # resolves to its price row, so a new spelling cannot dodge them.
         row = state.prices.row_for(self.model)
-        self.ticket = await state.gate.admit(
-            principal, state.request_ids(),
-            state.estimate(self.model, len(self.body), *allowance), started,
-            row.name if row is not None else self.model)
+        try:
+            check_model(principal, self.model, allowance)
+            self.ticket = await state.gate.admit(
+                principal, request_id,
+                state.estimate(self.model, len(self.body), *allowance), started,
+                row.name if row is not None else self.model)
+        except (ProxyError, BudgetExceeded, RateLimited) as exc:
+            refuse(state, self.request, principal, started, refusal(exc),
+                   getattr(exc, "status", 429), error_kind(exc), self.model, request_id,
+                   self.project)
+            raise
         state.metrics.overhead.observe(time.monotonic() - self.t0)
         self.task = asyncio.current_task()
         state.relays.add(self)
@@ -279,6 +294,38 @@ class Relay:
             m.tokens[category] += getattr(settlement, field)
         m.cost_micros += cost.micros
         m.estimated += metered.estimated
+
+
+def refusal(exc: ProxyError | BudgetExceeded | RateLimited) -> str:
+    """What refused a request, in words, as the request log shows it: the cap or limit and
+    until when it holds."""
+    if isinstance(exc, BudgetExceeded):
+        cap = exc.cap
+        amount = format_usd(cap.amount, exact=cap.amount % 10_000 != 0)  # cents, or every µ$
+        return (f"budget: {cap.describe()} {amount} · until "
+                f"{exc.resets_at:%Y-%m-%d %H:%M} UTC")
+    if isinstance(exc, RateLimited):
+        return f"rate limit: {str(exc).removeprefix('rate limit reached: ')}"
+    return f"model: {exc.message}"
+
+
+def error_kind(exc: ProxyError | BudgetExceeded | RateLimited) -> str:
+    if isinstance(exc, ProxyError):
+        return exc.kind
+    return "billing_error" if isinstance(exc, BudgetExceeded) else "rate_limit_error"
+
+
+def refuse(state: ProxyState, request: web.Request, principal: Principal, at: datetime,
+           why: str, status: int, kind: str, model: str = "", request_id: str = "",
+           project: str = "") -> None:
+    """Put a refused request on the event stream: a $0 row of the request log (Gate.refuse),
+    no DuckDB write and no spend on the way."""
+    ticket = Ticket(request_id or state.request_ids(), principal, at, admitted=False)
+    headers = request.headers
+    state.gate.refuse(ticket, Settlement.refused(
+        ticket, why, model=model, status=status, error_type=kind, project=project,
+        session_id=headers.get(_CLIENT_HEADERS["session_id"], ""),
+        agent_id=headers.get(_CLIENT_HEADERS["agent_id"], "")))
 
 
 def check_model(principal: Principal, model: str, allowance: Allowance | None = None) -> None:

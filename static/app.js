@@ -87,4 +87,23 @@
   document.querySelectorAll("form[data-autosubmit] select").forEach(function (select) {
     select.addEventListener("change", function () { select.form.submit(); });
   });
+
+  // The navigation as a menu on a phone: a button shows and hides it (static/app.css).
+  var top = document.querySelector("header.top");
+  var nav = top && top.querySelector("nav.nav");
+  if (top && nav) {
+    var toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.className = "nav-toggle";
+    toggle.textContent = "Menu";
+    toggle.setAttribute("aria-expanded", "false");
+    toggle.setAttribute("aria-controls", "main-nav");
+    nav.id = nav.id || "main-nav";
+    nav.parentNode.insertBefore(toggle, nav);
+    top.classList.add("js-nav");
+    toggle.addEventListener("click", function () {
+      var open = top.classList.toggle("nav-open");
+      toggle.setAttribute("aria-expanded", open ? "true" : "false");
+    });
+  }
 })();

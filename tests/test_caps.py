@@ -69,7 +69,8 @@ def test_the_rule_reads_the_table(scope: str, scope_id: str, period: str, applie
 def catalog_of_the_table() -> Catalog:
     catalog = Catalog(connect(":memory:"))
     for team in TEAMS:
-        catalog.conn.execute("INSERT INTO teams VALUES (?, ?, ?)", [team, team, NOW])
+        catalog.conn.execute("INSERT INTO teams (id, name, created_at) VALUES (?, ?, ?)",
+                             [team, team, NOW])
     for dev, team in DEVS.items():
         catalog.conn.execute(
             "INSERT INTO developers (id, name, email, team_id, created_at) "

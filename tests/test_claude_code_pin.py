@@ -7,8 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.conftest import need
-from tests.test_processes import CLAUDE
+from tests.claude_code import CLAUDE, need_claude
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,8 +28,7 @@ def test_the_readme_describes_the_claude_code_version_ci_pins() -> None:
 
 
 def test_the_claude_code_the_tests_run_is_the_version_ci_pins() -> None:
-    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE} (.ci/run installs "
-                          "@anthropic-ai/claude-code there; or set MTD_CLAUDE_BIN)")
+    need_claude()
     out = subprocess.run([str(CLAUDE), "--version"], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.split()[0] == pinned_version(), out

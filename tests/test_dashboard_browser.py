@@ -124,7 +124,8 @@ async def test_admin_rolls_out_a_key_and_finance_exports_matching_totals(
     target = tmp_path / download.suggested_filename
     await download.save_as(target)
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
-    assert [r["label"] for r in rows] == ["Ada Lovelace"]
+    assert [(r["name"], r["email"], r["team"]) for r in rows] == [
+        ("Ada Lovelace", "ada@example.com", "platform")]
     assert sum(int(r["cost_micros"]) for r in rows) == total
     assert int(rows[0]["requests"]) == 2
     # Finance sees no forms that change anything.

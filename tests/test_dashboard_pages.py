@@ -138,10 +138,17 @@ async def test_key_issued_in_the_browser_is_shown_once_and_works(dashboard: Dash
     dev = (await gw.admin.db(gw.admin.catalog.developers))[0]["id"]
     admin = await dashboard.signed_in("admin")
     await admin.page(f"/admin/developers/{dev}")
-    status, text, headers = await admin.post(f"/admin/developers/{dev}/keys", {"expires": ""})
-    assert status == 201 and headers["Cache-Control"] == "no-store"
+    status, _, headers = await admin.post(f"/admin/developers/{dev}/keys", {"expires": ""})
+    assert status == 303  # post/redirect/get: the secret is on the next page
+    shown = headers["Location"]
+    status, text = await admin.get(shown)
+    assert status == 200
     secret = one(parse(text), "#new-key-secret").get_text(strip=True)
     assert secret.startswith("mtd_")
+    # Shown once: the same address again shows no secret and issues no key.
+    status, again = await admin.get(shown)
+    assert status == 303 and secret not in again
+    assert len(await gw.admin.db(gw.admin.catalog.keys)) == 2
     await gw.proxy.refresh_policy()
     assert await _send(dashboard, secret) == [200]
     page = await admin.page(f"/admin/developers/{dev}")
@@ -237,7 +244,7 @@ async def test_report_csv_totals_match_the_page(dashboard: Dashboard) -> None:
     status, text = await finance.get(attr(one(page, "#download-csv"), "href"))
     assert status == 200
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert sorted(r["label"] for r in rows) == ["Ada", "Bob"]
+    assert sorted(r["name"] for r in rows) == ["Ada", "Bob"]
     assert sum(int(r["cost_micros"]) for r in rows) == total
     assert format_usd(sum(int(r["cost_micros"]) for r in rows)) == shown
     status, body = await finance.get(attr(one(page, "#download-parquet"), "href"))
@@ -255,12 +262,13 @@ async def test_report_by_project_shows_each_project_and_the_untagged_rest(
     await dashboard.roll_up()
     finance = await dashboard.signed_in("finance")
     page = await finance.page("/admin/reports?dimension=project&grain=month")
-    rows = {tr.select("td")[1].get_text(strip=True): tr.select("td")[2].get_text(strip=True)
+    # The pivot: the project, a cell per period, then requests and the total.
+    rows = {tr.select("td")[0].get_text(strip=True): tr.select("td")[-2].get_text(strip=True)
             for tr in page.select("#report tbody tr")}
     assert rows == {"apollo": "2", "zephyr": "1", "(no project)": "1"}
     status, text = await finance.get(attr(one(page, "#download-csv"), "href"))
     assert status == 200
-    costs = {r["label"]: int(r["cost_micros"]) for r in csv.DictReader(io.StringIO(text))}
+    costs = {r["name"]: int(r["cost_micros"]) for r in csv.DictReader(io.StringIO(text))}
     assert costs["apollo"] == 2 * costs["zephyr"] == 2 * costs["(no project)"] > 0
     assert sum(costs.values()) == int(attr(one(page, "#report-total"), "data-micros"))
 

@@ -25,6 +25,7 @@ from ledger.models_allowed import AllowedModels
 from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Browser, Dashboard
+from tests.request_rows import insert_request
 
 # team_lead leads the seeded team (the one every {team} and {dev} below belongs to);
 # lead_other is a team lead of another team.
@@ -97,6 +98,10 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
                                                     "thresholds": "50, 80"}, change()),
     "remove_alert_destination": ("/alerts/destinations/{dest_remove}/delete", {}, change()),
     "test_alert_destination": ("/alerts/destinations/{dest_test}/test", {}, change()),
+    "me_csv": ("/me/usage.csv", None, SELF),
+    # Another developer's key: refused with the form's error message (a redirect back), and
+    # the snapshot below shows nothing changed; its own key: test_reports_browser.py.
+    "revoke_own_key": ("/me/keys/{key_html}/revoke", {}, {**SELF, "developer": 303}),
     "teams": ("/teams", None, read()),
     "create_team": ("/teams", {"name": "made-by-admin"}, change()),
     "team": ("/teams/{team}", None, team_read()),
@@ -115,12 +120,21 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "create_developer": ("/developers", {"name": "New Dev", "email": "new.dev@example.com",
                                          "team": "{team}"}, change()),
     "developer": ("/developers/{dev}", None, team_read()),
-    "issue_key": ("/developers/{dev}/keys", {"expires": ""}, team_change(201)),
+    "issue_key": ("/developers/{dev}/keys", {"expires": ""}, team_change()),
+    # A token that holds no secret: who may ask is redirected to the developer's page.
+    "key_issued": ("/developers/{dev}/keys/issued/not-a-token", None, team_change()),
     "set_developer_budget": ("/developers/{dev}/budget", {"amount": "50"}, team_change()),
     "grant_to_developer": ("/developers/{dev}/grant", {"amount": "5", "until": TOMORROW,
                                                        "reason": "on call"}, change()),
     "set_developer_limits": ("/developers/{dev}/limits", {"concurrency": "3"},
                              team_change()),
+    "set_developer_disabled": ("/developers/{dev_life}/disabled", {"disabled": "1"},
+                               change()),
+    "move_developer": ("/developers/{dev_move}/move", {"team": "{team_other}"}, change()),
+    "rename_developer": ("/developers/{dev_life}/rename", {"name": "Renamed Dev"}, change()),
+    "delete_developer": ("/developers/{dev_delete}/delete", {}, change()),
+    "rename_team": ("/teams/{team_life}/rename", {"name": "renamed-team"}, change()),
+    "delete_team": ("/teams/{team_delete}/delete", {}, change()),
     "revoke_key": ("/keys/{key_html}/revoke", {}, team_change()),
     "expire_key": ("/keys/{key_expire}/expire", {"expires": TOMORROW}, team_change()),
     "requests": ("/requests", None, read()),
@@ -128,6 +142,12 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "reports": ("/reports?team={team}", None, team_read()),
     "reports_csv": ("/reports.csv?team={team}", None, team_read()),
     "reports_parquet": ("/reports.parquet", None, read()),
+    "statement": ("/reports/statement", None, read()),
+    "forecasts": ("/forecasts", None, read()),
+    "statement_csv": ("/reports/statement.csv", None, read()),
+    "requests_csv": ("/requests.csv?team={team}", None, read()),
+    # A session of the seeded team's developer: another developer's is a 404 to a developer.
+    "session": ("/sessions/sess-route", None, {**team_read(), "developer": 404}),
     "bought": ("/bought", None, read()),
     "bought_csv": ("/bought.csv", None, read()),
     "rollout": ("/rollout", None, ROLLOUT),
@@ -143,6 +163,9 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "settings": ("/settings", None, read()),
     "reload_providers": ("/settings/reload-providers", {}, change()),
     "audit": ("/audit", None, read()),
+    # An entry that removed no cap: an admin goes back with the error (a form's way);
+    # test_refusals_browser.py undoes a real one.
+    "undo_budget_delete": ("/audit/999999/undo", {}, change()),
     "access": ("/access", None, read()),
     "create_user": ("/access/users", {"name": "new-finance", "role": "finance",
                                       "password": "a long enough password"}, change()),
@@ -161,6 +184,17 @@ APIS: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "api.developers": (f"{V1}/developers", None, api_read()),
     "api.create_developer": (f"{V1}/developers", {"name": "API Dev", "email": "api.dev@example.com",
                                                    "team": "{team}"}, api_change(201)),
+    "api.disable_developer": (f"{V1}/developers/{{dev_life}}/disable", {}, api_change()),
+    "api.enable_developer": (f"{V1}/developers/{{dev_life}}/enable", {}, api_change()),
+    "api.move_developer": (f"{V1}/developers/{{dev_move_api}}/move", {"team": "{team_other}"},
+                           api_change()),
+    "api.memberships": (f"{V1}/developers/{{dev}}/memberships", None, api_read()),
+    "api.update_developer": (f"{V1}/developers/{{dev_life}}", {"name": "API Renamed"},
+                             api_change()),
+    "api.delete_developer": (f"{V1}/developers/{{dev_delete_api}}", None, api_change()),
+    "api.update_team": (f"{V1}/teams/{{team_life}}", {"name": "api-renamed-team"},
+                        api_change()),
+    "api.delete_team": (f"{V1}/teams/{{team_delete_api}}", None, api_change()),
     "api.keys": (f"{V1}/keys", None, api_read()),
     "api.issue_key": (f"{V1}/keys", {"developer": "{dev}"}, api_change(201)),
     "api.revoke_key": (f"{V1}/keys/{{key_api}}/revoke", {}, api_change()),
@@ -256,6 +290,13 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
         row, _ = await gw.admin.db(accounts.issue_admin_key, "ro", name)
         ids[name] = row["id"]
     ids["team_managed"] = (await gw.admin.db(catalog.create_team, "managed-victim"))["id"]
+    for name in ("team_other", "team_life", "team_delete", "team_delete_api"):
+        ids[name] = (await gw.admin.db(catalog.create_team, f"victim-{name}"))["id"]
+    for name in ("dev_life", "dev_move", "dev_move_api", "dev_delete", "dev_delete_api"):
+        ids[name] = (await gw.admin.db(catalog.create_developer, name, f"{name}@example.com",
+                                       team))["id"]
+    await gw.admin.db(insert_request, catalog.conn, id="req-route", session_id="sess-route",
+                      developer_id=dev, team_id=team, model="claude-sonnet-4-6")
     for scope in ("org", team, ids["team_managed"]):
         saved = await gw.admin.db(ManagedSettings(catalog).set, scope, {"env": {}})
     ids["org_checksum"] = saved["checksum"]  # the same document everywhere

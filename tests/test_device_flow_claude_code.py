@@ -5,17 +5,13 @@ sign-in is revoked."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import need
+from tests.claude_code import QUIET, claude_p
 from tests.sso import SSO, claims
-from tests.test_processes import CLAUDE
 
 pytest_plugins = ("tests.sso_fixtures",)
 
@@ -39,22 +35,10 @@ async def _approve_in_browser(sso: SSO, chromium: Any, verification_uri_complete
 
 
 async def _claude(gw_url: str, bearer: str, home: Path) -> tuple[int, str]:
-    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE} (.ci/run installs "
-                          "@anthropic-ai/claude-code there; or set MTD_CLAUDE_BIN)")
-    need(shutil.which("node") is not None or CLAUDE.resolve().suffix != ".js",
-         "node is not installed")
-    home.mkdir(exist_ok=True)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
-           "CLAUDE_CONFIG_DIR": str(home / ".claude"), "CLAUDE_CODE_USE_GATEWAY": "1",
-           "ANTHROPIC_BASE_URL": gw_url, "ANTHROPIC_AUTH_TOKEN": bearer,
-           "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
-           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        str(CLAUDE), "-p", "Say hello", "--model", "claude-sonnet-4-6", cwd=home, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, (out + err).decode()
+    run = await claude_p(home, {**QUIET, "CLAUDE_CODE_USE_GATEWAY": "1",
+                                "ANTHROPIC_BASE_URL": gw_url, "ANTHROPIC_AUTH_TOKEN": bearer})
+    return run.code, run.output
+
 
 
 @pytest.mark.timeout(300)

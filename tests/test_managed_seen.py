@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ import pytest
 from ledger.managed import ManagedSettings, checksum
 from proxy.access_log import AccessLog
 from proxy.managed_seen import HEADER, SEEN
+from tests.claude_code import CLAUDE, need_claude
 from tests.conftest import Gateway, need
-from tests.test_processes import CLAUDE
 
 HINTS = {"env": {"CLAUDE_CODE_GATEWAY_HINT_HEADERS": "1"}}
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 16,
@@ -43,17 +42,11 @@ async def _send(gw: Gateway, key: str, sent: str | None, session: str = "s-1") -
         return r.status
 
 
-@pytest.fixture
-def _claude_installed() -> None:
-    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE}")
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("redis_url", ["real"], indirect=True)
 async def test_real_claude_code_sends_the_checksum_meterd_serves(
-        gateway: Gateway, tmp_path: Path, _claude_installed: None) -> None:
-    need(shutil.which("node") is not None or CLAUDE.resolve().suffix != ".js",
-         "node is not installed")
+        gateway: Gateway, tmp_path: Path) -> None:
+    need_claude()
     need(subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0,
          "no mount namespaces here (unshare -m)")
     key = await gateway.developer("Ada", "platform")

@@ -33,10 +33,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from tests.conftest import MOCK_KEY, Gateway, Upstream, free_port, need
+from tests.claude_code import claude_p
+from tests.conftest import MOCK_KEY, Gateway, Upstream, free_port
 from tests.fakes.idp import CLIENT_ID, CLIENT_SECRET, FakeIdP
 from tests.sso import BODY, SSO, claims
-from tests.test_processes import CLAUDE
 from tests.test_tls import make_certificate, trusting
 
 pytest_plugins = ("tests.sso_fixtures",)
@@ -149,20 +149,11 @@ def _sign_in_as_login_does(config: Path, served: Served, answer: dict[str, Any],
 
 async def _claude(home: Path, served: Served) -> tuple[int, str, str]:
     """`claude -p` with no credential in the environment: (exit status, output, debug log)."""
-    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE} (.ci/run installs "
-                          "@anthropic-ai/claude-code there; or set MTD_CLAUDE_BIN)")
-    config = home / ".claude"
-    debug = home / "debug.log"
-    debug.unlink(missing_ok=True)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
-           "CLAUDE_CONFIG_DIR": str(config), "NODE_EXTRA_CA_CERTS": str(served.cert),
-           "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        str(CLAUDE), "-p", "Say hello", "--debug-file", str(debug), cwd=home, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, (out + err).decode(), debug.read_text() if debug.exists() else ""
+    run = await claude_p(home, {"NODE_EXTRA_CA_CERTS": str(served.cert),
+                                "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1"},
+                         model=None, debug=True)
+    return run.code, run.output, run.debug
+
 
 
 async def _answer(sso: SSO, bearer: str) -> tuple[int, str]:

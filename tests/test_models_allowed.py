@@ -4,9 +4,6 @@ the catalog (admin API, CLI, dashboard) reaches every proxy on its next policy r
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +12,11 @@ import orjson
 import pytest
 
 from ledger.models_allowed import AllowedModels, Allowlist, ModelsInvalid, validate
-from tests.conftest import MOCK_KEY, Gateway, Upstream
+from tests.conftest import Gateway, Upstream
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import PASSWORDS, Dashboard, attr, one
 from tests.fakes.gateways import Served, StartGateway, bedrock_provider
+from tests.operator_cli import operator_cli
 from tests.test_dashboard_browser import _sign_in
 from tests.test_processes import BODY, REAL_ONLY, seconds_until_refused
 
@@ -79,14 +77,17 @@ async def test_the_sdk_gets_a_400_naming_a_model_its_team_may_not_use(gateway: G
         assert "claude-haiku-*" in err.value.message
         with pytest.raises(anthropic.BadRequestError, match="claude-opus-4-8"):
             await client.messages.count_tokens(model="claude-opus-4-8", messages=HELLO)
-        # Refused before admission: nothing reached the provider, nothing was metered.
-        assert not gateway.upstream.recorded and await gateway.events() == []
+        # Refused before admission: nothing reached the provider; the refusal is one $0 row
+        # of the request log (count_tokens is never metered).
+        assert not gateway.upstream.recorded
+        [refused] = await gateway.settled(1)
+        assert refused["cost_micros"] == "0" and refused["refusal"].startswith("model: ")
         ok = await client.messages.create(model="claude-haiku-4-5", max_tokens=64,
                                           messages=HELLO)
         assert ok.content[0].type == "text"
         counted = await client.messages.count_tokens(model="claude-haiku-4-5", messages=HELLO)
         assert counted.input_tokens > 0
-    assert len(await gateway.settled(1)) == 1
+    assert len(await gateway.settled(2)) == 2  # the refusal, then the served request
 
 
 async def test_an_advisor_tool_cannot_call_a_model_off_the_list(gateway: Gateway) -> None:
@@ -223,14 +224,7 @@ async def test_models_cards_set_and_clear_the_org_and_team_lists(dashboard: Dash
 @pytest.mark.parametrize("redis_url", ["embedded"], indirect=True)
 def test_cli_models_set_list_and_clear(tmp_path: Path, upstream: Upstream,
                                        redis_url: str) -> None:
-    env = {**os.environ, "MTD_DATA_DIR": str(tmp_path / "data"), "MTD_LOG_LEVEL": "warning",
-           "MTD_UPSTREAM_KEY": MOCK_KEY}
-
-    def cli(*args: str, code: int = 0) -> str:
-        done = subprocess.run([sys.executable, "-m", "meterd.cli", *args], env=env,
-                              capture_output=True, timeout=60)
-        assert done.returncode == code, done.stderr.decode()
-        return (done.stdout + done.stderr).decode()
+    cli = operator_cli(tmp_path / "data")
 
     cli("team", "create", "platform")
     cli("models", "set", "platform", "claude-sonnet-4-6,claude-haiku-*")

@@ -25,9 +25,9 @@ import orjson
 import pytest
 
 from ledger.money import format_usd, parse_usd
+from tests.claude_code import CLAUDE, need_claude
 from tests.conftest import need
 from tests.sso import BODY, SSO
-from tests.test_processes import CLAUDE
 
 pytest_plugins = ("tests.sso_fixtures",)
 
@@ -92,8 +92,7 @@ async def claude_in_tmux(sso: SSO, tmp_path: Path) -> AsyncIterator[tuple[Pane, 
     screens, and the token answer it signed in with."""
     need(shutil.which("tmux") is not None, "tmux is not installed (apt-get install tmux; "
                                            ".ci/run installs it)")
-    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE} (.ci/run installs "
-                          "@anthropic-ai/claude-code there; or set MTD_CLAUDE_BIN)")
+    need_claude()
     answer = await sso.sign_in("u-ada", "ada@example.com", ["eng"])
     home, project = tmp_path / "home", tmp_path / "project"
     config = home / ".claude"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,13 +11,12 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import MOCK_KEY, Gateway, need
+from tests.claude_code import QUIET, claude_p
+from tests.conftest import MOCK_KEY, Gateway
 
 REAL_ONLY = pytest.mark.parametrize("redis_url", ["real"], indirect=True)
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64,
                      "messages": [{"role": "user", "content": "Hi"}]})
-CLAUDE = Path(os.environ.get("MTD_CLAUDE_BIN", Path.home() / ".cache/meterd/claude-code/"
-                             "node_modules/.bin/claude"))
 
 
 async def seconds_until_refused(gateway: Gateway, proxy_url: str, key: str,
@@ -62,23 +59,11 @@ async def test_revoked_key_is_refused_by_another_process_within_one_second(
 
 async def test_claude_code_request_is_forwarded_and_metered_to_its_developer(
         gateway: Gateway, tmp_path: Path) -> None:
-    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE} (.ci/run installs "
-                          "@anthropic-ai/claude-code there; or set MTD_CLAUDE_BIN)")
-    need(shutil.which("node") is not None or CLAUDE.resolve().suffix != ".js",
-         "node is not installed")
     key = await gateway.developer("Grace Hopper", "compilers")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
-           "ANTHROPIC_BASE_URL": gateway.url, "ANTHROPIC_AUTH_TOKEN": key,
-           "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
-           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        str(CLAUDE), "-p", "Say hello", "--model", "claude-sonnet-4-6",
-        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    assert "Hello from the meterd mock upstream" in out.decode()
+    run = await claude_p(tmp_path / "home", {**QUIET, "ANTHROPIC_BASE_URL": gateway.url,
+                                             "ANTHROPIC_AUTH_TOKEN": key}, cwd=tmp_path)
+    assert run.code == 0, run.output[-2000:]
+    assert "Hello from the meterd mock upstream" in run.output
     events = await gateway.settled(1)
     mine = [e for e in events if e["status"] == "200"]
     assert mine, events

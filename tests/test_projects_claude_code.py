@@ -4,42 +4,28 @@ under that project, and the upstream never sees `tags` or their beta."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.conftest import Upstream, need
+from tests.claude_code import QUIET, claude_p
+from tests.conftest import Upstream
 from tests.sso import SSO
-from tests.test_processes import CLAUDE
 
 pytest_plugins = ("tests.sso_fixtures",)
 
 
 async def _claude(gw_url: str, bearer: str, home: Path, settings: dict[str, str]) -> str:
-    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE} (.ci/run installs "
-                          "@anthropic-ai/claude-code there; or set MTD_CLAUDE_BIN)")
-    need(shutil.which("node") is not None or CLAUDE.resolve().suffix != ".js",
-         "node is not installed")
     config = home / ".claude"
     config.mkdir(parents=True, exist_ok=True)
     (config / "settings.json").write_bytes(orjson.dumps(settings))
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
-           "CLAUDE_CONFIG_DIR": str(config), "CLAUDE_CODE_USE_GATEWAY": "1",
-           "ANTHROPIC_BASE_URL": gw_url, "ANTHROPIC_AUTH_TOKEN": bearer,
-           "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
-           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        str(CLAUDE), "-p", "Say hello", "--model", "claude-sonnet-4-6", cwd=home, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    text = (out + err).decode()
-    assert proc.returncode == 0, text[-2000:]
-    return text
+    run = await claude_p(home, {**QUIET, "CLAUDE_CODE_USE_GATEWAY": "1",
+                                "ANTHROPIC_BASE_URL": gw_url, "ANTHROPIC_AUTH_TOKEN": bearer})
+    assert run.code == 0, run.output[-2000:]
+    return run.output
+
 
 
 @pytest.mark.timeout(300)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Gateway, need
+from tests.claude_code import CLAUDE, need_claude
+from tests.conftest import Gateway
 from tests.fakes.gateways import (
     AWS_TOKEN,
     Served,
@@ -18,17 +18,13 @@ from tests.fakes.gateways import (
     bedrock_provider,
     vertex_provider,
 )
-from tests.test_processes import CLAUDE
 
 pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
 
 
 async def run_claude(gw: Gateway, tmp_path: Path, key: str, ok: bool = True,
                      **env: str) -> str:
-    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE} (.ci/run installs "
-                          "@anthropic-ai/claude-code there; or set MTD_CLAUDE_BIN)")
-    need(shutil.which("node") is not None or CLAUDE.resolve().suffix != ".js",
-         "node is not installed")
+    need_claude()
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     base = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "ANTHROPIC_AUTH_TOKEN": key,

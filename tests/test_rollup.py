@@ -100,6 +100,7 @@ def make_events(n: int, *, seed: int = 1, start: datetime | None = None, days: i
             "agent_id": "", "parent_agent_id": "", "request_class": "", "prompt_id": "",
             "project": ("", "apollo", "zephyr")[i % 3],  # not drawn: seeds keep their events
             "upstream_request_id": f"req_{seed}_{i:06d}",
+            "refusal": "",
         })
     return events
 
@@ -404,14 +405,16 @@ async def test_standby_takes_over_when_the_leaders_lock_expires(redis_url: str,
         if step == "committed":
             raise Crash(step)
 
-    leader = Rollup(a, KS, conn, inline_db, batch=30, lock_ttl_ms=250, fault=die_after_commit)
-    standby = Rollup(b, KS, conn, inline_db, batch=30, lock_ttl_ms=250)
+    # A TTL long enough that a loaded machine cannot outlast it between the next two lines.
+    leader = Rollup(a, KS, conn, inline_db, batch=30, lock_ttl_ms=1500, fault=die_after_commit)
+    standby = Rollup(b, KS, conn, inline_db, batch=30, lock_ttl_ms=1500)
     events = make_events(100, seed=6)
     await send(redis, events)
     with pytest.raises(Crash):
         await leader.run_once()
     assert await standby.run_once() == 0  # the dead leader's lock still holds
-    await asyncio.sleep(0.35)
+    while await redis.exists(leader.lock):  # until it expires (nobody released it)
+        await asyncio.sleep(0.05)
     assert await standby.run_once() == 70  # the 30 committed before the crash: not again
     assert_rolled_up_once(conn, events)
     assert await backlog(redis) == (0, 0)

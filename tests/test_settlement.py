@@ -92,20 +92,20 @@ def test_a_misspelt_or_unknown_field_is_an_error() -> None:
 
 def test_the_packed_line_is_the_one_meterd_wrote_before(gate: Gate) -> None:
     """Fields are only ever added at the end: a settlement without the newer ones (here
-    `project`, `upstream_request_id`) packs as the old line plus their separators."""
+    `project`, `upstream_request_id`, `refusal`) packs as the old line plus their separators."""
     settlement = Settlement.of(ticket(gate), USAGE, COST, **DETAILS)
-    assert settlement.packed().encode() == (OLD_LINE + US + US).encode()
+    assert settlement.packed().encode() == (OLD_LINE + US + US + US).encode()
     assert [v.decode() for v in entry_values({b"e": OLD_LINE.encode()})] == [
         str(v) for v in settlement]
 
 
 def test_the_settlement_script_gets_the_arguments_it_got_before(gate: Gate) -> None:
     """Same keys, same arguments: what a spooled settlement holds did not change (but for
-    the event line's new empty `project`, `upstream_request_id` at its end)."""
+    the event line's new empty `project`, `upstream_request_id`, `refusal` at its end)."""
     settlement = Settlement.of(ticket(gate), USAGE, COST, **DETAILS)
     old = orjson.loads(OLD_SPOOL.read_bytes())
     assert old["args"][-1] == OLD_LINE
-    old["args"][-1] += US + US
+    old["args"][-1] += US + US + US
     assert gate._settlement(ticket(gate), settlement) == old
 
 

@@ -5,9 +5,6 @@ reconciliation by request id (ledger/bought.py) finds no drift."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,8 @@ import pytest
 from dashboard.rollout import HELPER_PATH, OTEL_HELPER, telemetry_settings
 from ledger import bought
 from ledger.telemetry import TelemetryRollup
-from tests.conftest import Gateway, need
-from tests.test_processes import CLAUDE
+from tests.claude_code import claude_p, need_claude
+from tests.conftest import Gateway
 
 
 def _rollout_settings(gw: Gateway, key: str, home: Path) -> None:
@@ -38,16 +35,12 @@ def _rollout_settings(gw: Gateway, key: str, home: Path) -> None:
 async def _claude(gw: Gateway, key: str, home: Path, protocol: str) -> tuple[int, str]:
     """`claude -p` with a static key, sending its telemetry to meterd: "rollout" as the
     rollout page sets it up (dashboard/rollout.py), else with the OTLP env variables."""
-    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE}")
-    need(shutil.which("node") is not None or CLAUDE.resolve().suffix != ".js",
-         "node is not installed")
-    home.mkdir(exist_ok=True)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
-           "CLAUDE_CONFIG_DIR": str(home / ".claude"), "ANTHROPIC_BASE_URL": gw.url,
+    need_claude()
+    env = {"ANTHROPIC_BASE_URL": gw.url, "ANTHROPIC_API_KEY": key,
            "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-           "ANTHROPIC_API_KEY": key,
            # Flushed well within the run (Claude Code also flushes when it exits).
            "OTEL_METRIC_EXPORT_INTERVAL": "500", "OTEL_LOGS_EXPORT_INTERVAL": "200"}
+    home.mkdir(exist_ok=True)
     if protocol == "rollout":
         _rollout_settings(gw, key, home)
     else:
@@ -55,12 +48,9 @@ async def _claude(gw: Gateway, key: str, home: Path, protocol: str) -> tuple[int
                 "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
                 "OTEL_EXPORTER_OTLP_ENDPOINT": gw.url,
                 "OTEL_EXPORTER_OTLP_HEADERS": f"x-api-key={key}"}
-    proc = await asyncio.create_subprocess_exec(
-        str(CLAUDE), "-p", "Say hello", "--model", "claude-sonnet-4-6", cwd=home, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, (out + err).decode()
+    run = await claude_p(home, env)
+    return run.code, run.output
+
 
 
 async def _stored(gw: Gateway) -> list[dict[str, Any]]:

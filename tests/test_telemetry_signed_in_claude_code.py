@@ -13,7 +13,6 @@ the test serves as the team's managed settings (these variables need no approval
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +21,21 @@ import orjson
 import pytest
 
 from dashboard.rollout import SIGNED_IN_TELEMETRY
-from tests.conftest import Upstream, need
+from tests.claude_code import claude_p
+from tests.conftest import Upstream
 from tests.fakes.idp import FakeIdP
 from tests.sso import claims
 from tests.test_managed_settings_claude_code import _serve, _sign_in_as_login_does
-from tests.test_processes import CLAUDE
 
 pytest_plugins = ("tests.sso_fixtures",)
 
 
 
 async def _claude(home: Path, cert: Path) -> tuple[int, str, str]:
-    need(CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE}")
-    debug = home / "debug.log"
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
-           "CLAUDE_CONFIG_DIR": str(home / ".claude"), "NODE_EXTRA_CA_CERTS": str(cert),
-           "DISABLE_ERROR_REPORTING": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        str(CLAUDE), "-p", "Say hello", "--model", "claude-sonnet-4-6",
-        "--debug-file", str(debug), cwd=home, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, (out + err).decode(), debug.read_text() if debug.exists() else ""
+    run = await claude_p(home, {"NODE_EXTRA_CA_CERTS": str(cert),
+                                "DISABLE_ERROR_REPORTING": "1"}, debug=True)
+    return run.code, run.output, run.debug
+
 
 
 def _read(db: Path, sql: str) -> list[dict[str, Any]]:
