@@ -17,11 +17,13 @@ import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime, time
 from typing import Any
 
 from aiohttp import web
 from multidict import MultiMapping
+
+from ledger.periods import as_utc
 
 # Far enough from date.min and date.max that a day after, a week's Monday or a month's end is
 # still a date, and wide enough for anything meterd recorded or will record.
@@ -56,7 +58,7 @@ def _in_range(day: date, text: str, what: str) -> None:
 
 
 def parse_day(text: str, what: str = "date") -> date:
-    """A UTC day like 2026-12-31, from FIRST_DAY to LAST_DAY."""
+    """A day of the organization's calendar like 2026-12-31, from FIRST_DAY to LAST_DAY."""
     try:
         day = date.fromisoformat(text)
     except ValueError:
@@ -66,27 +68,30 @@ def parse_day(text: str, what: str = "date") -> date:
 
 
 def parse_time(text: str, what: str = "time") -> datetime:
-    """A date or date-time (ISO 8601; taken as UTC without an offset) as an aware UTC
-    datetime, its day from FIRST_DAY to LAST_DAY."""
+    """A date or date-time (ISO 8601) as an aware UTC datetime, its day from FIRST_DAY to
+    LAST_DAY. Without an offset it is the organization's wall-clock time (its `timezone`):
+    a date is the instant its day begins there, so a date filter over raw requests cuts at
+    the same boundaries as the rollups' days (ledger.periods.day_sql)."""
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{what} {text!r} is not a time like 2026-12-31 or "
                          "2026-12-31T18:00") from None
     _in_range(when.date(), text, what)  # before converting: near the ends that overflows
-    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    return as_utc(when)
 
 
 def parse_expiry(text: str) -> datetime:
-    """When a key expires: a date means the end of that UTC day (the key works all of it,
-    until 23:59:59), a date-time means that instant. The one reading of `meterd key issue
-    --expires` and `key expire --at`, the dashboard's date box and the API's `expires_at`."""
+    """When a key expires: a date means the end of that day on the organization's calendar
+    (the key works all of it, until 23:59:59), a date-time means that instant. The one
+    reading of `meterd key issue --expires` and `key expire --at`, the dashboard's date box
+    and the API's `expires_at`."""
     try:
         day = date.fromisoformat(text)
     except ValueError:
         return parse_time(text, "expiry")
     _in_range(day, text, "expiry")
-    return datetime.combine(day, time(23, 59, 59), UTC)
+    return as_utc(datetime.combine(day, time(23, 59, 59)))
 
 
 @dataclass(frozen=True)
