@@ -17,7 +17,7 @@ import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from aiohttp import web
@@ -67,31 +67,38 @@ def parse_day(text: str, what: str = "date") -> date:
     return day
 
 
-def parse_time(text: str, what: str = "time") -> datetime:
-    """A date or date-time (ISO 8601) as an aware UTC datetime, its day from FIRST_DAY to
-    LAST_DAY. Without an offset it is the organization's wall-clock time (its `timezone`):
-    a date is the instant its day begins there, so a date filter over raw requests cuts at
-    the same boundaries as the rollups' days (ledger.periods.day_sql)."""
+def _moment(text: str, what: str) -> datetime:
+    """A date or date-time (ISO 8601), naive unless it has an offset, its day from FIRST_DAY
+    to LAST_DAY."""
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{what} {text!r} is not a time like 2026-12-31 or "
                          "2026-12-31T18:00") from None
     _in_range(when.date(), text, what)  # before converting: near the ends that overflows
-    return as_utc(when)
+    return when
+
+
+def parse_time(text: str, what: str = "time") -> datetime:
+    """A date or date-time (ISO 8601) as an aware UTC datetime, its day from FIRST_DAY to
+    LAST_DAY. Without an offset it is the organization's wall-clock time (its `timezone`):
+    a date is the instant its day begins there, so a date filter over raw requests cuts at
+    the same boundaries as the rollups' days (ledger.periods.day_sql)."""
+    return as_utc(_moment(text, what))
 
 
 def parse_expiry(text: str) -> datetime:
-    """When a key expires: a date means the end of that day on the organization's calendar
-    (the key works all of it, until 23:59:59), a date-time means that instant. The one
-    reading of `meterd key issue --expires` and `key expire --at`, the dashboard's date box
-    and the API's `expires_at`."""
+    """When a key expires: a date means the end of that UTC day (the key works all of it,
+    until 23:59:59), a date-time means that instant (UTC without an offset). The one reading
+    of `meterd key issue --expires` and `key expire --at`, the dashboard's date box and the
+    API's `expires_at`; UTC because the CLI reads it without the organization's settings."""
     try:
         day = date.fromisoformat(text)
     except ValueError:
-        return parse_time(text, "expiry")
+        when = _moment(text, "expiry")
+        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
     _in_range(day, text, "expiry")
-    return as_utc(datetime.combine(day, time(23, 59, 59)))
+    return datetime.combine(day, time(23, 59, 59), UTC)
 
 
 @dataclass(frozen=True)
