@@ -162,10 +162,10 @@ def field(data: MultiDictProxy[Any], name: str, default: str | None = None,
     return value
 
 
-def today() -> date:
-    """The organization's date now (its `timezone`): what "today" and "this month" mean on
-    every page."""
-    return local_day(datetime.now(UTC))
+def today(now: datetime | None = None) -> date:
+    """The organization's date at `now` (default: now), in its `timezone`: what "today" and
+    "this month" mean on every page."""
+    return local_day(now or datetime.now(UTC))
 
 
 def last_days(days: int) -> tuple[date, date]:

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from dashboard.params import parse_time
+from dashboard.render import today
+from dashboard.reports_view import preset_days
 from ledger import forecasts, periods, reports
 from ledger.periods import day_start
 from ledger.rollup import Rollup
@@ -170,3 +172,19 @@ async def test_request_log_shows_new_york_times_with_the_zone_abbreviation(
     assert "(1 match)" in one(page, ".page-head").get_text()
     page = await finance.page("/admin/requests?start=2026-03-08&end=2026-03-09")
     assert "(0 match)" in one(page, ".page-head").get_text()
+
+
+# (preset, its first and last day) frozen at 03:00 UTC on 1 April 2026: 23:00 EDT on Tuesday
+# 31 March in New York, so "today" is still in March and in the first quarter.
+PRESETS = [
+    ("7d", date(2026, 3, 25), date(2026, 3, 31)),
+    ("last-month", date(2026, 2, 1), date(2026, 2, 28)),
+    ("qtd", date(2026, 1, 1), date(2026, 3, 31)),
+]
+
+
+@pytest.mark.parametrize(("preset", "first", "last"), PRESETS)
+def test_report_presets_count_new_york_days(preset: str, first: date, last: date) -> None:
+    on = today(utc(2026, 4, 1, 3))
+    assert on == date(2026, 3, 31)
+    assert preset_days(preset, on) == (first, last)
