@@ -19,7 +19,7 @@ from ledger.periods import day_start
 from ledger.rollup import Rollup
 from ledger.settlement import Settlement
 from tests.dashboard_fixtures import *  # noqa: F403
-from tests.dashboard_fixtures import Dashboard, one
+from tests.dashboard_fixtures import Dashboard, attr, one
 from tests.test_rollup import KS, fresh_db, inline_db, make_events, send
 
 NY = "America/New_York"
@@ -170,6 +170,8 @@ async def test_request_log_shows_new_york_times_with_the_zone_abbreviation(
     # The 7th in New York holds the request at 04:30 UTC on the 8th; the 8th does not.
     page = await finance.page("/admin/requests?start=2026-03-07&end=2026-03-08")
     assert "(1 match)" in one(page, ".page-head").get_text()
+    # The boxes keep what was typed: New York's midnight, not 05:00 (its UTC instant).
+    assert attr(one(page, "input[name=start]"), "value") == "2026-03-07T00:00:00"
     page = await finance.page("/admin/requests?start=2026-03-08&end=2026-03-09")
     assert "(0 match)" in one(page, ".page-head").get_text()
 
