@@ -71,6 +71,23 @@ async def test_the_rollup_files_each_request_under_its_new_york_day(redis: Any) 
         assert found == sorted(expected.items()), table
 
 
+async def test_days_rolled_up_before_a_zone_change_keep_their_old_boundaries(
+        redis: Any) -> None:
+    # Rolled up while the organization was on UTC: 04:30 UTC on 8 March is the 8th there.
+    periods.set_zone("UTC")
+    conn = fresh_db()
+    rollup = Rollup(redis, KS, conn, inline_db)
+    await send(redis, [event_at(utc(2026, 3, 8, 4, 30), 1)])
+    assert await rollup.run_once() == 1
+    # Then New York: 04:45 UTC on the 8th is 23:45 EST on the 7th. Nothing is re-filed.
+    periods.set_zone(NY)
+    await send(redis, [event_at(utc(2026, 3, 8, 4, 45), 2)])
+    assert await rollup.run_once() == 1
+    found = conn.execute("SELECT day, CAST(sum(requests) AS INT) FROM usage_daily "
+                         "GROUP BY day ORDER BY day").fetchall()
+    assert found == [(date(2026, 3, 7), 1), (date(2026, 3, 8), 1)]
+
+
 async def test_a_date_filter_over_raw_requests_cuts_where_the_rollup_does(redis: Any) -> None:
     await send(redis, [event_at(at, seed) for seed, (at, _) in enumerate(DAYS)])
     conn = fresh_db()
