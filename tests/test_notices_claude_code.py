@@ -31,5 +31,9 @@ async def test_claude_code_past_a_team_pool_prints_when_it_resets_and_what_to_do
     assert returncode != 0, out[-2000:]
     assert "spend limit reached (team engineering, monthly) · resets " in out, out[-2000:]
     assert "ask your meterd administrator for an increase" in out
+    # Refused before the provider: each attempt is a $0 row of the request log naming the
+    # pool, and nothing was served or metered.
     refused = [e for e in await gateway.events() if e["status"] != "200"]
-    assert refused == []  # refused before the provider: nothing served, nothing metered
+    assert refused and all(
+        e["status"] == "429" and e["cost_micros"] == "0"
+        and e["refusal"].startswith("budget: team engineering") for e in refused), refused
