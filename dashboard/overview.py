@@ -7,11 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from dashboard import charts, live
+from dashboard import blocked, charts, live
 from dashboard.appkeys import CONFIG
 from dashboard.auth import READERS, allow
 from dashboard.forecasts_view import TOP_ON_OVERVIEW
-from dashboard.render import admin_state, fill_days, render, report, today
+from dashboard.render import admin_state, fill_days, render, report, today, url
 from ledger import forecasts, reports
 
 
@@ -57,6 +57,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     teams = await state.db(state.catalog.teams)
     latest, _ = await report(request, reports.requests_page, limit=1)
     month_end = await report(request, forecasts.month_end, now=now)
+    use = await blocked.cap_use(request, now)
     return await render(request, "overview.html", {
         "spent_today": live_org[("org", "", "daily")] if live_org else
         today_totals["cost_micros"],
@@ -74,4 +75,10 @@ async def overview(request: web.Request) -> web.StreamResponse:
         "month_start": month_start, "day": day,
         "month_end": month_end[:TOP_ON_OVERVIEW + 1],  # the organization and the top teams
         "month_end_teams": len(month_end) - 1,
+        "blocked": blocked.blocked_now(use),
+        "refused_today": await blocked.refused_since(request, day),
+        "refused_since": month_start,
+        "refused_since_count": await blocked.refused_since(request, month_start),
+        "refused_url": url(request, "requests", {"status": "refused",
+                                                 "start": day.isoformat()}),
     })

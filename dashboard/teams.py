@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from dashboard import charts, live
+from dashboard import blocked, charts, live
 from dashboard.auth import ADMINS, READERS, TEAM_ADMINS, TEAM_READERS, allow, require_team
 from dashboard.cap_forms import LIMIT_WORDS, limits_of, save_budget, save_limits
 from dashboard.render import (
@@ -95,7 +95,10 @@ async def team(request: web.Request) -> web.StreamResponse:
     running = await state.db(grants.active, state.catalog, now)
     for b in budgets:
         # The cap as admission applies it: its amount plus the grants running now.
-        b["granted_micros"], _ = grants.running(running, b["scope"], b["scope_id"], b["period"])
+        b["granted_micros"], until = grants.running(running, b["scope"], b["scope_id"],
+                                                    b["period"])
+        b["grant_until"] = until and until.replace(tzinfo=UTC)
+        b["base_micros"] = b["amount_micros"]  # what the edit form fills in
         b["amount_micros"] += b["granted_micros"]
         b["spent"] = max((found.get((*c, b["period"]), 0) for c in caps.counters(
             b["scope"], b["scope_id"], [m["id"] for m in members])), default=0)
@@ -108,6 +111,7 @@ async def team(request: web.Request) -> web.StreamResponse:
                             end=end, grain="month", dimension="model", team_id=row["id"])
     limits = await state.db(state.catalog.rate_limits)
     models_from, models = await state.db(AllowedModels(state.catalog).effective, row["id"])
+    use = await blocked.cap_use(request, now, row["id"])
     return await render(request, "team.html", {
         "models_from": models_from, "models": models,
         "team": row, "members": members, "budgets": budgets, "periods": PERIODS,
@@ -120,6 +124,12 @@ async def team(request: web.Request) -> web.StreamResponse:
         "spent_today": found.get(("team", row["id"], "daily"), 0),
         "spent_month": found.get(("team", row["id"], "monthly"), 0),
         "since": start,
+        "blocked": blocked.blocked_now(use), "badges": blocked.member_badges(use, members),
+        "refused_today": await blocked.refused_since(request, now.date(), row["id"]),
+        "refused_since": start,
+        "refused_since_count": await blocked.refused_since(request, start, row["id"]),
+        "refused_url": url(request, "requests", {"status": "refused", "team": row["id"],
+                                                 "start": now.date().isoformat()}),
     })
 
 
