@@ -12,7 +12,7 @@ from dashboard.appkeys import CONFIG
 from dashboard.auth import READERS, allow
 from dashboard.forecasts_view import TOP_ON_OVERVIEW
 from dashboard.render import admin_state, fill_days, render, report, today, url
-from ledger import forecasts, reports
+from ledger import forecasts, grants, reports
 
 
 async def members_by_team(request: web.Request) -> dict[str, list[str]]:
@@ -24,11 +24,14 @@ async def members_by_team(request: web.Request) -> dict[str, list[str]]:
 
 
 async def budgets_now(request: web.Request, now: datetime) -> list[dict[str, Any]]:
-    """Every budget with live spend, projection and percent, fullest first."""
+    """Every budget with live spend, the grants running on it, and its projection by the
+    month-end forecast's rule (run rate of complete days, held at the cap), fullest first."""
     state = admin_state(request)
     forecast = await report(request, reports.forecast, now=now)
-    return await live.forecast_with_live_spend(state.redis, state.keyspace, forecast,
-                                    await members_by_team(request), now)
+    return await live.forecast_with_live_spend(
+        state.redis, state.keyspace, forecast, await members_by_team(request), now,
+        rates=await report(request, forecasts.run_rates, now=now),
+        running=await state.db(grants.active, state.catalog, now))
 
 
 @allow(*READERS)
