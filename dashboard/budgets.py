@@ -40,6 +40,7 @@ async def caps_for_developer(request: web.Request, dev: dict[str, Any],
         granted, until = grants.running(running, b["scope"], b["scope_id"], b["period"])
         out.append({**b, "label": label, "spent_micros": spent,
                     "amount_micros": b["amount_micros"] + granted, "granted_micros": granted,
+                    "base_micros": b["amount_micros"],  # what the edit form fills in
                     "models": [],
                     "grant_until": until and until.replace(tzinfo=UTC),
                     "projected_micros": live.project(spent, b["period"], now),

@@ -54,3 +54,37 @@ async def test_lead_clicks_a_report_bar_through_to_its_own_teams_requests(
     assert "elsewhere" not in options
     refused = await page.goto(f"{gw.url}/admin/requests?team={teams['elsewhere']}")
     assert refused is not None and refused.status == 403
+
+
+@pytest.mark.timeout(120)
+async def test_lead_edits_the_per_member_cap_in_place_and_sees_who_it_blocks(
+        dashboard: Dashboard, chromium: Any) -> None:  # noqa: F811
+    gw = dashboard.gateway
+    cat = gw.admin.catalog
+    ada = await gw.developer("Ada", "platform")
+    await gw.developer("Bo", "platform")
+    await gw.change(cat.set_budget, "team_member", "platform", "daily", 20_000_000)
+    async with new_session() as s:
+        assert (await send(s, gw.url, ada))[0] == 200  # Ada: 4,500 µ$ today
+    await gw.proxy.drain()
+    team = (await gw.admin.db(cat.teams))[0]["id"]
+    page = await _lead_page(dashboard, chromium)
+    await page.goto(f"{gw.url}/admin/teams/{team}")
+    assert await page.locator("#blocked-table").count() == 0  # nobody yet
+    await page.click("#member-cap .edit-cap summary")
+    amount = page.locator("#member-cap .edit-cap input[name=amount]")
+    assert await amount.input_value() == "20.00"
+    await amount.fill("0.004")  # below Ada's 4,500 µ$: the confirmation names her
+    await page.click("#member-cap .edit-cap button[type=submit]")
+    await page.wait_for_selector("#cap-confirm")
+    assert [t.split("\t")[0] for t in
+            await page.locator("#blocked tbody tr").all_inner_texts()] == ["Ada"]
+    await page.click("#cap-confirm button[type=submit]")
+    await page.wait_for_selector(".flash:has-text('Per-member cap saved')")
+    [cap] = await gw.admin.db(cat.budgets)
+    assert (cap["scope"], cap["period"], cap["amount_micros"]) == ("team_member", "daily", 4_000)
+    # Back on the team page: Ada is blocked by it until midnight, with the badge.
+    blocked = await page.locator("#blocked-table tbody tr").all_inner_texts()
+    assert len(blocked) == 1 and blocked[0].startswith("Ada")
+    assert "each member of platform, daily" in blocked[0]
+    assert await page.locator("#members .badge-blocked").count() == 1
