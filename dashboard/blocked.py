@@ -26,8 +26,8 @@ def near_percent(request: web.Request) -> int:
 async def cap_use(request: web.Request, now: datetime,
                   team_id: str | None = None) -> list[dict[str, Any]]:
     """ledger.status.cap_use for the whole organization or one team (its members' caps, its
-    pool and the organization's), each row named: `who` and `who_url` (the developer, the
-    team or the organization) and `cap` (the cap in words)."""
+    pool and the organization's), each row named: `who` (the developer, the team or the
+    organization), `who_url` (its page, on blocked rows) and `cap` (the cap in words)."""
     state = admin_state(request)
     devs = await state.db(state.catalog.developers)
     teams = {t["id"]: t["name"] for t in await state.db(state.catalog.teams)}
@@ -45,15 +45,21 @@ async def cap_use(request: web.Request, now: datetime,
         dev, scope, scope_id = row["developer"], row["scope"], row["scope_id"]
         name = dev["name"] if scope == "developer" else teams.get(scope_id, scope_id)
         row["cap"] = f"{caps.describe(scope, name)}, {row['period']}"
-        if dev is not None:
-            row["who"] = dev["name"]
-            row["who_url"] = url(request, "developer", developer_id=dev["id"])
-        elif scope == "team":
-            row["who"] = f"all of {teams.get(scope_id, scope_id)}"
-            row["who_url"] = url(request, "team", team_id=scope_id)
-        else:
-            row["who"], row["who_url"] = "everyone", None
+        row["who"] = dev["name"] if dev is not None else (
+            f"all of {teams.get(scope_id, scope_id)}" if scope == "team" else "everyone")
+        row["who_url"] = None
+        if row["state"] == status.BLOCKED:  # linked where listed (1,000s of rows are not)
+            row["who_url"] = (url(request, "developer", developer_id=dev["id"]) if dev
+                              else url(request, "team", team_id=scope_id)
+                              if scope == "team" else None)
     return rows
+
+
+def counters_read(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], int]:
+    """The spend counters `cap_use` read, as dashboard.live.spent keys them, so the page does
+    not read them again."""
+    return {(*caps.counter(r["scope"], r["scope_id"], (r["developer"] or {}).get("id", "")),
+             r["period"]): r["spent_micros"] for r in rows}
 
 
 def blocked_now(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from ledger import caps, forecasts, grants
 from ledger.forecasts import Counter
 from ledger.keyspace import KeySpace
-from ledger.periods import period_end, period_start
+from ledger.periods import PERIODS, period_end, period_start
 from ledger.reports import MIN_ELAPSED
 from ledger.settlement import SPENT
 
@@ -67,26 +67,33 @@ async def forecast_with_live_spend(
         redis: Any, keyspace: KeySpace, forecast: list[dict[str, Any]],
         members: dict[str, list[str]], now: datetime, *,
         rates: Mapping[Counter, int] | None = None,
-        running: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        running: list[dict[str, Any]] | None = None,
+        known: Mapping[Scope, int] | None = None) -> list[dict[str, Any]]:
     """The budget rows of ledger.reports.forecast with spent, projection and percent taken
     from the live counters where Redis has them (else the rollups' spent). `members` maps team
     id → developer ids (for per-member caps); `rates` is ledger.forecasts.run_rates; `running`
-    the active grants, added to each cap (granted_micros, grant_until) as admission adds them.
+    the active grants, added to each cap (granted_micros, grant_until) as admission adds them;
+    `known` counters already read for this page (not read again).
 
     Projected as ledger.forecasts projects: spent plus each counter's run rate over what is
     left of the period, held at the cap, and for a per-member cap the highest member's."""
     rates = rates or {}
     compared = [caps.counters(row["scope"], row["scope_id"], members.get(row["scope_id"], []))
                 for row in forecast]
-    live = await spent(redis, keyspace, [(*c, row["period"]) for row, counters in zip(
-        forecast, compared, strict=True) for c in counters], now)
+    known = known or {}
+    wanted = [(*c, row["period"]) for row, counters in zip(forecast, compared, strict=True)
+              for c in counters]
+    live = await spent(redis, keyspace, [s for s in wanted if s not in known], now)
+    if live is not None:
+        live = {**known, **live}
+    left_of = {p: int((period_end(p, now) - now).total_seconds()) for p in PERIODS}
     out = []
     for row, counters in zip(forecast, compared, strict=True):
         row = dict(row, title=title(row["scope"], row["label"]))
         period = row["period"]
         granted, until = grants.running(running or [], row["scope"], row["scope_id"], period)
         amount = int(row["amount_micros"]) + granted
-        left = int((period_end(period, now) - now).total_seconds())
+        left = left_of[period]
         # Without Redis only the rollups' figure (the fullest counter's) is known.
         each = {c: live[(*c, period)] if live is not None else int(row["spent_micros"])
                 for c in counters}

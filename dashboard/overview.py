@@ -23,7 +23,8 @@ async def members_by_team(request: web.Request) -> dict[str, list[str]]:
     return out
 
 
-async def budgets_now(request: web.Request, now: datetime) -> list[dict[str, Any]]:
+async def budgets_now(request: web.Request, now: datetime,
+                      known: dict[tuple[str, str, str], int]) -> list[dict[str, Any]]:
     """Every budget with live spend, the grants running on it, and its projection by the
     month-end forecast's rule (run rate of complete days, held at the cap), fullest first."""
     state = admin_state(request)
@@ -31,7 +32,7 @@ async def budgets_now(request: web.Request, now: datetime) -> list[dict[str, Any
     return await live.forecast_with_live_spend(
         state.redis, state.keyspace, forecast, await members_by_team(request), now,
         rates=await report(request, forecasts.run_rates, now=now),
-        running=await state.db(grants.active, state.catalog, now))
+        running=await state.db(grants.active, state.catalog, now), known=known)
 
 
 @allow(*READERS)
@@ -54,13 +55,13 @@ async def overview(request: web.Request) -> web.StreamResponse:
     trend = await report(request, reports.spend, start=trend_start, end=tomorrow, grain="day",
                          dimension="team")
     savings = await report(request, reports.cache_savings, start=month_start, end=tomorrow)
-    budgets = await budgets_now(request, now)
+    use = await blocked.cap_use(request, now)
+    budgets = await budgets_now(request, now, blocked.counters_read(use))
     thresholds = request.app[CONFIG].thresholds
     watch = min(thresholds) if thresholds else 75
     teams = await state.db(state.catalog.teams)
     latest, _ = await report(request, reports.requests_page, limit=1)
     month_end = await report(request, forecasts.month_end, now=now)
-    use = await blocked.cap_use(request, now)
     return await render(request, "overview.html", {
         "spent_today": live_org[("org", "", "daily")] if live_org else
         today_totals["cost_micros"],

@@ -122,6 +122,7 @@ async def cap_use(redis: Any, keyspace: KeySpace, developers: list[dict[str, Any
                                                      whom["id"] if whom else ""),
                                        b["period"], now), SPENT)
         values = await pipe.execute() if pairs else []
+    ends = {period: period_end(period, now) for period in PERIODS}
     out = []
     for (b, whom), raw in zip(pairs, values, strict=True):
         granted, until = grants.running(running, b["scope"], b["scope_id"], b["period"])
@@ -131,5 +132,5 @@ async def cap_use(redis: Any, keyspace: KeySpace, developers: list[dict[str, Any
             "period": b["period"], "developer": whom, "amount_micros": amount,
             "granted_micros": granted, "grant_until": until and until.replace(tzinfo=UTC),
             "spent_micros": spent, "state": standing_of(spent, amount, near_percent),
-            "resets_at": period_end(b["period"], now)})
+            "resets_at": ends[b["period"]]})
     return out
