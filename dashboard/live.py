@@ -17,8 +17,7 @@ from redis.exceptions import RedisError
 from ledger import caps, forecasts, grants
 from ledger.forecasts import Counter
 from ledger.keyspace import KeySpace
-from ledger.periods import PERIODS, period_end, period_start
-from ledger.reports import MIN_ELAPSED
+from ledger.periods import PERIODS, period_end
 from ledger.settlement import SPENT
 
 log = logging.getLogger("meterd.dashboard")
@@ -55,12 +54,13 @@ def _percent(value: int, amount: int) -> int:
     return value * 100 // amount if amount > 0 else (100 if value else 0)
 
 
-def project(spent_micros: int, period: str, now: datetime) -> int:
-    """Linear projection of a period's spend to its end (as ledger.reports.forecast)."""
-    at = now.astimezone(UTC)
-    start, end = period_start(period, at), period_end(period, at)
-    elapsed = max(at - start, MIN_ELAPSED)
-    return spent_micros * int((end - start).total_seconds()) // int(elapsed.total_seconds())
+def project(spent_micros: int, counter: Counter, period: str, amount: int,
+            rates: Mapping[Counter, int], now: datetime) -> int:
+    """A cap's spend at its period's end by ledger.forecasts.project: what `counter` spent so
+    far plus its run rate (`rates`, ledger.forecasts.run_rates) over what is left, held at
+    `amount`."""
+    left = int((period_end(period, now) - now).total_seconds())
+    return forecasts.project(spent_micros, rates.get(counter, 0), left, amount)[0]
 
 
 async def forecast_with_live_spend(

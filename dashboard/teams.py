@@ -25,7 +25,7 @@ from dashboard.render import (
     see_other,
     url,
 )
-from ledger import caps, grants, reports
+from ledger import caps, forecasts, grants, reports
 from ledger.catalog import NotFound
 from ledger.models_allowed import ORG, AllowedModels, split
 from ledger.periods import PERIODS, period_end
@@ -49,6 +49,7 @@ async def teams(request: web.Request) -> web.StreamResponse:
                              [("team", t["id"], p) for t in rows for p in PERIODS]
                              + [("org", "", p) for p in PERIODS], now) or {}
     pools = {(b["scope_id"], b["period"]): b for b in budgets if b["scope"] == "team"}
+    rates = await report(request, forecasts.run_rates, now=now)
     for team in rows:
         team["today"] = found.get(("team", team["id"], "daily"), 0)
         team["month"] = found.get(("team", team["id"], "monthly"), 0)
@@ -60,7 +61,8 @@ async def teams(request: web.Request) -> web.StreamResponse:
     for b in budgets:
         if b["scope"] == "org":
             spent = found.get(("org", "", b["period"]), 0)
-            org.append(dict(b, spent=spent, projected=live.project(spent, b["period"], now)))
+            org.append(dict(b, spent=spent, projected=live.project(
+                spent, ("org", ""), b["period"], b["amount_micros"], rates, now)))
     models = await state.db(AllowedModels(state.catalog).get, ORG)
     return await render(request, "teams.html", {
         "teams": rows, "org_budgets": org, "periods": PERIODS,
@@ -93,6 +95,7 @@ async def team(request: web.Request) -> web.StreamResponse:
         m["today"] = found.get(("developer", m["id"], "daily"), 0)
         m["month"] = found.get(("developer", m["id"], "monthly"), 0)
     running = await state.db(grants.active, state.catalog, now)
+    rates = await report(request, forecasts.run_rates, now=now)
     for b in budgets:
         # The cap as admission applies it: its amount plus the grants running now.
         b["granted_micros"], until = grants.running(running, b["scope"], b["scope_id"],
@@ -100,9 +103,11 @@ async def team(request: web.Request) -> web.StreamResponse:
         b["grant_until"] = until and until.replace(tzinfo=UTC)
         b["base_micros"] = b["amount_micros"]  # what the edit form fills in
         b["amount_micros"] += b["granted_micros"]
-        b["spent"] = max((found.get((*c, b["period"]), 0) for c in caps.counters(
-            b["scope"], b["scope_id"], [m["id"] for m in members])), default=0)
-        b["projected"] = live.project(b["spent"], b["period"], now)
+        compared = caps.counters(b["scope"], b["scope_id"], [m["id"] for m in members])
+        b["spent"] = max((found.get((*c, b["period"]), 0) for c in compared), default=0)
+        b["projected"] = max((live.project(found.get((*c, b["period"]), 0), c, b["period"],
+                                           b["amount_micros"], rates, now)
+                              for c in compared), default=0)
         b["resets"] = period_end(b["period"], now)
     start, end = last_days(30)
     trend = await report(request, reports.spend, start=start, end=end, grain="day",
