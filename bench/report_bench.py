@@ -37,6 +37,7 @@ from aiohttp.test_utils import TestServer
 from dashboard.accounts import Accounts, hash_password
 from dashboard.state import ADMIN
 from ledger import exports, forecasts, pivot, reports, session_report
+from ledger.redis_client import connect_redis
 from meterd.apps import ADMIN_APP, DB_FILE, create_root_app
 from meterd.settings import Settings
 
@@ -228,6 +229,17 @@ async def bench_pages(db: Path, redis_url: str, repeat: int) -> int:
                 await developer.close()
         finally:
             await server.close()
+            if redis_url:  # a shared server: leave nothing of this run behind
+                await _drop_keys(redis_url, settings.redis_prefix)
+
+
+async def _drop_keys(redis_url: str, prefix: str) -> None:
+    redis = connect_redis(redis_url)
+    try:
+        async for key in redis.scan_iter(match=f"{{{prefix}}}*", count=1000):
+            await redis.delete(key)
+    finally:
+        await redis.aclose()
 
 
 async def _time_pages(paths: list[tuple[str, str]], admin: aiohttp.ClientSession,
