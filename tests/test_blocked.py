@@ -91,3 +91,14 @@ async def test_team_page_badges_members_and_shows_the_grant_beside_the_pool(
     # The pool's cap includes the running grant, and says until when.
     pool = one(page, "#pool-budgets tbody tr").get_text(" ", strip=True)
     assert "$1.01 incl. +$1.00 granted until" in pool
+
+
+async def test_overview_budget_tables_show_the_grant_beside_the_pool(
+        dashboard: Dashboard) -> None:
+    await _scene(dashboard)
+    admin = await dashboard.signed_in("admin")
+    page = await admin.page("/admin/")
+    pool = [tr.get_text(" ", strip=True) for tr in page.select("#forecast tbody tr")
+            if tr.get_text().startswith("Team platform")]
+    # $0.01 pool + the $1.00 grant: the cap as admission applies it.
+    assert len(pool) == 1 and "$1.01 incl. +$1.00 granted until" in pool[0]
