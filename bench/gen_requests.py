@@ -67,12 +67,18 @@ def generate(out: Path, rows: int, days: int, developers: int, teams: int, end: 
             -- a developer works on one or two of 40 projects; a quarter of requests name none
             CASE WHEN h(i, 16) % 4 = 0 THEN ''
                 ELSE printf('project-%02d', (dev + h(i, 16) % 2) % 40) END AS project,
-            '' AS upstream_request_id
+            '' AS upstream_request_id,
+            -- about 1 in 500 a $0 row the gateway refused (a cap), as ledger/settlement.py writes
+            CASE WHEN h(i, 17) % 500 = 0 THEN 'budget: developer monthly cap' ELSE '' END
+                AS refusal
         FROM (SELECT range AS i, h(range, 1) % {developers} AS dev FROM range({rows}))
         ORDER BY i
     """)
     conn.execute("UPDATE requests SET cache_saved_micros = cache_read * 27 // 10 "
                  "WHERE cache_read > 0")
+    conn.execute("UPDATE requests SET status = 429, cost_micros = 0, cache_saved_micros = 0, "
+                 "input_tokens = 0, output_tokens = 0, cache_write_5m = 0, cache_read = 0, "
+                 "web_search = 0, error_type = 'rate_limit_error' WHERE refusal <> ''")
     t1 = time.perf_counter()
     print(f"requests: {rows:,} rows in {t1 - t0:.1f} s")
     conn.execute(f"""

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from dashboard.auth import ADMINS, READERS, allow
+from dashboard.auth import ADMINS, READERS, TEAM_READERS, allow, require_team
 from dashboard.params import MAX_OFFSET, Query, choice, moment, query, text, whole
-from dashboard.render import admin_state, change, render, report, see_other, url
+from dashboard.render import admin_state, change, identity, render, report, see_other, url
 from ledger import reports
 from ledger.catalog import CatalogError, NotFound
 from ledger.money import format_usd
@@ -29,6 +29,17 @@ def request_filters(q: Query) -> dict[str, Any]:
     return {argument: q[name] for name, argument in _ARGUMENTS.items()}
 
 
+def scoped_filters(request: web.Request, q: Query) -> dict[str, Any]:
+    """The request log's filters; a team lead's are always of its own team (another team's
+    is 403, none means its own), so a report's click-through lands on its team's requests."""
+    filters = request_filters(q)
+    who = identity(request)
+    if who.role != "team_lead":
+        return filters
+    require_team(request, filters["team_id"] or who.team_id)
+    return dict(filters, team_id=who.team_id)
+
+
 def _shown(q: Query) -> dict[str, str]:
     """The filters as the form and the pager links carry them."""
     out = {}
@@ -41,15 +52,19 @@ def _shown(q: Query) -> dict[str, str]:
     return out
 
 
-@allow(*READERS)
+@allow(*TEAM_READERS)
 @query(*REQUEST_FILTERS, whole("page", 1, 1, MAX_OFFSET // PAGE_SIZE))
 async def requests_log(request: web.Request, q: Query) -> web.StreamResponse:
     state = admin_state(request)
     page = q["page"]
+    filters = scoped_filters(request, q)
     rows, total = await report(request, reports.requests_page, limit=PAGE_SIZE,
-                               offset=(page - 1) * PAGE_SIZE, **request_filters(q))
+                               offset=(page - 1) * PAGE_SIZE, **filters)
     devs = await state.db(state.catalog.developers)
     teams = await state.db(state.catalog.teams)
+    if identity(request).role == "team_lead":  # the filters offer its own team only
+        teams = [t for t in teams if t["id"] == filters["team_id"]]
+        devs = [d for d in devs if d["team_id"] == filters["team_id"]]
     names = {d["id"]: d["name"] for d in devs} | {t["id"]: t["name"] for t in teams}
     pages = max(1, -(-total // PAGE_SIZE))
     shown = _shown(q)

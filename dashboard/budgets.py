@@ -11,8 +11,8 @@ from aiohttp import web
 from dashboard import live
 from dashboard.auth import ADMINS, TEAM_ADMINS, allow, require_team
 from dashboard.cap_forms import save_budget
-from dashboard.render import admin_state, change, identity, redirect_back, url
-from ledger import caps, grants
+from dashboard.render import admin_state, change, identity, redirect_back, report, url
+from ledger import caps, forecasts, grants
 from ledger.catalog import NotFound
 from ledger.model_caps import ModelCaps
 from ledger.periods import PERIODS, period_end
@@ -31,6 +31,7 @@ async def caps_for_developer(request: web.Request, dev: dict[str, Any],
     found = await live.spent(state.redis, state.keyspace,
                              [(*counters[b["id"]], b["period"]) for b in rows], now) or {}
     running = await state.db(grants.active, state.catalog, now)
+    rates = await report(request, forecasts.run_rates, now=now)
     out = []
     for b in rows:
         spent = found.get((*counters[b["id"]], b["period"]), 0)
@@ -40,18 +41,22 @@ async def caps_for_developer(request: web.Request, dev: dict[str, Any],
         granted, until = grants.running(running, b["scope"], b["scope_id"], b["period"])
         out.append({**b, "label": label, "spent_micros": spent,
                     "amount_micros": b["amount_micros"] + granted, "granted_micros": granted,
+                    "base_micros": b["amount_micros"],  # what the edit form fills in
                     "models": [],
                     "grant_until": until and until.replace(tzinfo=UTC),
-                    "projected_micros": live.project(spent, b["period"], now),
+                    "projected_micros": live.project(
+                        spent, counters[b["id"]], b["period"], b["amount_micros"] + granted,
+                        rates, now),
                     "resets": period_end(b["period"], now)})
-    out += await _model_caps(request, dev, now)
+    out += await _model_caps(request, dev, now, rates)
     out.sort(key=lambda r: (PERIODS.index(r["period"]), r["label"]))
     return out
 
 
-async def _model_caps(request: web.Request, dev: dict[str, Any],
-                      now: datetime) -> list[dict[str, Any]]:
-    """The per-model caps that apply to a developer, with their own counters' spend."""
+async def _model_caps(request: web.Request, dev: dict[str, Any], now: datetime,
+                      rates: dict[forecasts.Counter, int]) -> list[dict[str, Any]]:
+    """The per-model caps that apply to a developer, with their own counters' spend. There is
+    no run rate per model: one is projected at its scope's whole rate, held at the cap."""
     state = admin_state(request)
     rows = [b for b in await state.db(ModelCaps(state.catalog).all)
             if caps.applies(b["scope"], b["scope_id"], dev["id"], dev["team_id"])]
@@ -70,7 +75,9 @@ async def _model_caps(request: web.Request, dev: dict[str, Any],
         out.append({**b, "label": f"{caps.describe(b['scope'], name, capital=True)} on "
                                   f"{', '.join(b['models'])}",
                     "spent_micros": spent, "granted_micros": 0,
-                    "projected_micros": live.project(spent, b["period"], now),
+                    "projected_micros": live.project(
+                        spent, caps.counter(b["scope"], b["scope_id"], dev["id"]),
+                        b["period"], b["amount_micros"], rates, now),
                     "resets": period_end(b["period"], now)})
     return out
 

@@ -83,6 +83,13 @@ def millis(value: Any) -> str:
     return f"{ms:,} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
 
+def amount_box(micros: Any) -> str:
+    """µ$ as an amount box takes it back exactly: 500.00, 99.5 stays 99.50, 4000 µ$ 0.004."""
+    value = int(micros or 0)
+    fraction = f"{value % 1_000_000:06d}".rstrip("0")
+    return f"{value // 1_000_000}.{fraction:0<2}"
+
+
 FILTERS = {"usd": usd, "rate": rate, "tokens": tokens, "count": count, "when": when,
-           "zoned": zoned, "day": day, "millis": millis}
+           "zoned": zoned, "day": day, "millis": millis, "amount_box": amount_box}
 GLOBALS = {"percent": percent, "period_words": PERIOD_WORDS, "zone_name": zone_name}

@@ -8,16 +8,16 @@ callers fall back to the rollups.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from ledger import caps
+from ledger import caps, forecasts, grants
+from ledger.forecasts import Counter
 from ledger.keyspace import KeySpace
-from ledger.periods import period_end, period_start
-from ledger.reports import MIN_ELAPSED
+from ledger.periods import PERIODS, period_end
 from ledger.settlement import SPENT
 
 log = logging.getLogger("meterd.dashboard")
@@ -50,33 +50,60 @@ def title(scope: str, label: str) -> str:
     return label[:1].upper() + label[1:]
 
 
-def project(spent_micros: int, period: str, now: datetime) -> int:
-    """Linear projection of a period's spend to its end (as ledger.reports.forecast)."""
-    at = now.astimezone(UTC)
-    start, end = period_start(period, at), period_end(period, at)
-    elapsed = max(at - start, MIN_ELAPSED)
-    return spent_micros * int((end - start).total_seconds()) // int(elapsed.total_seconds())
+def _percent(value: int, amount: int) -> int:
+    return value * 100 // amount if amount > 0 else (100 if value else 0)
+
+
+def project(spent_micros: int, counter: Counter, period: str, amount: int,
+            rates: Mapping[Counter, int], now: datetime) -> int:
+    """A cap's spend at its period's end by ledger.forecasts.project: what `counter` spent so
+    far plus its run rate (`rates`, ledger.forecasts.run_rates) over what is left, held at
+    `amount`."""
+    left = int((period_end(period, now) - now).total_seconds())
+    return forecasts.project(spent_micros, rates.get(counter, 0), left, amount)[0]
 
 
 async def forecast_with_live_spend(
         redis: Any, keyspace: KeySpace, forecast: list[dict[str, Any]],
-        members: dict[str, list[str]], now: datetime) -> list[dict[str, Any]]:
-    """The forecast rows with spent, projection and percent taken from the live counters
-    where Redis has them. `members` maps team id → developer ids (for per-member caps)."""
-    compared = [[(*c, row["period"]) for c in caps.counters(
-        row["scope"], row["scope_id"], members.get(row["scope_id"], []))] for row in forecast]
-    live = await spent(redis, keyspace, [s for scopes in compared for s in scopes], now)
+        members: dict[str, list[str]], now: datetime, *,
+        rates: Mapping[Counter, int] | None = None,
+        running: list[dict[str, Any]] | None = None,
+        known: Mapping[Scope, int] | None = None) -> list[dict[str, Any]]:
+    """The budget rows of ledger.reports.forecast with spent, projection and percent taken
+    from the live counters where Redis has them (else the rollups' spent). `members` maps team
+    id → developer ids (for per-member caps); `rates` is ledger.forecasts.run_rates; `running`
+    the active grants, added to each cap (granted_micros, grant_until) as admission adds them;
+    `known` counters already read for this page (not read again).
+
+    Projected as ledger.forecasts projects: spent plus each counter's run rate over what is
+    left of the period, held at the cap, and for a per-member cap the highest member's."""
+    rates = rates or {}
+    compared = [caps.counters(row["scope"], row["scope_id"], members.get(row["scope_id"], []))
+                for row in forecast]
+    known = known or {}
+    wanted = [(*c, row["period"]) for row, counters in zip(forecast, compared, strict=True)
+              for c in counters]
+    live = await spent(redis, keyspace, [s for s in wanted if s not in known], now)
+    if live is not None:
+        live = {**known, **live}
+    left_of = {p: int((period_end(p, now) - now).total_seconds()) for p in PERIODS}
     out = []
-    for row, scopes in zip(forecast, compared, strict=True):
+    for row, counters in zip(forecast, compared, strict=True):
         row = dict(row, title=title(row["scope"], row["label"]))
-        if live is not None:
-            value = max((live[s] for s in scopes), default=0)
-            amount = int(row["amount_micros"])
-            row["spent_micros"] = value
-            row["projected_micros"] = project(value, row["period"], now)
-            row["percent"] = value * 100 // amount if amount > 0 else (100 if value else 0)
-            row["projected_percent"] = (row["projected_micros"] * 100 // amount if amount > 0
-                                        else row["percent"])
+        period = row["period"]
+        granted, until = grants.running(running or [], row["scope"], row["scope_id"], period)
+        amount = int(row["amount_micros"]) + granted
+        left = left_of[period]
+        # Without Redis only the rollups' figure (the fullest counter's) is known.
+        each = {c: live[(*c, period)] if live is not None else int(row["spent_micros"])
+                for c in counters}
+        value = max(each.values(), default=0)
+        projected = max((forecasts.project(s, rates.get(c, 0), left, amount)[0]
+                         for c, s in each.items()), default=0)
+        row.update(spent_micros=value, projected_micros=projected, amount_micros=amount,
+                   granted_micros=granted, grant_until=until and until.replace(tzinfo=UTC),
+                   percent=_percent(value, amount),
+                   projected_percent=_percent(projected, amount))
         out.append(row)
     out.sort(key=lambda r: (-int(r["percent"]), r["label"]))
     return out

@@ -7,12 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from dashboard import charts, live
+from dashboard import blocked, charts, live
 from dashboard.appkeys import CONFIG
 from dashboard.auth import READERS, allow
 from dashboard.forecasts_view import TOP_ON_OVERVIEW
-from dashboard.render import admin_state, fill_days, render, report, today
-from ledger import forecasts, reports
+from dashboard.render import admin_state, fill_days, render, report, today, url
+from ledger import forecasts, grants, reports
 
 
 async def members_by_team(request: web.Request) -> dict[str, list[str]]:
@@ -23,12 +23,16 @@ async def members_by_team(request: web.Request) -> dict[str, list[str]]:
     return out
 
 
-async def budgets_now(request: web.Request, now: datetime) -> list[dict[str, Any]]:
-    """Every budget with live spend, projection and percent, fullest first."""
+async def budgets_now(request: web.Request, now: datetime,
+                      known: dict[tuple[str, str, str], int]) -> list[dict[str, Any]]:
+    """Every budget with live spend, the grants running on it, and its projection by the
+    month-end forecast's rule (run rate of complete days, held at the cap), fullest first."""
     state = admin_state(request)
     forecast = await report(request, reports.forecast, now=now)
-    return await live.forecast_with_live_spend(state.redis, state.keyspace, forecast,
-                                    await members_by_team(request), now)
+    return await live.forecast_with_live_spend(
+        state.redis, state.keyspace, forecast, await members_by_team(request), now,
+        rates=await report(request, forecasts.run_rates, now=now),
+        running=await state.db(grants.active, state.catalog, now), known=known)
 
 
 @allow(*READERS)
@@ -51,7 +55,8 @@ async def overview(request: web.Request) -> web.StreamResponse:
     trend = await report(request, reports.spend, start=trend_start, end=tomorrow, grain="day",
                          dimension="team")
     savings = await report(request, reports.cache_savings, start=month_start, end=tomorrow)
-    budgets = await budgets_now(request, now)
+    use = await blocked.cap_use(request, now)
+    budgets = await budgets_now(request, now, blocked.counters_read(use))
     thresholds = request.app[CONFIG].thresholds
     watch = min(thresholds) if thresholds else 75
     teams = await state.db(state.catalog.teams)
@@ -74,4 +79,10 @@ async def overview(request: web.Request) -> web.StreamResponse:
         "month_start": month_start, "day": day,
         "month_end": month_end[:TOP_ON_OVERVIEW + 1],  # the organization and the top teams
         "month_end_teams": len(month_end) - 1,
+        "blocked": blocked.blocked_now(use),
+        "refused_today": await blocked.refused_since(request, day),
+        "refused_since": month_start,
+        "refused_since_count": await blocked.refused_since(request, month_start),
+        "refused_url": url(request, "requests", {"status": "refused",
+                                                 "start": day.isoformat()}),
     })

@@ -27,7 +27,7 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("team", "My team", ("team_lead",)),
     ("teams", "Teams", ("admin", "finance")),
     ("developers", "Developers", ("admin", "finance")),
-    ("requests", "Requests", ("admin", "finance")),
+    ("requests", "Requests", ("admin", "finance", "team_lead")),
     ("reports", "Reports", ("admin", "finance", "team_lead")),
     ("bought", "What it bought", ("admin", "finance")),
     ("rollout", "Rollout", ("admin", "finance", "team_lead", "developer")),

@@ -17,7 +17,7 @@ import duckdb
 from aiohttp import web
 
 from dashboard import charts
-from dashboard.activity import REQUEST_FILTERS, request_filters
+from dashboard.activity import REQUEST_FILTERS, scoped_filters
 from dashboard.auth import READERS, TEAM_READERS, allow, require_team
 from dashboard.params import MAX_OFFSET, Query, choice, day, query, text, whole
 from dashboard.render import admin_state, identity, render, report, today, url
@@ -211,14 +211,14 @@ async def stream_csv(request: web.Request, filename: str,
     return response
 
 
-@allow(*READERS)
+@allow(*TEAM_READERS)
 @query(*REQUEST_FILTERS)
 async def requests_csv(request: web.Request, q: Query) -> web.StreamResponse:
     """The request log's rows matching its filters (as on screen), with names and teams."""
     shown = [f"{k}-{_safe(str(v))}" for k, v in q.items() if v not in (None, "")]
     name = "-".join(["meterd-requests", *shown])[:180]
     return await stream_csv(request, f"{name}.csv", exports.requests_csv,
-                            **request_filters(q))
+                            **scoped_filters(request, q))
 
 
 STATEMENT = (day("month"),)

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from dashboard import charts, live
+from dashboard import blocked, charts, live
 from dashboard.auth import ADMINS, READERS, TEAM_ADMINS, TEAM_READERS, allow, require_team
 from dashboard.cap_forms import LIMIT_WORDS, limits_of, save_budget, save_limits
 from dashboard.render import (
@@ -26,7 +26,7 @@ from dashboard.render import (
     today,
     url,
 )
-from ledger import caps, grants, reports
+from ledger import caps, forecasts, grants, reports
 from ledger.catalog import NotFound
 from ledger.models_allowed import ORG, AllowedModels, split
 from ledger.periods import PERIODS, period_end
@@ -50,6 +50,7 @@ async def teams(request: web.Request) -> web.StreamResponse:
                              [("team", t["id"], p) for t in rows for p in PERIODS]
                              + [("org", "", p) for p in PERIODS], now) or {}
     pools = {(b["scope_id"], b["period"]): b for b in budgets if b["scope"] == "team"}
+    rates = await report(request, forecasts.run_rates, now=now)
     for team in rows:
         team["today"] = found.get(("team", team["id"], "daily"), 0)
         team["month"] = found.get(("team", team["id"], "monthly"), 0)
@@ -61,7 +62,8 @@ async def teams(request: web.Request) -> web.StreamResponse:
     for b in budgets:
         if b["scope"] == "org":
             spent = found.get(("org", "", b["period"]), 0)
-            org.append(dict(b, spent=spent, projected=live.project(spent, b["period"], now)))
+            org.append(dict(b, spent=spent, projected=live.project(
+                spent, ("org", ""), b["period"], b["amount_micros"], rates, now)))
     models = await state.db(AllowedModels(state.catalog).get, ORG)
     return await render(request, "teams.html", {
         "teams": rows, "org_budgets": org, "periods": PERIODS,
@@ -94,13 +96,19 @@ async def team(request: web.Request) -> web.StreamResponse:
         m["today"] = found.get(("developer", m["id"], "daily"), 0)
         m["month"] = found.get(("developer", m["id"], "monthly"), 0)
     running = await state.db(grants.active, state.catalog, now)
+    rates = await report(request, forecasts.run_rates, now=now)
     for b in budgets:
         # The cap as admission applies it: its amount plus the grants running now.
-        b["granted_micros"], _ = grants.running(running, b["scope"], b["scope_id"], b["period"])
+        b["granted_micros"], until = grants.running(running, b["scope"], b["scope_id"],
+                                                    b["period"])
+        b["grant_until"] = until and until.replace(tzinfo=UTC)
+        b["base_micros"] = b["amount_micros"]  # what the edit form fills in
         b["amount_micros"] += b["granted_micros"]
-        b["spent"] = max((found.get((*c, b["period"]), 0) for c in caps.counters(
-            b["scope"], b["scope_id"], [m["id"] for m in members])), default=0)
-        b["projected"] = live.project(b["spent"], b["period"], now)
+        compared = caps.counters(b["scope"], b["scope_id"], [m["id"] for m in members])
+        b["spent"] = max((found.get((*c, b["period"]), 0) for c in compared), default=0)
+        b["projected"] = max((live.project(found.get((*c, b["period"]), 0), c, b["period"],
+                                           b["amount_micros"], rates, now)
+                              for c in compared), default=0)
         b["resets"] = period_end(b["period"], now)
     start, end = last_days(30)
     trend = await report(request, reports.spend, start=start, end=end, grain="day",
@@ -109,6 +117,7 @@ async def team(request: web.Request) -> web.StreamResponse:
                             end=end, grain="month", dimension="model", team_id=row["id"])
     limits = await state.db(state.catalog.rate_limits)
     models_from, models = await state.db(AllowedModels(state.catalog).effective, row["id"])
+    use = await blocked.cap_use(request, now, row["id"])
     return await render(request, "team.html", {
         "models_from": models_from, "models": models,
         "team": row, "members": members, "budgets": budgets, "periods": PERIODS,
@@ -121,6 +130,12 @@ async def team(request: web.Request) -> web.StreamResponse:
         "spent_today": found.get(("team", row["id"], "daily"), 0),
         "spent_month": found.get(("team", row["id"], "monthly"), 0),
         "since": start,
+        "blocked": blocked.blocked_now(use), "badges": blocked.member_badges(use, members),
+        "refused_today": await blocked.refused_since(request, now.date(), row["id"]),
+        "refused_since": start,
+        "refused_since_count": await blocked.refused_since(request, start, row["id"]),
+        "refused_url": url(request, "requests", {"status": "refused", "team": row["id"],
+                                                 "start": now.date().isoformat()}),
     })
 
 

@@ -1,6 +1,7 @@
-"""Month-end projections for the organization and every team, with or without a budget.
+"""Projections: month-end for the organization and every team, with or without a budget, and
+each budget's period end (the overview's budget table). One rule for both (`project`):
 
-Spent so far this month plus a run rate times the time left. The run rate is the average of
+Spent so far in the period plus a run rate times the time left. The run rate is the average of
 the last RATE_DAYS complete days, not today's partial spend stretched over 24 hours: at 9:00
 a team that spent $40 since midnight has not shown a $106/day rate. A scope's daily cap bounds
 its rate, and its monthly cap bounds the projection: the gateway refuses beyond a cap, so
@@ -16,8 +17,36 @@ import duckdb
 
 from ledger.periods import local_day, period_end, start_day
 
+Counter = tuple[str, str]  # a spend counter, as ledger.caps names it: (developer|team|org, id)
+
 RATE_DAYS = 7
 DAY_SECONDS = 86_400
+
+
+def project(spent: int, rate: int, left_seconds: int, cap: int | None) -> tuple[int, bool]:
+    """µ$ at the period's end: `spent` so far plus `rate` µ$/day over `left_seconds`, held at
+    `cap` (the gateway refuses beyond it). Returns (projection, whether the cap held it)."""
+    projected = spent + rate * max(0, left_seconds) // DAY_SECONDS
+    if cap is not None and projected > cap:
+        return max(cap, spent), True
+    return projected, False
+
+
+def run_rates(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> dict[Counter, int]:
+    """µ$/day of every developer, team and the organization (""): the average of the last
+    RATE_DAYS complete UTC days, from the daily rollups."""
+    today = (now.astimezone(UTC) if now.tzinfo else now).date()
+    out: dict[Counter, int] = {}
+    org = 0
+    for developer_id, team_id, cost in conn.execute(
+            "SELECT developer_id, team_id, CAST(sum(cost_micros) AS BIGINT) FROM usage_daily "
+            "WHERE day >= ? AND day < ? GROUP BY developer_id, team_id",
+            [today - timedelta(days=RATE_DAYS), today]).fetchall():
+        out[("developer", developer_id)] = out.get(("developer", developer_id), 0) + int(cost)
+        out[("team", team_id)] = out.get(("team", team_id), 0) + int(cost)
+        org += int(cost)
+    out[("org", "")] = org
+    return {counter: total // RATE_DAYS for counter, total in out.items()}
 
 
 def month_end(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[str, Any]]:
@@ -55,9 +84,8 @@ def month_end(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[st
         capped = False
         if daily is not None and rate > daily:
             rate, capped = daily, True
-        projected = month_spent + rate * left // DAY_SECONDS
-        if monthly is not None and projected > monthly:
-            projected, capped = max(monthly, month_spent), True
+        projected, held = project(month_spent, rate, left, monthly)
+        capped = capped or held
         out.append({
             "scope": "org" if scope_id == "" else "team", "scope_id": scope_id,
             "label": "organization" if scope_id == "" else names.get(scope_id, scope_id),

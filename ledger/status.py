@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger import caps
+from ledger import caps, grants
 from ledger.keyspace import KeySpace
 from ledger.notices import Standing
 from ledger.periods import PERIODS, period_end
@@ -80,4 +80,57 @@ async def blocked_by(redis: Any, keyspace: KeySpace, developers: list[dict[str, 
             pipe.hget(key, SPENT)
         spent = await pipe.execute() if counters else []
     return [dict(d, spent_micros=int(s or 0)) for d, s in zip(applying, spent, strict=True)
-            if int(s or 0) >= amount]
+            if standing_of(int(s or 0), amount) == BLOCKED]
+
+
+BLOCKED, NEAR = "blocked", "near"
+
+
+def standing_of(spent_micros: int, amount_micros: int, near_percent: int = 100) -> str:
+    """The one rule for a cap's badge: BLOCKED once what counts against it has reached it
+    (admission refuses from there), NEAR from `near_percent` of it, else ''."""
+    if spent_micros >= amount_micros:
+        return BLOCKED
+    return NEAR if spent_micros * 100 >= amount_micros * near_percent else ""
+
+
+async def cap_use(redis: Any, keyspace: KeySpace, developers: list[dict[str, Any]],
+                  budgets: list[dict[str, Any]], running: list[dict[str, Any]],
+                  now: datetime, near_percent: int) -> list[dict[str, Any]]:
+    """Every cap against each counter it is compared with, read live: one row per developer
+    for a developer's or per-member cap, one for a team pool or the organization's. Each row:
+    the budget's scope, scope_id and period, `developer` (the catalog row, None for a pool),
+    amount_micros (with the `running` grants, as admission applies it), granted_micros and
+    grant_until, spent_micros, state (`standing_of`) and resets_at. Disabled developers are
+    left out: their keys are refused whatever their caps."""
+    active = [d for d in developers if not d.get("disabled")]
+    by_id = {d["id"]: d for d in active}
+    by_team: dict[str, list[dict[str, Any]]] = {}
+    for d in active:
+        by_team.setdefault(d.get("team_id") or "", []).append(d)
+    pairs: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    for b in budgets:
+        if b["scope"] == "developer":
+            pairs += [(b, by_id[b["scope_id"]])] if b["scope_id"] in by_id else []
+        elif b["scope"] == "team_member":
+            pairs += [(b, d) for d in by_team.get(b["scope_id"], [])]
+        else:
+            pairs.append((b, None))
+    async with redis.pipeline(transaction=False) as pipe:
+        for b, whom in pairs:
+            pipe.hget(keyspace.counter(*caps.counter(b["scope"], b["scope_id"],
+                                                     whom["id"] if whom else ""),
+                                       b["period"], now), SPENT)
+        values = await pipe.execute() if pairs else []
+    ends = {period: period_end(period, now) for period in PERIODS}
+    out = []
+    for (b, whom), raw in zip(pairs, values, strict=True):
+        granted, until = grants.running(running, b["scope"], b["scope_id"], b["period"])
+        amount, spent = int(b["amount_micros"]) + granted, int(raw or 0)
+        out.append({
+            "budget_id": b["id"], "scope": b["scope"], "scope_id": b["scope_id"],
+            "period": b["period"], "developer": whom, "amount_micros": amount,
+            "granted_micros": granted, "grant_until": until and until.replace(tzinfo=UTC),
+            "spent_micros": spent, "state": standing_of(spent, amount, near_percent),
+            "resets_at": ends[b["period"]]})
+    return out

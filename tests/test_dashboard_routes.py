@@ -137,7 +137,8 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "delete_team": ("/teams/{team_delete}/delete", {}, change()),
     "revoke_key": ("/keys/{key_html}/revoke", {}, team_change()),
     "expire_key": ("/keys/{key_expire}/expire", {"expires": TOMORROW}, team_change()),
-    "requests": ("/requests", None, read()),
+    # A lead of any team has the log, showing its own team's requests only.
+    "requests": ("/requests", None, {**team_read(), "lead_other": 200}),
     # Of the seeded team (without ?team=, a lead gets its own team's: test_dashboard_sso.py).
     "reports": ("/reports?team={team}", None, team_read()),
     "reports_csv": ("/reports.csv?team={team}", None, team_read()),
@@ -145,7 +146,7 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "statement": ("/reports/statement", None, read()),
     "forecasts": ("/forecasts", None, read()),
     "statement_csv": ("/reports/statement.csv", None, read()),
-    "requests_csv": ("/requests.csv?team={team}", None, read()),
+    "requests_csv": ("/requests.csv?team={team}", None, team_read()),
     # A session of the seeded team's developer: another developer's is a 404 to a developer.
     "session": ("/sessions/sess-route", None, {**team_read(), "developer": 404}),
     "bought": ("/bought", None, read()),

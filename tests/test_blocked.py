@@ -1,0 +1,104 @@
+"""Who is blocked right now: the overview and a team's page list the caps refusing someone,
+until when, count the gateway's refusals, badge members' cap use and show grants beside caps.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ledger import status
+from ledger.grants import create_grant
+from tests.dashboard_fixtures import *  # noqa: F403
+from tests.dashboard_fixtures import Dashboard, one
+from tests.test_budgets import new_session, send
+
+
+@pytest.mark.parametrize(("spent", "amount", "near", "state"), [
+    (4_000, 4_000, 75, status.BLOCKED),  # reached: admission refuses from here
+    (4_500, 4_000, 75, status.BLOCKED),
+    (0, 0, 75, status.BLOCKED),  # a $0 cap refuses everyone
+    (3_999, 4_000, 75, status.NEAR),
+    (3_000, 4_000, 75, status.NEAR),  # exactly 75%
+    (2_999, 4_000, 75, ""),
+    (9_000, 10_000, 95, ""),
+])
+def test_one_rule_says_blocked_and_near(spent: int, amount: int, near: int,
+                                        state: str) -> None:
+    assert status.standing_of(spent, amount, near) == state
+
+
+async def _scene(dash: Dashboard) -> tuple[str, str, str]:
+    """Ada (platform) blocked by her daily cap after one refusal; Bob (platform) at 90% of
+    the per-member cap; the pool raised by a grant. Returns (Ada's id, Bob's id, team id)."""
+    gw = dash.gateway
+    cat = gw.admin.catalog
+    ada, bob = await gw.developer("Ada", "platform"), await gw.developer("Bob", "platform")
+    async with new_session() as s:
+        assert (await send(s, gw.url, ada))[0] == 200  # 4,500 µ$
+        for _ in range(2):
+            assert (await send(s, gw.url, bob))[0] == 200  # 9,000 µ$
+    await gw.proxy.drain()
+    await gw.change(cat.set_budget, "developer", "Ada", "daily", 4_000)
+    await gw.change(cat.set_budget, "team_member", "platform", "daily", 10_000)
+    await gw.change(cat.set_budget, "team", "platform", "monthly", 10_000)
+    await gw.change(create_grant, cat, "team", "platform", 1_000_000,
+                    datetime.now(UTC) + timedelta(days=2), "admin", "launch")
+    async with new_session() as s:
+        assert (await send(s, gw.url, ada))[0] == 429  # refused by her daily cap
+    await dash.roll_up()
+    devs = {d["name"]: d for d in await gw.admin.db(cat.developers)}
+    return devs["Ada"]["id"], devs["Bob"]["id"], devs["Ada"]["team_id"]
+
+
+async def test_overview_lists_who_is_blocked_by_which_cap_until_when(
+        dashboard: Dashboard) -> None:
+    await _scene(dashboard)
+    admin = await dashboard.signed_in("admin")
+    page = await admin.page("/admin/")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")
+    rows = [[td.get_text(" ", strip=True) for td in tr.select("td")]
+            for tr in page.select("#blocked-table tbody tr")]
+    # Only Ada: the pool (13,500 of 1,010,000 µ$ with the grant) and Bob (9,000 of 10,000)
+    # are not refusing.
+    assert rows == [["Ada blocked", "developer Ada, daily", "$0.00", "$0.00",
+                     f"{tomorrow} 00:00"]]
+    assert one(page, "#refused-count").get_text(" ", strip=True).startswith(
+        "1 refused by the gateway today · 1 since")
+    link = one(page, "#refused-count a")["href"]
+    assert "status=refused" in str(link)
+
+
+async def test_team_page_badges_members_and_shows_the_grant_beside_the_pool(
+        dashboard: Dashboard) -> None:
+    _, _, team = await _scene(dashboard)
+    lead = await dashboard.signed_in("team_lead")
+    page = await lead.page(f"/admin/teams/{team}")
+    assert [tr.select_one("td").get_text(" ", strip=True)  # type: ignore[union-attr]
+            for tr in page.select("#blocked-table tbody tr")] == ["Ada blocked"]
+    assert one(page, "#refused-count").get_text(strip=True).startswith(
+        "1 refused by the gateway today")
+    members = {tr.select_one("a").get_text(strip=True):  # type: ignore[union-attr]
+               one(tr, "td.cap-use") for tr in page.select("#members tbody tr")}
+    # Ada: 4,500 of her 4,000 daily cap → 112%, blocked until midnight.
+    assert members["Ada"].select_one(".badge-blocked") is not None
+    assert members["Ada"].get_text(" ", strip=True).startswith("112% of developer Ada, daily")
+    # Bob: 9,000 of the 10,000 per-member cap → 90%, near (from the 75% threshold).
+    assert members["Bob"].select_one(".badge-near") is not None
+    assert members["Bob"].get_text(" ", strip=True).startswith(
+        "90% of each member of platform, daily")
+    # The pool's cap includes the running grant, and says until when.
+    pool = one(page, "#pool-budgets tbody tr").get_text(" ", strip=True)
+    assert "$1.01 incl. +$1.00 granted until" in pool
+
+
+async def test_overview_budget_tables_show_the_grant_beside_the_pool(
+        dashboard: Dashboard) -> None:
+    await _scene(dashboard)
+    admin = await dashboard.signed_in("admin")
+    page = await admin.page("/admin/")
+    pool = [tr.get_text(" ", strip=True) for tr in page.select("#forecast tbody tr")
+            if tr.get_text().startswith("Team platform")]
+    # $0.01 pool + the $1.00 grant: the cap as admission applies it.
+    assert len(pool) == 1 and "$1.01 incl. +$1.00 granted until" in pool[0]
