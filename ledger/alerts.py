@@ -20,12 +20,11 @@ import apprise
 import orjson
 from redis.exceptions import RedisError
 
-from ledger import alert_rules, caps
+from ledger import alert_rules, caps, forecasts
 from ledger.catalog import Catalog, CatalogError, NotFound
 from ledger.keyspace import KeySpace
 from ledger.money import format_usd
 from ledger.periods import period_end, period_start
-from ledger.reports import MIN_ELAPSED
 from ledger.settlement import SPENT
 
 log = logging.getLogger("meterd.alerts")
@@ -218,7 +217,7 @@ class Alerter:
 async def evaluate_budgets(alerter: Alerter, catalog: Catalog, thresholds: Sequence[int],
                            now: datetime | None = None) -> int:
     """Compare every cap with its live counter: soft thresholds crossed, the cap reached,
-    the linear forecast past the cap. Returns how many events were sent."""
+    the forecast (ledger.forecasts.project) past the cap. Returns how many events were sent."""
     at = (now or datetime.now(UTC)).astimezone(UTC)
     db = alerter.db
     budgets = await db(catalog.budgets)
@@ -231,6 +230,7 @@ async def evaluate_budgets(alerter: Alerter, catalog: Catalog, thresholds: Seque
         members.setdefault(d["team_id"], []).append(d["id"])
         team_of[d["id"]] = d["team_id"]
         names[d["id"]] = d["name"]
+    rates = await db(forecasts.run_rates, catalog.conn, now=at)
     checks = [(b, c) for b in budgets
               for c in caps.counters(b["scope"], b["scope_id"], members.get(b["scope_id"], []))]
     if not checks:
@@ -255,8 +255,9 @@ async def evaluate_budgets(alerter: Alerter, catalog: Catalog, thresholds: Seque
         if crossed:  # the highest only: a jump from 0 to 96 % is one message, not two
             events.append((f"threshold{max(crossed)}", "threshold",
                            f"{who}: {max(crossed)}% of the {b['period']} cap"))
-        elapsed = max(at - start, MIN_ELAPSED)
-        projected = spent * int((end - start).total_seconds()) // int(elapsed.total_seconds())
+        # Unheld, to tell how far past the cap it would go.
+        projected = forecasts.project(spent, rates.get((scope, scope_id), 0),
+                                      int((end - at).total_seconds()), None)[0]
         if spent >= amount:
             events.append(("blocked", "blocked", f"{who}: {b['period']} cap reached"))
         elif projected > amount:

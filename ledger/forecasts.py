@@ -34,8 +34,8 @@ def project(spent: int, rate: int, left_seconds: int, cap: int | None) -> tuple[
 
 def run_rates(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> dict[Counter, int]:
     """µ$/day of every developer, team and the organization (""): the average of the last
-    RATE_DAYS complete UTC days, from the daily rollups."""
-    today = (now.astimezone(UTC) if now.tzinfo else now).date()
+    RATE_DAYS complete days (the organization's, as the rollups file spend)."""
+    today = local_day(now)
     out: dict[Counter, int] = {}
     org = 0
     for developer_id, team_id, cost in conn.execute(

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from ledger import caps
-from ledger.periods import PERIODS, day_start, local_day, period_end, period_start, start_day
+from ledger import caps, forecasts
+from ledger.periods import PERIODS, day_start, local_day, period_end, start_day
 from ledger.rollup import ERROR_SQL
 
 DIMENSIONS = ("developer", "team", "model", "session", "project")
@@ -36,7 +36,6 @@ NO_SESSION = "(no session)"
 NO_PROJECT = "(no project)"
 # Projections divide by the time elapsed in the period; not less than this, so the first
 # minutes of a day do not project absurd amounts.
-MIN_ELAPSED = timedelta(hours=1)
 
 _SUMS = ", ".join(f"CAST(coalesce(sum({m}), 0) AS BIGINT) AS {m}" for m in MEASURES)
 # dimension → (rollup table, key column, label expression over the grouped row `g`, join)
@@ -153,14 +152,14 @@ def cache_savings(conn: duckdb.DuckDBPyConnection, *, start: date, end: date,
 def forecast(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[str, Any]]:
     """Per budget: spent in the current period and the amount projected at its end.
 
-    The projection is linear: spent × period length ÷ time elapsed (at least MIN_ELAPSED).
+    Projected as ledger.forecasts projects (spent plus the run rate over what is left, held at
+    the cap); a per-member cap shows its highest-spending member and the highest projection.
     `percent` is spent as a percentage of the cap, `projected_percent` the same for the
-    projection. A per-member cap (`team_member`) reports its team's highest-spending member.
-    Spend comes from the rollups, so it trails live counters by one rollup interval.
+    projection. Spend comes from the rollups, so it trails live counters by one rollup interval.
     """
     at = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
-    starts = {p: period_start(p, at) for p in PERIODS}
     ends = {p: period_end(p, at) for p in PERIODS}
+    rates = forecasts.run_rates(conn, now=at)
     spent_by = _period_spend(conn, {p: start_day(p, at) for p in PERIODS}, local_day(at))
     budgets = _dicts(conn.execute(
         "SELECT b.id, b.scope, b.scope_id, b.period, b.amount_micros, b.mode, "
@@ -187,10 +186,10 @@ def forecast(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[str
         else:  # a developer's or team's budget by name alone
             label = {"developer": b["dev_name"], "team": b["team_name"]}.get(
                 scope) or (caps.describe(scope, "") if scope == "org" else scope_id)
-        length = ends[period] - starts[period]
-        elapsed = max(at - starts[period], MIN_ELAPSED)
-        projected = spent * int(length.total_seconds()) // int(elapsed.total_seconds())
         amount = int(b["amount_micros"])
+        left = int((ends[period] - at).total_seconds())
+        projected = max((forecasts.project(sums.get(c, 0), rates.get(c, 0), left, amount)[0]
+                         for c in compared), default=0)
         out.append({
             "budget_id": b["id"], "scope": scope, "scope_id": scope_id, "label": label,
             "period": period, "amount_micros": amount, "spent_micros": spent,

@@ -8,7 +8,7 @@ import asyncio
 import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,8 @@ async def test_each_budget_alert_reaches_the_webhook_once_across_two_admins_and_
     catalog.set_budget("developer", dev, "monthly", parse_usd("100"))
     Destinations(catalog).add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
                               ["threshold", "blocked", "forecast"])
+    for day in range(9, 16):  # $4 a day over the 7 complete days before MID_MONTH
+        _day(catalog.conn, date(2026, 12, day), dev, parse_usd("4"))
     catalog.conn.close()
     # Two admin processes, each with its own DuckDB file (DuckDB has one writer) and one Redis.
     one, two = tmp_path / "one.duckdb", tmp_path / "two.duckdb"
@@ -103,7 +105,8 @@ async def test_each_budget_alert_reaches_the_webhook_once_across_two_admins_and_
     await redis.flushdb()
     counter = KeySpace().counter("developer", dev, "monthly", MID_MONTH)
     try:
-        # $80 of $100 at mid-month: past 75 %, and on course for $160.
+        # $80 of $100 at mid-month: past 75 %, and at $4 a day for the 15.5 days left on
+        # course for $142.
         await redis.hset(counter, SPENT, parse_usd("80"))
         sent = await asyncio.gather(*(_tick(f, redis_server.url, MID_MONTH)
                                       for f in (one, two)))
@@ -126,7 +129,7 @@ async def test_each_budget_alert_reaches_the_webhook_once_across_two_admins_and_
         assert len(got) == 4
         blocked = next(m for m in got if m["title"].endswith("cap reached"))
         assert blocked["message"].startswith(
-            "Developer Ada: monthly cap reached. Spent $100.00 of $100.00; forecast $200.00 by "
+            "Developer Ada: monthly cap reached. Spent $100.00 of $100.00; forecast $162.00 by "
             "2027-01-01 00:00 UTC.")
     finally:
         await redis.flushdb()

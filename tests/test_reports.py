@@ -233,43 +233,57 @@ async def test_forecast_projects_each_budget_from_its_period_run_rate(ledger: Le
         return sum(e["cost_micros"] for e in ledger.events
                    if first <= day_of(e) <= now.date() and match(e))
 
-    def projected(period: str, amount: int) -> int:
-        length = (period_end(period, now) - period_start(period, now)).total_seconds()
-        elapsed = max((now - period_start(period, now)).total_seconds(), 3600)
-        return amount * int(length) // int(elapsed)
+    def projected(period: str, amount: int, match: Any) -> int:
+        """The reference: spent plus the average of the 7 complete days before today for
+        each second left, held at the cap (or at what was spent, past it)."""
+        rate = sum(e["cost_micros"] for e in ledger.events
+                   if now.date() - timedelta(days=7) <= day_of(e) < now.date()
+                   and match(e)) // 7
+        left = int((period_end(period, now) - now).total_seconds())
+        value = spent(period, match) + rate * left // 86_400
+        return max(amount, spent(period, match)) if value > amount else value
 
     got = {r["scope"]: r for r in reports.forecast(ledger.conn, now=now)}
-    cases = {
-        "developer": ("daily", 5_000_000, spent("daily", lambda e: e["developer_id"] == dev),
-                      dev_name),
-        "team": ("weekly", 40_000_000, spent("weekly", lambda e: e["team_id"] == team),
-                 team_name),
-        "org": ("monthly", 100_000_000, spent("monthly", lambda e: True), "organization"),
-        "team_member": ("monthly", 30_000_000, max(
-            spent("monthly", lambda e, m=m: e["developer_id"] == m) for m in members), None),
+    of_dev = [lambda e: e["developer_id"] == dev]
+    of_team = [lambda e: e["team_id"] == team]
+    of_members = [lambda e, m=m: e["developer_id"] == m for m in members]
+    cases = {  # period, cap, the counters it is compared with, name
+        "developer": ("daily", 5_000_000, of_dev, dev_name),
+        "team": ("weekly", 40_000_000, of_team, team_name),
+        "org": ("monthly", 100_000_000, [lambda e: True], "organization"),
+        "team_member": ("monthly", 30_000_000, of_members, None),
     }
-    for scope, (period, amount, want, name) in cases.items():
+    for scope, (period, amount, matches, name) in cases.items():
         row = got[scope]
+        want = max(spent(period, m) for m in matches)
         assert want > 0
         assert (row["period"], row["amount_micros"], row["spent_micros"]) == (period, amount,
                                                                                want)
-        assert row["projected_micros"] == projected(period, want)
+        assert row["projected_micros"] == max(projected(period, amount, m) for m in matches)
         assert row["percent"] == want * 100 // amount
         assert row["period_end"] == period_end(period, now)
         if name:
             assert row["label"] == name
     assert got["team_member"]["label"].startswith(f"each member of {team_name} (highest: ")
+    # The table holds each kind of projection: below the cap, and held at it.
+    assert {got[s]["projected_micros"] < got[s]["amount_micros"] for s in got} == {True, False}
 
 
 def _devs(ledger: Ledger) -> dict[str, tuple[str, str]]:
     return {r["id"]: (r["name"], r["team_id"]) for r in ledger.catalog.developers()}
 
 
-async def test_forecast_early_in_a_period_does_not_explode(ledger: Ledger) -> None:
-    ledger.catalog.set_budget("org", "", "daily", 1_000_000)
-    now = datetime(2026, 3, 12, 0, 1, tzinfo=UTC)  # one minute into the day
+async def test_forecast_early_in_a_period_is_not_todays_start_stretched(
+        ledger: Ledger) -> None:
+    """One minute into the day, a daily cap is projected from the days before (their
+    average per second left), not from the minute's spend times 1,440."""
+    ledger.catalog.set_budget("org", "", "daily", 10**12)
+    now = datetime(2026, 3, 12, 0, 1, tzinfo=UTC)
     (row,) = reports.forecast(ledger.conn, now=now)
-    assert row["projected_micros"] == row["spent_micros"] * 24  # elapsed counts as an hour
+    rate = sum(e["cost_micros"] for e in ledger.events
+               if date(2026, 3, 5) <= day_of(e) < date(2026, 3, 12)) // 7
+    assert rate > 0
+    assert row["projected_micros"] == row["spent_micros"] + rate * 86_340 // 86_400
 
 
 # --- the request log -------------------------------------------------------------------------

@@ -147,11 +147,13 @@ async def test_month_end_forecast_counts_new_york_days_after_the_spring_change(
     assert org["month_end"] == utc(2026, 4, 1, 4)
 
 
-async def test_budget_forecast_projects_over_march_in_new_york_743_hours(redis: Any) -> None:
-    # A monthly org cap. March in New York runs from 05:00 UTC on the 1st to 04:00 UTC on
-    # 1 April: 743 hours (2,674,800 s). Frozen at 03:00 UTC on 11 March (23:00 EDT on the
-    # 10th), 238 hours (856,800 s) have passed. The request at 04:30 UTC on 1 March is
-    # 23:30 EST on 28 February: not March's.
+async def test_budget_forecast_projects_march_in_new_york_from_new_york_days(
+        redis: Any) -> None:
+    # A monthly org cap. March in New York ends at 04:00 UTC on 1 April (EDT). Frozen at
+    # 03:00 UTC on 11 March (23:00 EDT on the 10th): 505 hours (1,818,000 s) are left, and
+    # the run rate is the average of New York's 3-9 March, which hold only the 5 March request:
+    # 2,380,000 // 7 = 340,000 µ$ a day. The request at 04:30 UTC on 1 March is 23:30 EST on
+    # 28 February: not March's; the one at 02:00 UTC on 11 March is the 10th's, today's.
     now = utc(2026, 3, 11, 3)
     await send(redis, [event_at(utc(2026, 3, 1, 4, 30), 1, 9_000_000),
                        event_at(utc(2026, 3, 5, 12), 2, 2_380_000),
@@ -162,8 +164,8 @@ async def test_budget_forecast_projects_over_march_in_new_york_743_hours(redis: 
                  "'estimate', now())")
     (row,) = reports.forecast(conn, now=now)
     assert row["spent_micros"] == 3_380_000
-    # 3,380,000 × 2,674,800 // 856,800 = 10,551,848
-    assert row["projected_micros"] == 10_551_848
+    # 3,380,000 + 340,000 × 1,818,000 // 86,400 = 3,380,000 + 7,154,166 = 10,534,166
+    assert row["projected_micros"] == 10_534_166
     assert row["period_end"] == utc(2026, 4, 1, 4)
 
 
