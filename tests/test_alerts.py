@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+from functools import partial
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -317,6 +318,52 @@ async def test_a_redis_outage_is_told_once_when_redis_answers_again(
         await state.redis.aclose()
         state.executor.shutdown(wait=True)
         catalog.conn.close()
+
+
+async def test_a_redis_outage_is_told_once_by_two_admins_that_noticed_it_at_other_minutes(
+        own_redis: RedisServer, tmp_path: Path,
+        webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
+    ticks, states = [], []
+    # Each admin process has its own DuckDB file and its own clock: one finds Redis away at
+    # 12:00:59, the other at 12:01:01.
+    for name, noticed in (("one", MID_MONTH + timedelta(seconds=59)),
+                          ("two", MID_MONTH + timedelta(seconds=61))):
+        catalog = Catalog(connect(tmp_path / f"{name}.duckdb"))
+        Destinations(catalog).add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+                                  ["redis"])
+        state = AdminState(catalog, connect_redis(own_redis.url), KeySpace(), "")
+        jobs = Jobs()
+        schedule_alerts(jobs, state, (75, 95), 1.0,  # type: ignore[arg-type]
+                        clock=partial(lambda at: at, noticed))
+        ticks.append(jobs.jobs["alerts"])
+        states.append(state)
+    one, two = ticks
+
+    async def outage(noticed_by: list[Any], save: bool) -> None:
+        own_redis.stop(save=save)
+        for tick in noticed_by:
+            await tick()
+        own_redis.start()
+        for _ in range(2):  # the first command may meet the old connection, and fail
+            await asyncio.gather(one(), two())
+
+    try:
+        await asyncio.gather(one(), two())
+        await outage([one, two], save=True)  # Redis comes back with its data
+        assert [m["title"] for m in got] == ["Redis was unreachable"]
+        assert got[0]["message"].startswith("From about 2026-12-16 12:00:59 UTC") or \
+            got[0]["message"].startswith("From about 2026-12-16 12:01:01 UTC")
+        await outage([two], save=False)  # back empty; only one admin looked meanwhile
+        assert len(got) == 2
+        await outage([one, two], save=False)  # back empty, both saw it
+        await outage([one, two], save=True)
+        assert [m["title"] for m in got] == ["Redis was unreachable"] * 4
+    finally:
+        for state in states:
+            await state.redis.aclose()
+            state.executor.shutdown(wait=True)
+            state.catalog.conn.close()
 
 
 async def test_a_team_destination_hears_its_own_team_only(
