@@ -17,7 +17,14 @@ from redis.exceptions import RedisError
 
 from dashboard.state import AdminState
 from ledger import periods
-from ledger.alerts import Alerter, Destinations, evaluate_budgets, evaluate_ledger, send_digest
+from ledger.alerts import (
+    Alerter,
+    Destinations,
+    evaluate_budgets,
+    evaluate_ledger,
+    evaluate_ops,
+    send_digest,
+)
 from ledger.outages import OutageWatch
 
 log = logging.getLogger("meterd.alerts")
@@ -46,6 +53,7 @@ def schedule_alerts(scheduler: AsyncIOScheduler, state: AdminState,
             await watch.look()  # an outage shows even with no cap to check
             await evaluate_budgets(alerter, state.catalog, thresholds)
             await evaluate_ledger(alerter, state.catalog)
+            await evaluate_ops(alerter)
         except (RedisError, OSError) as exc:  # the rollup logs the outage itself
             watch.lost(clock())
             log.debug("alerts skipped this tick: %s", exc)

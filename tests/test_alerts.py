@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
-from functools import partial
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,13 @@ from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 
 from dashboard.state import AdminState
+from ledger import ops_counts
 from ledger.alerts import (
     Alerter,
     Destinations,
     evaluate_budgets,
     evaluate_ledger,
+    evaluate_ops,
     mask,
     send_digest,
 )
@@ -34,9 +36,13 @@ from ledger.redis_client import connect_redis
 from ledger.settlement import SPENT
 from meterd.alert_jobs import schedule_alerts
 from meterd.ports import free_port
-from tests.conftest import RedisServer, need
+from proxy.state import ProxyState
+from tests.conftest import Gateway, RedisServer, need
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Dashboard
+from tests.test_strict_caps import proxies
+
+__all__ = ["proxies"]  # the fixture, used by name
 
 ROOT = Path(__file__).parent.parent
 MID_MONTH = datetime(2026, 12, 16, 12, 0, tzinfo=UTC)  # half of December gone
@@ -431,3 +437,59 @@ async def test_without_redis_an_event_is_not_sent_rather_than_sent_twice(
     finally:
         await away.aclose()
     assert got == []
+
+
+async def test_fallbacks_and_replays_reach_the_webhook_once_across_two_proxies_and_a_restart(
+        gateway: Gateway, proxies: list[tuple[str, ProxyState]], tmp_path: Path,
+        webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    """The proxies' in-process counts are raised here as routing (proxy.metrics.fallbacks),
+    Gate.replay_spool and Journal.watch raise them; their reports and the alerts are real."""
+    server, got = webhook
+    (_, one), (_, two) = proxies
+    redis = gateway.admin.redis
+    at = MID_MONTH + timedelta(minutes=5)
+    one.metrics.fallbacks[("bedrock", "anthropic")] += 2
+    two.metrics.fallbacks[("bedrock", "anthropic")] += 1
+    two.metrics.fallbacks[("vertex", "anthropic")] += 1
+    one.gate.spool_replayed += 3
+    assert two.gate.journal is not None
+    two.gate.journal.replays += 1
+    for state in (one, two):
+        await state.report_ops(at)
+        await state.report_ops(at)  # nothing grew: nothing added again
+    assert await ops_counts.read(redis, KeySpace(), at) == {
+        "fallback:bedrock>anthropic": 3, "fallback:vertex>anthropic": 1, "spool": 3,
+        "journal": 1}
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    def admin(name: str) -> Alerter:  # an admin process: its own DuckDB file, the one Redis
+        catalog = Catalog(connect(tmp_path / f"{name}.duckdb"))
+        dests = Destinations(catalog)
+        if not dests.shown():
+            dests.add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+                      ["fallback", "replay"])
+        return Alerter(dests, db, redis, KeySpace(), backoff=0.01)
+
+    first, second = admin("one"), admin("two")
+    sent = await asyncio.gather(evaluate_ops(first, at), evaluate_ops(second, at))
+    assert sum(sent) == 4
+    first.destinations.catalog.conn.close()
+    assert await evaluate_ops(admin("one"), at) == 0  # restarted: nothing again
+    one.metrics.fallbacks[("bedrock", "anthropic")] += 5  # more of the same, this hour
+    await one.report_ops(at)
+    assert await evaluate_ops(second, at + timedelta(minutes=1)) == 0
+    assert sorted(m["title"] for m in got) == [
+        "Provider bedrock is failing over to anthropic",
+        "Provider vertex is failing over to anthropic",
+        "Redis lost data: the proxies replayed their journals",
+        "Spooled usage replayed after a Redis outage"]
+    told = next(m for m in got if m["title"].startswith("Provider bedrock"))
+    assert told["message"] == ("3 request(s) that bedrock failed before answering were passed "
+                               "to anthropic since 2026-12-16 12:00 UTC.")
+    next_hour = at + timedelta(hours=1)  # a new hour is a new period
+    one.metrics.fallbacks[("bedrock", "anthropic")] += 1
+    await one.report_ops(next_hour)
+    assert await evaluate_ops(second, next_hour) == 1
+    assert len(got) == 5
