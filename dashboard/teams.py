@@ -12,6 +12,7 @@ from yarl import URL
 from dashboard import charts, live
 from dashboard.auth import ADMINS, READERS, TEAM_ADMINS, TEAM_READERS, allow, require_team
 from dashboard.cap_forms import LIMIT_WORDS, limits_of, save_budget, save_limits
+from dashboard.model_caps_view import limits_context
 from dashboard.render import (
     admin_state,
     change,
@@ -65,7 +66,8 @@ async def teams(request: web.Request) -> web.StreamResponse:
     return await render(request, "teams.html", {
         "teams": rows, "org_budgets": org, "periods": PERIODS,
         "archived": [t for t in await state.db(state.catalog.teams, True) if t["archived_at"]],
-        "models_from": "org" if models else "any", "models": models["models"] if models else []})
+        "models_from": "org" if models else "any", "models": models["models"] if models else [],
+        **await limits_context(request, [("org", "")])})
 
 
 @allow(*ADMINS)
@@ -120,6 +122,7 @@ async def team(request: web.Request) -> web.StreamResponse:
         "spent_today": found.get(("team", row["id"], "daily"), 0),
         "spent_month": found.get(("team", row["id"], "monthly"), 0),
         "since": start,
+        **await limits_context(request, [("team", row["id"]), ("team_member", row["id"])]),
     })
 
 

@@ -126,6 +126,14 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "set_developer_budget": ("/developers/{dev}/budget", {"amount": "50"}, team_change()),
     "grant_to_developer": ("/developers/{dev}/grant", {"amount": "5", "until": TOMORROW,
                                                        "reason": "on call"}, change()),
+    "set_developer_model_cap": ("/developers/{dev}/model_caps", {
+        "models": "opus", "amount": "50", "period": "monthly", "mode": "strict"}, change()),
+    "set_team_model_cap": ("/teams/{team}/model_caps", {
+        "models": "opus", "amount": "50", "scope": "team_member"}, change()),
+    "set_org_model_cap": ("/org/model_caps", {"models": "claude-haiku-*", "amount": "500"},
+                          change()),
+    "delete_model_cap": ("/model_caps/{model_budget_html}/delete", {}, change()),
+    "revoke_grant_form": ("/grants/{grant_html}/revoke", {}, change()),
     "set_developer_limits": ("/developers/{dev}/limits", {"concurrency": "3"},
                              team_change()),
     "set_developer_disabled": ("/developers/{dev_life}/disabled", {"disabled": "1"},
@@ -296,11 +304,13 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
             "budget_html_lead": ("developer", dev, "daily")}.items():
         ids[name] = (await gw.admin.db(catalog.set_budget, scope, ref, period,
                                        parse_usd("100")))["id"]
-    ids["model_budget_api"] = (await gw.admin.db(
-        ModelCaps(catalog).set, "org", "", "weekly", ["haiku"], 1))["id"]
-    ids["grant_api"] = (await gw.admin.db(
-        grants.create_grant, catalog, "org", "", 1, datetime.now(UTC) + timedelta(days=1),
-        "seed", "a grant to revoke"))["id"]
+    for name, period in (("model_budget_api", "weekly"), ("model_budget_html", "daily")):
+        ids[name] = (await gw.admin.db(
+            ModelCaps(catalog).set, "org", "", period, ["haiku"], 1))["id"]
+    for name in ("grant_api", "grant_html"):
+        ids[name] = (await gw.admin.db(
+            grants.create_grant, catalog, "org", "", 1, datetime.now(UTC) + timedelta(days=1),
+            "seed", "a grant to revoke"))["id"]
     for n in range(1, 6):
         await gw.admin.db(accounts.create_user, f"victim{n}", "", "finance",
                           password_hash=hash_password("victim's password"))
