@@ -13,6 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -493,3 +495,98 @@ async def test_fallbacks_and_replays_reach_the_webhook_once_across_two_proxies_a
     await one.report_ops(next_hour)
     assert await evaluate_ops(second, next_hour) == 1
     assert len(got) == 5
+
+
+BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
+                     "messages": [{"role": "user", "content": "Hello"}]})
+COST = 4500  # the mock's answer: 1200 × $3 + 60 × $15 per MTok, in µ$ (as in test_outage)
+
+
+async def test_cap_events_from_spend_through_two_proxies_are_told_once_across_two_admins(
+        gateway: Gateway, proxies: list[tuple[str, ProxyState]], tmp_path: Path,
+        webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
+    key = await gateway.developer("Ada", "platform")
+    cat = gateway.admin.catalog
+    await gateway.change(cat.set_budget, "developer", "Ada", "monthly", 9 * COST)
+    for _, state in proxies:
+        await state.refresh_policy()
+    async with aiohttp.ClientSession() as session:
+        for i in range(9):  # the whole cap, alternating between the proxies
+            async with session.post(proxies[i % 2][0] + "/v1/messages", data=BODY,
+                                    headers={"x-api-key": key}) as resp:
+                assert resp.status == 200
+                await resp.read()
+    for _, state in proxies:
+        await state.drain()
+    # The admins' own DuckDB files hold the gateway's teams, developers and caps.
+    seed = tmp_path / "seed.duckdb"
+    copy = Catalog(connect(seed))
+    Destinations(copy).add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+                           ["threshold", "blocked", "forecast"])
+    copy.conn.close()
+
+    def export() -> None:
+        cat.conn.execute(f"ATTACH '{seed}' AS seed")
+        for table in ("teams", "developers", "budgets"):
+            cat.conn.execute(f"INSERT INTO seed.{table} SELECT * FROM {table}")
+        cat.conn.execute("DETACH seed")
+    await gateway.admin.db(export)
+    for name in ("one", "two"):
+        shutil.copy(seed, tmp_path / f"{name}.duckdb")
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    async def tick(name: str) -> int:  # one admin process's tick, on its own DuckDB file
+        catalog = Catalog(connect(tmp_path / f"{name}.duckdb"))
+        try:
+            alerter = Alerter(Destinations(catalog), db, gateway.admin.redis, KeySpace(),
+                              backoff=0.01)
+            return await evaluate_budgets(alerter, catalog, (75, 95))
+        finally:
+            catalog.conn.close()
+
+    assert sum(await asyncio.gather(tick("one"), tick("two"))) == 2
+    assert await tick("one") == await tick("two") == 0  # restarted: nothing again
+    # Spent $0.0405 of $0.0405: the highest threshold and the cap, each once.
+    assert sorted(m["title"] for m in got) == ["Developer Ada: 95% of the monthly cap",
+                                               "Developer Ada: monthly cap reached"]
+
+
+async def test_ledger_events_and_digests_are_told_once_across_two_admins_and_a_restart(
+        tmp_path: Path, redis: Any, webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
+    seed = tmp_path / "seed.duckdb"
+    catalog = Catalog(connect(seed))
+    Destinations(catalog).add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+                              ["unusual", "upstream", "digest_daily", "digest_weekly"])
+    today = MID_MONTH.date()
+    for n in range(1, 7):
+        _day(catalog.conn, today - timedelta(days=n), "dev_ada", parse_usd("2"))
+    _day(catalog.conn, today, "dev_ada", parse_usd("10"))
+    for n in range(10):
+        _request_row(catalog.conn, f"r{n}", MID_MONTH.replace(tzinfo=None), 503)
+    catalog.conn.close()
+    for name in ("one", "two"):
+        shutil.copy(seed, tmp_path / f"{name}.duckdb")
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    async def tick(name: str) -> int:
+        catalog = Catalog(connect(tmp_path / f"{name}.duckdb"))
+        try:
+            alerter = Alerter(Destinations(catalog), db, redis, KeySpace(), backoff=0.01)
+            sent = await evaluate_ledger(alerter, catalog, MID_MONTH)
+            for days in (1, 7):
+                sent += await send_digest(alerter, catalog, days, MID_MONTH)
+            return sent
+        finally:
+            catalog.conn.close()
+
+    assert sum(await asyncio.gather(tick("one"), tick("two"))) == 4
+    assert await tick("one") == await tick("two") == 0  # restarted: nothing again
+    assert sorted(m["title"] for m in got) == [
+        "The provider is failing requests", "Unusual spend: dev_ada",
+        "meterd daily digest, 2026-12-16", "meterd weekly digest, 2026-12-16"]
