@@ -6,6 +6,7 @@ organization's); the URL is a secret and never comes back in full."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from aiohttp import web
@@ -65,4 +66,4 @@ async def alert_log(request: web.Request) -> web.Response:
 
 
 def _logged(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "at": row["at"].isoformat() + "Z"}
+    return {**row, "at": row["at"].replace(tzinfo=UTC).isoformat()}

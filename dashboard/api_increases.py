@@ -38,12 +38,12 @@ def _amount(body: Body) -> int:
 async def list_increases(request: web.Request) -> web.Response:
     """Pending first, then decided, newest first; `status` filters (pending, approved,
     denied)."""
-    who = identity(request)
-    team = who.team_id if who.role == "team_lead" else None
-    rows = await admin_state(request).db(Increases(admin_state(request).catalog).listing, team)
     status = request.query.get("status")
     if status is not None and status not in ("pending", "approved", "denied"):
         raise ValueError("status must be pending, approved or denied")
+    who = identity(request)
+    team = who.team_id if who.role == "team_lead" else None
+    rows = await admin_state(request).db(Increases(admin_state(request).catalog).listing, team)
     return json_response({"data": [_row(r) for r in rows
                                    if status is None or r["status"] == status]})
 

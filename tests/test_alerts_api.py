@@ -70,6 +70,7 @@ async def test_a_destination_is_added_masked_tested_logged_and_removed(
     assert status == 200
     assert [(e["event"], e["destination_id"], e["status"], e["attempts"], e["label"])
             for e in log["data"]] == [("test", added["id"], "sent", 1, "ops hook")]
+    assert log["data"][0]["at"].endswith("+00:00")  # ISO 8601, UTC
     status, reply = await _call(dashboard, "GET", "/alerts/log?limit=0", ro)
     assert status == 400 and _invalid(reply, "limit")
 
@@ -104,6 +105,8 @@ async def test_a_developer_asks_with_their_key_and_an_admin_approves_or_denies(
     # A gateway key is no credential elsewhere in the API.
     assert (await _call(dashboard, "GET", "/increases", ada))[0] == 401
 
+    status, reply = await _call(dashboard, "GET", "/increases?status=maybe", rw)
+    assert status == 400 and _invalid(reply, "status must be")
     status, listed = await _call(dashboard, "GET", "/increases?status=pending", rw)
     assert status == 200 and {r["id"] for r in listed["data"]} == {asked["id"], second["id"]}
     status, approved = await _call(dashboard, "POST", f"/increases/{asked['id']}/approve", rw,
