@@ -14,6 +14,7 @@ from dashboard.render import admin_state, change, render, report, see_other, url
 from ledger import reports
 from ledger.catalog import CatalogError, NotFound
 from ledger.money import format_usd
+from ledger.periods import local_time
 
 PAGE_SIZE = 50
 # The filters of the request log, on the Requests page and the API (empty boxes ignored).
@@ -33,8 +34,8 @@ def _shown(q: Query) -> dict[str, str]:
     out = {}
     for name in _ARGUMENTS:
         value = q[name]
-        if isinstance(value, datetime):  # UTC, as a datetime-local box takes it
-            value = value.replace(tzinfo=None).isoformat()
+        if isinstance(value, datetime):  # the organization's clock, as the box takes it
+            value = local_time(value).replace(tzinfo=None).isoformat()
         if value:
             out[name] = value
     return out

@@ -1,5 +1,6 @@
-"""Usage reports on the admin JSON API (all amounts integer µ$ or tokens; dates are UTC days,
-`end` exclusive; `developer` and `team` filter by id; `format=csv` on /usage returns CSV)."""
+"""Usage reports on the admin JSON API (all amounts integer µ$ or tokens; dates are days of the
+organization's calendar (its `timezone`), `end` exclusive; `developer` and `team` filter by
+id; `format=csv` on /usage returns CSV)."""
 
 from __future__ import annotations
 

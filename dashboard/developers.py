@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +32,7 @@ from dashboard.render import (
 from ledger import reports
 from ledger.catalog import NotFound
 from ledger.lifecycle import Lifecycle
-from ledger.periods import PERIODS
+from ledger.periods import PERIODS, day_start
 
 
 async def find_developer(request: web.Request, developer_id: str) -> dict[str, Any]:
@@ -116,7 +116,7 @@ async def usage_context(request: web.Request, developer_id: str) -> dict[str, An
     recent, total = await report(request, reports.requests_page, developer_id=developer_id,
                                  limit=10)
     _, refused = await report(request, reports.requests_page, developer_id=developer_id,
-                              status="refused", start=datetime.combine(start, time(), UTC),
+                              status="refused", start=day_start(start),
                               limit=0)
     return {
         "trend": charts.daily_bars(fill_days(trend, start, end), "Spend per day, last 30 days"),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from ledger.money import format_usd
+from ledger.periods import local_time, zone_name
 
 PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
 
@@ -48,15 +49,25 @@ def percent(part: Any, whole: Any) -> int:
 
 
 def when(value: Any, with_seconds: bool = False) -> str:
-    """A UTC time as '2026-11-28 14:03' (naive times are UTC already)."""
+    """A time on the organization's clock (its `timezone`; naive times are UTC, as stored) as
+    '2026-11-28 14:03'."""
     if value is None or value == "":
         return ""
     if isinstance(value, datetime):
-        at = value.astimezone(UTC) if value.tzinfo else value
+        at = local_time(value)
         return at.strftime("%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M")
     if isinstance(value, date):
         return value.isoformat()
     return str(value)
+
+
+def zoned(value: Any, with_seconds: bool = False) -> str:
+    """when() followed by the zone's abbreviation at that moment, so a time says which clock
+    it is on: '2026-03-07 23:30 EST', a day later '2026-03-08 23:30 EDT' (UTC: '… UTC')."""
+    shown = when(value, with_seconds)
+    if isinstance(value, datetime):
+        return f"{shown} {local_time(value).tzname()}"
+    return shown
 
 
 def day(value: Any) -> str:
@@ -72,6 +83,6 @@ def millis(value: Any) -> str:
     return f"{ms:,} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
 
-FILTERS = {"usd": usd, "rate": rate, "tokens": tokens, "count": count, "when": when, "day": day,
-           "millis": millis}
-GLOBALS = {"percent": percent, "period_words": PERIOD_WORDS}
+FILTERS = {"usd": usd, "rate": rate, "tokens": tokens, "count": count, "when": when,
+           "zoned": zoned, "day": day, "millis": millis}
+GLOBALS = {"percent": percent, "period_words": PERIOD_WORDS, "zone_name": zone_name}

@@ -23,6 +23,8 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
+from ledger.periods import as_utc
+
 # Far enough from date.min and date.max that a day after, a week's Monday or a month's end is
 # still a date, and wide enough for anything meterd recorded or will record.
 FIRST_DAY = date(2000, 1, 1)
@@ -56,7 +58,7 @@ def _in_range(day: date, text: str, what: str) -> None:
 
 
 def parse_day(text: str, what: str = "date") -> date:
-    """A UTC day like 2026-12-31, from FIRST_DAY to LAST_DAY."""
+    """A day of the organization's calendar like 2026-12-31, from FIRST_DAY to LAST_DAY."""
     try:
         day = date.fromisoformat(text)
     except ValueError:
@@ -65,26 +67,36 @@ def parse_day(text: str, what: str = "date") -> date:
     return day
 
 
-def parse_time(text: str, what: str = "time") -> datetime:
-    """A date or date-time (ISO 8601; taken as UTC without an offset) as an aware UTC
-    datetime, its day from FIRST_DAY to LAST_DAY."""
+def _moment(text: str, what: str) -> datetime:
+    """A date or date-time (ISO 8601), naive unless it has an offset, its day from FIRST_DAY
+    to LAST_DAY."""
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{what} {text!r} is not a time like 2026-12-31 or "
                          "2026-12-31T18:00") from None
     _in_range(when.date(), text, what)  # before converting: near the ends that overflows
-    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    return when
+
+
+def parse_time(text: str, what: str = "time") -> datetime:
+    """A date or date-time (ISO 8601) as an aware UTC datetime, its day from FIRST_DAY to
+    LAST_DAY. Without an offset it is the organization's wall-clock time (its `timezone`):
+    a date is the instant its day begins there, so a date filter over raw requests cuts at
+    the same boundaries as the rollups' days (ledger.periods.day_sql)."""
+    return as_utc(_moment(text, what))
 
 
 def parse_expiry(text: str) -> datetime:
     """When a key expires: a date means the end of that UTC day (the key works all of it,
-    until 23:59:59), a date-time means that instant. The one reading of `meterd key issue
-    --expires` and `key expire --at`, the dashboard's date box and the API's `expires_at`."""
+    until 23:59:59), a date-time means that instant (UTC without an offset). The one reading
+    of `meterd key issue --expires` and `key expire --at`, the dashboard's date box and the
+    API's `expires_at`; UTC because the CLI reads it without the organization's settings."""
     try:
         day = date.fromisoformat(text)
     except ValueError:
-        return parse_time(text, "expiry")
+        when = _moment(text, "expiry")
+        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
     _in_range(day, text, "expiry")
     return datetime.combine(day, time(23, 59, 59), UTC)
 

@@ -16,6 +16,7 @@ from dashboard import sessions
 from dashboard.appkeys import BASE, CONFIG, IDENTITY, SECRET, SESSION
 from dashboard.identity import Identity
 from dashboard.state import ADMIN, AdminState
+from ledger.periods import local_day
 
 T = TypeVar("T")
 
@@ -161,12 +162,14 @@ def field(data: MultiDictProxy[Any], name: str, default: str | None = None,
     return value
 
 
-def today() -> date:
-    return datetime.now(UTC).date()
+def today(now: datetime | None = None) -> date:
+    """The organization's date at `now` (default: now), in its `timezone`: what "today" and
+    "this month" mean on every page."""
+    return local_day(now or datetime.now(UTC))
 
 
 def last_days(days: int) -> tuple[date, date]:
-    """[start, end) covering the last `days` UTC days, today included."""
+    """[start, end) covering the organization's last `days` days, today included."""
     end = today() + timedelta(days=1)
     return end - timedelta(days=days), end
 

@@ -24,6 +24,7 @@ from dashboard.render import (
     render,
     report,
     see_other,
+    today,
     url,
 )
 from ledger import caps, grants, reports
@@ -106,7 +107,7 @@ async def team(request: web.Request) -> web.StreamResponse:
     start, end = last_days(30)
     trend = await report(request, reports.spend, start=start, end=end, grain="day",
                          dimension="team", team_id=row["id"])
-    by_model = await report(request, reports.spend, start=now.date().replace(day=1),
+    by_model = await report(request, reports.spend, start=today().replace(day=1),
                             end=end, grain="month", dimension="model", team_id=row["id"])
     limits = await state.db(state.catalog.rate_limits)
     models_from, models = await state.db(AllowedModels(state.catalog).effective, row["id"])

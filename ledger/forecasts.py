@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from ledger.periods import period_end, period_start
+from ledger.periods import local_day, period_end, start_day
 
 RATE_DAYS = 7
 DAY_SECONDS = 86_400
@@ -26,8 +26,8 @@ def month_end(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[st
     projected_micros, monthly and daily cap (None without one), capped (the projection was
     held at a cap) and projected_percent (of the monthly cap, None without one)."""
     at = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
-    today = at.date()
-    month_start = period_start("monthly", at).date()
+    today = local_day(at)  # the organization's days, as the rollups file spend
+    month_start = start_day("monthly", at)
     end = period_end("monthly", at)
     left = int((end - at).total_seconds())
     rate_start = today - timedelta(days=RATE_DAYS)

@@ -14,10 +14,17 @@ differ that much; keep them in NTP).
 Loss detection (`watch`): an epoch marker key, written with SET NX by the first process that
 finds it missing, and Redis's own run id (INFO server). A missing or changed epoch means Redis
 came back empty; a changed run id means another server answers (a restart or a failover, which
-may have lost what the old one held). Either way every journalled entry is replayed through the
-settlement script, marked as a replay: one that Redis still remembers as settled is a no-op,
-one it forgot lands again, and the rollup keeps one copy per request id (see ledger.rollup for
-how the counters stay exact).
+may have lost what the old one held, e.g. a replica that lagged). Either way every journalled
+entry is replayed through the settlement script, marked as a replay: one that Redis still
+remembers as settled is a no-op, one it forgot lands again, and the rollup keeps one copy per
+request id.
+
+The mark says how the counters stand. Each entry records the epoch this process last saw when
+it appended it. Sent under the epoch Redis still has (`AFTER_FAILOVER`): no empty restart came
+between, so the counters were never rebuilt from DuckDB, and a replay that lands adds what
+this server's counters lacked. Sent under another epoch, or before this process had looked
+(`AFTER_EMPTY`): the counters may have been rebuilt from DuckDB since, and the rollup takes back
+a replay that DuckDB already held (ledger.rollup, ledger.rebuild).
 
 Each process writes its own file under an exclusive lock; a new process adopts the files of dead
 ones (a SIGKILLed proxy's settlements are then kept and replayed like its own).
@@ -46,6 +53,8 @@ FSYNC_INTERVAL = 0.05  # seconds: the window a machine crash can still lose
 CHECK_INTERVAL = 1.0  # seconds between looks at the epoch, run id and watermark
 CLOCK_SKEW_MS = 5_000
 REPLAY_FIELD = "r"  # a stream field of replayed settlements (ledger.rollup reads it)
+AFTER_EMPTY = 1  # its values (see the module docstring)
+AFTER_FAILOVER = 2
 
 
 class Journal:
@@ -62,10 +71,11 @@ class Journal:
         self.adopted = self._read(self.path.read_bytes())
         self._file.truncate(0)
         self.adopted += self._adopt()
-        self.epoch: bytes | None = None
+        self.epoch: str | None = None
         self.run_id: bytes | None = None
         self.watermark = 0
         self.replays = 0  # times a loss was detected and the journal replayed
+        self.landed = 0  # replayed settlements Redis had lost
 
     def _adopt(self) -> int:
         """Take over the journals of dead processes (no lock held on them)."""
@@ -90,8 +100,8 @@ class Journal:
         count = 0
         for line in data.splitlines():
             try:
-                sent, _ = orjson.loads(line)
-            except (orjson.JSONDecodeError, ValueError, TypeError):
+                sent = orjson.loads(line)[0]
+            except (orjson.JSONDecodeError, ValueError, TypeError, IndexError, KeyError):
                 continue  # a line torn by a crash: it was never fsynced
             self.entries.append((int(sent), line))
             count += 1
@@ -100,7 +110,7 @@ class Journal:
     def append(self, entry: Entry) -> None:
         """Record one settlement (the hot path: one write, no fsync; `keep` fsyncs)."""
         sent = int(time.time() * 1000)
-        line = orjson.dumps([sent, entry])
+        line = orjson.dumps([sent, entry, self.epoch])
         self._file.write(line + b"\n")
         self.entries.append((sent, line))
         self._unsynced = True
@@ -134,13 +144,15 @@ class Journal:
         self._unsynced = bool(tail)
         return dropped
 
-    async def replay(self, apply: Callable[[Entry], Awaitable[Any]]) -> int:
+    async def replay(self, apply: Callable[[Entry], Awaitable[Any]], epoch: str) -> int:
         """Send every journalled settlement again, marked as a replay; returns how many
-        Redis had forgotten (and so took again)."""
+        Redis (whose epoch marker is now `epoch`) had forgotten, and so took again."""
         landed = 0
         for _, line in list(self.entries):
-            _, entry = orjson.loads(line)
-            landed += int(await apply(replayed(entry)))
+            _, entry, *seen = orjson.loads(line)  # no epoch in lines of an older meterd
+            kind = AFTER_FAILOVER if seen and seen[0] == epoch else AFTER_EMPTY
+            landed += int(await apply(replayed(entry, kind)))
+        self.landed += landed
         return landed
 
     async def watch(self, redis: Any, epoch_key: str, watermark_key: str,
@@ -152,16 +164,17 @@ class Journal:
             pipe.get(epoch_key)
             pipe.get(watermark_key)
             pipe.info("server")
-            epoch, mark, info = await pipe.execute(raise_on_error=False)
+            found, mark, info = await pipe.execute(raise_on_error=False)
         # The embedded backend has no INFO (and no other server to fail over to).
         run_id = str(info.get("run_id", "")).encode() if isinstance(info, dict) else b""
-        if isinstance(epoch, Exception) or isinstance(mark, Exception):
-            raise epoch if isinstance(epoch, Exception) else mark
+        if isinstance(found, Exception) or isinstance(mark, Exception):
+            raise found if isinstance(found, Exception) else mark
+        epoch = found.decode() if isinstance(found, bytes) else str(found)
         lost = (self.epoch is not None and epoch != self.epoch) or (
             self.run_id is not None and run_id != self.run_id)
         first = self.epoch is None
         if lost or (first and self.adopted):
-            landed = await self.replay(apply)
+            landed = await self.replay(apply, epoch)
             self.replays += 1
             log.warning("redis %s: replayed %d journalled settlements, %d of them lost by it",
                         "lost data or changed server" if lost else "seen after a restart",
@@ -211,7 +224,7 @@ def _rewrite(path: Path, entries: list[tuple[int, bytes]]) -> Any:
     return new
 
 
-def replayed(entry: Entry) -> Entry:
-    """The settlement with its stream event marked as a replay (the event's field, value pairs
-    end the script's arguments, so one more pair is added to the event)."""
-    return {"keys": entry["keys"], "args": [*entry["args"], REPLAY_FIELD, 1]}
+def replayed(entry: Entry, kind: int = AFTER_EMPTY) -> Entry:
+    """The settlement with its stream event marked as a replay of `kind` (the event's field,
+    value pairs end the script's arguments, so one more pair is added to the event)."""
+    return {"keys": entry["keys"], "args": [*entry["args"], REPLAY_FIELD, kind]}

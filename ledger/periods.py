@@ -40,12 +40,39 @@ def zone() -> tzinfo:
     return _zone
 
 
+def zone_name() -> str:
+    """The zone's IANA name (America/New_York), or UTC."""
+    return getattr(_zone, "key", "UTC")
+
+
+def day_sql(column: str = "ts") -> str:
+    """SQL for the organization's day of `column`, a naive UTC timestamp as `requests.ts`
+    holds: the one rule by which the rollups file a request under a day. In UTC a plain
+    cast, so a UTC organization's days are exactly what they always were."""
+    if _zone is UTC:
+        return f"{column}::DATE"
+    name = zone_name().replace("'", "''")  # an IANA name has no quote; belt and braces
+    return f"(({column} AT TIME ZONE 'UTC') AT TIME ZONE '{name}')::DATE"
+
+
+def local_time(when: datetime) -> datetime:
+    """`when` (naive: UTC, as stored) on the organization's clock, aware."""
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(_zone)
+
+
 def local_day(now: datetime) -> date:
-    """The organization's calendar day holding `now`."""
-    return now.astimezone(_zone).date()
+    """The organization's calendar day holding `now` (naive times are UTC)."""
+    return local_time(now).date()
 
 
-def _start_day(period: str, now: datetime) -> date:
+def as_utc(when: datetime) -> datetime:
+    """`when` as an aware UTC instant; a naive `when` is the organization's wall-clock time
+    (what a person types in a date or date-time box)."""
+    return (when if when.tzinfo else when.replace(tzinfo=_zone)).astimezone(UTC)
+
+
+def start_day(period: str, now: datetime) -> date:
+    """The organization's local date the period holding `now` starts on."""
     day = local_day(now)
     if period == "daily":
         return day
@@ -56,26 +83,27 @@ def _start_day(period: str, now: datetime) -> date:
     raise ValueError(f"unknown period {period!r}; expected one of {', '.join(PERIODS)}")
 
 
-def _midnight(day: date) -> datetime:
-    """The instant the organization's `day` begins, in UTC."""
+def day_start(day: date) -> datetime:
+    """The instant the organization's `day` begins, in UTC: the boundary by which raw
+    requests (`ts`) are cut into the same days as the rollups (day_sql)."""
     return datetime.combine(day, time(0), _zone).astimezone(UTC)
 
 
 def period_start(period: str, now: datetime) -> datetime:
-    return _midnight(_start_day(period, now))
+    return day_start(start_day(period, now))
 
 
 def period_end(period: str, now: datetime) -> datetime:
     """The first instant of the next period: when a cap of this period resets."""
-    start = _start_day(period, now)
+    start = start_day(period, now)
     if period == "daily":
-        return _midnight(start + timedelta(days=1))
+        return day_start(start + timedelta(days=1))
     if period == "weekly":
-        return _midnight(start + timedelta(days=7))
-    return _midnight((start + timedelta(days=32)).replace(day=1))
+        return day_start(start + timedelta(days=7))
+    return day_start((start + timedelta(days=32)).replace(day=1))
 
 
 def period_tag(period: str, now: datetime) -> str:
     """Short stable name of the period holding `now`, used in counter keys: d:2026-11-28
     (the organization's local date the period starts on)."""
-    return f"{_TAG[period]}:{_start_day(period, now):%Y-%m-%d}"
+    return f"{_TAG[period]}:{start_day(period, now):%Y-%m-%d}"

@@ -7,7 +7,8 @@ row per day × developer × team × model) and, for the session and project dime
 stay small at any number of requests and complete after raw rows are purged. Only the request
 log and the raw export read `requests`.
 
-Dates are UTC days; `end` is exclusive. Weeks start on Monday (ISO), months on the 1st.
+Dates are days of the organization's calendar (its `timezone`, ledger.periods); `end` is
+exclusive. Weeks start on Monday (ISO), months on the 1st.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import duckdb
 
 from ledger import caps
-from ledger.periods import PERIODS, period_end, period_start
+from ledger.periods import PERIODS, day_start, local_day, period_end, period_start, start_day
 from ledger.rollup import ERROR_SQL
 
 DIMENSIONS = ("developer", "team", "model", "session", "project")
@@ -160,7 +161,7 @@ def forecast(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[str
     at = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
     starts = {p: period_start(p, at) for p in PERIODS}
     ends = {p: period_end(p, at) for p in PERIODS}
-    spent_by = _period_spend(conn, starts, at.date())
+    spent_by = _period_spend(conn, {p: start_day(p, at) for p in PERIODS}, local_day(at))
     budgets = _dicts(conn.execute(
         "SELECT b.id, b.scope, b.scope_id, b.period, b.amount_micros, b.mode, "
         "d.name AS dev_name, t.name AS team_name FROM budgets b "
@@ -206,10 +207,10 @@ def _percent(value: int, amount: int) -> int:
     return value * 100 // amount
 
 
-def _period_spend(conn: duckdb.DuckDBPyConnection, starts: dict[str, datetime],
+def _period_spend(conn: duckdb.DuckDBPyConnection, days: dict[str, date],
                   today: date) -> dict[str, dict[tuple[str, str], int]]:
-    """Spend so far in each current period, per ("developer"|"team"|"org", id)."""
-    days = {p: s.date() for p, s in starts.items()}
+    """Spend so far in each current period (from its first day), per ("developer"|"team"|"org",
+    id)."""
     cols = ", ".join("CAST(coalesce(sum(cost_micros) FILTER (WHERE day >= ?), 0) AS BIGINT)"
                      for _ in PERIODS)
     rows = conn.execute(
@@ -236,7 +237,8 @@ def requests_page(conn: duckdb.DuckDBPyConnection, *, start: datetime | None = N
                   offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """One page of the request log, newest first, and how many requests match in total.
     `status` is "ok", "error" (failed after the gateway let it through), "refused" (by the
-    gateway) or None (all); times are UTC (naive ones are taken as UTC)."""
+    gateway) or None (all); naive times are UTC, as stored (dashboard.params turns what a
+    person typed into UTC instants)."""
     where, params = request_where(start=start, end=end, developer_id=developer_id,
                                   team_id=team_id, model=model, status=status,
                                   session_id=session_id)
@@ -322,10 +324,12 @@ def _cell(value: Any) -> Any:
 
 def export_parquet(conn: duckdb.DuckDBPyConnection, *, start: date, end: date,
                    path: str | Path) -> int:
-    """Write the raw request rows of [start, end) to a Parquet file, oldest first (for
-    archiving before the retention purge); returns how many rows were written."""
+    """Write the raw request rows of the days [start, end) (the organization's, as the rollups
+    cut them) to a Parquet file, oldest first (for archiving before the retention purge);
+    returns how many rows were written."""
     target = str(path).replace("'", "''")
     row = conn.execute(
         "COPY (SELECT * FROM requests WHERE ts >= ? AND ts < ? ORDER BY ts, id) "
-        f"TO '{target}' (FORMAT parquet, COMPRESSION zstd)", [start, end]).fetchone()
+        f"TO '{target}' (FORMAT parquet, COMPRESSION zstd)",
+        [_utc(day_start(start)), _utc(day_start(end))]).fetchone()
     return int(row[0]) if row else 0

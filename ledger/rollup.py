@@ -56,8 +56,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ledger import telemetry
-from ledger.journal import REPLAY_FIELD
+from ledger.journal import AFTER_EMPTY, REPLAY_FIELD
 from ledger.keyspace import KeySpace
+from ledger.periods import day_sql
 from ledger.pricing import MTOK, US_GEO_MULTIPLIER, PriceTable
 from ledger.rebuild import ensure_counters, subtract
 from ledger.settlement import (
@@ -79,6 +80,7 @@ Fence = Callable[[], bool]  # may this batch still commit?
 
 GROUP = "rollup"
 _ID = FIELDS.index("id")
+_REPLAY_FIELD, _AFTER_EMPTY = REPLAY_FIELD.encode(), str(AFTER_EMPTY).encode()
 CONSUMER = "rollup"  # one name for every lock holder: a new holder inherits what is pending
 STEPS = ("inserted", "daily", "committed")  # where a test's fault hook may strike
 JOB_ID = "meterd-rollup"
@@ -149,10 +151,11 @@ _TEAM_SQL = (
 
 def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
          source: str) -> None:
-    """Add the sums of `source` grouped by `keys` to `table` (day = the request's UTC start
-    date). UPDATE then INSERT of the missing keys: several times faster in DuckDB than
-    INSERT ... ON CONFLICT DO UPDATE or MERGE on these tables."""
-    select = ", ".join(f"ts::DATE AS {k}" if k == "day" else k for k in keys)
+    """Add the sums of `source` grouped by `keys` to `table` (day = the organization's date
+    of the request's start, ledger.periods.day_sql). UPDATE then INSERT of the missing keys:
+    several times faster in DuckDB than INSERT ... ON CONFLICT DO UPDATE or MERGE on these
+    tables."""
+    select = ", ".join(f"{day_sql()} AS {k}" if k == "day" else k for k in keys)
     sums = ", ".join(f"CAST(sum({m}) AS BIGINT) AS {m}" for m in MEASURES[3:])
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE rollup_sums AS SELECT {select}, count(*) AS requests, "
@@ -262,9 +265,11 @@ def write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings,
         return _write_batch(conn, payload, savings, fault, fence, True, replays, known)
 
 
-_KNOWN_SQL = ("SELECT ts::DATE, developer_id, team_id, cost_micros, "
-              + ", ".join(TOKEN_COUNTERS.values()) + " FROM rollup_batch WHERE id IN "
-              "(SELECT unnest($1::VARCHAR[])) AND id IN (SELECT id FROM requests)")
+def _known_sql() -> str:
+    """The rows of `replays` that `requests` already holds, filed under the day _add uses."""
+    return (f"SELECT {day_sql()}, developer_id, team_id, cost_micros, "
+            + ", ".join(TOKEN_COUNTERS.values()) + " FROM rollup_batch WHERE id IN "
+            "(SELECT unnest($1::VARCHAR[])) AND id IN (SELECT id FROM requests)")
 
 
 def _write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings,
@@ -279,7 +284,7 @@ def _write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings
         if repeats:  # the same request twice in one batch (a replayed settlement): keep one
             conn.execute("DELETE FROM rollup_batch WHERE rowid NOT IN "
                          "(SELECT min(rowid) FROM rollup_batch GROUP BY id)")
-        found = conn.execute(_KNOWN_SQL, [replays]).fetchall() if replays else []
+        found = conn.execute(_known_sql(), [replays]).fetchall() if replays else []
         # Requests already rolled up (a rerun after a crash): same request, same start time,
         # so only that time range is searched and DuckDB skips every other row group.
         conn.execute("DELETE FROM rollup_batch WHERE id IN (SELECT id FROM requests WHERE "
@@ -490,8 +495,10 @@ class Rollup:
         if not await self._hold():  # renewed: a whole lease for this batch's write
             raise LockLost("another process holds the rollup lock")
         payload = _encode(entries)
+        # Only replays after an empty restart can be in the rebuilt counters twice (a replay
+        # after a failover filled in what the promoted replica's counters lacked).
         replays = [_text(entry_values(fields)[_ID]) for _, fields in entries
-                   if fields and REPLAY_FIELD.encode() in fields]
+                   if fields and fields.get(_REPLAY_FIELD) == _AFTER_EMPTY]
         known: list[tuple[Any, ...]] = []
         new = await self.db(write_batch, self.conn, payload, self.savings, self.fault,
                             self._lease_valid, replays, known) if payload else 0

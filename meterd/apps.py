@@ -32,7 +32,7 @@ from ledger.telemetry import TelemetryRollup
 from meterd.alert_jobs import schedule_alerts
 from meterd.providers_config import providers_context
 from meterd.settings import Settings
-from meterd.standby import lead, step_down
+from meterd.standby import healthz, lead, leader_readyz, step_down
 from proxy.access_log import AccessLog
 from proxy.errors import ERROR_PAGE, error_middleware, setup_errors
 from proxy.handlers import end_relays, setup_routes
@@ -233,6 +233,10 @@ def create_root_app(settings: Settings, proxy: bool = True, admin: bool = True,
         setup_errors(app)
     if admin:
         app[ADMIN_APP] = create_admin_app(settings, standby)
+        if not proxy:  # `meterd admin`: a load balancer tells the leader from a standby
+            admin_app = app[ADMIN_APP]
+            app.router.add_get("/healthz", healthz)
+            app.router.add_get("/readyz", leader_readyz(lambda: admin_app[ADMIN].rollup))
         app.add_subapp("/admin", app[ADMIN_APP])
         app[ERROR_PAGE] = page_for(app[ADMIN_APP])
         if settings.oidc_issuer:  # developers sign in with the device flow (dashboard/oauth.py)

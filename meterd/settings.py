@@ -77,7 +77,8 @@ SETTINGS: tuple[Setting, ...] = (
             "budgets and output-token rate limits (capped by max_tokens)."),
     Setting("thresholds", "Soft budget thresholds in percent."),
     Setting("timezone", "The organization's IANA time zone (e.g. America/New_York): budget "
-            "periods start at its local midnight, DST-correct."),
+            "periods, report days and dashboard times follow it, DST-correct; days rolled up "
+            "before a change keep the old zone's boundaries."),
     Setting("fallback_input_usd", "USD per million input tokens for unknown models."),
     Setting("fallback_output_usd", "USD per million output tokens for unknown models."),
     Setting("prices", "Price rows that override or extend the shipped table (TOML only)."),

@@ -19,8 +19,9 @@ from botocore.eventstream import EventStreamBuffer
 from ledger.pricing import PriceTable
 from ledger.usage import Usage
 from proxy.providers.bedrock import BedrockProvider
+from proxy.providers.eventstream import encode_message
 from tests.conftest import Gateway
-from tests.fakes.eventstream import chunk_frame, encode_message, exception_frame
+from tests.fakes.eventstream import chunk_frame, exception_frame
 from tests.fakes.gateways import (
     AWS_KEY,
     AWS_TOKEN,

@@ -5,18 +5,12 @@ to the next provider instead of reaching Claude Code as `authentication_error`."
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 from prometheus_client.exposition import generate_latest
 
 from tests.conftest import Upstream
-from tests.fakes.bedrock import FakeBedrock
 from tests.fakes.gateways import (
-    AWS_KEY,
-    AWS_TOKEN,
     Served,
     StartGateway,
     anthropic_provider,
@@ -28,14 +22,6 @@ from tests.provider_requests import BODY
 pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
 
 MISMATCH = "The request signature we calculated does not match the signature you provided."
-
-
-@pytest.fixture
-async def wrong_secret_bedrock(aiohttp_server: Callable[..., Awaitable[TestServer]],
-                               aws_env: None) -> Served:
-    """A Bedrock that knows the access key under another secret: every signature mismatches."""
-    fake = FakeBedrock(AWS_KEY, "another-secret", "us-east-1", session_token=AWS_TOKEN)
-    return Served(fake, await aiohttp_server(fake.app()))
 
 
 async def test_a_signature_mismatch_moves_the_request_to_the_next_provider(
@@ -75,8 +61,9 @@ async def test_a_refused_credential_on_the_last_provider_is_a_502_that_leaks_not
         "type": "api_error", "message": "provider bedrock refused the gateway's credential; "
         "an operator must fix its configuration"}}
     assert f"provider bedrock refused the gateway's credential (403): " \
-        f'{{"message":"{MISMATCH}"}}' in caplog.text
-    # Bedrock-format clients and count_tokens get the same.
+        f'{{"message":"{MISMATCH} Check your AWS Secret Access Key' in caplog.text
+    # Bedrock-format clients and count_tokens get the same (a Bedrock client in Bedrock's
+    # error shape: tests/test_providers_native_errors.py).
     resp = await gw.client.post("/bedrock/model/us.anthropic.claude-sonnet-4-6/invoke",
                                 data=orjson.dumps({"anthropic_version": "bedrock-2023-05-31",
                                                    "max_tokens": 8,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from fractions import Fraction
@@ -139,6 +139,15 @@ class Provider(ABC):
         """The provider's answer as the client sees it (`first`: bytes already read from it)."""
         return Relayed(response, replay(first, response))
 
+    def native(self, response: aiohttp.ClientResponse, stream: bool,
+               first: bytes = b"") -> Relayed:
+        """The provider's answer as a client that speaks the provider's own format sees it
+        (the passthrough paths): unchanged, but for a refused credential; a provider whose
+        errors or streams carry its text overrides this."""
+        if response.status in CREDENTIAL_REFUSED:
+            return refused_credential(self, response, first)
+        return Relayed(response, replay(first, response))
+
     async def count_tokens_answer(self, response: aiohttp.ClientResponse,
                                   payload: bytes) -> tuple[int, bytes]:
         """Status and Anthropic-format body of a count_tokens answer."""
@@ -164,18 +173,24 @@ def public_error(provider: str, status: int, kind: str, text: str) -> bytes:
     return error_body(kind, public_message(provider, f"answered {status}", kind, text))
 
 
+def _api_error(message: str) -> bytes:
+    return error_body("api_error", message)
+
+
 def refused_credential(provider: Provider, response: aiohttp.ClientResponse,
-                       first: bytes = b"") -> Relayed:
+                       first: bytes = b"",
+                       render: Callable[[str], bytes] = _api_error) -> Relayed:
     """A provider's 401/403 as the client sees it: a 502 `api_error` (the gateway's credential
     was refused, which no retry or re-login of the developer's fixes), the provider's text
-    logged for the operator."""
+    logged for the operator. `render` makes the body from the message, in the client's
+    format (the Anthropic envelope unless told)."""
 
     async def body() -> AsyncIterator[bytes]:
         payload = first + await response.read()
         log.warning("provider %s refused the gateway's credential (%d): %s", provider.name,
                     response.status, payload[:2000].decode("utf-8", "replace"))
-        yield error_body("api_error", f"provider {provider.name} refused the gateway's "
-                                      "credential; an operator must fix its configuration")
+        yield render(f"provider {provider.name} refused the gateway's credential; an operator "
+                     "must fix its configuration")
 
     headers: CIMultiDict[str] = CIMultiDict({"content-type": "application/json"})
     rid = response.headers.get("request-id") or response.headers.get("x-amzn-requestid")

@@ -28,6 +28,7 @@ from ledger.pricing import PriceTable
 from proxy.envelope import error_body, error_type
 from proxy.meter import Metered, StreamMeter
 from proxy.providers.base import (
+    CREDENTIAL_REFUSED,
     CannotCount,
     CloudProvider,
     Multiplier,
@@ -37,9 +38,11 @@ from proxy.providers.base import (
     merge_betas,
     public_error,
     public_message,
+    refused_credential,
     replay,
     table_model,
 )
+from proxy.providers.eventstream import encode_frame, encode_message
 from proxy.upstream import response_headers
 
 log = logging.getLogger("meterd.providers")
@@ -267,6 +270,22 @@ class BedrockProvider(CloudProvider):
         _request_id(response, headers)
         return Relayed(response, replay(first, response), headers=headers)
 
+    def native(self, response: aiohttp.ClientResponse, stream: bool,
+               first: bytes = b"") -> Relayed:
+        """Bedrock's answer for a Bedrock-format client: errors in Bedrock's shape (with its
+        `x-amzn-errortype`) and stream exceptions with the text `public_message` allows."""
+        if response.status in CREDENTIAL_REFUSED:
+            return refused_credential(self, response, first, aws_error)
+        if response.status >= 400:
+            headers = response_headers(response.headers.items())
+            headers.popall("content-type", None)
+            headers["content-type"] = "application/json"
+            return Relayed(response, _native_error(self.name, response, first), headers=headers,
+                           content_type="application/json")
+        if response.content_type == EVENT_STREAM:
+            return Relayed(response, public_stream(self.name, response, first))
+        return Relayed(response, replay(first, response))
+
     async def count_tokens_answer(self, response: aiohttp.ClientResponse,
                                   payload: bytes) -> tuple[int, bytes]:
         if response.status >= 400:
@@ -362,8 +381,7 @@ def frame_sse(message: EventStreamMessage, provider: str = "") -> bytes:
     exception's text, for a client (`provider` named), follows the rule of provider errors
     (`public_message`); the meter reads only its type."""
     headers = message.headers
-    kind = headers.get(":message-type")
-    if kind == "event":
+    if headers.get(":message-type") == "event":
         if headers.get(":event-type") != "chunk":
             return b""
         try:
@@ -371,6 +389,21 @@ def frame_sse(message: EventStreamMessage, provider: str = "") -> bytes:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return b""
         return b"event: " + _event_name(event) + b"\ndata: " + event + b"\n\n"
+    error = _frame_error(message)
+    if error is None:
+        return b""
+    kind, text = error
+    if provider:
+        text = public_message(provider, "failed mid-stream", kind, text)
+    body = error_body(kind, text)
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+def _frame_error(message: EventStreamMessage) -> tuple[str, str] | None:
+    """The Anthropic error type and the provider's text of an exception or error frame;
+    None for other frames."""
+    headers = message.headers
+    kind = headers.get(":message-type")
     if kind == "exception":
         name = str(headers.get(":exception-type", ""))
         text = _message(message.payload) or name
@@ -378,12 +411,50 @@ def frame_sse(message: EventStreamMessage, provider: str = "") -> bytes:
         name = str(headers.get(":error-code", ""))
         text = str(headers.get(":error-message", "")) or name
     else:
-        return b""
-    kind = _ERROR_KINDS.get(name.lower(), "api_error")
-    if provider:
-        text = public_message(provider, "failed mid-stream", kind, text)
-    body = error_body(kind, text)
-    return b"event: error\ndata: " + body + b"\n\n"
+        return None
+    return _ERROR_KINDS.get(name.lower(), "api_error"), text
+
+
+def public_frame(provider: str, message: EventStreamMessage, raw: bytes) -> bytes:
+    """One frame (`raw`, decoded as `message`) as a Bedrock-format client sees it: as it came,
+    except an exception's or error's text, which follows the rule of provider errors
+    (`public_message`): the frame is re-encoded with the client's text in its place."""
+    error = _frame_error(message)
+    if error is None:
+        return raw
+    kind, text = error
+    public = public_message(provider, "failed mid-stream", kind, text)
+    if public == text:
+        return raw
+    if message.headers.get(":message-type") == "exception":
+        headers = raw[12:12 + message.prelude.headers_length]  # kept as encoded, types and all
+        return encode_frame(headers, aws_error(public))
+    # An error frame's text is a header; its headers are strings (AWS event-stream spec).
+    return encode_message({**{name: str(value) for name, value in message.headers.items()},
+                           ":error-message": public}, message.payload)
+
+
+async def public_stream(provider: str, response: aiohttp.ClientResponse,
+                        first: bytes) -> AsyncIterator[bytes]:
+    """Bedrock's event stream for a Bedrock-format client: whole frames as they arrive,
+    each as `public_frame` has it. A corrupt stream, or one that ends mid-frame, breaks off
+    (its frames could not be checked)."""
+    decoder, raw = EventStreamBuffer(), bytearray()
+    async for chunk in replay(first, response):
+        decoder.add_data(chunk)
+        raw += chunk
+        out: list[bytes] = []
+        try:
+            for message in decoder:
+                length = message.prelude.total_length
+                out.append(public_frame(provider, message, bytes(raw[:length])))
+                del raw[:length]
+        except ParserError as exc:
+            raise aiohttp.ClientPayloadError(f"corrupt Bedrock event stream: {exc}") from None
+        if out:
+            yield b"".join(out)
+    if raw:
+        raise aiohttp.ClientPayloadError("Bedrock event stream ended mid-frame")
 
 
 def _event_name(event: bytes) -> bytes:
@@ -411,7 +482,8 @@ def _message(payload: bytes) -> str:
     return ""
 
 
-def _error_body(provider: str, response: aiohttp.ClientResponse, payload: bytes) -> bytes:
+def _error(response: aiohttp.ClientResponse, payload: bytes) -> tuple[str, str]:
+    """The Anthropic error type and the provider's text of a Bedrock error answer."""
     name = response.headers.get("x-amzn-errortype", "").split(":", 1)[0]
     if not name:
         try:
@@ -420,13 +492,28 @@ def _error_body(provider: str, response: aiohttp.ClientResponse, payload: bytes)
         except orjson.JSONDecodeError:
             name = ""
     kind = _ERROR_KINDS.get(name.lower()) or error_type(response.status)
-    return public_error(provider, response.status, kind, _message(payload) or name)
+    return kind, _message(payload) or name
+
+
+def _error_body(provider: str, response: aiohttp.ClientResponse, payload: bytes) -> bytes:
+    return public_error(provider, response.status, *_error(response, payload))
 
 
 async def _translated_error(provider: str, response: aiohttp.ClientResponse,
                             first: bytes) -> AsyncIterator[bytes]:
     payload = first + await response.read()
     yield _error_body(provider, response, payload)
+
+
+def aws_error(message: str) -> bytes:
+    """An error body in Bedrock's own shape."""
+    return orjson.dumps({"message": message})
+
+
+async def _native_error(provider: str, response: aiohttp.ClientResponse,
+                        first: bytes) -> AsyncIterator[bytes]:
+    kind, text = _error(response, first + await response.read())
+    yield aws_error(public_message(provider, f"answered {response.status}", kind, text))
 
 
 def _error_headers(response: aiohttp.ClientResponse) -> CIMultiDict[str]:

@@ -30,7 +30,6 @@ from proxy.providers.base import (
     Relayed,
     not_countable,
     refused_credential,
-    replay,
 )
 from proxy.upstream import response_headers
 
@@ -120,8 +119,9 @@ async def first_answer(session: aiohttp.ClientSession, chain: Sequence[Provider]
     A provider is passed over (unless it is the last) when it cannot be reached, answers 5xx,
     refuses the organization's credential (401/403), or answers 2xx but closes before the
     first byte of the body. The last provider's failure is the caller's: its exception
-    propagates, or its answer is returned as it is, except a refused credential, which never
-    reaches the client as such.
+    propagates, or its answer is returned as the client sees it (`Provider.respond`, or with
+    `translate` false, for a client in the provider's own format, `Provider.native`); a
+    refused credential never reaches the client as such.
     """
     last = len(chain) - 1
     for i, provider in enumerate(chain):
@@ -150,10 +150,10 @@ async def first_answer(session: aiohttp.ClientSession, chain: Sequence[Provider]
                     response.close()
                     _passed_over(provider, chain[i + 1], "empty answer", passed)
                     continue
+        if not translate:  # the client speaks the provider's format
+            return provider, provider.native(response, stream, first)
         if response.status in CREDENTIAL_REFUSED:
             return provider, refused_credential(provider, response, first)
-        if not translate:
-            return provider, Relayed(response, replay(first, response))
         return provider, provider.respond(response, stream, first)
     raise AssertionError("empty provider chain")
 

@@ -21,6 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ledger.pricing import PriceTable
 from proxy.envelope import error_type
 from proxy.providers.base import (
+    CREDENTIAL_REFUSED,
     CloudProvider,
     Multiplier,
     Outbound,
@@ -29,6 +30,7 @@ from proxy.providers.base import (
     foreign_form,
     merge_betas,
     public_error,
+    public_message,
     table_model,
 )
 from proxy.upstream import AnthropicUpstream, response_headers
@@ -207,11 +209,43 @@ class VertexProvider(CloudProvider):
         return Relayed(response, _translated_error(self.name, response, first), headers=headers,
                        content_type="application/json")
 
+    def native(self, response: aiohttp.ClientResponse, stream: bool,
+               first: bytes = b"") -> Relayed:
+        """Vertex's answer for a Vertex-format client: errors in the shape Vertex gave them
+        (`vertex_error`), everything else unchanged."""
+        if response.status < 400 or response.status in CREDENTIAL_REFUSED:
+            return super().native(response, stream, first)
+        headers = response_headers(response.headers.items())
+        headers.popall("content-type", None)
+        headers["content-type"] = "application/json"
+        return Relayed(response, _native_error(self.name, response, first), headers=headers,
+                       content_type="application/json")
+
     async def count_tokens_answer(self, response: aiohttp.ClientResponse,
                                   payload: bytes) -> tuple[int, bytes]:
         if response.status >= 400:
             return response.status, as_anthropic_error(self.name, response.status, payload)
         return response.status, payload
+
+
+def vertex_error(provider: str, status: int, payload: bytes) -> bytes:
+    """A Vertex error body for a Vertex-format client, in the shape Vertex gave it: Google's
+    (`{"error": {code, message, status}}`, or a list of one) with the message `public_message`
+    allows and without `details` (which name projects and accounts), else `as_anthropic_error`'s
+    envelope."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        doc = None
+    one = doc[0] if isinstance(doc, list) and doc else doc
+    error = one.get("error") if isinstance(one, dict) and one.get("type") != "error" else None
+    if not isinstance(error, dict):
+        return as_anthropic_error(provider, status, payload)
+    kind = _GOOGLE_KINDS.get(str(error.get("status", ""))) or error_type(status)
+    public = {"error": {"code": error.get("code", status), "message": public_message(
+        provider, f"answered {status}", kind, str(error.get("message", ""))),
+        "status": error.get("status", "")}}
+    return orjson.dumps([public] if isinstance(doc, list) else public)
 
 
 def as_anthropic_error(provider: str, status: int, payload: bytes) -> bytes:
@@ -241,3 +275,8 @@ def as_anthropic_error(provider: str, status: int, payload: bytes) -> bytes:
 async def _translated_error(provider: str, response: aiohttp.ClientResponse,
                             first: bytes) -> AsyncIterator[bytes]:
     yield as_anthropic_error(provider, response.status, first + await response.read())
+
+
+async def _native_error(provider: str, response: aiohttp.ClientResponse,
+                        first: bytes) -> AsyncIterator[bytes]:
+    yield vertex_error(provider, response.status, first + await response.read())

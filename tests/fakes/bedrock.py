@@ -55,6 +55,7 @@ class FakeBedrock:
         self.behaviour = Behaviour()
         self.recorded: list[dict[str, Any]] = []
         self.rejected: list[str] = []  # why requests were refused
+        self.said: dict[str, str] = {}  # the whole message Bedrock answers a refusal with
         self._ids = itertools.count(1)
 
     def app(self) -> web.Application:
@@ -75,7 +76,7 @@ class FakeBedrock:
         why = self._check_auth(request, body)
         if why:
             self.rejected.append(why)
-            return _error(403, "InvalidSignatureException", why, rid)
+            return _error(403, "InvalidSignatureException", self.said.pop(why, why), rid)
         model = unquote(request.match_info["model"])
         action = request.match_info["action"]
         if action not in ("invoke", "invoke-with-response-stream", "count-tokens"):
@@ -143,8 +144,15 @@ class FakeBedrock:
         canonical = signer.canonical_request(rebuilt)
         expected = signer.signature(signer.string_to_sign(rebuilt, canonical), rebuilt)
         if expected != parts["Signature"]:
-            return ("The request signature we calculated does not match the signature you "
-                    "provided.")
+            why = ("The request signature we calculated does not match the signature you "
+                   "provided.")
+            # As AWS does: the canonical request (session token included) and string to sign.
+            self.said[why] = (
+                f"{why} Check your AWS Secret Access Key and signing method. Consult the "
+                "service documentation for details.\n\nThe Canonical String for this request "
+                f"should have been\n'{canonical}'\n\nThe String-to-Sign should have been\n"
+                f"'{signer.string_to_sign(rebuilt, canonical)}'\n")
+            return why
         return ""
 
     def _check_body(self, body: bytes) -> dict[str, Any]:

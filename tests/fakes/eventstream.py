@@ -1,32 +1,16 @@
 """AWS event-stream frames (application/vnd.amazon.eventstream), as Bedrock sends them.
 
-botocore ships only the decoder of this format (`botocore.eventstream.EventStreamBuffer`), so
-the fake encodes frames here and the tests check every frame round-trips through botocore's
-decoder, which verifies both CRCs.
+The frames are encoded by meterd's encoder (`proxy.providers.eventstream`), and the tests check
+every frame round-trips through botocore's decoder, which verifies both CRCs.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import struct
 
 import orjson
 
-_STRING = 7  # header value type: UTF-8 string
-
-
-def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
-    """One frame: prelude (total length, headers length, CRC), headers, payload, CRC."""
-    encoded = b"".join(
-        struct.pack("!B", len(name)) + name.encode()
-        + struct.pack("!BH", _STRING, len(value.encode())) + value.encode()
-        for name, value in headers.items())
-    total = 12 + len(encoded) + len(payload) + 4
-    prelude = struct.pack("!II", total, len(encoded))
-    head = prelude + struct.pack("!I", binascii.crc32(prelude) & 0xFFFFFFFF)
-    body = head + encoded + payload
-    return body + struct.pack("!I", binascii.crc32(body) & 0xFFFFFFFF)
+from proxy.providers.eventstream import encode_message
 
 
 def chunk_frame(event: dict[str, object]) -> bytes:

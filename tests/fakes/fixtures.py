@@ -49,6 +49,15 @@ async def bedrock(aiohttp_server: Callable[..., Awaitable[TestServer]], aws_env:
 
 
 @pytest.fixture
+async def wrong_secret_bedrock(aiohttp_server: Callable[..., Awaitable[TestServer]],
+                               aws_env: None) -> Served:
+    """A Bedrock that knows the access key under another secret: every signature mismatches,
+    and its answer quotes the canonical request, session token included, as AWS's does."""
+    fake = FakeBedrock(AWS_KEY, "another-secret", "us-east-1", session_token=AWS_TOKEN)
+    return Served(fake, await aiohttp_server(fake.app()))
+
+
+@pytest.fixture
 async def vertex(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> Served:
     """A fake Vertex whose token endpoint knows a service account written for the test;
