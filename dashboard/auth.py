@@ -94,17 +94,24 @@ def presented_key(request: web.Request) -> str:
     return request.headers.get("x-api-key", "").strip()
 
 
-async def api_identity(request: web.Request) -> Identity | None:
-    """The caller of the JSON API, or None when a key was presented and is not valid."""
+async def api_identity(request: web.Request, developers: bool = False) -> Identity | None:
+    """The caller of the JSON API, or None when a key was presented and is not valid. With
+    `developers` (a route a developer may use), a developer's gateway key names them."""
     if is_local(request):
         return Identity("admin", name="cli", actor="cli")
     secret = presented_key(request)
     if not secret:
         return ANONYMOUS
     state = request.app[ADMIN]
-    key = await state.db(Accounts(state.catalog).admin_key_for, secret)
+    accounts = Accounts(state.catalog)
+    key = await state.db(accounts.admin_key_for, secret)
     if key is None:
-        return None
+        dev = await state.db(accounts.developer_for_key, secret) if developers else None
+        if dev is None:
+            return None
+        return Identity("developer", name=dev["name"], actor=f"developer:{dev['developer_id']}",
+                        developer_id=dev["developer_id"], team_id=dev["team_id"] or "",
+                        key_id=dev["key_id"])
     label = key["label"] or key["id"]
     return Identity(ADMIN_KEY_ROLES[key["role"]], name=label, actor=f"api-key:{key['id']}",
                     key_id=key["id"])
@@ -151,13 +158,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def _api(request: web.Request, handler: Handler) -> web.StreamResponse:
-    identity = await api_identity(request)
+    found = request.match_info.http_exception is None
+    roles = roles_of(request.match_info.handler) if found else None
+    # A gateway key is no credential here, but on the few routes a developer may use.
+    identity = await api_identity(request, developers=roles is not None and "developer" in roles)
     if identity is None:
         return json_error(401, "invalid admin API key")
     request[IDENTITY] = identity
-    if request.match_info.http_exception is not None:
+    if not found:
         return await handler(request)  # no such route or method: 404 / 405
-    roles = roles_of(request.match_info.handler)
     if roles is not None and identity.role not in roles:
         if identity.role == "anonymous":
             return json_error(401, "the admin API needs an admin API key "

@@ -4,7 +4,7 @@ and "near" is ledger/status.py's, read live from the spend counters."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +12,7 @@ from aiohttp import web
 from dashboard.appkeys import CONFIG
 from dashboard.render import admin_state, report, url
 from ledger import caps, grants, reports, status
+from ledger.periods import day_start
 
 BADGE_ORDER = {status.BLOCKED: 0, status.NEAR: 1, "": 2}
 
@@ -85,8 +86,8 @@ def member_badges(rows: list[dict[str, Any]],
 
 async def refused_since(request: web.Request, since: date,
                         team_id: str | None = None) -> int:
-    """How many requests the gateway refused from `since` (00:00 UTC) on."""
+    """How many requests the gateway refused from the start of the org's day `since` on."""
     _, count = await report(request, reports.requests_page, status="refused",
-                            start=datetime.combine(since, time(), UTC), team_id=team_id,
+                            start=day_start(since), team_id=team_id,
                             limit=0)
     return count

@@ -12,6 +12,7 @@ from dashboard.appkeys import SESSION
 from dashboard.auth import ADMINS, READERS, TEAM_ADMINS, TEAM_READERS, allow, require_team
 from dashboard.budgets import caps_for_developer
 from dashboard.cap_forms import LIMIT_WORDS, limits_of, save_budget, save_limits
+from dashboard.model_caps_view import limits_context
 from dashboard.params import Query, parse_expiry, query, text
 from dashboard.render import (
     admin_state,
@@ -144,6 +145,7 @@ async def developer(request: web.Request) -> web.StreamResponse:
         "spent_month": found.get(("developer", dev["id"], "monthly"), 0),
         "limits": limits_of(limits, "developer", dev["id"]), "limit_words": LIMIT_WORDS,
         **await usage_context(request, dev["id"]),
+        **await limits_context(request, [("developer", dev["id"])]),
         "teams": await state.db(state.catalog.teams),
         "memberships": await state.db(Lifecycle(state.catalog).memberships, dev["id"]),
     })

@@ -12,7 +12,15 @@ from aiohttp import web
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.jsonio import json_response, read_body
 from dashboard.params import parse_expiry
-from dashboard.render import admin_state, change, field, form, see_other, url
+from dashboard.render import (
+    admin_state,
+    change,
+    field,
+    form,
+    redirect_back,
+    see_other,
+    url,
+)
 from ledger import grants
 from ledger.money import parse_usd
 from ledger.periods import PERIODS
@@ -75,3 +83,11 @@ async def revoke_grant(request: web.Request) -> web.Response:
     row = await change(request, grants.revoke_grant, state.catalog,
                        request.match_info["grant_id"])
     return json_response(_row(row))
+
+
+@allow(*ADMINS)
+async def revoke_grant_form(request: web.Request) -> web.StreamResponse:
+    """The Revoke button beside a running grant: the cap is back to its own amount now."""
+    await change(request, grants.revoke_grant, admin_state(request).catalog,
+                 request.match_info["grant_id"])
+    return redirect_back(request, "Grant revoked: the cap is back to its own amount.", "ok")

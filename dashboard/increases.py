@@ -42,12 +42,17 @@ async def ask_increase(request: web.Request) -> web.StreamResponse:
     asked = await state.db(_increases(request).ask, who.developer_id,
                            field(data, "period", "monthly"), _amount(data), _days(data),
                            field(data, "reason", limit=1000), actor=who.actor)
-    title = f"{who.name} asks for {format_usd(asked['amount_micros'])} more ({asked['period']})"
+    await announce(request, asked, who.name)
+    return see_other(request, url(request, "me").with_fragment("increase"),
+                     "Request sent: your team lead or an admin will decide on it.")
+
+
+async def announce(request: web.Request, asked: dict[str, Any], name: str) -> None:
+    """Tell the `increase` destinations (the org's, the developer's team's) of a request."""
+    title = f"{name} asks for {format_usd(asked['amount_micros'])} more ({asked['period']})"
     await alerter(request).fire("increase", f"increase:{asked['id']}", 3600, title,
                                 f"{title} for {asked['days']} days: {asked['reason']}. "
                                 f"Decide at {url(request, 'increases')}.", asked["team_id"])
-    return see_other(request, url(request, "me").with_fragment("increase"),
-                     "Request sent: your team lead or an admin will decide on it.")
 
 
 @allow(*TEAM_READERS)
@@ -60,14 +65,14 @@ async def increases_page(request: web.Request) -> web.StreamResponse:
     return await render(request, "increases.html", {"requests": rows})
 
 
-async def _decide(request: web.Request) -> tuple[Increases, dict[str, Any]]:
+async def decide(request: web.Request) -> tuple[Increases, dict[str, Any]]:
     increases = _increases(request)
     found = await admin_state(request).db(increases.get, request.match_info["request_id"])
     require_team(request, found["team_id"], change=True)
     return increases, found
 
 
-async def _tell(request: web.Request, decided: dict[str, Any]) -> str:
+async def tell(request: web.Request, decided: dict[str, Any]) -> str:
     """Email the developer the decision (their page shows it too); returns their name."""
     state = admin_state(request)
     dev = next(d for d in await state.db(state.catalog.developers)
@@ -86,18 +91,18 @@ def _decision_text(row: dict[str, Any]) -> str:
 
 @allow(*TEAM_ADMINS)
 async def approve_increase(request: web.Request) -> web.StreamResponse:
-    increases, found = await _decide(request)
+    increases, found = await decide(request)
     data = await form(request)
     decided = await change(request, increases.approve, found["id"], _amount(data), _days(data))
-    name = await _tell(request, decided)
+    name = await tell(request, decided)
     return see_other(request, url(request, "increases"), f"Approved: {name}'s cap is raised.")
 
 
 @allow(*TEAM_ADMINS)
 async def deny_increase(request: web.Request) -> web.StreamResponse:
-    increases, found = await _decide(request)
+    increases, found = await decide(request)
     data = await form(request)
     decided = await change(request, increases.deny, found["id"],
                            field(data, "reason", limit=1000))
-    await _tell(request, decided)
+    await tell(request, decided)
     return see_other(request, url(request, "increases"), "Denied; the developer is told why.")

@@ -12,6 +12,7 @@ from yarl import URL
 from dashboard import blocked, charts, live
 from dashboard.auth import ADMINS, READERS, TEAM_ADMINS, TEAM_READERS, allow, require_team
 from dashboard.cap_forms import LIMIT_WORDS, limits_of, save_budget, save_limits
+from dashboard.model_caps_view import limits_context
 from dashboard.render import (
     admin_state,
     change,
@@ -68,7 +69,8 @@ async def teams(request: web.Request) -> web.StreamResponse:
     return await render(request, "teams.html", {
         "teams": rows, "org_budgets": org, "periods": PERIODS,
         "archived": [t for t in await state.db(state.catalog.teams, True) if t["archived_at"]],
-        "models_from": "org" if models else "any", "models": models["models"] if models else []})
+        "models_from": "org" if models else "any", "models": models["models"] if models else [],
+        **await limits_context(request, [("org", "")])})
 
 
 @allow(*ADMINS)
@@ -131,11 +133,12 @@ async def team(request: web.Request) -> web.StreamResponse:
         "spent_month": found.get(("team", row["id"], "monthly"), 0),
         "since": start,
         "blocked": blocked.blocked_now(use), "badges": blocked.member_badges(use, members),
-        "refused_today": await blocked.refused_since(request, now.date(), row["id"]),
+        "refused_today": await blocked.refused_since(request, today(), row["id"]),
         "refused_since": start,
         "refused_since_count": await blocked.refused_since(request, start, row["id"]),
         "refused_url": url(request, "requests", {"status": "refused", "team": row["id"],
-                                                 "start": now.date().isoformat()}),
+                                                 "start": today().isoformat()}),
+        **await limits_context(request, [("team", row["id"]), ("team_member", row["id"])]),
     })
 
 

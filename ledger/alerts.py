@@ -20,7 +20,7 @@ import apprise
 import orjson
 from redis.exceptions import RedisError
 
-from ledger import alert_rules, caps, forecasts
+from ledger import alert_rules, caps, forecasts, ops_counts
 from ledger.catalog import Catalog, CatalogError, NotFound
 from ledger.keyspace import KeySpace
 from ledger.money import format_usd
@@ -35,7 +35,9 @@ EVENTS = {
     "forecast": "Forecast to pass the cap this period",
     "unusual": "Unusual spend: a developer's day far above their usual",
     "upstream": "Upstream errors",
+    "fallback": "Upstream fallbacks: a provider failing over to the next",
     "redis": "Redis outage",
+    "replay": "Spool or journal replay after a Redis outage or data loss",
     "increase": "Increase requested",
     "developer": "Email the developer concerned (email destinations)",
     "digest_daily": "Daily digest for finance",
@@ -316,6 +318,37 @@ async def evaluate_ledger(alerter: Alerter, catalog: Catalog,
         body = (f"{errors} requests failed upstream (5xx) since {hour:%Y-%m-%d %H:%M} UTC; "
                 "see the requests page.")
         sent += await alerter.fire("upstream", f"upstream:{hour:%Y%m%d%H}", 7200, title, body)
+    return sent
+
+
+async def evaluate_ops(alerter: Alerter, now: datetime | None = None) -> int:
+    """The alerts the proxies' reports raise (ledger.ops_counts): a provider failing over to
+    the next, once per UTC hour and pair of providers; spooled settlements replayed after a
+    Redis outage, and journals replayed after Redis lost data, once per UTC hour each.
+    Returns how many events were sent."""
+    at = (now or datetime.now(UTC)).astimezone(UTC)
+    hour = f"{at:%Y-%m-%d %H}:00 UTC"
+    sent = 0
+    for name, n in sorted((await ops_counts.read(alerter.redis, alerter.keyspace, at)).items()):
+        if name.startswith(ops_counts.FALLBACK):
+            provider, _, next_provider = name.removeprefix(ops_counts.FALLBACK).partition(">")
+            sent += await alerter.fire(
+                "fallback", f"fallback:{at:%Y%m%d%H}:{provider}>{next_provider}", 7200,
+                f"Provider {provider} is failing over to {next_provider}",
+                f"{n} request(s) that {provider} failed before answering were passed to "
+                f"{next_provider} since {hour}.")
+        elif name == ops_counts.SPOOL and n:
+            sent += await alerter.fire(
+                "replay", f"replay:spool:{at:%Y%m%d%H}", 7200,
+                "Spooled usage replayed after a Redis outage",
+                f"{n} settlement(s) the proxies spooled while Redis was away reached it since "
+                f"{hour}; the ledger counts them once.")
+        elif name == ops_counts.JOURNAL and n:
+            sent += await alerter.fire(
+                "replay", f"replay:journal:{at:%Y%m%d%H}", 7200,
+                "Redis lost data: the proxies replayed their journals",
+                f"{n} proxy journal replay(s) since {hour}: Redis came back without "
+                "settlements it had taken; the journals gave them back.")
     return sent
 
 

@@ -137,6 +137,7 @@ class Gate:
         self.journal = journal  # every settlement, kept until the ledger has it
         self.keyspace = keyspace
         self.spool = spool
+        self.spool_replayed = 0  # settlements replayed from the spool (ledger.ops_counts)
         self.fail_open = fail_open
         self.reservation_ttl = reservation_ttl
         self.thresholds = thresholds
@@ -493,6 +494,8 @@ class Gate:
                 journal.append(entry)
                 return await self.apply(entry)
         try:
-            return await self.spool.replay(apply)
+            replayed = await self.spool.replay(apply)
         except RedisError:
             return 0
+        self.spool_replayed += replayed
+        return replayed

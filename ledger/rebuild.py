@@ -12,6 +12,9 @@ events settled since the flush, so this runs before the rollup reads a new strea
 settlement replayed after the flush although it had been rolled up before (its "already
 settled" marker was lost too) is in both; its amounts are subtracted once.
 
+Per-model caps' counters (ledger/model_caps.py) are rebuilt the same way, from DuckDB's
+per-model daily sums, so that a flush cannot reopen a model cap.
+
 Not rebuilt: threshold markers (`w75`...) and reservations (`held`, none exist yet: admission
 was refused), and counters of periods that already ended.
 """
@@ -27,7 +30,9 @@ from typing import Any
 import duckdb
 from redis.exceptions import WatchError
 
+from ledger import caps
 from ledger.keyspace import KeySpace
+from ledger.model_caps import Matcher
 from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
 from ledger.settlement import FIELDS, SPENT, TOKEN_COUNTERS, entry_values
 
@@ -36,6 +41,7 @@ Db = Callable[..., Awaitable[Any]]
 
 SCOPES = ("developer", "team", "org")
 Sums = dict[str, int]
+ModelCap = tuple[str, str, str, Matcher]  # scope, scope_id, period, its models
 
 
 def _fields(cost: int, tokens: dict[str, int], daily: bool) -> Sums:
@@ -48,15 +54,18 @@ def _fields(cost: int, tokens: dict[str, int], daily: bool) -> Sums:
 class Counters:
     """Amounts to add, per counter key and field."""
 
-    def __init__(self, keyspace: KeySpace, now: datetime) -> None:
-        self.keyspace, self.now = keyspace, now
+    def __init__(self, keyspace: KeySpace, now: datetime,
+                 model_caps: tuple[ModelCap, ...] = ()) -> None:
+        self.keyspace, self.now, self.model_caps = keyspace, now, model_caps
         self.starts = {p: period_start(p, now).date() for p in PERIODS}
         self.ends = {p: period_end(p, now).date() for p in PERIODS}
         self.amounts: dict[str, Sums] = {}
         self.ttl: dict[str, int] = {}
 
     def add(self, day: date, developer_id: str, team_id: str, cost: int,
-            tokens: dict[str, int], sign: int = 1) -> None:
+            tokens: dict[str, int], sign: int = 1, model: str = "") -> None:
+        if model:
+            self._add_model(day, developer_id, team_id, model, sign * cost)
         for period in PERIODS:
             if not self.starts[period] <= day < self.ends[period]:
                 continue
@@ -67,6 +76,22 @@ class Counters:
                 sums = self.amounts.setdefault(key, defaultdict(int))
                 for name, value in fields.items():
                     sums[name] += sign * value
+
+    def _add_model(self, day: date, developer_id: str, team_id: str, model: str,
+                   cost: int) -> None:
+        """The per-model caps' counters `model`'s spend counts in (settle.lua adds only
+        `spent` to them); each counter once, though a developer's cap and their team's
+        per-member cap on the same models share one."""
+        keys = set()
+        for scope, scope_id, period, matcher in self.model_caps:
+            if (self.starts[period] <= day < self.ends[period]
+                    and caps.applies(scope, scope_id, developer_id, team_id) and matcher(model)):
+                counter = caps.counter(scope, scope_id, developer_id)
+                key = self.keyspace.model_counter(*counter, period, self.now, matcher.models)
+                keys.add(key)
+                self.ttl[key] = COUNTER_TTL[period]
+        for key in keys:
+            self.amounts.setdefault(key, defaultdict(int))[SPENT] += cost
 
 
 async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyConnection,
@@ -79,17 +104,19 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
     if await redis.exists(keyspace.ready):
         return False
     at = (now or datetime.now(UTC)).astimezone(UTC)
-    counters = Counters(keyspace, at)
+    model_caps = await db(_model_caps, conn)
+    counters = Counters(keyspace, at, model_caps)
     first, end = min(counters.starts.values()), max(counters.ends.values())
     events = await _stream_events(redis, keyspace, first, end)
     rows, seen = await db(_history, conn, first, end, [e["id"] for e in events])
-    for day, developer_id, team_id, cost, *tokens in rows:
+    for day, developer_id, team_id, model, cost, *tokens in rows:
         counters.add(day, developer_id, team_id, int(cost),
-                     dict(zip(TOKEN_COUNTERS.values(), map(int, tokens), strict=True)))
+                     dict(zip(TOKEN_COUNTERS.values(), map(int, tokens), strict=True)),
+                     model=model)
     twice = [event for event in events if event["id"] in seen]
     for event in twice:  # in DuckDB and already in the fresh counters: once only
         counters.add(event["day"], event["developer_id"], event["team_id"],
-                     event["cost_micros"], event, sign=-1)
+                     event["cost_micros"], event, sign=-1, model=event["model"])
     async with redis.pipeline(transaction=True) as pipe:
         try:
             await pipe.watch(keyspace.ready)
@@ -139,10 +166,11 @@ async def subtract(redis: Any, keyspace: KeySpace, rows: list[tuple[Any, ...]],
 
 def _history(conn: duckdb.DuckDBPyConnection, first: date, end: date,
              stream_ids: list[str]) -> tuple[list[tuple[Any, ...]], set[str]]:
-    """Daily sums per developer and team since `first`, and which stream ids DuckDB holds."""
+    """Daily sums per developer, team and model since `first`, and which stream ids DuckDB
+    holds."""
     tokens = ", ".join(f"sum({col})" for col in TOKEN_COUNTERS.values())
     rows = conn.execute(
-        "SELECT day, developer_id, team_id, sum(cost_micros), "
+        "SELECT day, developer_id, team_id, model, sum(cost_micros), "
         f"{tokens} FROM usage_daily WHERE day >= ? AND day < ? GROUP BY ALL",
         [first, end]).fetchall()
     seen: set[str] = set()
@@ -152,6 +180,12 @@ def _history(conn: duckdb.DuckDBPyConnection, first: date, end: date,
             "(SELECT unnest($3::VARCHAR[]))", [first, end, stream_ids]).fetchall()
         seen = {r[0] for r in found}
     return rows, seen
+
+
+def _model_caps(conn: duckdb.DuckDBPyConnection) -> tuple[ModelCap, ...]:
+    rows = conn.execute("SELECT scope, scope_id, period, models FROM model_budgets").fetchall()
+    return tuple((scope, scope_id, period, Matcher(tuple(models)))
+                 for scope, scope_id, period, models in rows)
 
 
 _INT_FIELDS = ("ts_ms", "cost_micros", *TOKEN_COUNTERS.values())
@@ -167,7 +201,8 @@ async def _stream_events(redis: Any, keyspace: KeySpace, first: date,
         for entry_id, fields in chunk:
             values = dict(zip(FIELDS, entry_values(fields), strict=True))
             event: dict[str, Any] = {
-                name: _text(values[name]) for name in ("id", "developer_id", "team_id")}
+                name: _text(values[name]) for name in ("id", "developer_id", "team_id",
+                                                       "model")}
             for name in _INT_FIELDS:
                 try:
                     event[name] = int(values[name] or 0)

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -14,6 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from redis.exceptions import RedisError
 
+from ledger import ops_counts
 from ledger.gate import Estimate, Gate
 from ledger.keyspace import KeySpace
 from ledger.policy import KeyRefused, Policy, Principal, load_policy
@@ -69,6 +71,8 @@ class ProxyState:
     request_ids: RequestIds = field(default_factory=RequestIds)
     access_log: AccessLog | None = None  # None: no access log (log level above info)
     relays: set[Relay] = field(default_factory=set)  # under way; cut at the shutdown grace
+    # Fallbacks and replays told to the admin's alert job (ledger.ops_counts).
+    ops: ops_counts.Reporter = field(default_factory=ops_counts.Reporter)
 
 
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
@@ -127,10 +131,21 @@ class ProxyState:
                     replayed = await self.gate.replay_spool()
                     if replayed:
                         log.info("replayed %d spooled settlements", replayed)
+                    await self.report_ops()
             except RedisError as exc:
                 log.warning("cannot refresh policy from redis: %s", exc)
             except Exception:  # a bad file or a bug: this loop must outlive it, or revocations stop
                 log.exception("proxy maintenance failed; trying again")
+
+    async def report_ops(self, at: datetime | None = None) -> None:
+        """Add this process's fallbacks and replays since its last report to the hour's counts
+        in Redis, which the admin's alert job reads."""
+        totals = {ops_counts.fallback(provider, next_provider): n
+                  for (provider, next_provider), n in self.metrics.fallbacks.items()}
+        totals[ops_counts.SPOOL] = self.gate.spool_replayed
+        if self.gate.journal is not None:
+            totals[ops_counts.JOURNAL] = self.gate.journal.replays
+        await self.ops.send(self.redis, self.keyspace, totals, at or datetime.now(UTC))
 
     async def follow_reloads(self) -> None:
         """Reload providers when the dashboard's reload counter moved since we last looked."""

@@ -9,20 +9,25 @@ import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 
 from dashboard.state import AdminState
+from ledger import ops_counts
 from ledger.alerts import (
     Alerter,
     Destinations,
     evaluate_budgets,
     evaluate_ledger,
+    evaluate_ops,
     mask,
     send_digest,
 )
@@ -33,9 +38,13 @@ from ledger.redis_client import connect_redis
 from ledger.settlement import SPENT
 from meterd.alert_jobs import schedule_alerts
 from meterd.ports import free_port
-from tests.conftest import RedisServer, need
+from proxy.state import ProxyState
+from tests.conftest import Gateway, RedisServer, need
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Dashboard
+from tests.test_strict_caps import proxies
+
+__all__ = ["proxies"]  # the fixture, used by name
 
 ROOT = Path(__file__).parent.parent
 MID_MONTH = datetime(2026, 12, 16, 12, 0, tzinfo=UTC)  # half of December gone
@@ -322,6 +331,52 @@ async def test_a_redis_outage_is_told_once_when_redis_answers_again(
         catalog.conn.close()
 
 
+async def test_a_redis_outage_is_told_once_by_two_admins_that_noticed_it_at_other_minutes(
+        own_redis: RedisServer, tmp_path: Path,
+        webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
+    ticks, states = [], []
+    # Each admin process has its own DuckDB file and its own clock: one finds Redis away at
+    # 12:00:59, the other at 12:01:01.
+    for name, noticed in (("one", MID_MONTH + timedelta(seconds=59)),
+                          ("two", MID_MONTH + timedelta(seconds=61))):
+        catalog = Catalog(connect(tmp_path / f"{name}.duckdb"))
+        Destinations(catalog).add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+                                  ["redis"])
+        state = AdminState(catalog, connect_redis(own_redis.url), KeySpace(), "")
+        jobs = Jobs()
+        schedule_alerts(jobs, state, (75, 95), 1.0,  # type: ignore[arg-type]
+                        clock=partial(lambda at: at, noticed))
+        ticks.append(jobs.jobs["alerts"])
+        states.append(state)
+    one, two = ticks
+
+    async def outage(noticed_by: list[Any], save: bool) -> None:
+        own_redis.stop(save=save)
+        for tick in noticed_by:
+            await tick()
+        own_redis.start()
+        for _ in range(2):  # the first command may meet the old connection, and fail
+            await asyncio.gather(one(), two())
+
+    try:
+        await asyncio.gather(one(), two())
+        await outage([one, two], save=True)  # Redis comes back with its data
+        assert [m["title"] for m in got] == ["Redis was unreachable"]
+        assert got[0]["message"].startswith("From about 2026-12-16 12:00:59 UTC") or \
+            got[0]["message"].startswith("From about 2026-12-16 12:01:01 UTC")
+        await outage([two], save=False)  # back empty; only one admin looked meanwhile
+        assert len(got) == 2
+        await outage([one, two], save=False)  # back empty, both saw it
+        await outage([one, two], save=True)
+        assert [m["title"] for m in got] == ["Redis was unreachable"] * 4
+    finally:
+        for state in states:
+            await state.redis.aclose()
+            state.executor.shutdown(wait=True)
+            state.catalog.conn.close()
+
+
 async def test_a_team_destination_hears_its_own_team_only(
         redis: Any, tmp_path: Path, webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
     server, got = webhook
@@ -387,3 +442,154 @@ async def test_without_redis_an_event_is_not_sent_rather_than_sent_twice(
     finally:
         await away.aclose()
     assert got == []
+
+
+async def test_fallbacks_and_replays_reach_the_webhook_once_across_two_proxies_and_a_restart(
+        gateway: Gateway, proxies: list[tuple[str, ProxyState]], tmp_path: Path,
+        webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    """The proxies' in-process counts are raised here as routing (proxy.metrics.fallbacks),
+    Gate.replay_spool and Journal.watch raise them; their reports and the alerts are real."""
+    server, got = webhook
+    (_, one), (_, two) = proxies
+    redis = gateway.admin.redis
+    at = MID_MONTH + timedelta(minutes=5)
+    one.metrics.fallbacks[("bedrock", "anthropic")] += 2
+    two.metrics.fallbacks[("bedrock", "anthropic")] += 1
+    two.metrics.fallbacks[("vertex", "anthropic")] += 1
+    one.gate.spool_replayed += 3
+    assert two.gate.journal is not None
+    two.gate.journal.replays += 1
+    for state in (one, two):
+        await state.report_ops(at)
+        await state.report_ops(at)  # nothing grew: nothing added again
+    assert await ops_counts.read(redis, KeySpace(), at) == {
+        "fallback:bedrock>anthropic": 3, "fallback:vertex>anthropic": 1, "spool": 3,
+        "journal": 1}
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    def admin(name: str) -> Alerter:  # an admin process: its own DuckDB file, the one Redis
+        catalog = Catalog(connect(tmp_path / f"{name}.duckdb"))
+        dests = Destinations(catalog)
+        if not dests.shown():
+            dests.add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+                      ["fallback", "replay"])
+        return Alerter(dests, db, redis, KeySpace(), backoff=0.01)
+
+    first, second = admin("one"), admin("two")
+    sent = await asyncio.gather(evaluate_ops(first, at), evaluate_ops(second, at))
+    assert sum(sent) == 4
+    first.destinations.catalog.conn.close()
+    assert await evaluate_ops(admin("one"), at) == 0  # restarted: nothing again
+    one.metrics.fallbacks[("bedrock", "anthropic")] += 5  # more of the same, this hour
+    await one.report_ops(at)
+    assert await evaluate_ops(second, at + timedelta(minutes=1)) == 0
+    assert sorted(m["title"] for m in got) == [
+        "Provider bedrock is failing over to anthropic",
+        "Provider vertex is failing over to anthropic",
+        "Redis lost data: the proxies replayed their journals",
+        "Spooled usage replayed after a Redis outage"]
+    told = next(m for m in got if m["title"].startswith("Provider bedrock"))
+    assert told["message"] == ("3 request(s) that bedrock failed before answering were passed "
+                               "to anthropic since 2026-12-16 12:00 UTC.")
+    next_hour = at + timedelta(hours=1)  # a new hour is a new period
+    one.metrics.fallbacks[("bedrock", "anthropic")] += 1
+    await one.report_ops(next_hour)
+    assert await evaluate_ops(second, next_hour) == 1
+    assert len(got) == 5
+
+
+BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
+                     "messages": [{"role": "user", "content": "Hello"}]})
+COST = 4500  # the mock's answer: 1200 × $3 + 60 × $15 per MTok, in µ$ (as in test_outage)
+
+
+async def test_cap_events_from_spend_through_two_proxies_are_told_once_across_two_admins(
+        gateway: Gateway, proxies: list[tuple[str, ProxyState]], tmp_path: Path,
+        webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
+    key = await gateway.developer("Ada", "platform")
+    cat = gateway.admin.catalog
+    await gateway.change(cat.set_budget, "developer", "Ada", "monthly", 9 * COST)
+    for _, state in proxies:
+        await state.refresh_policy()
+    async with aiohttp.ClientSession() as session:
+        for i in range(9):  # the whole cap, alternating between the proxies
+            async with session.post(proxies[i % 2][0] + "/v1/messages", data=BODY,
+                                    headers={"x-api-key": key}) as resp:
+                assert resp.status == 200
+                await resp.read()
+    for _, state in proxies:
+        await state.drain()
+    # The admins' own DuckDB files hold the gateway's teams, developers and caps.
+    seed = tmp_path / "seed.duckdb"
+    copy = Catalog(connect(seed))
+    Destinations(copy).add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+                           ["threshold", "blocked", "forecast"])
+    copy.conn.close()
+
+    def export() -> None:
+        cat.conn.execute(f"ATTACH '{seed}' AS seed")
+        for table in ("teams", "developers", "budgets"):
+            cat.conn.execute(f"INSERT INTO seed.{table} SELECT * FROM {table}")
+        cat.conn.execute("DETACH seed")
+    await gateway.admin.db(export)
+    for name in ("one", "two"):
+        shutil.copy(seed, tmp_path / f"{name}.duckdb")
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    async def tick(name: str) -> int:  # one admin process's tick, on its own DuckDB file
+        catalog = Catalog(connect(tmp_path / f"{name}.duckdb"))
+        try:
+            alerter = Alerter(Destinations(catalog), db, gateway.admin.redis, KeySpace(),
+                              backoff=0.01)
+            return await evaluate_budgets(alerter, catalog, (75, 95))
+        finally:
+            catalog.conn.close()
+
+    assert sum(await asyncio.gather(tick("one"), tick("two"))) == 2
+    assert await tick("one") == await tick("two") == 0  # restarted: nothing again
+    # Spent $0.0405 of $0.0405: the highest threshold and the cap, each once.
+    assert sorted(m["title"] for m in got) == ["Developer Ada: 95% of the monthly cap",
+                                               "Developer Ada: monthly cap reached"]
+
+
+async def test_ledger_events_and_digests_are_told_once_across_two_admins_and_a_restart(
+        tmp_path: Path, redis: Any, webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
+    seed = tmp_path / "seed.duckdb"
+    catalog = Catalog(connect(seed))
+    Destinations(catalog).add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook",
+                              ["unusual", "upstream", "digest_daily", "digest_weekly"])
+    today = MID_MONTH.date()
+    for n in range(1, 7):
+        _day(catalog.conn, today - timedelta(days=n), "dev_ada", parse_usd("2"))
+    _day(catalog.conn, today, "dev_ada", parse_usd("10"))
+    for n in range(10):
+        _request_row(catalog.conn, f"r{n}", MID_MONTH.replace(tzinfo=None), 503)
+    catalog.conn.close()
+    for name in ("one", "two"):
+        shutil.copy(seed, tmp_path / f"{name}.duckdb")
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    async def tick(name: str) -> int:
+        catalog = Catalog(connect(tmp_path / f"{name}.duckdb"))
+        try:
+            alerter = Alerter(Destinations(catalog), db, redis, KeySpace(), backoff=0.01)
+            sent = await evaluate_ledger(alerter, catalog, MID_MONTH)
+            for days in (1, 7):
+                sent += await send_digest(alerter, catalog, days, MID_MONTH)
+            return sent
+        finally:
+            catalog.conn.close()
+
+    assert sum(await asyncio.gather(tick("one"), tick("two"))) == 4
+    assert await tick("one") == await tick("two") == 0  # restarted: nothing again
+    assert sorted(m["title"] for m in got) == [
+        "The provider is failing requests", "Unusual spend: dev_ada",
+        "meterd daily digest, 2026-12-16", "meterd weekly digest, 2026-12-16"]

@@ -63,7 +63,7 @@ async def test_overview_lists_who_is_blocked_by_which_cap_until_when(
     # Only Ada: the pool (13,500 of 1,010,000 µ$ with the grant) and Bob (9,000 of 10,000)
     # are not refusing.
     assert rows == [["Ada blocked", "developer Ada, daily", "$0.00", "$0.00",
-                     f"{tomorrow} 00:00"]]
+                     f"{tomorrow} 00:00 UTC"]]  # the org zone named
     assert one(page, "#refused-count").get_text(" ", strip=True).startswith(
         "1 refused by the gateway today · 1 since")
     link = one(page, "#refused-count a")["href"]

@@ -126,6 +126,14 @@ PAGES: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
     "set_developer_budget": ("/developers/{dev}/budget", {"amount": "50"}, team_change()),
     "grant_to_developer": ("/developers/{dev}/grant", {"amount": "5", "until": TOMORROW,
                                                        "reason": "on call"}, change()),
+    "set_developer_model_cap": ("/developers/{dev}/model_caps", {
+        "models": "opus", "amount": "50", "period": "monthly", "mode": "strict"}, change()),
+    "set_team_model_cap": ("/teams/{team}/model_caps", {
+        "models": "opus", "amount": "50", "scope": "team_member"}, change()),
+    "set_org_model_cap": ("/org/model_caps", {"models": "claude-haiku-*", "amount": "500"},
+                          change()),
+    "delete_model_cap": ("/model_caps/{model_budget_html}/delete", {}, change()),
+    "revoke_grant_form": ("/grants/{grant_html}/revoke", {}, change()),
     "set_developer_limits": ("/developers/{dev}/limits", {"concurrency": "3"},
                              team_change()),
     "set_developer_disabled": ("/developers/{dev_life}/disabled", {"disabled": "1"},
@@ -211,6 +219,24 @@ APIS: dict[str, tuple[str, dict[str, Any] | None, dict[str, int]]] = {
                                           "amount_usd": "5", "expires_at": TOMORROW},
                          api_change(201)),
     "api.revoke_grant": (f"{V1}/grants/{{grant_api}}/revoke", {}, api_change()),
+    "api.alert_destinations": (f"{V1}/alerts/destinations", None, api_read()),
+    "api.add_alert_destination": (f"{V1}/alerts/destinations", {
+        "label": "api hook", "url": "json://127.0.0.1:9/hook", "events": ["blocked"]},
+        api_change(201)),
+    "api.remove_alert_destination": (f"{V1}/alerts/destinations/{{dest_remove_api}}", None,
+                                     api_change()),
+    "api.test_alert_destination": (f"{V1}/alerts/destinations/{{dest_test}}/test", {},
+                                   api_change()),
+    "api.alert_log": (f"{V1}/alerts/log", None, api_read()),
+    "api.increases": (f"{V1}/increases", None, api_read()),
+    # A developer asks with their own gateway key; no admin key is a developer.
+    "api.ask_increase": (f"{V1}/increases", {"amount_usd": "25", "days": 7,
+                                             "reason": "from the API"},
+                         {**api_read(), "developer": 201, "finance": 403, "admin": 403}),
+    "api.approve_increase": (f"{V1}/increases/{{increase_approve_api}}/approve",
+                             {"amount_usd": "25", "days": 7}, api_change()),
+    "api.deny_increase": (f"{V1}/increases/{{increase_deny_api}}/deny", {"reason": "no"},
+                          api_change()),
     "api.model_budgets": (f"{V1}/model_budgets", None, api_read()),
     "api.set_model_budget": (f"{V1}/model_budgets", {
         "scope": "team", "target": "{team}", "period": "daily", "models": ["opus"],
@@ -279,11 +305,13 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
             "budget_html_lead": ("developer", dev, "daily")}.items():
         ids[name] = (await gw.admin.db(catalog.set_budget, scope, ref, period,
                                        parse_usd("100")))["id"]
-    ids["model_budget_api"] = (await gw.admin.db(
-        ModelCaps(catalog).set, "org", "", "weekly", ["haiku"], 1))["id"]
-    ids["grant_api"] = (await gw.admin.db(
-        grants.create_grant, catalog, "org", "", 1, datetime.now(UTC) + timedelta(days=1),
-        "seed", "a grant to revoke"))["id"]
+    for name, period in (("model_budget_api", "weekly"), ("model_budget_html", "daily")):
+        ids[name] = (await gw.admin.db(
+            ModelCaps(catalog).set, "org", "", period, ["haiku"], 1))["id"]
+    for name in ("grant_api", "grant_html"):
+        ids[name] = (await gw.admin.db(
+            grants.create_grant, catalog, "org", "", 1, datetime.now(UTC) + timedelta(days=1),
+            "seed", "a grant to revoke"))["id"]
     for n in range(1, 6):
         await gw.admin.db(accounts.create_user, f"victim{n}", "", "finance",
                           password_hash=hash_password("victim's password"))
@@ -304,11 +332,11 @@ async def _seed(dash: Dashboard) -> dict[str, str]:
     for scope in ("org", team):
         await gw.admin.db(AllowedModels(catalog).set, scope, ["claude-sonnet-4-6"])
     for name in ("increase_approve", "increase_approve_lead", "increase_deny",
-                 "increase_deny_lead"):
+                 "increase_deny_lead", "increase_approve_api", "increase_deny_api"):
         ids[name] = (await gw.admin.db(Increases(catalog).ask, dev, "monthly",
                                        parse_usd("25"), 7, "seed", actor="seed"))["id"]
     # Nothing listens on the discard port: a test to it fails fast, and is logged.
-    for name in ("dest_remove", "dest_test"):
+    for name in ("dest_remove", "dest_test", "dest_remove_api"):
         ids[name] = (await gw.admin.db(Destinations(catalog).add, "org", "", name,
                                        "json://127.0.0.1:9/hook", ["blocked"]))["id"]
     await gw.admin.publish()

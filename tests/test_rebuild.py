@@ -16,6 +16,7 @@ import pytest
 
 from ledger.gate import BudgetExceeded, Estimate, Gate, MeteringUnavailable, Ticket
 from ledger.keyspace import KeySpace
+from ledger.model_caps import Matcher
 from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
 from ledger.policy import Cap, Principal
 from ledger.pricing import Cost
@@ -45,7 +46,8 @@ def principal(dev: str, caps: tuple[Cap, ...] = ()) -> Principal:
 async def settle(gate: Gate, event: dict[str, Any], caps: tuple[Cap, ...] = ()) -> Ticket:
     """Admit and settle one request as the proxy does, at the event's start time."""
     at = datetime.fromtimestamp(event["ts_ms"] / 1000, UTC)
-    ticket = await gate.admit(principal(event["developer_id"], caps), event["id"], SMALL, at)
+    ticket = await gate.admit(principal(event["developer_id"], caps), event["id"], SMALL, at,
+                              model=event["model"])
     usage = Usage(**{f: event[f] for f in ("input_tokens", "output_tokens", "cache_write_5m",
                                            "cache_write_1h", "cache_read", "web_search",
                                            "service_tier", "speed", "inference_geo")})
@@ -189,6 +191,48 @@ async def test_an_exhausted_budget_stays_exhausted_after_a_flush(
         await gate.admit(principal("dev_a", caps), "later", SMALL, NOW)
     assert refused.value.cap.period == period
     assert refused.value.resets_at == period_end(period, NOW)
+
+
+@pytest.mark.parametrize(("scope", "scope_id", "counted"), [
+    ("developer", "dev_a", ("developer", "dev_a")),
+    ("team_member", "team_x", ("developer", "dev_a")),  # compared with the member's own spend
+    ("team", "team_x", ("team", "team_x")),
+    ("org", "", ("org", "")),
+])
+async def test_a_per_model_cap_still_refuses_after_a_flush(
+        redis: Any, gate: Gate, scope: str, scope_id: str, counted: tuple[str, str]) -> None:
+    opus = ("opus",)
+    # The policy names a per-member cap by the member; the catalog by the team.
+    cap = Cap("mbud_1", scope, "dev_a" if scope == "team_member" else scope_id, "cap",
+              "monthly", 1_000_000, "estimate", models=opus, matches=Matcher(opus))
+    conn = fresh_db()
+    conn.execute("INSERT INTO model_budgets VALUES ('mbud_1', ?, ?, 'monthly', ['opus'], "
+                 "'opus', 1000000, 'estimate', ?)", [scope, scope_id, NOW.replace(tzinfo=None)])
+    rollup = Rollup(redis, KS, conn, inline_db, clock=lambda: NOW)
+    await rollup.run_once()
+    spend = this_period_events(12, seed=6, prefix="opus_")
+    start = int(datetime(2026, 3, 2, 9, tzinfo=UTC).timestamp() * 1000)  # this month
+    for i, e in enumerate(spend):
+        e.update(developer_id="dev_a", team_id="team_x", key_id="key_dev_a", cost_micros=100_000,
+                 ts_ms=start + i * 86_400_000 // 8, model="claude-opus-4-8")
+    spend[10]["model"] = spend[11]["model"] = "claude-sonnet-4-5"  # not counted by the cap
+    for e in spend:
+        await settle(gate, e, (cap,))  # ten Opus requests of $0.10: the whole $1
+    counter = KS.model_counter(*counted, "monthly", NOW, opus)
+    assert int(await redis.hget(counter, "spent")) == 1_000_000
+    with pytest.raises(BudgetExceeded):
+        await gate.admit(principal("dev_a", (cap,)), "next", SMALL, NOW, model="claude-opus-4-8")
+    await rollup.run_once()
+
+    await redis.flushall()  # Redis restarts empty
+    await rollup.run_once()  # rebuilds the counters from DuckDB, the model cap's with them
+    assert int(await redis.hget(counter, "spent")) == 1_000_000  # the Sonnet $0.20 left out
+    with pytest.raises(BudgetExceeded) as refused:
+        await gate.admit(principal("dev_a", (cap,)), "later", SMALL, NOW,
+                         model="us.anthropic.claude-opus-4-8-v1:0")
+    assert refused.value.cap.models == opus
+    await gate.admit(principal("dev_a", (cap,)), "sonnet", SMALL, NOW,
+                     model="claude-sonnet-4-5")  # other models still pass
 
 
 async def test_nothing_is_rebuilt_while_the_counters_are_intact(redis: Any,
