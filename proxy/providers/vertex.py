@@ -29,7 +29,7 @@ from proxy.providers.base import (
     ProviderUnavailable,
     Relayed,
     foreign_form,
-    merge_betas,
+    platform_betas,
     public_error,
     public_message,
     replay,
@@ -194,11 +194,7 @@ class VertexProvider(CloudProvider):
 
     async def _request_headers(self, incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         headers = self._headers.request_headers(incoming.items())
-        if "anthropic-beta" in headers:
-            betas = merge_betas(headers.popone("anthropic-beta"), None, self.drop_betas,
-                                self.rename_betas)
-            if betas:
-                headers["anthropic-beta"] = ",".join(betas)
+        platform_betas(headers, self.drop_betas, self.rename_betas)
         headers["authorization"] = f"Bearer {await self.tokens.token()}"
         return headers
 
