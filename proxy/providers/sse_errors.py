@@ -37,6 +37,8 @@ class PublicErrors:
         self._start = True  # no line read yet
 
     def feed(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
         if self._cr and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._cr = False
