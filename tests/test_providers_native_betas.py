@@ -32,22 +32,22 @@ def bedrock_sent(bedrock: Served) -> Sent:
     return out
 
 
-def vertex_sent(vertex: Served) -> Sent:
+def header_sent(records: list[dict[str, Any]]) -> Sent:
+    """(betas, body fields) of model calls with the betas in the `anthropic-beta` header."""
     out = []
-    for r in vertex.fake.recorded:
-        if "Predict" not in r["path"] or "count-tokens" in r["path"]:
-            continue
+    for r in records:
         betas = {b.strip() for b in r["headers"].get("anthropic-beta", "").split(",") if b}
         out.append((frozenset(betas), frozenset(orjson.loads(r["body"]))))
     return out
+
+
+def vertex_sent(vertex: Served) -> Sent:
+    return header_sent([r for r in vertex.fake.recorded
+                        if "Predict" in r["path"] and "count-tokens" not in r["path"]])
 
 
 def foundry_sent(foundry: Served) -> Sent:
-    out = []
-    for r in foundry.fake.recorded:
-        betas = {b.strip() for b in r["headers"].get("anthropic-beta", "").split(",") if b}
-        out.append((frozenset(betas), frozenset(orjson.loads(r["body"]))))
-    return out
+    return header_sent(foundry.fake.recorded)  # it records Messages calls only
 
 
 FOUNDRY_KEY = "foundry-resource-key"  # the fake Foundry's API key, for the native run
