@@ -300,7 +300,7 @@ class StreamMeter:
                 if isinstance(model, str):
                     self._model = model
         elif not self._error:
-            self._error = _error_type(event)
+            self._error = error_type_of(event)
 
 
 def meter_body(body: bytes) -> Metered:
@@ -314,14 +314,15 @@ def meter_body(body: bytes) -> Metered:
     model = doc.get("model")
     model = model if isinstance(model, str) else ""
     if doc.get("type") == "error" or "error" in doc:
-        return Metered(Usage(), False, _error_type(doc), model)
+        return Metered(Usage(), False, error_type_of(doc), model)
     usage = doc.get("usage")
     if not isinstance(usage, dict):
         return Metered(Usage(), True, "unparseable_response", model)
     return Metered(Usage.from_api(usage), False, "", model)
 
 
-def _error_type(envelope: dict[str, Any]) -> str:
+def error_type_of(envelope: dict[str, Any]) -> str:
+    """The `error.type` of an error envelope, as metered ("error" when it names none)."""
     error = envelope.get("error")
     kind = error.get("type") if isinstance(error, dict) else None
     return kind if isinstance(kind, str) and kind else "error"

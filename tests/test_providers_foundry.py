@@ -228,3 +228,21 @@ def test_foundry_with_entra_id_needs_no_key_and_auth_is_checked(tmp_path: Path) 
                     'auth = "password"\n')
     with pytest.raises(SettingsError, match=r"providers\.azure\.auth"):
         build_routing(Settings.load(path, {}), {"MTD_PROVIDER_AZURE_KEY": "secret"})
+
+
+async def test_foundry_gets_claude_codes_betas_as_its_native_foundry_mode_sends_them(
+        start_gateway: StartGateway, foundry: Served) -> None:
+    """The web-search beta joins Claude Code's (tests/test_providers_native_betas.py records
+    it from Claude Code itself); every other beta and the body go on as they came."""
+    gw = await start_gateway(providers={"azure": entra_provider(foundry)})
+    key = await gw.developer()
+    body = orjson.dumps(BODY)
+    for sent_betas, received in [
+            ("claude-code-20250219, effort-2025-11-24",
+             "claude-code-20250219,web-search-2025-03-05,effort-2025-11-24"),
+            ("effort-2025-11-24", "effort-2025-11-24")]:
+        resp = await gw.client.post("/v1/messages", data=body, headers={
+            "x-api-key": key, "anthropic-beta": sent_betas})
+        assert resp.status == 200, await resp.text()
+        sent = foundry.fake.recorded[-1]
+        assert sent["headers"]["anthropic-beta"] == received and sent["body"] == body

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import orjson
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ledger.pricing import PriceTable
 from proxy.providers.base import (
@@ -18,6 +18,7 @@ from proxy.providers.base import (
     Provider,
     foreign_form,
     load_json,
+    platform_betas,
     table_model,
 )
 from proxy.providers.entra import EntraTokens
@@ -61,12 +62,22 @@ class AnthropicProvider(Provider):
         return Outbound(upstream.url(path_qs), upstream.request_headers(headers.items()), body)
 
 
+# Betas as Claude Code's native Foundry mode (CLAUDE_CODE_USE_FOUNDRY) sends them, recorded
+# from the pinned Claude Code (tests/test_providers_native_betas.py): its requests with the
+# web-search beta besides, as its native Vertex mode's. It sends no beta the gateway mode
+# does not, and the same body fields: the body goes on unchanged.
+FOUNDRY_RENAME_BETAS: Mapping[str, tuple[str, ...]] = {
+    "claude-code-20250219": ("claude-code-20250219", "web-search-2025-03-05")}
+
+
 class FoundryProvider(AnthropicProvider):
     """Claude on Microsoft Foundry: the Anthropic Messages API under a resource's
     `/anthropic` path, with the resource's API key (sent as x-api-key) or a Microsoft Entra
-    ID token (`tokens`, sent as Bearer). Priced with its own multiplier like any provider."""
+    ID token (`tokens`, sent as Bearer), and the betas its native mode sends. Priced with its
+    own multiplier like any provider."""
 
     kind = "foundry"
+    rename_betas = FOUNDRY_RENAME_BETAS
 
     def __init__(self, name: str, base_url: str, key: str = "",
                  tokens: EntraTokens | None = None, models: Mapping[str, str] | None = None,
@@ -77,16 +88,19 @@ class FoundryProvider(AnthropicProvider):
 
     async def messages(self, path_qs: str, headers: CIMultiDictProxy[str], body: bytes,
                        model: str, stream: bool) -> Outbound:
-        return await self._signed(self._outbound(path_qs, headers, body, model))
+        return await self._for_foundry(self._outbound(path_qs, headers, body, model))
 
     async def count_tokens(self, path_qs: str, headers: CIMultiDictProxy[str],
                            body: bytes, model: str) -> Outbound:
-        return await self._signed(self._outbound(path_qs, headers, body, model))
+        return await self._for_foundry(self._outbound(path_qs, headers, body, model))
 
-    async def _signed(self, out: Outbound) -> Outbound:
+    async def _for_foundry(self, out: Outbound) -> Outbound:
+        """The request with the betas Foundry's native mode sends, and an Entra ID token."""
+        headers = CIMultiDict(out.headers)
+        platform_betas(headers, (), self.rename_betas)
         if self.tokens is not None:
-            out.headers["authorization"] = f"Bearer {await self.tokens.token()}"
-        return out
+            headers["authorization"] = f"Bearer {await self.tokens.token()}"
+        return Outbound(out.url, headers, out.body)
 
 
 def foundry_base_url(resource: str) -> str:

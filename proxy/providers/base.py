@@ -257,6 +257,16 @@ def merge_betas(header: str | None, body_betas: Any, drop: Iterable[str] = (),
     return out
 
 
+def platform_betas(headers: CIMultiDict[str], drop: Iterable[str],
+                   rename: Mapping[str, tuple[str, ...]]) -> None:
+    """The `anthropic-beta` header of a request to a platform that takes its betas there
+    (Vertex, Foundry), rewritten in place as Claude Code's native mode for it sends them
+    (`merge_betas`); none left, no header."""
+    betas = merge_betas(",".join(headers.popall("anthropic-beta", ())), None, drop, rename)
+    if betas:
+        headers["anthropic-beta"] = ",".join(betas)
+
+
 def foreign_form(model: str) -> bool:
     """Whether a model id is in a cloud platform's form (Bedrock id or ARN, Vertex `@`)."""
     return "anthropic." in model or model.startswith("arn:") or "@" in model

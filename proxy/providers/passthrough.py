@@ -5,7 +5,8 @@ gateway key as `Authorization: Bearer` (from ANTHROPIC_AUTH_TOKEN or AWS_BEARER_
 
 meterd authenticates the key, admits, forwards the body unchanged to a configured provider of
 that kind (signed with the organization's credential), relays the answer unchanged (Bedrock's
-event stream included) and meters a decoded copy of it.
+event stream included) but for the provider's error text (`Provider.native`), and meters a
+decoded copy of it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The model moves into the path and `anthropic_version` into the body; betas stay in the
 `anthropic-beta` header. Answers are Anthropic JSON and SSE already, so they pass unchanged,
-except Google-format error bodies, which become the Anthropic envelope. The bearer token comes
+except Google-format error bodies, which become the Anthropic envelope, and a stream's error
+events, whose text follows the rule of provider errors (`sse_errors`). The bearer token comes
 from a service account (google-auth), cached until shortly before it expires.
 """
 
@@ -28,11 +29,13 @@ from proxy.providers.base import (
     ProviderUnavailable,
     Relayed,
     foreign_form,
-    merge_betas,
+    platform_betas,
     public_error,
     public_message,
+    replay,
     table_model,
 )
+from proxy.providers.sse_errors import SSE, public_errors
 from proxy.upstream import AnthropicUpstream, response_headers
 
 log = logging.getLogger("meterd.providers")
@@ -191,18 +194,14 @@ class VertexProvider(CloudProvider):
 
     async def _request_headers(self, incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         headers = self._headers.request_headers(incoming.items())
-        if "anthropic-beta" in headers:
-            betas = merge_betas(headers.popone("anthropic-beta"), None, self.drop_betas,
-                                self.rename_betas)
-            if betas:
-                headers["anthropic-beta"] = ",".join(betas)
+        platform_betas(headers, self.drop_betas, self.rename_betas)
         headers["authorization"] = f"Bearer {await self.tokens.token()}"
         return headers
 
     def respond(self, response: aiohttp.ClientResponse, stream: bool,
                 first: bytes = b"") -> Relayed:
         if response.status < 400:
-            return super().respond(response, stream, first)  # unchanged
+            return self._answer(response, first)
         headers = response_headers(response.headers.items())
         headers.popall("content-type", None)
         headers["content-type"] = "application/json"
@@ -213,13 +212,22 @@ class VertexProvider(CloudProvider):
                first: bytes = b"") -> Relayed:
         """Vertex's answer for a Vertex-format client: errors in the shape Vertex gave them
         (`vertex_error`), everything else unchanged."""
-        if response.status < 400 or response.status in CREDENTIAL_REFUSED:
+        if response.status < 400:
+            return self._answer(response, first)
+        if response.status in CREDENTIAL_REFUSED:
             return super().native(response, stream, first)
         headers = response_headers(response.headers.items())
         headers.popall("content-type", None)
         headers["content-type"] = "application/json"
         return Relayed(response, _native_error(self.name, response, first), headers=headers,
                        content_type="application/json")
+
+    def _answer(self, response: aiohttp.ClientResponse, first: bytes) -> Relayed:
+        """A successful answer: unchanged, but for a stream's error events (`public_errors`)."""
+        chunks = replay(first, response)
+        if response.content_type == SSE:
+            chunks = public_errors(self.name, chunks)
+        return Relayed(response, chunks)
 
     async def count_tokens_answer(self, response: aiohttp.ClientResponse,
                                   payload: bytes) -> tuple[int, bytes]:

@@ -52,6 +52,8 @@ class Behaviour:
     status: int = 0  # answer model calls with this error (Google error format)
     message: str = "Vertex could not serve the request."  # that error's message
     envelope: bool = False  # that error in the Anthropic envelope (the model's own errors)
+    # (error.type, message) of an `event: error` sent after the fourth event, ending the stream
+    stream_error: tuple[str, str] | None = None
     token_lifetime: int = 3600
 
 
@@ -164,6 +166,11 @@ class FakeVertex:
                                  + orjson.dumps(event) + b"\n\n")
             if i == 0 and b.gap_ms:
                 await asyncio.sleep(b.gap_ms / 1000)
+            if i == 3 and b.stream_error is not None:
+                kind, text = b.stream_error
+                await response.write(b"event: error\ndata: " + orjson.dumps(
+                    {"type": "error", "error": {"type": kind, "message": text}}) + b"\n\n")
+                break
         await response.write_eof()
         return response
 
