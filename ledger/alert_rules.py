@@ -9,6 +9,9 @@ from typing import Any
 
 import duckdb
 
+from ledger import forecasts
+from ledger.periods import local_day
+
 HISTORY_DAYS = 28
 MIN_DAYS = 5  # fewer days of history than this says nothing about "usual"
 UNUSUAL_TIMES = 3  # a day this many times the median…
@@ -46,9 +49,11 @@ def upstream_errors(conn: duckdb.DuckDBPyConnection, hour: datetime) -> int:
     return int(found[0]) if found else 0
 
 
-def digest(conn: duckdb.DuckDBPyConnection, end: date, days: int) -> dict[str, Any]:
-    """Finance's digest of the `days` before `end`: spend, the same span before it, the
-    month so far and its linear forecast, and the developers whose spend moved most."""
+def digest(conn: duckdb.DuckDBPyConnection, now: datetime, days: int) -> dict[str, Any]:
+    """Finance's digest at `now` of the `days` before today (the org's days): spend, the same
+    span before it, the month so far and its month-end forecast (ledger.forecasts, as the
+    dashboard shows it), and the developers whose spend moved most."""
+    end = local_day(now)
     start, before = end - timedelta(days=days), end - timedelta(days=2 * days)
     per_dev = conn.execute("""
         SELECT u.developer_id, coalesce(d.name, u.developer_id),
@@ -58,16 +63,11 @@ def digest(conn: duckdb.DuckDBPyConnection, end: date, days: int) -> dict[str, A
         WHERE day >= ? AND day < ? GROUP BY ALL""", [start, start, before, end]).fetchall()
     movers = sorted(((name, int(n or 0) - int(b or 0)) for _, name, n, b in per_dev),
                     key=lambda m: (-abs(m[1]), m[0]))[:5]
-    month_start = (end - timedelta(days=1)).replace(day=1)
-    month = conn.execute("SELECT coalesce(sum(cost_micros), 0) FROM usage_daily WHERE "
-                         "day >= ? AND day < ?", [month_start, end]).fetchone()
-    month_micros = int(month[0]) if month else 0
-    next_month = (month_start + timedelta(days=32)).replace(day=1)
-    elapsed = (end - month_start).days
+    org = forecasts.month_end(conn, now=now)[0]
     return {
         "spent_micros": sum(int(n or 0) for _, _, n, _ in per_dev),
         "before_micros": sum(int(b or 0) for _, _, _, b in per_dev),
-        "month_micros": month_micros,
-        "forecast_micros": month_micros * (next_month - month_start).days // max(elapsed, 1),
+        "month_micros": org["spent_micros"],
+        "forecast_micros": org["projected_micros"],
         "movers": movers,
     }

@@ -24,7 +24,7 @@ from ledger import alert_rules, caps, forecasts, ops_counts
 from ledger.catalog import Catalog, CatalogError, NotFound
 from ledger.keyspace import KeySpace
 from ledger.money import format_usd
-from ledger.periods import period_end, period_start
+from ledger.periods import local_day, period_end, period_start
 from ledger.settlement import SPENT
 
 log = logging.getLogger("meterd.alerts")
@@ -299,7 +299,7 @@ async def evaluate_ledger(alerter: Alerter, catalog: Catalog,
 
     def read() -> tuple[list[dict[str, Any]], int, dict[str, dict[str, Any]]]:
         with catalog.lock:
-            return (alert_rules.unusual_spend(catalog.conn, at.date()),
+            return (alert_rules.unusual_spend(catalog.conn, local_day(at)),
                     alert_rules.upstream_errors(catalog.conn, hour),
                     {d["id"]: d for d in catalog.developers()})
     unusual, errors, devs = await alerter.db(read)
@@ -354,12 +354,12 @@ async def evaluate_ops(alerter: Alerter, now: datetime | None = None) -> int:
 
 async def send_digest(alerter: Alerter, catalog: Catalog, days: int,
                       now: datetime | None = None) -> bool:
-    """Finance's digest of the last `days` whole UTC days (1: daily, 7: weekly)."""
+    """Finance's digest of the last `days` whole days of the organization (1: daily, 7: weekly)."""
     at = (now or datetime.now(UTC)).astimezone(UTC)
 
     def read() -> dict[str, Any]:
         with catalog.lock:
-            return alert_rules.digest(catalog.conn, at.date(), days)
+            return alert_rules.digest(catalog.conn, at, days)
     found = await alerter.db(read)
     kind = "daily" if days == 1 else "weekly"
     lines = [f"Spent {format_usd(found['spent_micros'])} (the {days} day(s) before: "
@@ -369,5 +369,6 @@ async def send_digest(alerter: Alerter, catalog: Catalog, days: int,
              "Top movers: " + (", ".join(f"{name} {'+' if d >= 0 else '-'}"
                                          f"{format_usd(abs(d))}" for name, d in
                                          found["movers"]) or "none")]
-    return await alerter.fire(f"digest_{kind}", f"digest:{kind}:{at:%Y%m%d}", 86_400,
-                              f"meterd {kind} digest, {at:%Y-%m-%d}", "\n".join(lines))
+    day = local_day(at)  # once per day of the organization's
+    return await alerter.fire(f"digest_{kind}", f"digest:{kind}:{day:%Y%m%d}", 86_400,
+                              f"meterd {kind} digest, {day:%Y-%m-%d}", "\n".join(lines))

@@ -33,7 +33,7 @@ from redis.exceptions import WatchError
 from ledger import caps
 from ledger.keyspace import KeySpace
 from ledger.model_caps import Matcher
-from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
+from ledger.periods import COUNTER_TTL, PERIODS, local_day, period_end, start_day
 from ledger.settlement import FIELDS, SPENT, TOKEN_COUNTERS, entry_values
 
 log = logging.getLogger("meterd.rebuild")
@@ -57,8 +57,9 @@ class Counters:
     def __init__(self, keyspace: KeySpace, now: datetime,
                  model_caps: tuple[ModelCap, ...] = ()) -> None:
         self.keyspace, self.now, self.model_caps = keyspace, now, model_caps
-        self.starts = {p: period_start(p, now).date() for p in PERIODS}
-        self.ends = {p: period_end(p, now).date() for p in PERIODS}
+        # The organization's days, as the rollup files spend (periods.day_sql).
+        self.starts = {p: start_day(p, now) for p in PERIODS}
+        self.ends = {p: local_day(period_end(p, now)) for p in PERIODS}
         self.amounts: dict[str, Sums] = {}
         self.ttl: dict[str, int] = {}
 
@@ -208,7 +209,7 @@ async def _stream_events(redis: Any, keyspace: KeySpace, first: date,
                     event[name] = int(values[name] or 0)
                 except ValueError:
                     event[name] = 0
-            event["day"] = datetime.fromtimestamp(event["ts_ms"] // 1000, UTC).date()
+            event["day"] = local_day(datetime.fromtimestamp(event["ts_ms"] // 1000, UTC))
             event["entry"] = _text(entry_id)
             if event["id"] and first <= event["day"] < end:
                 events.append(event)

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 
 from dashboard.state import AdminState
-from ledger import ops_counts
+from ledger import ops_counts, periods
 from ledger.alerts import (
     Alerter,
     Destinations,
@@ -287,11 +287,29 @@ async def test_the_daily_digest_gives_spend_forecast_and_top_movers(
     assert await send_digest(alerter, catalog, 1, MID_MONTH)
     assert not await send_digest(alerter, catalog, 1, MID_MONTH)  # once a day
     assert [m["title"] for m in got] == ["meterd daily digest, 2026-12-16"]
-    # Month so far $65 over 15 days of December's 31: $65 × 31 / 15 = $134.333333.
+    # The month-end forecast the dashboard shows: $164 so far (today's $99 included) plus the
+    # last 7 complete days' average, $65 // 7 = $9.285714 a day, over the 15.5 days left:
+    # 164,000,000 + 9,285,714 × 1,339,200 // 86,400 = 307,928,567 µ$.
     assert got[0]["message"].splitlines() == [
         "Spent $35.00 (the 1 day(s) before: $30.00).",
-        "This month so far $65.00; forecast $134.33.",
+        "This month so far $164.00; forecast $307.93.",
         "Top movers: Ada +$20.00, Bob -$15.00"]
+
+
+async def test_the_digest_covers_the_organizations_yesterday(
+        hooked: tuple[Alerter, Catalog, list[dict[str, Any]]]) -> None:
+    alerter, catalog, got = hooked
+    catalog.create_team("platform")
+    ada = catalog.create_developer("Ada", "ada@example.com", "platform")["id"]
+    _day(catalog.conn, date(2026, 3, 6), ada, parse_usd("10"))
+    _day(catalog.conn, date(2026, 3, 7), ada, parse_usd("7"))
+    periods.set_zone("America/New_York")
+    try:  # 03:00 UTC on 8 March is 22:00 EST on the 7th: yesterday is the 6th
+        assert await send_digest(alerter, catalog, 1, datetime(2026, 3, 8, 3, tzinfo=UTC))
+    finally:
+        periods.set_zone("UTC")
+    assert [m["title"] for m in got] == ["meterd daily digest, 2026-03-07"]
+    assert got[0]["message"].startswith("Spent $10.00 (the 1 day(s) before: $0.00).")
 
 
 class Jobs:

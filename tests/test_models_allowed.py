@@ -189,8 +189,10 @@ async def test_models_cards_set_and_clear_the_org_and_team_lists(dashboard: Dash
     key = await gw.developer("Ada", "platform")
     team = (await gw.admin.db(gw.admin.catalog.teams))[0]["id"]
     admin = await dashboard.signed_in("admin")
-    card = one(await admin.page("/admin/teams"), "#models")
+    teams = await admin.page("/admin/teams")
+    card = one(teams, "#models")
     assert "Any model" in card.get_text()
+    assert teams.title is not None and "Any model" not in teams.title.get_text()  # once, here
     status, _, _ = await admin.post(attr(one(card, "#set-models"), "action"),
                                     {"models": "claude-sonnet-4-6"})
     assert status == 303

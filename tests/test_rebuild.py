@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ledger import periods
 from ledger.gate import BudgetExceeded, Estimate, Gate, MeteringUnavailable, Ticket
 from ledger.keyspace import KeySpace
 from ledger.model_caps import Matcher
@@ -124,8 +125,19 @@ def gate(redis: Any, tmp_path: Path) -> Iterator[Gate]:
     spool.close()
 
 
+# UTC, and a zone on each side of it: the rebuild must file spend in the org's days as the
+# rollup and the settlement script do (at NOW, Tokyo's day is already 19 March).
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo", "America/New_York"])
 async def test_counters_rebuilt_after_a_flush_equal_the_counters_before_it(
-        redis: Any, gate: Gate) -> None:
+        redis: Any, gate: Gate, zone: str) -> None:
+    periods.set_zone(zone)
+    try:
+        await _rebuilt_after_a_flush(redis, gate)
+    finally:
+        periods.set_zone("UTC")
+
+
+async def _rebuilt_after_a_flush(redis: Any, gate: Gate) -> None:
     conn = fresh_db()
     rollup = Rollup(redis, KS, conn, inline_db, clock=lambda: NOW)
     assert await rollup.run_once() == 0  # empty DuckDB, fresh Redis: ready at once
