@@ -33,7 +33,7 @@ from redis.exceptions import WatchError
 from ledger import caps
 from ledger.keyspace import KeySpace
 from ledger.model_caps import Matcher
-from ledger.periods import COUNTER_TTL, PERIODS, local_day, period_end, start_day
+from ledger.periods import COUNTER_TTL, PERIODS, day_start, local_day, period_end, start_day
 from ledger.settlement import FIELDS, SPENT, TOKEN_COUNTERS, entry_values
 
 log = logging.getLogger("meterd.rebuild")
@@ -178,9 +178,14 @@ def _history(conn: duckdb.DuckDBPyConnection, first: date, end: date,
     if stream_ids:
         found = conn.execute(
             "SELECT id FROM requests WHERE ts >= ? AND ts < ? AND id IN "
-            "(SELECT unnest($3::VARCHAR[]))", [first, end, stream_ids]).fetchall()
+            "(SELECT unnest($3::VARCHAR[]))",  # ts: naive UTC; the days: the org's
+            [_naive(day_start(first)), _naive(day_start(end)), stream_ids]).fetchall()
         seen = {r[0] for r in found}
     return rows, seen
+
+
+def _naive(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(tzinfo=None)
 
 
 def _model_caps(conn: duckdb.DuckDBPyConnection) -> tuple[ModelCap, ...]:
