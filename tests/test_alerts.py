@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 
@@ -44,23 +43,12 @@ from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Dashboard
 from tests.test_strict_caps import proxies
 
+pytest_plugins = ("tests.webhook",)  # the webhook receiver fixture
+
 __all__ = ["proxies"]  # the fixture, used by name
 
 ROOT = Path(__file__).parent.parent
 MID_MONTH = datetime(2026, 12, 16, 12, 0, tzinfo=UTC)  # half of December gone
-
-
-@pytest.fixture
-async def webhook(aiohttp_server: Any) -> AsyncIterator[tuple[TestServer, list[dict[str, Any]]]]:
-    """A loopback receiver of apprise's json:// posts."""
-    got: list[dict[str, Any]] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(text="ok")
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    yield await aiohttp_server(app), got
 
 
 class Sink:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from ledger.money import parse_usd
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Dashboard
+
+pytest_plugins = ("tests.webhook",)  # the webhook receiver fixture
 
 V1 = "/admin/api/v1"
 
@@ -30,15 +32,8 @@ def _invalid(reply: Any, *words: str) -> bool:
 
 
 async def test_a_destination_is_added_masked_tested_logged_and_removed(
-        dashboard: Dashboard, aiohttp_server: Any) -> None:
-    got: list[dict[str, Any]] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(text="ok")
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    server = await aiohttp_server(app)
+        dashboard: Dashboard, webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
     rw = await dashboard.admin_key("rw")
     url = f"json://127.0.0.1:{server.port}/hook?token=s3cret-token"
 

@@ -3,14 +3,13 @@ Anthropic API) reaches the admin's alert job through the proxy's report, and a w
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from ledger.alerts import Alerter, Destinations, evaluate_ops
 from ledger.catalog import Catalog, connect
@@ -18,26 +17,14 @@ from tests.conftest import Upstream
 from tests.fakes.gateways import Served, StartGateway, anthropic_provider, bedrock_provider
 from tests.provider_requests import BODY
 
-pytest_plugins = ("tests.fakes.fixtures",)  # the fakes' fixtures
-
-
-@pytest.fixture
-async def hook(aiohttp_server: Any) -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
-    got: list[dict[str, Any]] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(text="ok")
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    yield (await aiohttp_server(app)).port, got
+pytest_plugins = ("tests.fakes.fixtures", "tests.webhook")  # the fakes, the receiver
 
 
 async def test_a_real_fallback_is_told_once_with_its_count(
         start_gateway: StartGateway, wrong_secret_bedrock: Served, upstream: Upstream,
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-        hook: tuple[int, list[dict[str, Any]]]) -> None:
-    port, got = hook
+        webhook: tuple[TestServer, list[dict[str, Any]]]) -> None:
+    server, got = webhook
     gw = await start_gateway(providers={
         "bedrock": bedrock_provider(wrong_secret_bedrock),
         "anthropic": anthropic_provider(upstream, monkeypatch)})
@@ -51,7 +38,7 @@ async def test_a_real_fallback_is_told_once_with_its_count(
 
     catalog = Catalog(connect(tmp_path / "alerts.duckdb"))
     dests = Destinations(catalog)
-    dests.add("org", "", "hook", f"json://127.0.0.1:{port}/hook", ["fallback"])
+    dests.add("org", "", "hook", f"json://127.0.0.1:{server.port}/hook", ["fallback"])
 
     async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
