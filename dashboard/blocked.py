@@ -12,7 +12,9 @@ from aiohttp import web
 from dashboard.appkeys import CONFIG
 from dashboard.render import admin_state, report, url
 from ledger import caps, grants, reports, status
+from ledger.model_caps import ModelCaps
 from ledger.periods import day_start
+from ledger.policy import Cap
 
 BADGE_ORDER = {status.BLOCKED: 0, status.NEAR: 1, "": 2}
 
@@ -27,12 +29,14 @@ def near_percent(request: web.Request) -> int:
 async def cap_use(request: web.Request, now: datetime,
                   team_id: str | None = None) -> list[dict[str, Any]]:
     """ledger.status.cap_use for the whole organization or one team (its members' caps, its
-    pool and the organization's), each row named: `who` (the developer, the team or the
-    organization), `who_url` (its page, on blocked rows) and `cap` (the cap in words)."""
+    pool and the organization's, per-model caps among them), each row named: `who` (the
+    developer, the team or the organization), `who_url` (its page, on blocked rows) and
+    `cap` (the cap in words, as the proxy's refusal names it)."""
     state = admin_state(request)
     devs = await state.db(state.catalog.developers)
     teams = {t["id"]: t["name"] for t in await state.db(state.catalog.teams)}
-    budgets = await state.db(state.catalog.budgets)
+    budgets = (await state.db(state.catalog.budgets)
+               + await state.db(ModelCaps(state.catalog).all))
     if team_id is not None:
         devs = [d for d in devs if d["team_id"] == team_id]
         mine = {d["id"] for d in devs}
@@ -45,7 +49,8 @@ async def cap_use(request: web.Request, now: datetime,
     for row in rows:
         dev, scope, scope_id = row["developer"], row["scope"], row["scope_id"]
         name = dev["name"] if scope == "developer" else teams.get(scope_id, scope_id)
-        row["cap"] = f"{caps.describe(scope, name)}, {row['period']}"
+        row["cap"] = Cap(row["budget_id"], scope, scope_id, name, row["period"],
+                         row["amount_micros"], "", models=tuple(row["models"])).describe()
         row["who"] = dev["name"] if dev is not None else (
             f"all of {teams.get(scope_id, scope_id)}" if scope == "team" else "everyone")
         row["who_url"] = None
@@ -58,9 +63,9 @@ async def cap_use(request: web.Request, now: datetime,
 
 def counters_read(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], int]:
     """The spend counters `cap_use` read, as dashboard.live.spent keys them, so the page does
-    not read them again."""
+    not read them again (a per-model cap's counter is not one of them)."""
     return {(*caps.counter(r["scope"], r["scope_id"], (r["developer"] or {}).get("id", "")),
-             r["period"]): r["spent_micros"] for r in rows}
+             r["period"]): r["spent_micros"] for r in rows if not r["models"]}
 
 
 def blocked_now(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -98,8 +98,10 @@ async def cap_use(redis: Any, keyspace: KeySpace, developers: list[dict[str, Any
                   budgets: list[dict[str, Any]], running: list[dict[str, Any]],
                   now: datetime, near_percent: int) -> list[dict[str, Any]]:
     """Every cap against each counter it is compared with, read live: one row per developer
-    for a developer's or per-member cap, one for a team pool or the organization's. Each row:
-    the budget's scope, scope_id and period, `developer` (the catalog row, None for a pool),
+    for a developer's or per-member cap, one for a team pool or the organization's. A budget
+    with `models` (a per-model cap, ledger/model_caps.py) is compared with its own counter
+    of those models' spend. Each row: the budget's scope, scope_id, period and models
+    (empty for a cap on all spend), `developer` (the catalog row, None for a pool),
     amount_micros (with the `running` grants, as admission applies it), granted_micros and
     grant_until, spent_micros, state (`standing_of`) and resets_at. Disabled developers are
     left out: their keys are refused whatever their caps."""
@@ -118,18 +120,21 @@ async def cap_use(redis: Any, keyspace: KeySpace, developers: list[dict[str, Any
             pairs.append((b, None))
     async with redis.pipeline(transaction=False) as pipe:
         for b, whom in pairs:
-            pipe.hget(keyspace.counter(*caps.counter(b["scope"], b["scope_id"],
-                                                     whom["id"] if whom else ""),
-                                       b["period"], now), SPENT)
+            counter = caps.counter(b["scope"], b["scope_id"], whom["id"] if whom else "")
+            models = tuple(b.get("models") or ())
+            pipe.hget(keyspace.model_counter(*counter, b["period"], now, models) if models
+                      else keyspace.counter(*counter, b["period"], now), SPENT)
         values = await pipe.execute() if pairs else []
     ends = {period: period_end(period, now) for period in PERIODS}
     out = []
     for (b, whom), raw in zip(pairs, values, strict=True):
+        # As admission applies grants: a per-model cap is raised by its scope's grants too.
         granted, until = grants.running(running, b["scope"], b["scope_id"], b["period"])
         amount, spent = int(b["amount_micros"]) + granted, int(raw or 0)
         out.append({
             "budget_id": b["id"], "scope": b["scope"], "scope_id": b["scope_id"],
-            "period": b["period"], "developer": whom, "amount_micros": amount,
+            "period": b["period"], "models": list(b.get("models") or ()),
+            "developer": whom, "amount_micros": amount,
             "granted_micros": granted, "grant_until": until and until.replace(tzinfo=UTC),
             "spent_micros": spent, "state": standing_of(spent, amount, near_percent),
             "resets_at": ends[b["period"]]})

@@ -5,11 +5,14 @@ until when, count the gateway's refusals, badge members' cap use and show grants
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
 import pytest
 
 from ledger import status
 from ledger.grants import create_grant
+from ledger.model_caps import ModelCaps
 from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Dashboard, one
 from tests.test_budgets import new_session, send
@@ -102,3 +105,100 @@ async def test_overview_budget_tables_show_the_grant_beside_the_pool(
             if tr.get_text().startswith("Team platform")]
     # $0.01 pool + the $1.00 grant: the cap as admission applies it.
     assert len(pool) == 1 and "$1.01 incl. +$1.00 granted until" in pool[0]
+
+
+# An Opus request: 20,000 in × $5/MTok + 400 out × $25/MTok = 100,000 + 10,000 µ$.
+OPUS = orjson.dumps({"model": "claude-opus-4-8", "max_tokens": 400,
+                     "messages": [{"role": "user", "content": "Hello"}]})
+OPUS_USAGE = {"x-mock-usage": '{"input_tokens": 20000, "output_tokens": 400}'}
+OPUS_COST = 110_000
+
+
+async def _opus_scene(dash: Dashboard, cap: int) -> tuple[str, str]:
+    """Ada (platform) spends 110,000 µ$ on Opus and 4,500 µ$ on Sonnet (which her Opus cap
+    does not count) under a monthly Opus cap of `cap` µ$; Bob has no cap. The cap is set high
+    first so the request is admitted and settles on the cap's own counter, then lowered.
+    Returns (Ada's gateway key, the team id)."""
+    gw = dash.gateway
+    cat = gw.admin.catalog
+    ada = await gw.developer("Ada", "platform")
+    await gw.developer("Bob", "platform")
+    await gw.change(ModelCaps(cat).set, "developer", "Ada", "monthly", ["opus"], 10_000_000)
+    async with new_session() as s:
+        assert (await send(s, gw.url, ada, OPUS_USAGE, OPUS))[0] == 200
+        assert (await send(s, gw.url, ada))[0] == 200  # Sonnet: 4,500 µ$
+    await gw.proxy.drain()
+    await gw.change(ModelCaps(cat).set, "developer", "Ada", "monthly", ["opus"], cap)
+    await dash.roll_up()
+    devs = {d["name"]: d for d in await gw.admin.db(cat.developers)}
+    return ada, devs["Ada"]["team_id"]
+
+
+def _next_month() -> str:
+    now = datetime.now(UTC)
+    return f"{(now.replace(day=1) + timedelta(days=32)).replace(day=1):%Y-%m-%d} 00:00 UTC"
+
+
+def _blocked_rows(page: Any) -> list[list[str]]:
+    return [[td.get_text(" ", strip=True) for td in tr.select("td")]
+            for tr in page.select("#blocked-table tbody tr")]
+
+
+def _cap_use(page: Any) -> dict[str, Any]:
+    return {tr.select_one("a").get_text(strip=True): one(tr, "td.cap-use")
+            for tr in page.select("#members tbody tr")}
+
+
+async def test_a_developer_at_their_opus_cap_is_listed_and_badged_by_that_cap(
+        dashboard: Dashboard) -> None:
+    ada, team = await _opus_scene(dashboard, OPUS_COST)  # reached: refused from here
+    async with new_session() as s:
+        status_code, refusal = await send(s, dashboard.gateway.url, ada, OPUS_USAGE, OPUS)
+    # The proxy refuses her with the cap named as the dashboard names it.
+    assert status_code == 429
+    assert "developer Ada on opus, monthly" in refusal["error"]["message"]
+    admin = await dashboard.signed_in("admin")
+    page = await admin.page("/admin/")
+    # 110,000 of 110,000 µ$: her Opus counter alone, not her 114,500 µ$ of all spend.
+    assert _blocked_rows(page) == [["Ada blocked", "developer Ada on opus, monthly", "$0.11",
+                                    "$0.11", _next_month()]]
+    lead = await dashboard.signed_in("team_lead")
+    members = _cap_use(await lead.page(f"/admin/teams/{team}"))
+    assert members["Ada"].get_text(" ", strip=True).startswith(
+        "100% of developer Ada on opus, monthly")
+    assert one(members["Ada"], ".badge-blocked").get_text(strip=True).startswith(
+        "blocked on opus until")
+    assert members["Bob"].get_text(strip=True) == "no cap"
+
+
+async def test_a_developer_under_their_opus_cap_is_not_listed(dashboard: Dashboard) -> None:
+    _, team = await _opus_scene(dashboard, OPUS_COST + 1)
+    admin = await dashboard.signed_in("admin")
+    assert _blocked_rows(await admin.page("/admin/")) == []
+    lead = await dashboard.signed_in("team_lead")
+    members = _cap_use(await lead.page(f"/admin/teams/{team}"))
+    # 110,000 of 110,001 µ$ → 99%: near, not blocked.
+    assert members["Ada"].select_one(".badge-blocked") is None
+    assert members["Ada"].select_one(".badge-near") is not None
+    assert members["Ada"].get_text(" ", strip=True).startswith(
+        "99% of developer Ada on opus, monthly")
+
+
+async def test_a_grant_lifting_the_opus_cap_unblocks_the_developer(
+        dashboard: Dashboard) -> None:
+    ada, team = await _opus_scene(dashboard, OPUS_COST)
+    admin = await dashboard.signed_in("admin")
+    assert [r[0] for r in _blocked_rows(await admin.page("/admin/"))] == ["Ada blocked"]
+    gw = dashboard.gateway
+    await gw.change(create_grant, gw.admin.catalog, "developer", "Ada", 90_000,
+                    datetime.now(UTC) + timedelta(days=2), "admin", "release week",
+                    period="monthly")
+    assert _blocked_rows(await admin.page("/admin/")) == []
+    lead = await dashboard.signed_in("team_lead")
+    members = _cap_use(await lead.page(f"/admin/teams/{team}"))
+    # 110,000 of 110,000 + 90,000 µ$ → 55%: under the 75% threshold, no badge.
+    ada_use = members["Ada"]
+    assert ada_use.get_text(" ", strip=True) == (
+        "55% of developer Ada on opus, monthly incl. +$0.09 granted")
+    async with new_session() as s:  # admission applies the grant as the dashboard does
+        assert (await send(s, gw.url, ada, OPUS_USAGE, OPUS))[0] == 200
