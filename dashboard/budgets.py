@@ -48,15 +48,17 @@ async def caps_for_developer(request: web.Request, dev: dict[str, Any],
                         spent, counters[b["id"]], b["period"], b["amount_micros"] + granted,
                         rates, now),
                     "resets": period_end(b["period"], now)})
-    out += await _model_caps(request, dev, now, rates)
+    out += await _model_caps(request, dev, now, rates, running)
     out.sort(key=lambda r: (PERIODS.index(r["period"]), r["label"]))
     return out
 
 
 async def _model_caps(request: web.Request, dev: dict[str, Any], now: datetime,
-                      rates: dict[forecasts.Counter, int]) -> list[dict[str, Any]]:
-    """The per-model caps that apply to a developer, with their own counters' spend. There is
-    no run rate per model: one is projected at its scope's whole rate, held at the cap."""
+                      rates: dict[forecasts.Counter, int],
+                      running: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-model caps that apply to a developer, with their own counters' spend and the
+    scope's running grants (as admission applies them). There is no run rate per model: one
+    is projected at its scope's whole rate, held at the cap."""
     state = admin_state(request)
     rows = [b for b in await state.db(ModelCaps(state.catalog).all)
             if caps.applies(b["scope"], b["scope_id"], dev["id"], dev["team_id"])]
@@ -72,12 +74,15 @@ async def _model_caps(request: web.Request, dev: dict[str, Any], now: datetime,
     for b, raw in zip(rows, values, strict=True):
         name = dev["name"] if b["scope"] == "developer" else dev["team_name"] or dev["team_id"]
         spent = int(raw or 0)
+        granted, until = grants.running(running, b["scope"], b["scope_id"], b["period"])
         out.append({**b, "label": f"{caps.describe(b['scope'], name, capital=True)} on "
                                   f"{', '.join(b['models'])}",
-                    "spent_micros": spent, "granted_micros": 0,
+                    "spent_micros": spent, "amount_micros": b["amount_micros"] + granted,
+                    "granted_micros": granted, "base_micros": b["amount_micros"],
+                    "grant_until": until and until.replace(tzinfo=UTC),
                     "projected_micros": live.project(
                         spent, caps.counter(b["scope"], b["scope_id"], dev["id"]),
-                        b["period"], b["amount_micros"], rates, now),
+                        b["period"], b["amount_micros"] + granted, rates, now),
                     "resets": period_end(b["period"], now)})
     return out
 

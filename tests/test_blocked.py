@@ -200,5 +200,11 @@ async def test_a_grant_lifting_the_opus_cap_unblocks_the_developer(
     ada_use = members["Ada"]
     assert ada_use.get_text(" ", strip=True) == (
         "55% of developer Ada on opus, monthly incl. +$0.09 granted")
+    # The developer page shows the Opus cap as admission applies it: $0.11 + $0.09 granted.
+    dev_id = await gw.admin.db(gw.admin.catalog.developer_id, "ada@example.com")
+    row = next(tr for tr in (await admin.page(f"/admin/developers/{dev_id}")).select("tr")
+               if "on opus" in tr.get_text())
+    text = row.get_text(" ", strip=True)
+    assert "+$0.09 granted until" in text and "$0.20" in text, text
     async with new_session() as s:  # admission applies the grant as the dashboard does
         assert (await send(s, gw.url, ada, OPUS_USAGE, OPUS))[0] == 200
