@@ -37,7 +37,7 @@ def _now() -> datetime:
 
 def _today() -> date:
     """The organization's day now: the days of memberships are its days."""
-    return local_day(datetime.now(UTC))
+    return local_day(_now())
 
 
 class Lifecycle:

@@ -69,6 +69,20 @@ async def test_a_request_at_three_utc_on_the_move_day_stays_with_the_old_team(
     assert by_team == {"platform": 1_300_000, "research": 2_000_000}
 
 
+def test_a_scheduled_move_starts_at_new_york_midnight(monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog, ids = _ledger_with_ada()
+    lifecycle = Lifecycle(catalog)
+    # 03:00 UTC on 10 February is 22:00 EST on the 9th: a move from the 10th is scheduled.
+    monkeypatch.setattr("ledger.lifecycle._now", lambda: datetime(2026, 2, 10, 3))
+    assert lifecycle.move("Ada", "research", date(2026, 2, 10))["scheduled"]
+    assert [m["pending"] for m in lifecycle.memberships("Ada")] == [True, False]
+    assert lifecycle.start_due_moves() == 0
+    # 05:00 UTC is 00:00 EST on the 10th: its day has come.
+    monkeypatch.setattr("ledger.lifecycle._now", lambda: datetime(2026, 2, 10, 5))
+    assert lifecycle.start_due_moves() == 1
+    assert catalog.developers()[0]["team_id"] == ids["research"]
+
+
 def _bought_ledger(conn: duckdb.DuckDBPyConnection, at: datetime) -> None:
     """One telemetry pull request and one `api_request` event (req_1, 900 µ$) at `at`."""
     for seq, (signal, name, value, rid, cost) in enumerate((
