@@ -37,8 +37,9 @@ async def enable_developer(request: web.Request) -> web.Response:
 
 @allow(*ADMINS)
 async def move(request: web.Request) -> web.Response:
-    """{team, since}: `since` a UTC day (today when absent); a later day schedules the move
-    (`scheduled`), and a move back to the current team cancels a scheduled one."""
+    """{team, since}: `since` a day on the organization's calendar (today when absent); a
+    later day schedules the move (`scheduled`), and a move back to the current team cancels
+    a scheduled one."""
     body = await read_body(request)
 
     async def run(fn: Any, *args: Any) -> Any:

@@ -32,7 +32,7 @@ from dashboard.render import (
 from ledger import reports
 from ledger.catalog import NotFound
 from ledger.lifecycle import Lifecycle
-from ledger.periods import PERIODS, day_start
+from ledger.periods import PERIODS, clock, day_start
 
 
 async def find_developer(request: web.Request, developer_id: str) -> dict[str, Any]:
@@ -205,8 +205,7 @@ async def expire_key(request: web.Request) -> web.StreamResponse:
     text = field(await form(request), "expires", "")
     when = _expiry(text) or datetime.now(UTC)
     key = await change(request, state.catalog.expire_key, request.match_info["key_id"], when)
-    return redirect_back(request, f"Key {key['display']} now expires "
-                                  f"{when:%Y-%m-%d %H:%M} UTC.", "ok")
+    return redirect_back(request, f"Key {key['display']} now expires {clock(when)}.", "ok")
 
 
 @allow(*TEAM_ADMINS)

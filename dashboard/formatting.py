@@ -6,7 +6,7 @@ from datetime import date, datetime
 from typing import Any
 
 from ledger.money import format_usd
-from ledger.periods import local_time, zone_name
+from ledger.periods import clock, local_time, zone_name
 
 PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
 
@@ -62,12 +62,8 @@ def when(value: Any, with_seconds: bool = False) -> str:
 
 
 def zoned(value: Any, with_seconds: bool = False) -> str:
-    """when() followed by the zone's abbreviation at that moment, so a time says which clock
-    it is on: '2026-03-07 23:30 EST', a day later '2026-03-08 23:30 EDT' (UTC: '… UTC')."""
-    shown = when(value, with_seconds)
-    if isinstance(value, datetime):
-        return f"{shown} {local_time(value).tzname()}"
-    return shown
+    """when() followed by the zone's abbreviation at that moment (ledger.periods.clock)."""
+    return clock(value, with_seconds) if isinstance(value, datetime) else when(value)
 
 
 def day(value: Any) -> str:

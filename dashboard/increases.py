@@ -13,6 +13,7 @@ from dashboard.render import admin_state, change, field, form, identity, render,
 from ledger.alerts import notify_developer
 from ledger.increases import Increases
 from ledger.money import format_usd, parse_usd
+from ledger.periods import clock
 
 
 def _increases(request: web.Request) -> Increases:
@@ -85,7 +86,7 @@ async def tell(request: web.Request, decided: dict[str, Any]) -> str:
 def _decision_text(row: dict[str, Any]) -> str:
     if row["status"] == "approved":
         return (f"Your {row['period']} cap was raised by {format_usd(row['granted_micros'])} "
-                f"until {row['expires_at']:%Y-%m-%d %H:%M} UTC.")
+                f"until {clock(row['expires_at'])}.")
     return f"Your request for more budget was denied: {row['decision_reason']}"
 
 

@@ -12,10 +12,12 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from dashboard.auth import ADMINS, allow
+from dashboard.formatting import zoned
 from dashboard.params import parse_day
 from dashboard.render import admin_state, change, field, form, see_other, url
 from dashboard.state import AdminState
 from ledger.lifecycle import Lifecycle, move_counters
+from ledger.periods import day_start, local_day
 
 log = logging.getLogger("meterd.dashboard")
 
@@ -25,8 +27,9 @@ def lifecycle(request: web.Request) -> Lifecycle:
 
 
 def since_day(text: str) -> date:
-    """The first day of a move (UTC; a later day schedules it); empty means today."""
-    return parse_day(text, "move date") if text else datetime.now(UTC).date()
+    """The first day of a move (the organization's; a later day schedules it); empty means
+    today."""
+    return parse_day(text, "move date") if text else local_day(datetime.now(UTC))
 
 
 async def move_developer(state: AdminState, run: Any, developer: str, team: str,
@@ -66,8 +69,8 @@ async def move_developer_form(request: web.Request) -> web.StreamResponse:
     if moved["cancelled"]:
         message = f"The move to team {team['name']} on {moved['since']} is cancelled."
     elif moved["scheduled"]:
-        message = (f"Moves to team {team['name']} on {moved['since']} (00:00 UTC); until "
-                   "then nothing changes.")
+        message = (f"Moves to team {team['name']} on {zoned(day_start(moved['since']))}; "
+                   "until then nothing changes.")
     else:
         message = (f"Moved to team {team['name']} from {moved['since']}; spend before that "
                    "day stays with the old team.")

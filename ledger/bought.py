@@ -5,7 +5,8 @@ each request against meterd's, matched by the provider's request id.
 
 Cost comes from the rollups (`usage_daily`, `usage_sessions`), the work from `telemetry`
 (ledger/telemetry.sql), the reconciliation from `requests` (its `upstream_request_id`) and the
-`claude_code.api_request` events. Dates are UTC days, `end` exclusive; amounts integer µ$.
+`claude_code.api_request` events. Dates are the organization's days (its `timezone`: the
+rollups' days, and raw times cut at local midnight), `end` exclusive; amounts integer µ$.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import duckdb
 
+from ledger.periods import day_start
 from ledger.reports import NO_SESSION
 
 DIMENSIONS = ("developer", "team", "session")
@@ -46,8 +48,11 @@ _NAMES = ", ".join(sorted({f"'{name}'" for name, _, _ in WORK.values()}))
 
 def _where(column: str, start: date, end: date, developer_id: str | None,
            team_id: str | None) -> tuple[str, list[Any]]:
+    """Rows in the days [start, end): `day` compares as is, a raw time (`ts`, naive UTC)
+    against the days' first instants."""
     where = [f"{column} >= ?", f"{column} < ?"]
-    params: list[Any] = [start, end]
+    params: list[Any] = [start, end] if column == "day" else [
+        day_start(d).replace(tzinfo=None) for d in (start, end)]
     for sql, value in (("developer_id = ?", developer_id), ("team_id = ?", team_id)):
         if value is not None:
             where.append(sql)

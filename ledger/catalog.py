@@ -25,7 +25,7 @@ from ledger.keyspace import KeySpace
 from ledger.managed import ManagedSettings
 from ledger.model_caps import ModelCaps
 from ledger.models_allowed import AllowedModels
-from ledger.periods import PERIODS
+from ledger.periods import PERIODS, local_day
 from ledger.policy import KEY_PREFIX, hash_key
 from ledger.signins import SignIns
 
@@ -183,7 +183,7 @@ class Catalog:
             self.conn.execute("INSERT INTO developers (id, name, email, team_id, disabled, "
                               "created_at) VALUES (?, ?, ?, ?, ?, ?)", list(row.values()))
             self.conn.execute("INSERT INTO memberships VALUES (?, ?, ?, NULL)",
-                              [row["id"], team_id, row["created_at"].date()])
+                              [row["id"], team_id, local_day(row["created_at"])])
             self._audit(actor, "developer.create", row["id"], None, row)
         return row
 

@@ -25,7 +25,7 @@ from ledger import notices
 from ledger.journal import Journal
 from ledger.keyspace import KeySpace
 from ledger.notices import Standing
-from ledger.periods import COUNTER_TTL, PERIODS, local_day, period_end
+from ledger.periods import COUNTER_TTL, PERIODS, clock, local_day, period_end
 from ledger.policy import Cap, Limits, Principal
 from ledger.pricing import Cost
 from ledger.redis_client import FastScript
@@ -60,7 +60,7 @@ class BudgetExceeded(Exception):
     def __init__(self, cap: Cap, resets_at: datetime, retry_after: int) -> None:
         self.cap, self.resets_at, self.retry_after = cap, resets_at, retry_after
         super().__init__(
-            f"spend limit reached ({cap.describe()}) · resets {resets_at:%b %-d %H:%M} UTC")
+            f"spend limit reached ({cap.describe()}) · resets {clock(resets_at)}")
 
 
 class RateLimited(Exception):

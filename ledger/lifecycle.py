@@ -4,10 +4,11 @@ rename, and delete — which archives whatever has history, so no spend is ever 
 Rules a finance team expects:
 - Disabling a developer refuses every key and sign-in of theirs on every proxy with the next
   policy refresh; their keys, history and caps stay, and re-enabling brings the keys back.
-- A move takes effect from the start of a UTC day, never before the developer's current stay
-  began: at once from today or a past day, or scheduled for a later day. Requests before that
-  day stay with the old team (in the ledger, the rollups and the team's live counters); those
-  from it on belong to the new one.
+- A move takes effect from the start of a day on the organization's calendar (its `timezone`:
+  local midnight), never before the developer's current stay began: at once from today or a
+  past day, or scheduled for a later day. Requests before that day stay with the old team (in
+  the ledger, the rollups and the team's live counters); those from it on belong to the new
+  one.
 - Reports name teams and developers by id, so a rename shows everywhere at once.
 - Deleting a developer who ever made a request archives them (disabled, hidden from lists,
   keys revoked); one without any request is erased with their keys and caps.
@@ -23,7 +24,7 @@ from typing import Any
 
 from ledger.catalog import Catalog, CatalogError, check_name
 from ledger.keyspace import KeySpace
-from ledger.periods import COUNTER_TTL, PERIODS, period_start
+from ledger.periods import COUNTER_TTL, PERIODS, day_start, local_day, start_day
 from ledger.settlement import SPENT, TOKEN_COUNTERS
 
 # The rollups whose rows carry the team of each request's day.
@@ -32,6 +33,11 @@ _DAILY_TABLES = ("usage_daily", "usage_sessions", "usage_projects")
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _today() -> date:
+    """The organization's day now: the days of memberships are its days."""
+    return local_day(_now())
 
 
 class Lifecycle:
@@ -54,7 +60,7 @@ class Lifecycle:
         """A developer's stays in teams, the latest first (`last_day`: the day before
         `valid_to`, None while it lasts; `pending`: a scheduled move's stay)."""
         dev_id = self.catalog.developer_id(developer)
-        today = _now().date()
+        today = _today()
         return [{**row, "pending": row["valid_from"] > today} for row in self.catalog._rows(
             "SELECT m.team_id, t.name AS team_name, m.valid_from, m.valid_to, "
             "m.valid_to - 1 AS last_day FROM memberships m "
@@ -108,7 +114,8 @@ class Lifecycle:
 
     def move(self, developer: str, team: str, since: date, actor: str = "cli",
              today: date | None = None) -> dict[str, Any]:
-        """Move a developer to `team` from the start of the UTC day `since`.
+        """Move a developer to `team` from the start (local midnight) of the organization's day
+        `since`.
 
         From today or a past day: at once, and the ledger's rows from that day on are
         re-attributed to the new team, in one transaction. From a later day: scheduled (the
@@ -119,7 +126,7 @@ class Lifecycle:
         (of those periods' days from `since` on) that the team counters must pass from the
         old team to the new one (`move_counters` does that in Redis).
         """
-        today = today or _now().date()
+        today = today or _today()
         with self.catalog.lock:
             dev = self._developer(developer)
             new = self._team(team)
@@ -191,7 +198,7 @@ class Lifecycle:
         conn = self.catalog.conn
         conn.execute("UPDATE developers SET team_id = ? WHERE id = ?", [team_id, dev_id])
         conn.execute("UPDATE requests SET team_id = ? WHERE developer_id = ? AND ts >= ?",
-                     [team_id, dev_id, since])
+                     [team_id, dev_id, day_start(since).replace(tzinfo=None)])
         for table in _DAILY_TABLES:
             conn.execute(f"UPDATE {table} SET team_id = ? WHERE developer_id = ? AND "
                          "day >= ?", [team_id, dev_id, since])
@@ -199,7 +206,7 @@ class Lifecycle:
     def start_due_moves(self, today: date | None = None) -> int:
         """Start the scheduled moves whose day has come: each developer's team becomes the
         one of their stay that covers today. Returns how many moved (then publish)."""
-        today = today or _now().date()
+        today = today or _today()
         with self.catalog.lock:
             due = self.catalog._rows(
                 "SELECT d.id, d.team_id AS old, m.team_id AS new, m.valid_from FROM "
@@ -220,7 +227,7 @@ class Lifecycle:
         now = datetime.now(UTC)
         out: dict[str, dict[str, int]] = {}
         for period in PERIODS:
-            first = max(since, period_start(period, now).date())
+            first = max(since, start_day(period, now))
             cols = ", ".join(f"CAST(coalesce(sum({c}), 0) AS BIGINT)"
                              for c in ("cost_micros", *TOKEN_COUNTERS.values()))
             row = self.catalog.conn.execute(

@@ -118,8 +118,8 @@ def _iso(instant: datetime) -> str:
 def usage_document(standings: Sequence[Standing], spend: dict[str, int], at: datetime,
                    thresholds: Sequence[int]) -> dict[str, Any]:
     """The answer of `GET /api/oauth/usage`: the cap the headers describe in `extra_usage` and
-    a `limits` row per cap; with no cap, the developer's spend this UTC day, week (from
-    Monday) and month (`spend`: period → µ$)."""
+    a `limits` row per cap; with no cap, the developer's spend this day, week (from
+    Monday) and month of the organization's calendar (`spend`: period → µ$)."""
     shown = fullest(standings, at)
     if shown is None:
         return {"extra_usage": {

@@ -60,6 +60,14 @@ def local_time(when: datetime) -> datetime:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(_zone)
 
 
+def clock(when: datetime, with_seconds: bool = False) -> str:
+    """`when` (naive: UTC) on the organization's clock with the zone's abbreviation at that
+    moment, so a time says which clock it is on: '2026-03-07 23:30 EST', a day later
+    '2026-03-08 23:30 EDT' (UTC: '… UTC'). How every message and page writes a time."""
+    at = local_time(when)
+    return f"{at:%Y-%m-%d %H:%M{':%S' if with_seconds else ''}} {at.tzname()}"
+
+
 def local_day(now: datetime) -> date:
     """The organization's calendar day holding `now` (naive times are UTC)."""
     return local_time(now).date()

@@ -141,12 +141,13 @@ _SAVE_SQL = (
     " AND r.model = b.model AND r.speed = b.speed AND r.geo = b.inference_geo"
 )
 
-# memberships: ledger/tenure.sql (a stay covers the days valid_from .. valid_to - 1).
-_TEAM_SQL = (
-    "UPDATE rollup_batch b SET team_id = m.team_id FROM memberships m"
-    " WHERE m.developer_id = b.developer_id AND m.valid_from <= b.ts"
-    " AND (m.valid_to IS NULL OR b.ts < m.valid_to) AND b.team_id <> m.team_id"
-)
+def _team_sql() -> str:
+    """Each request's team: the stay (ledger/tenure.sql: the organization's days valid_from
+    .. valid_to - 1) covering the request's day, the same day the rollups file it under."""
+    day = day_sql("b.ts")
+    return ("UPDATE rollup_batch b SET team_id = m.team_id FROM memberships m"
+            f" WHERE m.developer_id = b.developer_id AND m.valid_from <= {day}"
+            f" AND (m.valid_to IS NULL OR {day} < m.valid_to) AND b.team_id <> m.team_id")
 
 
 def _add(conn: duckdb.DuckDBPyConnection, table: str, keys: tuple[str, ...],
@@ -292,7 +293,7 @@ def _write_batch(conn: duckdb.DuckDBPyConnection, payload: str, savings: Savings
                      [] if anywhere else [lo, hi])
         # The team is the one the developer belonged to when the request started: a request
         # admitted just before a move, or settled after a back-dated one, follows the move.
-        conn.execute(_TEAM_SQL)
+        conn.execute(_team_sql())
         keys = conn.execute("SELECT DISTINCT model, speed, inference_geo FROM rollup_batch "
                             "WHERE cache_read > 0").fetchall()
         if keys:

@@ -56,7 +56,8 @@ async def standings(redis: Any, keyspace: KeySpace, principal: Principal,
 
 async def developer_spend(redis: Any, keyspace: KeySpace, principal: Principal,
                           now: datetime) -> dict[str, int]:
-    """The developer's settled spend this UTC day, week and month (period → µ$)."""
+    """The developer's settled spend this day, week and month of the organization's
+    calendar (period → µ$)."""
     async with redis.pipeline(transaction=False) as pipe:
         for period in PERIODS:
             pipe.hget(keyspace.counter("developer", principal.developer_id, period, now),

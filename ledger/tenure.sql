@@ -1,9 +1,9 @@
 -- Who belonged to which team when, and what was archived. Runs after schema.sql (file order).
 --
 -- A developer's team is a history, not a column: each row is one stay in one team from
--- `valid_from` (a UTC day) to the day before `valid_to` (NULL: still there). Requests are
--- attributed to the team of the row that covers their start, so spend before a move stays
--- with the old team (ledger/lifecycle.py, and the rollup for requests that were in flight).
+-- `valid_from` (a day on the organization's calendar, its `timezone`) to the day before
+-- `valid_to` (NULL: still there). Requests are attributed to the team of the row that covers
+-- their start's day (ledger.periods.day_sql), so spend before a move stays with the old team (ledger/lifecycle.py, and the rollup for requests that were in flight).
 CREATE TABLE IF NOT EXISTS memberships (
     developer_id VARCHAR NOT NULL,
     team_id VARCHAR NOT NULL,

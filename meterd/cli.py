@@ -328,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(action, _manage("POST", f"developers/{{developer_id}}/{action}"), says, dev)
         p.add_argument("developer_id")
     p = add("move", _manage("POST", "developers/{developer_id}/move", lambda a: {
-        "team": a.team, "since": a.since or ""}), "move to another team from a UTC day "
-        "(spend before it stays with the old team; a later day schedules it)", dev)
+        "team": a.team, "since": a.since or ""}), "move to another team from a day "
+        "(the org's time zone; spend before it stays with the old team; a later day "
+        "schedules it)", dev)
     p.add_argument("developer_id")
     p.add_argument("--team", required=True, help="the new team (id or name)")
     p.add_argument("--since", help="first day in the new team, e.g. 2026-12-01 (default: "

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ledger.gate import BudgetExceeded, RateLimited, Ticket
 from ledger.money import format_usd
+from ledger.periods import clock
 from ledger.policy import KeyRefused, Principal
 from ledger.settlement import Settlement, clean_text
 from ledger.status import cap_balances
@@ -302,8 +303,7 @@ def refusal(exc: ProxyError | BudgetExceeded | RateLimited) -> str:
     if isinstance(exc, BudgetExceeded):
         cap = exc.cap
         amount = format_usd(cap.amount, exact=cap.amount % 10_000 != 0)  # cents, or every µ$
-        return (f"budget: {cap.describe()} {amount} · until "
-                f"{exc.resets_at:%Y-%m-%d %H:%M} UTC")
+        return f"budget: {cap.describe()} {amount} · until {clock(exc.resets_at)}"
     if isinstance(exc, RateLimited):
         return f"rate limit: {str(exc).removeprefix('rate limit reached: ')}"
     return f"model: {exc.message}"

@@ -122,7 +122,7 @@ async def test_spend_cap_refusal_has_exact_body_and_headers(gateway: Gateway) ->
     assert doc == {"type": "error", "error": {
         "type": "billing_error",
         "message": f"spend limit reached (team platform, monthly) · resets "
-                   f"{reset:%b} {reset.day} 00:00 UTC · ask your meterd administrator for an "
+                   f"{reset:%Y-%m-%d} 00:00 UTC · ask your meterd administrator for an "
                    "increase"}}
     assert resp.headers["x-should-retry"] == "false"
     expected_wait = math.ceil(reset.timestamp() - before.timestamp())
