@@ -24,7 +24,7 @@ from ledger import alert_rules, caps, forecasts, ops_counts
 from ledger.catalog import Catalog, CatalogError, NotFound
 from ledger.keyspace import KeySpace
 from ledger.money import format_usd
-from ledger.periods import local_day, period_end, period_start
+from ledger.periods import clock, local_day, period_end, period_start
 from ledger.settlement import SPENT
 
 log = logging.getLogger("meterd.alerts")
@@ -267,7 +267,7 @@ async def evaluate_budgets(alerter: Alerter, catalog: Catalog, thresholds: Seque
                            f"{who}: forecast to pass the {b['period']} cap"))
         for tag, event, title in events:
             body = (f"{title}. Spent {format_usd(spent)} of {format_usd(amount)}; forecast "
-                    f"{format_usd(projected)} by {end:%Y-%m-%d %H:%M} UTC.")
+                    f"{format_usd(projected)} by {clock(end)}.")
             if await alerter.fire(event, f"{base}:{tag}", ttl, title, body, team):
                 sent += 1
                 if scope == "developer" and scope_id in devs:
