@@ -14,7 +14,7 @@ from aiohttp import web
 from dashboard.alerts_view import alerter
 from dashboard.auth import ADMINS, READERS, allow
 from dashboard.jsonio import json_response, read_body
-from dashboard.params import parse_int
+from dashboard.params import Query, query, whole
 from dashboard.render import admin_state, identity
 from ledger.alerts import Destinations
 
@@ -58,10 +58,10 @@ async def test_destination(request: web.Request) -> web.Response:
 
 
 @allow(*READERS)
-async def alert_log(request: web.Request) -> web.Response:
+@query(whole("limit", 200, 1, 1000))
+async def alert_log(request: web.Request, q: Query) -> web.Response:
     """What was sent or failed and why, newest first (`limit`, default 200, at most 1000)."""
-    limit = parse_int(request.query.get("limit", "200"), "limit", 1, 1000)
-    rows = await admin_state(request).db(_destinations(request).log, limit)
+    rows = await admin_state(request).db(_destinations(request).log, q["limit"])
     return json_response({"data": [_logged(r) for r in rows]})
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from dashboard.auth import TEAM_ADMINS, TEAM_READERS, allow
 from dashboard.increases import announce, decide, tell
 from dashboard.jsonio import Body, json_response, read_body
+from dashboard.params import Query, choice, query
 from dashboard.render import admin_state, change, identity
 from ledger.increases import Increases
 from ledger.money import parse_usd
@@ -35,12 +36,11 @@ def _amount(body: Body) -> int:
 
 
 @allow(*TEAM_READERS)
-async def list_increases(request: web.Request) -> web.Response:
+@query(choice("status", ("pending", "approved", "denied")))
+async def list_increases(request: web.Request, q: Query) -> web.Response:
     """Pending first, then decided, newest first; `status` filters (pending, approved,
     denied)."""
-    status = request.query.get("status")
-    if status is not None and status not in ("pending", "approved", "denied"):
-        raise ValueError("status must be pending, approved or denied")
+    status = q["status"]
     who = identity(request)
     team = who.team_id if who.role == "team_lead" else None
     rows = await admin_state(request).db(Increases(admin_state(request).catalog).listing, team)
