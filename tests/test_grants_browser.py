@@ -39,10 +39,11 @@ async def test_a_grant_shows_beside_the_cap_and_the_proxy_applies_it(
     await page.click("#grant-form button[type=submit]")
     await page.wait_for_selector(".flash:has-text('Grant saved')")
     rows = await page.locator("#caps-table tbody tr").all_inner_texts()
-    (row,) = [r for r in rows if "granted" in r]
-    # The per-model cap is listed with the others, named for its models.
+    (row,) = [r for r in rows if "granted" in r and "opus" not in r]
+    # The per-model cap is listed with the others, named for its models; a grant without a
+    # period raises every cap of its scope, this one too, as admission applies it.
     (opus,) = [r for r in rows if "Developer Ada on opus" in r]
-    assert "$2.00" in opus and "granted" not in opus
+    assert "+$5.25 granted until" in opus and "$7.25" in opus, opus
     # $10 cap + $5.25 granted = $15.25, until the end of that UTC day.
     assert "+$5.25 granted until" in row and "$15.25" in row, row
     assert f"{until.isoformat()} 23:59" in row
