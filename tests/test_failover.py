@@ -36,7 +36,7 @@ from ledger.rollup import lock_key
 from meterd.ports import free_port
 from meterd.standby import leader_key
 from tests.conftest import MOCK_KEY, RedisServer, Upstream
-from tests.test_redis_topologies import MASTER, Sentinel, sentinels_ready
+from tests.test_redis_topologies import MASTER, Sentinel, sentinel_url, sentinels_ready
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
                      "messages": [{"role": "user", "content": "Hello"}]})
@@ -67,8 +67,7 @@ class Deployment:
 
     @property
     def url(self) -> str:
-        return ("redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-                + f"/{MASTER}")
+        return sentinel_url(self.sentinels)
 
     def primary(self) -> RedisServer:
         port = sync_redis.Redis(port=self.sentinels[0].port).sentinel_get_master_addr_by_name(

@@ -71,6 +71,18 @@ def sentinels_ready(watchers: list[Sentinel]) -> bool:
         return False
 
 
+def sentinel_url(watchers: list[Sentinel]) -> str:
+    """The `redis_url` that gives meterd these Sentinels."""
+    return "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in watchers) + f"/{MASTER}"
+
+
+async def sentinels_settled(watchers: list[Sentinel]) -> None:
+    """Wait until the Sentinels found each other and the replica (sentinels_ready)."""
+    async def ready() -> bool:
+        return sentinels_ready(watchers)
+    await wait_for(ready, "the Sentinels to find each other and the replica")
+
+
 async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
@@ -93,12 +105,9 @@ async def test_requests_are_admitted_and_settled_after_a_sentinel_failover(
     replica = start_own_redis("--replicaof", "127.0.0.1", str(primary.port))
     watchers = sentinels(primary.port)
     ask = sync_redis.Redis(port=watchers[0].port)
+    await sentinels_settled(watchers)
 
-    async def all_see_the_replica() -> bool:
-        return sentinels_ready(watchers)
-    await wait_for(all_see_the_replica, "the Sentinels to find each other and the replica")
-
-    url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in watchers) + f"/{MASTER}"
+    url = sentinel_url(watchers)
     # fail_closed: a request answered 200 was admitted by Redis, not let through by the
     # outage policy while no primary was known.
     gateway = await start_gateway(redis_url=url, redis_outage_policy="fail_closed")
@@ -226,12 +235,9 @@ async def test_a_failover_to_a_replica_that_lagged_replays_what_it_lost_exactly_
                               "--masteruser", "repl", "--masterauth", "replpw")
     watchers = sentinels(primary.port)
     ask = sync_redis.Redis(port=watchers[0].port)
+    await sentinels_settled(watchers)
 
-    async def all_see_the_replica() -> bool:
-        return sentinels_ready(watchers)
-    await wait_for(all_see_the_replica, "the Sentinels to find each other and the replica")
-
-    url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in watchers) + f"/{MASTER}"
+    url = sentinel_url(watchers)
     gateway = await start_gateway(redis_url=url, redis_outage_policy="fail_closed")
     key = await gateway.developer()
     journal = gateway.proxy.gate.journal

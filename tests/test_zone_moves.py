@@ -4,8 +4,7 @@ expectation is worked out by hand in the comments."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import duckdb
@@ -24,19 +23,7 @@ from tests.dashboard_fixtures import *  # noqa: F403
 from tests.dashboard_fixtures import Dashboard, one
 from tests.test_lifecycle import _events, _ledger_with_ada
 from tests.test_rollup import KS, fresh_db, inline_db, send
-
-NY = "America/New_York"
-
-
-@pytest.fixture(autouse=True)
-def new_york() -> Iterator[None]:
-    periods.set_zone(NY)
-    yield
-    periods.set_zone("UTC")  # the process-wide default every other test expects
-
-
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
+from tests.test_zone_days import NY, new_york, utc  # noqa: F401 (new_york: autouse)
 
 
 async def test_a_request_at_three_utc_on_the_move_day_stays_with_the_old_team(
