@@ -38,6 +38,16 @@ class CatalogError(ValueError):
     """A management request that cannot be done; the message says why."""
 
 
+def check_cap(scope: str, period: str, mode: str) -> None:
+    """The scope, period and mode every cap takes: a budget, or a per-model cap."""
+    if scope not in BUDGET_SCOPES:
+        raise CatalogError(f"budget scope must be one of {', '.join(BUDGET_SCOPES)}")
+    if period not in PERIODS:
+        raise CatalogError(f"budget period must be one of {', '.join(PERIODS)}")
+    if mode not in BUDGET_MODES:
+        raise CatalogError(f"budget mode must be one of {', '.join(BUDGET_MODES)}")
+
+
 class NotFound(CatalogError):
     """The team, developer, key or budget named does not exist."""
 
@@ -237,12 +247,7 @@ class Catalog:
     def set_budget(self, scope: str, ref: str, period: str, amount_micros: int,
                    mode: str = "estimate", actor: str = "cli") -> dict[str, Any]:
         """Create or replace the cap of one scope and period (several periods may coexist)."""
-        if scope not in BUDGET_SCOPES:
-            raise CatalogError(f"budget scope must be one of {', '.join(BUDGET_SCOPES)}")
-        if period not in PERIODS:
-            raise CatalogError(f"budget period must be one of {', '.join(PERIODS)}")
-        if mode not in BUDGET_MODES:
-            raise CatalogError(f"budget mode must be one of {', '.join(BUDGET_MODES)}")
+        check_cap(scope, period, mode)
         if amount_micros < 0:
             raise CatalogError("a budget cannot be negative")
         with self.lock:

@@ -19,14 +19,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ledger.models_allowed import validate
-from ledger.periods import PERIODS
 from ledger.pricing import normalise_model_id
 
 if TYPE_CHECKING:
     from ledger.catalog import Catalog
 
-SCOPES = ("developer", "team", "team_member", "org")
-MODES = ("estimate", "strict")
 _GLOB = frozenset("*?[")
 _CACHE_LIMIT = 1024
 
@@ -84,14 +81,9 @@ class ModelCaps:
     def set(self, scope: str, ref: str, period: str, models: Any, amount_micros: int,
             mode: str = "estimate", actor: str = "cli") -> dict[str, Any]:
         """Create or replace the cap of one scope, period and model set."""
-        from ledger.catalog import CatalogError
+        from ledger.catalog import CatalogError, check_cap  # catalog imports this module
 
-        if scope not in SCOPES:
-            raise CatalogError(f"budget scope must be one of {', '.join(SCOPES)}")
-        if period not in PERIODS:
-            raise CatalogError(f"budget period must be one of {', '.join(PERIODS)}")
-        if mode not in MODES:
-            raise CatalogError(f"budget mode must be one of {', '.join(MODES)}")
+        check_cap(scope, period, mode)
         if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) \
                 or amount_micros < 0:
             raise CatalogError("a budget is a whole number of µ$, not negative")
