@@ -140,3 +140,10 @@ INSERT INTO key_usage
 SELECT key_id, count(*), CAST(sum(cost_micros) AS BIGINT), max(ts) FROM requests
 WHERE NOT EXISTS (SELECT 1 FROM key_usage)
 GROUP BY key_id;
+
+-- The highest `rolled_until` the rollup published (ledger.rollup) after a run that committed:
+-- a Redis whose own is lower came back as an older copy of itself (ledger.rewind).
+CREATE TABLE IF NOT EXISTS rollup_watermark (
+    id INTEGER PRIMARY KEY,
+    rolled_until BIGINT NOT NULL
+);

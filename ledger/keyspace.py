@@ -28,6 +28,9 @@ class KeySpace:
         self.epoch = f"{self.base}:epoch"
         # Epoch ms: every settlement that reached Redis before it is in DuckDB (ledger.rollup).
         self.rolled_until = f"{self.base}:rollup:rolled_until"
+        # The last stream entry not in the counters, while they wait for a rebuild after Redis
+        # was found behind the ledger (ledger.rewind); absent: the counters hold every entry.
+        self.counted_after = f"{self.base}:rebuild:counted_after"
         # Bumped by the dashboard: every proxy reloads its providers and routes when it moves.
         self.providers_reload = f"{self.base}:providers:reload"
         # The managed-settings checksum each machine last sent (CLAUDE_CODE_GATEWAY_HINT_HEADERS):

@@ -12,6 +12,11 @@ events settled since the flush, so this runs before the rollup reads a new strea
 settlement replayed after the flush although it had been rolled up before (its "already
 settled" marker was lost too) is in both; its amounts are subtracted once.
 
+After a rewind (ledger.rewind: Redis came back as an older copy of itself) the counters hold
+only the stream's events after the entry it noted (`counted_after`); the events up to it that
+DuckDB lacks are added too, and the events up to it that DuckDB has are dropped from the stream
+without a subtraction (they were in no counter).
+
 Per-model caps' counters (ledger/model_caps.py) are rebuilt the same way, from DuckDB's
 per-model daily sums, so that a flush cannot reopen a model cap.
 
@@ -114,10 +119,19 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
         counters.add(day, developer_id, team_id, int(cost),
                      dict(zip(TOKEN_COUNTERS.values(), map(int, tokens), strict=True)),
                      model=model)
+    # Which events the counters hold: all, or those after the entry a rewind noted.
+    after = await redis.get(keyspace.counted_after)
+    cut = _entry_order(_text(after)) if after else (-1, -1)
+    counted = {e["id"] for e in events if _entry_order(e["entry"]) > cut}
     twice = [event for event in events if event["id"] in seen]
-    for event in twice:  # in DuckDB and already in the fresh counters: once only
+    for event in twice:  # in DuckDB and already in the counters: once only
+        if event["id"] in counted:
+            counters.add(event["day"], event["developer_id"], event["team_id"],
+                         event["cost_micros"], event, sign=-1, model=event["model"])
+    for event in {e["id"]: e for e in events if e["id"] not in seen | counted}.values():
+        # Settled before the rewind and not rolled up yet: in no counter.
         counters.add(event["day"], event["developer_id"], event["team_id"],
-                     event["cost_micros"], event, sign=-1, model=event["model"])
+                     event["cost_micros"], event, model=event["model"])
     async with redis.pipeline(transaction=True) as pipe:
         try:
             await pipe.watch(keyspace.ready)
@@ -130,9 +144,10 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
                         pipe.hincrby(key, name, value)
                 pipe.expire(key, counters.ttl[key], nx=True)
             if twice:
-                # Gone from the stream with their subtraction, so that the rollup, which
-                # subtracts the replays it finds already in DuckDB, does not do it again.
+                # In DuckDB and counted once now: gone from the stream, so that the rollup,
+                # which takes back the replays it finds already in DuckDB, leaves them be.
                 pipe.xdel(keyspace.events, *[event["entry"] for event in twice])
+            pipe.execute_command("DEL", keyspace.counted_after)  # as catalog.queue_publish
             pipe.set(keyspace.ready, 1)
             await pipe.execute()
         except WatchError:
@@ -221,6 +236,11 @@ async def _stream_events(redis: Any, keyspace: KeySpace, first: date,
         if len(chunk) < 10_000:
             return events
         start = "(" + _text(chunk[-1][0])
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _text(value: bytes | str) -> str:

@@ -33,7 +33,8 @@ two holders into one DuckDB file counts once. The lock is what keeps a standby t
 own DuckDB file from splitting the history between two files.
 
 Before reading any new entry, a run makes sure the live counters are complete
-(`ledger.rebuild.ensure_counters`): if Redis came back empty they are rebuilt from DuckDB first.
+(`ledger.rebuild.ensure_counters`): if Redis came back empty, or as an older copy of itself
+(`ledger.rewind`), they are rebuilt from DuckDB first.
 
 Each event is one settlement packed in one stream field (ledger.settlement), which keeps
 reading, the rollup's bottleneck, cheap; `hiredis` (a dependency) parses the replies.
@@ -55,7 +56,7 @@ import duckdb
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from ledger import telemetry
+from ledger import rewind, telemetry
 from ledger.journal import AFTER_EMPTY, REPLAY_FIELD
 from ledger.keyspace import KeySpace
 from ledger.periods import day_sql
@@ -370,7 +371,8 @@ class Rollup:
             if not await self._hold():
                 return 0
             started = int(time.time() * 1000)  # what is in the stream now is read below
-            await self._ensure_counters()
+            mark = await self.db(rewind.watermark, self.conn)
+            await self._ensure_counters(mark)
             if not self._group_ready:
                 await self._create_group()
             done = 0
@@ -394,8 +396,12 @@ class Rollup:
                 self.leader = False
                 return done
             # Everything that reached Redis before `started` is in DuckDB: the proxies may
-            # trim their journals up to it (ledger.journal).
-            await self.redis.set(self.keyspace.rolled_until, started)
+            # trim their journals up to it (ledger.journal). It only grows, across admins
+            # whose clocks differ too (ledger.rewind compares it with the ledger's).
+            until = max(started, mark)
+            if done:
+                await self.db(rewind.record, self.conn, until)
+            await self.redis.set(self.keyspace.rolled_until, until)
             return done
 
     async def final_run(self) -> int:
@@ -463,8 +469,12 @@ class Rollup:
 
     # -- steps -----------------------------------------------------------------------------
 
-    async def _ensure_counters(self) -> None:
+    async def _ensure_counters(self, mark: int = 0) -> None:
+        """Rebuild the counters if Redis lost them, or if it is behind the ledger's
+        watermark `mark` (ledger.rewind)."""
         if self.rebuild:
+            if mark:
+                await rewind.rewind_if_behind(self.redis, self.keyspace, mark, self.clock())
             await ensure_counters(self.redis, self.keyspace, self.conn, self.db, self.clock())
 
     async def _create_group(self) -> None:

@@ -14,14 +14,16 @@ from typing import Any
 
 import pytest
 
-from ledger import periods
+from ledger import periods, rewind
 from ledger.gate import BudgetExceeded, Estimate, Gate, MeteringUnavailable, Ticket
+from ledger.journal import Journal
 from ledger.keyspace import KeySpace
 from ledger.model_caps import Matcher
 from ledger.periods import COUNTER_TTL, PERIODS, period_end, period_start
 from ledger.policy import Cap, Principal
 from ledger.pricing import Cost
 from ledger.rebuild import ensure_counters
+from ledger.rewind import rewind_if_behind
 from ledger.rollup import Rollup
 from ledger.settlement import Settlement
 from ledger.spool import Spool
@@ -281,3 +283,63 @@ async def _stream_then_roll_up(redis: Any, conn: Any, events: list[dict[str, Any
     await rollup.run_once()
     await redis.flushall()
     return rollup
+
+
+async def _copy(redis: Any) -> list[tuple[Any, int, bytes]]:
+    """Every key as DUMP gives it, with its TTL: a snapshot of Redis as it is now."""
+    return [(key, max(await redis.pttl(key), 0), await redis.dump(key))
+            async for key in redis.scan_iter()]
+
+
+async def _back_as(redis: Any, copy: list[tuple[Any, int, bytes]]) -> None:
+    """Redis restarts from that older snapshot (or a replica that lagged takes over)."""
+    await redis.flushall()
+    for key, ttl, value in copy:
+        await redis.restore(key, ttl, value)
+
+
+# The order of the two repairs is a race in production: a proxy that sees another server
+# answer replays at once; the admin finds Redis behind the ledger at its next run.
+@pytest.mark.parametrize("journal_first", [True, False], ids=["journal-first", "admin-first"])
+async def test_a_redis_back_as_an_older_copy_of_itself_counts_everything_once(
+        redis: Any, gate: Gate, tmp_path: Path, journal_first: bool) -> None:
+    conn = fresh_db()
+    rollup = Rollup(redis, KS, conn, inline_db, clock=lambda: NOW)
+    await rollup.run_once()
+    journal = Journal(tmp_path / "journal")
+    proxy = Gate(redis, KS, gate.spool, journal=journal)
+    await journal.watch(redis, KS.epoch, KS.rolled_until, proxy.apply)  # the epoch it knows
+    before = this_period_events(120, seed=7, prefix="old_")
+    for e in before:
+        await settle(gate, e)
+    await rollup.run_once()
+    copy = await _copy(redis)  # the snapshot the older copy is made of
+    # Rolled up after the snapshot and trimmed from the journals since (settled without one).
+    middle = this_period_events(40, seed=8, prefix="mid_")
+    for e in middle:
+        await settle(gate, e)
+    await rollup.run_once()
+    late = this_period_events(30, seed=9, prefix="new_")
+    for e in late[:20]:  # rolled up, still journalled
+        await settle(proxy, e)
+    await rollup.run_once()
+    for e in late[20:]:  # journalled only
+        await settle(proxy, e)
+    everything = before + middle + late
+    org = KS.counter("org", "", "monthly", NOW)
+    assert int(await redis.hget(org, "spent")) == expected_counters(everything)[org]["spent"]
+
+    await _back_as(redis, copy)
+    assert int(await redis.hget(org, "spent")) == expected_counters(before)[org]["spent"]
+    if journal_first:
+        epoch = (await redis.get(KS.epoch)).decode()
+        assert await journal.replay(proxy.apply, epoch) == 30  # all lost by the copy
+    await rollup.run_once()  # finds Redis behind the ledger: zeroes, rebuilds
+    assert await journal.watch(redis, KS.epoch, KS.rolled_until, proxy.apply)  # new epoch
+    await rollup.run_once()  # takes back the replays DuckDB already had
+
+    keys = current_counter_keys(everything)
+    assert await read_counters(redis, keys) == expected_counters(everything)
+    assert_rolled_up_once(conn, everything)
+    assert not await rewind_if_behind(redis, KS, rewind.watermark(conn), NOW)  # caught up
+    journal.close()
