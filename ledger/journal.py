@@ -19,12 +19,14 @@ entry is replayed through the settlement script, marked as a replay: one that Re
 remembers as settled is a no-op, one it forgot lands again, and the rollup keeps one copy per
 request id.
 
-The mark says how the counters stand. Each entry records the epoch this process last saw when
-it appended it. Sent under the epoch Redis still has (`AFTER_FAILOVER`): no empty restart came
-between, so the counters were never rebuilt from DuckDB, and a replay that lands adds what
-this server's counters lacked. Sent under another epoch, or before this process had looked
-(`AFTER_EMPTY`): the counters may have been rebuilt from DuckDB since, and the rollup takes back
-a replay that DuckDB already held (ledger.rollup, ledger.rebuild).
+The mark is the epoch this process last saw when it appended the entry ('' before its first
+look); the rollup compares it with the epoch Redis has when it reads the replay (ledger.rollup).
+The same epoch: no empty restart or rewind came between, so the counters were never rebuilt from
+DuckDB, and a replay that lands adds what this server's counters lacked (a failover to a
+replica that lagged). Another epoch: the counters were rebuilt from DuckDB since (ledger.rebuild,
+ledger.rewind), and the rollup takes back a replay that DuckDB already held. The comparison is
+made when the replay is read, not when it is sent: a replay still running when the epoch
+changes (a rewind) is judged by the epoch its settlements landed under.
 
 Each process writes its own file under an exclusive lock; a new process adopts the files of dead
 ones (a SIGKILLed proxy's settlements are then kept and replayed like its own).
@@ -52,9 +54,7 @@ Entry = dict[str, Any]
 FSYNC_INTERVAL = 0.05  # seconds: the window a machine crash can still lose
 CHECK_INTERVAL = 1.0  # seconds between looks at the epoch, run id and watermark
 CLOCK_SKEW_MS = 5_000
-REPLAY_FIELD = "r"  # a stream field of replayed settlements (ledger.rollup reads it)
-AFTER_EMPTY = 1  # its values (see the module docstring)
-AFTER_FAILOVER = 2
+REPLAY_FIELD = "r"  # a stream field of replayed settlements: the epoch of their line
 
 
 class Journal:
@@ -144,14 +144,13 @@ class Journal:
         self._unsynced = bool(tail)
         return dropped
 
-    async def replay(self, apply: Callable[[Entry], Awaitable[Any]], epoch: str) -> int:
-        """Send every journalled settlement again, marked as a replay; returns how many
-        Redis (whose epoch marker is now `epoch`) had forgotten, and so took again."""
+    async def replay(self, apply: Callable[[Entry], Awaitable[Any]]) -> int:
+        """Send every journalled settlement again, marked as a replay with the epoch it was
+        sent under; returns how many Redis had forgotten, and so took again."""
         landed = 0
         for _, line in list(self.entries):
             _, entry, *seen = orjson.loads(line)  # no epoch in lines of an older meterd
-            kind = AFTER_FAILOVER if seen and seen[0] == epoch else AFTER_EMPTY
-            landed += int(await apply(replayed(entry, kind)))
+            landed += int(await apply(replayed(entry, seen[0] if seen else None)))
         self.landed += landed
         return landed
 
@@ -174,7 +173,7 @@ class Journal:
             self.run_id is not None and run_id != self.run_id)
         first = self.epoch is None
         if lost or (first and self.adopted):
-            landed = await self.replay(apply, epoch)
+            landed = await self.replay(apply)
             self.replays += 1
             log.warning("redis %s: replayed %d journalled settlements, %d of them lost by it",
                         "lost data or changed server" if lost else "seen after a restart",
@@ -224,7 +223,7 @@ def _rewrite(path: Path, entries: list[tuple[int, bytes]]) -> Any:
     return new
 
 
-def replayed(entry: Entry, kind: int = AFTER_EMPTY) -> Entry:
-    """The settlement with its stream event marked as a replay of `kind` (the event's field,
-    value pairs end the script's arguments, so one more pair is added to the event)."""
-    return {"keys": entry["keys"], "args": [*entry["args"], REPLAY_FIELD, kind]}
+def replayed(entry: Entry, epoch: str | None) -> Entry:
+    """The settlement with its stream event marked as a replay of a line sent under `epoch`
+    (the event's field, value pairs end the script's arguments, so one more pair is added)."""
+    return {"keys": entry["keys"], "args": [*entry["args"], REPLAY_FIELD, epoch or ""]}

@@ -57,7 +57,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from ledger import rewind, telemetry
-from ledger.journal import AFTER_EMPTY, REPLAY_FIELD
+from ledger.journal import REPLAY_FIELD
 from ledger.keyspace import KeySpace
 from ledger.periods import day_sql
 from ledger.pricing import MTOK, US_GEO_MULTIPLIER, PriceTable
@@ -78,10 +78,11 @@ log = logging.getLogger("meterd.rollup")
 Db = Callable[..., Awaitable[Any]]  # AdminState.db: run a sync function on the DuckDB thread
 Fault = Callable[[str], None]
 Fence = Callable[[], bool]  # may this batch still commit?
+Entries = list[tuple[bytes, dict[bytes, bytes] | None]]  # stream entries (deleted: None)
 
 GROUP = "rollup"
 _ID = FIELDS.index("id")
-_REPLAY_FIELD, _AFTER_EMPTY = REPLAY_FIELD.encode(), str(AFTER_EMPTY).encode()
+_REPLAY_FIELD = REPLAY_FIELD.encode()
 CONSUMER = "rollup"  # one name for every lock holder: a new holder inherits what is pending
 STEPS = ("inserted", "daily", "committed")  # where a test's fault hook may strike
 JOB_ID = "meterd-rollup"
@@ -238,7 +239,7 @@ class Savings:
                 factor.denominator * MTOK)
 
 
-def _encode(entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> str:
+def _encode(entries: Entries) -> str:
     """The batch as one US/RS-separated string (see _BATCH_SQL), stream entry id first."""
     us = US.encode()
     rows = [entry_id + us + us.join(entry_values(fields))
@@ -380,16 +381,15 @@ class Rollup:
                 # Our unacknowledged entries first (a run that died), then new ones. The
                 # next batch is read from Redis while DuckDB writes the current one.
                 for pending in (True, False):
-                    entries = await self._read("0" if pending else ">")
+                    entries, epoch = await self._read("0" if pending else ">")
                     while entries:
-                        writing = asyncio.create_task(self._commit(entries))
+                        writing = asyncio.create_task(self._commit(entries, epoch))
                         try:
                             more = pending or len(entries) == self.batch
                             after = _text(entries[-1][0]) if pending else ">"
-                            following = await self._read(after) if more else []
+                            entries, epoch = await self._read(after) if more else ([], None)
                         finally:
                             done += await writing
-                        entries = following
             except LockLost:
                 # What we read and did not acknowledge stays pending for the next holder.
                 log.warning("lost the rollup lock during a run; another process continues")
@@ -485,11 +485,15 @@ class Rollup:
                 raise
         self._group_ready = True
 
-    async def _read(self, cursor: str) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+    async def _read(self, cursor: str) -> tuple[Entries, bytes | None]:
+        """A batch of entries, and the epoch Redis had when it gave them (see _commit)."""
         for _ in range(2):
             try:
-                reply = await self.redis.xreadgroup(GROUP, CONSUMER, {self.keyspace.events: cursor},
-                                                    count=self.batch)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.get(self.keyspace.epoch)
+                    pipe.xreadgroup(GROUP, CONSUMER, {self.keyspace.events: cursor},
+                                    count=self.batch)
+                    epoch, reply = await pipe.execute()
             except ResponseError as exc:
                 # Real Redis says NOGROUP; the embedded backend complains that the key is gone.
                 if "NOGROUP" not in str(exc) and "key to exist" not in str(exc):
@@ -499,17 +503,17 @@ class Rollup:
                 await self._ensure_counters()
                 await self._create_group()
                 continue
-            return list(reply[0][1]) if reply else []
-        return []
+            return (list(reply[0][1]) if reply else []), epoch
+        return [], None
 
-    async def _commit(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> int:
+    async def _commit(self, entries: Entries, epoch: bytes | None) -> int:
         if not await self._hold():  # renewed: a whole lease for this batch's write
             raise LockLost("another process holds the rollup lock")
         payload = _encode(entries)
-        # Only replays after an empty restart can be in the rebuilt counters twice (a replay
-        # after a failover filled in what the promoted replica's counters lacked).
+        # Only replays of lines sent under another epoch can be in the rebuilt counters twice
+        # (one sent under this epoch filled in what a promoted replica's counters lacked).
         replays = [_text(entry_values(fields)[_ID]) for _, fields in entries
-                   if fields and fields.get(_REPLAY_FIELD) == _AFTER_EMPTY]
+                   if fields and fields.get(_REPLAY_FIELD, epoch) != epoch]
         known: list[tuple[Any, ...]] = []
         new = await self.db(write_batch, self.conn, payload, self.savings, self.fault,
                             self._lease_valid, replays, known) if payload else 0

@@ -1,11 +1,13 @@
-"""Faults under load, with real processes, as issue 19 asks: three `meterd proxy`, two
-`meterd admin` (leader and standby) on one DuckDB file, a Redis primary with a replica and
-three Sentinels, every process connected through `redis+sentinel://`. Under load, one after the
-other: SIGKILL the Redis primary (the Sentinels fail over), restart the primary empty (its
-replica resyncs and empties too), SIGKILL the leading admin, SIGKILL a proxy. Then: every
-request a client saw answered is in the ledger exactly once with its exact cost, the counters
-match the ledger, and a strict cap that the load reached before the faults held through all
-of them (0 overshoot, and no request of its developer answered once one was refused).
+"""Faults under load, with real processes, as issue 19 asks: three `meterd proxy`, two `meterd
+admin` (leader and standby) on one DuckDB file, a Redis primary with a replica and three
+Sentinels, every process connected through `redis+sentinel://`. Under load, one after the other:
+SIGKILL the Redis primary (the Sentinels fail over), restart the primary empty (its replica
+resyncs and empties too), restart it from a snapshot taken seconds before (Redis back as an
+older copy of itself, after the journals dropped what came after it), SIGKILL the leading admin,
+SIGKILL a proxy. Then: every request a client saw answered is in the ledger exactly once with
+its exact cost, the counters match the ledger, and a strict cap that the load reached before the
+faults held through all of them (0 overshoot, and no request of its developer answered once one
+was refused).
 
 The sent / accounted / lost / doubled table is printed (shown with `-s`), and written to the
 terminal report otherwise, so that the test log shows it either way.
@@ -31,6 +33,7 @@ import orjson
 import pytest
 import redis as sync_redis
 
+from ledger.journal import CLOCK_SKEW_MS
 from ledger.keyspace import KeySpace
 from ledger.rollup import lock_key
 from meterd.ports import free_port
@@ -117,7 +120,7 @@ class Deployment:
                     return False  # a killed proxy: not answered, not owed
             turn, start = 0, len(self.answered)
             # A ceiling per load, so that a fault that stalls the stop cannot run it forever.
-            while not stop.is_set() and len(self.answered) - start < 3_000:
+            while not stop.is_set() and len(self.answered) - start < 8_000:
                 urls = [u for u, p in self.proxies.items() if p.returncode is None]
                 if not urls:  # the test is ending
                     return
@@ -214,6 +217,24 @@ async def restart_redis_empty(d: Deployment) -> None:
     assert d.primary() is primary  # no failover: this was a restart
 
 
+async def restart_redis_from_an_older_snapshot(d: Deployment) -> None:
+    """Snapshot the primary, let the load go on until the journals have dropped what was
+    settled after it (a rollup published a watermark more than CLOCK_SKEW_MS later), then
+    SIGKILL the primary and start it from that snapshot, before the Sentinels consider it
+    down: Redis is back as an older copy of itself, epoch marker included."""
+    primary = d.primary()
+    client = sync_redis.Redis(port=primary.port)
+    client.save()
+    taken = int(time.time() * 1000)
+    await until(lambda: int(client.get(KEYSPACE.rolled_until) or 0) > taken + CLOCK_SKEW_MS
+                + 1500, "the journals to drop what was settled after the snapshot")
+    kill(primary)
+    primary.args = ()
+    primary.start()  # loads dump.rdb, the snapshot
+    await until(lambda: replica_in_sync(primary), "the replica to resync from the old copy")
+    assert d.primary() is primary  # no failover: this was a restart
+
+
 async def kill_leader(d: Deployment) -> None:
     statuses = {port: await admin_ready(port) for port in d.admins}
     assert sorted(statuses.values()) == [200, 503], statuses  # one leads, one stands by
@@ -234,6 +255,7 @@ async def kill_proxy(d: Deployment) -> None:
 FAULTS: list[tuple[str, Callable[[Deployment], Awaitable[None]]]] = [
     ("redis primary SIGKILLed", kill_primary),
     ("redis restarted empty", restart_redis_empty),
+    ("redis back as older copy", restart_redis_from_an_older_snapshot),
     ("leading admin SIGKILLed", kill_leader),
     ("proxy SIGKILLed", kill_proxy),
 ]
