@@ -6,8 +6,8 @@ until the marker is back. Settlement does not wait: requests that finish meanwhi
 in fresh counters and in the (fresh) event stream.
 
 So the rebuild ADDS (HINCRBY) to each counter of the current day, week and month what DuckDB
-holds for that period, and sets the marker in the same MULTI. DuckDB must not yet hold any of the
-events settled since the flush, so this runs before the rollup reads a new stream entry
+holds for that period, and sets the marker in the same step (rebuild.lua). DuckDB must not yet
+hold any of the events settled since the flush, so this runs before the rollup reads a new entry
 (`Rollup.run_once` calls it first, under the rollup lock). One exception is handled exactly: a
 settlement replayed after the flush although it had been rolled up before (its "already
 settled" marker was lost too) is in both; its amounts are subtracted once.
@@ -30,10 +30,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
+from importlib import resources
 from typing import Any
 
 import duckdb
-from redis.exceptions import WatchError
 
 from ledger import caps
 from ledger.keyspace import KeySpace
@@ -41,6 +41,7 @@ from ledger.model_caps import Matcher
 from ledger.periods import COUNTER_TTL, PERIODS, day_start, local_day, period_end, start_day
 from ledger.settlement import FIELDS, SPENT, TOKEN_COUNTERS, entry_values
 
+_COMMIT = resources.files("ledger").joinpath("rebuild.lua").read_text()
 log = logging.getLogger("meterd.rebuild")
 Db = Callable[..., Awaitable[Any]]
 
@@ -132,26 +133,17 @@ async def ensure_counters(redis: Any, keyspace: KeySpace, conn: duckdb.DuckDBPyC
         # Settled before the rewind and not rolled up yet: in no counter.
         counters.add(event["day"], event["developer_id"], event["team_id"],
                      event["cost_micros"], event, model=event["model"])
-    async with redis.pipeline(transaction=True) as pipe:
-        try:
-            await pipe.watch(keyspace.ready)
-            if await pipe.exists(keyspace.ready):
-                return False  # someone else rebuilt meanwhile
-            pipe.multi()
-            for key, sums in counters.amounts.items():
-                for name, value in sums.items():
-                    if value:  # settle.lua never writes a zero token field
-                        pipe.hincrby(key, name, value)
-                pipe.expire(key, counters.ttl[key], nx=True)
-            if twice:
-                # In DuckDB and counted once now: gone from the stream, so that the rollup,
-                # which takes back the replays it finds already in DuckDB, leaves them be.
-                pipe.xdel(keyspace.events, *[event["entry"] for event in twice])
-            pipe.execute_command("DEL", keyspace.counted_after)  # as catalog.queue_publish
-            pipe.set(keyspace.ready, 1)
-            await pipe.execute()
-        except WatchError:
-            return False
+    # Events in DuckDB and counted once now leave the stream, so that the rollup, which
+    # takes back the replays it finds already in DuckDB, leaves them be.
+    keys, args = [keyspace.ready, keyspace.counted_after, keyspace.events], []
+    for key, sums in counters.amounts.items():
+        # settle.lua never writes a zero token field
+        fields = [(name, value) for name, value in sums.items() if value]
+        keys.append(key)
+        args += [counters.ttl[key], len(fields), *(x for pair in fields for x in pair)]
+    args += [event["entry"] for event in twice]
+    if not await redis.eval(_COMMIT, len(keys), *keys, *args):
+        return False  # someone else rebuilt meanwhile
     if counters.amounts:
         log.warning("redis had lost the spend counters: rebuilt %d counters of the current "
                     "periods from DuckDB (%d events settled since were already in them)",

@@ -50,11 +50,12 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
+from importlib import resources
 from typing import Any
 
 import duckdb
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import RedisError, ResponseError
 
 from ledger import rewind, telemetry
 from ledger.journal import REPLAY_FIELD
@@ -81,6 +82,7 @@ Fence = Callable[[], bool]  # may this batch still commit?
 Entries = list[tuple[bytes, dict[bytes, bytes] | None]]  # stream entries (deleted: None)
 
 GROUP = "rollup"
+_LEASE = resources.files("ledger").joinpath("lease.lua").read_text()
 _ID = FIELDS.index("id")
 _REPLAY_FIELD = REPLAY_FIELD.encode()
 CONSUMER = "rollup"  # one name for every lock holder: a new holder inherits what is pending
@@ -357,9 +359,6 @@ class Rollup:
         self.redis_down = False  # the last run could not reach Redis
         self._group_ready = False
         self._running = asyncio.Lock()
-        # Lock commands one at a time: our own renewal between another's WATCH and EXEC
-        # would abort that transaction.
-        self._lock_ops = asyncio.Lock()
         self._lease_until = 0.0  # monotonic time until which the lock is surely ours
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False  # ends the heartbeat's loop (see close)
@@ -424,10 +423,9 @@ class Rollup:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
-        async with self._running, self._lock_ops:
+        async with self._running:
             try:
-                # execute_command as in catalog.queue_publish (Cluster pipelines: delete is async).
-                await self._if_ours(lambda pipe: pipe.execute_command("DEL", self.lock))
+                await _lease(self.redis, [self.lock], self.token, "release")
             except RedisError as exc:
                 log.warning("could not release the rollup lock (it expires): %s", exc)
             self.leader = False
@@ -519,17 +517,12 @@ class Rollup:
                             self._lease_valid, replays, known) if payload else 0
         if self.fault is not None:
             self.fault("committed")
+        # Exactly these ids are deleted: trimming by id range could drop entries of a stream
+        # that Redis recreated meanwhile (restart), with ids from a clock that went back.
         ids = [entry_id for entry_id, _ in entries if entry_id is not None]
-
-        def acknowledge(pipe: Any) -> None:
-            pipe.xack(self.keyspace.events, GROUP, *ids)
-            # Exactly these ids: trimming by id range could drop entries of a stream that
-            # Redis recreated meanwhile (restart), with ids from a clock that went back.
-            pipe.xdel(self.keyspace.events, *ids)
-
-        async with self._lock_ops:
-            if not await self._if_ours(acknowledge):
-                raise LockLost("the rollup lock passed on before the acknowledgement")
+        if not await _lease(self.redis, [self.lock, self.keyspace.events], self.token, "ack",
+                            GROUP, *ids):
+            raise LockLost("the rollup lock passed on before the acknowledgement")
         if known:
             # Replays of settlements DuckDB had before Redis lost them: the rebuild counted
             # them from DuckDB, their replay counted them again. (A crash right here leaves
@@ -541,55 +534,26 @@ class Rollup:
 
     async def _hold(self) -> bool:
         """Take the lock, or renew it if it is ours; note until when it surely is."""
-        async with self._lock_ops:
-            asked = time.monotonic()  # Redis keeps the key at least a TTL from here
-            held = bool(await self.redis.set(self.lock, self.token, nx=True,
-                                             px=self.lock_ttl_ms))
-            if not held:
-                held = await self._if_ours(lambda pipe: pipe.pexpire(self.lock,
-                                                                     self.lock_ttl_ms))
-            self._lease_until = asked + self.lock_ttl_ms * LEASE_SHARE / 1000 if held else 0.0
-            self.leader = held
-            return held
+        asked = time.monotonic()  # Redis keeps the key at least a TTL from here
+        held = await _lease(self.redis, [self.lock], self.token, "take", self.lock_ttl_ms)
+        self._lease_until = asked + self.lock_ttl_ms * LEASE_SHARE / 1000 if held else 0.0
+        self.leader = held
+        return held
 
     def _lease_valid(self) -> bool:
         """The fence of a commit (asked on the DuckDB thread)."""
         return time.monotonic() < self._lease_until
 
-    async def _if_ours(self, action: Callable[[Any], Any]) -> bool:
-        """Run `action` on a transaction only while the lock holds our token (compare-and-set;
-        the caller holds `_lock_ops`)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(self.lock)
-                value = await pipe.get(self.lock)
-                if value is None or _text(value) != self.token:
-                    return False
-                pipe.multi()
-                action(pipe)
-                await pipe.execute()
-                return True
-            except WatchError:
-                return False
-
 
 async def take_lease(redis: Any, keyspace: KeySpace, token: str,
                      ttl_ms: int = LOCK_TTL_MS) -> bool:
     """Take the rollup lock with `token` if it is free (or already ours)."""
-    key = lock_key(keyspace)
-    if await redis.set(key, token, nx=True, px=ttl_ms):
-        return True
-    async with redis.pipeline(transaction=True) as pipe:  # ours: renewed, only while ours
-        try:
-            await pipe.watch(key)
-            if _text(await pipe.get(key) or b"") != token:
-                return False
-            pipe.multi()
-            pipe.pexpire(key, ttl_ms)
-            await pipe.execute()
-            return True
-        except WatchError:
-            return False
+    return await _lease(redis, [lock_key(keyspace)], token, "take", ttl_ms)
+
+
+async def _lease(redis: Any, keys: list[str], token: str, action: str, *args: Any) -> bool:
+    """Run one action on the lock (lease.lua); True if the lock was ours."""
+    return bool(await redis.eval(_LEASE, len(keys), *keys, token, action, *args))
 
 
 def schedule(scheduler: AsyncIOScheduler, rollup: Rollup, interval: float,

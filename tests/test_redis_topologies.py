@@ -17,6 +17,7 @@ import orjson
 import pytest
 import redis as sync_redis
 
+from ledger.rewind import rewind_if_behind
 from tests.conftest import Gateway, RedisServer, free_port, need
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 100, "stream": True,
@@ -179,11 +180,6 @@ def cluster() -> Iterator[list[RedisServer]]:
             shutil.rmtree(node.dir, ignore_errors=True)
 
 
-# The rollup releases its lease on close with `pipe.delete` inside a transaction; on redis-py's
-# Cluster pipeline that is a coroutine nobody awaits, so the lease expires instead of being
-# released (ledger/rollup.py, left to its owner): the warning of that is not this test's.
-@pytest.mark.filterwarnings("ignore:Exception ignored in. <coroutine object "
-                            "TransactionStrategy:pytest.PytestUnraisableExceptionWarning")
 async def test_a_cluster_meters_every_request_exactly_and_keeps_every_key_in_one_slot(
         cluster: list[RedisServer], start_gateway: Callable[..., Awaitable[Gateway]]) -> None:
     clients = [sync_redis.Redis(port=n.port) for n in cluster]
@@ -193,8 +189,13 @@ async def test_a_cluster_meters_every_request_exactly_and_keeps_every_key_in_one
                    for c in clients)
     await wait_for(cluster_ok, "the cluster to agree on its slots")
 
-    gateway = await start_gateway(redis_url=f"redis+cluster://127.0.0.1:{cluster[1].port}")
+    # Failing closed, a budget refuses every request until the rollup has marked the counters
+    # complete (ledger.rebuild, a script the Cluster runs).
+    gateway = await start_gateway(redis_url=f"redis+cluster://127.0.0.1:{cluster[1].port}",
+                                  redis_outage_policy="fail_closed")
     key = await gateway.developer()
+    await gateway.change(gateway.admin.catalog.set_budget, "developer", "Ada", "monthly",
+                         21 * SONNET_COST, mode="strict")
     statuses = await asyncio.gather(*(send(gateway, key) for _ in range(20)))
     assert statuses == [200] * 20
     events = await gateway.settled(20)
@@ -209,6 +210,19 @@ async def test_a_cluster_meters_every_request_exactly_and_keeps_every_key_in_one
     rows: Any = await gateway.admin.db(lambda: gateway.admin.catalog.conn.execute(
         "SELECT count(*), sum(cost_micros) FROM requests").fetchone())
     assert rows == (20, 20 * SONNET_COST)
+    # Acknowledged and deleted under the rollup lock (a compare-and-set the Cluster runs).
+    redis, keyspace = gateway.admin.rollup.redis, gateway.proxy.keyspace
+    assert await redis.xlen(keyspace.events) == 0
+
+    # Redis back as an older copy of itself (ledger.rewind): the script that zeroes the
+    # counters finds them by SCAN on the node that owns the slot, and the rebuild restores them.
+    org = keyspace.counter("org", "", "monthly", datetime.now(UTC))
+    assert int(await redis.hget(org, "spent")) == 20 * SONNET_COST
+    ahead = int(await redis.get(keyspace.rolled_until)) + 1
+    assert await rewind_if_behind(redis, keyspace, ahead, datetime.now(UTC))
+    assert await redis.hget(org, "spent") is None
+    await gateway.admin.rollup.run_once()
+    assert int(await redis.hget(org, "spent")) == 20 * SONNET_COST
 
     # Every key meterd wrote carries the deployment's hash tag, so all of them are on the
     # one node that owns its slot: scripts and transactions never cross slots.
