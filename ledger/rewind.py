@@ -13,9 +13,9 @@ exactly (ledger.rebuild, Redis came back empty), in one atomic step (rewind.lua)
 token fields of the current periods' counters are zeroed, the stream's last entry noted (the
 counters now hold exactly the events after it: `counted_after`), the `ready` marker dropped
 (admission waits for the rebuild, as after an empty restart), and a new epoch set, so that every
-proxy replays its journal marked as after an empty restart and the rollup takes back what
-DuckDB already had. The rebuild then adds DuckDB's sums and the stream's events up to that
-entry that DuckDB lacks.
+proxy replays its journal, and the rollup takes back the replays of lines sent under an older
+epoch that DuckDB already had. The rebuild then adds DuckDB's sums and the stream's events up to
+that entry that DuckDB lacks.
 
 A false alarm (an admin that died between recording the watermark and publishing it) costs a
 rebuild and a replay, not a miscount.
