@@ -271,7 +271,7 @@ async def test_malformed_event_fields_get_defaults_instead_of_blocking_the_strea
 # --- crashes at every step ------------------------------------------------------------------
 
 
-CRASH_LOCK_MS = 1_500
+CRASH_LOCK_MS = 2_500
 
 
 @pytest.mark.parametrize("rerun", ["same process", "new process after lock expiry"])
