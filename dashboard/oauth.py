@@ -148,6 +148,15 @@ def well_known(public_url: str) -> Handler:
 
 # -- JSON endpoints (Claude Code) ------------------------------------------------------------
 
+async def _heard(state: OAuthState, published: float) -> None:
+    """Return once every proxy can have heard of a change published at `published` (Unix
+    seconds). A proxy reads the policy every `policy_refresh` seconds, and a read under way
+    at that moment may have had the version before it: two periods cover both."""
+    wait = published + 2 * state.policy_refresh - time.time()
+    if wait > 0:
+        await asyncio.sleep(wait)
+
+
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
                         headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
@@ -215,9 +224,7 @@ async def _device_grant(request: web.Request, device_code: str) -> web.Response:
     # The developer this sign-in placed reaches each proxy with its next policy refresh: hand
     # the token out no sooner, so the client's first request is served, not refused. (A client
     # polls every few seconds; only a poll right after the approval waits.)
-    wait = float(r.get("placed_at") or 0) + 2 * state.policy_refresh - time.time()
-    if wait > 0:
-        await asyncio.sleep(wait)
+    await _heard(state, float(r.get("placed_at") or 0))
     now = time.time()
     access_expires = int(now) + state.access_ttl
     sid, refresh = await state.admin.db(
@@ -326,7 +333,9 @@ async def _place(state: OAuthState, identity: Identity) -> Any:
 
 async def revoke(request: web.Request) -> web.Response:
     """POST (RFC 7009): an access or refresh token; its sign-in ends. Always 200 (an unknown
-    token is no error), without client authentication, as Claude Code signs out."""
+    token is no error), without client authentication, as Claude Code signs out. It answers
+    once every proxy can have heard of the revocation, so the token's next request is
+    refused (401, x-should-retry: false) wherever it goes."""
     state = request.app[OAUTH]
     value = (await _form(request)).get("token", "")
     if not value:
@@ -346,6 +355,8 @@ async def revoke(request: web.Request) -> web.Response:
                                              f"developer:{developer}")
         if revoked:
             await state.admin.publish()
+        # Also when it was revoked already: by a call that may have published it a moment ago.
+        await _heard(state, time.time())
     return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
 
