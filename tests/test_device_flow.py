@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from joserfc.jwk import ECKey, OctKey
 from dashboard import device_codes
 from ledger import tokens
 from ledger.signins import SignIns
+from meterd.settings import Settings
 from tests.conftest import MOCK_KEY, proxy_process
 from tests.sso import BODY, DEVICE_GRANT, SSO, claims
 
@@ -302,18 +304,54 @@ async def test_refresh_after_expiry_gives_a_new_working_bearer(start_sso: Any) -
     assert len(await sso.audit("signin.refresh")) == 1
 
 
-async def test_a_replayed_refresh_token_ends_the_sign_in(sso: SSO) -> None:
+async def test_a_refresh_token_rotated_away_ends_the_sign_in_when_presented_again(
+        sso: SSO) -> None:
     answer = await sso.sign_in("u-ada", "ada@example.com", ["eng"])
+    sid = claims(answer["access_token"])["sid"]
+    chain = [answer["refresh_token"]]
     async with sso.browser() as s:
-        status, fresh = await sso.refresh(s, answer["refresh_token"])
-        assert status == 200
-        status, body = await sso.refresh(s, answer["refresh_token"])  # the replaced one
+        for _ in range(2):
+            status, fresh = await sso.refresh(s, chain[-1])
+            assert status == 200
+            chain.append(fresh["refresh_token"])
+        status, body = await sso.refresh(s, chain[0])  # two rotations back
         assert (status, body["error"]) == (401, "invalid_grant")
-        status, body = await sso.refresh(s, fresh["refresh_token"])  # the family is gone
+        status, body = await sso.refresh(s, chain[2])  # the family is gone
         assert (status, body["error"]) == (401, "invalid_grant")
     r = await sso.refused_within(fresh["access_token"], 1.0)
     assert r.status == 401 and r.headers["x-should-retry"] == "false"
-    assert len(await sso.audit("signin.revoke")) == 1
+    [revoked] = await sso.audit("signin.revoke")
+    assert revoked["target"] == sid
+    assert orjson.loads(revoked["after"])["reason"] == (
+        "a replaced refresh token was presented again")
+    # Each token rotated away is remembered in Redis by its SHA-256 under the deployment's
+    # hash tag, for at least as long as a refresh token lives; no key holds a token.
+    redis, base = sso.gateway.admin.redis, sso.gateway.admin.keyspace.base
+    for old in chain[:2]:
+        key = f"{base}:oauth:spent:{hashlib.sha256(old.encode()).hexdigest()}"
+        assert await redis.get(key) == sid.encode()
+        assert await redis.ttl(key) >= Settings.refresh_token_ttl - 60
+    names = [k.decode() async for k in redis.scan_iter(match="*")]
+    assert not [k for k in names for token in chain if token in k]
+
+
+async def test_two_refreshes_of_one_token_at_once_leave_the_sign_in_standing(
+        sso: SSO) -> None:
+    answer = await sso.sign_in("u-ada", "ada@example.com", ["eng"])
+    asked = len(sso.idp.requests)
+    async with sso.browser() as a, sso.browser() as b:
+        both = await asyncio.gather(sso.refresh(a, answer["refresh_token"]),
+                                    sso.refresh(b, answer["refresh_token"]))
+    [(_, won)] = [(st, body) for st, body in both if st == 200]
+    [(lost_status, lost)] = [(st, body) for st, body in both if st != 200]
+    assert (lost_status, lost["error"]) == (401, "invalid_grant")
+    # The loser never reached the provider, and the winner's new pair works: not ended.
+    assert [r for r, _ in sso.idp.requests[asked:]] == ["/token"]
+    assert (await sso.messages(won["access_token"])).status == 200
+    async with sso.browser() as s:
+        status, _ = await sso.refresh(s, won["refresh_token"])
+    assert status == 200
+    assert await sso.audit("signin.revoke") == []
 
 
 async def test_leaving_the_mapped_group_at_the_provider_ends_access_at_refresh(
