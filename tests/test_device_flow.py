@@ -289,11 +289,13 @@ async def test_behind_a_trusted_proxy_the_limit_counts_each_client(start_sso: An
 
 
 async def test_refresh_after_expiry_gives_a_new_working_bearer(start_sso: Any) -> None:
-    sso = await start_sso(access_token_ttl=1)
+    # exp is whole seconds (iat + ttl, iat truncated): a token lives between ttl - 1 and ttl
+    # seconds, so 1 s could be gone before the first request.
+    sso = await start_sso(access_token_ttl=2)
     answer = await sso.sign_in("u-ada", "ada@example.com", ["eng"])
     await sso.gateway.proxy.refresh_policy()
     assert (await sso.messages(answer["access_token"])).status == 200
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(2.1)
     r = await sso.messages(answer["access_token"])
     assert r.status == 401 and r.headers["x-should-retry"] == "false"
     async with sso.browser() as s:
