@@ -39,6 +39,7 @@ from dashboard.params import BadQuery, Query, query, text
 from dashboard.site import TEMPLATES
 from dashboard.state import ADMIN, AdminState
 from ledger import tokens
+from ledger.policy import hash_key
 from ledger.signins import SignInRefused, SignIns
 
 log = logging.getLogger("meterd.oauth")
@@ -148,6 +149,15 @@ def well_known(public_url: str) -> Handler:
 
 # -- JSON endpoints (Claude Code) ------------------------------------------------------------
 
+async def _heard(state: OAuthState, published: float) -> None:
+    """Return once every proxy can have heard of a change published at `published` (Unix
+    seconds). A proxy reads the policy every `policy_refresh` seconds, and a read under way
+    at that moment may have had the version before it: two periods cover both."""
+    wait = published + 2 * state.policy_refresh - time.time()
+    if wait > 0:
+        await asyncio.sleep(wait)
+
+
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
                         headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
@@ -215,9 +225,7 @@ async def _device_grant(request: web.Request, device_code: str) -> web.Response:
     # The developer this sign-in placed reaches each proxy with its next policy refresh: hand
     # the token out no sooner, so the client's first request is served, not refused. (A client
     # polls every few seconds; only a poll right after the approval waits.)
-    wait = float(r.get("placed_at") or 0) + 2 * state.policy_refresh - time.time()
-    if wait > 0:
-        await asyncio.sleep(wait)
+    await _heard(state, float(r.get("placed_at") or 0))
     now = time.time()
     access_expires = int(now) + state.access_ttl
     sid, refresh = await state.admin.db(
@@ -240,10 +248,12 @@ async def _refresh_grant(request: web.Request, refresh: str) -> web.Response:
     if not refresh:
         return _error(400, "invalid_request", "refresh_token is missing")
     signins = state.signins()
-    row, replayed = await state.admin.db(signins.find, refresh)
+    row, replayed = await _signin_of(state, refresh)
     if row is None:
         return _error(401, "invalid_grant", "unknown refresh token; sign in again")
-    if replayed:  # someone else may hold the token this one replaced: end the sign-in
+    if replayed:
+        # Rotated away already, so two parties hold copies of it (RFC 6819 §5.2.2.3): end the
+        # sign-in, so the token issued in its place stops working too.
         return await _end(state, row, "a replaced refresh token was presented again")
     if row["revoked_at"] is not None:
         await state.admin.db(signins.refused, row["email"],
@@ -254,6 +264,13 @@ async def _refresh_grant(request: web.Request, refresh: str) -> web.Response:
         return _error(401, "invalid_grant", "this sign-in expired; sign in again")
     if row["disabled"] is None or row["disabled"]:
         return await _end(state, row, "the developer is disabled or removed")
+    spent = _spent_key(state, refresh)
+    # Spent from here on, before the provider is asked: a refresh of the same token that
+    # comes while this one is under way is turned away without asking it again. That is a
+    # benign race (two of the client's processes refreshing at once), not a stolen copy: the
+    # winner's new token stands, so the sign-in is not ended.
+    if not await state.admin.redis.set(spent, row["id"], nx=True, ex=state.refresh_ttl):
+        return _error(401, "invalid_grant", "this refresh token was already used")
     idp_refresh = row["idp_refresh"]
     if idp_refresh:
         try:
@@ -262,6 +279,7 @@ async def _refresh_grant(request: web.Request, refresh: str) -> web.Response:
             return await _end(state, row, f"the identity provider: {exc}")
         except OidcError as exc:
             log.warning("refresh of %s: identity provider unavailable: %s", row["id"], exc)
+            await state.admin.redis.delete(spent)  # not rotated: the client may try it again
             return _error(503, "temporarily_unavailable", "the identity provider cannot be "
                                                           "reached; try again shortly")
         refused = await _place(state, identity)
@@ -272,14 +290,35 @@ async def _refresh_grant(request: web.Request, refresh: str) -> web.Response:
     access_expires = int(now) + state.access_ttl
     new_refresh = await state.admin.db(signins.rotate, row["id"], refresh, idp_refresh,
                                        access_expires)
-    if new_refresh is None:
-        return _error(401, "invalid_grant", "this refresh token was already used")
+    if new_refresh is None:  # revoked meanwhile
+        return _error(401, "invalid_grant", "this refresh token is no longer valid; sign in "
+                                            "again")
     access, _ = tokens.issue(state.signing_key, issuer=base_url(request),
                              developer_id=row["developer_id"], sid=row["id"],
                              email=row["email"], ttl=state.access_ttl,
                              billing_group_tag=state.billing_group_tag, now=now)
     return _json({"access_token": access, "token_type": "Bearer",
                   "expires_in": state.access_ttl, "refresh_token": new_refresh})
+
+
+def _spent_key(state: OAuthState, refresh: str) -> str:
+    """Where a refresh token rotated away (or being rotated) is remembered, by its SHA-256
+    (never the token), with its sign-in's id, for as long as a refresh token lives."""
+    return f"{state.admin.keyspace.base}:oauth:spent:{hash_key(refresh)}"
+
+
+async def _signin_of(state: OAuthState, refresh: str) -> tuple[dict[str, Any] | None, bool]:
+    """The sign-in a refresh token belongs to, and whether the token was rotated away already
+    (replayed: someone else may hold it)."""
+    signins = state.signins()
+    row = await state.admin.db(signins.find, refresh)
+    if row is not None:
+        return row, False
+    sid = await state.admin.redis.get(_spent_key(state, refresh))
+    if sid is None:
+        return None, False
+    row = await state.admin.db(signins.get, sid.decode() if isinstance(sid, bytes) else sid)
+    return row, row is not None
 
 
 async def _end(state: OAuthState, row: dict[str, Any], reason: str) -> web.Response:
@@ -326,7 +365,9 @@ async def _place(state: OAuthState, identity: Identity) -> Any:
 
 async def revoke(request: web.Request) -> web.Response:
     """POST (RFC 7009): an access or refresh token; its sign-in ends. Always 200 (an unknown
-    token is no error), without client authentication, as Claude Code signs out."""
+    token is no error), without client authentication, as Claude Code signs out. It answers
+    once every proxy can have heard of the revocation, so the token's next request is
+    refused (401, x-should-retry: false) wherever it goes."""
     state = request.app[OAUTH]
     value = (await _form(request)).get("token", "")
     if not value:
@@ -338,7 +379,7 @@ async def revoke(request: web.Request) -> web.Response:
             found = tokens.verify(value, {str(state.signing_key.kid): state.signing_key})
             sid, developer = found.sid, found.sub
     else:
-        row, _ = await state.admin.db(signins.find, value)
+        row, _ = await _signin_of(state, value)
         if row is not None:
             sid, developer = row["id"], row["developer_id"]
     if sid:
@@ -346,6 +387,8 @@ async def revoke(request: web.Request) -> web.Response:
                                              f"developer:{developer}")
         if revoked:
             await state.admin.publish()
+        # Also when it was revoked already: by a call that may have published it a moment ago.
+        await _heard(state, time.time())
     return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from ledger.money import MICROS_PER_CENT
 from ledger.periods import local_day, period_end
 from ledger.policy import Cap
+from ledger.status import BLOCKED, standing_of
 
 _PREFIX = "anthropic-ratelimit-unified-"
 # Budgets a whole group shares: Claude Code then says the team's pool blocked the user, not
@@ -54,8 +55,7 @@ def fullest(standings: Sequence[Standing], at: datetime) -> Standing | None:
     that resets last (it blocks longest)."""
     if len(standings) <= 1:
         return standings[0] if standings else None
-    return max(standings, key=lambda s: (
-        s.used * 10**6 // max(s.cap.amount, 1), _reset(s.cap.period, at)[0]))
+    return max(standings, key=lambda s: (_share(s), _reset(s.cap.period, at)[0]))
 
 
 def headers(standing: Standing, at: datetime, thresholds: Sequence[int]) -> dict[str, str]:
@@ -141,9 +141,20 @@ def usage_document(standings: Sequence[Standing], spend: dict[str, int], at: dat
                    for s in standings]}
 
 
+_FULL = 10**6  # parts per million
+
+
+def _share(s: Standing) -> int:
+    """Parts per million of the cap used (above _FULL once over). A cap admission refuses at
+    (status.standing_of: a $0 cap, or one whose spend has reached it) is full, whatever the
+    division says, so it reads 100 % and critical, as the 429 it gives says."""
+    share = s.used * _FULL // s.cap.amount if s.cap.amount else 0
+    return max(share, _FULL) if standing_of(s.used, s.cap.amount) == BLOCKED else share
+
+
 def _percent(s: Standing) -> int:
     """Whole percent of the cap used (above 100 once over), as /api/oauth/usage gives it."""
-    return s.used * 100 // max(s.cap.amount, 1)
+    return _share(s) // (_FULL // 100)
 
 
 def _severity(s: Standing, thresholds: Sequence[int]) -> str:

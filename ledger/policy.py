@@ -146,12 +146,20 @@ class Policy:
 
     def principal(self, secret: str, now: float | None = None) -> Principal:
         """Resolve a presented key or signed-in bearer token, or raise KeyRefused."""
+        if self.version < 0:
+            # No snapshot yet (Redis unreachable, or nothing published, since this proxy
+            # started): every credential is unknown here, and none of them is wrong. Retryable.
+            raise KeyRefused("this proxy has not loaded its keys yet; retry in a moment")
         if secret.startswith(tokens.TOKEN_PREFIX):
             return self.bearer(secret, now)
         digest = hash_key(secret)
         key = self.keys.get(digest)
         if key is None:
-            raise KeyRefused("invalid gateway key")
+            # Final: a key's secret is shown only once its publish is under way, and nobody
+            # puts it to use faster than a proxy reads the policy; one unknown here is
+            # mistyped or from elsewhere, and Claude Code retrying it for minutes would only
+            # hide that.
+            raise KeyRefused("invalid gateway key", final=True)
         expires = key.get("expires_at") or 0
         expired = bool(expires) and (time.time() if now is None else now) >= expires
         if key.get("revoked") or expired:
@@ -175,7 +183,7 @@ class Policy:
         try:
             claims = tokens.verify(token, self._bearer_keys)
         except tokens.BearerRefused as exc:
-            raise KeyRefused(str(exc), final=exc.final) from None
+            raise KeyRefused(str(exc), final=True) from None
         if (time.time() if now is None else now) >= claims.exp:
             raise KeyRefused("bearer token has expired: sign in again with /login", final=True)
         if claims.sid in self._revoked:

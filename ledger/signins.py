@@ -172,8 +172,8 @@ class SignIns:
         now = _now()
         expires = _naive(now.replace(tzinfo=UTC).timestamp() + refresh_ttl)
         with self.catalog.lock:
-            self._exec("INSERT INTO signins VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, "
-                       "NULL, NULL)",
+            self._exec("INSERT INTO signins VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, "
+                       "NULL)",
                        [sid, developer_id, issuer, subject, email, hash_key(refresh),
                         idp_refresh, surface[:64], now, now, expires, _naive(access_expires)])
             self.catalog._audit(f"developer:{developer_id}", "signin.device", sid, None,
@@ -181,28 +181,30 @@ class SignIns:
                                  "surface": surface[:64], "expires_at": expires})
         return sid, refresh
 
-    def find(self, refresh: str) -> tuple[dict[str, Any] | None, bool]:
-        """The sign-in a refresh token belongs to, and whether it is the one before the current
-        (replayed: someone else may hold it)."""
-        digest = hash_key(refresh)
-        sql = ("SELECT s.*, d.disabled FROM signins s LEFT JOIN developers d "
-               "ON d.id = s.developer_id WHERE s.")
-        rows = self._rows(sql + "refresh_hash = ?", [digest])
-        if rows:
-            return rows[0], False
-        rows = self._rows(sql + "previous_hash = ?", [digest])
-        return (rows[0], True) if rows else (None, False)
+    def find(self, refresh: str) -> dict[str, Any] | None:
+        """The sign-in whose current refresh token this is (with its developer's `disabled`).
+        One rotated away is not found here: the token endpoint remembers those in Redis."""
+        return self._signin("refresh_hash", hash_key(refresh))
+
+    def get(self, sid: str) -> dict[str, Any] | None:
+        """A sign-in by its id (with its developer's `disabled`)."""
+        return self._signin("id", sid)
+
+    def _signin(self, column: str, value: str) -> dict[str, Any] | None:
+        rows = self._rows(f"SELECT s.*, d.disabled FROM signins s LEFT JOIN developers d "
+                          f"ON d.id = s.developer_id WHERE s.{column} = ?", [value])
+        return rows[0] if rows else None
 
     def rotate(self, sid: str, refresh: str, idp_refresh: str | None,
                access_expires: int) -> str | None:
         """Swap the refresh token of a live sign-in for a new one (returned), or None when the
-        presented one is no longer current (a concurrent refresh won)."""
+        presented one is no longer current or the sign-in was revoked meanwhile."""
         new = REFRESH_PREFIX + secrets.token_urlsafe(32)
         with self.catalog.lock:
             if not self._rows("SELECT 1 FROM signins WHERE id = ? AND refresh_hash = ? AND "
                               "revoked_at IS NULL", [sid, hash_key(refresh)]):
                 return None
-            self._exec("UPDATE signins SET previous_hash = refresh_hash, refresh_hash = ?, "
+            self._exec("UPDATE signins SET refresh_hash = ?, "
                        "idp_refresh = coalesce(?, idp_refresh), refreshed_at = ?, "
                        "access_expires_at = ? WHERE id = ?",
                        [hash_key(new), idp_refresh, _now(), _naive(access_expires), sid])

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS identities (
 );
 
 -- One row per device sign-in. `id` is the `sid` claim of its access tokens. Only the SHA-256
--- of the current refresh token is kept (and of the one before, to notice a replayed one).
+-- of the current refresh token is kept (the ones rotated away are remembered in Redis, to
+-- notice a replayed one: dashboard/oauth.py).
 -- `idp_refresh` is the provider's refresh token, used at each refresh to ask the provider
 -- whether the developer may still sign in (it is of no use without the client secret).
 CREATE TABLE IF NOT EXISTS signins (
@@ -32,7 +33,6 @@ CREATE TABLE IF NOT EXISTS signins (
     subject VARCHAR NOT NULL,
     email VARCHAR NOT NULL,
     refresh_hash VARCHAR NOT NULL,
-    previous_hash VARCHAR,
     idp_refresh VARCHAR,
     surface VARCHAR NOT NULL,
     created_at TIMESTAMP NOT NULL,
@@ -42,3 +42,6 @@ CREATE TABLE IF NOT EXISTS signins (
     revoked_at TIMESTAMP,
     revoked_reason VARCHAR
 );
+
+-- Catalogs from before the rotated refresh tokens moved to Redis kept the one before here.
+ALTER TABLE signins DROP COLUMN IF EXISTS previous_hash;

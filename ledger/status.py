@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger import caps, grants
 from ledger.keyspace import KeySpace
-from ledger.notices import Standing
 from ledger.periods import PERIODS, period_end
 from ledger.policy import Cap, Principal
 from ledger.settlement import HELD, SPENT
+
+if TYPE_CHECKING:
+    from ledger.notices import Standing
 
 
 def _standing_caps(principal: Principal, now: datetime) -> list[Cap]:
@@ -48,6 +50,8 @@ async def cap_balances(redis: Any, keyspace: KeySpace, principal: Principal,
 async def standings(redis: Any, keyspace: KeySpace, principal: Principal,
                     now: datetime) -> list[Standing]:
     """Each cap with what counts against it now: settled spend and amounts held in flight."""
+    from ledger.notices import Standing  # here: ledger.notices imports this module
+
     return [Standing(cap, row["spent_micros"] + row["held_micros"])
             for cap, row in zip(_standing_caps(principal, now),
                                 await cap_balances(redis, keyspace, principal, now),

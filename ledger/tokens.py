@@ -33,13 +33,10 @@ _CACHE_LIMIT = 50_000  # verified tokens kept per process (~1 KB each at most)
 
 
 class BearerRefused(Exception):
-    """The bearer is not a token of ours. `final`: no retry will help (forged, malformed);
-    not final when the signing key is unknown here, e.g. a key this proxy has not heard of
-    yet."""
-
-    def __init__(self, message: str, final: bool = True) -> None:
-        super().__init__(message)
-        self.final = final
+    """The bearer is not a token of ours (forged, malformed, or signed by a key this gateway
+    does not hold): no retry will help. An unknown key is no key "not heard of yet": the
+    signing key is published before the sign-in endpoints serve, and a token is handed out
+    only once every proxy can have read the policy (dashboard/oauth.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +111,7 @@ def _check(token: str, keys: Mapping[str, ECKey]) -> BearerClaims:
         raise BearerRefused(f"bearer token algorithm {header.get('alg')!r} is not accepted")
     key = keys.get(str(header.get("kid", "")))
     if key is None:
-        raise BearerRefused("bearer token is signed by a key this gateway does not know",
-                            final=False)
+        raise BearerRefused("bearer token is signed by a key this gateway does not know")
     try:
         claims = jwt.decode(token, key, algorithms=[ALG]).claims
     except (JoseError, ValueError):

@@ -230,6 +230,10 @@ def start_gateway(
         await fresh.aclose()
         app = create_root_app(settings)
         client = await aiohttp_client(app)
+        if STATE in app:
+            # On a fresh Redis the proxy starts before the admin's first publish and reads it
+            # within policy_refresh; until then it refuses every credential (retryably).
+            await app[STATE].refresh_policy()
         return Gateway(client, app, upstream)
     return start
 

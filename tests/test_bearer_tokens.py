@@ -59,12 +59,21 @@ def test_a_cached_bearer_still_expires_and_can_be_revoked() -> None:
     assert refused.value.final
 
 
-def test_a_key_dropped_from_the_snapshot_stops_its_cached_tokens() -> None:
+def test_a_key_dropped_from_the_snapshot_stops_its_cached_tokens_for_good() -> None:
     token = _token(sid="sgn_key")
     _policy().principal(token)
     with pytest.raises(KeyRefused, match="does not know") as refused:
         _policy(keys={}).principal(token)
-    assert not refused.value.final  # a proxy that has not heard of a new key yet: retryable
+    assert refused.value.final  # no retry brings the key back: sign in again
+
+
+def test_a_proxy_without_a_snapshot_yet_refuses_every_credential_retryably() -> None:
+    """Started while Redis was unreachable: it knows no key, and must not tell clients that
+    theirs is wrong for good."""
+    for credential in (_token(sid="sgn_early"), "mtd_some-key"):
+        with pytest.raises(KeyRefused, match="not loaded its keys yet") as refused:
+            Policy.empty().principal(credential)
+        assert not refused.value.final
 
 
 def test_the_cache_of_verified_tokens_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

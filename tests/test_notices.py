@@ -119,3 +119,14 @@ def test_usage_over_the_cap_is_above_100_percent() -> None:
     doc = notices.usage_document([over], {}, NOW, THRESHOLDS)
     assert doc["extra_usage"]["utilization"] == 125
     assert doc["limits"][0]["percent"] == 125 and doc["limits"][0]["severity"] == "critical"
+
+
+def test_usage_of_a_zero_cap_is_full_and_critical_whatever_was_spent() -> None:
+    """Admission refuses at a $0 cap (status.standing_of), nothing spent included: it reads
+    100 %, critical, and is the cap described, not "0 %" beside a fuller-looking one."""
+    for spent in (0, 9_000):
+        zero, half = Standing(cap("developer", "daily", 0), spent), Standing(cap(), 5_000)
+        doc = notices.usage_document([half, zero], {}, NOW, THRESHOLDS)
+        assert doc["extra_usage"]["utilization"] == 100
+        assert [(r["percent"], r["severity"], r["is_active"]) for r in doc["limits"]] == [
+            (50, "normal", False), (100, "critical", True)]

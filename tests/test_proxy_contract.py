@@ -8,6 +8,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from ledger import tokens
 from tests.conftest import MOCK_KEY, Gateway
 
 BODY = {"model": "claude-sonnet-4-5", "max_tokens": 256,
@@ -29,11 +30,26 @@ async def test_startup_probes_answer_without_a_credential(gateway: Gateway) -> N
         assert resp.status == 200
 
 
-async def test_unknown_key_is_refused_with_authentication_error(gateway: Gateway) -> None:
+async def test_unknown_key_is_refused_with_authentication_error_not_to_be_retried(
+        gateway: Gateway) -> None:
     resp = await post(gateway, "mtd_not-a-key")
     assert resp.status == 401
+    assert resp.headers["x-should-retry"] == "false"  # else Claude Code retries for minutes
     assert await resp.json() == {"type": "error", "error": {
         "type": "authentication_error", "message": "invalid gateway key"}}
+
+
+async def test_a_bearer_signed_under_an_unknown_key_id_is_refused_not_to_be_retried(
+        gateway: Gateway) -> None:
+    await gateway.developer()  # a gateway serving keys, that never signed with this one
+    bearer = tokens.issue(tokens.new_signing_key(), issuer=gateway.url, developer_id="dev_x",
+                          sid="sgn_x", email="x@example.com", ttl=900)[0]
+    resp = await post(gateway, None, authorization=f"Bearer {bearer}")
+    assert resp.status == 401
+    assert resp.headers["x-should-retry"] == "false"
+    assert await resp.json() == {"type": "error", "error": {
+        "type": "authentication_error",
+        "message": "bearer token is signed by a key this gateway does not know"}}
 
 
 async def test_bearer_and_x_api_key_and_both_are_accepted(gateway: Gateway) -> None:

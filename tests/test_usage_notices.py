@@ -180,6 +180,33 @@ async def test_usage_for_a_gateway_key_with_a_cap_matches_the_headers(gateway: G
     assert 3 * COST == 13_500
 
 
+async def test_usage_of_a_cap_that_blocks_is_full_and_critical_as_the_429_says(
+        gateway: Gateway) -> None:
+    key = await gateway.developer("Ada", "platform")
+    await gateway.change(gateway.admin.catalog.set_budget, "team", "platform", "weekly",
+                         parse_usd("1"))
+    for _ in range(2):  # 9,000 µ$ of the team's $1: under 1 %
+        resp = await gateway.client.post("/v1/messages", data=BODY, headers={"x-api-key": key})
+        assert resp.status == 200
+    await gateway.proxy.drain()
+    # A $0 cap blocks whatever was spent: the developer's 9,000 µ$ of $0 is no "0 %".
+    await gateway.change(gateway.admin.catalog.set_budget, "developer", "Ada", "daily", 0)
+    refused = await gateway.client.post("/v1/messages", data=BODY, headers={"x-api-key": key})
+    assert refused.status == 429
+    assert (await refused.json())["error"]["type"] == "billing_error"
+    assert refused.headers[U + "overage-period"] == "daily"
+    doc = await (await gateway.client.get("/api/oauth/usage",
+                                          headers={"x-api-key": key})).json()
+    assert doc["extra_usage"] == {"is_enabled": True, "monthly_limit": 0, "used_credits": 1,
+                                  "utilization": 100, "currency": "USD"}
+    rows = {row["group"]: row for row in doc["limits"]}
+    assert (rows["daily"]["percent"], rows["daily"]["severity"]) == (100, "critical")
+    assert rows["daily"]["is_active"] and not rows["weekly"]["is_active"]
+    assert (rows["weekly"]["percent"], rows["weekly"]["severity"]) == (0, "normal")
+    assert datetime.fromisoformat(rows["daily"]["resets_at"]).timestamp() == int(
+        refused.headers[U + "overage-reset"])
+
+
 async def test_usage_without_a_cap_is_the_developers_spend(gateway: Gateway) -> None:
     key = await gateway.developer()
     for _ in range(2):
