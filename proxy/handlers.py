@@ -35,6 +35,7 @@ _MAX_TEE = 16 * 1024 * 1024  # a non-streaming body larger than this is not pars
 # Why a request ended before its answer was read: the provider had it all the same.
 # Answers cut before any usage was read, billed by admission's estimate: the provider was
 # working on them all the same (a JSON answer carries its usage at the end of its body).
+_MESSAGE_STOP = b"event: message_stop"  # a stream's answer is whole for the client from here
 _CUT_SHORT = frozenset({"client_disconnected", "shutdown", "upstream_reset", "upstream_timeout"})
 _CLIENT_HEADERS = {  # recorded on each settlement: who in Claude Code asked
     "session_id": "x-claude-code-session-id",
@@ -184,12 +185,18 @@ class Relay:
                 if self.ttfb is None:
                     self.ttfb = time.monotonic()
                 self._observe(chunk)
-                if at_eof is not None and at_eof():
+                last = at_eof is not None and at_eof()
+                if last or (self.meter is not None and _MESSAGE_STOP in chunk):
+                    # Settled (journalled) before the client can see the answer end: a
+                    # proxy killed right after relaying it has then not served it unmetered.
+                    self.settle()
+                if last:
                     # The answer's end came with its last bytes: relay both in one write.
                     await response.write_eof(chunk)
                     break
                 await response.write(chunk)
             else:
+                self.settle()  # as above: before the end of the body reaches the client
                 await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self.error_type = "client_disconnected"  # the client left: settle what was used
@@ -245,6 +252,8 @@ class Relay:
         error nor lets the request go unpaid: it is charged its cost, or what admission
         estimated if it could not be priced, with a minimal settlement (Gate.settle_minimal).
         """
+        if self.settled:  # at the answer's end already (run)
+            return
         try:
             self.finish()
         except Exception:

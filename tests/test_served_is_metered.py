@@ -354,3 +354,57 @@ async def test_a_stream_still_open_when_the_shutdown_grace_ends_is_cut_there_and
     # About 4 characters a token of the text relayed, at $3 / $15 per million tokens.
     assert row["output_tokens"] > 0
     assert row["cost_micros"] == 1200 * 3 + row["output_tokens"] * 15
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (name.encode(), orjson.dumps({"type": name, **data}))
+
+
+# A whole answer: 1,200 input and 60 output tokens of claude-sonnet-4-6.
+WHOLE_ANSWER = b"".join([
+    _event("message_start", {"message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 1200, "output_tokens": 1}}}),
+    _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+    _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+    _event("content_block_stop", {"index": 0}),
+    _event("message_delta", {"delta": {"stop_reason": "end_turn"},
+                             "usage": {"output_tokens": 60}}),
+    _event("message_stop", {}),
+])
+
+
+async def test_a_stream_is_settled_before_its_end_reaches_the_client(
+        start_gateway: Callable[..., Awaitable[Gateway]], aiohttp_server: Any) -> None:
+    """Once the client has `message_stop` the answer is whole for it, though the provider may
+    not have closed the stream yet: a proxy killed there must have settled it already (the
+    journal keeps a settlement from the moment it is sent)."""
+    close = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(WHOLE_ANSWER)
+        await close.wait()
+        await response.write_eof()
+        return response
+
+    provider = web.Application()
+    provider.router.add_post("/v1/messages", answer)
+    server = await aiohttp_server(provider)
+    gw = await start_gateway(upstream_url=str(server.make_url("")).rstrip("/"))
+    key = await gw.developer()
+    resp = await gw.client.post("/v1/messages", data=sized_body(True), headers={"x-api-key": key})
+    try:
+        seen = b""
+        while b"event: message_stop" not in seen:
+            seen += await resp.content.readany()
+        # Settled while the provider still holds the stream open.
+        (event,) = await gw.settled(1, timeout=2)
+        assert (event["input_tokens"], event["output_tokens"]) == ("1200", "60")
+        assert event["cost_micros"] == str(SONNET_COST) and event["estimated"] == "0"
+    finally:
+        close.set()
+    await resp.read()
+    await gw.proxy.drain()
+    assert len(await gw.events()) == 1  # and once only
