@@ -32,10 +32,10 @@ from proxy.upstream import response_headers
 log = logging.getLogger("meterd.proxy")
 
 _MAX_TEE = 16 * 1024 * 1024  # a non-streaming body larger than this is not parsed for usage
+_MESSAGE_STOP = b"event: message_stop"  # a stream's answer is whole for the client from here
 # Why a request ended before its answer was read: the provider had it all the same.
 # Answers cut before any usage was read, billed by admission's estimate: the provider was
 # working on them all the same (a JSON answer carries its usage at the end of its body).
-_MESSAGE_STOP = b"event: message_stop"  # a stream's answer is whole for the client from here
 _CUT_SHORT = frozenset({"client_disconnected", "shutdown", "upstream_reset", "upstream_timeout"})
 _CLIENT_HEADERS = {  # recorded on each settlement: who in Claude Code asked
     "session_id": "x-claude-code-session-id",
