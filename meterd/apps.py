@@ -167,57 +167,65 @@ def create_admin_app(settings: Settings, standby: bool = False) -> web.Applicati
 
 async def _admin_context(settings: Settings, standby: bool,
                          app: web.Application) -> AsyncIterator[None]:
-    redis = connect_redis(settings.redis_url)
-    token = None
-    if standby:
-        token, conn = await lead(settings, redis, KeySpace(settings.redis_prefix),
-                                 settings.data_path / DB_FILE)
+    # As in _proxy_context: each release is pushed as its resource is made, so a shutdown that
+    # comes during the setup (a SIGTERM while the first rollup runs) still rolls up what is
+    # left and hands the lock on, instead of leaving it to lapse.
+    async with contextlib.AsyncExitStack() as releases:
+        redis = connect_redis(settings.redis_url)
+        releases.push_async_callback(redis.aclose)
+        token = None
+        if standby:
+            token, conn = await lead(settings, redis, KeySpace(settings.redis_prefix),
+                                     settings.data_path / DB_FILE)
+        else:
+            conn = connect(settings.data_path / DB_FILE)
+        releases.callback(conn.close)
         catalog = Catalog(conn)
-    else:
-        catalog = Catalog(connect(settings.data_path / DB_FILE))
-    state = AdminState(catalog, redis, KeySpace(settings.redis_prefix), settings.proxy_url)
-    # The catalog is the truth: a fresh or flushed Redis gets the whole policy back.
-    await state.publish()
-    state.rollup = Rollup(redis, state.keyspace, catalog.conn, state.db, batch=20_000,
-                          prices=PriceTable.load(dict(settings.prices),
-                                                 settings.fallback_input_usd,
-                                                 settings.fallback_output_usd), token=token)
-    if standby:
-        state.rollup.on_lost = step_down
+        state = AdminState(catalog, redis, KeySpace(settings.redis_prefix), settings.proxy_url)
+        releases.callback(state.executor.shutdown, wait=True)
+        state.rollup = Rollup(redis, state.keyspace, catalog.conn, state.db, batch=20_000,
+                              prices=PriceTable.load(dict(settings.prices),
+                                                     settings.fallback_input_usd,
+                                                     settings.fallback_output_usd), token=token)
+        if standby:
+            state.rollup.on_lost = step_down
+        # What is left, then the lock goes to a standby.
+        releases.push_async_callback(state.rollup.final_run)
+        # The catalog is the truth: a fresh or flushed Redis gets the whole policy back.
+        await state.publish()
 
-    telemetry = TelemetryRollup(redis, state.keyspace, catalog.conn, state.db)
+        telemetry = TelemetryRollup(redis, state.keyspace, catalog.conn, state.db)
 
-    async def after_rollup() -> None:
-        if not await redis.exists(state.keyspace.policy_version):  # a flushed Redis lost it
-            await state.publish()
-        if state.rollup is not None and state.rollup.leader:  # one mover, as for usage
-            await telemetry.tick()
-            if await state.db(Lifecycle(catalog).start_due_moves):  # a move's day has come
+        async def after_rollup() -> None:
+            if not await redis.exists(state.keyspace.policy_version):  # a flushed Redis lost it
                 await state.publish()
+            if state.rollup is not None and state.rollup.leader:  # one mover, as for usage
+                await telemetry.tick()
+                if await state.db(Lifecycle(catalog).start_due_moves):  # a move's day has come
+                    await state.publish()
 
-    scheduler = AsyncIOScheduler(timezone=UTC)
-    # APScheduler logs two info lines per job run: a rollup every few seconds would fill the
-    # log. Its warnings and errors still show.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    # Before the first run: the lock's heartbeat keeps it through a long one.
-    schedule(scheduler, state.rollup, settings.rollup_interval, after_rollup)
-    schedule_purge(scheduler, catalog.conn, state.db, settings.retention_days,
-                   telemetry_days=settings.telemetry_retention_days)
-    schedule_alerts(scheduler, state, settings.thresholds, settings.rollup_interval)
-    try:
-        await state.rollup.run_once()  # rebuilds lost counters before budgets are enforced
-    except RedisError as exc:
-        state.rollup.redis_failed(exc)  # the scheduler retries
-    scheduler.start()
-    app[ADMIN] = state
-    yield
-    scheduler.shutdown(wait=False)
-    if state.rollup.leader:
-        await telemetry.tick()  # what the proxies took in, while the lock is still ours
-    await state.rollup.final_run()  # what is left, then the lock goes to a standby
-    state.executor.shutdown(wait=True)
-    catalog.conn.close()
-    await redis.aclose()
+        async def last_telemetry() -> None:
+            if state.rollup is not None and state.rollup.leader:
+                await telemetry.tick()  # what the proxies took in, while the lock is still ours
+
+        releases.push_async_callback(last_telemetry)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        # APScheduler logs two info lines per job run: a rollup every few seconds would fill
+        # the log. Its warnings and errors still show.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        # Before the first run: the lock's heartbeat keeps it through a long one.
+        schedule(scheduler, state.rollup, settings.rollup_interval, after_rollup)
+        schedule_purge(scheduler, catalog.conn, state.db, settings.retention_days,
+                       telemetry_days=settings.telemetry_retention_days)
+        schedule_alerts(scheduler, state, settings.thresholds, settings.rollup_interval)
+        try:
+            await state.rollup.run_once()  # rebuilds lost counters before budgets are enforced
+        except RedisError as exc:
+            state.rollup.redis_failed(exc)  # the scheduler retries
+        scheduler.start()
+        releases.callback(scheduler.shutdown, wait=False)
+        app[ADMIN] = state
+        yield
 
 
 ADMIN_APP = web.AppKey("admin_app", web.Application)

@@ -89,18 +89,19 @@ async def _serve(app: web.Application, settings: Settings, port: int, path: str 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # Before the setup, which a standby admin spends waiting to lead: a signal then stops it
-    # there, and one that comes as the setup ends is a clean shutdown after it.
+    # there (what the setup finished is released by the cleanup), and one that comes as the
+    # setup ends is a clean shutdown after it.
     starting = asyncio.ensure_future(runner.setup())
     stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
-        return
-    stopping.cancel()
-    starting.result()  # a setup that failed raises here
     try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        stopping.cancel()
+        starting.result()  # a setup that failed raises here
         # backlog: a fleet of Claude Code sessions reconnecting at once (after a deploy) must
         # queue for accept(), not be reset; the default, 128, overflows under a burst of about
         # a thousand connections (seen on the mock upstream in bench/slow_streams.py).

@@ -234,11 +234,11 @@ async def test_shutdown_lets_open_streams_finish_and_settles_them(
 async def test_a_killed_admins_rollup_passes_to_its_restart_within_seconds(
         tmp_path: Path, own_redis: RedisServer) -> None:
     """SIGKILL leaves the rollup lock behind. A restarted admin takes it over and rolls up
-    what was settled meanwhile within seconds (the lock lapses, its heartbeat takes it), and
-    a SIGTERM'd admin releases it at once."""
+    what was settled meanwhile within seconds (the lock lapses, its heartbeat takes it); a
+    SIGTERM'd admin rolls up what is left and releases the lock at once, also when the signal
+    comes during its first rollup, before it serves."""
     env = {**os.environ, "MTD_REDIS_URL": own_redis.url, "MTD_DATA_DIR": str(tmp_path / "data"),
            "MTD_ADMIN_PORT": str(free_port()), "MTD_LOG_LEVEL": "warning"}
-    redis = connect_redis(own_redis.url)
     lock = lock_key(KeySpace())
 
     async def admin() -> asyncio.subprocess.Process:
@@ -246,36 +246,57 @@ async def test_a_killed_admins_rollup_passes_to_its_restart_within_seconds(
             sys.executable, "-m", "meterd.cli", "admin", env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
 
-    old = await admin()
-    for _ in range(600):
-        if await redis.get(lock) or old.returncode is not None:
-            break
-        await asyncio.sleep(0.05)
-    old_token = await redis.get(lock)
-    if not old_token:
-        old.kill()
-        _, err = await old.communicate()
-        pytest.fail("the first admin never took the rollup lock: " + err.decode()[-2000:])
-    old.kill()  # no cleanup: the lock stays in Redis
-    await old.wait()
-    killed = time.monotonic()
-    events = make_events(50, seed=3)
-    await send(redis, events)  # settled after the death: only the new admin can roll them up
+    async def until_locked(proc: asyncio.subprocess.Process) -> bytes:
+        for _ in range(600):
+            if (token := await redis.get(lock)) or proc.returncode is not None:
+                return token or b""
+            await asyncio.sleep(0.05)
+        return b""
 
-    new = await admin()
-    took = None
-    while time.monotonic() - killed < 40:
-        if await redis.xlen(KeySpace().events) == 0:
-            took = time.monotonic() - killed
-            break
-        await asyncio.sleep(0.1)
-    assert took is not None and took < 10, f"took over after {took} s"
-    assert await redis.get(lock) not in (None, old_token)
+    async def stop(proc: asyncio.subprocess.Process) -> None:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        # released at shutdown, not left to lapse
+        assert await redis.get(lock) is None, err.decode()[-2000:]
 
-    new.send_signal(signal.SIGTERM)
-    _, err = await asyncio.wait_for(new.communicate(), 30)
-    assert new.returncode == 0, err.decode()[-2000:]
-    assert await redis.get(lock) is None  # released at shutdown, not left to lapse
-    await redis.aclose()
-    with duckdb.connect(str(tmp_path / "data" / DB_FILE), read_only=True) as conn:
-        assert conn.execute("SELECT count(*) FROM requests").fetchone() == (len(events),)
+    def ledger_rows() -> int:
+        with duckdb.connect(str(tmp_path / "data" / DB_FILE), read_only=True) as conn:
+            row = conn.execute("SELECT count(*) FROM requests").fetchone()
+        return row[0] if row else 0
+
+    redis = connect_redis(own_redis.url)
+    try:
+        old = await admin()
+        if not (old_token := await until_locked(old)):
+            old.kill()
+            _, err = await old.communicate()
+            pytest.fail("the first admin never took the rollup lock: " + err.decode()[-2000:])
+        old.kill()  # no cleanup: the lock stays in Redis
+        await old.wait()
+        killed = time.monotonic()
+        events = make_events(50, seed=3)
+        await send(redis, events)  # settled after the death: only the new admin can roll them up
+
+        new = await admin()
+        took = None
+        while time.monotonic() - killed < 40:
+            if await redis.xlen(KeySpace().events) == 0:
+                took = time.monotonic() - killed
+                break
+            await asyncio.sleep(0.1)
+        assert took is not None and took < 10, f"took over after {took} s"
+        assert await redis.get(lock) not in (None, old_token)
+        await stop(new)
+        assert ledger_rows() == len(events)
+
+        # Enough waiting that the first rollup is still running when the lock shows.
+        waiting = make_events(30_000, seed=4, prefix="mreq_late_")
+        await send(redis, waiting)
+        late = await admin()
+        assert await until_locked(late)
+        await stop(late)
+        assert ledger_rows() == len(events) + len(waiting)
+        assert await redis.xlen(KeySpace().events) == 0
+    finally:
+        await redis.aclose()
