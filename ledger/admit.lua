@@ -8,7 +8,8 @@
 --       per window: rpm, itpm, otpm, est_in, est_out, ttl   (a limit of 0 means none)
 --       per concurrency set: limit
 -- Returns {1, used per budget..., requests/input/output per window..., in flight per set...}
---      or {0, kind, index (1-based within its kind), used, limit}
+--      or {0, kind, index (1-based within its kind), used, limit}; for 'budget', one such
+--         triple (index, used, limit) per blocking budget
 --      or {-1} when the counters are not rebuilt yet (Redis came back empty).
 -- SPENT and HELD, the counter field names, come first: ledger.settlement.lua_prelude.
 local now = tonumber(ARGV[1])
@@ -34,7 +35,9 @@ local function purge_holds(counter, holds)
   end
 end
 
-local used = {}
+-- Every budget is checked, not just up to the first that blocks: the refusal names the one
+-- that resets last (the gate knows the periods), so all blocking ones are returned.
+local used, blocking = {}, {0, 'budget'}
 for i = 1, nb do
   local counter, holds = KEYS[2 * i - 1], KEYS[2 * i]
   local cap, reserve = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
@@ -42,10 +45,14 @@ for i = 1, nb do
   local v = redis.call('HMGET', counter, SPENT, HELD)
   local u = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
   if u + reserve > cap then
-    return {0, 'budget', i, u, cap}
+    local n = #blocking
+    blocking[n + 1], blocking[n + 2], blocking[n + 3] = i, u, cap
   end
   used[i] = u
   a = a + 3
+end
+if #blocking > 2 then
+  return blocking
 end
 
 local wbase = 2 * nb

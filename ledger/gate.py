@@ -316,7 +316,10 @@ class Gate:
         kind = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
         index, limit = int(result[2]) - 1, int(result[4])
         if kind == "budget":
-            cap = caps[index]
+            # The protocol: once blocked, describe the cap that resets last (the first of those
+            # in admission order on a tie) — the wait the developer really faces.
+            blocking = [caps[int(i) - 1] for i in result[2::3]]
+            cap = max(blocking, key=lambda c: period_end(c.period, at))
             resets = period_end(cap.period, at)
             wait = math.ceil(resets.timestamp() - at.timestamp())
             raise BudgetExceeded(cap, resets, max(1, wait))

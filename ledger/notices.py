@@ -52,10 +52,11 @@ def _reset(period: str, at: datetime) -> tuple[datetime, str]:
 
 def fullest(standings: Sequence[Standing], at: datetime) -> Standing | None:
     """The cap to describe: the most used (as a fraction of its amount), and of those the one
-    that resets last (it blocks longest)."""
+    that resets last (it blocks longest). Blocked caps are all full: of those, the one that
+    resets last, however far over the others are (the protocol's rule, as the 429 names)."""
     if len(standings) <= 1:
         return standings[0] if standings else None
-    return max(standings, key=lambda s: (_share(s), _reset(s.cap.period, at)[0]))
+    return max(standings, key=lambda s: (min(_share(s), _FULL), _reset(s.cap.period, at)[0]))
 
 
 def headers(standing: Standing, at: datetime, thresholds: Sequence[int]) -> dict[str, str]:

@@ -137,6 +137,42 @@ async def test_a_rejection_reserves_nothing(gate: Gate) -> None:
     assert await state(gate) == before
 
 
+# NOW is Saturday 2026-11-28 12:00 UTC: the day resets Nov 29, the week Monday Nov 30, the
+# month Dec 1. Each cap is (scope, period, amount in µ$); each request reserves 1,000 µ$.
+BLOCKED_BY = [
+    ("all three block: the month resets last",
+     [("developer", "daily", 1500), ("team", "weekly", 1500), ("org", "monthly", 1500)],
+     ("org", "monthly"), datetime(2026, 12, 1, tzinfo=UTC)),
+    ("the month has room: the week",
+     [("developer", "daily", 1500), ("team", "weekly", 1500), ("org", "monthly", 90_000)],
+     ("team", "weekly"), datetime(2026, 11, 30, tzinfo=UTC)),
+    ("the day alone blocks",
+     [("developer", "daily", 1500), ("team", "monthly", 90_000)],
+     ("developer", "daily"), datetime(2026, 11, 29, tzinfo=UTC)),
+    ("two months tie: the first in admission order (developer, team, org)",
+     [("org", "monthly", 1500), ("developer", "monthly", 1500), ("team", "daily", 1500)],
+     ("developer", "monthly"), datetime(2026, 12, 1, tzinfo=UTC)),
+]
+
+
+@pytest.mark.parametrize(("caps", "named", "resets"),
+                         [row[1:] for row in BLOCKED_BY], ids=[row[0] for row in BLOCKED_BY])
+async def test_a_refusal_names_the_blocking_cap_that_resets_last(
+        gate: Gate, caps: list[tuple[str, str, int]], named: tuple[str, str],
+        resets: datetime) -> None:
+    """The protocol: once blocked, describe the cap that resets last — the real wait."""
+    ids = {"developer": "d1", "team": "t1", "org": ""}
+    p = Principal("k1", "d1", "Ada", "t1", "platform", tuple(
+        Cap(f"b{n}", scope, ids[scope], scope, period, amount, "estimate")
+        for n, (scope, period, amount) in enumerate(caps)), ())
+    await gate.admit(p, "r1", EST, NOW)
+    with pytest.raises(BudgetExceeded) as err:
+        await gate.admit(p, "r2", EST, NOW)
+    assert (err.value.cap.scope, err.value.cap.period) == named
+    assert err.value.resets_at == resets
+    assert err.value.retry_after == int((resets - NOW).total_seconds())
+
+
 async def test_strict_mode_reserves_the_worst_case(gate: Gate) -> None:
     await gate.admit(principal(cap=9_999, mode="strict"), "r1", EST, NOW)
     assert (await state(gate))["held"] == 5000

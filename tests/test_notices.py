@@ -64,6 +64,12 @@ def test_the_headers_of_an_answer(standing: Standing, expected: dict[str, str]) 
       Standing(cap("team", "daily", 100_000), 50_000)], 0),  # tie: the monthly resets last
     ([Standing(cap("developer", "weekly", 3), 1),
       Standing(cap("developer", "daily", 1_000_000), 333_334)], 1),  # 33.33 % < 33.3334 %
+    # both blocked (150 % and 100 %): not the more overspent, the one that resets last
+    ([Standing(cap("developer", "daily", 10_000), 15_000),
+      Standing(cap("team", "weekly", 100_000), 100_000)], 1),
+    # a $0 cap blocks too: the month resets after the overspent day
+    ([Standing(cap("developer", "daily", 10_000), 12_000),
+      Standing(cap("org", "monthly", 0), 0)], 1),
 ])
 def test_the_fullest_cap_is_described(standings: list[Standing], chosen: int) -> None:
     assert notices.fullest(standings, NOW) is standings[chosen]
