@@ -32,7 +32,6 @@ from proxy.upstream import response_headers
 log = logging.getLogger("meterd.proxy")
 
 _MAX_TEE = 16 * 1024 * 1024  # a non-streaming body larger than this is not parsed for usage
-_MESSAGE_STOP = b"event: message_stop"  # a stream's answer is whole for the client from here
 # Why a request ended before its answer was read: the provider had it all the same.
 # Answers cut before any usage was read, billed by admission's estimate: the provider was
 # working on them all the same (a JSON answer carries its usage at the end of its body).
@@ -186,7 +185,7 @@ class Relay:
                     self.ttfb = time.monotonic()
                 self._observe(chunk)
                 last = at_eof is not None and at_eof()
-                if last or (self.meter is not None and _MESSAGE_STOP in chunk):
+                if last or (self.meter is not None and self.meter.complete):
                     # Settled (journalled) before the client can see the answer end: a
                     # proxy killed right after relaying it has then not served it unmetered.
                     self.settle()

@@ -2,7 +2,8 @@
 
 `StreamMeter` is fed the SSE bytes of a streamed response as they are relayed and reads only
 the events that carry usage (`message_start`, `message_delta`, `error`) plus the character
-count of `content_block_delta`s, which prices a stream that is cut before its final usage.
+count of `content_block_delta`s, which prices a stream that is cut before its final usage,
+and notes `message_stop` (from there the client holds the whole answer: the proxy settles).
 `meter_body` reads a non-streamed JSON response.
 
 Speed: text deltas are nearly every event, so those in the API's exact layout are counted and
@@ -27,14 +28,15 @@ __all__ = ["Metered", "StreamMeter", "meter_body"]
 # content_block_delta, its characters are still counted (approximately, see `_oversized`).
 MAX_EVENT_BYTES = 1 << 20
 
-_START, _DELTA, _USAGE, _ERROR = range(4)
+_START, _DELTA, _USAGE, _ERROR, _STOP = range(5)
 # Events are dispatched by their `event:` name, as the Anthropic SDKs do. Anything not listed
-# (ping, content_block_start/stop, message_stop, unknown or unnamed events) is skipped unparsed.
+# (ping, content_block_start/stop, unknown or unnamed events) is skipped unparsed.
 _KINDS: dict[bytes, int] = {
     b"message_start": _START,
     b"content_block_delta": _DELTA,
     b"message_delta": _USAGE,
     b"error": _ERROR,
+    b"message_stop": _STOP,
 }
 # The delta types whose text is output the client has already received.
 _TEXT_FIELDS = {
@@ -55,7 +57,7 @@ _DELTA_EVENT = (
 # An event of a kind that carries nothing to meter, in the same exact layout (one data line of
 # a bounded size): skipped in the same pass. Group 1 does not take part: None in a split.
 _SKIPPED_EVENT = (
-    rb"event: (?:ping|content_block_start|content_block_stop|message_stop)\ndata: [^\n]{0,4096}"
+    rb"event: (?:ping|content_block_start|content_block_stop)\ndata: [^\n]{0,4096}"
 )
 _TEXT_DELTA = re.compile(rb"\n\n(?:" + _DELTA_EVENT + rb"|" + _SKIPPED_EVENT + rb")(?=\n\n)")
 # The same, as a whole chunk: an upstream that flushes every event is often read one at a time.
@@ -98,6 +100,7 @@ class StreamMeter:
         "_start",
         "_tail_nl",
         "_usage",
+        "complete",
         "oversized_events",
     )
 
@@ -115,6 +118,9 @@ class StreamMeter:
         self._model = ""
         self._error = ""
         self._chars = 0  # characters of text/partial_json/thinking deltas received
+        # A whole `message_stop` event was fed: once these bytes are relayed, the client has
+        # the whole answer, whether or not the provider has closed the stream yet.
+        self.complete = False
         self.oversized_events = 0
 
     def feed(self, chunk: bytes) -> None:
@@ -268,6 +274,9 @@ class StreamMeter:
             self._dispatch(kind, b"\n".join(data))
 
     def _dispatch(self, kind: int, data: bytes) -> None:
+        if kind == _STOP:
+            self.complete = True
+            return
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -639,6 +639,24 @@ def reference_meter(stream: bytes) -> Metered:
     return Metered(usage, True, error or "stream_incomplete", model)
 
 
+def reference_complete(stream: bytes) -> bool:
+    """Whether, by the SSE spec read line by line, a `message_stop` event (one with data) was
+    dispatched in `stream`: from there the client holds the whole answer."""
+    lines = re.split(rb"\r\n|\r|\n", stream.removeprefix(b"\xef\xbb\xbf"))[:-1]
+    name, has_data = b"", False
+    for line in lines:
+        if not line:
+            if name == b"message_stop" and has_data:
+                return True
+            name, has_data = b"", False
+        elif not line.startswith(b":"):
+            field, _, value = line.partition(b":")
+            if field == b"event":
+                name = value.removeprefix(b" ")
+            has_data = has_data or field == b"data"
+    return False
+
+
 def render(draw: st.DrawFn, event: str, data: dict[str, Any]) -> bytes:
     """One event in one of the layouts the SSE spec allows, with any line ending."""
     layout = draw(st.sampled_from(
@@ -740,7 +758,8 @@ FUZZ_PIECES = [
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":'
     b'{"type":"text_delta","text":"', b'"}}\n\n', b"\t", b"event:  error\n",
     b"event: ", b"event:", b"data: ", b"data:", b"\n", b"\n\n", b"\r", b"\r\n", b": c\n", b" ",
-    b"content_block_delta", b"message_start", b"message_delta", b"error", b"ping",
+    b"content_block_delta", b"message_start", b"message_delta", b"message_stop", b"error",
+    b"ping",
     b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"',
     b'{"message":{"model":"m","usage":{"input_tokens":3,"output_tokens":1}}}',
     b'{"usage":{"output_tokens":4}}', b'{"error":{"type":"e"}}', b'"}}', b"\\", b"\\u00e9",
@@ -767,6 +786,33 @@ def test_arbitrary_bytes_never_raise_and_match_the_reference(
     whole = meter(stream)
     assert meter(*split_at(stream, cuts)) == whole
     assert whole == reference_meter(stream)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(anthropic_streams() | st.lists(st.sampled_from(FUZZ_PIECES) | st.binary(max_size=4),
+                                      max_size=40).map(b"".join),
+       st.lists(st.integers(0, 10**6), max_size=12))
+def test_the_answer_is_complete_from_the_chunk_that_ends_message_stop(
+    stream: bytes, cuts: list[int],
+) -> None:
+    """The proxy settles a stream as soon as the meter says the client will hold the whole
+    answer: after the chunk that completes `message_stop`, whatever the split, never before."""
+    m, fed = StreamMeter(), b""
+    for chunk in split_at(stream, cuts):
+        m.feed(chunk)
+        fed += chunk
+        assert m.complete == reference_complete(fed)
+
+
+def test_message_stop_split_in_its_name_completes_the_answer_at_its_blank_line() -> None:
+    stream = text_stream(["Hi"], start_usage(), {"output_tokens": 3})
+    cut = stream.index(b"message_stop") + len(b"message_")
+    m = StreamMeter()
+    for chunk in (stream[:cut], stream[cut:-1]):  # the name split, the last \n held back
+        m.feed(chunk)
+        assert not m.complete
+    m.feed(stream[-1:])
+    assert m.complete and m.finish().usage.output_tokens == 3
 
 
 @given(st.lists(delta_texts, min_size=1, max_size=30), st.lists(st.integers(0, 10**6)))

@@ -18,7 +18,7 @@ from botocore.eventstream import EventStreamBuffer
 
 from ledger.pricing import PriceTable
 from ledger.usage import Usage
-from proxy.providers.bedrock import BedrockProvider
+from proxy.providers.bedrock import BedrockProvider, EventStreamMeter
 from proxy.providers.eventstream import encode_message
 from tests.conftest import Gateway
 from tests.fakes.eventstream import chunk_frame, exception_frame
@@ -63,6 +63,19 @@ def test_event_stream_frames_round_trip_through_botocores_decoder() -> None:
     assert [m.headers[":message-type"] for m in messages] == ["event", "exception", "event"]
     inner = base64.b64decode(orjson.loads(messages[0].payload)["bytes"])
     assert orjson.loads(inner) == {"type": "message_stop"}
+
+
+def test_a_relayed_event_stream_is_complete_from_the_frame_that_carries_message_stop() -> None:
+    """Claude Code in native Bedrock mode gets the frames as they are: the proxy settles once
+    the frame holding `message_stop` is whole (before relaying it), as for an SSE stream."""
+    frames = [chunk_frame({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"output_tokens": 5}}), chunk_frame({"type": "message_stop"})]
+    meter = EventStreamMeter()
+    meter.feed(frames[0])
+    meter.feed(frames[1][:-1])  # all of the last frame but its checksum's last byte
+    assert not meter.complete
+    meter.feed(frames[1][-1:])
+    assert meter.complete and meter.finish().usage.output_tokens == 5
 
 
 async def test_fake_bedrock_refuses_a_request_signed_with_the_wrong_secret(

@@ -374,17 +374,22 @@ WHOLE_ANSWER = b"".join([
 ])
 
 
+@pytest.mark.parametrize("cut", [len(WHOLE_ANSWER), WHOLE_ANSWER.index(b"message_stop") + 8],
+                         ids=["in one write", "message_stop split in its name"])
 async def test_a_stream_is_settled_before_its_end_reaches_the_client(
-        start_gateway: Callable[..., Awaitable[Gateway]], aiohttp_server: Any) -> None:
+        start_gateway: Callable[..., Awaitable[Gateway]], aiohttp_server: Any, cut: int) -> None:
     """Once the client has `message_stop` the answer is whole for it, though the provider may
     not have closed the stream yet: a proxy killed there must have settled it already (the
-    journal keeps a settlement from the moment it is sent)."""
+    journal keeps a settlement from the moment it is sent). Also when the event arrives in
+    two reads."""
     close = asyncio.Event()
 
     async def answer(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(WHOLE_ANSWER)
+        await response.write(WHOLE_ANSWER[:cut])
+        await asyncio.sleep(0.2)  # the proxy reads the two parts apart
+        await response.write(WHOLE_ANSWER[cut:])
         await close.wait()
         await response.write_eof()
         return response
@@ -397,7 +402,7 @@ async def test_a_stream_is_settled_before_its_end_reaches_the_client(
     resp = await gw.client.post("/v1/messages", data=sized_body(True), headers={"x-api-key": key})
     try:
         seen = b""
-        while b"event: message_stop" not in seen:
+        while not seen.endswith(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"):
             seen += await resp.content.readany()
         # Settled while the provider still holds the stream open.
         (event,) = await gw.settled(1, timeout=2)

@@ -351,7 +351,7 @@ class EventStreamToSSE:
 
 class EventStreamMeter:
     """Usage of a Bedrock event stream relayed unchanged: a decoded copy goes through the
-    Anthropic SSE meter. Same surface as StreamMeter (feed, finish)."""
+    Anthropic SSE meter. Same surface as StreamMeter (feed, complete, finish)."""
 
     __slots__ = ("_broken", "_buffer", "_meter")
 
@@ -371,6 +371,11 @@ class EventStreamMeter:
                     self._meter.feed(sse)
         except ParserError:
             self._broken = True  # the client gets the bytes anyway; bill what was seen
+
+    @property
+    def complete(self) -> bool:
+        """The decoded stream's `message_stop` was fed (StreamMeter.complete)."""
+        return self._meter.complete
 
     def finish(self) -> Metered:
         return self._meter.finish()
