@@ -24,13 +24,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ledger import notices
 from ledger.journal import Journal
 from ledger.keyspace import KeySpace
-from ledger.notices import Standing
 from ledger.periods import COUNTER_TTL, PERIODS, clock, local_day, period_end
 from ledger.policy import Cap, Limits, Principal
 from ledger.pricing import Cost
 from ledger.redis_client import FastScript
 from ledger.settlement import STREAM_FIELD, Settlement, lua_prelude
 from ledger.spool import Spool
+from ledger.status import Standing
 from ledger.usage import Usage
 
 log = logging.getLogger("meterd.gate")

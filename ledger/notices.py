@@ -12,25 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from ledger.money import MICROS_PER_CENT
 from ledger.periods import local_day, period_end
 from ledger.policy import Cap
-from ledger.status import BLOCKED, standing_of
+from ledger.status import BLOCKED, Standing, standing_of
 
 _PREFIX = "anthropic-ratelimit-unified-"
 # Budgets a whole group shares: Claude Code then says the team's pool blocked the user, not
 # their own cap.
 _SHARED = frozenset({"team", "org"})
-
-
-class Standing(NamedTuple):
-    """One cap and what counts against it now (settled spend, amounts held for requests in
-    flight, and the asking request's own reservation when there is one)."""
-
-    cap: Cap
-    used: int  # µ$
 
 
 _ENDS: dict[tuple[str, date], tuple[datetime, str]] = {}

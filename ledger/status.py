@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from ledger import caps, grants
 from ledger.keyspace import KeySpace
@@ -11,8 +11,13 @@ from ledger.periods import PERIODS, period_end
 from ledger.policy import Cap, Principal
 from ledger.settlement import HELD, SPENT
 
-if TYPE_CHECKING:
-    from ledger.notices import Standing
+
+class Standing(NamedTuple):
+    """One cap and what counts against it now (settled spend, amounts held for requests in
+    flight, and the asking request's own reservation when there is one)."""
+
+    cap: Cap
+    used: int  # µ$
 
 
 def _standing_caps(principal: Principal, now: datetime) -> list[Cap]:
@@ -50,8 +55,6 @@ async def cap_balances(redis: Any, keyspace: KeySpace, principal: Principal,
 async def standings(redis: Any, keyspace: KeySpace, principal: Principal,
                     now: datetime) -> list[Standing]:
     """Each cap with what counts against it now: settled spend and amounts held in flight."""
-    from ledger.notices import Standing  # here: ledger.notices imports this module
-
     return [Standing(cap, row["spent_micros"] + row["held_micros"])
             for cap, row in zip(_standing_caps(principal, now),
                                 await cap_balances(redis, keyspace, principal, now),

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from ledger import notices
-from ledger.notices import Standing
 from ledger.policy import Cap
+from ledger.status import Standing
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 DAY, WEEK, MONTH = "1795910400", "1795996800", "1796083200"
