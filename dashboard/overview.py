@@ -28,10 +28,11 @@ async def budgets_now(request: web.Request, now: datetime,
     """Every budget with live spend, the grants running on it, and its projection by the
     month-end forecast's rule (run rate of complete days, held at the cap), fullest first."""
     state = admin_state(request)
-    forecast = await report(request, reports.forecast, now=now)
+    rates = await report(request, forecasts.run_rates, now=now)
+    forecast = await report(request, reports.forecast, now=now, rates=rates)
     return await live.forecast_with_live_spend(
         state.redis, state.keyspace, forecast, await members_by_team(request), now,
-        rates=await report(request, forecasts.run_rates, now=now),
+        rates=rates,
         running=await state.db(grants.active, state.catalog, now), known=known)
 
 

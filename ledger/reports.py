@@ -149,17 +149,19 @@ def cache_savings(conn: duckdb.DuckDBPyConnection, *, start: date, end: date,
             "saved_micros": saved}
 
 
-def forecast(conn: duckdb.DuckDBPyConnection, *, now: datetime) -> list[dict[str, Any]]:
+def forecast(conn: duckdb.DuckDBPyConnection, *, now: datetime,
+             rates: dict[forecasts.Counter, int] | None = None) -> list[dict[str, Any]]:
     """Per budget: spent in the current period and the amount projected at its end.
 
     Projected as ledger.forecasts projects (spent plus the run rate over what is left, held at
     the cap); a per-member cap shows its highest-spending member and the highest projection.
     `percent` is spent as a percentage of the cap, `projected_percent` the same for the
     projection. Spend comes from the rollups, so it trails live counters by one rollup interval.
+    `rates`: forecasts.run_rates at `now`, when the caller has them already.
     """
     at = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
     ends = {p: period_end(p, at) for p in PERIODS}
-    rates = forecasts.run_rates(conn, now=at)
+    rates = forecasts.run_rates(conn, now=at) if rates is None else rates
     spent_by = _period_spend(conn, {p: start_day(p, at) for p in PERIODS}, local_day(at))
     budgets = _dicts(conn.execute(
         "SELECT b.id, b.scope, b.scope_id, b.period, b.amount_micros, b.mode, "

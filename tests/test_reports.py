@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from ledger import reports
+from ledger import forecasts, reports
 from ledger.catalog import Catalog
 from ledger.periods import period_end, period_start
 from ledger.rollup import Rollup
@@ -244,6 +244,10 @@ async def test_forecast_projects_each_budget_from_its_period_run_rate(ledger: Le
         return max(amount, spent(period, match)) if value > amount else value
 
     got = {r["scope"]: r for r in reports.forecast(ledger.conn, now=now)}
+    # The overview passes the run rates it reads for its live projections too.
+    rates = forecasts.run_rates(ledger.conn, now=now)
+    assert reports.forecast(ledger.conn, now=now, rates=rates) == reports.forecast(
+        ledger.conn, now=now)
     of_dev = [lambda e: e["developer_id"] == dev]
     of_team = [lambda e: e["team_id"] == team]
     of_members = [lambda e, m=m: e["developer_id"] == m for m in members]
