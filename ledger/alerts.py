@@ -321,6 +321,19 @@ async def evaluate_ledger(alerter: Alerter, catalog: Catalog,
     return sent
 
 
+# The replays a proxy reports (ledger.ops_counts): title and body of their hourly alert.
+_REPLAYS = {
+    ops_counts.SPOOL: (
+        "Spooled usage replayed after a Redis outage",
+        "{n} settlement(s) the proxies spooled while Redis was away reached it since {hour}; "
+        "the ledger counts them once."),
+    ops_counts.JOURNAL: (
+        "Redis lost data: the proxies replayed their journals",
+        "{n} proxy journal replay(s) since {hour}: Redis came back without settlements it had "
+        "taken; the journals gave them back."),
+}
+
+
 async def evaluate_ops(alerter: Alerter, now: datetime | None = None) -> int:
     """The alerts the proxies' reports raise (ledger.ops_counts): a provider failing over to
     the next, once per UTC hour and pair of providers; spooled settlements replayed after a
@@ -337,18 +350,10 @@ async def evaluate_ops(alerter: Alerter, now: datetime | None = None) -> int:
                 f"Provider {provider} is failing over to {next_provider}",
                 f"{n} request(s) that {provider} failed before answering were passed to "
                 f"{next_provider} since {hour}.")
-        elif name == ops_counts.SPOOL and n:
-            sent += await alerter.fire(
-                "replay", f"replay:spool:{at:%Y%m%d%H}", 7200,
-                "Spooled usage replayed after a Redis outage",
-                f"{n} settlement(s) the proxies spooled while Redis was away reached it since "
-                f"{hour}; the ledger counts them once.")
-        elif name == ops_counts.JOURNAL and n:
-            sent += await alerter.fire(
-                "replay", f"replay:journal:{at:%Y%m%d%H}", 7200,
-                "Redis lost data: the proxies replayed their journals",
-                f"{n} proxy journal replay(s) since {hour}: Redis came back without "
-                "settlements it had taken; the journals gave them back.")
+        elif n and name in _REPLAYS:
+            title, body = _REPLAYS[name]
+            sent += await alerter.fire("replay", f"replay:{name}:{at:%Y%m%d%H}", 7200, title,
+                                       body.format(n=n, hour=hour))
     return sent
 
 
