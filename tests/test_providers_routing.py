@@ -362,9 +362,10 @@ async def test_a_json_answer_cut_mid_body_is_billed_by_its_estimate(
 async def test_v1_models_lists_what_the_routes_reach_for_the_sdk(
         start_gateway: StartGateway, upstream: Upstream,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A route's own model, and the configured models its glob matches; a model no route
-    names (claude-sonnet-4-6) is not offered. A team's list narrows that further, and its own
-    ids that a route reaches are offered too."""
+    """A route's own model, and the configured models its glob matches, then the configured
+    models no route matches (claude-sonnet-4-6, and claude-haiku-4-5, which the dated route
+    does not match): every provider serves those, in order. A team's list narrows that
+    further, and its own ids are offered too."""
     gw = await start_gateway(
         models=("claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5"),
         providers={"anthropic": anthropic_provider(upstream, monkeypatch)},
@@ -374,11 +375,13 @@ async def test_v1_models_lists_what_the_routes_reach_for_the_sdk(
     ada = await gw.developer("Ada", "platform")
     async with sdk_for(gw, ada) as sdk:
         page = await sdk.models.list()
-    assert [m.id for m in page.data] == ["claude-opus-4-8", "claude-haiku-4-5-20251001"]
+    assert [m.id for m in page.data] == [
+        "claude-opus-4-8", "claude-haiku-4-5-20251001", "claude-sonnet-4-6", "claude-haiku-4-5"]
     assert (page.first_id, page.last_id, page.has_more) == (
-        "claude-opus-4-8", "claude-haiku-4-5-20251001", False)
+        "claude-opus-4-8", "claude-haiku-4-5", False)
     await gw.change(AllowedModels(gw.admin.catalog).set, "platform",
                     ["claude-haiku-*", "claude-opus-4-1", "claude-sonnet-4-5"])
     async with sdk_for(gw, ada) as sdk:
         ids = [m.id async for m in sdk.models.list()]
-    assert ids == ["claude-opus-4-1", "claude-haiku-4-5-20251001"]
+    assert ids == ["claude-opus-4-1", "claude-haiku-4-5-20251001", "claude-haiku-4-5",
+                   "claude-sonnet-4-5"]

@@ -82,11 +82,9 @@ class RoutingTable:
 
     def listed(self, offered: Sequence[str]) -> list[str]:
         """The models GET /v1/models shows: route by route, the model a route names, or the
-        `offered` ids its glob matches; with no routes, `offered` (any model reaches every
-        provider)."""
+        `offered` ids its glob matches; then the `offered` ids no route matches (they reach
+        every provider, in order, as with no routes at all)."""
         ids = [m for m in offered if not _GLOB & set(m)]
-        if not self.routes:
-            return ids
         out: list[str] = []
         seen: set[str] = set()
         for route in self.routes:
@@ -96,6 +94,10 @@ class RoutingTable:
                 if model.lower() not in seen:
                     seen.add(model.lower())
                     out.append(model)
+        for model in ids:
+            if model.lower() not in seen and not any(r.matches(model) for r in self.routes):
+                seen.add(model.lower())
+                out.append(model)
         return out
 
     def chain_of_kind(self, kind: str, model: str) -> tuple[Provider, ...]:
