@@ -43,10 +43,16 @@ VERTEX_MODELS = (f"/vertex/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_REGION
                  "/publishers/anthropic/models/")
 
 
-async def bedrock_call(gw: Gateway, key: str, action: str) -> tuple[int, bytes]:
+async def bedrock_answer(gw: Gateway, key: str, action: str) -> aiohttp.ClientResponse:
     body = COUNT_BODY if action == "count-tokens" else BEDROCK_BODY
     resp = await gw.client.post(MODEL_PATH + action, data=body,
                                 headers={"authorization": f"Bearer {key}"})
+    await resp.read()
+    return resp
+
+
+async def bedrock_call(gw: Gateway, key: str, action: str) -> tuple[int, bytes]:
+    resp = await bedrock_answer(gw, key, action)
     return resp.status, await resp.read()
 
 
@@ -56,9 +62,12 @@ async def test_a_signature_mismatch_quoting_the_session_token_never_reaches_a_be
         caplog: pytest.LogCaptureFixture, action: str) -> None:
     gw = await start_gateway(providers={"bedrock": bedrock_provider(wrong_secret_bedrock)})
     key = await gw.developer()
-    status, body = await bedrock_call(gw, key, action)
-    assert status == 502
+    resp = await bedrock_answer(gw, key, action)
+    body = await resp.read()
+    assert resp.status == 502
     assert orjson.loads(body) == {"message": REFUSED}  # Bedrock's error shape
+    # what an AWS SDK names the error by: a server fault, not the developer's access
+    assert resp.headers["x-amzn-errortype"] == "InternalServerException"
     assert AWS_TOKEN.encode() not in body
     # The operator's line has all Bedrock said, the session token in its canonical request.
     (line,) = [r.getMessage() for r in caplog.records

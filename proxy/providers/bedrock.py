@@ -275,7 +275,11 @@ class BedrockProvider(CloudProvider):
         """Bedrock's answer for a Bedrock-format client: errors in Bedrock's shape (with its
         `x-amzn-errortype`) and stream exceptions with the text `public_message` allows."""
         if response.status in CREDENTIAL_REFUSED:
-            return refused_credential(self, response, first, aws_error)
+            refused = refused_credential(self, response, first, aws_error)
+            # AWS SDKs name an error by this header (without it: an unknown error); the
+            # gateway's own fault, as the 502 says, not the developer's access.
+            refused.headers["x-amzn-errortype"] = "InternalServerException"
+            return refused
         if response.status >= 400:
             headers = response_headers(response.headers.items())
             headers.popall("content-type", None)
