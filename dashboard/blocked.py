@@ -77,7 +77,8 @@ def blocked_now(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def member_badges(rows: list[dict[str, Any]],
                   members: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per member id: the row of the cap that applies to them and is fullest (blocked before
-    near before the highest share), so a member blocked by the team's pool shows it too."""
+    near before the highest share), so a member blocked by the team's pool shows it too. Of
+    several blocking caps, the one that resets last: the one the proxy's refusal names."""
     out: dict[str, dict[str, Any]] = {}
     for m in members:
         applying = [r for r in rows if (r["developer"] or {}).get("id") == m["id"]
@@ -85,6 +86,7 @@ def member_badges(rows: list[dict[str, Any]],
         if applying:
             out[m["id"]] = min(applying, key=lambda r: (
                 BADGE_ORDER[r["state"]],
+                -r["resets_at"].timestamp() if r["state"] == status.BLOCKED else 0,
                 -r["spent_micros"] * 10_000 // max(1, r["amount_micros"])))
     return out
 

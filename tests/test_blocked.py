@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from dashboard import blocked
 from ledger import status
 from ledger.grants import create_grant
 from ledger.model_caps import ModelCaps
@@ -30,6 +31,35 @@ from tests.test_budgets import new_session, send
 def test_one_rule_says_blocked_and_near(spent: int, amount: int, near: int,
                                         state: str) -> None:
     assert status.standing_of(spent, amount, near) == state
+
+
+DAY_END, MONTH_END = datetime(2026, 11, 29, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def use(cap: str, state: str, spent: int, amount: int, resets_at: datetime,
+        developer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A row of status.cap_use, as blocked.member_badges reads it."""
+    return {"cap": cap, "state": state, "spent_micros": spent, "amount_micros": amount,
+            "resets_at": resets_at, "developer": developer}
+
+
+ADA = {"id": "ada", "name": "Ada"}
+
+
+@pytest.mark.parametrize(("rows", "badged"), [
+    # blocked before near, however full the near one is
+    ([use("pool", status.NEAR, 99, 100, MONTH_END), use("own", status.BLOCKED, 5, 5, DAY_END, ADA)],
+     "own"),
+    # two blocking: the one that resets last (as the 429 names it), not the more overspent
+    ([use("own", status.BLOCKED, 900, 100, DAY_END, ADA),
+      use("pool", status.BLOCKED, 100, 100, MONTH_END)], "pool"),
+    # none blocking: the highest share
+    ([use("own", status.NEAR, 80, 100, MONTH_END, ADA), use("pool", "", 50, 100, DAY_END)],
+     "own"),
+])
+def test_a_member_is_badged_by_the_cap_a_refusal_would_name(
+        rows: list[dict[str, Any]], badged: str) -> None:
+    assert blocked.member_badges(rows, [ADA])["ada"]["cap"] == badged
 
 
 async def _scene(dash: Dashboard) -> tuple[str, str, str]:
