@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ledger import notices
 from ledger.journal import Journal
 from ledger.keyspace import KeySpace
+from ledger.money import MICROS_PER_CENT, format_usd
 from ledger.periods import COUNTER_TTL, PERIODS, clock, local_day, period_end
 from ledger.policy import Cap, Limits, Principal
 from ledger.pricing import Cost
@@ -57,10 +58,18 @@ def utc_now() -> datetime:
 
 
 class BudgetExceeded(Exception):
-    def __init__(self, cap: Cap, resets_at: datetime, retry_after: int) -> None:
+    """A cap refused the request. `short`, when a cent or more of the cap is left: what is
+    left and what this request would reserve on it (µ$), which is more."""
+
+    def __init__(self, cap: Cap, resets_at: datetime, retry_after: int,
+                 short: tuple[int, int] | None = None) -> None:
         self.cap, self.resets_at, self.retry_after = cap, resets_at, retry_after
+        # Refused before the cap is reached: a developer whose /usage still shows room is
+        # told why, and that a smaller request may fit.
+        why = "" if short is None else (f": {format_usd(short[0])} left, less than this "
+                                        f"request may cost ({format_usd(short[1])})")
         super().__init__(
-            f"spend limit reached ({cap.describe()}) · resets {clock(resets_at)}")
+            f"spend limit reached ({cap.describe()}){why} · resets {clock(resets_at)}")
 
 
 class RateLimited(Exception):
@@ -276,7 +285,7 @@ class Gate:
             return self._outage(ticket, RedisError("counters are being rebuilt"))
         checked = plan.caps + model_caps if model_caps else plan.caps
         if result[0] == 0:
-            self._reject(result, checked, plan.windows, plan.flights, at, now_ms)
+            self._reject(result, checked, ticket.holds, plan.windows, plan.flights, at, now_ms)
         self._headers(ticket, result, checked, plan.windows, estimate, now_ms)
         return ticket
 
@@ -311,18 +320,24 @@ class Gate:
         return ticket
 
     @staticmethod
-    def _reject(result: list[Any], caps: list[Cap], windows: list[Limits],
+    def _reject(result: list[Any], caps: list[Cap], holds: list[Hold], windows: list[Limits],
                 flights: list[Limits], at: datetime, now_ms: int) -> None:
         kind = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
         index, limit = int(result[2]) - 1, int(result[4])
         if kind == "budget":
             # The protocol: once blocked, describe the cap that resets last (the first of those
             # in admission order on a tie) — the wait the developer really faces.
-            blocking = [caps[int(i) - 1] for i in result[2::3]]
-            cap = max(blocking, key=lambda c: period_end(c.period, at))
+            # `holds` is parallel to `caps`: what this request would reserve on each.
+            blocking = [(caps[int(i) - 1], int(used), int(amount), holds[int(i) - 1].reserved)
+                        for i, used, amount in zip(result[2::3], result[3::3], result[4::3],
+                                                   strict=True)]
+            cap, used, amount, reserve = max(blocking, key=lambda b: period_end(b[0].period, at))
             resets = period_end(cap.period, at)
             wait = math.ceil(resets.timestamp() - at.timestamp())
-            raise BudgetExceeded(cap, resets, max(1, wait))
+            # Less than a cent left reads as spent (no "$0.00 left").
+            left = amount - used
+            raise BudgetExceeded(cap, resets, max(1, wait),
+                                 (left, reserve) if left >= MICROS_PER_CENT else None)
         if kind == "concurrency":
             raise RateLimited(kind, flights[index], limit, 1)
         retry = max(1, math.ceil((60_000 - now_ms % 60_000) / 1000))

@@ -173,6 +173,22 @@ async def test_a_refusal_names_the_blocking_cap_that_resets_last(
     assert err.value.retry_after == int((resets - NOW).total_seconds())
 
 
+async def test_a_refusal_before_the_cap_is_spent_says_what_is_left_and_what_was_asked(
+        gate: Gate) -> None:
+    """A request is refused when its reservation does not fit, though the cap is not spent:
+    the message says so (what /usage shows as room), and that a smaller request may fit."""
+    big = Estimate(prompt_tokens=100, output_tokens=50, default_micros=300_000,
+                   strict_micros=900_000)
+    p = principal(cap=1_000_000)
+    for n in range(3):
+        await gate.admit(p, f"r{n}", big, NOW)  # 900,000 µ$ held
+    with pytest.raises(BudgetExceeded) as err:
+        await gate.admit(p, "r3", big, NOW)
+    assert str(err.value) == ("spend limit reached (developer Ada, monthly): $0.10 left, less "
+                              "than this request may cost ($0.30) · resets 2026-12-01 00:00 UTC")
+    await gate.admit(p, "small", EST, NOW)  # 1,000 µ$ fits in what is left
+
+
 async def test_strict_mode_reserves_the_worst_case(gate: Gate) -> None:
     await gate.admit(principal(cap=9_999, mode="strict"), "r1", EST, NOW)
     assert (await state(gate))["held"] == 5000
