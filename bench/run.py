@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -98,8 +98,9 @@ def _cpu_ticks() -> int:
     return sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
 
 
-def _session_ticks(sessions: set[int]) -> int:
-    """CPU time (user + system) of every live process in these sessions, in clock ticks."""
+def process_ticks(wanted: Callable[[int, list[str]], bool]) -> int:
+    """CPU time (user + system), in clock ticks, of every live process that `wanted` picks by
+    its pid and the fields of its /proc stat after the command (field 3 of stat first)."""
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -109,9 +110,14 @@ def _session_ticks(sessions: set[int]) -> int:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) in sessions:  # field 6 of stat: session id
+        if wanted(int(entry), fields):
             total += int(fields[11]) + int(fields[12])
     return total
+
+
+def _session_ticks(sessions: set[int]) -> int:
+    """CPU time of every live process in these sessions, in clock ticks."""
+    return process_ticks(lambda _, fields: int(fields[3]) in sessions)  # field 6: session
 
 
 class LoadMeter:

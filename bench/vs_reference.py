@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bodies import HEADERS, small_body  # noqa: E402
-from run import CONNECTIONS, LoadMeter, WrkResult, run_wrk, stack  # noqa: E402
+from run import CONNECTIONS, LoadMeter, WrkResult, process_ticks, run_wrk, stack  # noqa: E402
 
 from meterd.ports import free_port  # noqa: E402
 
@@ -67,18 +67,8 @@ def reference_bearer(reference: str) -> str:
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of a process and its direct children: Postgres's postmaster
     and its backends, each in a session of its own."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == pid or int(fields[1]) == pid:  # field 4 of stat: the parent
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    ticks = process_ticks(lambda p, fields: p == pid or int(fields[1]) == pid)  # 1: parent
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def measure(name: str, url: str, sessions: set[int], store: Callable[[], float] | None,
