@@ -19,6 +19,7 @@ must be one usage event, as in bench/run.py.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
 import sys
@@ -32,13 +33,11 @@ sys.path.insert(0, str(HERE))
 
 from bodies import HEADERS, small_body  # noqa: E402
 from run import CONNECTIONS, LoadMeter, WrkResult, process_ticks, run_wrk, stack  # noqa: E402
+from side_by_side import REFERENCE_WRITE_KEY, UPSTREAM, UPSTREAM_KEY, call  # noqa: E402
 
 from meterd.ports import free_port  # noqa: E402
 
 CAG_HOME = Path(os.environ.get("CAG_HOME", "/tmp/cag"))
-UPSTREAM = "http://127.0.0.1:26200"
-UPSTREAM_KEY = "sk-ant-fake-upstream-key"  # the reference setup's gw/env.sh
-REFERENCE_WRITE_KEY = "cag-admin-write-key-0123456789abcdef0123"  # its admin write key
 USER = ("bench-ref", "bench-ref@example.com", "eng")  # sub, email, groups at its IdP
 CAP_CENTS = 100_000_000  # $1M a month: checked on every request, never reached
 
@@ -53,14 +52,13 @@ def reference_bearer(reference: str) -> str:
     out = subprocess.run([str(CAG_HOME / "venv/bin/python"), str(CAG_HOME / "srv/login.py"),
                           *USER], capture_output=True, text=True, check=True).stdout
     token = str(orjson.loads(out.strip().splitlines()[-1])["access_token"])
-    cap = orjson.dumps({"scope": {"type": "user", "user_id": USER[0]},
-                        "amount": str(CAP_CENTS), "period": "monthly"})
-    done = subprocess.run(["curl", "-sf", "-o", "/dev/null", "-X", "POST",
-                           reference + "/v1/organizations/spend_limits",
-                           "-H", f"x-api-key: {REFERENCE_WRITE_KEY}",
-                           "-H", "content-type: application/json", "--data-binary", cap.decode()])
-    if done.returncode:
-        raise SystemExit("bench: the reference refused the spend cap")
+    status, _, body = asyncio.run(call(
+        "POST", reference + "/v1/organizations/spend_limits",
+        headers={"x-api-key": REFERENCE_WRITE_KEY},
+        json={"scope": {"type": "user", "user_id": USER[0]}, "amount": str(CAP_CENTS),
+              "period": "monthly"}))
+    if status != 200:
+        raise SystemExit(f"bench: the reference refused the spend cap: {status} {body}")
     return token
 
 
